@@ -1,0 +1,308 @@
+"""The audience condition language (CONTRACT section 4), compiled to plain Python closures.
+
+A condition tree compiles into a function ``holds(traits, counts, members) -> bool`` where
+
+* ``traits`` is the user's trait dict as of the evaluation time T,
+* ``counts[i]`` is the user's (capped) count of events matching counter spec ``i`` at T,
+* ``members[j]`` is whether the user is in audience ``j`` at T (audiences are evaluated in
+  dependency order, so a referenced audience already holds its value for T).
+
+Every ``{event: ...}`` node becomes a :class:`CounterSpec` (event name, ``where`` predicate,
+``within`` window); nodes that share all three share one spec. A spec only needs to count up to its
+*cap*: the largest threshold any node asks of it (``min_count``, or ``max_count + 1``). Past the cap
+the answer of every node is known, so the engine keeps at most ``cap`` timestamps per windowed spec
+and a saturating counter for all-time specs.
+"""
+import json
+import re
+from typing import Callable, List, NamedTuple, Optional, Tuple
+
+from core.timeutil import parse_duration
+
+OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "contains", "starts_with",
+             "ends_with", "exists", "missing", "matches")
+
+
+class ConditionError(ValueError):
+    """A condition that does not compile; ``str()`` starts with the config path."""
+
+    def __init__(self, path, message):
+        super().__init__("%s: %s" % (path, message))
+        self.path = path
+
+
+def _is_number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def values_equal(a, b):
+    """Equality where a type mismatch is simply false (1 == 1.0, but True != 1)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if _is_number(a) and _is_number(b):
+        return a == b
+    if type(a) is type(b):
+        return a == b
+    return False
+
+
+def _comparable(a, b):
+    return (_is_number(a) and _is_number(b)) or (isinstance(a, str) and isinstance(b, str))
+
+
+def _make_predicate(op, value, path):
+    """A function of the actual value (None when absent) for ``op`` against the configured value."""
+    if op not in OPERATORS:
+        raise ConditionError(path + ".op", "unknown operator %r; one of %s" % (op, ", ".join(OPERATORS)))
+    if op == "exists":
+        return lambda a: a is not None
+    if op == "missing":
+        return lambda a: a is None
+    if op == "eq":
+        return lambda a: a is not None and values_equal(a, value)
+    if op == "ne":
+        # Absent or of another type is a mismatch, and a mismatch is false.
+        return lambda a: (a is not None and (type(a) is type(value) or (_is_number(a) and _is_number(value)))
+                          and not values_equal(a, value))
+    if op in ("gt", "gte", "lt", "lte"):
+        if not (_is_number(value) or isinstance(value, str)):
+            raise ConditionError(path + ".value", "%s needs a number or a string" % op)
+        compare = {"gt": lambda a: a > value, "gte": lambda a: a >= value,
+                   "lt": lambda a: a < value, "lte": lambda a: a <= value}[op]
+        return lambda a: _comparable(a, value) and compare(a)
+    if op in ("in", "not_in"):
+        if not isinstance(value, list):
+            raise ConditionError(path + ".value", "%s needs a list" % op)
+        options = list(value)
+        if op == "in":
+            return lambda a: a is not None and any(values_equal(a, v) for v in options)
+        return lambda a: a is not None and not any(values_equal(a, v) for v in options)
+    if op == "contains":
+        if value is None:
+            raise ConditionError(path + ".value", "contains needs a value")
+
+        def contains(a):
+            if isinstance(a, str):
+                return isinstance(value, str) and value in a
+            if isinstance(a, list):
+                return any(values_equal(x, value) for x in a)
+            return False
+        return contains
+    if op in ("starts_with", "ends_with"):
+        if not isinstance(value, str):
+            raise ConditionError(path + ".value", "%s needs a string" % op)
+        if op == "starts_with":
+            return lambda a: isinstance(a, str) and a.startswith(value)
+        return lambda a: isinstance(a, str) and a.endswith(value)
+    # matches
+    if not isinstance(value, str):
+        raise ConditionError(path + ".value", "matches needs a regular expression string")
+    try:
+        pattern = re.compile(value)
+    except re.error as exc:
+        raise ConditionError(path + ".value", "bad regular expression: %s" % exc) from None
+    return lambda a: isinstance(a, str) and pattern.search(a) is not None
+
+
+def _lookup(mapping, name):
+    """A property or trait by name; a dotted name also walks nested objects."""
+    if name in mapping:
+        return mapping[name]
+    if "." in name:
+        current = mapping
+        for part in name.split("."):
+            if not isinstance(current, dict) or part not in current:
+                return None
+            current = current[part]
+        return current
+    return None
+
+
+def _expect_mapping(node, path):
+    if not isinstance(node, dict):
+        raise ConditionError(path, "a condition node must be an object")
+
+
+def _boolean_node(node, path, compile_child):
+    """and / or / not, shared by conditions and ``where`` predicates."""
+    if "and" in node or "or" in node:
+        kind = "and" if "and" in node else "or"
+        children = node[kind]
+        if not isinstance(children, list) or not children:
+            raise ConditionError("%s.%s" % (path, kind), "needs a non-empty list")
+        fns = [compile_child(c, "%s.%s[%d]" % (path, kind, i)) for i, c in enumerate(children)]
+        if kind == "and":
+            return lambda *args: all(f(*args) for f in fns)
+        return lambda *args: any(f(*args) for f in fns)
+    if "not" in node:
+        fn = compile_child(node["not"], path + ".not")
+        return lambda *args: not fn(*args)
+    return None
+
+
+def compile_where(node, path):
+    """A ``where`` tree to ``predicate(properties) -> bool``."""
+    _expect_mapping(node, path)
+    combined = _boolean_node(node, path, compile_where)
+    if combined is not None:
+        return combined
+    if "property" in node:
+        name = node["property"]
+        if not isinstance(name, str) or not name:
+            raise ConditionError(path + ".property", "needs a property name")
+        if "op" not in node:
+            raise ConditionError(path, "missing 'op'")
+        pred = _make_predicate(node["op"], node.get("value"), path)
+        return lambda props: pred(_lookup(props, name))
+    raise ConditionError(path, "a where node is one of and, or, not, property")
+
+
+class CounterSpec(NamedTuple):
+    event: str
+    where: Optional[Callable]
+    where_key: str               # canonical JSON of the where tree, for sharing specs
+    within: Optional[int]        # microseconds; None is all time
+
+
+class Audience(NamedTuple):
+    index: int
+    id: str
+    slug: str
+    name: str
+    holds: Callable
+    depends_on: Tuple[int, ...]  # audience indices referenced
+
+
+class AudienceSet:
+    """All audiences of a job compiled together (specs are shared across audiences)."""
+
+    def __init__(self, audience_defs, path="audiences"):
+        self.specs: List[CounterSpec] = []
+        self.caps: List[int] = []
+        # thresholds[i]: set of (min_count, max_count or None) asked of spec i
+        self.thresholds: List[set] = []
+        self._spec_index = {}
+        self.audiences: List[Audience] = []
+        if not isinstance(audience_defs, list):
+            raise ConditionError(path, "must be a list")
+        by_ref, pending = {}, []
+        for i, definition in enumerate(audience_defs):
+            apath = "%s[%d]" % (path, i)
+            if not isinstance(definition, dict):
+                raise ConditionError(apath, "must be an object")
+            slug = definition.get("slug") or definition.get("id")
+            aid = definition.get("id") or slug
+            if not isinstance(slug, str) or not slug:
+                raise ConditionError(apath, "needs a slug or an id")
+            if not isinstance(aid, str):
+                raise ConditionError(apath + ".id", "must be a string")
+            for ref in {slug, aid}:
+                if ref in by_ref:
+                    raise ConditionError(apath, "duplicate audience %r" % ref)
+                by_ref[ref] = i
+            if "condition" not in definition:
+                raise ConditionError(apath, "missing 'condition'")
+            pending.append((apath, aid, slug, definition.get("name") or slug, definition["condition"]))
+        self._inputs = []
+        for i, (apath, aid, slug, name, condition) in enumerate(pending):
+            deps = set()
+            self._reading = (set(), set())
+            holds = self._compile(condition, apath + ".condition", by_ref, deps)
+            self._inputs.append(self._reading)
+            self.audiences.append(Audience(i, aid, slug, name, holds, tuple(sorted(deps))))
+        self.order = self._topological_order(path)
+        self.specs_by_event = {}
+        for i, spec in enumerate(self.specs):
+            self.specs_by_event.setdefault(spec.event, []).append(i)
+        self.windows = sorted({s.within for s in self.specs if s.within is not None})
+
+    def inputs_of(self, index):
+        """(spec indices, trait names) that audience ``index`` reads directly."""
+        return self._inputs[index]
+
+    def by_ref(self, ref):
+        for a in self.audiences:
+            if ref in (a.slug, a.id):
+                return a
+        return None
+
+    def _register_spec(self, event, where_node, where_fn, within, min_count, max_count):
+        key = (event, json.dumps(where_node, sort_keys=True, default=str), within)
+        if key not in self._spec_index:
+            self._spec_index[key] = len(self.specs)
+            self.specs.append(CounterSpec(event, where_fn, key[1], within))
+            self.caps.append(0)
+            self.thresholds.append(set())
+        i = self._spec_index[key]
+        self.caps[i] = max(self.caps[i], min_count, (max_count + 1) if max_count is not None else 0)
+        self.thresholds[i].add((min_count, max_count))
+        return i
+
+    def _compile(self, node, path, by_ref, deps):
+        _expect_mapping(node, path)
+        combined = _boolean_node(node, path, lambda c, p: self._compile(c, p, by_ref, deps))
+        if combined is not None:
+            return combined
+        if "trait" in node:
+            name = node["trait"]
+            if not isinstance(name, str) or not name:
+                raise ConditionError(path + ".trait", "needs a trait name")
+            if "op" not in node:
+                raise ConditionError(path, "missing 'op'")
+            pred = _make_predicate(node["op"], node.get("value"), path)
+            self._reading[1].update({name, name.split(".", 1)[0]})
+            return lambda traits, counts, members: pred(_lookup(traits, name))
+        if "event" in node:
+            return self._compile_event(node, path)
+        if "audience" in node:
+            ref = node["audience"]
+            if ref not in by_ref:
+                raise ConditionError(path + ".audience", "unknown audience %r" % (ref,))
+            target = by_ref[ref]
+            deps.add(target)
+            return lambda traits, counts, members: members[target]
+        raise ConditionError(path, "a condition node is one of and, or, not, trait, event, audience")
+
+    def _compile_event(self, node, path):
+        event = node["event"]
+        if not isinstance(event, str) or not event:
+            raise ConditionError(path + ".event", "needs an event name")
+        within = None
+        if node.get("within") is not None:
+            try:
+                within = parse_duration(node["within"])
+            except ValueError as exc:
+                raise ConditionError(path + ".within", str(exc)) from None
+        min_count = node.get("min_count", 1)
+        max_count = node.get("max_count")
+        for field, value in (("min_count", min_count), ("max_count", max_count)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ConditionError("%s.%s" % (path, field), "must be a non-negative integer")
+        if max_count is not None and max_count < min_count:
+            raise ConditionError(path + ".max_count", "must be at least min_count (%d)" % min_count)
+        where_node = node.get("where")
+        where_fn = compile_where(where_node, path + ".where") if where_node is not None else None
+        i = self._register_spec(event, where_node, where_fn, within, min_count, max_count)
+        self._reading[0].add(i)
+        if max_count is None:
+            return lambda traits, counts, members: counts[i] >= min_count
+        return lambda traits, counts, members: min_count <= counts[i] <= max_count
+
+    def _topological_order(self, path):
+        order, state = [], {}
+
+        def visit(i, stack):
+            if state.get(i) == 2:
+                return
+            if state.get(i) == 1:
+                cycle = " -> ".join(self.audiences[j].slug for j in stack[stack.index(i):] + [i])
+                raise ConditionError("%s[%d].condition" % (path, i), "cycle between audiences: " + cycle)
+            state[i] = 1
+            for d in self.audiences[i].depends_on:
+                visit(d, stack + [i])
+            state[i] = 2
+            order.append(i)
+
+        for a in self.audiences:
+            visit(a.index, [])
+        return order

@@ -1,0 +1,403 @@
+"""The job config (CONTRACT section 3): loading, ``${VAR}`` substitution and validation.
+
+Validation happens before any data moves. Every error names the config path, for example
+``works[3].config.period_hours: must be one of 1, 2, 4, 6, 12, 24``.
+"""
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import yaml
+
+from core.conditions import AudienceSet, ConditionError
+from core.records import SUBJECT_TYPES, VERBS
+from core.timeutil import TimeFormatError, parse_time
+
+WORKFLOWS = ("eventhub_audience_export", "webhook_system_events", "email_system_events",
+             "azure_blob_event_export")
+PERIOD_HOURS = (1, 2, 4, 6, 12, 24)
+FORMATS = ("csv", "csv.gz", "parquet")
+EXPORT_TYPES = ("events", "system_events")
+#: Config keys whose values are secrets: never printed, logged or put in display data.
+SECRET_KEYS = frozenset(("connection_string", "password", "signing_secret", "account_key",
+                         "sas_token"))
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; ``str()`` is the one line shown to the user."""
+
+
+@dataclass
+class Work:
+    index: int
+    id: str
+    workflow: str
+    config: dict
+    label: Optional[str] = None
+    description: Optional[str] = None
+    paused: bool = False
+    settings: object = None
+
+    @property
+    def path(self):
+        return "works[%d]" % self.index
+
+
+@dataclass
+class EventHubSettings:
+    connection_string: Optional[str]
+    subscription_id: str
+    audiences: List[int]                 # audience indices exported by this work
+    existing_users: bool
+    start: Optional[int]                 # microseconds; None: no lower bound
+    user_fields: Optional[List[str]]     # None: all traits
+    eventhub_name: Optional[str] = None
+
+
+@dataclass
+class AlertSettings:
+    verbs: Optional[frozenset]           # None: every verb
+    sources: Optional[Dict[str, frozenset]]  # None: every subject; {} for a type = every id
+    webhook_url: Optional[str] = None
+    headers: Dict[str, str] = field(default_factory=dict)
+    json_template: Optional[str] = None
+    allow_private_network: bool = False
+    signing_secret: Optional[str] = None
+    timeout_seconds: float = 10.0
+    max_attempts: int = 5
+    smtp_host: Optional[str] = None
+    smtp_port: int = 587
+    sender: Optional[str] = None
+    recipients: List[str] = field(default_factory=list)
+    username: Optional[str] = None
+    password: Optional[str] = None
+
+
+@dataclass
+class BlobSettings:
+    connection_string: Optional[str]
+    container: str
+    prefix: str
+    export_type: str
+    period_hours: int
+    events: Optional[frozenset]          # None: all events
+    event_parameters: List[str]
+    attributes: List[str]
+    format: str
+    anchor: Optional[int]
+    start: Optional[int]
+
+
+@dataclass
+class JobConfig:
+    account_name: str
+    aid: Optional[int]
+    audiences: AudienceSet
+    works: List[Work]
+    source: str = ""
+    raw: dict = field(default_factory=dict)   # after ${VAR} substitution: holds secrets
+
+    def works_of(self, workflow, include_paused=True):
+        return [w for w in self.works if w.workflow == workflow and (include_paused or not w.paused)]
+
+    @property
+    def export_attributes(self):
+        """Trait names any events export needs as of each event (None when no events export)."""
+        names, any_export = [], False
+        for w in self.works_of("azure_blob_event_export"):
+            if w.settings.export_type == "events":
+                any_export = True
+                names.extend(a for a in w.settings.attributes if a not in names)
+        return names if any_export else None
+
+    @property
+    def backfill_starts(self):
+        return sorted({w.settings.start for w in self.works_of("eventhub_audience_export")
+                       if w.settings.existing_users and w.settings.start is not None})
+
+
+def substitute_env(value, path, environ=None):
+    """Replaces ``${VAR}`` in every string; an unset variable is an error naming it."""
+    environ = os.environ if environ is None else environ
+    if isinstance(value, str):
+        def replace(match):
+            name = match.group(1)
+            if name not in environ:
+                raise ConfigError("%s: environment variable %s is not set" % (path, name))
+            return environ[name]
+        return _VAR.sub(replace, value)
+    if isinstance(value, list):
+        return [substitute_env(v, "%s[%d]" % (path, i), environ) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: substitute_env(v, "%s.%s" % (path, k) if path else str(k), environ)
+                for k, v in value.items()}
+    return value
+
+
+def load_config(path, environ=None):
+    """Reads, substitutes and validates a YAML or JSON config file."""
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError("config %s: cannot read: %s" % (path, exc.strerror or exc)) from None
+    try:
+        raw = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError("config %s: not valid YAML/JSON: %s" % (path, first)) from None
+    job = parse_config(raw, environ)
+    job.source = path
+    return job
+
+
+def parse_config(raw, environ=None):
+    if not isinstance(raw, dict):
+        raise ConfigError("config: must be a mapping with account, audiences and works")
+    raw = substitute_env(raw, "", environ)
+    account = raw.get("account") or {}
+    if not isinstance(account, dict):
+        raise ConfigError("account: must be a mapping with name and aid")
+    name = account.get("name", "account")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise ConfigError("account.name: must be letters, digits, '.', '_' or '-'")
+    aid = account.get("aid")
+    if aid is not None and (not isinstance(aid, int) or isinstance(aid, bool)):
+        raise ConfigError("account.aid: must be an integer")
+    try:
+        audiences = AudienceSet(raw.get("audiences") or [], "audiences")
+    except ConditionError as exc:
+        raise ConfigError(str(exc)) from None
+    works_raw = raw.get("works") or []
+    if not isinstance(works_raw, list):
+        raise ConfigError("works: must be a list")
+    works, seen_ids = [], set()
+    for i, item in enumerate(works_raw):
+        work = _parse_work(i, item, audiences)
+        if work.id in seen_ids:
+            raise ConfigError("works[%d].id: duplicate work id %r" % (i, work.id))
+        seen_ids.add(work.id)
+        works.append(work)
+    unknown = set(raw) - {"account", "audiences", "works"}
+    if unknown:
+        raise ConfigError("%s: unknown top-level key" % sorted(unknown)[0])
+    return JobConfig(name, aid, audiences, works, raw=raw)
+
+
+def _parse_work(i, item, audiences):
+    path = "works[%d]" % i
+    if not isinstance(item, dict):
+        raise ConfigError(path + ": must be a mapping with workflow and config")
+    workflow = item.get("workflow")
+    if workflow not in WORKFLOWS:
+        raise ConfigError("%s.workflow: unknown workflow %r; one of %s"
+                          % (path, workflow, ", ".join(WORKFLOWS)))
+    work_id = item.get("id") or "%s-%d" % (workflow, i + 1)
+    if not isinstance(work_id, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", work_id):
+        raise ConfigError(path + ".id: must be letters, digits, '.', '_' or '-'")
+    config = item.get("config") or {}
+    if not isinstance(config, dict):
+        raise ConfigError(path + ".config: must be a mapping")
+    paused = item.get("paused", False)
+    if not isinstance(paused, bool):
+        raise ConfigError(path + ".paused: must be true or false")
+    work = Work(i, work_id, workflow, config, item.get("label"), item.get("description"), paused)
+    parser = {"eventhub_audience_export": _eventhub, "webhook_system_events": _webhook,
+              "email_system_events": _email, "azure_blob_event_export": _blob}[workflow]
+    work.settings = parser(path + ".config", config, work, audiences)
+    return work
+
+
+def _string(cfg, key, path, required=False, default=None):
+    value = cfg.get(key, default)
+    if value is None or value == "":
+        if required:
+            raise ConfigError("%s.%s: required" % (path, key))
+        return default if value is None else (value or default)
+    if not isinstance(value, str):
+        raise ConfigError("%s.%s: must be a string" % (path, key))
+    return value
+
+
+def _string_list(cfg, key, path):
+    value = cfg.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError("%s.%s: must be a list of strings" % (path, key))
+    return list(value)
+
+
+def _bool(cfg, key, path, default=False):
+    value = cfg.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError("%s.%s: must be true or false" % (path, key))
+    return value
+
+
+def _number(cfg, key, path, default, minimum=0, integer=False):
+    value = cfg.get(key, default)
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if not ok or isinstance(value, bool) or value < minimum:
+        raise ConfigError("%s.%s: must be a%s number >= %s"
+                          % (path, key, "n integer" if integer else "", minimum))
+    return value
+
+
+def _time(cfg, key, path):
+    value = cfg.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        return parse_time(value)
+    except TimeFormatError as exc:
+        raise ConfigError("%s.%s: %s" % (path, key, exc)) from None
+
+
+def _eventhub(path, cfg, work, audiences):
+    refs = _string_list(cfg, "audiences", path)
+    if refs is None:
+        indices = [a.index for a in audiences.audiences]
+    else:
+        indices = []
+        for j, ref in enumerate(refs):
+            audience = audiences.by_ref(ref)
+            if audience is None:
+                raise ConfigError("%s.audiences[%d]: unknown audience %r" % (path, j, ref))
+            if audience.index not in indices:
+                indices.append(audience.index)
+    subscription = cfg.get("subscription_id", work.id)
+    if not isinstance(subscription, (str, int)) or isinstance(subscription, bool):
+        raise ConfigError(path + ".subscription_id: must be a string")
+    return EventHubSettings(
+        connection_string=_string(cfg, "connection_string", path),
+        subscription_id=str(subscription) or work.id,
+        audiences=indices,
+        existing_users=_bool(cfg, "existing_users", path),
+        start=_time(cfg, "start", path),
+        user_fields=_string_list(cfg, "user_fields", path),
+        eventhub_name=_string(cfg, "eventhub_name", path))
+
+
+def _alert_filter(path, cfg):
+    single = cfg.get("system_event_type")
+    multiple = cfg.get("system_event_multiple_types")
+    verbs = None
+    if single not in (None, ""):
+        if single not in VERBS:
+            raise ConfigError("%s.system_event_type: unknown verb %r" % (path, single))
+        verbs = {single}
+    if multiple is not None:
+        if not isinstance(multiple, list) or any(v not in VERBS for v in multiple):
+            raise ConfigError("%s.system_event_multiple_types: must be a list of verbs (%s)"
+                              % (path, ", ".join(sorted(VERBS))))
+        verbs = (verbs or set()) | set(multiple)
+    sources_raw = cfg.get("system_event_sources")
+    sources = None
+    if sources_raw is not None:
+        if not isinstance(sources_raw, dict):
+            raise ConfigError(path + ".system_event_sources: must map subject types to id lists")
+        sources = {}
+        for subject_type, ids in sources_raw.items():
+            if subject_type not in SUBJECT_TYPES:
+                raise ConfigError("%s.system_event_sources.%s: unknown subject type"
+                                  % (path, subject_type))
+            if ids is None:
+                ids = []
+            if not isinstance(ids, list):
+                raise ConfigError("%s.system_event_sources.%s: must be a list of ids"
+                                  % (path, subject_type))
+            sources[subject_type] = frozenset(str(x) for x in ids)
+    return (frozenset(verbs) if verbs is not None else None), sources
+
+
+def _webhook(path, cfg, work, audiences):
+    verbs, sources = _alert_filter(path, cfg)
+    headers = cfg.get("headers") or {}
+    if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float))
+                                                and not isinstance(v, bool)
+                                                for k, v in headers.items()):
+        raise ConfigError(path + ".headers: must map header names to string values")
+    template = _string(cfg, "json_template", path)
+    if template is not None:
+        from core import templates
+        try:
+            templates.validate_template(template)
+        except templates.TemplateError as exc:
+            raise ConfigError("%s.json_template: %s" % (path, exc)) from None
+    url = _string(cfg, "webhook_url", path)
+    if url is not None and not re.match(r"^https?://[^\s/]+", url):
+        raise ConfigError(path + ".webhook_url: must be an http:// or https:// URL")
+    return AlertSettings(
+        verbs, sources, webhook_url=url, headers={k: str(v) for k, v in headers.items()},
+        json_template=template,
+        allow_private_network=_bool(cfg, "allow_private_network", path),
+        signing_secret=_string(cfg, "signing_secret", path),
+        timeout_seconds=_number(cfg, "timeout_seconds", path, 10.0, minimum=0.1),
+        max_attempts=_number(cfg, "max_attempts", path, 5, minimum=1, integer=True))
+
+
+def _email(path, cfg, work, audiences):
+    verbs, sources = _alert_filter(path, cfg)
+    recipients = cfg.get("to") or []
+    if isinstance(recipients, str):
+        recipients = [recipients]
+    if not isinstance(recipients, list) or not all(isinstance(r, str) and "@" in r for r in recipients):
+        raise ConfigError(path + ".to: must be a list of email addresses")
+    host = _string(cfg, "smtp_host", path)
+    if host and not recipients:
+        raise ConfigError(path + ".to: at least one recipient is required with smtp_host")
+    sender = _string(cfg, "from", path)
+    if host and not sender:
+        raise ConfigError(path + ".from: required with smtp_host")
+    return AlertSettings(
+        verbs, sources, smtp_host=host,
+        smtp_port=_number(cfg, "smtp_port", path, 587, minimum=1, integer=True),
+        sender=sender, recipients=recipients, username=_string(cfg, "username", path),
+        password=_string(cfg, "password", path),
+        timeout_seconds=_number(cfg, "timeout_seconds", path, 10.0, minimum=0.1),
+        max_attempts=_number(cfg, "max_attempts", path, 3, minimum=1, integer=True),
+        allow_private_network=_bool(cfg, "allow_private_network", path))
+
+
+def _blob(path, cfg, work, audiences):
+    period = cfg.get("period_hours", 1)
+    if period not in PERIOD_HOURS or isinstance(period, bool):
+        raise ConfigError(path + ".period_hours: must be one of 1, 2, 4, 6, 12, 24")
+    fmt = cfg.get("format", "csv")
+    if fmt not in FORMATS:
+        raise ConfigError(path + ".format: must be one of csv, csv.gz, parquet")
+    export_type = cfg.get("export_type", "events")
+    if export_type not in EXPORT_TYPES:
+        raise ConfigError(path + ".export_type: must be one of events, system_events")
+    container = _string(cfg, "container", path, required=True)
+    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])?", container) or "--" in container:
+        raise ConfigError(path + ".container: must be 3-63 lower-case letters, digits and single "
+                                 "hyphens (an Azure container name)")
+    prefix = _string(cfg, "prefix", path, default="") or ""
+    if prefix.startswith("/") or ".." in prefix.split("/"):
+        raise ConfigError(path + ".prefix: must be a relative blob path")
+    events = _string_list(cfg, "events", path)
+    return BlobSettings(
+        connection_string=_string(cfg, "connection_string", path),
+        container=container, prefix=prefix, export_type=export_type, period_hours=period,
+        events=frozenset(events) if events else None,
+        event_parameters=_string_list(cfg, "event_parameters", path) or [],
+        attributes=_string_list(cfg, "attributes", path) or [],
+        format=fmt, anchor=_time(cfg, "anchor", path), start=_time(cfg, "start", path))
+
+
+def mask_secrets(value, key=None):
+    """A copy of a config value with every secret replaced, for plans and display data."""
+    if key in SECRET_KEYS and value:
+        return "****"
+    if isinstance(value, dict):
+        if key == "headers":  # header values are often tokens
+            return {k: "****" for k in value}
+        return {k: mask_secrets(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secrets(v) for v in value]
+    return value

@@ -1,0 +1,332 @@
+"""Blob export files (CONTRACT 5.2): windows, names, rows, cells, encoders and the state marker.
+
+Pure functions, no Beam: the Beam shell (``transforms/blob.py``) and the tests' reference both use
+them, so a file written by a pipeline is exactly what :func:`render_files` computes from the same
+records.
+
+Windows
+    A file covers ``received_at`` in ``[start, start + period)``. Windows are fixed and anchored:
+    ``start = anchor + k * period`` where the anchor is the end of the last window recorded in the
+    state marker, else the config ``anchor``, else the config ``start``, else the Unix epoch
+    (:func:`resolve_anchor`). All times are integer microseconds.
+
+Rows
+    ``events``: ``event_id, user_id, anonymous_id, event, timestamp, received_at``, then
+    ``properties.<name>`` per event parameter and ``traits.<name>`` per attribute (the user's value as
+    of the event). ``system_events``: ``id, timestamp, received_at, aid, subject_type, subject_id,
+    verb, notes, data``. Rows are ordered by (``received_at``, ``event_id`` / ``id``); times are
+    RFC 3339 UTC (:func:`core.timeutil.format_time`).
+
+Cells (CSV)
+    Numbers as ``repr`` (``19.99``, ``42``), booleans ``true``/``false``, objects and lists compact
+    JSON, absent or null empty, and a *string* starting with ``= + - @``, tab or CR gets a leading
+    ``'`` (the spreadsheet-formula guard). CSV is written by Python's ``csv`` module with ``\\n`` line
+    ends, minimal quoting and a header row; ``csv.gz`` is that CSV gzipped with mtime 0 and no file
+    name, so the same rows always give the same bytes.
+
+Parquet typing
+    The fixed text columns (ids, names, ``timestamp`` and ``received_at`` as RFC 3339 text, ``notes``)
+    are always ``string``. Every other column is typed from the values of the file: all non-null
+    values booleans -> ``bool``; all integers in the int64 range -> ``int64``; all numbers (ints and
+    floats) -> ``double``; anything else (or no value at all) -> ``string`` holding exactly the CSV
+    cell text (JSON for objects, ``true``/``false``, the formula guard). Nulls stay null. So numbers
+    stay numbers, as the contract asks, and a reader gets the same values as from the CSV; the price
+    to know: a property column's type can differ between two files when its values do (``int64`` in
+    one hour, ``double`` or ``string`` in another). Files are written with pyarrow, snappy
+    compression and no wall-clock metadata, so the same rows give the same bytes.
+"""
+import csv
+import gzip
+import io
+import json
+
+from core.conditions import _lookup as lookup_field
+from core.records import canonical_json, dedupe_first_copies
+from core.timeutil import MICROS, format_time, parse_time, to_unix_seconds
+
+EVENT_COLUMNS = ("event_id", "user_id", "anonymous_id", "event", "timestamp", "received_at")
+SYSTEM_EVENT_COLUMNS = ("id", "timestamp", "received_at", "aid", "subject_type", "subject_id", "verb",
+                        "notes", "data")
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "csv.gz": "application/gzip",
+                 "parquet": "application/vnd.apache.parquet"}
+_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
+# -- windows -----------------------------------------------------------------------------------
+
+def period_micros(period_hours):
+    return int(period_hours) * 3600 * MICROS
+
+
+def resolve_anchor(marker_end=None, anchor=None, start=None):
+    """The window anchor: the state marker's end, else config ``anchor``, else ``start``, else 0."""
+    for value in (marker_end, anchor, start):
+        if value is not None:
+            return value
+    return 0
+
+
+def window_start(received_at, anchor, period):
+    """Start of the window ``[s, s + period)`` holding ``received_at`` on the grid of ``anchor``."""
+    return anchor + ((received_at - anchor) // period) * period
+
+
+def plan_windows(window_starts_with_data, marker_end, period):
+    """The window starts a run writes, in order.
+
+    From the marker's end (if any, else the first window with data) to the last window with data,
+    every window; those without data become header-only files. Windows before the marker's end
+    are already written and never planned. No data: nothing to write.
+    """
+    starts = sorted(set(s for s in window_starts_with_data if marker_end is None or s >= marker_end))
+    if not starts:
+        return []
+    first = starts[0] if marker_end is None else marker_end
+    if any((s - first) % period for s in starts):
+        raise ValueError("window starts are not on the grid of %s" % format_time(first))
+    return list(range(first, starts[-1] + 1, period))
+
+
+def advance_marker(plan, written, marker_end, period):
+    """The new marker end: the end of the last planned window that, with every window before it,
+    was written (``written``: a set of window starts). ``marker_end`` when nothing advanced."""
+    end = marker_end
+    for start in plan:
+        if start not in written:
+            break
+        end = start + period
+    return end
+
+
+# -- names and the state marker ----------------------------------------------------------------
+
+def file_name(prefix, account, export_type, work_id, start_us, end_us, fmt):
+    """``<prefix><account>_<export_type>_<work id>_<start_unix>_<end_unix>.<fmt>``."""
+    return "%s%s_%s_%s_%d_%d.%s" % (prefix or "", account, export_type, work_id,
+                                    to_unix_seconds(start_us), to_unix_seconds(end_us), fmt)
+
+
+def marker_name(prefix, work_id):
+    return "%s_state/%s.json" % (prefix or "", work_id)
+
+
+def verify_name(prefix, work_id, unix_seconds):
+    return "%s_verify/%s_%d.txt" % (prefix or "", work_id, unix_seconds)
+
+
+def marker_bytes(work_id, end_us, updated_at_us):
+    """The state marker: where the next run starts (the end of the last window written)."""
+    body = {"work_id": work_id, "last_window_end": format_time(end_us),
+            "last_window_end_unix": to_unix_seconds(end_us), "updated_at": format_time(updated_at_us)}
+    return (json.dumps(body, indent=2) + "\n").encode("utf-8")
+
+
+def parse_marker(data):
+    """The marker's window end in microseconds; ValueError when it is not a marker."""
+    try:
+        body = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+        if "last_window_end" in body:
+            return parse_time(body["last_window_end"])
+        unix = body["last_window_end_unix"]
+        if not isinstance(unix, int) or isinstance(unix, bool):
+            raise ValueError("last_window_end_unix is not an integer")
+        return unix * MICROS
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise ValueError("not a state marker: %s" % exc) from None
+
+
+# -- rows --------------------------------------------------------------------------------------
+
+def event_columns(event_parameters=(), attributes=()):
+    return (list(EVENT_COLUMNS) + ["properties." + p for p in event_parameters]
+            + ["traits." + a for a in attributes])
+
+
+def columns_for(settings):
+    if settings.export_type == "system_events":
+        return list(SYSTEM_EVENT_COLUMNS)
+    return event_columns(settings.event_parameters, settings.attributes)
+
+
+def event_row(export_row, event_parameters=(), attributes=()):
+    """The raw values of one ``events`` row from an :class:`core.engine.ExportRow`."""
+    e = export_row.event
+    values = [e.event_id, e.user_id, e.anonymous_id, e.event, format_time(e.ts),
+              format_time(e.received_at)]
+    values.extend(lookup_field(e.properties or {}, p) for p in event_parameters)
+    attrs = export_row.attributes or {}
+    values.extend(attrs.get(a) for a in attributes)
+    return values
+
+
+def system_event_row(event):
+    """The raw values of one ``system_events`` row from a :class:`core.records.SystemEvent`."""
+    data = event.data
+    return [event.id, format_time(event.ts), format_time(event.received_at), data.get("aid"),
+            data.get("subject_type"), data.get("subject_id"), data.get("verb"), data.get("notes"),
+            data]
+
+
+def row_sort_key(received_at, record_id, values):
+    """Rows are ordered by (received_at, event_id / id); the values break any remaining tie."""
+    return (received_at, record_id, canonical_json(values))
+
+
+def dedupe_system_events(events):
+    """System events with copies of one ``id`` within 24 h of its run's first copy removed.
+
+    The kept copy is the earliest by ``received_at`` (SEMANTICS: Input); the result is ordered.
+    """
+    by_id = {}
+    for e in events:
+        by_id.setdefault(e.id, []).append(e)
+    kept = []
+    for copies in by_id.values():
+        copies.sort(key=lambda e: (e.received_at, canonical_json(e.record)))
+        kept.extend(copies[i] for i in dedupe_first_copies([e.received_at for e in copies]))
+    kept.sort(key=lambda e: (e.received_at, e.id))
+    return kept
+
+
+# -- cells and encoders ------------------------------------------------------------------------
+
+def guard_formula(text):
+    """A leading ``'`` on a string a spreadsheet would run as a formula."""
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
+def format_cell(value):
+    """The CSV text of one value (SEMANTICS: Blob export)."""
+    if value is None:
+        return ""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return guard_formula(value)
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return guard_formula(str(value))
+
+
+def encode_csv(columns, rows):
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for values in rows:
+        writer.writerow([format_cell(v) for v in values])
+    return buf.getvalue().encode("utf-8")
+
+
+def _parquet_array(pa, values):
+    present = [v for v in values if v is not None]
+    if present and all(v is True or v is False for v in present):
+        return pa.array(values, pa.bool_())
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        if all(_INT64_MIN <= v <= _INT64_MAX for v in present):
+            return pa.array(values, pa.int64())
+    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return pa.array([None if v is None else float(v) for v in values], pa.float64())
+    return pa.array([None if v is None else format_cell(v) for v in values], pa.string())
+
+
+def encode_parquet(columns, rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    arrays = [_parquet_array(pa, [r[i] for r in rows]) for i in range(len(columns))]
+    table = pa.Table.from_arrays(arrays, names=list(columns))
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="snappy", store_schema=False)
+    return buf.getvalue()
+
+
+def encode_file(columns, rows, fmt):
+    """The bytes of one file: ``rows`` are lists of raw values, already in file order."""
+    if fmt == "csv":
+        return encode_csv(columns, rows)
+    if fmt == "csv.gz":
+        return gzip.compress(encode_csv(columns, rows), compresslevel=6, mtime=0)
+    if fmt == "parquet":
+        return encode_parquet(columns, rows)
+    raise ValueError("unknown format %r; one of csv, csv.gz, parquet" % (fmt,))
+
+
+# -- one work's export -------------------------------------------------------------------------
+
+class ExportSpec:
+    """What one Blob export work needs to turn records into files (no secrets: safe to pickle).
+
+    ``marker_end``: the end of the last window already written (None: no marker yet).
+    """
+
+    def __init__(self, settings, account_name, work_id, marker_end=None):
+        self.account_name = account_name
+        self.work_id = work_id
+        self.export_type = settings.export_type
+        self.format = settings.format
+        self.prefix = settings.prefix or ""
+        self.events = settings.events
+        self.start = settings.start
+        self.event_parameters = list(settings.event_parameters)
+        self.attributes = list(settings.attributes)
+        self.columns = columns_for(settings)
+        self.period = period_micros(settings.period_hours)
+        self.marker_end = marker_end
+        self.anchor = resolve_anchor(marker_end, settings.anchor, settings.start)
+
+    def received_at(self, record):
+        return record.event.received_at if self.export_type == "events" else record.received_at
+
+    def accepts(self, record):
+        """Whether the work exports this record: its event filter and ``start``."""
+        if self.export_type == "events" and self.events and record.event.event not in self.events:
+            return False
+        return self.start is None or self.received_at(record) >= self.start
+
+    def before_marker(self, received_at):
+        """Whether a record belongs to a window written by an earlier run (it is skipped)."""
+        return self.marker_end is not None and received_at < self.marker_end
+
+    def window_of(self, received_at):
+        return window_start(received_at, self.anchor, self.period)
+
+    def keyed_row(self, record):
+        """``(received_at, id, values)`` of one record: what :meth:`encode` sorts and writes."""
+        if self.export_type == "events":
+            e = record.event
+            return (e.received_at, e.event_id,
+                    event_row(record, self.event_parameters, self.attributes))
+        return record.received_at, record.id, system_event_row(record)
+
+    def file_name(self, start):
+        return file_name(self.prefix, self.account_name, self.export_type, self.work_id, start,
+                         start + self.period, self.format)
+
+    def encode(self, keyed_rows):
+        rows = sorted(keyed_rows, key=lambda r: row_sort_key(*r))
+        return encode_file(self.columns, [r[2] for r in rows], self.format)
+
+
+def render_files(records, settings, account_name, work_id, marker_end=None):
+    """Every file one run writes, ``{name: bytes}``, computed in one process.
+
+    ``records``: ExportRow (``events``) or SystemEvent (``system_events``, deduplicated here), as
+    the Beam transform receives them. The reference the pipeline's files are checked against.
+    """
+    spec = ExportSpec(settings, account_name, work_id, marker_end)
+    if spec.export_type == "system_events":
+        records = dedupe_system_events(records)
+    by_window = {}
+    for record in records:
+        if not spec.accepts(record):
+            continue
+        received_at = spec.received_at(record)
+        if spec.before_marker(received_at):
+            continue
+        by_window.setdefault(spec.window_of(received_at), []).append(spec.keyed_row(record))
+    return {spec.file_name(start): spec.encode(by_window.get(start, ()))
+            for start in plan_windows(by_window, marker_end, spec.period)}

@@ -1,0 +1,61 @@
+"""Event Hub audience messages in the Lytics format (CONTRACT 5.1), built from engine changes."""
+import hashlib
+
+from core.records import canonical_json
+from core.timeutil import OPEN_EXIT, format_time, parse_time
+
+
+def message_id(message):
+    """Deterministic id: a hash of the whole message without its id (subscription, user, T, changes)."""
+    body = {k: v for k, v in message.items() if k != "message_id"}
+    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()[:32]
+
+
+def build_message(change, key_field, key, settings, audience_list):
+    """The message of one work for one :class:`core.engine.UserChange`, or None.
+
+    ``settings`` is the work's EventHubSettings; ``audience_list`` the AudienceSet's audiences.
+    None when the change touches none of the work's audiences or falls before the work's start.
+    """
+    if settings.start is not None:
+        if change.backfill:
+            if change.time != settings.start or not settings.existing_users:
+                return None
+        elif change.time < settings.start:
+            return None
+    elif change.backfill:
+        return None
+    exported = settings.audiences
+    position = {a: i for i, a in enumerate(exported)}
+    segment_events = []
+    for audience_index, kind, entered in sorted(
+            (c for c in change.changes if c[0] in position), key=lambda c: c[0]):
+        audience = audience_list[audience_index]
+        t = format_time(change.time)
+        segment_events.append({
+            "id": audience.id, "slug": audience.slug, "event": kind,
+            "enter": format_time(entered),
+            "exit": OPEN_EXIT if kind == "enter" else t})
+    if not segment_events:
+        return None
+    data = {"_created": format_time(change.first_ts), "_modified": format_time(change.last_ts)}
+    traits = change.traits
+    fields = settings.user_fields if settings.user_fields is not None else sorted(traits)
+    for name in fields:
+        if name in traits:
+            data[name] = traits[name]
+    data[key_field] = key
+    data["segment_events"] = segment_events
+    message = {"data": data, "subscription_id": settings.subscription_id,
+               "timestamp": format_time(change.time)}
+    if change.backfill:
+        message["backfill"] = True
+    message["message_id"] = message_id(message)
+    return message
+
+
+def message_sort_key(message):
+    """Local-sink order: by user, then time, a backfill before a transition at the same time."""
+    data = message["data"]
+    return (data.get("user_id", ""), data.get("anonymous_id", ""), parse_time(message["timestamp"]),
+            0 if message.get("backfill") else 1, message["message_id"])

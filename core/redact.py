@@ -1,0 +1,99 @@
+"""Keeps secrets out of everything the pipeline prints or logs.
+
+``Redactor`` knows the secret values of a job (connection strings, keys, passwords, header values,
+signing secrets) and also masks secret-looking fragments it was not told about (``AccountKey=``,
+``SharedAccessKey=``, ``sig=``, ``password=``). ``install_log_redaction`` puts it on every log record.
+"""
+import logging
+import re
+
+from core.config import SECRET_KEYS
+
+_PATTERNS = [
+    re.compile(r"(?i)(AccountKey|SharedAccessKey|SharedAccessSignature|SharedAccessKeyName)=([^;&\s\"']+)"),
+    re.compile(r"(?i)\b(sig|se|skn|password|passwd|pwd|token|secret)=([^;&\s\"']+)"),
+    re.compile(r"(?i)(Authorization|X-Signature)\s*[:=]\s*([^\s,\"']+)"),
+]
+MASK = "****"
+
+
+def collect_secrets(raw_config):
+    """Every secret value in a (substituted) raw config: secret keys and header values."""
+    found = set()
+
+    def walk(value, key=None):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k == "headers" and isinstance(v, dict):
+                    found.update(str(x) for x in v.values() if x not in (None, ""))
+                walk(v, k)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, key)
+        elif key in SECRET_KEYS and isinstance(value, str) and value:
+            found.add(value)
+            # Parts of a connection string are secrets on their own too.
+            for part in value.split(";"):
+                if "=" in part:
+                    name, _, secret = part.partition("=")
+                    if name.lower() in ("accountkey", "sharedaccesskey", "sharedaccesssignature"):
+                        found.add(secret)
+    walk(raw_config)
+    return {s for s in found if len(s) >= 4}
+
+
+class Redactor:
+    def __init__(self, secrets=()):
+        self._secrets = sorted(set(secrets), key=len, reverse=True)
+
+    def add(self, secrets):
+        self._secrets = sorted(set(self._secrets) | set(secrets), key=len, reverse=True)
+
+    def __call__(self, text):
+        if not isinstance(text, str):
+            text = str(text)
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        for pattern in _PATTERNS:
+            text = pattern.sub(lambda m: "%s=%s" % (m.group(1), MASK), text)
+        return text
+
+
+class _RedactingFilter(logging.Filter):
+    def __init__(self, redactor):
+        super().__init__()
+        self._redactor = redactor
+
+    def filter(self, record):
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string must not stop logging
+            message = str(record.msg)
+        record.msg = self._redactor(message)
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = self._redactor(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+def install_log_redaction(redactor):
+    """Redacts every record reaching the root logger's handlers (and any added later to root)."""
+    root = logging.getLogger()
+    flt = _RedactingFilter(redactor)
+    for handler in root.handlers:
+        handler.addFilter(flt)
+    root.addFilter(flt)
+    # Records from child loggers skip root's own filters, so also patch the record factory.
+    old_factory = logging.getLogRecordFactory()
+    if getattr(old_factory, "_redacting", False):
+        return flt
+
+    def factory(*args, **kwargs):
+        record = old_factory(*args, **kwargs)
+        flt.filter(record)
+        return record
+    factory._redacting = True
+    logging.setLogRecordFactory(factory)
+    return flt

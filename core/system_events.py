@@ -1,0 +1,39 @@
+"""System events: the alert filter (CONTRACT 5.3) and the pipeline's own work events (5.4)."""
+import hashlib
+import time
+
+from core.records import SystemEvent
+from core.timeutil import MICROS, format_time
+
+
+def matches(settings, event):
+    """Whether a system event matches an alert work's filter.
+
+    ``settings.verbs`` None matches every verb; ``settings.sources`` None matches every subject,
+    otherwise the subject type must be a key and the subject id in its list (an empty list: any id).
+    """
+    if settings.verbs is not None and event.verb not in settings.verbs:
+        return False
+    if settings.sources is not None:
+        ids = settings.sources.get(event.subject_type)
+        if ids is None:
+            return False
+        if ids and str(event.subject_id) not in ids:
+            return False
+    return True
+
+
+def work_event(aid, work_id, verb, notes=None, unit=None, ts=None):
+    """A system event about one of the pipeline's own works.
+
+    ``unit`` names what the event is about (a file name, a batch id); with it the event id is stable,
+    so a retried bundle that reports the same unit again produces the same id.
+    """
+    now = int(time.time() * MICROS) if ts is None else ts
+    basis = "%s|%s|%s" % (work_id, verb, unit if unit is not None else now)
+    event_id = "work-" + hashlib.sha256(basis.encode("utf-8")).hexdigest()[:24]
+    data = {"aid": aid, "subject_type": "work", "subject_id": work_id, "verb": verb}
+    if notes:
+        data["notes"] = notes
+    record = {"kind": "system", "id": event_id, "ts": format_time(now), "data": data}
+    return SystemEvent(event_id, now, now, data, record)

@@ -1,0 +1,365 @@
+"""What ``pipelines.stream`` and ``pipelines.replay`` share: set-up, the output graph, the summary.
+
+The two commands differ in one step only, how audiences are evaluated (a stateful DoFn with
+event-time timers, or a GroupByKey and one engine call per user); everything before and after it is
+built here, so both produce the same messages, files and alerts.
+"""
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+import uuid
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from core.config import ConfigError, load_config
+from core.messages import build_message, message_sort_key
+from core.records import SystemEvent, dedupe_first_copies
+from core.redact import Redactor, collect_secrets, install_log_redaction
+from core.system_events import work_event
+from pipelines.options import ActivationOptions
+from transforms.audiences import EngineSpec
+from transforms.localsink import WriteJsonLinesFile
+from transforms.read import (DEADLETTER, PROFILE, SYSTEM, InputMissingError, ReadRecords,
+                             check_input_exists)
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class LaunchError(RuntimeError):
+    """A problem the user must fix; printed as one line."""
+
+
+# -- set-up ------------------------------------------------------------------------------------
+
+def _configure_logging(verbose, redactor):
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not verbose:
+        # Beam and the Azure SDKs are chatty at INFO; a local run prints its own summary.
+        for noisy in ("apache_beam", "azure", "uamqp", "root"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    install_log_redaction(redactor)
+
+
+def _preflight(job, output_dir):
+    """Checks each delivering work's credentials before any data moves.
+
+    Returns ``{work id: reason}`` for works that cannot deliver; they are disabled for this run
+    (they deliver nothing, keep their state marker, and report ``failed``), the others run.
+    """
+    disabled = {}
+    for work in job.works:
+        if work.paused:
+            continue
+        settings = work.settings
+        if work.workflow == "eventhub_audience_export" and settings.connection_string:
+            from transforms.eventhubs import EventHubsDeliveryError, verify_connection
+            try:
+                verify_connection(settings.connection_string, settings.eventhub_name)
+            except EventHubsDeliveryError as exc:
+                disabled[work.id] = str(exc)
+        elif work.workflow == "azure_blob_event_export":
+            from transforms import blob
+            try:
+                destination = blob.destination_for(work, output_dir)
+                if settings.connection_string:
+                    blob.verify_credentials(destination, work.id, settings.prefix)
+                work.marker_end = blob.read_marker_end(destination, work)
+            except blob.BlobExportError as exc:
+                disabled[work.id] = str(exc)
+                work.marker_end = None
+    return disabled
+
+
+# -- the output graph --------------------------------------------------------------------------
+
+def _keep_first_copies(element):
+    _, copies = element
+    copies = sorted(copies, key=lambda e: (e.received_at, e.ts))
+    for i in dedupe_first_copies([c.received_at for c in copies]):
+        yield copies[i]
+
+
+class DedupeSystemEvents(beam.PTransform):
+    """The 24-hour dedupe of system events by id (the earliest received copy of a run wins)."""
+
+    def expand(self, system_events):
+        return (system_events
+                | "KeyById" >> beam.Map(lambda e: (e.id, e))
+                | "GroupById" >> beam.GroupByKey()
+                | "KeepFirstCopies" >> beam.FlatMap(_keep_first_copies))
+
+
+def _message_fn(settings, audiences):
+    def to_messages(element):
+        (key_field, key), change = element
+        message = build_message(change, key_field, key, settings, audiences)
+        if message is not None:
+            yield key, message
+    return to_messages
+
+
+class _CountDelivered(beam.DoFn):
+    """Local sinks: turns a written file into the work's ``synced`` and ``synccomplete`` events."""
+
+    def __init__(self, aid, work_id, counter_name):
+        self._aid = aid
+        self._work_id = work_id
+        self._counter = beam.metrics.Metrics.counter("work:" + work_id, counter_name)
+
+    def process(self, written):
+        path, count = written
+        self._counter.inc(count)
+        name = os.path.basename(path)
+        yield work_event(self._aid, self._work_id, "synced", "%d messages to %s" % (count, name),
+                         unit=name)
+        yield work_event(self._aid, self._work_id, "synccomplete", None, unit=name + "#complete")
+
+
+def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming):
+    settings = work.settings
+    label = "Work[%s]" % work.id
+    messages = changes | label + "BuildMessages" >> beam.FlatMap(
+        _message_fn(settings, job.audiences.audiences))
+    if work.id in disabled:
+        return p | label + "Disabled" >> beam.Create(
+            [work_event(job.aid, work.id, "failed", disabled[work.id], unit="preflight")])
+    if not settings.connection_string:
+        return (messages
+                | label + "DropKey" >> beam.Values()
+                | label + "WriteLocalSink" >> WriteJsonLinesFile(
+                    os.path.join(output_dir, "eventhub", work.id + ".jsonl"), sort_key=message_sort_key)
+                | label + "Report" >> beam.ParDo(_CountDelivered(job.aid, work.id, "messages_delivered")))
+    from transforms.eventhubs import WriteToEventHubs
+    if not streaming:
+        # A bounded run sends each user's messages in time order, one user's in one bundle.
+        messages = (messages
+                    | label + "GroupByUser" >> beam.GroupByKey()
+                    | label + "InTimeOrder" >> beam.FlatMap(
+                        lambda kv: ((kv[0], m) for m in sorted(kv[1], key=message_sort_key))))
+    return messages | label + "WriteToEventHubs" >> WriteToEventHubs(
+        settings.connection_string, work.id,
+        os.path.join(output_dir, "deadletter", work.id + ".jsonl"),
+        eventhub_name=settings.eventhub_name, aid=job.aid)
+
+
+def _blob_work(p, job, work, export_rows, system_events, output_dir, disabled):
+    from transforms.blob import WriteToBlobExport
+    source = export_rows if work.settings.export_type == "events" else system_events
+    return source | "Work[%s]WriteToBlob" % work.id >> WriteToBlobExport(
+        work, job.account_name, job.aid, output_dir, marker_end=getattr(work, "marker_end", None),
+        disabled_reason=disabled.get(work.id))
+
+
+def _alert_work(job, work, alert_input, output_dir):
+    from transforms import alerts
+    composite = (alerts.SendWebhookAlerts if work.workflow == "webhook_system_events"
+                 else alerts.SendEmailAlerts)
+    return alert_input | "Work[%s]Alerts" % work.id >> composite(work, output_dir)
+
+
+def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None):
+    """Reads, evaluates with ``evaluate`` (a PTransform), and wires every work's output."""
+    output_dir = options.output_dir
+    streaming = p.options.view_as(StandardOptions).streaming
+    records = p | "ReadRecords" >> ReadRecords(options.input, time_range)
+    _ = (records[DEADLETTER]
+         | "WriteInputDeadLetters" >> WriteJsonLinesFile(
+             os.path.join(output_dir, "deadletter", "input.jsonl"),
+             sort_key=lambda r: (r["source"].rsplit(":", 1)[0],
+                                 int(r["source"].rsplit(":", 1)[1]) if ":" in r["source"] else 0)))
+    system_events = records[SYSTEM] | "DedupeSystemEvents" >> DedupeSystemEvents()
+    evaluated = records[PROFILE] | "EvaluateAudiences" >> evaluate
+    changes, export_rows = evaluated.changes, evaluated.export
+
+    own_events = [p | "WorksStarted" >> beam.Create(
+        [work_event(job.aid, w.id, "started", unit=run_id + "#started")
+         for w in job.works if not w.paused])]
+    for work in job.works:
+        if work.workflow == "eventhub_audience_export":
+            if work.paused:
+                continue
+            events = _eventhub_work(p, job, work, changes, output_dir, disabled, streaming)
+        elif work.workflow == "azure_blob_event_export":
+            events = _blob_work(p, job, work, export_rows, system_events, output_dir, disabled)
+        else:
+            continue
+        own_events.append(events)
+        own_events.append(
+            events
+            | "Work[%s]CountUnits" % work.id >> beam.combiners.Count.Globally()
+            | "Work[%s]Completed" % work.id >> beam.Map(
+                lambda n, wid=work.id: work_event(job.aid, wid, "completed",
+                                                  "%d events reported" % n, unit=run_id + "#completed")))
+    own = own_events | "AllWorkEvents" >> beam.Flatten()
+    alert_input = (system_events, own) | "AlertInput" >> beam.Flatten()
+    alert_outputs = []
+    for work in job.works:
+        if work.workflow in ("webhook_system_events", "email_system_events"):
+            result = _alert_work(job, work, alert_input, output_dir)
+            if isinstance(result, beam.PCollection):
+                alert_outputs.append(result)
+    log = [own] + [r for r in alert_outputs]
+    _ = ((log | "AllOwnEvents" >> beam.Flatten())
+         | "OwnEventRecords" >> beam.Map(lambda e: e.record if isinstance(e, SystemEvent) else e)
+         | "WriteSystemEventLog" >> WriteJsonLinesFile(
+             os.path.join(output_dir, "system_events.jsonl"),
+             sort_key=lambda r: (r.get("ts", ""), r.get("id", ""))))
+
+
+# -- summary -----------------------------------------------------------------------------------
+
+def _counter_totals(result):
+    totals = {}
+    try:
+        counters = result.metrics().query(MetricsFilter())["counters"]
+    except Exception as exc:  # some runners do not report metrics; the summary says so
+        _LOGGER.warning("metrics unavailable from this runner: %s", exc)
+        return None
+    for c in counters:
+        value = c.committed if c.committed is not None else c.attempted
+        key = (c.key.metric.namespace, c.key.metric.name)
+        totals[key] = totals.get(key, 0) + (value or 0)
+    return totals
+
+
+def _count_lines(path):
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            return sum(1 for line in fh if line.strip())
+    except OSError:
+        return 0
+
+
+def build_summary(job, totals, output_dir, mode, seconds):
+    totals = totals or {}
+
+    def get(namespace, name):
+        return totals.get((namespace, name), 0)
+
+    summary = {
+        "command": mode,
+        "records_read": get("input", "records_read"),
+        "deadlettered": get("input", "deadlettered"),
+        "outside_time_range": get("input", "outside_time_range"),
+        "late": get("audiences", "late"),
+        "duplicates": get("audiences", "duplicates"),
+        "events_applied": get("audiences", "events_applied"),
+        "audiences": {a.slug: {"enters": get("audience:" + a.slug, "enters"),
+                               "exits": get("audience:" + a.slug, "exits")}
+                      for a in job.audiences.audiences},
+        "works": {},
+        "output_dir": output_dir,
+        "seconds": round(seconds, 3),
+    }
+    names = {"eventhub_audience_export": ("messages_delivered", "batches_delivered"),
+             "azure_blob_event_export": ("files_delivered", "rows_delivered", "skipped_before_marker"),
+             "webhook_system_events": ("alerts_delivered",),
+             "email_system_events": ("alerts_delivered",)}
+    for work in job.works:
+        ns = "work:" + work.id
+        entry = {"workflow": work.workflow}
+        if work.label:
+            entry["label"] = work.label
+        if work.paused:
+            entry["paused"] = True
+        for name in names[work.workflow] + ("deadlettered", "failures"):
+            entry[name.replace("_delivered", "")] = get(ns, name)
+        summary["works"][work.id] = entry
+    if totals is None:
+        summary["metrics"] = "unavailable from this runner"
+    return summary
+
+
+def print_summary(summary, stream=sys.stdout):
+    w = stream.write
+    w("Summary (%s, %.1f s)\n" % (summary["command"], summary["seconds"]))
+    w("  records read %d, dead-lettered %d, late %d, duplicates %d\n"
+      % (summary["records_read"], summary["deadlettered"], summary["late"], summary["duplicates"]))
+    w("  audiences:\n")
+    for slug, figures in summary["audiences"].items():
+        w("    %-28s enters %6d  exits %6d\n" % (slug, figures["enters"], figures["exits"]))
+    w("  works:\n")
+    for work_id, entry in summary["works"].items():
+        figures = ", ".join("%s %s" % (k, v) for k, v in entry.items() if k not in ("workflow", "label"))
+        w("    %-20s %-26s %s\n" % (work_id, entry["workflow"], figures))
+    w("  output: %s\n" % summary["output_dir"])
+
+
+def _failed_work_events(output_dir, job):
+    own_ids = {w.id for w in job.works}
+    failures = []
+    try:
+        with open(os.path.join(output_dir, "system_events.jsonl"), encoding="utf-8") as fh:
+            for line in fh:
+                record = json.loads(line)
+                data = record.get("data", {})
+                if data.get("verb") == "failed" and data.get("subject_id") in own_ids:
+                    failures.append((data["subject_id"], data.get("notes", "failed")))
+    except OSError:
+        pass
+    return failures
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+def main(argv, mode, make_evaluate, extra_options=None, time_range_of=None):
+    """Runs one pipeline command; returns the process exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
+    redactor = Redactor()
+    _configure_logging(verbose, redactor)
+    try:
+        return _run(argv, mode, make_evaluate, redactor, time_range_of)
+    except (ConfigError, InputMissingError, LaunchError) as exc:
+        sys.stderr.write("error: %s\n" % redactor(str(exc)))
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except Exception as exc:  # the last line of defence: one clear, redacted line
+        if verbose:
+            sys.stderr.write(redactor(traceback.format_exc()))
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        sys.stderr.write("error: %s: %s\n" % (type(exc).__name__, redactor(first)[:500]))
+        return 1
+
+
+def _run(argv, mode, make_evaluate, redactor, time_range_of):
+    options = PipelineOptions(argv)
+    act = options.view_as(ActivationOptions)
+    job = load_config(act.config)
+    redactor.add(collect_secrets(job.raw))
+    check_input_exists(act.input)
+    time_range = time_range_of(options) if time_range_of else None
+    os.makedirs(act.output_dir, exist_ok=True)
+    disabled = _preflight(job, act.output_dir)
+    for work_id, reason in disabled.items():
+        sys.stderr.write("work %s: %s\n" % (work_id, redactor(reason)))
+    run_id = uuid.uuid4().hex[:12]
+    spec = EngineSpec.from_job(job, job.raw.get("audiences") or [])
+    started = time.time()
+    pipeline = beam.Pipeline(options=options)
+    build_graph(pipeline, job, make_evaluate(spec), act, run_id, disabled, time_range)
+    result = pipeline.run()
+    result.wait_until_finish()
+    seconds = time.time() - started
+    summary = build_summary(job, _counter_totals(result), act.output_dir, mode, seconds)
+    with open(os.path.join(act.output_dir, "summary.json"), "w", encoding="utf-8") as fh:
+        json.dump(summary, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    print_summary(summary)
+    failures = _failed_work_events(act.output_dir, job)
+    if failures:
+        seen = set()
+        for work_id, notes in failures:
+            if (work_id, notes) not in seen:
+                seen.add((work_id, notes))
+                sys.stderr.write("error: work %s failed: %s\n" % (work_id, redactor(notes)))
+        return 1
+    return 0

@@ -1,0 +1,28 @@
+"""Installs the activation pipeline; also the --setup_file that Dataflow workers install from."""
+import setuptools
+
+REQUIRED = [
+    "apache-beam>=2.77,<3",
+    "azure-eventhub>=5.15,<6",
+    "azure-storage-blob>=12.31,<13",
+    "pyarrow>=14,<26",       # Beam pins pyarrow below 26
+    "PyYAML>=6",
+    "jsonnet>=0.20",
+    "python-qpid-proton>=0.39",  # the local Event Hubs endpoint (emulators/)
+]
+TEST = ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "aiosmtpd>=1.4"]
+
+setuptools.setup(
+    name="cdp-activation",
+    version="0.1.0",
+    description="Apache Beam pipeline for customer-data activation: audiences with event-time "
+                "timers to Azure Event Hubs, system-event alerts, and Azure Blob exports.",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["core", "core.*", "pipelines", "pipelines.*",
+                                               "transforms", "transforms.*", "emulators",
+                                               "emulators.*"]),
+    package_data={"": ["*.yaml", "*.json"]},
+    data_files=[("examples", ["examples/config.yaml"])],
+    install_requires=REQUIRED,
+    extras_require={"test": TEST},
+)

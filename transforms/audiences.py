@@ -1,0 +1,231 @@
+"""Audience evaluation: the pure engine (``core.engine``) inside Beam.
+
+Two composites, one engine, the same transitions:
+
+``EvaluateAudiencesStateful`` (``pipelines.stream``)
+    A stateful DoFn keyed by user. Incoming events wait in the user's state until the watermark
+    passes them, so a user's events are applied in event-time order whatever the arrival order; an
+    event-time timer wakes the user for the delayed trigger (the next moment a window expiry can
+    change a membership) even if the user never sends another event. An event that arrives after
+    the user's evaluation has passed its time is *late*: it is applied at once, counted, and its
+    transitions are stamped with the user's current evaluation time. Nothing is dropped.
+
+    Cost model: each element is a *group* of one user's events (per read chunk, or per bundle via
+    ``GroupUserEventsPerBundle``), so state is read and written once per user and group, not per
+    event, and one timer is set per user and group. Timers fire once per user and flush (the
+    latest event time of the group) and once per expiry that actually crosses a threshold.
+
+``EvaluateAudiencesBatch`` (``pipelines.replay``)
+    ``GroupByKey`` by user, then the engine over each user's whole history in one call.
+
+Both emit ``((key_field, key), UserChange)`` on the main output and ``ExportRow`` on ``export``.
+Metrics: ``audiences:events_applied``, ``audiences:duplicates``, ``audiences:late``, and
+``audience:<slug>`` ``enters`` / ``exits``.
+"""
+import logging
+import pickle
+import typing
+
+import apache_beam as beam
+from apache_beam.coders import BytesCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
+
+from core.conditions import AudienceSet
+from core.engine import Engine, Stats, UserState
+from core.timeutil import MAX_TIME
+
+_LOGGER = logging.getLogger(__name__)
+
+CHANGES, EXPORT = "changes", "export"
+
+
+class EngineSpec:
+    """What a worker needs to rebuild the engine: no secrets, only audiences and export needs."""
+
+    def __init__(self, audience_defs, backfill_starts=(), export_attributes=None):
+        self.audience_defs = audience_defs
+        self.backfill_starts = list(backfill_starts)
+        self.export_attributes = export_attributes
+
+    @classmethod
+    def from_job(cls, job, raw_audiences):
+        return cls(raw_audiences, job.backfill_starts, job.export_attributes)
+
+    def build(self):
+        return Engine(AudienceSet(self.audience_defs), self.backfill_starts, self.export_attributes)
+
+
+class _EngineMetrics:
+    """Turns engine stats and changes into Beam counters."""
+
+    def __init__(self, engine):
+        self._applied = Metrics.counter("audiences", "events_applied")
+        self._duplicates = Metrics.counter("audiences", "duplicates")
+        self._late = Metrics.counter("audiences", "late")
+        self._enters, self._exits = [], []
+        for a in engine.audiences.audiences:
+            self._enters.append(Metrics.counter("audience:" + a.slug, "enters"))
+            self._exits.append(Metrics.counter("audience:" + a.slug, "exits"))
+
+    def record(self, stats, changes):
+        if stats.events:
+            self._applied.inc(stats.events)
+        if stats.duplicates:
+            self._duplicates.inc(stats.duplicates)
+        if stats.late:
+            self._late.inc(stats.late)
+        for change in changes:
+            if change.backfill:
+                continue
+            for audience_index, kind, _ in change.changes:
+                (self._enters if kind == "enter" else self._exits)[audience_index].inc()
+
+
+def _emit(key, changes, rows):
+    for change in changes:
+        yield key, change
+    for row in rows:
+        yield beam.pvalue.TaggedOutput(EXPORT, row)
+
+
+class _GroupPerBundle(beam.DoFn):
+    """Buffers single ``(key, event)`` elements per bundle and emits ``(key, [events])`` groups."""
+
+    def start_bundle(self):
+        self._groups = {}
+
+    def process(self, element, window=beam.DoFn.WindowParam):
+        key, event = element
+        self._groups.setdefault((key, window), []).append(event)
+
+    def finish_bundle(self):
+        for (key, window), events in self._groups.items():
+            ts = Timestamp(micros=min(e.ts for e in events))
+            yield WindowedValue((key, events), ts, [window])
+        self._groups = {}
+
+
+class GroupUserEventsPerBundle(beam.PTransform):
+    """``(key, event)`` elements to ``(key, [events])`` per bundle (for unbounded sources)."""
+
+    def expand(self, pcoll):
+        return pcoll | "GroupPerBundle" >> beam.ParDo(_GroupPerBundle())
+
+
+class _EvaluateStatefulFn(beam.DoFn):
+    """Keeps one user's engine state and pending events; see the module docstring."""
+
+    USER_STATE = ReadModifyWriteStateSpec("user", BytesCoder())
+    WAKE = TimerSpec("wake", TimeDomain.WATERMARK)
+
+    def __init__(self, spec):
+        self._spec = spec
+
+    def setup(self):
+        self._engine = self._spec.build()
+        self._metrics = _EngineMetrics(self._engine)
+
+    # State layout: (engine state bytes, pending events, flush time or None).
+    def _load(self, state):
+        raw = state.read()
+        if raw is None:
+            return self._engine.new_state(), [], None
+        user_bytes, pending, flush_at = pickle.loads(raw)
+        return UserState.from_bytes(user_bytes), pending, flush_at
+
+    def _save(self, state, wake, user, pending, flush_at):
+        state.write(pickle.dumps((user.to_bytes(), pending, flush_at), protocol=5))
+        next_wake = self._engine.next_wake(user)
+        candidates = [t for t in (flush_at, next_wake) if t is not None]
+        if candidates:
+            wake.set(Timestamp(micros=min(candidates)))
+        else:
+            wake.clear()
+
+    def process(self, element, state=beam.DoFn.StateParam(USER_STATE),
+                wake=beam.DoFn.TimerParam(WAKE)):
+        key, events = element
+        user, pending, flush_at = self._load(state)
+        late = [e for e in events if e.ts <= user.clock]
+        if late:
+            stats = Stats()
+            changes, rows = self._engine.advance(user, late, user.clock, stats)
+            self._metrics.record(stats, changes)
+            yield from _emit(key, changes, rows)
+        fresh = [e for e in events if e.ts > user.clock]
+        if fresh:
+            pending.extend(fresh)
+            if flush_at is None:
+                # Wake when the watermark passes the newest event of this group: everything up to
+                # then is complete, and one wake-up covers the whole group.
+                flush_at = max(e.ts for e in fresh)
+        self._save(state, wake, user, pending, flush_at)
+
+    @on_timer(WAKE)
+    def wake_up(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+                state=beam.DoFn.StateParam(USER_STATE), wake=beam.DoFn.TimerParam(WAKE)):
+        now = fired.micros
+        user, pending, _ = self._load(state)
+        due = [e for e in pending if e.ts <= now]
+        rest = [e for e in pending if e.ts > now]
+        stats = Stats()
+        changes, rows = self._engine.advance(user, due, now, stats)
+        self._metrics.record(stats, changes)
+        yield from _emit(key, changes, rows)
+        self._save(state, wake, user, rest, max(e.ts for e in rest) if rest else None)
+
+
+class EvaluateAudiencesStateful(beam.PTransform):
+    """Streaming evaluation: ``(key, [events])`` groups in, changes and export rows out."""
+
+    def __init__(self, spec, label=None):
+        super().__init__(label)
+        self._spec = spec
+
+    def expand(self, groups):
+        return (groups
+                | "IntoGlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
+                | "EvaluatePerUser" >> beam.ParDo(_EvaluateStatefulFn(self._spec))
+                .with_input_types(typing.Tuple[typing.Tuple[str, str], typing.Any])
+                .with_outputs(EXPORT, main=CHANGES))
+
+
+class _EvaluateHistoryFn(beam.DoFn):
+    def __init__(self, spec):
+        self._spec = spec
+
+    def setup(self):
+        self._engine = self._spec.build()
+        self._metrics = _EngineMetrics(self._engine)
+
+    def process(self, element):
+        key, groups = element
+        events = [e for group in groups for e in group]
+        user = self._engine.new_state()
+        stats = Stats()
+        changes, rows = self._engine.advance(user, events, MAX_TIME, stats)
+        self._metrics.record(stats, changes)
+        for change in changes:
+            yield beam.window.TimestampedValue((key, change), Timestamp(micros=change.time))
+        for row in rows:
+            yield beam.pvalue.TaggedOutput(EXPORT, row)
+
+
+class EvaluateAudiencesBatch(beam.PTransform):
+    """Batch evaluation: all of a user's events at once, the same engine, no per-element state."""
+
+    def __init__(self, spec, label=None):
+        super().__init__(label)
+        self._spec = spec
+
+    def expand(self, groups):
+        return (groups
+                | "IntoGlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
+                | "GroupByUser" >> beam.GroupByKey()
+                | "EvaluateHistory" >> beam.ParDo(_EvaluateHistoryFn(self._spec)).with_outputs(
+                    EXPORT, main=CHANGES))

@@ -18,8 +18,10 @@ Semantics (CONTRACT section 4), for one user:
   an audience they reference).
 * Copies of a record (same dedupe key) within 24 h of the first copy's ``received_at`` are applied
   once; copies of one point are taken in (``ts``, ``event_id``, ``received_at``) order.
-* An event whose ``ts`` is not after the user's clock (the last evaluated point) is late: it is
-  applied at the clock and its transitions are stamped with the clock.
+* The user's clock is the time up to which the caller said all events had arrived (``until`` of
+  the last :meth:`Engine.advance`; in the stream, a timer's firing time, which the watermark has
+  passed). An event whose ``ts`` is not after the clock is late: it is applied at the clock and its
+  transitions are stamped with the clock.
 """
 import bisect
 import hashlib
@@ -205,10 +207,13 @@ class Engine:
                 j += 1
             self._point(state, t, on_time[i:j], stats, changes, rows)
             i = j
-        if until > state.clock and i >= n:
-            # Nothing happens between the last point and ``until``, but expired window entries
-            # can still be released so that state stays small.
+        if until > state.clock:
+            # No point lies between the last one and ``until``, so memberships hold; entries that
+            # expired without crossing a threshold are released to keep state small. The clock
+            # moves to ``until``: the caller knows every event up to then has arrived, so one
+            # arriving later is late.
             self._expire(state, until, set())
+            state.clock = until
         return changes, rows
 
     def _point(self, state, t, batch, stats, changes, rows):

@@ -1,0 +1,112 @@
+import json
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from core.records import InputError, ProfileEvent, SystemEvent, content_hash, parse_record
+from core.timeutil import format_time, parse_duration, parse_time
+
+T0 = parse_time("2026-11-20T10:00:00Z")
+
+
+@pytest.mark.parametrize("value", [
+    "2026-11-20T10:00:00Z", "2026-11-20T11:00:00+01:00", "2026-11-20T05:00:00-0500",
+    "2026-11-20t10:00:00z", 1795168800, 1795168800.0, 1795168800000, "2026-11-20 10:00:00Z"])
+def test_every_timestamp_form(value):
+    assert parse_time(value) == T0
+
+
+def test_fractions_and_milliseconds_are_exact():
+    assert parse_time("2026-11-20T10:00:00.123456Z") == T0 + 123456
+    assert parse_time(1795168800123) == T0 + 123000
+    assert parse_time(1795168800.5) == T0 + 500000
+    assert format_time(T0 + 123000) == "2026-11-20T10:00:00.123Z"
+    assert format_time(T0 + 1) == "2026-11-20T10:00:00.000001Z"
+    assert format_time(T0) == "2026-11-20T10:00:00Z"
+
+
+@pytest.mark.parametrize("bad", ["yesterday", "2026-13-01T00:00:00Z", True, None, [], "2026-11-20"])
+def test_bad_timestamps_are_errors(bad):
+    with pytest.raises(ValueError):
+        parse_time(bad)
+
+
+def test_durations():
+    assert parse_duration("30m") == 30 * 60 * 10**6
+    assert parse_duration("7d") == 7 * 86400 * 10**6
+    assert parse_duration("2w") == 14 * 86400 * 10**6
+    for bad in ("7", "0d", "1y", "-1d", 7):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_profile_event_fields_and_defaults():
+    e = parse_record(json.dumps({"anonymous_id": "a1", "event": "view", "ts": "2026-11-20T10:00:00Z",
+                                 "properties": {"p": 1}, "traits": {"email": None}}))
+    assert isinstance(e, ProfileEvent)
+    assert (e.key, e.key_field, e.received_at, e.ts) == ("a1", "anonymous_id", T0, T0)
+    assert e.event_id == content_hash({"anonymous_id": "a1", "event": "view", "ts": "2026-11-20T10:00:00Z",
+                                       "properties": {"p": 1}, "traits": {"email": None}})
+    identified = parse_record({"user_id": "u", "anonymous_id": "a", "event": "x", "ts": 1, "event_id": "e"})
+    assert (identified.key, identified.key_field, identified.event_id) == ("u", "user_id", "e")
+
+
+def test_content_hash_ignores_received_at_and_key_order():
+    a = {"user_id": "u", "event": "x", "ts": 1, "received_at": 5}
+    b = {"received_at": 9, "ts": 1, "event": "x", "user_id": "u"}
+    assert content_hash(a) == content_hash(b)
+
+
+@pytest.mark.parametrize("line,reason", [
+    ("not json", "not JSON"),
+    ("[1, 2]", "not a JSON object"),
+    ('{"event": "x", "ts": 1}', "user_id"),
+    ('{"user_id": "u", "ts": 1}', "'event'"),
+    ('{"user_id": "u", "event": "x"}', "'ts'"),
+    ('{"user_id": 5, "event": "x", "ts": 1}', "'user_id' must be a string"),
+    ('{"user_id": "u", "event": "x", "ts": "soon"}', "'ts'"),
+    ('{"user_id": "u", "event": "x", "ts": 1, "properties": []}', "'properties' must be an object"),
+    ('{"user_id": "u", "event": "x", "ts": 1, "traits": "x"}', "'traits' must be an object"),
+    ('{"kind": "system", "ts": 1, "data": {"subject_type": "work", "verb": "failed"}}', "'id'"),
+    ('{"kind": "system", "id": "s", "ts": 1, "data": {"verb": "failed"}}', "subject_type"),
+    ('{"kind": "system", "id": "s", "ts": 1, "data": {"subject_type": "nope", "verb": "failed"}}', "subject_type"),
+    ('{"kind": "system", "id": "s", "ts": 1, "data": {"subject_type": "work", "verb": "exploded"}}', "verb"),
+])
+def test_bad_records_name_the_reason(line, reason):
+    with pytest.raises(InputError) as info:
+        parse_record(line)
+    assert reason in str(info.value)
+
+
+def test_system_event():
+    e = parse_record('{"kind": "system", "id": "se-1", "ts": "2026-11-20T10:00:00Z", '
+                     '"data": {"aid": 1, "subject_type": "work", "subject_id": "w-1", "verb": "failed"}}')
+    assert isinstance(e, SystemEvent)
+    assert (e.id, e.subject_type, e.subject_id, e.verb, e.ts) == ("se-1", "work", "w-1", "failed", T0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_are_parsed_or_rejected_with_a_reason(raw):
+    try:
+        record = parse_record(raw)
+    except InputError as exc:
+        assert str(exc)
+    else:
+        assert isinstance(record, (ProfileEvent, SystemEvent))
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+                           | st.text(max_size=5), lambda c: st.lists(c, max_size=3)
+                           | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["user_id", "anonymous_id", "event", "ts", "received_at",
+                                        "event_id", "properties", "traits", "kind", "id", "data"]),
+                       json_values, max_size=8))
+def test_any_json_object_is_parsed_or_rejected_with_a_reason(obj):
+    try:
+        parse_record(json.dumps(obj))
+    except InputError as exc:
+        assert str(exc)

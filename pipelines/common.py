@@ -38,7 +38,7 @@ class LaunchError(RuntimeError):
 
 def _configure_logging(verbose, redactor):
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
     if not verbose:
         # Beam and the Azure SDKs are chatty at INFO; a local run prints its own summary.
         for noisy in ("apache_beam", "azure", "uamqp", "root"):

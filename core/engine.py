@@ -52,17 +52,25 @@ class UserState:
     __slots__ = ("clock", "first_ts", "last_ts", "traits", "counts", "members", "seen",
                  "max_received")
 
-    def __init__(self, n_specs, n_audiences):
-        self.clock = MIN_TIME          # last evaluated point
+    def __init__(self, windowed_flags, n_audiences):
+        self.clock = MIN_TIME          # every event up to here has been applied
         self.first_ts = None
         self.last_ts = None
         self.traits = {}
-        self.counts = [None] * n_specs  # int (all time) or sorted list of ts (windowed); None = 0
+        # per spec: a saturating int (all time) or the sorted ts list of its window (windowed)
+        self.counts = [[] if windowed else 0 for windowed in windowed_flags]
         self.members = [None] * n_audiences  # enter time, or None when not a member
         self.seen = {}                 # dedupe hash -> first received_at of its run
         self.max_received = MIN_TIME
 
+    def prune_seen(self):
+        """Forgets dedupe keys whose 24-hour horizon has passed (no copy can still match them)."""
+        horizon = self.max_received - DEDUPE_HORIZON_US
+        if any(v <= horizon for v in self.seen.values()):
+            self.seen = {k: v for k, v in self.seen.items() if v > horizon}
+
     def to_bytes(self):
+        self.prune_seen()
         return pickle.dumps((self.clock, self.first_ts, self.last_ts, self.traits, self.counts,
                              self.members, self.seen, self.max_received), protocol=5)
 
@@ -75,8 +83,11 @@ class UserState:
 
 
 def dedupe_hash(event):
-    return int.from_bytes(hashlib.blake2b(event.event_id.encode("utf-8"), digest_size=8).digest(),
-                          "big")
+    """The key the dedupe map stores: short ids as they are, long ones as an 8-byte hash."""
+    event_id = event.event_id
+    if len(event_id) <= 16:
+        return event_id
+    return hashlib.blake2b(event_id.encode("utf-8"), digest_size=8).digest()
 
 
 def event_order(event):
@@ -117,10 +128,15 @@ class Engine:
             for d in a.depends_on:
                 self._audience_readers[d].add(a.index)
         self._collect_inputs(audience_set)
-        # Per windowed spec: the thresholds as (min_count, max_count) pairs for next_wake.
         self._windowed = [i for i, s in enumerate(self.specs) if s.within is not None]
-        self._thresholds = [sorted(t, key=lambda x: (x[0], -1 if x[1] is None else x[1]))
-                            for t in audience_set.thresholds]
+        self._windowed_flags = [s.within is not None for s in self.specs]
+        # Per spec, the counts at which some node changes its answer as the count falls:
+        # ``count >= lo`` flips on reaching lo - 1, ``count <= hi`` on reaching hi.
+        self._targets = []
+        for pairs in audience_set.thresholds:
+            targets = {lo - 1 for lo, _ in pairs if lo >= 1} | {hi for _, hi in pairs if hi is not None}
+            self._targets.append(sorted(targets))
+        self._touched = False  # windowed entries or memberships changed since next_wake
 
     def _collect_inputs(self, audience_set):
         # The compiled closures hide their inputs, so read them off the raw trees via the set's
@@ -134,15 +150,9 @@ class Engine:
                 self._trait_readers.setdefault(t, set()).add(a.index)
 
     def new_state(self):
-        return UserState(len(self.specs), len(self.audiences.audiences))
+        return UserState(self._windowed_flags, len(self.audiences.audiences))
 
     # -- reading state -------------------------------------------------------------------------
-
-    def _count(self, state, i):
-        c = state.counts[i]
-        if c is None:
-            return 0
-        return c if isinstance(c, int) else len(c)
 
     def is_member_anywhere(self, state):
         return any(m is not None for m in state.members)
@@ -153,28 +163,36 @@ class Engine:
         That is the earliest expiry that crosses a threshold of some node, or a backfill start
         while the user is a member of something. ``None`` if there is none.
         """
-        best = None
+        return self._horizons(state)[0]
+
+    def _horizons(self, state):
+        """(next wake, earliest expiry of any window entry); either may be None."""
+        best = expiry = None
+        specs, targets_of = self.specs, self._targets
         for i in self._windowed:
             entries = state.counts[i]
             if not entries:
                 continue
-            within, c = self.specs[i].within, len(entries)
-            for lo, hi in self._thresholds[i]:
-                # count >= lo turns false when the count drops to lo - 1;
-                # count <= hi turns true when it drops to hi.
-                for target in ((lo - 1) if lo >= 1 else None, hi):
-                    if target is None or c <= target:
-                        continue
-                    t = entries[c - target - 1] + within
-                    if t > state.clock and (best is None or t < best):
-                        best = t
+            within = specs[i].within
+            first = entries[0] + within
+            if expiry is None or first < expiry:
+                expiry = first
+            c = len(entries)
+            targets = targets_of[i]
+            k = bisect.bisect_left(targets, c) - 1  # the largest target below the count
+            if k < 0:
+                continue
+            # Live entries all expire after the clock, so this is in the future.
+            t = entries[c - targets[k] - 1] + within
+            if best is None or t < best:
+                best = t
         if self.backfill_starts and self.is_member_anywhere(state):
             for s in self.backfill_starts:
                 if s > state.clock:
                     if best is None or s < best:
                         best = s
                     break
-        return best
+        return best, expiry
 
     # -- advancing -----------------------------------------------------------------------------
 
@@ -195,18 +213,22 @@ class Engine:
                 on_time.append(e)
         on_time.sort(key=event_order)
         i, n = 0, len(on_time)
+        wake, expiry = self._horizons(state)
         while True:
-            t_event = on_time[i].ts if i < n else None
-            t_wake = self.next_wake(state)
-            candidates = [t for t in (t_event, t_wake) if t is not None and t <= until]
-            if not candidates:
+            t = on_time[i].ts if i < n else None
+            if wake is not None and (t is None or wake < t):
+                t = wake
+            if t is None or t > until:
                 break
-            t = min(candidates)
             j = i
             while j < n and on_time[j].ts == t:
                 j += 1
-            self._point(state, t, on_time[i:j], stats, changes, rows)
+            self._touched = False
+            self._point(state, t, on_time[i:j], stats, changes, rows,
+                        expiry is not None and expiry <= t)
             i = j
+            if self._touched or (wake is not None and wake <= t):
+                wake, expiry = self._horizons(state)
         if until > state.clock:
             # No point lies between the last one and ``until``, so memberships hold; entries that
             # expired without crossing a threshold are released to keep state small. The clock
@@ -216,11 +238,13 @@ class Engine:
             state.clock = until
         return changes, rows
 
-    def _point(self, state, t, batch, stats, changes, rows):
+    def _point(self, state, t, batch, stats, changes, rows, may_expire=True):
         stats.points += 1
-        self._emit_backfills(state, t, changes)
+        if self.backfill_starts:
+            self._emit_backfills(state, t, changes)
         dirty = set()
-        self._expire(state, t, dirty)
+        if may_expire:
+            self._expire(state, t, dirty)
         first = state.first_ts is None
         applied = False
         for e in batch:
@@ -250,6 +274,7 @@ class Engine:
                     k += 1
                 del entries[:k]
                 dirty.update(self._spec_readers[i])
+                self._touched = True
 
     def _is_duplicate(self, state, e, stats):
         h = dedupe_hash(e)
@@ -260,9 +285,9 @@ class Engine:
         state.seen[h] = e.received_at
         if e.received_at > state.max_received:
             state.max_received = e.received_at
-            horizon = state.max_received - DEDUPE_HORIZON_US
-            if len(state.seen) > 16:
-                state.seen = {k: v for k, v in state.seen.items() if v > horizon}
+        size = len(state.seen)
+        if size >= 32 and not size & (size - 1):  # at powers of two: amortised O(1) per event
+            state.prune_seen()
         return False
 
     def _apply(self, state, e, dirty, stats, rows, at=None):
@@ -290,15 +315,14 @@ class Engine:
                 continue
             cap = self.caps[i]
             if spec.within is None:
-                c = state.counts[i] or 0
+                c = state.counts[i]
                 if c < cap:
                     state.counts[i] = c + 1
                     dirty.update(self._spec_readers[i])
             elif e.ts + spec.within > now and cap > 0:
                 entries = state.counts[i]
-                if entries is None:
-                    entries = state.counts[i] = []
                 before = len(entries)
+                self._touched = True
                 bisect.insort(entries, e.ts)
                 if len(entries) > cap:
                     del entries[0]
@@ -321,7 +345,7 @@ class Engine:
     def _evaluate(self, state, t, dirty, changes):
         if not dirty:
             return
-        counts = [self._count(state, i) for i in range(len(self.specs))]
+        counts = [len(c) if c.__class__ is list else c for c in state.counts]
         present = [m is not None for m in state.members]
         changed = []
         for a_index in self.audiences.order:
@@ -339,6 +363,7 @@ class Engine:
                     state.members[a_index] = None
                 dirty.update(self._audience_readers[a_index])
         if changed:
+            self._touched = True
             changed.sort()
             changes.append(UserChange(t, tuple(changed), dict(state.traits), state.first_ts,
                                       state.last_ts))

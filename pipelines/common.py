@@ -22,8 +22,9 @@ from core.records import SystemEvent, dedupe_first_copies
 from core.redact import Redactor, collect_secrets, install_log_redaction
 from core.system_events import work_event
 from pipelines.options import ActivationOptions
-from transforms.audiences import EngineSpec
+from transforms.audiences import EngineSpec, changes_from_wire
 from transforms.localsink import WriteJsonLinesFile
+from transforms.audiences import export_rows_from_wire
 from transforms.read import (DEADLETTER, PROFILE, SYSTEM, InputMissingError, ReadRecords,
                              check_input_exists)
 
@@ -96,11 +97,14 @@ class DedupeSystemEvents(beam.PTransform):
 
 
 def _message_fn(settings, audiences):
+    """(user, [changes]) to (partition key, [messages]) for one work."""
     def to_messages(element):
-        (key_field, key), change = element
-        message = build_message(change, key_field, key, settings, audiences)
-        if message is not None:
-            yield key, message
+        (key_field, key), changes = element
+        changes = changes_from_wire(changes)
+        messages = [m for m in (build_message(c, key_field, key, settings, audiences) for c in changes)
+                    if m is not None]
+        if messages:
+            yield key, messages
     return to_messages
 
 
@@ -133,7 +137,8 @@ def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming):
         return (messages
                 | label + "DropKey" >> beam.Values()
                 | label + "WriteLocalSink" >> WriteJsonLinesFile(
-                    os.path.join(output_dir, "eventhub", work.id + ".jsonl"), sort_key=message_sort_key)
+                    os.path.join(output_dir, "eventhub", work.id + ".jsonl"), sort_key=message_sort_key,
+                    batched=True)
                 | label + "Report" >> beam.ParDo(_CountDelivered(job.aid, work.id, "messages_delivered")))
     from transforms.eventhubs import WriteToEventHubs
     if not streaming:
@@ -141,7 +146,11 @@ def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming):
         messages = (messages
                     | label + "GroupByUser" >> beam.GroupByKey()
                     | label + "InTimeOrder" >> beam.FlatMap(
-                        lambda kv: ((kv[0], m) for m in sorted(kv[1], key=message_sort_key))))
+                        lambda kv: ((kv[0], m) for m in sorted((m for batch in kv[1] for m in batch),
+                                                                key=message_sort_key))))
+    else:
+        messages = messages | label + "OnePerElement" >> beam.FlatMap(
+            lambda kv: ((kv[0], m) for m in kv[1]))
     return messages | label + "WriteToEventHubs" >> WriteToEventHubs(
         settings.connection_string, work.id,
         os.path.join(output_dir, "deadletter", work.id + ".jsonl"),
@@ -150,7 +159,10 @@ def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming):
 
 def _blob_work(p, job, work, export_rows, system_events, output_dir, disabled):
     from transforms.blob import WriteToBlobExport
-    source = export_rows if work.settings.export_type == "events" else system_events
+    if work.settings.export_type == "events":
+        source = export_rows | "Work[%s]Rows" % work.id >> beam.FlatMap(export_rows_from_wire)
+    else:
+        source = system_events
     return source | "Work[%s]WriteToBlob" % work.id >> WriteToBlobExport(
         work, job.account_name, job.aid, output_dir, marker_end=getattr(work, "marker_end", None),
         disabled_reason=disabled.get(work.id))

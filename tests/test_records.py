@@ -110,3 +110,13 @@ def test_any_json_object_is_parsed_or_rejected_with_a_reason(obj):
         parse_record(json.dumps(obj))
     except InputError as exc:
         assert str(exc)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(-62135596800 * 10**6, 253402300799 * 10**6))
+def test_format_time_round_trips_and_matches_datetime(us):
+    import datetime as dt
+    text = format_time(us)
+    assert parse_time(text) == us
+    d = dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=us)
+    assert text[:19] == "%04d-%02d-%02dT%02d:%02d:%02d" % (d.year, d.month, d.day, d.hour, d.minute, d.second)

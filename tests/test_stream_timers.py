@@ -11,7 +11,8 @@ from apache_beam.transforms.window import TimestampedValue
 
 from core.config import parse_config
 from core.timeutil import format_time, parse_time
-from transforms.audiences import EngineSpec, EvaluateAudiencesStateful, GroupUserEventsPerBundle
+from transforms.audiences import (EngineSpec, EvaluateAudiencesStateful, GroupUserEventsPerBundle,
+                                  changes_from_wire)
 from transforms.read import PROFILE, ParseLines
 
 AUDIENCES = [
@@ -53,7 +54,8 @@ def _run(batches, late_counter=None):
     parsed = p | stream | ParseLines()
     evaluated = (parsed[PROFILE] | GroupUserEventsPerBundle()
                  | EvaluateAudiencesStateful(spec))
-    transitions = evaluated.changes | beam.FlatMap(lambda c: _transitions(c))
+    transitions = evaluated.changes | beam.FlatMap(
+        lambda kv: [t for c in changes_from_wire(kv[1]) for t in _transitions((kv[0], c))])
     return p, transitions
 
 

@@ -18,7 +18,9 @@ Two composites, one engine, the same transitions:
 ``EvaluateAudiencesBatch`` (``pipelines.replay``)
     ``GroupByKey`` by user, then the engine over each user's whole history in one call.
 
-Both emit ``((key_field, key), UserChange)`` on the main output and ``ExportRow`` on ``export``.
+Both emit ``((key_field, key), [UserChange, ...])`` on the main output and ``[ExportRow, ...]`` on
+``export``: one element per user and evaluation, not per change, because per-element overhead is
+what a Python pipeline pays most for.
 Metrics: ``audiences:events_applied``, ``audiences:duplicates``, ``audiences:late``, and
 ``audience:<slug>`` ``enters`` / ``exits``.
 """
@@ -28,6 +30,7 @@ import typing
 
 import apache_beam as beam
 from apache_beam.coders import BytesCoder
+from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
@@ -36,8 +39,10 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.conditions import AudienceSet
-from core.engine import Engine, Stats, UserState
+from core.engine import Engine, ExportRow, Stats, UserChange, UserState
+from core.records import ProfileEvent
 from core.timeutil import MAX_TIME
+from transforms.read import events_from_wire, to_wire
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -86,15 +91,23 @@ class _EngineMetrics:
                 (self._enters if kind == "enter" else self._exits)[audience_index].inc()
 
 
+def changes_from_wire(rows):
+    return [UserChange._make(r) for r in rows]
+
+
+def export_rows_from_wire(rows):
+    return [ExportRow(ProfileEvent._make(event), attributes) for event, attributes in rows]
+
+
 def _emit(key, changes, rows):
-    for change in changes:
-        yield key, change
-    for row in rows:
-        yield beam.pvalue.TaggedOutput(EXPORT, row)
+    if changes:
+        yield key, to_wire(changes)
+    if rows:
+        yield beam.pvalue.TaggedOutput(EXPORT, [(tuple(r.event), r.attributes) for r in rows])
 
 
 class _GroupPerBundle(beam.DoFn):
-    """Buffers single ``(key, event)`` elements per bundle and emits ``(key, [events])`` groups."""
+    """Buffers single ``(key, event tuple)`` elements per bundle; emits ``(key, [tuples])`` groups."""
 
     def start_bundle(self):
         self._groups = {}
@@ -105,7 +118,7 @@ class _GroupPerBundle(beam.DoFn):
 
     def finish_bundle(self):
         for (key, window), events in self._groups.items():
-            ts = Timestamp(micros=min(e.ts for e in events))
+            ts = Timestamp(micros=min(e[3] for e in events))  # ProfileEvent.ts
             yield WindowedValue((key, events), ts, [window])
         self._groups = {}
 
@@ -123,8 +136,9 @@ class _EvaluateStatefulFn(beam.DoFn):
     USER_STATE = ReadModifyWriteStateSpec("user", BytesCoder())
     WAKE = TimerSpec("wake", TimeDomain.WATERMARK)
 
-    def __init__(self, spec):
+    def __init__(self, spec, complete_when_timers_fire=False):
         self._spec = spec
+        self._complete_when_timers_fire = complete_when_timers_fire
 
     def setup(self):
         self._engine = self._spec.build()
@@ -136,10 +150,10 @@ class _EvaluateStatefulFn(beam.DoFn):
         if raw is None:
             return self._engine.new_state(), [], None
         user_bytes, pending, flush_at = pickle.loads(raw)
-        return UserState.from_bytes(user_bytes), pending, flush_at
+        return UserState.from_bytes(user_bytes), events_from_wire(pending), flush_at
 
     def _save(self, state, wake, user, pending, flush_at):
-        state.write(pickle.dumps((user.to_bytes(), pending, flush_at), protocol=5))
+        state.write(pickle.dumps((user.to_bytes(), to_wire(pending), flush_at), protocol=5))
         next_wake = self._engine.next_wake(user)
         candidates = [t for t in (flush_at, next_wake) if t is not None]
         if candidates:
@@ -150,6 +164,7 @@ class _EvaluateStatefulFn(beam.DoFn):
     def process(self, element, state=beam.DoFn.StateParam(USER_STATE),
                 wake=beam.DoFn.TimerParam(WAKE)):
         key, events = element
+        events = events_from_wire(events)
         user, pending, flush_at = self._load(state)
         late = [e for e in events if e.ts <= user.clock]
         if late:
@@ -169,7 +184,9 @@ class _EvaluateStatefulFn(beam.DoFn):
     @on_timer(WAKE)
     def wake_up(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
                 state=beam.DoFn.StateParam(USER_STATE), wake=beam.DoFn.TimerParam(WAKE)):
-        now = fired.micros
+        # In batch execution the watermark jumps from -inf to +inf once all input is read, so the
+        # first timer of a user proves that all its events are here: one wake-up does it all.
+        now = MAX_TIME if self._complete_when_timers_fire else fired.micros
         user, pending, _ = self._load(state)
         due = [e for e in pending if e.ts <= now]
         rest = [e for e in pending if e.ts > now]
@@ -188,9 +205,12 @@ class EvaluateAudiencesStateful(beam.PTransform):
         self._spec = spec
 
     def expand(self, groups):
+        options = groups.pipeline.options
+        batch = options is not None and not options.view_as(StandardOptions).streaming \
+            and groups.is_bounded
         return (groups
                 | "IntoGlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
-                | "EvaluatePerUser" >> beam.ParDo(_EvaluateStatefulFn(self._spec))
+                | "EvaluatePerUser" >> beam.ParDo(_EvaluateStatefulFn(self._spec, batch))
                 .with_input_types(typing.Tuple[typing.Tuple[str, str], typing.Any])
                 .with_outputs(EXPORT, main=CHANGES))
 
@@ -205,15 +225,12 @@ class _EvaluateHistoryFn(beam.DoFn):
 
     def process(self, element):
         key, groups = element
-        events = [e for group in groups for e in group]
+        events = [e for group in groups for e in events_from_wire(group)]
         user = self._engine.new_state()
         stats = Stats()
         changes, rows = self._engine.advance(user, events, MAX_TIME, stats)
         self._metrics.record(stats, changes)
-        for change in changes:
-            yield beam.window.TimestampedValue((key, change), Timestamp(micros=change.time))
-        for row in rows:
-            yield beam.pvalue.TaggedOutput(EXPORT, row)
+        yield from _emit(key, changes, rows)
 
 
 class EvaluateAudiencesBatch(beam.PTransform):

@@ -19,13 +19,17 @@ def _default_sort_key(record):
 
 
 class _WriteSortedLines(beam.DoFn):
-    def __init__(self, path, sort_key):
+    def __init__(self, path, sort_key, batched):
         self._path = path
         self._sort_key = sort_key
+        self._batched = batched
 
     def process(self, element):
         _, records = element
-        records = sorted((r for r in records if r != _SENTINEL_VALUE), key=self._sort_key)
+        records = (r for r in records if r != _SENTINEL_VALUE)
+        if self._batched:
+            records = (r for batch in records for r in batch)
+        records = sorted(records, key=self._sort_key)
         directory = os.path.dirname(self._path)
         if directory:
             os.makedirs(directory, exist_ok=True)
@@ -41,13 +45,15 @@ class _WriteSortedLines(beam.DoFn):
 class WriteJsonLinesFile(beam.PTransform):
     """Writes a PCollection of JSON-serialisable records to one local file, sorted.
 
+    With ``batched=True`` each element is a list of records (fewer elements to shuffle).
     Returns a PCollection with one ``(path, count)`` element once the file is in place.
     """
 
-    def __init__(self, path, sort_key=None, label=None):
+    def __init__(self, path, sort_key=None, batched=False, label=None):
         super().__init__(label)
         self._path = path
         self._sort_key = sort_key or _default_sort_key
+        self._batched = batched
 
     def expand(self, records):
         # A GroupByKey on one key rather than a side input: the FnApiRunner repeats side-input
@@ -58,4 +64,4 @@ class WriteJsonLinesFile(beam.PTransform):
         return ((keyed, sentinel)
                 | "Merge" >> beam.Flatten()
                 | "GroupAll" >> beam.GroupByKey()
-                | "WriteFile" >> beam.ParDo(_WriteSortedLines(self._path, self._sort_key)))
+                | "WriteFile" >> beam.ParDo(_WriteSortedLines(self._path, self._sort_key, self._batched)))

@@ -1,0 +1,46 @@
+"""The naive Beam baseline: parse, key by user, one ReadModifyWrite state read and write plus one
+event-time timer set per event, nothing else. ``python -m bench.baseline --input F``."""
+import argparse
+import json
+import sys
+
+import apache_beam as beam
+from apache_beam.coders import VarIntCoder
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import Timestamp
+
+
+class _CountPerUser(beam.DoFn):
+    COUNT = ReadModifyWriteStateSpec("count", VarIntCoder())
+    WAKE = TimerSpec("wake", TimeDomain.WATERMARK)
+
+    def process(self, element, count=beam.DoFn.StateParam(COUNT), wake=beam.DoFn.TimerParam(WAKE)):
+        _, ts = element
+        count.write((count.read() or 0) + 1)
+        wake.set(Timestamp(seconds=ts))
+
+    @on_timer(WAKE)
+    def fired(self):
+        return []
+
+
+def _key(line):
+    record = json.loads(line)
+    return record.get("user_id") or record.get("anonymous_id"), record["ts"]
+
+
+def run(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--input", required=True)
+    known, beam_args = parser.parse_known_args(argv)
+    with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
+        (p | "Read" >> beam.io.ReadFromText(known.input)
+           | "Parse" >> beam.Map(_key)
+           | "StatePerEvent" >> beam.ParDo(_CountPerUser()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,147 @@
+"""The benchmark: one command, one data set, every path side by side.
+
+    python -m bench.run [--events 150000] [--users 3000] [--days 40] [--skip-1m]
+
+Times, on the same files in one run: the naive Beam baseline (one state read+write and one timer per
+event), ``pipelines.stream``, ``pipelines.replay`` and the pure core in a plain loop. Each pipeline
+runs at N and at 4N events (4x the users, same events per user) and its marginal rate is
+3N / (t(4N) - t(N)), so start-up does not blur the comparison; start-up (a run over a handful of
+events) is reported on its own. Writes ``bench/results.json`` and prints a table. Also checks that
+stream and replay wrote the same messages, and (unless ``--skip-1m``) replays 1M events for peak RSS.
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+from bench.make_data import write
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CONFIG = os.path.join(HERE, "config.yaml")
+
+
+def _measure(module, args, label):
+    command = [sys.executable, "-m", "bench._measure", module] + args
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout[-2000:] + result.stderr[-4000:])
+        raise SystemExit("benchmark step %s failed (exit %d)" % (label, result.returncode))
+    lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
+    measured = json.loads(lines[-1])
+    measured["wall_seconds"] = wall
+    measured["extra"] = json.loads(lines[-2]) if len(lines) > 1 else None
+    sys.stderr.write("  %-28s %7.2f s  peak %7.1f MB\n" % (label, wall, measured["peak_rss_mb"]))
+    return measured
+
+
+def _pipeline_args(kind, path, out):
+    if kind == "baseline":
+        return "bench.baseline", ["--input", path]
+    module = "pipelines." + kind
+    return module, ["--config", CONFIG, "--input", path, "--output_dir", out, "--progress_seconds", "0"]
+
+
+def _read(path):
+    with open(path, encoding="utf-8") as fh:
+        return sorted(fh.read().splitlines())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=150000, help="N: events of the small run")
+    parser.add_argument("--users", type=int, default=3000, help="users of the small run")
+    parser.add_argument("--days", type=int, default=40)
+    parser.add_argument("--skip-1m", action="store_true", help="skip the 1M-event replay (RSS check)")
+    parser.add_argument("--out", default=os.path.join(HERE, "results.json"))
+    args = parser.parse_args(argv)
+    data = os.path.join(HERE, "data")
+    os.makedirs(data, exist_ok=True)
+    n, users = args.events, args.users
+    files = {"tiny": os.path.join(data, "tiny.jsonl"), "N": os.path.join(data, "n.jsonl"),
+             "4N": os.path.join(data, "4n.jsonl")}
+    sys.stderr.write("making data: %d and %d events\n" % (n, 4 * n))
+    write(files["tiny"], 20, 5, 2)
+    write(files["N"], n, users, args.days)
+    write(files["4N"], 4 * n, 4 * users, args.days, seed=12)
+    results = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
+                           "cpus": os.cpu_count()},
+               "events": {"N": n, "4N": 4 * n, "users_N": users}, "paths": {}}
+    for kind in ("baseline", "stream", "replay"):
+        sys.stderr.write("%s\n" % kind)
+        runs = {}
+        for size in ("tiny", "N", "4N"):
+            module, margs = _pipeline_args(kind, files[size], os.path.join(data, "out-%s-%s" % (kind, size)))
+            runs[size] = _measure(module, margs, "%s %s" % (kind, size))
+        marginal = 3 * n / max(runs["4N"]["wall_seconds"] - runs["N"]["wall_seconds"], 1e-9)
+        startup = runs["tiny"]["wall_seconds"]
+        results["paths"][kind] = {
+            "startup_seconds": round(startup, 2),
+            "seconds_N": round(runs["N"]["wall_seconds"], 2),
+            "seconds_4N": round(runs["4N"]["wall_seconds"], 2),
+            "marginal_events_per_second": round(marginal),
+            "linearity": round((runs["4N"]["wall_seconds"] - startup) / max(runs["N"]["wall_seconds"] - startup, 1e-9), 2),
+            "peak_rss_mb_4N": runs["4N"]["peak_rss_mb"]}
+    sys.stderr.write("core\n")
+    core = {size: _measure("bench.core_loop", ["--config", CONFIG, "--input", files[size]], "core " + size)
+            for size in ("N", "4N")}
+    engine_rate = core["4N"]["extra"]["events"] / core["4N"]["extra"]["engine_seconds"]
+    parse_rate = core["4N"]["extra"]["events"] / core["4N"]["extra"]["parse_seconds"]
+    results["paths"]["core"] = {
+        "engine_events_per_second": round(engine_rate),
+        "parse_events_per_second": round(parse_rate),
+        "state_bytes_median": core["N"]["extra"]["state_bytes_median"],
+        "state_bytes_max": core["N"]["extra"]["state_bytes_max"],
+        "peak_rss_mb_4N": core["4N"]["peak_rss_mb"]}
+    base = results["paths"]["baseline"]["marginal_events_per_second"]
+    for kind in ("stream", "replay"):
+        results["paths"][kind]["ratio_to_baseline"] = round(
+            results["paths"][kind]["marginal_events_per_second"] / base, 2)
+    results["paths"]["core"]["ratio_to_baseline"] = round(engine_rate / base, 1)
+    same = all(_read(os.path.join(data, "out-stream-%s" % s, "eventhub", "w-eh.jsonl"))
+               == _read(os.path.join(data, "out-replay-%s" % s, "eventhub", "w-eh.jsonl"))
+               for s in ("N", "4N"))
+    results["stream_equals_replay"] = same
+    if not args.skip_1m:
+        million = os.path.join(data, "1m.jsonl")
+        write(million, 1_000_000, 20000, args.days, seed=13)
+        run = _measure("pipelines.replay", _pipeline_args("replay", million, os.path.join(data, "out-1m"))[1],
+                       "replay 1M")
+        results["replay_1m"] = {"seconds": round(run["wall_seconds"], 1), "peak_rss_mb": run["peak_rss_mb"]}
+    with open(args.out, "w", encoding="utf-8") as fh:
+        json.dump(results, fh, indent=2)
+        fh.write("\n")
+    print(format_table(results))
+    return 0 if same else 1
+
+
+def format_table(results):
+    rows = ["| path | marginal ev/s | x baseline | start-up s | t(N) s | t(4N) s | linearity | peak RSS MB (4N) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for kind in ("baseline", "stream", "replay"):
+        r = results["paths"][kind]
+        rows.append("| %s | %d | %s | %.1f | %.1f | %.1f | %.2f | %.0f |" % (
+            kind, r["marginal_events_per_second"], r.get("ratio_to_baseline", 1.0), r["startup_seconds"],
+            r["seconds_N"], r["seconds_4N"], r["linearity"], r["peak_rss_mb_4N"]))
+    c = results["paths"]["core"]
+    rows.append("| core (plain loop, engine only) | %d | %s | - | - | - | - | %.0f |" % (
+        c["engine_events_per_second"], c["ratio_to_baseline"], c["peak_rss_mb_4N"]))
+    lines = ["\n".join(rows), "",
+             "parse alone: %d ev/s; state per user: median %d B, max %d B; stream == replay: %s"
+             % (c["parse_events_per_second"], c["state_bytes_median"], c["state_bytes_max"],
+                results["stream_equals_replay"])]
+    if "replay_1m" in results:
+        lines.append("replay of 1M events: %.1f s, peak RSS %.0f MB"
+                     % (results["replay_1m"]["seconds"], results["replay_1m"]["peak_rss_mb"]))
+    lines.append("machine: %s, Python %s, %d CPUs" % (results["machine"]["platform"],
+                                                     results["machine"]["python"], results["machine"]["cpus"]))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,671 @@
+"""Delivery of audience messages to Azure Event Hubs (CONTRACT 5.1): ``WriteToEventHubs``.
+
+Also :func:`verify_connection`, the launcher's pre-flight check of a connection string, and
+:func:`parse_connection_string`.
+"""
+import collections
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+import urllib.parse
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.display import DisplayDataItem
+from apache_beam.utils.windowed_value import WindowedValue
+
+from core.records import dead_letter
+from core.system_events import work_event
+
+try:  # POSIX: also serialise dead-letter appends between worker processes
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+_LOGGER = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/json"
+#: Messages buffered in a bundle before they are sent without waiting for the bundle's end.
+MAX_BUFFERED_MESSAGES = 10000
+#: Attempts of this module's own retry (each re-creates the client) around the SDK's retries.
+MAX_ATTEMPTS = 3
+
+
+class EventHubsDeliveryError(Exception):
+    """A one-line, secret-free description of why Event Hubs cannot be used."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Connection strings
+# ------------------------------------------------------------------------------------------------
+
+
+class ConnectionInfo(dict):
+    """The parts of a connection string; ``repr`` and ``str`` never show the key."""
+
+    _SECRET_FIELDS = ("shared_access_key", "shared_access_signature")
+
+    def __repr__(self):
+        shown = {k: ("***" if k in self._SECRET_FIELDS and v else v) for k, v in self.items()}
+        return "ConnectionInfo(%r)" % (shown,)
+
+    __str__ = __repr__
+
+
+def parse_connection_string(connection_string):
+    """Splits an Event Hubs connection string; raises :class:`EventHubsDeliveryError` if unusable.
+
+    Returns a :class:`ConnectionInfo` with ``endpoint``, ``host``, ``port`` (None: the default),
+    ``namespace`` (``host[:port]``, safe to show), ``shared_access_key_name``,
+    ``shared_access_key``, ``shared_access_signature``, ``eventhub_name`` (``EntityPath``) and
+    ``use_development_emulator``. Error messages name the missing part, never a value.
+    """
+    if not isinstance(connection_string, str) or not connection_string.strip():
+        raise EventHubsDeliveryError("Event Hubs connection string is empty")
+    fields = {}
+    for part in connection_string.strip().split(";"):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise EventHubsDeliveryError(
+                "Event Hubs connection string is malformed: a part has no '=' (expected "
+                "Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=...)")
+        fields[name.strip().lower()] = value.strip()
+    endpoint = fields.get("endpoint")
+    if not endpoint:
+        raise EventHubsDeliveryError("Event Hubs connection string has no Endpoint")
+    parsed = urllib.parse.urlparse(endpoint if "//" in endpoint else "sb://" + endpoint)
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError:
+        raise EventHubsDeliveryError("Event Hubs connection string has an invalid Endpoint port") \
+            from None
+    if not host:
+        raise EventHubsDeliveryError("Event Hubs connection string has an Endpoint without a host")
+    key_name, key = fields.get("sharedaccesskeyname"), fields.get("sharedaccesskey")
+    signature = fields.get("sharedaccesssignature")
+    if not signature and not (key_name and key):
+        raise EventHubsDeliveryError(
+            "Event Hubs connection string needs SharedAccessKeyName and SharedAccessKey "
+            "(or SharedAccessSignature)")
+    display_host = "[%s]" % host if ":" in host else host
+    return ConnectionInfo(
+        endpoint=endpoint, host=host, port=port,
+        namespace=display_host if port is None else "%s:%d" % (display_host, port),
+        shared_access_key_name=key_name, shared_access_key=key,
+        shared_access_signature=signature, eventhub_name=fields.get("entitypath") or None,
+        use_development_emulator=fields.get("usedevelopmentemulator", "").lower() == "true")
+
+
+class _Secret:
+    """Holds a secret so that repr(), logging and display data cannot show it by accident."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value):
+        self._value = value
+
+    def reveal(self):
+        return self._value
+
+    def __repr__(self):
+        return "<secret>"
+
+    __str__ = __repr__
+
+    def __getstate__(self):
+        return self._value
+
+    def __setstate__(self, state):
+        self._value = state
+
+
+_SECRET_PATTERNS = (
+    re.compile(r"(SharedAccessKey\s*=)[^;\s]*", re.I),
+    re.compile(r"(SharedAccessSignature\s*=?\s*)\S+", re.I),
+    re.compile(r"(sig=)[^&\s]+", re.I),
+)
+
+
+def _redact(text, info=None):
+    """``text`` without the key, signatures or ``SharedAccessKey=`` values."""
+    text = str(text)
+    if info is not None:
+        for field in ConnectionInfo._SECRET_FIELDS:
+            if info.get(field):
+                text = text.replace(info[field], "***")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(r"\1***", text)
+    return text
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors
+# ------------------------------------------------------------------------------------------------
+
+
+def _status_code(exc):
+    match = re.search(r"Status code: (\d{3})", str(exc))
+    return int(match.group(1)) if match else None
+
+
+def _is_not_found(exc):
+    # The service answers a token for a missing event hub with CBS status 404, which the SDK
+    # raises as an AuthenticationError too.
+    return _status_code(exc) == 404 or "amqp:not-found" in str(exc)
+
+
+def _is_auth_error(exc):
+    from azure.core.exceptions import ClientAuthenticationError
+    from azure.eventhub.exceptions import AuthenticationError
+    if _is_not_found(exc):
+        return False
+    return isinstance(exc, (AuthenticationError, ClientAuthenticationError)) or \
+        _status_code(exc) in (401, 403)
+
+
+def _is_transient(exc):
+    """Errors worth another attempt with a fresh client (credentials and bad data are not)."""
+    from azure.eventhub.exceptions import EventDataError, EventHubError
+    if _is_auth_error(exc) or _is_not_found(exc) or isinstance(exc, EventDataError):
+        return False
+    if re.search(r"message-size-exceeded|MessageSizeExceeded", str(exc)):
+        return False                    # the service refused the size: resending cannot help
+    return isinstance(exc, (EventHubError, OSError, TimeoutError))
+
+
+def _is_unreachable(exc):
+    text = str(exc)
+    return isinstance(exc, OSError) or any(marker in text for marker in (
+        "SocketError", "Connection refused", "Failed to initiate the connection",
+        "Name or service not known", "nodename nor servname", "timed out"))
+
+
+def _one_line(exc, info=None):
+    """``ExceptionClass: first line of the message``, redacted and shortened."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    text = "%s: %s" % (type(exc).__name__, first) if first else type(exc).__name__
+    text = _redact(text, info)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _describe(exc, info, hub):
+    """The one-line explanation of a failure to use ``hub`` (for users; no secret)."""
+    where = "%s/%s" % (info["namespace"], hub)
+    if _is_auth_error(exc):
+        return "Event Hubs rejected the credentials for %s" % where
+    if _is_not_found(exc):
+        return "Event Hubs has no event hub %s (check EntityPath / eventhub_name)" % where
+    if _is_unreachable(exc):
+        return "Event Hubs endpoint %s is unreachable" % info["namespace"]
+    return "Event Hubs check of %s failed: %s" % (where, _one_line(exc, info))
+
+
+# ------------------------------------------------------------------------------------------------
+# Client
+# ------------------------------------------------------------------------------------------------
+
+
+def _producer(connection_string, eventhub_name, retry_total, retry_backoff_factor,
+              retry_backoff_max, timeout_seconds):
+    from azure.eventhub import EventHubProducerClient
+    kwargs = {"retry_total": retry_total, "retry_backoff_factor": retry_backoff_factor,
+              "retry_backoff_max": retry_backoff_max, "retry_mode": "exponential",
+              # Bounds the CBS handshake too: a silent endpoint must not hang a worker.
+              "auth_timeout": max(1, int(timeout_seconds))}
+    if eventhub_name:
+        kwargs["eventhub_name"] = eventhub_name
+    return EventHubProducerClient.from_connection_string(connection_string, **kwargs)
+
+
+def _hub_name(info, eventhub_name):
+    hub = eventhub_name or info["eventhub_name"]
+    if not hub:
+        raise EventHubsDeliveryError(
+            "Event Hubs event hub name is missing: add EntityPath to the connection string or "
+            "set eventhub_name")
+    return hub
+
+
+def verify_connection(connection_string, eventhub_name=None, timeout_seconds=10):
+    """Checks that the connection string reaches the event hub and is accepted by it.
+
+    Opens a producer and reads the hub's properties (one management call: TCP, SASL, CBS
+    put-token, READ), without the SDK's retries so that a rejected key fails in about a second.
+    Returns the hub's properties (``eventhub_name``, ``created_at``, ``partition_ids``).
+
+    Raises :class:`EventHubsDeliveryError` whose message is one line naming the problem, e.g.
+    ``Event Hubs rejected the credentials for <namespace>/<hub>`` or ``Event Hubs endpoint
+    <host:port> is unreachable``. The message never contains the key or a signature. An endpoint
+    that does not answer within ``timeout_seconds`` is reported as unreachable.
+    """
+    info = parse_connection_string(connection_string)
+    hub = _hub_name(info, eventhub_name)
+    outcome = {}
+
+    def check():
+        client = None
+        try:
+            client = _producer(connection_string, eventhub_name, 0, 0.1, 1, timeout_seconds)
+            outcome["properties"] = client.get_eventhub_properties()
+        except Exception as exc:  # pylint: disable=broad-except
+            outcome["error"] = exc
+        finally:
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:  # pylint: disable=broad-except
+                    pass
+
+    # The SDK blocks without a deadline while an endpoint accepts TCP but stays silent; a daemon
+    # thread bounds the wait.
+    thread = threading.Thread(target=check, name="eventhubs-verify", daemon=True)
+    thread.start()
+    thread.join(timeout_seconds)
+    if thread.is_alive():
+        raise EventHubsDeliveryError("Event Hubs endpoint %s is unreachable (no answer within %s s)"
+                                     % (info["namespace"], timeout_seconds))
+    if "error" in outcome:
+        raise EventHubsDeliveryError(_describe(outcome["error"], info, hub)) from None
+    return outcome["properties"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Dead letters
+# ------------------------------------------------------------------------------------------------
+
+_DEAD_LETTER_LOCKS = collections.defaultdict(threading.Lock)
+_DEAD_LETTER_LOCKS_GUARD = threading.Lock()
+
+
+def append_dead_letters(path, records):
+    """Appends JSON Lines records to ``path``: one open/append/close, under a lock.
+
+    The thread lock serialises DoFn instances of one process, ``flock`` those of other worker
+    processes on the same machine, so lines never interleave.
+    """
+    if not records:
+        return
+    text = "".join(json.dumps(record, ensure_ascii=False, default=str) + "\n"
+                   for record in records)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with _DEAD_LETTER_LOCKS_GUARD:
+        lock = _DEAD_LETTER_LOCKS[os.path.abspath(path)]
+    with lock, open(path, "a", encoding="utf-8") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            handle.write(text)
+            handle.flush()
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# ------------------------------------------------------------------------------------------------
+# The DoFn
+# ------------------------------------------------------------------------------------------------
+
+
+class _Pending:
+    __slots__ = ("key", "message", "body", "timestamp", "window")
+
+    def __init__(self, key, message, body, timestamp, window):
+        self.key, self.message, self.body = key, message, body
+        self.timestamp, self.window = timestamp, window
+
+
+class _DeliveryStopped(Exception):
+    """Delivery cannot go on; ``reason`` is secret-free, ``unsent`` the messages not delivered."""
+
+    def __init__(self, reason, unsent):
+        super().__init__(reason)
+        self.reason = reason
+        self.unsent = list(unsent)
+
+
+class _CredentialsRejected(_DeliveryStopped):
+    """Rejected credentials or a missing event hub: no retry can help, the work stops."""
+
+
+class _DeliveryFailed(_DeliveryStopped):
+    pass
+
+
+def _batch_unit(message_ids, prefix="eventhubs-batch-"):
+    """A stable id of a batch: the same messages give the same synced event id on a retry."""
+    return prefix + hashlib.sha256("\n".join(message_ids).encode("utf-8")).hexdigest()[:32]
+
+
+def _body(message):
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class _WriteToEventHubsFn(beam.DoFn):
+    """Sends ``(partition_key, message)`` elements in batches; outputs work system events."""
+
+    def __init__(self, connection_string, work_id, deadletter_path, eventhub_name, aid,
+                 retry_total, retry_backoff_factor, retry_backoff_max, timeout_seconds,
+                 max_attempts=MAX_ATTEMPTS, max_buffered=MAX_BUFFERED_MESSAGES):
+        info = parse_connection_string(connection_string)
+        self._hub = _hub_name(info, eventhub_name)
+        self._namespace = info["namespace"]
+        self._connection_string = _Secret(connection_string)
+        self._eventhub_name = eventhub_name
+        self._work_id = work_id
+        self._deadletter_path = deadletter_path
+        self._aid = aid
+        self._retry = (retry_total, retry_backoff_factor, retry_backoff_max)
+        self._timeout = timeout_seconds
+        self._max_attempts = max(1, max_attempts)
+        self._max_buffered = max(1, max_buffered)
+        namespace = "work:" + work_id
+        self._delivered = Metrics.counter(namespace, "messages_delivered")
+        self._batches = Metrics.counter(namespace, "batches_delivered")
+        self._deadlettered = Metrics.counter(namespace, "deadlettered")
+        self._failures = Metrics.counter(namespace, "failures")
+        self._client = None
+        self._stopped = None
+        self._buffer = None
+        self._buffered = 0
+
+    def display_data(self):
+        return {"work_id": self._work_id,
+                "eventhub": DisplayDataItem("%s/%s" % (self._namespace, self._hub),
+                                            label="Event Hub"),
+                "deadletter_path": DisplayDataItem(self._deadletter_path,
+                                                   label="Dead-letter file")}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def setup(self):
+        self._stopped = None        # reason delivery stopped for good (credentials rejected)
+        # Creating the client does not connect: the first create_batch does (see _call).
+        self._get_client()
+
+    def start_bundle(self):
+        self._buffer = collections.OrderedDict()
+        self._buffered = 0
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam,
+                window=beam.DoFn.WindowParam):
+        try:
+            key, message = element
+        except (TypeError, ValueError):
+            key, message = None, element
+        problem = None
+        if not isinstance(key, str) or not key:
+            problem = "invalid element: the partition key must be a non-empty string"
+        elif not isinstance(message, dict) or not isinstance(message.get("message_id"), str) \
+                or not message["message_id"]:
+            problem = "invalid element: the message must be an object with a string message_id"
+        if problem is not None:
+            self._dead_letter([(message, problem)])
+            return
+        self._buffer.setdefault(key, []).append(
+            _Pending(key, message, _body(message), timestamp, window))
+        self._buffered += 1
+        if self._buffered >= self._max_buffered:
+            yield from self._flush()
+
+    def finish_bundle(self):
+        yield from self._flush()
+
+    def teardown(self):
+        self._close_client()
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    def _flush(self):
+        """Sends everything buffered; returns the work events as WindowedValues."""
+        pending, self._buffer, self._buffered = self._buffer, collections.OrderedDict(), 0
+        if not pending:
+            return []
+        if self._stopped is not None:
+            self._dead_letter([(p.message, "not delivered: " + self._stopped)
+                               for items in pending.values() for p in items])
+            return []
+        outputs = []
+        keys = list(pending)
+        for index, key in enumerate(keys):
+            try:
+                self._deliver_key(pending[key], outputs)
+            except _DeliveryStopped as failure:
+                # Stop the bundle: later messages of this key must not overtake the undelivered
+                # ones, and other keys would most likely fail the same way.
+                reason = failure.reason
+                undelivered = failure.unsent + [
+                    p for later in keys[index + 1:] for p in pending[later]]
+                self._dead_letter([(p.message, "not delivered: " + reason) for p in undelivered])
+                self._failures.inc()
+                if isinstance(failure, _CredentialsRejected):
+                    self._stopped = reason
+                _LOGGER.error("Work %s: %s; %d messages written to the dead-letter file %s",
+                              self._work_id, reason, len(undelivered), self._deadletter_path)
+                notes = "%s; %d messages not delivered, written to %s" % (
+                    reason, len(undelivered), self._deadletter_path)
+                unit = _batch_unit([p.message["message_id"] for p in undelivered],
+                                   prefix="eventhubs-failed-")
+                outputs.append(self._windowed(work_event(self._aid, self._work_id, "failed",
+                                                         notes=notes, unit=unit),
+                                              undelivered[0]))
+                break
+        return outputs
+
+    def _deliver_key(self, items, outputs):
+        """Sends one partition key's messages in order, in as few batches as fit."""
+        key = items[0].key
+        batch, members = None, []
+        for position, item in enumerate(items):
+            if batch is None:
+                batch = self._new_batch(key, items[position:])
+            if self._add(batch, item):
+                members.append(item)
+                continue
+            if members:                 # the batch is full: send it and start a new one
+                outputs.append(self._send(batch, members, items[position:]))
+                batch, members = self._new_batch(key, items[position:]), []
+                if self._add(batch, item):
+                    members.append(item)
+                    continue
+            # Alone in an empty batch and still too large: no retry can deliver it.
+            self._dead_letter([(item.message, "message of %d bytes is larger than the event hub "
+                                "accepts (%d bytes per batch)"
+                                % (len(item.body), batch.max_size_in_bytes))])
+        if members:
+            outputs.append(self._send(batch, members, []))
+
+    def _new_batch(self, key, unsent):
+        # create_batch opens the connection on first use (to read the link's max message size),
+        # so it fails like a send does and is retried like one.
+        return self._call(lambda client: client.create_batch(partition_key=key), unsent)
+
+    @staticmethod
+    def _add(batch, item):
+        from azure.eventhub import EventData
+        event = EventData(item.body)
+        event.message_id = item.message["message_id"]
+        event.content_type = CONTENT_TYPE
+        try:
+            batch.add(event)
+        except ValueError:              # the SDK's "batch has reached its size limit"
+            return False
+        return True
+
+    def _send(self, batch, members, later):
+        unsent = members + list(later)
+        self._call(lambda client: client.send_batch(batch, timeout=self._timeout), unsent)
+        ids = [p.message["message_id"] for p in members]
+        self._delivered.inc(len(members))
+        self._batches.inc()
+        event = work_event(self._aid, self._work_id, "synced",
+                           notes="%d messages delivered to %s/%s"
+                           % (len(members), self._namespace, self._hub),
+                           unit=_batch_unit(ids))
+        return self._windowed(event, members[-1])
+
+    def _call(self, operation, unsent):
+        """Runs ``operation(client)``: the SDK retries inside, this retries around it.
+
+        A transient failure after the SDK's own retries closes the client and tries again with
+        a new one (a new connection), up to ``max_attempts`` in all, with exponential backoff.
+        Rejected credentials or a missing hub raise ``_CredentialsRejected``, anything else that
+        persists ``_DeliveryFailed``; both carry the messages not delivered (``unsent``).
+        """
+        unused_retry_total, factor, backoff_max = self._retry
+        attempt = 1
+        while True:
+            try:
+                return operation(self._get_client())
+            except Exception as exc:  # pylint: disable=broad-except
+                info = parse_connection_string(self._connection_string.reveal())
+                where = "%s/%s" % (self._namespace, self._hub)
+                if _is_auth_error(exc) or _is_not_found(exc):
+                    self._close_client()
+                    raise _CredentialsRejected(_describe(exc, info, self._hub), unsent) from None
+                if not _is_transient(exc) or attempt >= self._max_attempts:
+                    self._close_client()
+                    raise _DeliveryFailed("Event Hubs delivery to %s failed after %d attempt%s: %s"
+                                          % (where, attempt, "" if attempt == 1 else "s",
+                                             _one_line(exc, info)), unsent) from None
+                delay = min(backoff_max, factor * (2 ** (attempt - 1))) * random.uniform(0.5, 1)
+                _LOGGER.warning("Work %s: Event Hubs delivery to %s failed (%s); retrying with "
+                                "a new client in %.1f s (attempt %d of %d)", self._work_id, where,
+                                _one_line(exc, info), delay, attempt + 1, self._max_attempts)
+                self._close_client()
+                time.sleep(delay)
+                attempt += 1
+
+    def _get_client(self):
+        if self._client is None:
+            retry_total, factor, backoff_max = self._retry
+            self._client = _producer(self._connection_string.reveal(), self._eventhub_name,
+                                     retry_total, factor, backoff_max, self._timeout)
+        return self._client
+
+    def _close_client(self):
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception as exc:  # pylint: disable=broad-except
+                _LOGGER.debug("Work %s: closing the Event Hubs client failed: %s",
+                              self._work_id, type(exc).__name__)
+
+    # -- outputs -----------------------------------------------------------------------------
+
+    def _dead_letter(self, pairs):
+        records = [dead_letter(message, error, self._work_id) for message, error in pairs]
+        append_dead_letters(self._deadletter_path, records)
+        self._deadlettered.inc(len(records))
+        for message, error in pairs:
+            if not error.startswith("not delivered"):
+                _LOGGER.warning("Work %s: message %s dead-lettered: %s", self._work_id,
+                                message.get("message_id") if isinstance(message, dict) else None,
+                                error)
+
+    @staticmethod
+    def _windowed(event, item):
+        # Outputs leave with the window and timestamp of the element they report on, so they
+        # work from finish_bundle and under any windowing.
+        return WindowedValue(event, item.timestamp, (item.window,))
+
+
+class WriteToEventHubs(beam.PTransform):
+    """Delivers audience messages to an Azure Event Hub with the azure-eventhub SDK.
+
+    Input: a PCollection of ``(partition_key, message)`` pairs, where ``message`` is a CONTRACT
+    5.1 audience message (a JSON-serialisable dict with a string ``message_id``) and
+    ``partition_key`` the user key. Output: a PCollection of ``core.records.SystemEvent`` work
+    events (``subject_type: work``, ``subject_id: work_id``, ``aid``) for the alert branch:
+
+    * ``synced`` for every batch the hub accepted (the event id is stable per batch content, so
+      a retried bundle reports the same id);
+    * ``failed`` when delivery stops, with the reason in ``notes`` (never a secret).
+
+    What is sent: each message is one event whose body is the message's compact JSON (UTF-8),
+    with AMQP ``message_id`` = the message's ``message_id`` and content type
+    ``application/json``. Messages are grouped per partition key; one key's messages keep their
+    input order and go to one partition, so one user's messages stay in order. Batches are
+    filled up to the hub's maximum message size (1 MB on the Standard tier, read from the link)
+    and sent when full or at the end of the bundle (or once ``max_buffered_messages`` wait).
+
+    Failure policy:
+
+    * transient errors (lost connection, timeouts, service busy) are retried by the SDK
+      (``retry_total`` times, exponential backoff from ``retry_backoff_factor`` seconds up to
+      ``retry_backoff_max``), then by this transform, which closes the client and tries again
+      with a new one, up to 3 attempts in all. If that fails too, the bundle stops: the batch and
+      every message after it in the bundle are written to the dead-letter file with the error
+      ``not delivered: <reason>`` and one ``failed`` event is output. The next bundle tries again.
+    * a single message larger than the hub accepts is written to the dead-letter file with the
+      reason; the other messages are delivered.
+    * rejected credentials (AuthenticationError, ClientAuthenticationError, status 401/403) stop the
+      work until the pipeline is restarted: one ``failed`` event ("Event Hubs rejected the
+      credentials for <namespace>/<hub>"), and the undelivered messages (this bundle's and every
+      later one's, without further attempts) go to the dead-letter file as
+      ``not delivered: ...``. Nothing is lost and nothing is raised: the pipeline
+      launcher turns the ``failed`` event into a non-zero exit status. An event hub that does
+      not exist (status 404) stops the work the same way, with "Event Hubs has no event hub ...".
+      The SDK retries a rejected token too, so with the default ``retry_total=3`` this takes
+      about 14 s; :func:`verify_connection` (run by the launcher before any data moves) reports
+      it in about a second.
+
+    The dead-letter file (``deadletter_path``) is JSON Lines, one
+    ``{"raw": message, "error": reason, "source": work_id}`` per message, appended under a lock.
+
+    Delivery is at least once: a batch whose acknowledgement is lost is sent again, and the
+    copies carry the same ``message_id`` (the Python SDK has no idempotent producer), so
+    consumers dedupe on ``message_id``. For the same reason "not delivered" means "not
+    acknowledged": a dead-lettered batch may have reached the hub before its connection failed,
+    so replaying the dead-letter file can also produce duplicates (same ``message_id``).
+
+    Metrics (namespace ``work:<work_id>``): ``messages_delivered``, ``batches_delivered``,
+    ``deadlettered``, ``failures``.
+
+    The connection string is never logged and is not part of the display data; it does travel
+    inside the pickled DoFn to the workers, like any sink credential passed as a parameter.
+
+    :param connection_string: ``Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=...``,
+        with ``EntityPath`` or ``eventhub_name``.
+    :param work_id: the work's id (system events, metrics, dead-letter ``source``).
+    :param deadletter_path: JSON Lines file for messages that were not delivered.
+    :param eventhub_name: the event hub, when the connection string has no ``EntityPath``.
+    :param aid: the account id put in the system events.
+    :param retry_total: the SDK's retries per operation.
+    :param retry_backoff_factor: the SDK's (and this transform's) backoff base, seconds.
+    :param retry_backoff_max: the longest backoff, seconds.
+    :param timeout_seconds: the longest wait for one send (and for CBS authentication).
+    :param max_buffered_messages: messages held per bundle before sending without waiting for
+        the bundle's end (bounds memory on large bundles; order per key is kept either way).
+    """
+
+    def __init__(self, connection_string, work_id, deadletter_path, eventhub_name=None, aid=None,
+                 retry_total=3, retry_backoff_factor=0.8, retry_backoff_max=10,
+                 timeout_seconds=10, max_buffered_messages=MAX_BUFFERED_MESSAGES):
+        super().__init__()
+        # Fails at construction, before any data moves, on an unusable connection string.
+        info = parse_connection_string(connection_string)
+        self._target = "%s/%s" % (info["namespace"], _hub_name(info, eventhub_name))
+        self._fn = _WriteToEventHubsFn(
+            connection_string, work_id, deadletter_path, eventhub_name, aid, retry_total,
+            retry_backoff_factor, retry_backoff_max, timeout_seconds,
+            max_buffered=max_buffered_messages)
+        self._work_id = work_id
+        self._deadletter_path = deadletter_path
+
+    def expand(self, messages):
+        return messages | "SendBatches" >> beam.ParDo(self._fn)
+
+    def display_data(self):
+        return {"work_id": self._work_id,
+                "eventhub": DisplayDataItem(self._target, label="Event Hub"),
+                "deadletter_path": DisplayDataItem(self._deadletter_path,
+                                                   label="Dead-letter file")}

@@ -131,6 +131,14 @@ def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming):
     messages = changes | label + "BuildMessages" >> beam.FlatMap(
         _message_fn(settings, job.audiences.audiences))
     if work.id in disabled:
+        # Nothing is lost: what the work could not send is kept, with the reason, for a resend.
+        reason = "not delivered: " + disabled[work.id]
+        _ = (messages
+             | label + "Undelivered" >> beam.FlatMap(
+                 lambda kv, r=reason, w=work.id: [{"raw": m, "error": r, "source": w} for m in kv[1]])
+             | label + "WriteUndelivered" >> WriteJsonLinesFile(
+                 os.path.join(output_dir, "deadletter", work.id + ".jsonl"),
+                 sort_key=lambda d: message_sort_key(d["raw"])))
         return p | label + "Disabled" >> beam.Create(
             [work_event(job.aid, work.id, "failed", disabled[work.id], unit="preflight")])
     if not settings.connection_string:

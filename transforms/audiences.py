@@ -42,6 +42,7 @@ from core.conditions import AudienceSet
 from core.engine import Engine, ExportRow, Stats, UserChange, UserState
 from core.records import ProfileEvent
 from core.timeutil import MAX_TIME
+from transforms._beam_workarounds import cheaper_state_cache_sizing
 from transforms.read import events_from_wire, to_wire
 
 _LOGGER = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ class _EvaluateStatefulFn(beam.DoFn):
         self._complete_when_timers_fire = complete_when_timers_fire
 
     def setup(self):
+        cheaper_state_cache_sizing()
         self._engine = self._spec.build()
         self._metrics = _EngineMetrics(self._engine)
 

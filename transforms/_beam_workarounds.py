@@ -1,0 +1,38 @@
+"""Process-local workarounds for measured costs in the Beam Python SDK (2.77).
+
+``cheaper_state_cache_sizing``: the SDK harness sizes every value it puts in its user-state cache
+with ``objsize.get_deep_size``, which by default first collects the ids of *every module's
+globals* to exclude them: about 2 ms per put with Beam imported, whatever the value (profiled: 35 of
+70 s of a 150k-event run of ``pipelines.stream``). The engine's state is one ``bytes`` value per
+user, which references no module global, so sizing it without that exclusion gives the same size.
+The patch keeps the SDK's own size, referent and filter functions and only turns the exclusion off.
+If the SDK's internals differ from what is expected, nothing is patched.
+"""
+import logging
+
+_LOGGER = logging.getLogger(__name__)
+_applied = False
+
+
+def cheaper_state_cache_sizing():
+    global _applied
+    if _applied:
+        return True
+    try:
+        import objsize
+        from apache_beam.runners.worker import statecache
+        size_func = statecache._size_func
+        referents_func = statecache._get_referents_func
+        filter_func = statecache._filter_func
+    except (ImportError, AttributeError) as exc:
+        _LOGGER.info("state cache sizing left as it is: %s", exc)
+        return False
+
+    def get_deep_size(*objs):
+        return objsize.get_deep_size(*objs, get_size_func=size_func, get_referents_func=referents_func,
+                                     filter_func=filter_func, exclude_modules_globals=False)
+
+    statecache.get_deep_size = get_deep_size
+    _applied = True
+    _LOGGER.info("state cache sizing without the module-globals scan")
+    return True

@@ -1,0 +1,103 @@
+"""Checks a job config as the pipelines do and prints the plan, secrets masked.
+
+    python -m pipelines.validate --config FILE [--json]
+
+Exit status 0 when the config is valid, 2 with one line naming the problem otherwise.
+"""
+import argparse
+import json
+import sys
+
+from core.config import ConfigError, load_config, mask_secrets
+from core.redact import Redactor, collect_secrets
+from core.timeutil import format_time
+
+
+def _duration(micros):
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if micros % (size * 1_000_000) == 0:
+            return "%d%s" % (micros // (size * 1_000_000), unit)
+    return "%dus" % micros
+
+
+def plan(job):
+    audiences = []
+    for a in job.audiences.audiences:
+        specs, traits = job.audiences.inputs_of(a.index)
+        windows = sorted({_duration(job.audiences.specs[i].within) if job.audiences.specs[i].within
+                          else "all time" for i in specs})
+        events = sorted({job.audiences.specs[i].event for i in specs})
+        audiences.append({"id": a.id, "slug": a.slug, "name": a.name, "events": events,
+                          "windows": windows, "traits": sorted(t for t in traits if "." not in t),
+                          "depends_on": [job.audiences.audiences[d].slug for d in a.depends_on]})
+    works = []
+    for w in job.works:
+        s = w.settings
+        entry = {"id": w.id, "workflow": w.workflow, "paused": w.paused}
+        if w.label:
+            entry["label"] = w.label
+        if w.description:
+            entry["description"] = w.description
+        if w.workflow == "eventhub_audience_export":
+            entry["destination"] = "Event Hubs" if s.connection_string else "local file eventhub/%s.jsonl" % w.id
+            entry["audiences"] = [job.audiences.audiences[i].slug for i in s.audiences]
+            entry["start"] = format_time(s.start) if s.start is not None else None
+            entry["backfill"] = s.existing_users
+        elif w.workflow == "azure_blob_event_export":
+            entry["destination"] = ("Azure Blob container %s" % s.container if s.connection_string
+                                    else "local dir blob/%s/" % s.container)
+            entry["files"] = "%s%s_%s_%s_<start>_<end>.%s" % (s.prefix, job.account_name, s.export_type,
+                                                            w.id, s.format)
+            entry["period_hours"] = s.period_hours
+        elif w.workflow == "webhook_system_events":
+            entry["destination"] = s.webhook_url or "local file alerts/%s.jsonl" % w.id
+            entry["verbs"] = sorted(s.verbs) if s.verbs else "all"
+            entry["sources"] = {k: sorted(v) or "all" for k, v in s.sources.items()} if s.sources else "all"
+        else:
+            entry["destination"] = ("SMTP %s:%d to %s" % (s.smtp_host, s.smtp_port, ", ".join(s.recipients))
+                                    if s.smtp_host else "local file alerts/%s.jsonl" % w.id)
+            entry["verbs"] = sorted(s.verbs) if s.verbs else "all"
+        entry["config"] = mask_secrets(w.config)
+        works.append(entry)
+    return {"account": {"name": job.account_name, "aid": job.aid}, "audiences": audiences, "works": works}
+
+
+def print_plan(p, out):
+    out.write("account %s (aid %s)\n" % (p["account"]["name"], p["account"]["aid"]))
+    out.write("audiences:\n")
+    for a in p["audiences"]:
+        out.write("  %-24s events %s, windows %s, traits %s%s\n" % (
+            a["slug"], ", ".join(a["events"]) or "-", ", ".join(a["windows"]) or "-",
+            ", ".join(a["traits"]) or "-",
+            (", uses " + ", ".join(a["depends_on"])) if a["depends_on"] else ""))
+    out.write("works:\n")
+    for w in p["works"]:
+        out.write("  %-20s %-26s -> %s%s\n" % (w["id"], w["workflow"], w["destination"],
+                                               " (paused)" if w["paused"] else ""))
+
+
+def run(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="job config, YAML or JSON")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    args = parser.parse_args(argv)
+    try:
+        job = load_config(args.config)
+    except ConfigError as exc:
+        sys.stderr.write("error: %s\n" % exc)
+        return 2
+    result = plan(job)
+    redact = Redactor(collect_secrets(job.raw))
+    if args.json:
+        sys.stdout.write(redact(json.dumps(result, indent=2)) + "\n")
+    else:
+        import io
+        buffer = io.StringIO()
+        print_plan(result, buffer)
+        sys.stdout.write(redact(buffer.getvalue()))
+        sys.stdout.write("config is valid\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

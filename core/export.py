@@ -21,26 +21,26 @@ Cells (CSV)
     Numbers as ``repr`` (``19.99``, ``42``), booleans ``true``/``false``, objects and lists compact
     JSON, absent or null empty, and a *string* starting with ``= + - @``, tab or CR gets a leading
     ``'`` (the spreadsheet-formula guard). CSV is written by Python's ``csv`` module with ``\\n`` line
-    ends, minimal quoting and a header row; ``csv.gz`` is that CSV gzipped with mtime 0 and no file
-    name, so the same rows always give the same bytes.
+    ends, minimal quoting (a cell holding a CR or LF is quoted too) and a header row; ``csv.gz`` is
+    that CSV gzipped with mtime 0 and no file name, so the same rows always give the same bytes.
 
 Parquet typing
-    The fixed text columns (ids, names, ``timestamp`` and ``received_at`` as RFC 3339 text, ``notes``)
-    are always ``string``. Every other column is typed from the values of the file: all non-null
-    values booleans -> ``bool``; all integers in the int64 range -> ``int64``; all numbers (ints and
-    floats) -> ``double``; anything else (or no value at all) -> ``string`` holding exactly the CSV
-    cell text (JSON for objects, ``true``/``false``, the formula guard). Nulls stay null. So numbers
-    stay numbers, as the contract asks, and a reader gets the same values as from the CSV; the price
-    to know: a property column's type can differ between two files when its values do (``int64`` in
-    one hour, ``double`` or ``string`` in another). Files are written with pyarrow, snappy
-    compression and no wall-clock metadata, so the same rows give the same bytes.
+    Each column is typed from its values in the file: all non-null values booleans -> ``bool``; all
+    integers in the int64 range -> ``int64``; all numbers (ints and floats) -> ``double``; anything
+    else, or no value at all (a header-only file) -> ``string`` holding exactly the CSV cell text
+    (JSON for objects, ``true``/``false``, the formula guard). Nulls stay null. The id, name and
+    time columns (``timestamp`` and ``received_at`` are RFC 3339 text, as in the CSV) are therefore
+    always ``string``, numbers stay numbers as the contract asks, and a reader gets the same values
+    as from the CSV. The price: a column whose values change type (a property that is an integer in
+    one hour and a string in the next) has a different Parquet type in those two files. Files are
+    written by pyarrow with snappy compression and no wall-clock metadata, so the same rows give
+    the same bytes.
 """
 import csv
 import gzip
 import io
 import json
 
-from core.conditions import _lookup as lookup_field
 from core.records import canonical_json, dedupe_first_copies
 from core.timeutil import MICROS, format_time, parse_time, to_unix_seconds
 
@@ -154,7 +154,9 @@ def event_row(export_row, event_parameters=(), attributes=()):
     e = export_row.event
     values = [e.event_id, e.user_id, e.anonymous_id, e.event, format_time(e.ts),
               format_time(e.received_at)]
-    values.extend(lookup_field(e.properties or {}, p) for p in event_parameters)
+    # Names are plain keys (a dotted name is not a path), as for the engine's attributes.
+    props = e.properties or {}
+    values.extend(props.get(p) for p in event_parameters)
     attrs = export_row.attributes or {}
     values.extend(attrs.get(a) for a in attributes)
     return values
@@ -209,17 +211,32 @@ def format_cell(value):
     if isinstance(value, str):
         return guard_formula(value)
     if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(value, separators=(",", ":"))
     return guard_formula(str(value))
 
 
+class _LineEnds:
+    """A file for csv.writer that turns each record's ``\r\n`` end into ``\n``.
+
+    The writer is given ``lineterminator="\r\n"`` so that minimal quoting quotes a cell holding a
+    CR as well as one holding a LF (with ``"\n"`` alone, Python before 3.13 leaves a bare CR
+    unquoted, which readers then take for a line end). csv.writer writes one record per call.
+    """
+
+    def __init__(self):
+        self.parts = []
+
+    def write(self, record):
+        self.parts.append(record[:-2] + "\n")
+
+
 def encode_csv(columns, rows):
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    out = _LineEnds()
+    writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(columns)
     for values in rows:
         writer.writerow([format_cell(v) for v in values])
-    return buf.getvalue().encode("utf-8")
+    return "".join(out.parts).encode("utf-8")
 
 
 def _parquet_array(pa, values):
@@ -240,7 +257,7 @@ def encode_parquet(columns, rows):
     arrays = [_parquet_array(pa, [r[i] for r in rows]) for i in range(len(columns))]
     table = pa.Table.from_arrays(arrays, names=list(columns))
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="snappy", store_schema=False)
+    pq.write_table(table, buf, compression="snappy")
     return buf.getvalue()
 
 

@@ -1,0 +1,647 @@
+"""Azure Blob Storage event export (``azure_blob_event_export``, CONTRACT 5.2).
+
+This module writes a work's records as one file per fixed ingestion-time window to an Azure Blob
+Storage container, or, without a connection string, to a local directory with the same names and
+the same bytes. It is the Beam shell around :mod:`core.export`, which computes every name, row and
+byte; this module moves them.
+
+Configuring a work
+------------------
+In the job config (CONTRACT 3)::
+
+  - id: w-blob
+    workflow: azure_blob_event_export
+    config:
+      connection_string: ${AZURE_STORAGE_CONNECTION_STRING}  # absent or empty: local directory
+      container: exports            # created when missing
+      prefix: acme/events/          # optional; put a trailing "/" to get a folder
+      export_type: events           # events | system_events
+      period_hours: 1               # 1, 2, 4, 6, 12 or 24
+      events: [purchase]            # absent or []: every event
+      event_parameters: [price]     # properties.<name> columns
+      attributes: [email]           # traits.<name> columns, the user's value as of the event
+      format: csv                   # csv | csv.gz | parquet
+      anchor: "2026-11-01T00:30:00Z"   # optional: where the window grid starts
+      start: "2026-11-01T00:00:00Z"    # optional: records received before it are not exported
+
+Using the transform
+-------------------
+The launcher checks the credentials and reads the state marker before it builds the pipeline, then
+applies one :class:`WriteToBlobExport` per work::
+
+  from transforms import blob
+
+  destination = blob.make_destination(work.settings, output_dir)
+  try:
+      blob.verify_credentials(destination, work.id)      # raises BlobExportError, one line
+      marker_end, reason = blob.read_marker(destination, work.id), None
+  except blob.BlobExportError as exc:
+      marker_end, reason = None, str(exc)
+  finally:
+      destination.close()
+  work_events = export_rows | blob.WriteToBlobExport(
+      work, config.account_name, config.aid, output_dir, marker_end=marker_end,
+      disabled_reason=reason)
+
+The input is a PCollection of :class:`core.engine.ExportRow` for ``export_type: events`` (already
+deduplicated by the engine; filtered here by ``events``) or of :class:`core.records.SystemEvent`
+for ``system_events`` (deduplicated here by ``id`` with the 24 h rule). The output is a PCollection
+of the work's own :class:`core.records.SystemEvent` (CONTRACT 5.4): ``synced`` per file written
+(its ``unit`` and ``notes`` name the file), ``synccomplete`` when the state marker moved, and
+``failed`` with the reason (never a secret).
+
+Files
+-----
+``<prefix><account>_<export_type>_<work id>_<start_unix>_<end_unix>.<csv|csv.gz|parquet>`` covers
+records with ``received_at`` in ``[start, end)``. Windows are anchored at the state marker's end,
+else the config ``anchor``, else ``start``, else the Unix epoch. A run writes every window from the
+marker's end (no marker: the first window with data) to the last window with data; a window
+without data gets a header-only file. Columns, cell formatting, the spreadsheet-formula guard and
+the Parquet column types are described in :mod:`core.export`.
+
+Each file is uploaded under its final name with ``overwrite=True`` (Azure commits a blob
+atomically), so a retried bundle rewrites the same name with the same bytes and never creates a
+second one. The local directory ``<output_dir>/blob/<container>/`` is written through a temporary
+file and ``os.replace``.
+
+State marker and catch-up
+-------------------------
+After every file of the run has been committed, the work writes ``<prefix>_state/<work id>.json``
+(``work_id``, ``last_window_end``, ``last_window_end_unix``, ``updated_at``): the end of the last
+window such that it and every window before it were written. Records received before that end
+are skipped by later runs (metric ``skipped_before_marker``). A file that cannot be written is not
+written: the work emits ``failed``, goes on with the other windows, and the marker stops before
+the first failed window, so the next run writes each missed window again as its own catch-up file
+(windows after the failed one are rewritten with the same bytes). ``paused: true`` writes nothing
+and leaves the marker alone; resumed, the work catches up from the marker. When the launcher's
+credential check failed (``disabled_reason``), the work writes nothing and emits one ``failed``.
+
+Credentials and secrets
+-----------------------
+:func:`verify_credentials` writes ``<prefix>_verify/<work id>_<unix>.txt`` and deletes it; a blob it
+may not delete is left in place and logged. Rejected credentials (HTTP 401/403, a key that is not
+base64) and an unreachable account raise :class:`BlobExportError` whose message is one line without
+the connection string, key or SAS. The client uses short timeouts and few retries so a dead
+endpoint fails in seconds. The connection string never appears in logs, errors or display data.
+
+Metrics
+-------
+Counters in the namespace ``work:<work id>``: ``files_delivered``, ``rows_delivered``,
+``skipped_before_marker`` and ``failures``.
+
+Limits
+------
+Files are grouped in the global window: on a bounded input they are written at the end of the
+data. On an unbounded input the grouping only fires when the input ends, so a streaming deployment
+needs event-time windowing on ``received_at`` ahead of this transform (not done here).
+"""
+import logging
+import os
+import re
+import tempfile
+import time
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import window as beam_window
+from apache_beam.transforms.display import DisplayDataItem
+
+from core.export import (CONTENT_TYPES, ExportSpec, advance_marker, dedupe_system_events,
+                         marker_bytes, marker_name, parse_marker, plan_windows, verify_name)
+from core.system_events import work_event
+from core.timeutil import MICROS, format_time
+
+_LOG = logging.getLogger(__name__)
+
+#: Client settings: throttling and server errors are retried with exponential backoff (about 3,
+#: 5 and 9 s); a connection that cannot be made is retried once after CONNECT_BACKOFF_S, so a dead
+#: endpoint fails in well under a second and a run with it goes on to its other windows.
+CONNECTION_TIMEOUT_S = 5
+READ_TIMEOUT_S = 60
+RETRY_TOTAL = 3
+RETRY_CONNECT = 1
+INITIAL_BACKOFF_S = 1.0
+CONNECT_BACKOFF_S = 0.2
+
+
+class BlobExportError(Exception):
+    """A destination failure; ``str()`` is one line without secrets.
+
+    ``kind``: ``credentials`` (rejected), ``unreachable`` or ``error``.
+    """
+
+    def __init__(self, message, kind="error"):
+        super().__init__(" ".join(str(message).split()))
+        self.kind = kind
+
+
+# -- destinations ------------------------------------------------------------------------------
+
+class Destination:
+    """Where a work's blobs go. Names are blob names (``/`` separated, prefix included)."""
+
+    prefix = ""
+    description = ""
+
+    def put(self, name, data, content_type=None):
+        """Writes ``data`` under ``name``, replacing any blob of that name. BlobExportError."""
+        raise NotImplementedError
+
+    def get(self, name):
+        """The blob's bytes, or None when it does not exist. BlobExportError."""
+        raise NotImplementedError
+
+    def delete(self, name):
+        """Deletes a blob (absent is fine). BlobExportError."""
+        raise NotImplementedError
+
+    def list_names(self, starts_with=""):
+        """Sorted names of the blobs whose name starts with ``starts_with``."""
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+
+class LocalDestination(Destination):
+    """``<output_dir>/blob/<container>/<blob name>``: the local sink of a work without a connection
+    string. Files appear complete or not at all (temporary file + ``os.replace``)."""
+
+    def __init__(self, output_dir, container, prefix=""):
+        self.root = os.path.join(output_dir, "blob", container)
+        self.prefix = prefix or ""
+        self.description = "local directory %s" % self.root
+
+    def _path(self, name):
+        return os.path.join(self.root, *name.split("/"))
+
+    def put(self, name, data, content_type=None):
+        path = self._path(name)
+        tmp = None
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+            raise BlobExportError("cannot write %s: %s" % (path, exc.strerror or exc)) from None
+
+    def get(self, name):
+        try:
+            with open(self._path(name), "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BlobExportError("cannot read %s: %s" % (self._path(name), exc.strerror or exc)) \
+                from None
+
+    def delete(self, name):
+        try:
+            os.unlink(self._path(name))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise BlobExportError("cannot delete %s: %s" % (self._path(name), exc.strerror or exc)) \
+                from None
+
+    def list_names(self, starts_with=""):
+        names = []
+        for directory, _, files in os.walk(self.root):
+            for f in files:
+                if f.startswith(".tmp-"):
+                    continue
+                rel = os.path.relpath(os.path.join(directory, f), self.root)
+                name = rel.replace(os.sep, "/")
+                if name.startswith(starts_with):
+                    names.append(name)
+        return sorted(names)
+
+
+def _secrets_of(connection_string):
+    """The parts of a connection string that must never be shown."""
+    secrets = {connection_string}
+    for part in connection_string.split(";"):
+        key, _, value = part.partition("=")
+        if key.strip().lower() in ("accountkey", "sharedaccesssignature") and value:
+            secrets.add(value)
+            secrets.update(re.findall(r"sig=([^&;]+)", value))
+    return sorted((s for s in secrets if s), key=len, reverse=True)
+
+
+def _describe(exc):
+    """A short reason for an Azure SDK error, and its kind."""
+    from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError,
+                                       ServiceRequestError, ServiceResponseError)
+    from azure.storage.blob._shared.authentication import AzureSigningError
+    if isinstance(exc, AzureSigningError):
+        return "the account key is not valid (requests cannot be signed)", "credentials"
+    if isinstance(exc, HttpResponseError) and exc.status_code:
+        code = getattr(exc.error_code, "value", exc.error_code) or exc.reason or ""
+        kind = "credentials" if exc.status_code in (401, 403) else "error"
+        return ("HTTP %s %s" % (exc.status_code, code)).strip(), kind
+    if isinstance(exc, ClientAuthenticationError):
+        return "authentication failed", "credentials"
+    if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
+        m = re.search(r"\[Errno -?\d+\] ([^'\"\]\)]+)", str(exc))
+        detail = m.group(1).strip() if m else type(exc).__name__
+        return "connection failed: %s" % detail, "unreachable"
+    return "%s: %s" % (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""), "error"
+
+
+def _retry_policy(retry_total, retry_connect, initial_backoff, connect_backoff):
+    from azure.core.exceptions import ServiceRequestError
+    from azure.storage.blob import ExponentialRetry
+
+    class _Retry(ExponentialRetry):
+        """ExponentialRetry, but a failed connection waits ``connect_backoff`` only."""
+
+        def increment(self, settings, request, response=None, error=None):
+            settings["connect_failed"] = isinstance(error, ServiceRequestError)
+            return super().increment(settings, request, response=response, error=error)
+
+        def get_backoff_time(self, settings):
+            if settings.get("connect_failed"):
+                return connect_backoff
+            return super().get_backoff_time(settings)
+
+    return _Retry(initial_backoff=initial_backoff, increment_base=2, retry_total=retry_total,
+                  retry_connect=retry_connect, random_jitter_range=min(0.5, initial_backoff))
+
+
+class AzureDestination(Destination):
+    """A container of an Azure Storage account (or Azurite), via azure-storage-blob.
+
+    Short timeouts and few retries (see the module's constants): a dead endpoint fails in well
+    under a second, not minutes. The container is created on the first write that finds it missing.
+    """
+
+    def __init__(self, connection_string, container, prefix="",
+                 connection_timeout=CONNECTION_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
+                 retry_total=RETRY_TOTAL, retry_connect=RETRY_CONNECT,
+                 initial_backoff=INITIAL_BACKOFF_S, connect_backoff=CONNECT_BACKOFF_S):
+        from azure.storage.blob import BlobServiceClient
+        self.prefix = prefix or ""
+        self.container = container
+        self._secrets = _secrets_of(connection_string)
+        retry = _retry_policy(retry_total, retry_connect, initial_backoff, connect_backoff)
+        try:
+            self._service = BlobServiceClient.from_connection_string(
+                connection_string, retry_policy=retry, connection_timeout=connection_timeout,
+                read_timeout=read_timeout)
+        except Exception as exc:  # a malformed string: ValueError; never echo the string
+            raise BlobExportError(
+                "the Azure Storage connection string is malformed (%s); expected "
+                "DefaultEndpointsProtocol=...;AccountName=...;AccountKey=... or a SAS"
+                % self._scrub(type(exc).__name__)) from None
+        self._container = self._service.get_container_client(container)
+        self.account_name = self._service.account_name
+        self.description = "storage account %r container %r at %s://%s" % (
+            self.account_name, container, self._service.scheme,
+            self._service.primary_hostname)
+
+    def _scrub(self, text):
+        for secret in self._secrets:
+            text = text.replace(secret, "****")
+        return text
+
+    def _error(self, action, name, exc):
+        reason, kind = _describe(exc)
+        return BlobExportError(self._scrub("cannot %s %s in %s: %s"
+                                           % (action, name, self.description, reason)), kind)
+
+    def _upload(self, name, data, content_type):
+        from azure.storage.blob import ContentSettings
+        settings = ContentSettings(content_type=content_type) if content_type else None
+        self._container.upload_blob(name, data, overwrite=True, content_settings=settings)
+
+    def put(self, name, data, content_type=None):
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+        try:
+            try:
+                self._upload(name, data, content_type)
+            except ResourceNotFoundError as exc:
+                if exc.error_code != "ContainerNotFound":
+                    raise
+                try:
+                    self._container.create_container()
+                except ResourceExistsError:
+                    pass
+                self._upload(name, data, content_type)
+        except Exception as exc:
+            raise self._error("write", name, exc) from None
+
+    def get(self, name):
+        from azure.core.exceptions import ResourceNotFoundError
+        try:
+            return self._container.download_blob(name).readall()
+        except ResourceNotFoundError:
+            return None
+        except Exception as exc:
+            raise self._error("read", name, exc) from None
+
+    def delete(self, name):
+        from azure.core.exceptions import ResourceNotFoundError
+        try:
+            self._container.delete_blob(name)
+        except ResourceNotFoundError:
+            pass
+        except Exception as exc:
+            raise self._error("delete", name, exc) from None
+
+    def list_names(self, starts_with=""):
+        from azure.core.exceptions import ResourceNotFoundError
+        try:
+            return sorted(b.name for b in self._container.list_blobs(
+                name_starts_with=starts_with or None))
+        except ResourceNotFoundError:
+            return []
+        except Exception as exc:
+            raise self._error("list", starts_with or "blobs", exc) from None
+
+    def close(self):
+        self._service.close()
+
+
+def make_destination(settings, output_dir="out"):
+    """The destination of a work's :class:`core.config.BlobSettings`: Azure with a connection
+    string, else the local directory ``<output_dir>/blob/<container>/``."""
+    return _DestinationRecipe(settings, output_dir).open()
+
+
+class _DestinationRecipe:
+    """What a worker needs to open the destination; its repr never shows the connection string."""
+
+    def __init__(self, settings, output_dir):
+        self._connection_string = settings.connection_string
+        self.container = settings.container
+        self.prefix = settings.prefix or ""
+        self.output_dir = output_dir
+
+    @property
+    def kind(self):
+        return "azure" if self._connection_string else "local"
+
+    def open(self):
+        if self._connection_string:
+            return AzureDestination(self._connection_string, self.container, self.prefix)
+        return LocalDestination(self.output_dir, self.container, self.prefix)
+
+    def __repr__(self):
+        return "_DestinationRecipe(%s, container=%r)" % (self.kind, self.container)
+
+
+# -- credential check and state marker ---------------------------------------------------------
+
+def verify_credentials(destination, work_id, prefix=None):
+    """Writes and deletes ``<prefix>_verify/<work id>_<unix>.txt``.
+
+    ``prefix``: default the destination's. Raises :class:`BlobExportError` (one line, no secret)
+    when the write fails: rejected credentials, an unreachable account or any other refusal. A blob
+    that may be written but not deleted is left in place and logged.
+    """
+    prefix = destination.prefix if prefix is None else prefix
+    name = verify_name(prefix, work_id, int(time.time()))
+    try:
+        destination.put(name, ("credential check of work %s\n" % work_id).encode("utf-8"),
+                        content_type="text/plain")
+    except BlobExportError as exc:
+        what = {"credentials": "credentials rejected",
+                "unreachable": "destination unreachable"}.get(exc.kind, "destination refused a write")
+        raise BlobExportError("azure_blob_event_export work %r: %s: %s" % (work_id, what, exc),
+                              exc.kind) from None
+    try:
+        destination.delete(name)
+    except BlobExportError as exc:
+        _LOG.warning("work %s: the credential check blob %s was left in place: %s",
+                     work_id, name, exc)
+
+
+def read_marker(destination, work_id):
+    """The end (microseconds) of the last window written, or None when there is no marker."""
+    name = marker_name(destination.prefix, work_id)
+    data = destination.get(name)
+    if data is None:
+        return None
+    try:
+        return parse_marker(data)
+    except ValueError as exc:
+        raise BlobExportError("work %r: state marker %s is unreadable: %s" % (work_id, name, exc)) \
+            from None
+
+
+def destination_for(work, output_dir="out"):
+    """:func:`make_destination` of a :class:`core.config.Work` (as ``pipelines.common`` calls it)."""
+    return make_destination(work.settings, output_dir)
+
+
+def read_marker_end(destination, work):
+    """:func:`read_marker` of a :class:`core.config.Work` (as ``pipelines.common`` calls it)."""
+    return read_marker(destination, work.id)
+
+
+def write_marker(destination, work_id, end_us, now_us=None):
+    """Records ``end_us`` as the end of the last window written."""
+    now_us = int(time.time() * MICROS) if now_us is None else now_us
+    destination.put(marker_name(destination.prefix, work_id),
+                    marker_bytes(work_id, end_us, now_us), content_type="application/json")
+
+
+# -- the transform -----------------------------------------------------------------------------
+
+class _SelectRows(beam.DoFn):
+    """Record -> (window start, keyed row); drops what the work does not export."""
+
+    def __init__(self, spec):
+        self._spec = spec
+        self._skipped = Metrics.counter("work:" + spec.work_id, "skipped_before_marker")
+
+    def process(self, record):
+        spec = self._spec
+        if not spec.accepts(record):
+            return
+        received_at = spec.received_at(record)
+        if spec.before_marker(received_at):
+            self._skipped.inc()
+            return
+        yield spec.window_of(received_at), spec.keyed_row(record)
+
+
+class _BlobDoFn(beam.DoFn):
+    """Base of the steps that write: one client per DoFn instance, made in setup()."""
+
+    def __init__(self, spec, recipe, aid):
+        self._spec = spec
+        self._recipe = recipe
+        self._aid = aid
+        namespace = "work:" + spec.work_id
+        self._files = Metrics.counter(namespace, "files_delivered")
+        self._rows = Metrics.counter(namespace, "rows_delivered")
+        self._failures = Metrics.counter(namespace, "failures")
+        self._destination = None
+        self._setup_error = None
+
+    def setup(self):
+        try:
+            self._destination = self._recipe.open()
+        except BlobExportError as exc:
+            self._setup_error = exc
+
+    def teardown(self):
+        if self._destination is not None:
+            self._destination.close()
+            self._destination = None
+
+    def _opened(self):
+        """The destination, or the error that kept setup() from opening it."""
+        if self._destination is None:
+            raise self._setup_error
+        return self._destination
+
+    def _event(self, verb, notes, unit):
+        return work_event(self._aid, self._spec.work_id, verb, notes=notes, unit=unit)
+
+    def _fail(self, notes, unit):
+        self._failures.inc()
+        _LOG.warning("work %s: %s", self._spec.work_id, notes)
+        return self._event("failed", notes, unit)
+
+    def _deliver(self, start, keyed_rows):
+        """Writes one window's file; (written, system event)."""
+        name = self._spec.file_name(start)
+        try:
+            self._opened().put(name, self._spec.encode(keyed_rows),
+                               content_type=CONTENT_TYPES[self._spec.format])
+        except BlobExportError as exc:
+            return False, self._fail("file %s not written: %s" % (name, exc), name)
+        self._files.inc()
+        self._rows.inc(len(keyed_rows))
+        n = len(keyed_rows)
+        return True, self._event("synced", "file %s written, %d row%s" % (
+            name, n, "" if n == 1 else "s"), name)
+
+
+class _WriteWindowFiles(_BlobDoFn):
+    """(window start, rows) -> the window's file; work events out, (start, written) to RESULTS."""
+
+    RESULTS = "results"
+
+    def process(self, element):
+        start, keyed_rows = element
+        written, event = self._deliver(start, list(keyed_rows))
+        yield event
+        yield beam.pvalue.TaggedOutput(self.RESULTS, (start, written))
+
+
+class _FinishRun(_BlobDoFn):
+    """After every window file: header-only files for the plan's empty windows, then the marker."""
+
+    def process(self, unused_trigger, results):
+        spec = self._spec
+        with_data = {start for start, _ in results}
+        written = {start for start, ok in results if ok}
+        plan = plan_windows(with_data, spec.marker_end, spec.period)
+        for start in plan:
+            if start not in with_data:
+                ok, event = self._deliver(start, [])
+                if ok:
+                    written.add(start)
+                yield event
+        end = advance_marker(plan, written, spec.marker_end, spec.period)
+        if end is None or end == spec.marker_end:
+            return
+        unit = "%s@%s" % (marker_name(spec.prefix, spec.work_id), format_time(end))
+        try:
+            write_marker(self._opened(), spec.work_id, end)
+        except BlobExportError as exc:
+            yield self._fail("state marker not written: %s" % exc, unit)
+            return
+        yield self._event("synccomplete", "windows written up to %s" % format_time(end), unit)
+
+
+def _disabled_event(unused, aid, work_id, reason):
+    Metrics.counter("work:" + work_id, "failures").inc()
+    return work_event(aid, work_id, "failed", notes="export disabled: %s" % reason, unit="disabled")
+
+
+def _key_by_id(event):
+    return event.id, event
+
+
+def _dedupe_copies(item):
+    return dedupe_system_events(item[1])
+
+
+class WriteToBlobExport(beam.PTransform):
+    """Writes one ``azure_blob_event_export`` work's files; returns the work's system events.
+
+    ``work``: a :class:`core.config.Work` of that workflow. ``account_name``/``aid``: the job's
+    account. ``output_dir``: the local sink's root when the work has no connection string.
+    ``marker_end``: the end of the last written window as :func:`read_marker` returned it; None
+    reads the marker here, while the pipeline is built (a marker that cannot be read disables the
+    work for this run). ``disabled_reason``: the launcher's credential check failed with this
+    (secret-free) reason: nothing is written and one ``failed`` event is emitted.
+    """
+
+    def __init__(self, work, account_name, aid, output_dir, marker_end=None, disabled_reason=None,
+                 label=None):
+        super().__init__(label)
+        self._work = work
+        self._account_name = account_name
+        self._aid = aid
+        self._marker_end = marker_end
+        self._disabled_reason = disabled_reason
+        self._recipe = _DestinationRecipe(work.settings, output_dir)
+
+    def display_data(self):
+        s = self._work.settings
+        return {"work_id": self._work.id,
+                "destination": DisplayDataItem(self._recipe.kind, label="Destination"),
+                "container": s.container, "prefix": s.prefix or "",
+                "export_type": s.export_type, "format": s.format,
+                "period_hours": s.period_hours, "paused": self._work.paused}
+
+    def _marker(self):
+        """(marker end, disabled reason) for this run."""
+        if self._disabled_reason is not None or self._marker_end is not None:
+            return self._marker_end, self._disabled_reason
+        destination = None
+        try:
+            destination = self._recipe.open()
+            return read_marker(destination, self._work.id), None
+        except BlobExportError as exc:
+            return None, "state marker unreadable: %s" % exc
+        finally:
+            if destination is not None:
+                destination.close()
+
+    def expand(self, records):
+        p = records.pipeline
+        work = self._work
+        if work.paused:
+            return p | "Paused" >> beam.Create([])
+        marker_end, reason = self._marker()
+        if reason is not None:
+            return (p | "Disabled" >> beam.Create([None])
+                    | "DisabledEvent" >> beam.Map(_disabled_event, self._aid, work.id, reason))
+        spec = ExportSpec(work.settings, self._account_name, work.id, marker_end)
+        records = records | "GlobalWindow" >> beam.WindowInto(beam_window.GlobalWindows())
+        if spec.export_type == "system_events":
+            records = (records
+                       | "KeyById" >> beam.Map(_key_by_id)
+                       | "GroupCopies" >> beam.GroupByKey()
+                       | "DedupeCopies" >> beam.FlatMap(_dedupe_copies))
+        written = (records
+                   | "SelectRows" >> beam.ParDo(_SelectRows(spec))
+                   | "GroupByWindow" >> beam.GroupByKey()
+                   | "WriteFiles" >> beam.ParDo(_WriteWindowFiles(spec, self._recipe, self._aid))
+                   .with_outputs(_WriteWindowFiles.RESULTS, main="events"))
+        finished = (p
+                    | "Once" >> beam.Create([None])
+                    | "FinishRun" >> beam.ParDo(
+                        _FinishRun(spec, self._recipe, self._aid),
+                        beam.pvalue.AsList(written[_WriteWindowFiles.RESULTS])))
+        return (written.events, finished) | "WorkEvents" >> beam.Flatten()

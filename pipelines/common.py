@@ -66,6 +66,7 @@ def _preflight(job, output_dir):
                 disabled[work.id] = str(exc)
         elif work.workflow == "azure_blob_event_export":
             from transforms import blob
+            destination = None
             try:
                 destination = blob.destination_for(work, output_dir)
                 if settings.connection_string:
@@ -74,6 +75,9 @@ def _preflight(job, output_dir):
             except blob.BlobExportError as exc:
                 disabled[work.id] = str(exc)
                 work.marker_end = None
+            finally:
+                if destination is not None:
+                    destination.close()
     return disabled
 
 

@@ -19,8 +19,10 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from core.config import ConfigError, load_config
 from core.messages import build_message, message_sort_key
 from core.records import SystemEvent, dedupe_first_copies
+from core.report import write_report
 from core.redact import Redactor, collect_secrets, install_log_redaction
 from core.system_events import work_event
+from core.timeutil import format_time
 from pipelines.options import ActivationOptions
 from transforms.audiences import EngineSpec, changes_from_wire
 from transforms.localsink import WriteJsonLinesFile
@@ -112,6 +114,30 @@ def _message_fn(settings, audiences):
     return to_messages
 
 
+class _DailyActivity(beam.DoFn):
+    """Enters and exits per audience and UTC day (for the report), from every user's changes."""
+
+    def __init__(self, slugs):
+        self._slugs = slugs
+
+    def process(self, element):
+        counts = {}
+        for change in changes_from_wire(element[1]):
+            if change.backfill:
+                continue
+            day = format_time(change.time - change.time % 86_400_000_000)[:10]
+            for audience_index, kind, _ in change.changes:
+                key = (day, self._slugs[audience_index], kind)
+                counts[key] = counts.get(key, 0) + 1
+        yield from counts.items()
+
+
+
+def _daily_record(kv):
+    (day, audience, kind), count = kv
+    return {"day": day, "audience": audience, "event": kind, "count": count}
+
+
 class _CountDelivered(beam.DoFn):
     """Local sinks: turns a written file into the work's ``synced`` and ``synccomplete`` events."""
 
@@ -191,7 +217,7 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None):
     """Reads, evaluates with ``evaluate`` (a PTransform), and wires every work's output."""
     output_dir = options.output_dir
     streaming = p.options.view_as(StandardOptions).streaming
-    records = p | "ReadRecords" >> ReadRecords(options.input, time_range)
+    records = p | "ReadRecords" >> ReadRecords(options.input, time_range, options.progress_seconds)
     _ = (records[DEADLETTER]
          | "WriteInputDeadLetters" >> WriteJsonLinesFile(
              os.path.join(output_dir, "deadletter", "input.jsonl"),
@@ -200,6 +226,14 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None):
     system_events = records[SYSTEM] | "DedupeSystemEvents" >> DedupeSystemEvents()
     evaluated = records[PROFILE] | "EvaluateAudiences" >> evaluate
     changes, export_rows = evaluated.changes, evaluated.export
+    _ = (changes
+         | "DailyActivity" >> beam.ParDo(_DailyActivity(
+             [a.slug for a in job.audiences.audiences]))
+         | "SumPerDay" >> beam.CombinePerKey(sum)
+         | "DailyRecords" >> beam.Map(_daily_record)
+         | "WriteDailyActivity" >> WriteJsonLinesFile(
+             os.path.join(output_dir, "audiences_daily.jsonl"),
+             sort_key=lambda r: (r["day"], r["audience"], r["event"])))
 
     own_events = [p | "WorksStarted" >> beam.Create(
         [work_event(job.aid, w.id, "started", unit=run_id + "#started")
@@ -377,7 +411,9 @@ def _run(argv, mode, make_evaluate, redactor, time_range_of):
     with open(os.path.join(act.output_dir, "summary.json"), "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=2, sort_keys=True)
         fh.write("\n")
+    write_report(act.output_dir, summary)
     print_summary(summary)
+    sys.stdout.write("  report: %s\n" % os.path.join(act.output_dir, "report.html"))
     failures = _failed_work_events(act.output_dir, job)
     if failures:
         seen = set()

@@ -9,4 +9,9 @@ PYTHON="${PYTHON:-python3}"
 .venv/bin/python -m pip install --quiet -e ".[test]"
 touch .venv/.installed
 if [ -f scripts/install_azurite.sh ]; then bash scripts/install_azurite.sh; fi
+# The report test opens out/report.html in Debian's chromium.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing chromium (Debian) for the report test" >&2
+  apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null
+fi
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -14,6 +14,8 @@ dead letter, and both are counted (``input:records_read``, ``input:deadlettered`
 """
 import io
 import logging
+import sys
+import time
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -64,11 +66,35 @@ def check_input_exists(pattern):
     return [m.path for m in matches]
 
 
+class _Progress:
+    """Prints records read and the rate to stderr every ``every`` seconds (0: never)."""
+
+    def __init__(self, path, every):
+        self._path, self._every = path, every
+        self._count = 0
+        self._started = self._last = time.monotonic()
+
+    def tick(self):
+        self._count += 1
+        if self._every and not self._count & 1023:
+            now = time.monotonic()
+            if now - self._last >= self._every:
+                self._last = now
+                sys.stderr.write("progress: %s: %d records read, %.0f/s\n"
+                                 % (self._path, self._count, self._count / (now - self._started)))
+
+    def done(self):
+        elapsed = time.monotonic() - self._started
+        if self._every and elapsed >= self._every:
+            sys.stderr.write("progress: %s: %d records read in %.1f s\n" % (self._path, self._count, elapsed))
+
+
 class _ParseFile(beam.DoFn):
     """Parses one file, emitting per-user groups of events every CHUNK_LINES lines."""
 
-    def __init__(self, time_range=None):
+    def __init__(self, time_range=None, progress_seconds=0.0):
         self._time_range = time_range
+        self._progress_seconds = progress_seconds
         self._records_read = Metrics.counter("input", "records_read")
         self._deadlettered = Metrics.counter("input", "deadlettered")
         self._out_of_range = Metrics.counter("input", "outside_time_range")
@@ -80,8 +106,10 @@ class _ParseFile(beam.DoFn):
         else:
             rows = self._text_lines(readable_file)
         groups, pending = {}, 0
+        progress = _Progress(path, self._progress_seconds)
         for lineno, raw in rows:
             self._records_read.inc()
+            progress.tick()
             try:
                 record = parse_record(raw)
             except InputError as exc:
@@ -102,6 +130,7 @@ class _ParseFile(beam.DoFn):
             else:
                 yield beam.pvalue.TaggedOutput(SYSTEM, TimestampedValue(record, _timestamp(record.ts)))
         yield from self._flush(groups)
+        progress.done()
 
     @staticmethod
     def _flush(groups):
@@ -140,17 +169,18 @@ class ReadRecords(beam.PTransform):
     ``[start, end)`` are skipped and counted (``input:outside_time_range``).
     """
 
-    def __init__(self, pattern, time_range=None, label=None):
+    def __init__(self, pattern, time_range=None, progress_seconds=0.0, label=None):
         super().__init__(label)
         self._pattern = pattern
         self._time_range = time_range
+        self._progress_seconds = progress_seconds
 
     def expand(self, pbegin):
         return (pbegin
                 | "MatchFiles" >> fileio.MatchFiles(self._pattern)
                 | "ReadMatches" >> fileio.ReadMatches()
                 | "Reshuffle" >> beam.Reshuffle()
-                | "ParseRecords" >> beam.ParDo(_ParseFile(self._time_range)).with_outputs(
+                | "ParseRecords" >> beam.ParDo(_ParseFile(self._time_range, self._progress_seconds)).with_outputs(
                     DEADLETTER, SYSTEM, main=PROFILE))
 
 

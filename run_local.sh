@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One command for a first run: creates .venv, installs the project, makes the sample data, runs the
-# main pipeline on the DirectRunner over it, and prints the summary. Extra arguments go to the
-# pipeline (e.g. --runner=PortableRunner --job_endpoint=embed --environment_type=LOOPBACK).
+# main pipeline on the DirectRunner over it, and prints the summary. Each run starts from an empty
+# out/. Extra arguments go to the pipeline, e.g.
+#   ./run_local.sh --runner=PortableRunner --job_endpoint=embed --environment_type=LOOPBACK
+#   ./run_local.sh --eventhub local     # also send the messages to a local Event Hubs endpoint
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3}"
@@ -10,14 +12,32 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 if ! .venv/bin/python -c "import apache_beam, core, yaml" >/dev/null 2>&1 || [ setup.py -nt .venv/.installed ]; then
-  echo "installing the project into .venv (first run takes a few minutes)" >&2
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e .
+  echo "installing the project into .venv (the first time takes a few minutes; log: .venv/install.log)" >&2
+  if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e . ; } \
+      > .venv/install.log 2>&1; then
+    tail -n 30 .venv/install.log >&2
+    echo "error: installing the project failed; see .venv/install.log" >&2
+    exit 1
+  fi
   touch .venv/.installed
 fi
 if [ ! -f examples/events.jsonl ]; then
   echo "making the sample data set examples/events.jsonl" >&2
   .venv/bin/python examples/make_sample_data.py --out examples/events.jsonl
 fi
+ARGS=()
+EVENTHUB=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --eventhub) EVENTHUB="$2"; shift 2 ;;
+    --eventhub=*) EVENTHUB="${1#--eventhub=}"; shift ;;
+    *) ARGS+=("$1"); shift ;;
+  esac
+done
+rm -rf out
+if [ "$EVENTHUB" = "local" ]; then
+  exec .venv/bin/python -m emulators.run_with_local_eventhubs --config examples/config.yaml \
+    --input examples/events.jsonl --output_dir out ${ARGS[@]+"${ARGS[@]}"}
+fi
 exec .venv/bin/python -m pipelines.stream --config examples/config.yaml \
-  --input examples/events.jsonl --output_dir out "$@"
+  --input examples/events.jsonl --output_dir out ${ARGS[@]+"${ARGS[@]}"}

@@ -109,6 +109,9 @@ class Engine:
     each, a member gets a backfill snapshot of its memberships as of just before that time.
     ``export_attributes``: trait names to capture per event for exports; ``None`` means no export
     rows are produced.
+
+    Sets of audiences are bit masks (bit ``a`` = audience index ``a``): the hot loop updates and
+    tests them for every event, and integer operations are several times cheaper than sets.
     """
 
     def __init__(self, audience_set, backfill_starts=(), export_attributes=None):
@@ -119,35 +122,36 @@ class Engine:
         self.backfill_starts = sorted(set(backfill_starts))
         self.export_attributes = None if export_attributes is None else list(export_attributes)
         n_aud = len(audience_set.audiences)
-        # Which audiences to re-evaluate when a spec count, a trait or an audience changes.
-        self._spec_readers = [set() for _ in self.specs]
+        # Which audiences to re-evaluate when a spec count, a trait or an audience changes. The
+        # compiled closures hide their inputs, so the set records them per audience; an
+        # over-approximation would still be correct (it would only cost time).
+        self._spec_readers = [0] * len(self.specs)
         self._trait_readers = {}
-        self._audience_readers = [set() for _ in range(n_aud)]
-        self._all_audiences = frozenset(range(n_aud))
+        self._audience_readers = [0] * n_aud
         for a in audience_set.audiences:
+            bit = 1 << a.index
             for d in a.depends_on:
-                self._audience_readers[d].add(a.index)
-        self._collect_inputs(audience_set)
+                self._audience_readers[d] |= bit
+            specs, traits = audience_set.inputs_of(a.index)
+            for i in specs:
+                self._spec_readers[i] |= bit
+            for name in traits:
+                self._trait_readers[name] = self._trait_readers.get(name, 0) | bit
+        self._all_audiences = (1 << n_aud) - 1
+        self._order = [(a, 1 << a, audience_set.audiences[a].holds) for a in audience_set.order]
         self._windowed = [i for i, s in enumerate(self.specs) if s.within is not None]
         self._windowed_flags = [s.within is not None for s in self.specs]
+        self._within = [s.within for s in self.specs]
+        # Per event name: (spec index, where predicate, within, cap) of the specs it may count for.
+        self._counting = {name: [(i, self.specs[i].where, self.specs[i].within, self.caps[i])
+                                 for i in indices if self.caps[i] > 0]
+                          for name, indices in self.specs_by_event.items()}
         # Per spec, the counts at which some node changes its answer as the count falls:
         # ``count >= lo`` flips on reaching lo - 1, ``count <= hi`` on reaching hi.
         self._targets = []
         for pairs in audience_set.thresholds:
             targets = {lo - 1 for lo, _ in pairs if lo >= 1} | {hi for _, hi in pairs if hi is not None}
             self._targets.append(sorted(targets))
-        self._touched = False  # windowed entries or memberships changed since next_wake
-
-    def _collect_inputs(self, audience_set):
-        # The compiled closures hide their inputs, so read them off the raw trees via the set's
-        # recorded definitions: every audience reads every spec it registered and every trait named
-        # in its tree. A conservative over-approximation is still correct (it only costs time).
-        for a in audience_set.audiences:
-            specs, traits = audience_set.inputs_of(a.index)
-            for s in specs:
-                self._spec_readers[s].add(a.index)
-            for t in traits:
-                self._trait_readers.setdefault(t, set()).add(a.index)
 
     def new_state(self):
         return UserState(self._windowed_flags, len(self.audiences.audiences))
@@ -163,36 +167,34 @@ class Engine:
         That is the earliest expiry that crosses a threshold of some node, or a backfill start
         while the user is a member of something. ``None`` if there is none.
         """
-        return self._horizons(state)[0]
-
-    def _horizons(self, state):
-        """(next wake, earliest expiry of any window entry); either may be None."""
-        best = expiry = None
-        specs, targets_of = self.specs, self._targets
+        wake = None
         for i in self._windowed:
-            entries = state.counts[i]
-            if not entries:
-                continue
-            within = specs[i].within
-            first = entries[0] + within
-            if expiry is None or first < expiry:
-                expiry = first
-            c = len(entries)
-            targets = targets_of[i]
-            k = bisect.bisect_left(targets, c) - 1  # the largest target below the count
-            if k < 0:
-                continue
-            # Live entries all expire after the clock, so this is in the future.
-            t = entries[c - targets[k] - 1] + within
-            if best is None or t < best:
-                best = t
+            t = self._spec_wake(state.counts[i], i)
+            if t is not None and (wake is None or t < wake):
+                wake = t
+        backfill = self._backfill_wake(state)
+        if backfill is not None and (wake is None or backfill < wake):
+            wake = backfill
+        return wake
+
+    def _spec_wake(self, entries, i):
+        """When spec i's count next falls to a threshold target (None: never by itself)."""
+        c = len(entries)
+        if not c:
+            return None
+        targets = self._targets[i]
+        k = bisect.bisect_left(targets, c) - 1  # the largest target below the count
+        if k < 0:
+            return None
+        # Live entries all expire after the clock, so this is in the future.
+        return entries[c - targets[k] - 1] + self._within[i]
+
+    def _backfill_wake(self, state):
         if self.backfill_starts and self.is_member_anywhere(state):
             for s in self.backfill_starts:
                 if s > state.clock:
-                    if best is None or s < best:
-                        best = s
-                    break
-        return best, expiry
+                    return s
+        return None
 
     # -- advancing -----------------------------------------------------------------------------
 
@@ -212,8 +214,16 @@ class Engine:
             else:
                 on_time.append(e)
         on_time.sort(key=event_order)
+        counts = state.counts
+        within_of = self._within
+        windowed = self._windowed
+        # Per windowed spec: when it next crosses a threshold, and when its oldest entry expires.
+        wakes = {i: self._spec_wake(counts[i], i) for i in windowed}
+        expiries = {i: counts[i][0] + within_of[i] for i in windowed if counts[i]}
+        backfill = self._backfill_wake(state)
         i, n = 0, len(on_time)
-        wake, expiry = self._horizons(state)
+        wake = _min_or_none(wakes.values(), backfill)
+        next_expiry = min(expiries.values()) if expiries else None
         while True:
             t = on_time[i].ts if i < n else None
             if wake is not None and (t is None or wake < t):
@@ -223,37 +233,54 @@ class Engine:
             j = i
             while j < n and on_time[j].ts == t:
                 j += 1
-            self._touched = False
-            self._point(state, t, on_time[i:j], stats, changes, rows,
-                        expiry is not None and expiry <= t)
+            stats.points += 1
+            if self.backfill_starts:
+                self._emit_backfills(state, t, changes)
+            dirty = 0
+            touched = ()
+            if next_expiry is not None and next_expiry <= t:
+                dirty, touched = self._expire(state, t, expiries)
+            first = state.first_ts is None
+            applied = False
+            for k in range(i, j):
+                mask, spec = self._apply(state, on_time[k], stats, rows, None)
+                if mask is not None:
+                    applied = True
+                    dirty |= mask
+                    if spec:
+                        touched = touched + spec if touched else spec
             i = j
-            if self._touched or (wake is not None and wake <= t):
-                wake, expiry = self._horizons(state)
+            if first and applied:
+                dirty = self._all_audiences
+            state.clock = t
+            members_changed = dirty and self._evaluate(state, t, dirty, changes)
+            recompute = bool(touched)
+            for s in touched:
+                wakes[s] = self._spec_wake(counts[s], s)
+                if counts[s]:
+                    expiries[s] = counts[s][0] + within_of[s]
+                else:
+                    expiries.pop(s, None)
+            if members_changed or (backfill is not None and backfill <= t):
+                backfill = self._backfill_wake(state)
+                recompute = True
+            if wake is not None and wake <= t:
+                # A wake-up was consumed: the spec it came from has moved on (or will now).
+                for s, w in wakes.items():
+                    if w is not None and w <= t:
+                        wakes[s] = self._spec_wake(counts[s], s)
+                recompute = True
+            if recompute:
+                wake = _min_or_none(wakes.values(), backfill)
+                next_expiry = min(expiries.values()) if expiries else None
         if until > state.clock:
             # No point lies between the last one and ``until``, so memberships hold; entries that
             # expired without crossing a threshold are released to keep state small. The clock
             # moves to ``until``: the caller knows every event up to then has arrived, so one
             # arriving later is late.
-            self._expire(state, until, set())
+            self._expire(state, until, {s: 0 for s in windowed})
             state.clock = until
         return changes, rows
-
-    def _point(self, state, t, batch, stats, changes, rows, may_expire=True):
-        stats.points += 1
-        if self.backfill_starts:
-            self._emit_backfills(state, t, changes)
-        dirty = set()
-        if may_expire:
-            self._expire(state, t, dirty)
-        first = state.first_ts is None
-        applied = False
-        for e in batch:
-            if self._apply(state, e, dirty, stats, rows):
-                applied = True
-        if first and applied:
-            dirty = set(self._all_audiences)
-        state.clock = t
-        self._evaluate(state, t, dirty, changes)
 
     def _emit_backfills(self, state, t, changes):
         for s in self.backfill_starts:
@@ -264,109 +291,132 @@ class Engine:
                     changes.append(UserChange(s, members, dict(state.traits), state.first_ts,
                                               state.last_ts, backfill=True))
 
-    def _expire(self, state, t, dirty):
-        for i in self._windowed:
+    def _expire(self, state, t, candidates):
+        """Drops window entries that left their window by t; returns (dirty mask, touched specs)."""
+        dirty, touched = 0, []
+        for i in candidates:
             entries = state.counts[i]
-            if entries and entries[0] + self.specs[i].within <= t:
-                within = self.specs[i].within
-                k = 0
+            if entries and entries[0] + self._within[i] <= t:
+                within = self._within[i]
+                k = 1
                 while k < len(entries) and entries[k] + within <= t:
                     k += 1
                 del entries[:k]
-                dirty.update(self._spec_readers[i])
-                self._touched = True
+                dirty |= self._spec_readers[i]
+                touched.append(i)
+        return dirty, tuple(touched)
 
-    def _is_duplicate(self, state, e, stats):
+    def _apply(self, state, e, stats, rows, at):
+        """Applies one event at its own time (or ``at`` for a late one).
+
+        Returns ``(dirty mask, touched windowed specs)``, or ``(None, ())`` for a duplicate.
+        """
+        # Dedupe: copies within 24 hours of the first copy's received_at count once.
         h = dedupe_hash(e)
-        first = state.seen.get(h)
-        if first is not None and first <= e.received_at < first + DEDUPE_HORIZON_US:
+        seen = state.seen
+        first = seen.get(h)
+        received = e.received_at
+        if first is not None and first <= received < first + DEDUPE_HORIZON_US:
             stats.duplicates += 1
-            return True
-        state.seen[h] = e.received_at
-        if e.received_at > state.max_received:
-            state.max_received = e.received_at
-        size = len(state.seen)
+            return None, ()
+        seen[h] = received
+        if received > state.max_received:
+            state.max_received = received
+        size = len(seen)
         if size >= 32 and not size & (size - 1):  # at powers of two: amortised O(1) per event
             state.prune_seen()
-        return False
-
-    def _apply(self, state, e, dirty, stats, rows, at=None):
-        """Applies one event at its own time (or ``at`` for a late one). False for a duplicate."""
-        if self._is_duplicate(state, e, stats):
-            return False
         stats.events += 1
-        if state.first_ts is None or e.ts < state.first_ts:
-            state.first_ts = e.ts
-        if state.last_ts is None or e.ts > state.last_ts:
-            state.last_ts = e.ts
+        ts = e.ts
+        if state.first_ts is None or ts < state.first_ts:
+            state.first_ts = ts
+        if state.last_ts is None or ts > state.last_ts:
+            state.last_ts = ts
+        dirty = 0
         if e.traits:
             traits = state.traits
+            readers = self._trait_readers
             for name, value in e.traits.items():
                 if value is None:
                     if traits.pop(name, None) is not None:
-                        dirty.update(self._trait_readers.get(name, ()))
-                elif traits.get(name, _ABSENT) != value or type(traits.get(name)) is not type(value):
-                    traits[name] = value
-                    dirty.update(self._trait_readers.get(name, ()))
-        now = e.ts if at is None else at
-        for i in self.specs_by_event.get(e.event, ()):
-            spec = self.specs[i]
-            if spec.where is not None and not spec.where(e.properties):
-                continue
-            cap = self.caps[i]
-            if spec.within is None:
-                c = state.counts[i]
-                if c < cap:
-                    state.counts[i] = c + 1
-                    dirty.update(self._spec_readers[i])
-            elif e.ts + spec.within > now and cap > 0:
-                entries = state.counts[i]
-                before = len(entries)
-                self._touched = True
-                bisect.insort(entries, e.ts)
-                if len(entries) > cap:
-                    del entries[0]
-                if len(entries) != before:
-                    dirty.update(self._spec_readers[i])
+                        dirty |= readers.get(name, 0)
+                else:
+                    old = traits.get(name, _ABSENT)
+                    if old is _ABSENT or old != value or type(old) is not type(value):
+                        traits[name] = value
+                        dirty |= readers.get(name, 0)
+        touched = ()
+        counting = self._counting.get(e.event)
+        if counting:
+            now = ts if at is None else at
+            counts = state.counts
+            for i, where, within, cap in counting:
+                if where is not None and not where(e.properties):
+                    continue
+                if within is None:
+                    c = counts[i]
+                    if c < cap:
+                        counts[i] = c + 1
+                        dirty |= self._spec_readers[i]
+                elif ts + within > now:
+                    entries = counts[i]
+                    before = len(entries)
+                    if not entries or ts >= entries[-1]:
+                        entries.append(ts)
+                    else:
+                        bisect.insort(entries, ts)
+                    if before == cap:
+                        del entries[0]
+                    else:
+                        dirty |= self._spec_readers[i]
+                    touched = touched + (i,)
         if self.export_attributes is not None:
-            attrs = {name: state.traits.get(name) for name in self.export_attributes}
-            rows.append(ExportRow(e, attrs))
-        return True
+            rows.append(ExportRow(e, {name: state.traits.get(name) for name in self.export_attributes}))
+        return dirty, touched
 
     def _apply_late(self, state, e, stats, changes, rows):
         stats.late += 1
-        dirty = set()
         first = state.first_ts is None
-        if self._apply(state, e, dirty, stats, rows, at=state.clock):
+        dirty, _ = self._apply(state, e, stats, rows, state.clock)
+        if dirty is not None:
             if first:
-                dirty = set(self._all_audiences)
+                dirty = self._all_audiences
             self._evaluate(state, state.clock, dirty, changes)
 
     def _evaluate(self, state, t, dirty, changes):
-        if not dirty:
-            return
+        """Re-evaluates the dirty audiences at t; returns whether a membership changed."""
         counts = [len(c) if c.__class__ is list else c for c in state.counts]
-        present = [m is not None for m in state.members]
-        changed = []
-        for a_index in self.audiences.order:
-            if a_index not in dirty:
+        members = state.members
+        present = [m is not None for m in members]
+        changed = None
+        for a, bit, holds in self._order:
+            if not dirty & bit:
                 continue
-            audience = self.audiences.audiences[a_index]
-            now = bool(audience.holds(state.traits, counts, present))
-            if now != present[a_index]:
-                present[a_index] = now
+            now = bool(holds(state.traits, counts, present))
+            if now != present[a]:
+                present[a] = now
+                if changed is None:
+                    changed = []
                 if now:
-                    state.members[a_index] = t
-                    changed.append((a_index, "enter", t))
+                    members[a] = t
+                    changed.append((a, "enter", t))
                 else:
-                    changed.append((a_index, "exit", state.members[a_index]))
-                    state.members[a_index] = None
-                dirty.update(self._audience_readers[a_index])
+                    changed.append((a, "exit", members[a]))
+                    members[a] = None
+                dirty |= self._audience_readers[a]
         if changed:
-            self._touched = True
             changed.sort()
             changes.append(UserChange(t, tuple(changed), dict(state.traits), state.first_ts,
                                       state.last_ts))
+            return True
+        return False
 
 
 _ABSENT = object()
+
+
+def _min_or_none(values, extra=None):
+    best = extra
+    for v in values:
+        if v is not None and (best is None or v < best):
+            best = v
+    return best

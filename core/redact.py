@@ -12,9 +12,11 @@ from core.config import SECRET_KEYS
 _PATTERNS = [
     re.compile(r"(?i)(AccountKey|SharedAccessKey|SharedAccessSignature|SharedAccessKeyName)=([^;&\s\"']+)"),
     re.compile(r"(?i)\b(sig|se|skn|password|passwd|pwd|token|secret)=([^;&\s\"']+)"),
-    re.compile(r"(?i)(Authorization|X-Signature)\s*[:=]\s*([^\s,\"']+)"),
+    re.compile(r"(?i)(Authorization)\s*[:=]\s*((?:Bearer|Basic|SharedAccessSignature)\s+)?([^\s,\"']+)"),
+    re.compile(r"(?i)(X-Signature)\s*[:=]\s*([^\s\"']+)"),
 ]
 MASK = "****"
+_AUTH_SCHEMES = {"bearer", "basic", "token", "digest", "sharedaccesssignature"}
 
 
 def collect_secrets(raw_config):
@@ -25,7 +27,12 @@ def collect_secrets(raw_config):
         if isinstance(value, dict):
             for k, v in value.items():
                 if k == "headers" and isinstance(v, dict):
-                    found.update(str(x) for x in v.values() if x not in (None, ""))
+                    for x in v.values():
+                        if x not in (None, ""):
+                            found.add(str(x))
+                            # "Bearer <token>": the token alone is a secret too
+                            found.update(part for part in str(x).split()
+                                         if len(part) >= 6 and part.lower() not in _AUTH_SCHEMES)
                 walk(v, k)
         elif isinstance(value, list):
             for v in value:

@@ -208,9 +208,11 @@ def _blob_work(p, job, work, export_rows, system_events, output_dir, disabled):
 
 def _alert_work(job, work, alert_input, output_dir):
     from transforms import alerts
-    composite = (alerts.SendWebhookAlerts if work.workflow == "webhook_system_events"
-                 else alerts.SendEmailAlerts)
-    return alert_input | "Work[%s]Alerts" % work.id >> composite(work, output_dir)
+    if work.workflow == "webhook_system_events":
+        composite = alerts.SendWebhookAlerts(work, output_dir)
+    else:
+        composite = alerts.SendEmailAlerts(work, output_dir, account_name=job.account_name)
+    return alert_input | "Work[%s]Alerts" % work.id >> composite
 
 
 def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None):

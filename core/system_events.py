@@ -1,9 +1,19 @@
 """System events: the alert filter (CONTRACT 5.3) and the pipeline's own work events (5.4)."""
 import hashlib
+import re
 import time
 
 from core.records import SystemEvent
+from core.redact import Redactor
 from core.timeutil import MICROS, format_time
+
+#: ``notes`` longer than this are cut (an exception text can be long; alerts need the gist).
+MAX_NOTES_CHARS = 2000
+_scrub = Redactor()  # no known values: masks secret-looking fragments (AccountKey=, sig=, ...)
+_CREDENTIALS = (
+    (re.compile(r"(?i)\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 ****"),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+):[^/\s@]+@"), r"\1:****@"),  # user:password@
+)
 
 
 def matches(settings, event):
@@ -24,16 +34,29 @@ def matches(settings, event):
 
 
 def work_event(aid, work_id, verb, notes=None, unit=None, ts=None):
-    """A system event about one of the pipeline's own works.
+    """A system event about one of the pipeline's own works (CONTRACT 5.4).
 
-    ``unit`` names what the event is about (a file name, a batch id); with it the event id is stable,
-    so a retried bundle that reports the same unit again produces the same id.
+    ``unit`` names what the event is about (a file name, a batch id); with it the event id is
+    stable, so a retried bundle that reports the same unit again produces the same id (and the same
+    webhook ``X-Event-Id``). ``notes`` go to alert receivers: secret-looking fragments
+    (``AccountKey=``, ``SharedAccessSignature=``, ``sig=``, ``password=``, ``Bearer <token>``...)
+    are masked and the text is cut at :data:`MAX_NOTES_CHARS`. Callers still must not put known
+    secrets in notes.
     """
     now = int(time.time() * MICROS) if ts is None else ts
     basis = "%s|%s|%s" % (work_id, verb, unit if unit is not None else now)
     event_id = "work-" + hashlib.sha256(basis.encode("utf-8")).hexdigest()[:24]
     data = {"aid": aid, "subject_type": "work", "subject_id": work_id, "verb": verb}
     if notes:
-        data["notes"] = notes
+        data["notes"] = scrub_notes(notes)
     record = {"kind": "system", "id": event_id, "ts": format_time(now), "data": data}
     return SystemEvent(event_id, now, now, data, record)
+
+
+def scrub_notes(notes):
+    """``notes`` with secret-looking fragments masked, on at most :data:`MAX_NOTES_CHARS`."""
+    text = str(notes)
+    for pattern, replacement in _CREDENTIALS:
+        text = pattern.sub(replacement, text)
+    text = _scrub(text)
+    return text if len(text) <= MAX_NOTES_CHARS else text[:MAX_NOTES_CHARS - 1] + "…"

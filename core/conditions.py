@@ -46,6 +46,12 @@ def values_equal(a, b):
     return False
 
 
+def _same_kind(a, b):
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool)
+    return (_is_number(a) and _is_number(b)) or type(a) is type(b)
+
+
 def _comparable(a, b):
     return (_is_number(a) and _is_number(b)) or (isinstance(a, str) and isinstance(b, str))
 
@@ -76,7 +82,9 @@ def _make_predicate(op, value, path):
         options = list(value)
         if op == "in":
             return lambda a: a is not None and any(values_equal(a, v) for v in options)
-        return lambda a: a is not None and not any(values_equal(a, v) for v in options)
+        # Of another type than every option is a mismatch, and a mismatch is false.
+        return lambda a: (a is not None and any(_same_kind(a, v) for v in options)
+                          and not any(values_equal(a, v) for v in options))
     if op == "contains":
         if value is None:
             raise ConditionError(path + ".value", "contains needs a value")

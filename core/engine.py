@@ -50,7 +50,7 @@ class ExportRow(NamedTuple):
 
 class UserState:
     __slots__ = ("clock", "first_ts", "last_ts", "traits", "counts", "members", "seen",
-                 "max_received")
+                 "max_received", "seen_pruned_at")
 
     def __init__(self, windowed_flags, n_audiences):
         self.clock = MIN_TIME          # every event up to here has been applied
@@ -62,12 +62,14 @@ class UserState:
         self.members = [None] * n_audiences  # enter time, or None when not a member
         self.seen = {}                 # dedupe hash -> first received_at of its run
         self.max_received = MIN_TIME
+        self.seen_pruned_at = 0        # size of ``seen`` after the last prune (amortises pruning)
 
     def prune_seen(self):
         """Forgets dedupe keys whose 24-hour horizon has passed (no copy can still match them)."""
         horizon = self.max_received - DEDUPE_HORIZON_US
         if any(v <= horizon for v in self.seen.values()):
             self.seen = {k: v for k, v in self.seen.items() if v > horizon}
+        self.seen_pruned_at = len(self.seen)
 
     def to_bytes(self):
         self.prune_seen()
@@ -79,6 +81,7 @@ class UserState:
         state = cls.__new__(cls)
         (state.clock, state.first_ts, state.last_ts, state.traits, state.counts, state.members,
          state.seen, state.max_received) = pickle.loads(data)
+        state.seen_pruned_at = len(state.seen)
         return state
 
 
@@ -235,7 +238,7 @@ class Engine:
                 j += 1
             stats.points += 1
             if self.backfill_starts:
-                self._emit_backfills(state, t, changes)
+                self._emit_backfills(state, t, changes, before=True)
             dirty = 0
             touched = ()
             if next_expiry is not None and next_expiry <= t:
@@ -250,8 +253,15 @@ class Engine:
                     if spec:
                         touched = touched + spec if touched else spec
             i = j
+            size = len(state.seen)
+            if size >= 32 and size >= 2 * state.seen_pruned_at:
+                # After the point, never between two copies of one record (copies share a ts):
+                # pruning between them would forget the first before the second is checked.
+                state.prune_seen()
             if first and applied:
                 dirty = self._all_audiences
+            if self.backfill_starts:
+                self._emit_backfills(state, t, changes, before=False)
             state.clock = t
             members_changed = dirty and self._evaluate(state, t, dirty, changes)
             recompute = bool(touched)
@@ -282,9 +292,12 @@ class Engine:
             state.clock = until
         return changes, rows
 
-    def _emit_backfills(self, state, t, changes):
+    def _emit_backfills(self, state, t, changes, before):
+        """Backfill snapshots for starts in (clock, t]: memberships as of just before the start;
+        data (traits, ``_modified``) as of the start itself. A start before t is emitted before
+        t's events are applied, a start at t after they are applied but before evaluation."""
         for s in self.backfill_starts:
-            if state.clock < s <= t:
+            if state.clock < s <= t and (s < t) == before:
                 members = tuple((a, "enter", state.members[a])
                                 for a in range(len(state.members)) if state.members[a] is not None)
                 if members:
@@ -322,9 +335,6 @@ class Engine:
         seen[h] = received
         if received > state.max_received:
             state.max_received = received
-        size = len(seen)
-        if size >= 32 and not size & (size - 1):  # at powers of two: amortised O(1) per event
-            state.prune_seen()
         stats.events += 1
         ts = e.ts
         if state.first_ts is None or ts < state.first_ts:

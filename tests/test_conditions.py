@@ -16,7 +16,7 @@ def holds_for(condition, traits=None, counts=None):
     ("lt", 10, 9.5, True), ("lte", 10, 10, True), ("gt", 10, "11", False),
     ("gt", "2026-01-01", "2026-02-01", True), ("in", ["a", "b"], "a", True), ("in", ["a"], "c", False),
     ("in", [1, 2], 2.0, True), ("not_in", ["a"], "c", True), ("not_in", ["a"], "a", False),
-    ("not_in", ["a"], None, False), ("contains", "ell", "hello", True), ("contains", "x", "hello", False),
+    ("not_in", ["a"], None, False), ("not_in", ["a"], 5, False), ("not_in", [1, "a"], 2.5, True), ("contains", "ell", "hello", True), ("contains", "x", "hello", False),
     ("contains", "b", ["a", "b"], True), ("contains", 2, [1, 2], True), ("contains", "a", 5, False),
     ("starts_with", "he", "hello", True), ("starts_with", "lo", "hello", False),
     ("ends_with", "lo", "hello", True), ("ends_with", "he", 5, False), ("exists", None, 0, True),

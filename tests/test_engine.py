@@ -222,3 +222,20 @@ def test_state_round_trips_and_stays_small():
     assert len(data) < 1024
     again = type(state).from_bytes(data)
     assert again.to_bytes() == data
+
+
+def test_copies_are_deduplicated_even_when_pruning_falls_between_them():
+    # Regression (found by the random acceptance test): one early event received days late pushes
+    # max_received ahead; 31 distinct events fill the dedupe map so that the first copy of a record
+    # makes it reach a pruning size. Pruning must not forget that copy before its twin is checked.
+    audience_set = AudienceSet([{"slug": "twice", "condition": {"event": "view", "min_count": 2}}])
+    engine = Engine(audience_set)
+    day = 24 * 60 * MIN
+    events = [_event(0, "profile", 0, received_delay=5 * day)]
+    events += [_event(i, "profile", i) for i in range(1, 31)]
+    first = _event(99, "view", 100, event_id="dup")
+    second = _event(99, "view", 100, event_id="dup", received_delay=int(11.8 * 60) * MIN)
+    stats = Stats()
+    changes, _ = engine.advance(engine.new_state(), events + [second, first], 2 ** 62, stats)
+    assert stats.duplicates == 1
+    assert changes == [c for c in changes if c.changes[0][0] != 0]  # never counted twice: no enter

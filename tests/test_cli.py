@@ -119,3 +119,24 @@ def test_portable_runner_gives_the_direct_runner_output(job):
         assert result.returncode == 0, result.stderr
         outputs[name] = (out / "eventhub" / "w-eh.jsonl").read_text()
     assert outputs["direct"] == outputs["portable"] and outputs["direct"].count("\n") == 3
+
+
+@pytest.mark.slow
+def test_streaming_mode_gives_the_replay_output_on_random_data(tmp_path):
+    # --streaming takes the per-wake timer path (no batch shortcut) with microsecond event times.
+    import yaml
+    from tests.datagen import generate
+    config, lines = generate(5, n_users=60, days=20)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
+    outputs = {}
+    for name, command, extra in (("streaming", "stream", ["--streaming"]), ("replay", "replay", [])):
+        result = run(command, "--config", str(tmp_path / "config.yaml"), "--input", str(tmp_path / "events.jsonl"),
+                     "--output_dir", str(tmp_path / name), *extra)
+        assert result.returncode == 0, result.stderr
+        outputs[name] = {p.relative_to(tmp_path / name).as_posix(): p.read_bytes()
+                         for p in (tmp_path / name).rglob("*")
+                         if p.is_file() and p.parent.name in ("eventhub", "deadletter")
+                         or (p.is_file() and "blob" in p.parts and "_state" not in p.parts)}
+    assert outputs["streaming"] == outputs["replay"]
+    assert any(k.startswith("eventhub/") and v for k, v in outputs["replay"].items())

@@ -104,3 +104,14 @@ def test_late_event_is_applied_and_counted_not_dropped():
     # checked on the engine in test_engine.py: the BundleBasedDirectRunner that runs TestStream
     # drops the metrics of bundles after a watermark advance, so they cannot be read here.)
     _collect([(early, 20), ([PURCHASES[2]], None)], expected)
+
+
+def test_microsecond_event_times_do_not_stall_millisecond_timers():
+    # Event times with microseconds (runners keep timers in milliseconds): the exit is still at
+    # exactly ts + 7d of the purchase that leaves the window.
+    us = 654321
+    events = [dict(_event("u2", "purchase", d), ts=format_time(int(d * DAY * 10**6) + us))
+              for d in (2, 3, 4)]
+    t = lambda day: format_time(int(day * DAY * 10**6) + us)
+    _collect([(events, 5)], [("u2", t(4), "frequent_buyers", "enter"),
+                             ("u2", t(9), "frequent_buyers", "exit")])

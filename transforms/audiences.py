@@ -131,6 +131,18 @@ class GroupUserEventsPerBundle(beam.PTransform):
         return pcoll | "GroupPerBundle" >> beam.ParDo(_GroupPerBundle())
 
 
+def _timer_time(micros):
+    """A timer time for an event time: rounded up to the millisecond.
+
+    Runners keep timers and watermarks in milliseconds (Flink, Dataflow, and Beam's own Python
+    runners): a timer for 10.000500 s fires at 10.000 s, before the event it waits for is due, and
+    setting it again would loop forever. Rounded up, the timer fires once the watermark has passed
+    the exact time; the engine then evaluates every point up to the firing time at its exact
+    microsecond, so messages keep their exact times.
+    """
+    return -(-micros // 1000) * 1000
+
+
 class _EvaluateStatefulFn(beam.DoFn):
     """Keeps one user's engine state and pending events; see the module docstring."""
 
@@ -159,7 +171,7 @@ class _EvaluateStatefulFn(beam.DoFn):
         next_wake = self._engine.next_wake(user)
         candidates = [t for t in (flush_at, next_wake) if t is not None]
         if candidates:
-            wake.set(Timestamp(micros=min(candidates)))
+            wake.set(Timestamp(micros=_timer_time(min(candidates))))
         else:
             wake.clear()
 

@@ -7,6 +7,7 @@ REQUIRED = [
     "azure-storage-blob>=12.31,<13",
     "pyarrow>=14,<26",       # Beam pins pyarrow below 26
     "PyYAML>=6",
+    "orjson>=3.9",           # fast JSON decoding of input lines (stdlib json is the fallback)
     "jsonnet>=0.20",
     "python-qpid-proton>=0.39",  # the local Event Hubs endpoint (emulators/)
 ]

@@ -2,7 +2,7 @@
 import hashlib
 
 from core.records import canonical_json
-from core.timeutil import OPEN_EXIT, format_time, parse_time
+from core.timeutil import OPEN_EXIT, format_time
 
 
 def message_id(message):
@@ -57,5 +57,11 @@ def build_message(change, key_field, key, settings, audience_list):
 def message_sort_key(message):
     """Local-sink order: by user, then time, a backfill before a transition at the same time."""
     data = message["data"]
-    return (data.get("user_id", ""), data.get("anonymous_id", ""), parse_time(message["timestamp"]),
+    return (data.get("user_id", ""), data.get("anonymous_id", ""), time_sort_key(message["timestamp"]),
             0 if message.get("backfill") else 1, message["message_id"])
+
+
+def time_sort_key(text):
+    """Orders ``format_time`` strings by time without parsing them: the first 19 characters are
+    fixed-width, and the fraction (absent, 3 or 6 digits) is padded to microseconds."""
+    return text[:19], text[20:-1].ljust(6, "0")

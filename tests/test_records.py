@@ -120,3 +120,10 @@ def test_format_time_round_trips_and_matches_datetime(us):
     assert parse_time(text) == us
     d = dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=us)
     assert text[:19] == "%04d-%02d-%02dT%02d:%02d:%02d" % (d.year, d.month, d.day, d.hour, d.minute, d.second)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 4102444800 * 10**6), min_size=2, max_size=8))
+def test_time_sort_key_orders_formatted_times_like_the_times(values):
+    from core.messages import time_sort_key
+    assert sorted(values, key=lambda v: time_sort_key(format_time(v))) == sorted(values)

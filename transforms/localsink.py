@@ -8,10 +8,18 @@ import json
 import os
 
 import apache_beam as beam
+import orjson
 
 
 #: Marks the group of an empty PCollection; compared by value because elements are re-decoded.
 _SENTINEL_VALUE = "__localsink_sentinel__"
+
+
+def _encode_line(record):
+    try:
+        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:  # what orjson refuses (integers beyond 64 bits, ...) the stdlib writes
+        return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def _default_sort_key(record):
@@ -34,10 +42,9 @@ class _WriteSortedLines(beam.DoFn):
         if directory:
             os.makedirs(directory, exist_ok=True)
         tmp = self._path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with open(tmp, "wb") as fh:
             for record in records:
-                fh.write(json.dumps(record, ensure_ascii=False, sort_keys=False))
-                fh.write("\n")
+                fh.write(_encode_line(record))
         os.replace(tmp, self._path)  # a reader never sees a half-written file
         yield self._path, len(records)
 

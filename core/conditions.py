@@ -176,6 +176,16 @@ def _combine(kind, fns, arity):
     return lambda t, c, m: any(f(t, c, m) for f in fns)
 
 
+def _comparison(node, field, path):
+    """(name, predicate) of a ``{trait|property: NAME, op: OP, value: V}`` leaf."""
+    name = node[field]
+    if not isinstance(name, str) or not name:
+        raise ConditionError("%s.%s" % (path, field), "needs a %s name" % field)
+    if "op" not in node:
+        raise ConditionError(path, "missing 'op'")
+    return name, _make_predicate(node["op"], node.get("value"), path)
+
+
 def compile_where(node, path):
     """A ``where`` tree to ``predicate(properties) -> bool``."""
     _expect_mapping(node, path)
@@ -183,12 +193,7 @@ def compile_where(node, path):
     if combined is not None:
         return combined
     if "property" in node:
-        name = node["property"]
-        if not isinstance(name, str) or not name:
-            raise ConditionError(path + ".property", "needs a property name")
-        if "op" not in node:
-            raise ConditionError(path, "missing 'op'")
-        pred = _make_predicate(node["op"], node.get("value"), path)
+        name, pred = _comparison(node, "property", path)
         return lambda props: pred(_lookup(props, name))
     raise ConditionError(path, "a where node is one of and, or, not, property")
 
@@ -280,12 +285,7 @@ class AudienceSet:
         if combined is not None:
             return combined
         if "trait" in node:
-            name = node["trait"]
-            if not isinstance(name, str) or not name:
-                raise ConditionError(path + ".trait", "needs a trait name")
-            if "op" not in node:
-                raise ConditionError(path, "missing 'op'")
-            pred = _make_predicate(node["op"], node.get("value"), path)
+            name, pred = _comparison(node, "trait", path)
             self._reading[1].update({name, name.split(".", 1)[0]})
             return lambda traits, counts, members: pred(_lookup(traits, name))
         if "event" in node:

@@ -208,3 +208,16 @@ def dedupe_first_copies(received_ats):
             kept.append(i)
             horizon = received_ats[i] + DEDUPE_HORIZON_US
     return kept
+
+
+def dedupe_batch(records, key, received_at=lambda r: r.received_at):
+    """The records that are applied, from a complete batch: per ``key(record)``, the copies in
+    ``received_at`` order, keeping the first copy of each 24-hour run (``dedupe_first_copies``)."""
+    groups = {}
+    for record in records:
+        groups.setdefault(key(record), []).append(record)
+    kept = []
+    for copies in groups.values():
+        copies.sort(key=lambda r: (received_at(r), r.ts))
+        kept.extend(copies[i] for i in dedupe_first_copies([received_at(c) for c in copies]))
+    return kept

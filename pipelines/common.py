@@ -18,7 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from core.config import ConfigError, load_config
 from core.messages import build_message, message_sort_key
-from core.records import SystemEvent, dedupe_first_copies
+from core.records import SystemEvent, dedupe_batch
 from core.report import write_report
 from core.redact import Redactor, collect_secrets, install_log_redaction
 from core.system_events import work_event
@@ -86,10 +86,7 @@ def _preflight(job, output_dir):
 # -- the output graph --------------------------------------------------------------------------
 
 def _keep_first_copies(element):
-    _, copies = element
-    copies = sorted(copies, key=lambda e: (e.received_at, e.ts))
-    for i in dedupe_first_copies([c.received_at for c in copies]):
-        yield copies[i]
+    return dedupe_batch(element[1], key=lambda e: e.id)
 
 
 class DedupeSystemEvents(beam.PTransform):

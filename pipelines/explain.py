@@ -14,7 +14,7 @@ import sys
 from core.conditions import _lookup, _make_predicate, compile_where
 from core.config import ConfigError, load_config
 from core.engine import Engine
-from core.records import InputError, ProfileEvent, dedupe_first_copies, parse_record
+from core.records import InputError, ProfileEvent, dedupe_batch, parse_record
 from core.timeutil import MAX_TIME, format_time, parse_duration
 
 
@@ -104,7 +104,7 @@ def run(argv=None):
         return 2
     engine = Engine(job.audiences, job.backfill_starts)
     changes, _ = engine.advance(engine.new_state(), events, MAX_TIME)
-    kept = _dedupe(events)
+    kept = dedupe_batch(events, key=lambda e: e.event_id)
     explainer = Explainer(job, kept)
     raw = {a.get("slug") or a.get("id"): a["condition"] for a in job.raw.get("audiences", [])}
     timeline = [(e.ts, 0, e) for e in explainer.events] + [(c.time, 1, c) for c in changes]
@@ -136,17 +136,6 @@ def run(argv=None):
             previous[audience.slug] = {p: v for p, _, v in leaves}
     out.write("(* = changed since this audience's previous transition)\n")
     return 0
-
-
-def _dedupe(events):
-    by_id = {}
-    for e in events:
-        by_id.setdefault(e.event_id, []).append(e)
-    kept = []
-    for copies in by_id.values():
-        copies.sort(key=lambda e: (e.received_at, e.ts))
-        kept.extend(copies[i] for i in dedupe_first_copies([c.received_at for c in copies]))
-    return kept
 
 
 if __name__ == "__main__":

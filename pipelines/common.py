@@ -23,7 +23,7 @@ from core.report import write_report
 from core.redact import Redactor, collect_secrets, install_log_redaction
 from core.system_events import work_event
 from core.timeutil import format_time
-from pipelines.options import ActivationOptions
+from pipelines.options import ActivationOptions, flag_value
 from transforms.audiences import EngineSpec, changes_from_wire
 from transforms.localsink import WriteJsonLinesFile
 from transforms.audiences import export_rows_from_wire
@@ -365,10 +365,22 @@ def _failed_work_events(output_dir, job):
 
 # -- entry point -------------------------------------------------------------------------------
 
+def _verbose_requested(argv):
+    for arg in argv:
+        if arg == "--verbose":
+            return True
+        if arg.startswith("--verbose="):
+            try:
+                return flag_value(arg.split("=", 1)[1])
+            except ValueError:
+                return False
+    return False
+
+
 def main(argv, mode, make_evaluate, extra_options=None, time_range_of=None):
     """Runs one pipeline command; returns the process exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    verbose = "--verbose" in argv
+    verbose = _verbose_requested(argv)
     redactor = Redactor()
     _configure_logging(verbose, redactor)
     try:
@@ -404,6 +416,11 @@ def _run(argv, mode, make_evaluate, redactor, time_range_of):
     pipeline = beam.Pipeline(options=options)
     build_graph(pipeline, job, make_evaluate(spec), act, run_id, disabled, time_range)
     result = pipeline.run()
+    if options.view_as(StandardOptions).no_wait_until_finish:
+        # A launcher (e.g. a Dataflow Flex Template) submits and returns; the job reports through
+        # its runner's counters and its works' system events.
+        sys.stdout.write("submitted: %s\n" % getattr(result, "state", "running"))
+        return 0
     result.wait_until_finish()
     seconds = time.time() - started
     summary = build_summary(job, _counter_totals(result), act.output_dir, mode, seconds)

@@ -4,6 +4,21 @@ Every standard Beam option (``--runner``, ``--streaming``, ``--flink_master``, .
 """
 from apache_beam.options.pipeline_options import PipelineOptions
 
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def flag_value(text):
+    """A boolean flag's value: ``--verbose`` alone, or ``--verbose=true|false`` (Flex Templates
+    pass every parameter with a value)."""
+    if isinstance(text, bool):
+        return text
+    lowered = str(text).strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("expected true or false, got %r" % text)
+
 
 class ActivationOptions(PipelineOptions):
     """Options shared by ``pipelines.stream`` and ``pipelines.replay``."""
@@ -21,8 +36,8 @@ class ActivationOptions(PipelineOptions):
             "--output_dir", default="out",
             help="Where local sinks, dead letters, the system-event log and summary.json go.")
         parser.add_argument(
-            "--verbose", action="store_true", default=False,
-            help="Show tracebacks and INFO logs (secrets stay masked).")
+            "--verbose", nargs="?", const=True, default=False, type=flag_value,
+            help="Show tracebacks and INFO logs (secrets stay masked). Also --verbose=true|false.")
         parser.add_argument(
             "--progress_seconds", type=float, default=5.0,
             help="How often a local run prints progress to stderr (0 turns it off).")

@@ -24,11 +24,11 @@ from core.redact import Redactor, collect_secrets, install_log_redaction
 from core.system_events import work_event
 from core.timeutil import format_time
 from pipelines.options import ActivationOptions, flag_value
-from transforms.audiences import EngineSpec, changes_from_wire
+from transforms.audiences import EngineSpec, GroupUserEventsPerBundle, changes_from_wire
 from transforms.localsink import WriteJsonLinesFile
 from transforms.audiences import export_rows_from_wire
-from transforms.read import (DEADLETTER, PROFILE, SYSTEM, InputMissingError, ReadRecords,
-                             check_input_exists)
+from transforms.read import (DEADLETTER, PROFILE, SYSTEM, InputMissingError, ParseLines,
+                             ReadRecords, check_input_exists)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -212,18 +212,27 @@ def _alert_work(job, work, alert_input, output_dir):
     return alert_input | "Work[%s]Alerts" % work.id >> composite
 
 
-def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None):
+def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, live_source=None):
     """Reads, evaluates with ``evaluate`` (a PTransform), and wires every work's output."""
     output_dir = options.output_dir
     streaming = p.options.view_as(StandardOptions).streaming
-    records = p | "ReadRecords" >> ReadRecords(options.input, time_range, options.progress_seconds)
-    _ = (records[DEADLETTER]
+    if live_source is None:
+        records = p | "ReadRecords" >> ReadRecords(options.input, time_range, options.progress_seconds)
+        profile = records[PROFILE]
+    else:
+        elements = p | "ReadLive" >> live_source.transform
+        records = (elements
+                   | "AsInputRecords" >> beam.Map(live_source.to_input_record)
+                   | "ParseRecords" >> ParseLines(live_source.kind))
+        profile = records[PROFILE] | "GroupPerBundle" >> GroupUserEventsPerBundle()
+    terminals = []
+    terminals.append(records[DEADLETTER]
          | "WriteInputDeadLetters" >> WriteJsonLinesFile(
              os.path.join(output_dir, "deadletter", "input.jsonl"),
              sort_key=lambda r: (r["source"].rsplit(":", 1)[0],
                                  int(r["source"].rsplit(":", 1)[1]) if ":" in r["source"] else 0)))
     system_events = records[SYSTEM] | "DedupeSystemEvents" >> DedupeSystemEvents()
-    evaluated = records[PROFILE] | "EvaluateAudiences" >> evaluate
+    evaluated = profile | "EvaluateAudiences" >> evaluate
     changes, export_rows = evaluated.changes, evaluated.export
     _ = (changes
          | "DailyActivity" >> beam.ParDo(_DailyActivity(
@@ -261,12 +270,17 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None):
             result = _alert_work(job, work, alert_input, output_dir)
             if isinstance(result, beam.PCollection):
                 alert_outputs.append(result)
+            elif isinstance(result, dict):
+                terminals.extend(v for v in result.values() if isinstance(v, beam.PCollection))
     log = [own] + [r for r in alert_outputs]
-    _ = ((log | "AllOwnEvents" >> beam.Flatten())
+    terminals.append((log | "AllOwnEvents" >> beam.Flatten())
          | "OwnEventRecords" >> beam.Map(lambda e: e.record if isinstance(e, SystemEvent) else e)
          | "WriteSystemEventLog" >> WriteJsonLinesFile(
              os.path.join(output_dir, "system_events.jsonl"),
              sort_key=lambda r: (r.get("ts", ""), r.get("id", ""))))
+    if live_source is not None and live_source.eventhubs is not None:
+        # Checkpoints move only once everything downstream is complete: at least once, never a skip.
+        live_source.eventhubs.commit_checkpoints(elements, after=terminals + own_events)
 
 
 # -- summary -----------------------------------------------------------------------------------
@@ -365,6 +379,25 @@ def _failed_work_events(output_dir, job):
 
 # -- entry point -------------------------------------------------------------------------------
 
+LIVE_SCHEMES = ("eventhubs://", "kafka://", "pubsub://")
+
+
+def _live_source(uri, options, redactor):
+    """The source of a live ``--input`` URI (None for files); see transforms/eventhubs_source.py."""
+    if not uri.startswith(LIVE_SCHEMES):
+        return None
+    from transforms.eventhubs_source import EventHubsSourceError, build_live_source
+    try:
+        source = build_live_source(uri, os.environ)
+    except EventHubsSourceError as exc:
+        raise LaunchError(str(exc)) from None
+    redactor.add(source.secrets)
+    if not source.bounded and not options.view_as(StandardOptions).streaming:
+        raise LaunchError("input %s: a live read never ends: add --streaming (or mode=catchup "
+                          "for a bounded catch-up run)" % uri.split("?", 1)[0])
+    return source
+
+
 def _verbose_requested(argv):
     for arg in argv:
         if arg == "--verbose":
@@ -404,7 +437,9 @@ def _run(argv, mode, make_evaluate, redactor, time_range_of):
     act = options.view_as(ActivationOptions)
     job = load_config(act.config)
     redactor.add(collect_secrets(job.raw))
-    check_input_exists(act.input)
+    live_source = _live_source(act.input, options, redactor)
+    if live_source is None:
+        check_input_exists(act.input)
     time_range = time_range_of(options) if time_range_of else None
     os.makedirs(act.output_dir, exist_ok=True)
     disabled = _preflight(job, act.output_dir)
@@ -414,7 +449,7 @@ def _run(argv, mode, make_evaluate, redactor, time_range_of):
     spec = EngineSpec.from_job(job, job.raw.get("audiences") or [])
     started = time.time()
     pipeline = beam.Pipeline(options=options)
-    build_graph(pipeline, job, make_evaluate(spec), act, run_id, disabled, time_range)
+    build_graph(pipeline, job, make_evaluate(spec), act, run_id, disabled, time_range, live_source)
     result = pipeline.run()
     if options.view_as(StandardOptions).no_wait_until_finish:
         # A launcher (e.g. a Dataflow Flex Template) submits and returns; the job reports through

@@ -194,11 +194,14 @@ class _ParseLine(beam.DoFn):
 
     def process(self, raw):
         self._records_read.inc()
+        source, received_at = self._source, None
+        if hasattr(raw, "received_at_us"):  # an InputRecord from a live source
+            source, received_at, raw = raw.source, raw.received_at_us, raw.body
         try:
-            record = parse_record(raw)
+            record = parse_record(raw, default_received_at=received_at)
         except InputError as exc:
             self._deadlettered.inc()
-            yield beam.pvalue.TaggedOutput(DEADLETTER, dead_letter(raw, exc, self._source))
+            yield beam.pvalue.TaggedOutput(DEADLETTER, dead_letter(raw, exc, source))
             return
         if isinstance(record, ProfileEvent):
             yield TimestampedValue((user_key(record), tuple(record)), _timestamp(record.ts))
@@ -207,7 +210,9 @@ class _ParseLine(beam.DoFn):
 
 
 class ParseLines(beam.PTransform):
-    """Parses a PCollection of JSON lines; profile events come out one per element, keyed by user."""
+    """Parses a PCollection of JSON lines, or of live sources' ``InputRecord`` (body, arrival time,
+    source): profile events come out one per element, keyed by user; a record without
+    ``received_at`` gets the source's arrival time."""
 
     def __init__(self, source="stream", label=None):
         super().__init__(label)

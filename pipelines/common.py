@@ -23,7 +23,7 @@ from core.report import write_report
 from core.redact import Redactor, collect_secrets, install_log_redaction
 from core.system_events import work_event
 from core.timeutil import format_time
-from pipelines.options import ActivationOptions, flag_value
+from pipelines.options import REQUIRED_OPTIONS, ActivationOptions, flag_value
 from transforms.audiences import EngineSpec, GroupUserEventsPerBundle, changes_from_wire
 from transforms.localsink import WriteJsonLinesFile
 from transforms.audiences import export_rows_from_wire
@@ -435,6 +435,9 @@ def main(argv, mode, make_evaluate, extra_options=None, time_range_of=None):
 def _run(argv, mode, make_evaluate, redactor, time_range_of):
     options = PipelineOptions(argv)
     act = options.view_as(ActivationOptions)
+    for name in REQUIRED_OPTIONS:
+        if not getattr(act, name):
+            raise LaunchError("--%s is required (see --help)" % name)
     job = load_config(act.config)
     redactor.add(collect_secrets(job.raw))
     live_source = _live_source(act.input, options, redactor)

@@ -5,6 +5,8 @@ Every standard Beam option (``--runner``, ``--streaming``, ``--flink_master``, .
 from apache_beam.options.pipeline_options import PipelineOptions
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+#: Options every run needs; checked by the launcher (see ActivationOptions for why not argparse).
+REQUIRED_OPTIONS = ("config", "input")
 
 
 def flag_value(text):
@@ -25,12 +27,14 @@ class ActivationOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
+        # Not required=True: Beam parses every registered options class for every pipeline in the
+        # process, so a required flag here would break unrelated pipelines; the launcher checks.
         parser.add_argument(
-            "--config", required=True,
+            "--config",
             help="Job config, YAML or JSON: account, audiences and works (see README). ${VAR} is "
                  "replaced by that environment variable; validation runs before any data moves.")
         parser.add_argument(
-            "--input", required=True,
+            "--input",
             help="Input records: a file or glob of JSON Lines files (replay also reads .parquet).")
         parser.add_argument(
             "--output_dir", default="out",

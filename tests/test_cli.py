@@ -140,3 +140,18 @@ def test_streaming_mode_gives_the_replay_output_on_random_data(tmp_path):
                          or (p.is_file() and "blob" in p.parts and "_state" not in p.parts)}
     assert outputs["streaming"] == outputs["replay"]
     assert any(k.startswith("eventhub/") and v for k, v in outputs["replay"].items())
+
+
+def test_importing_the_options_does_not_break_other_pipelines():
+    # Beam parses every registered PipelineOptions class for every pipeline in the process.
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+    import pipelines.options  # noqa: F401
+    with beam.Pipeline() as p:
+        assert_that(p | beam.Create([1, 2]) | beam.Map(lambda x: x * 2), equal_to([2, 4]))
+
+
+def test_missing_config_is_one_line(job):
+    result = run("stream", "--input", str(job / "events.jsonl"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: --config is required (see --help)"

@@ -31,7 +31,7 @@ from apache_beam.options.pipeline_options import (DebugOptions, FlinkRunnerOptio
 from packaging.specifiers import SpecifierSet
 
 import pipelines.replay  # registers ReplayOptions with Beam, as running the command does
-from pipelines.options import ActivationOptions, ReplayOptions
+from pipelines.options import REQUIRED_OPTIONS, ActivationOptions, ReplayOptions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY_MD = os.path.join(ROOT, "docs", "DEPLOY.md")
@@ -216,7 +216,8 @@ def test_metadata_parameters_are_exactly_the_pipeline_options():
         % (sorted(set(parameters) - set(declared)), sorted(set(declared) - set(parameters))))
     for name, (action, cls) in declared.items():
         parameter = parameters[name]
-        assert parameter.get("isOptional", False) == (not action.required), name
+        required = action.required or action.dest in REQUIRED_OPTIONS
+        assert parameter.get("isOptional", False) == (not required), name
         assert action.help and action.help.strip(), "%s has no argparse help" % name
         if cls is ReplayOptions:
             assert "replay" in parameter["helpText"].lower(), "%s is replay-only: say so" % name

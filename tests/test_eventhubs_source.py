@@ -9,6 +9,9 @@ import datetime
 import json
 import logging
 import os
+import subprocess
+import sys
+import time
 
 import apache_beam as beam
 import pytest
@@ -33,6 +36,7 @@ from transforms.eventhubs_source import (UNBOUNDED_STOP, Checkpoint, CheckpointS
                                          parse_eventhubs_uri, parse_input_uri, plan_partition)
 
 pytestmark = pytest.mark.timeout(180)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
@@ -184,7 +188,6 @@ def test_a_run_that_dies_before_the_commit_is_read_again_and_nothing_is_skipped(
     # The next full run reads them again (at least once), all of them (nothing skipped).
     catch_up(cs, ckpt, expected=new)
     assert checkpoints(committed) == last_per_partition(hubs)
-    catch_up(cs, ckpt, expected=[])
 
 
 @pytest.mark.portable
@@ -372,6 +375,65 @@ def test_live_read_defers_while_idle_moves_the_watermark_and_resumes(local_event
         fn.teardown()
 
 
+# A live pipeline never ends: it runs in a child process, which the test stops.
+_LIVE_PIPELINE = """
+import os, sys
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from transforms.eventhubs_source import ReadFromEventHubs
+
+out = sys.argv[1]
+
+def write(record, timestamp=beam.DoFn.TimestampParam):
+    with open(out, "a") as handle:
+        handle.write("%s %d %d\\n" % (record.partition, record.sequence_number, timestamp.micros))
+
+pipeline = beam.Pipeline(options=PipelineOptions(sys.argv[2:]))
+_ = (pipeline
+     | ReadFromEventHubs(os.environ["LIVE_TEST_CS"], bounded=False, max_wait_seconds=0.5)
+     | beam.Map(write))
+pipeline.run().wait_until_finish()
+"""
+
+
+def _lines_when(path, count, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = open(path).read().splitlines() if os.path.exists(path) else []
+        if len(lines) >= count:
+            time.sleep(1)               # anything beyond ``count`` would show up by now
+            return open(path).read().splitlines()
+        time.sleep(0.2)
+    return open(path).read().splitlines() if os.path.exists(path) else []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runner", [[], ["--runner=PortableRunner", "--job_endpoint=embed",
+                                         "--environment_type=LOOPBACK"]],
+                         ids=["direct", "portable"])
+def test_a_live_pipeline_streams_events_as_they_arrive(local_eventhubs, tmp_path, runner):
+    hubs = local_eventhubs
+    publish(hubs.connection_string, 100)
+    out, log = str(tmp_path / "live.txt"), tmp_path / "child.log"
+    with open(log, "wb") as stderr:     # a file, not a pipe: a chatty child must never block
+        child = subprocess.Popen(
+            [sys.executable, "-c", _LIVE_PIPELINE, out, "--streaming"] + runner, cwd=ROOT,
+            env=dict(os.environ, LIVE_TEST_CS=hubs.connection_string),
+            stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        assert len(_lines_when(out, 100)) == 100, log.read_text()[-3000:]
+        publish(hubs.connection_string, 40, first=100)      # while the pipeline runs
+        lines = _lines_when(out, 140)
+        assert child.poll() is None                         # still streaming
+    finally:
+        child.terminate()
+        child.wait(30)
+    got = sorted(tuple(line.split()) for line in lines)
+    expected = sorted((e.partition, str(e.sequence_number), str(micros(e.enqueued_time)))
+                      for e in hubs.events())
+    assert got == expected                  # each event once, timestamped with its enqueued time
+
+
 def test_live_ranges_split_only_at_zero_and_stop_on_drain():
     tracker = SequenceRangeTracker(OffsetRange(5, UNBOUNDED_STOP))
     assert not tracker.is_bounded()
@@ -396,10 +458,13 @@ def test_live_output_is_unbounded_and_has_no_file_commit(local_eventhubs, tmp_pa
     live = ReadFromEventHubs(cs, checkpoint_dir=str(tmp_path), bounded=False)
     records = pipeline | live
     assert not records.is_bounded
+    assert live.commit_checkpoints(records) is None          # the runner keeps the position
     with pytest.raises(EventHubsSourceError, match="catch-up"):
-        live.commit_checkpoints(records)
+        records | ehs.CommitCheckpoints(live.checkpoint_store, after=[records])
     batch = ReadFromEventHubs(cs, checkpoint_dir=str(tmp_path))
     assert (pipeline | "Batch" >> batch).is_bounded
+    no_dir = ReadFromEventHubs(cs)
+    assert no_dir.commit_checkpoints(pipeline | "NoDir" >> no_dir) is None
     assert registry.get_coder(EventHubRecord) == EventHubRecordCoder()
 
 
@@ -507,6 +572,9 @@ def test_eventhubs_uri_reads_the_connection_string_from_the_environment(tmp_path
                                "&watermark_delay_seconds=60", {"EH_IN": EH_CS}).transform()
     assert not live.bounded and live.eventhub_name == "events"
     assert live.read_fn()._watermark_delay == Duration(seconds=60)
+    assert parse_input_uri("eventhubs://h?connection_string_env=X&mode=live") \
+        .watermark_delay_seconds == ehs.LIVE_WATERMARK_DELAY_SECONDS
+    assert parse_input_uri("eventhubs://h?connection_string_env=X").watermark_delay_seconds == 0
     assert live.consumer_group == "$Default" and live.checkpoint_store is None
     built = build_live_source("eventhubs://events?connection_string_env=EH_IN", {"EH_IN": EH_CS})
     assert built.kind == "eventhubs" and built.bounded and built.eventhubs is built.transform

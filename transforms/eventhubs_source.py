@@ -130,8 +130,9 @@ Which to use when:
   runs against the bundled endpoint (``python -m emulators.eventhubs``), and for live streams of
   moderate rate (``mode=live`` with ``--streaming`` on Flink or Dataflow). Its throughput per
   worker is bounded by the SDK's pure-Python AMQP stack (about 70 us of CPU per event): a
-  catch-up run of 100k events from the local endpoint read about 6,800 events/s on a 2-core
-  machine, start-up included (``python -m bench.eventhubs_catchup``).
+  catch-up run of 100k events from the local endpoint read 6,500-6,900 events/s on a 2-core
+  machine, start-up included (4,000-5,100 while other jobs shared its cores;
+  ``python -m bench.eventhubs_catchup``).
 * ``kafka://`` uses Java's KafkaIO through a cross-language expansion service: on Flink (the job
   server's expansion service, ``expansion_service=localhost:8097``) and on Dataflow it is the
   mature high-throughput choice for a live stream from an Event Hubs namespace of the Standard tier
@@ -193,6 +194,10 @@ DEFAULT_MAX_BATCH_SIZE = 500
 DEFAULT_MAX_WAIT_SECONDS = 1.0
 #: The stop of a live restriction: "no end" (the largest int64, so any runner can encode it).
 UNBOUNDED_STOP = 2 ** 63 - 1
+#: ``eventhubs://...&mode=live`` default ``watermark_delay_seconds``: how long after its enqueued
+#: time an event's own ``ts`` may lie before the pipelines (which re-timestamp records with ``ts``)
+#: count it as late. Events are usually enqueued within seconds of their ``ts``.
+LIVE_WATERMARK_DELAY_SECONDS = 60.0
 #: Checkpoint files' format version.
 CHECKPOINT_VERSION = 1
 
@@ -835,6 +840,9 @@ class _ReadPartitionFn(beam.DoFn):
         try:
             reader = self._reader(partition, restriction.start)
             while True:
+                if expected >= tracker.current_restriction().stop:
+                    # The range is done; also when a split moved its end while we waited.
+                    return
                 events = reader.read(self._max_batch_size, self._max_wait_seconds)
                 now = time.monotonic()
                 if not events:
@@ -871,16 +879,14 @@ class _ReadPartitionFn(beam.DoFn):
                     timestamp = Timestamp(micros=record.enqueued_time_us)
                     yield TimestampedValue(record, timestamp)
                 _observe(watermark_estimator, timestamp, self._watermark_delay)
-                if expected >= tracker.current_restriction().stop:
-                    return                  # the range is done (it may have been split)
                 if not bounded and time.monotonic() - started >= self._max_read_seconds:
                     # A busy live partition still ends its call now and then, so the runner can
                     # commit what was emitted and checkpoint the read.
                     tracker.defer_remainder()
                     return
         except GeneratorExit:
-            # The runner stopped consuming the generator (e.g. the bundle was abandoned): the
-            # reader's position no longer matches what was emitted downstream.
+            # The runner abandoned this call midway (its bundle failed): the retry starts from
+            # the restriction's start on a fresh link rather than trusting this one's state.
             self._drop_reader(partition)
             raise
         except EventHubsSourceError:
@@ -1149,13 +1155,19 @@ class ReadFromEventHubs(beam.PTransform):
 
         ``after``: every terminal PCollection of the pipeline (what the sinks output), so the
         checkpoints move only once everything read has been delivered. Returns the PCollection of
-        :class:`Checkpoint` s written. Raises :class:`EventHubsSourceError` without a
-        ``checkpoint_dir`` or in live mode.
+        :class:`Checkpoint` s written, or None when there is nothing to commit: without a
+        ``checkpoint_dir`` (logged as a warning: every run reads from the beginning) and in live
+        mode (a live read's position is kept by the runner's own checkpoints). So a pipeline can
+        call it for any ``eventhubs://`` input.
         """
         if not self.bounded:
-            raise EventHubsSourceError(
-                "commit_checkpoints is for catch-up reads (bounded=True); a live read's position "
-                "is kept by the runner's own checkpoints")
+            _LOGGER.info("Event Hubs %s: live read, no checkpoint files are written (the "
+                         "runner's own checkpoints keep the position)", self.target)
+            return None
+        if self.checkpoint_store is None:
+            _LOGGER.warning("Event Hubs %s: no checkpoint_dir, so no checkpoints: the next run "
+                            "reads every partition from the beginning again", self.target)
+            return None
         return records | label >> CommitCheckpoints(self.checkpoint_store, after=after)
 
     def display_data(self):
@@ -1197,7 +1209,9 @@ class FileInput:
 class EventHubsInput:
     """``eventhubs://HUB?connection_string_env=VAR&consumer_group=G&checkpoint_dir=D&mode=M``.
 
-    Also ``max_batch_size``, ``max_wait_seconds`` and ``watermark_delay_seconds``.
+    Also ``max_batch_size``, ``max_wait_seconds`` and ``watermark_delay_seconds`` (default
+    :data:`LIVE_WATERMARK_DELAY_SECONDS` with ``mode=live``, since the pipelines re-timestamp
+    records with their own ``ts``; 0 with ``mode=catchup``, where the watermark only ends the run).
     ``eventhub_name`` is None when the URI has no host (``eventhubs:///?...``): the connection
     string's ``EntityPath`` names the hub.
     """
@@ -1396,8 +1410,9 @@ def _parse_eventhubs(uri):
         consumer_group=consumer_group, checkpoint_dir=checkpoint_dir, mode=mode,
         max_batch_size=_int_param(uri, params, "max_batch_size", DEFAULT_MAX_BATCH_SIZE),
         max_wait_seconds=_float_param(uri, params, "max_wait_seconds", DEFAULT_MAX_WAIT_SECONDS),
-        watermark_delay_seconds=_float_param(uri, params, "watermark_delay_seconds", 0.0,
-                                             zero_ok=True))
+        watermark_delay_seconds=_float_param(
+            uri, params, "watermark_delay_seconds",
+            LIVE_WATERMARK_DELAY_SECONDS if mode == "live" else 0.0, zero_ok=True))
 
 
 _KAFKA_TOPIC = re.compile(r"^[A-Za-z0-9._$-]+$")

@@ -6,6 +6,7 @@ dead-letter reason.
 """
 import hashlib
 import json
+import re
 from typing import Any, NamedTuple, Optional
 
 from core.timeutil import TimeFormatError, parse_time
@@ -14,6 +15,7 @@ try:  # orjson parses several times faster; the standard library is the fallback
     from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover
     _fast_loads = json.loads
+_LONG_DIGITS = re.compile(r"\d{19,}")
 
 SUBJECT_TYPES = frozenset((
     "account", "auth", "user", "campaign", "data", "entity", "experience", "journey", "program",
@@ -84,14 +86,22 @@ def decode_line(line):
         except UnicodeDecodeError as exc:
             raise InputError("not UTF-8: %s" % exc) from None
     try:
+        if _LONG_DIGITS.search(line):
+            raise ValueError("integers beyond 64 bits: orjson would turn them into floats")
         obj = _fast_loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         # The standard library is the reference for what JSON is accepted (orjson is stricter on
         # NaN and huge integers); it also gives the clearer error message.
         try:
             obj = json.loads(line)
         except ValueError as exc:
             raise InputError("not JSON: %s" % exc) from None
+        except RecursionError:
+            raise InputError("not JSON: nested too deeply") from None
+        try:  # the stdlib admits "\ud800" escapes that no UTF-8 output can carry
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError("a string holds an unpaired surrogate escape (not valid Unicode)") from None
     if not isinstance(obj, dict):
         raise InputError("not a JSON object")
     return obj
@@ -103,9 +113,14 @@ def parse_record(line, default_received_at=None):
     ``default_received_at`` is the arrival time of live sources; ``None`` (file input) uses ``ts``.
     """
     obj = line if isinstance(line, dict) else decode_line(line)
-    if obj.get("kind") == "system":
-        return _system_event(obj, default_received_at)
-    return _profile_event(obj, default_received_at)
+    try:
+        if obj.get("kind") == "system":
+            return _system_event(obj, default_received_at)
+        return _profile_event(obj, default_received_at)
+    except UnicodeEncodeError:
+        raise InputError("a string holds an unpaired surrogate escape (not valid Unicode)") from None
+    except RecursionError:
+        raise InputError("nested too deeply") from None
 
 
 def _time_field(obj, name, required):

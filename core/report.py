@@ -20,9 +20,16 @@ def audience_sizes(daily):
         import datetime
         day = datetime.date.fromisoformat(seen[0])
         last = datetime.date.fromisoformat(seen[-1])
-        while day <= last:
-            days.append(day.isoformat())
-            day += datetime.timedelta(days=1)
+        # Bounded: extreme but valid dates (year 1, year 9999) must not make the report walk or
+        # overflow; beyond ten years only the days with activity are plotted.
+        if (last - day).days > 3660:
+            days = list(seen)
+        else:
+            while day <= last:
+                days.append(day.isoformat())
+                if day == datetime.date.max:
+                    break
+                day += datetime.timedelta(days=1)
     net = {}
     for r in daily:
         sign = 1 if r["event"] == "enter" else -1

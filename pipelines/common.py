@@ -234,7 +234,7 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, li
     system_events = records[SYSTEM] | "DedupeSystemEvents" >> DedupeSystemEvents()
     evaluated = profile | "EvaluateAudiences" >> evaluate
     changes, export_rows = evaluated.changes, evaluated.export
-    _ = (changes
+    terminals.append(changes
          | "DailyActivity" >> beam.ParDo(_DailyActivity(
              [a.slug for a in job.audiences.audiences]))
          | "SumPerDay" >> beam.CombinePerKey(sum)
@@ -392,6 +392,11 @@ def _live_source(uri, options, redactor):
     except EventHubsSourceError as exc:
         raise LaunchError(str(exc)) from None
     redactor.add(source.secrets)
+    if source.eventhubs is not None:
+        try:  # wrong credentials fail here, in a second, not after the SDK's retries inside Beam
+            source.eventhubs.verify()
+        except EventHubsSourceError as exc:
+            raise LaunchError(str(exc)) from None
     if not source.bounded and not options.view_as(StandardOptions).streaming:
         raise LaunchError("input %s: a live read never ends: add --streaming (or mode=catchup "
                           "for a bounded catch-up run)" % uri.split("?", 1)[0])

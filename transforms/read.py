@@ -140,11 +140,12 @@ class _ParseFile(beam.DoFn):
     @staticmethod
     def _text_lines(readable_file):
         with readable_file.open() as raw:
-            text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline=None)
+            # Lines end at "\n" only: a bare CR is JSON whitespace and may sit inside a record.
+            text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="\n")
             for lineno, line in enumerate(text, 1):
                 line = line.rstrip("\r\n")
-                if not line.strip():
-                    continue
+                if not line.strip(" \t\r\n"):
+                    continue  # blank in JSON's sense; any other content is a record or a dead letter
                 if not line.isascii():
                     try:
                         line.encode("utf-8")

@@ -170,15 +170,8 @@ class Engine:
         That is the earliest expiry that crosses a threshold of some node, or a backfill start
         while the user is a member of something. ``None`` if there is none.
         """
-        wake = None
-        for i in self._windowed:
-            t = self._spec_wake(state.counts[i], i)
-            if t is not None and (wake is None or t < wake):
-                wake = t
-        backfill = self._backfill_wake(state)
-        if backfill is not None and (wake is None or backfill < wake):
-            wake = backfill
-        return wake
+        return _min_or_none((self._spec_wake(state.counts[i], i) for i in self._windowed),
+                            self._backfill_wake(state))
 
     def _spec_wake(self, entries, i):
         """When spec i's count next falls to a threshold target (None: never by itself)."""

@@ -699,9 +699,8 @@ def _is_alert(event, settings, paused):
     return not paused and isinstance(event, SystemEvent) and matches(settings, event)
 
 
-class _DeliverFn(beam.DoFn):
-    """Sends each alert with a sender made in ``setup()`` (closed in ``teardown()``) and
-    dead-letters what it cannot deliver."""
+class _SenderFn(beam.DoFn):
+    """A DoFn holding one work's sender: made in ``setup()``, closed in ``teardown()``."""
 
     def __init__(self, work_id, make_sender):
         self._work_id, self._make_sender = work_id, make_sender
@@ -710,6 +709,18 @@ class _DeliverFn(beam.DoFn):
     def setup(self):
         self._sender = self._make_sender()
         self._counters = _Counters(self._work_id)
+
+    def teardown(self):
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
+
+
+class _DeliverFn(_SenderFn):
+    """Sends each alert and dead-letters what it cannot deliver."""
+
+    def setup(self):
+        super().setup()
         log.info("work %s: alerts via %s", self._work_id, self._sender.describe())
 
     def process(self, event):
@@ -724,11 +735,6 @@ class _DeliverFn(beam.DoFn):
                     delivery.reason)
         yield beam.pvalue.TaggedOutput(DEADLETTER,
                                        dead_letter(event.record, delivery.reason, self._work_id))
-
-    def teardown(self):
-        if self._sender is not None:
-            self._sender.close()
-            self._sender = None
 
 
 class _WebhookDeliveryFn(_DeliverFn):
@@ -762,16 +768,8 @@ class _EmailDeliveryFn(_DeliverFn):
     """Emails each alert (:class:`EmailSender`, made in ``setup()``); retries as it documents."""
 
 
-class _LocalSinkFn(beam.DoFn):
+class _LocalSinkFn(_SenderFn):
     """Writes what would be sent to the local sink (no destination configured)."""
-
-    def __init__(self, work_id, make_sender):
-        self._work_id, self._make_sender = work_id, make_sender
-        self._sender = self._counters = None
-
-    def setup(self):
-        self._sender = self._make_sender()
-        self._counters = _Counters(self._work_id)
 
     def process(self, event):
         try:
@@ -785,11 +783,6 @@ class _LocalSinkFn(beam.DoFn):
         self._counters.delivered.inc()
         yield beam.pvalue.TaggedOutput(_LOCAL_SINK, value)
         yield event.id
-
-    def teardown(self):
-        if self._sender is not None:
-            self._sender.close()
-            self._sender = None
 
 
 class _SendAlerts(beam.PTransform):

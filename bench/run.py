@@ -1,6 +1,7 @@
 """The benchmark: one command, one data set, every path side by side.
 
     python -m bench.run [--events 150000] [--users 3000] [--days 40] [--skip-1m]
+        [--skip-profile] [--eventhubs-events 100000]
 
 Times, on the same files in one run: the naive Beam baseline (one state read+write and one timer per
 event), ``pipelines.stream``, ``pipelines.replay`` and the pure core in a plain loop. Each pipeline
@@ -8,6 +9,9 @@ runs at N and at 4N events (4x the users, same events per user) and its marginal
 3N / (t(4N) - t(N)), so start-up does not blur the comparison; start-up (a run over a handful of
 events) is reported on its own. Writes ``bench/results.json`` and prints a table. Also checks that
 stream and replay wrote the same messages, and (unless ``--skip-1m``) replays 1M events for peak RSS.
+Then (unless skipped) it profiles ``replay`` and ``stream`` at N (``bench.profile``: the share of
+time per component, to show what limits them) and times a catch-up read of 100k events from the
+bundled Event Hubs endpoint (``bench.eventhubs_catchup``; ``--eventhubs-events 0`` skips it).
 """
 import argparse
 import json
@@ -40,6 +44,16 @@ def _measure(module, args, label):
     return measured
 
 
+def _run_quietly(command, label):
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout[-2000:] + result.stderr[-4000:])
+        raise SystemExit("benchmark step %s failed (exit %d)" % (label, result.returncode))
+    sys.stderr.write("  %-28s %7.2f s\n" % (label, time.perf_counter() - started))
+    return result.stdout
+
+
 def _pipeline_args(kind, path, out):
     if kind == "baseline":
         return "bench.baseline", ["--input", path]
@@ -58,9 +72,14 @@ def main(argv=None):
     parser.add_argument("--users", type=int, default=3000, help="users of the small run")
     parser.add_argument("--days", type=int, default=40)
     parser.add_argument("--skip-1m", action="store_true", help="skip the 1M-event replay (RSS check)")
+    parser.add_argument("--skip-profile", action="store_true", help="skip the profiles of replay and stream")
+    parser.add_argument("--eventhubs-events", type=int, default=100000,
+                        help="events of the Event Hubs catch-up run (0: skip it)")
     parser.add_argument("--out", default=os.path.join(HERE, "results.json"))
+    parser.add_argument("--data", default=os.path.join(HERE, "data"),
+                        help="where the data sets and the runs' outputs go")
     args = parser.parse_args(argv)
-    data = os.path.join(HERE, "data")
+    data = args.data
     os.makedirs(data, exist_ok=True)
     n, users = args.events, args.users
     files = {"tiny": os.path.join(data, "tiny.jsonl"), "N": os.path.join(data, "n.jsonl"),
@@ -113,6 +132,18 @@ def main(argv=None):
         run = _measure("pipelines.replay", _pipeline_args("replay", million, os.path.join(data, "out-1m"))[1],
                        "replay 1M")
         results["replay_1m"] = {"seconds": round(run["wall_seconds"], 1), "peak_rss_mb": run["peak_rss_mb"]}
+    if not args.skip_profile:
+        results["profile_N"] = {}
+        for kind in ("replay", "stream"):
+            shares = os.path.join(data, "profile-%s.json" % kind)
+            _run_quietly([sys.executable, "-m", "bench.profile", "pipelines." + kind, "--input", files["N"],
+                          "--config", CONFIG, "--top", "0", "--json", shares], "profile " + kind)
+            with open(shares, encoding="utf-8") as fh:
+                results["profile_N"][kind] = json.load(fh)["share"]
+    if args.eventhubs_events:
+        output = _run_quietly([sys.executable, "-m", "bench.eventhubs_catchup", "--events",
+                               str(args.eventhubs_events), "--skip-raw"], "eventhubs catch-up")
+        results["eventhubs_catchup"] = json.loads([l for l in output.splitlines() if l.startswith("{")][-1])
     with open(args.out, "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=2)
         fh.write("\n")
@@ -138,6 +169,14 @@ def format_table(results):
     if "replay_1m" in results:
         lines.append("replay of 1M events: %.1f s, peak RSS %.0f MB"
                      % (results["replay_1m"]["seconds"], results["replay_1m"]["peak_rss_mb"]))
+    for kind, shares in results.get("profile_N", {}).items():
+        lines.append("profile of %s at N (share of self time): %s" % (kind, ", ".join(
+            "%s %.0f%%" % (name, 100 * share) for name, share in shares.items() if share >= 0.01)))
+    if "eventhubs_catchup" in results:
+        e = results["eventhubs_catchup"]
+        lines.append("Event Hubs catch-up (bundled endpoint, %d partitions): %d events in %.1f s, %d ev/s "
+                     "(start-up included)" % (e["partitions"], e["events"], e["pipeline_seconds"],
+                                              e["pipeline_events_per_second"]))
     lines.append("machine: %s, Python %s, %d CPUs" % (results["machine"]["platform"],
                                                      results["machine"]["python"], results["machine"]["cpus"]))
     return "\n".join(lines)

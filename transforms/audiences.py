@@ -11,8 +11,9 @@ Two composites, one engine, the same transitions:
     transitions are stamped with the user's current evaluation time. Nothing is dropped.
 
     Cost model: each element is a *group* of one user's events (per read chunk, or per bundle via
-    ``GroupUserEventsPerBundle``), so state is read and written once per user and group, not per
-    event, and one timer is set per user and group. Timers fire once per user and flush (the
+    ``GroupUserEventsPerBundle``), so state is read once per user and group, not per event; the
+    group is appended to a bag of pending events without reading it, and the small engine state is
+    rewritten and the timer reset only when they change (in batch execution: once per user). Timers fire once per user and flush (the
     latest event time of the group) and once per expiry that actually crosses a threshold.
 
 ``EvaluateAudiencesBatch`` (``pipelines.replay``)
@@ -25,6 +26,7 @@ Metrics: ``audiences:events_applied``, ``audiences:duplicates``, ``audiences:lat
 ``audience:<slug>`` ``enters`` / ``exits``.
 """
 import logging
+import marshal
 import pickle
 import typing
 
@@ -33,7 +35,8 @@ from apache_beam.coders import BytesCoder
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteStateSpec, TimerSpec,
+                                               on_timer)
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
@@ -143,10 +146,35 @@ def _timer_time(micros):
     return -(-micros // 1000) * 1000
 
 
+def pack_events(events):
+    """A group of event tuples as one bytes value for a state bag.
+
+    ``marshal`` is several times faster than pickle or Beam's coders for tuples of plain values;
+    values it cannot write (e.g. a date from a Parquet file) make the group fall back to pickle.
+    """
+    rows = to_wire(events)
+    try:
+        return b"m" + marshal.dumps(rows)
+    except ValueError:
+        return b"p" + pickle.dumps(rows, protocol=5)
+
+
+def unpack_events(packed):
+    rows = marshal.loads(packed[1:]) if packed[:1] == b"m" else pickle.loads(packed[1:])
+    return events_from_wire(rows)
+
+
 class _EvaluateStatefulFn(beam.DoFn):
-    """Keeps one user's engine state and pending events; see the module docstring."""
+    """Keeps one user's engine state and pending events; see the module docstring.
+
+    State: ``USER`` holds the engine state and the pending flush time; ``PENDING`` is a bag of the
+    groups of events waiting for the watermark. A bag is appended to without being read, so an
+    element costs the same however many events already wait (a value holding the list would be
+    read and rewritten whole by every group: quadratic in the groups per user).
+    """
 
     USER_STATE = ReadModifyWriteStateSpec("user", BytesCoder())
+    PENDING = BagStateSpec("pending", BytesCoder())
     WAKE = TimerSpec("wake", TimeDomain.WATERMARK)
 
     def __init__(self, spec, complete_when_timers_fire=False):
@@ -158,16 +186,16 @@ class _EvaluateStatefulFn(beam.DoFn):
         self._engine = self._spec.build()
         self._metrics = _EngineMetrics(self._engine)
 
-    # State layout: (engine state bytes, pending events, flush time or None).
+    # USER layout: (engine state bytes, flush time or None).
     def _load(self, state):
         raw = state.read()
         if raw is None:
-            return self._engine.new_state(), [], None
-        user_bytes, pending, flush_at = pickle.loads(raw)
-        return UserState.from_bytes(user_bytes), events_from_wire(pending), flush_at
+            return self._engine.new_state(), None
+        user_bytes, flush_at = pickle.loads(raw)
+        return UserState.from_bytes(user_bytes), flush_at
 
-    def _save(self, state, wake, user, pending, flush_at):
-        state.write(pickle.dumps((user.to_bytes(), to_wire(pending), flush_at), protocol=5))
+    def _save(self, state, wake, user, flush_at):
+        state.write(pickle.dumps((user.to_bytes(), flush_at), protocol=5))
         next_wake = self._engine.next_wake(user)
         candidates = [t for t in (flush_at, next_wake) if t is not None]
         if candidates:
@@ -176,39 +204,49 @@ class _EvaluateStatefulFn(beam.DoFn):
             wake.clear()
 
     def process(self, element, state=beam.DoFn.StateParam(USER_STATE),
-                wake=beam.DoFn.TimerParam(WAKE)):
+                pending=beam.DoFn.StateParam(PENDING), wake=beam.DoFn.TimerParam(WAKE)):
         key, events = element
         events = events_from_wire(events)
-        user, pending, flush_at = self._load(state)
+        user, flush_at = self._load(state)
+        changed = False
         late = [e for e in events if e.ts <= user.clock]
         if late:
             stats = Stats()
             changes, rows = self._engine.advance(user, late, user.clock, stats)
             self._metrics.record(stats, changes)
             yield from _emit(key, changes, rows)
-        fresh = [e for e in events if e.ts > user.clock]
+            changed = True
+        fresh = [e for e in events if e.ts > user.clock] if late else events
         if fresh:
-            pending.extend(fresh)
+            pending.add(pack_events(fresh))
             if flush_at is None:
                 # Wake when the watermark passes the newest event of this group: everything up to
                 # then is complete, and one wake-up covers the whole group.
                 flush_at = max(e.ts for e in fresh)
-        self._save(state, wake, user, pending, flush_at)
+                changed = True
+        if changed:  # otherwise the stored state and the timer already say the same
+            self._save(state, wake, user, flush_at)
 
     @on_timer(WAKE)
     def wake_up(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
-                state=beam.DoFn.StateParam(USER_STATE), wake=beam.DoFn.TimerParam(WAKE)):
+                state=beam.DoFn.StateParam(USER_STATE), pending=beam.DoFn.StateParam(PENDING),
+                wake=beam.DoFn.TimerParam(WAKE)):
         # In batch execution the watermark jumps from -inf to +inf once all input is read, so the
         # first timer of a user proves that all its events are here: one wake-up does it all.
         now = MAX_TIME if self._complete_when_timers_fire else fired.micros
-        user, pending, _ = self._load(state)
-        due = [e for e in pending if e.ts <= now]
-        rest = [e for e in pending if e.ts > now]
+        user, _ = self._load(state)
+        waiting = [e for packed in pending.read() for e in unpack_events(packed)]
+        due = [e for e in waiting if e.ts <= now]
+        rest = [e for e in waiting if e.ts > now]
+        if waiting:
+            pending.clear()
+        if rest:
+            pending.add(pack_events(rest))
         stats = Stats()
         changes, rows = self._engine.advance(user, due, now, stats)
         self._metrics.record(stats, changes)
         yield from _emit(key, changes, rows)
-        self._save(state, wake, user, rest, max(e.ts for e in rest) if rest else None)
+        self._save(state, wake, user, max(e.ts for e in rest) if rest else None)
 
 
 class EvaluateAudiencesStateful(beam.PTransform):

@@ -3,6 +3,11 @@
 The two commands differ in one step only, how audiences are evaluated (a stateful DoFn with
 event-time timers, or a GroupByKey and one engine call per user); everything before and after it is
 built here, so both produce the same messages, files and alerts.
+
+On an unbounded input (``--input eventhubs://...&mode=live --streaming``, or a TestStream) the
+output graph has no GroupByKey: local sinks write parts, the system-event dedupe, the daily
+activity and the Blob export keep state and write as the watermark moves, and there is no
+``completed`` event (README "Live (unbounded) runs", docs/SEMANTICS.md, ``transforms/live.py``).
 """
 import json
 import logging
@@ -25,7 +30,8 @@ from core.system_events import work_event
 from core.timeutil import format_time
 from pipelines.options import REQUIRED_OPTIONS, ActivationOptions, flag_value
 from transforms.audiences import EngineSpec, GroupUserEventsPerBundle, changes_from_wire
-from transforms.localsink import WriteJsonLinesFile
+from transforms.live import DedupeSystemEventsLive, is_unbounded
+from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 from transforms.audiences import export_rows_from_wire
 from transforms.read import (DEADLETTER, PROFILE, SYSTEM, InputMissingError, ParseLines,
                              ReadRecords, check_input_exists)
@@ -90,9 +96,14 @@ def _keep_first_copies(element):
 
 
 class DedupeSystemEvents(beam.PTransform):
-    """The 24-hour dedupe of system events by id (the earliest received copy of a run wins)."""
+    """The 24-hour dedupe of system events by id (the earliest received copy of a run wins).
+
+    On an unbounded input the first copy to arrive wins (:class:`DedupeSystemEventsLive`).
+    """
 
     def expand(self, system_events):
+        if is_unbounded(system_events):
+            return system_events | "FirstCopies" >> DedupeSystemEventsLive()
         return (system_events
                 | "KeyById" >> beam.Map(lambda e: (e.id, e))
                 | "GroupById" >> beam.GroupByKey()
@@ -135,6 +146,19 @@ def _daily_record(kv):
     return {"day": day, "audience": audience, "event": kind, "count": count}
 
 
+def _daily_sort_key(record):
+    return record["day"], record["audience"], record["event"]
+
+
+def _sum_daily_records(records):
+    """One part of the live daily activity: counts summed per (day, audience, event)."""
+    totals = {}
+    for r in records:
+        key = _daily_sort_key(r)
+        totals[key] = totals.get(key, 0) + r["count"]
+    return [_daily_record(item) for item in totals.items()]
+
+
 class _CountDelivered(beam.DoFn):
     """Local sinks: turns a written file into the work's ``synced`` and ``synccomplete`` events."""
 
@@ -152,7 +176,7 @@ class _CountDelivered(beam.DoFn):
         yield work_event(self._aid, self._work_id, "synccomplete", None, unit=name + "#complete")
 
 
-def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming):
+def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming, flush_seconds):
     settings = work.settings
     label = "Work[%s]" % work.id
     messages = changes | label + "BuildMessages" >> beam.FlatMap(
@@ -165,7 +189,7 @@ def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming):
                  lambda kv, r=reason, w=work.id: [{"raw": m, "error": r, "source": w} for m in kv[1]])
              | label + "WriteUndelivered" >> WriteJsonLinesFile(
                  os.path.join(output_dir, "deadletter", work.id + ".jsonl"),
-                 sort_key=lambda d: message_sort_key(d["raw"])))
+                 sort_key=lambda d: message_sort_key(d["raw"]), flush_seconds=flush_seconds))
         return p | label + "Disabled" >> beam.Create(
             [work_event(job.aid, work.id, "failed", disabled[work.id], unit="preflight")])
     if not settings.connection_string:
@@ -173,11 +197,12 @@ def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming):
                 | label + "DropKey" >> beam.Values()
                 | label + "WriteLocalSink" >> WriteJsonLinesFile(
                     os.path.join(output_dir, "eventhub", work.id + ".jsonl"), sort_key=message_sort_key,
-                    batched=True)
+                    batched=True, flush_seconds=flush_seconds)
                 | label + "Report" >> beam.ParDo(_CountDelivered(job.aid, work.id, "messages_delivered")))
     from transforms.eventhubs import WriteToEventHubs
-    if not streaming:
-        # A bounded run sends each user's messages in time order, one user's in one bundle.
+    if not streaming and not is_unbounded(messages):
+        # A bounded run sends each user's messages in time order, one user's in one bundle. (A
+        # live run sends them as the engine emits them, which is already in time order per user.)
         messages = (messages
                     | label + "GroupByUser" >> beam.GroupByKey()
                     | label + "InTimeOrder" >> beam.FlatMap(
@@ -192,7 +217,8 @@ def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming):
         eventhub_name=settings.eventhub_name, aid=job.aid)
 
 
-def _blob_work(p, job, work, export_rows, system_events, output_dir, disabled):
+def _blob_work(p, job, work, export_rows, system_events, output_dir, disabled, flush_seconds,
+               grace_seconds):
     from transforms.blob import WriteToBlobExport
     if work.settings.export_type == "events":
         source = export_rows | "Work[%s]Rows" % work.id >> beam.FlatMap(export_rows_from_wire)
@@ -200,22 +226,38 @@ def _blob_work(p, job, work, export_rows, system_events, output_dir, disabled):
         source = system_events
     return source | "Work[%s]WriteToBlob" % work.id >> WriteToBlobExport(
         work, job.account_name, job.aid, output_dir, marker_end=getattr(work, "marker_end", None),
-        disabled_reason=disabled.get(work.id))
+        disabled_reason=disabled.get(work.id), grace_seconds=grace_seconds,
+        flush_seconds=flush_seconds)
 
 
-def _alert_work(job, work, alert_input, output_dir):
+def _alert_work(job, work, alert_input, output_dir, flush_seconds):
     from transforms import alerts
     if work.workflow == "webhook_system_events":
-        composite = alerts.SendWebhookAlerts(work, output_dir)
+        composite = alerts.SendWebhookAlerts(work, output_dir, flush_seconds=flush_seconds)
     else:
-        composite = alerts.SendEmailAlerts(work, output_dir, account_name=job.account_name)
+        composite = alerts.SendEmailAlerts(work, output_dir, account_name=job.account_name,
+                                           flush_seconds=flush_seconds)
     return alert_input | "Work[%s]Alerts" % work.id >> composite
 
 
+def _option(options, name, default):
+    """An optional tuning flag: its value when the options define it and it is set, else
+    ``default`` (the flags of the unbounded path are not declared by every options class)."""
+    value = getattr(options, name, None)
+    return default if value is None else value
+
+
 def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, live_source=None):
-    """Reads, evaluates with ``evaluate`` (a PTransform), and wires every work's output."""
+    """Reads, evaluates with ``evaluate`` (a PTransform), and wires every work's output.
+
+    The output graph takes the unbounded form (see the module docstring) when the parsed input
+    is unbounded; a bounded input, from files or an Event Hubs catch-up, builds what it always did.
+    """
     output_dir = options.output_dir
     streaming = p.options.view_as(StandardOptions).streaming
+    flush_seconds = float(_option(options, "flush_seconds", DEFAULT_FLUSH_SECONDS))
+    from transforms.blob import DEFAULT_GRACE_SECONDS
+    grace_seconds = float(_option(options, "blob_grace_seconds", DEFAULT_GRACE_SECONDS))
     if live_source is None:
         records = p | "ReadRecords" >> ReadRecords(options.input, time_range, options.progress_seconds)
         profile = records[PROFILE]
@@ -225,23 +267,37 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, li
                    | "AsInputRecords" >> beam.Map(live_source.to_input_record)
                    | "ParseRecords" >> ParseLines(live_source.kind))
         profile = records[PROFILE] | "GroupPerBundle" >> GroupUserEventsPerBundle()
+    unbounded = is_unbounded(records[PROFILE])
+    if unbounded:
+        _LOGGER.info("unbounded input: local sinks write parts every %.3g s of event time, Blob "
+                     "windows close %.3g s after their end", flush_seconds, grace_seconds)
     terminals = []
     terminals.append(records[DEADLETTER]
          | "WriteInputDeadLetters" >> WriteJsonLinesFile(
              os.path.join(output_dir, "deadletter", "input.jsonl"),
              sort_key=lambda r: (r["source"].rsplit(":", 1)[0],
-                                 int(r["source"].rsplit(":", 1)[1]) if ":" in r["source"] else 0)))
+                                 int(r["source"].rsplit(":", 1)[1]) if ":" in r["source"] else 0),
+             flush_seconds=flush_seconds))
     system_events = records[SYSTEM] | "DedupeSystemEvents" >> DedupeSystemEvents()
     evaluated = profile | "EvaluateAudiences" >> evaluate
     changes, export_rows = evaluated.changes, evaluated.export
-    terminals.append(changes
-         | "DailyActivity" >> beam.ParDo(_DailyActivity(
-             [a.slug for a in job.audiences.audiences]))
-         | "SumPerDay" >> beam.CombinePerKey(sum)
-         | "DailyRecords" >> beam.Map(_daily_record)
-         | "WriteDailyActivity" >> WriteJsonLinesFile(
-             os.path.join(output_dir, "audiences_daily.jsonl"),
-             sort_key=lambda r: (r["day"], r["audience"], r["event"])))
+    daily = (changes
+             | "DailyActivity" >> beam.ParDo(_DailyActivity(
+                 [a.slug for a in job.audiences.audiences])))
+    daily_path = os.path.join(output_dir, "audiences_daily.jsonl")
+    if not unbounded:
+        terminals.append(daily
+             | "SumPerDay" >> beam.CombinePerKey(sum)
+             | "DailyRecords" >> beam.Map(_daily_record)
+             | "WriteDailyActivity" >> WriteJsonLinesFile(daily_path, sort_key=_daily_sort_key))
+    else:
+        # Per-part deltas: each part sums what arrived since the previous one; the totals are
+        # the sums over all parts (a running total would need a state read per key and change).
+        terminals.append(daily
+             | "DailyRecords" >> beam.Map(_daily_record)
+             | "WriteDailyActivity" >> WriteJsonLinesFile(
+                 daily_path, sort_key=_daily_sort_key, flush_seconds=flush_seconds,
+                 merge=_sum_daily_records))
 
     own_events = [p | "WorksStarted" >> beam.Create(
         [work_event(job.aid, w.id, "started", unit=run_id + "#started")
@@ -250,12 +306,16 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, li
         if work.workflow == "eventhub_audience_export":
             if work.paused:
                 continue
-            events = _eventhub_work(p, job, work, changes, output_dir, disabled, streaming)
+            events = _eventhub_work(p, job, work, changes, output_dir, disabled, streaming,
+                                    flush_seconds)
         elif work.workflow == "azure_blob_event_export":
-            events = _blob_work(p, job, work, export_rows, system_events, output_dir, disabled)
+            events = _blob_work(p, job, work, export_rows, system_events, output_dir, disabled,
+                                flush_seconds, grace_seconds)
         else:
             continue
         own_events.append(events)
+        if unbounded:
+            continue  # `completed` is the end of a bounded run (CONTRACT 5.4); a live run has none
         own_events.append(
             events
             | "Work[%s]CountUnits" % work.id >> beam.combiners.Count.Globally()
@@ -267,7 +327,7 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, li
     alert_outputs = []
     for work in job.works:
         if work.workflow in ("webhook_system_events", "email_system_events"):
-            result = _alert_work(job, work, alert_input, output_dir)
+            result = _alert_work(job, work, alert_input, output_dir, flush_seconds)
             if isinstance(result, beam.PCollection):
                 alert_outputs.append(result)
             elif isinstance(result, dict):
@@ -277,7 +337,7 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, li
          | "OwnEventRecords" >> beam.Map(lambda e: e.record if isinstance(e, SystemEvent) else e)
          | "WriteSystemEventLog" >> WriteJsonLinesFile(
              os.path.join(output_dir, "system_events.jsonl"),
-             sort_key=lambda r: (r.get("ts", ""), r.get("id", ""))))
+             sort_key=lambda r: (r.get("ts", ""), r.get("id", "")), flush_seconds=flush_seconds))
     if live_source is not None and live_source.eventhubs is not None:
         # Checkpoints move only once everything downstream is complete: at least once, never a skip.
         live_source.eventhubs.commit_checkpoints(elements, after=terminals + own_events)
@@ -400,7 +460,36 @@ def _live_source(uri, options, redactor):
     if not source.bounded and not options.view_as(StandardOptions).streaming:
         raise LaunchError("input %s: a live read never ends: add --streaming (or mode=catchup "
                           "for a bounded catch-up run)" % uri.split("?", 1)[0])
+    if not source.bounded:
+        _check_live_runner(options.view_as(StandardOptions).runner)
     return source
+
+
+#: Runner names (lower case, without "runner") that run a pipeline in this process.
+_DIRECT_RUNNERS = ("", "direct", "switchingdirect", "fnapi")
+
+
+def _check_live_runner(runner):
+    """Refuses or warns about local runners that cannot run a live read faithfully.
+
+    Measured with Beam 2.77 (README "Live (unbounded) runs"): the BundleBasedDirectRunner fails
+    on any splittable DoFn under --streaming; the DirectRunner, offline, falls back to the
+    FnApiRunner, which reads the hub but ignores the source's watermark.
+    """
+    name = (runner if isinstance(runner, str) else type(runner).__name__ if runner else "")
+    name = name.lower().rsplit(".", 1)[-1].replace("runner", "")
+    if name == "bundlebaseddirect":
+        raise LaunchError("the BundleBasedDirectRunner cannot run a live read: Beam 2.77 fails on "
+                          "any splittable DoFn with --streaming; use the DirectRunner to try "
+                          "the wiring, Flink or Dataflow to run it")
+    if name in _DIRECT_RUNNERS:
+        sys.stderr.write(
+            "warning: a live read on the DirectRunner only tries the wiring: offline it runs on "
+            "Beam's FnApiRunner, which does not follow the source's watermark (event-time timers "
+            "fire at once, so delayed exits, Blob window closes and the 24 h dedupe are not "
+            "honoured, and steps after a timer may get data only when the input ends). Run live "
+            "jobs on Flink or Dataflow (or --runner=PrismRunner --prism_location=<local "
+            "binary>).\n")
 
 
 def _verbose_requested(argv):

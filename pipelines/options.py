@@ -45,6 +45,15 @@ class ActivationOptions(PipelineOptions):
         parser.add_argument(
             "--progress_seconds", type=float, default=5.0,
             help="How often a local run prints progress to stderr (0 turns it off).")
+        parser.add_argument(
+            "--flush_seconds", type=float, default=None,
+            help="Live (unbounded) input only: a local sink writes a part once the watermark is "
+                 "this many seconds past the part's earliest record (default 10).")
+        parser.add_argument(
+            "--blob_grace_seconds", type=float, default=None,
+            help="Live (unbounded) input only: a Blob export window is written once the watermark "
+                 "is this many seconds past its end, so rows held back by the audience engine "
+                 "still land in it (default 300); rows arriving later are dead-lettered.")
 
 
 class ReplayOptions(PipelineOptions):

@@ -230,6 +230,8 @@ GOOD = {
     "output_dir": ["out", "/tmp/cdp-out"],
     "verbose": ["true", "false"],
     "progress_seconds": ["0", "5", "2.5"],
+    "flush_seconds": ["0", "10", "0.5"],
+    "blob_grace_seconds": ["300", "60.5"],
     "start": ["2026-11-01T00:00:00Z", "2026-11-01T00:00:00.5+02:00", "1793491200",
               "1793491200.25"],
     "end": ["2026-11-08T00:00:00Z", "2026-11-08T00:00:00.123456-05:30", "1794096000"],
@@ -240,6 +242,8 @@ BAD = {
     "output_dir": ["", "a\nb"],
     "verbose": ["yes", "1", ""],
     "progress_seconds": ["-1", "abc", "5s", ""],
+    "flush_seconds": ["-1", "10s", ""],
+    "blob_grace_seconds": ["5m", "-300", ""],
     "start": ["2026-11-01", "yesterday", "-5", ""],
     "end": ["2026-11-08 00:00", "tomorrow", ""],
 }

@@ -80,6 +80,8 @@ Outputs of both composites
 - ``<output_dir>/deadletter/<work id>.jsonl``: ``{"raw": <event record>, "error": <reason>,
   "source": <work id>}`` per alert given up on (template error, refused address, non-retryable
   status, exhausted retries). A template error dead-letters that alert only.
+- On an unbounded input both files are written in parts, ``<output_dir>/alerts/<work id>/`` and
+  ``<output_dir>/deadletter/<work id>/``, every ``flush_seconds`` (see :mod:`transforms.localsink`).
 - The composite returns ``{"delivered": <PCollection of event ids>, "deadletter": <PCollection of
   dead-letter records>}``.
 - Beam counters in namespace ``work:<work id>``: ``alerts_delivered`` (sent, or written to the
@@ -117,7 +119,7 @@ from core.records import SystemEvent, dead_letter
 from core.redact import Redactor
 from core.system_events import matches
 from core.templates import TemplateError, TemplateRenderer
-from transforms.localsink import WriteJsonLinesFile
+from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 
 log = logging.getLogger(__name__)
 
@@ -789,10 +791,11 @@ class _SendAlerts(beam.PTransform):
     _default_label = "Alerts"
     _delivery_fn_class = _DeliverFn
 
-    def __init__(self, work, output_dir, label=None):
+    def __init__(self, work, output_dir, label=None, flush_seconds=DEFAULT_FLUSH_SECONDS):
         super().__init__(label or "%s[%s]" % (self._default_label, work.id))
         self._work_id, self._settings = work.id, work.settings
         self._paused, self._output_dir = bool(work.paused), output_dir
+        self._flush_seconds = flush_seconds
 
     def _remote(self):
         raise NotImplementedError
@@ -808,9 +811,11 @@ class _SendAlerts(beam.PTransform):
                 DEADLETTER, _LOCAL_SINK, main=DELIVERED)
         if not self._remote():
             _ = results[_LOCAL_SINK] | "WriteLocalSink" >> WriteJsonLinesFile(
-                os.path.join(self._output_dir, "alerts", self._work_id + ".jsonl"))
+                os.path.join(self._output_dir, "alerts", self._work_id + ".jsonl"),
+                flush_seconds=self._flush_seconds)
         _ = results[DEADLETTER] | "WriteDeadLetter" >> WriteJsonLinesFile(
-            os.path.join(self._output_dir, "deadletter", self._work_id + ".jsonl"))
+            os.path.join(self._output_dir, "deadletter", self._work_id + ".jsonl"),
+            flush_seconds=self._flush_seconds)
         return {DELIVERED: results[DELIVERED], DEADLETTER: results[DEADLETTER]}
 
 
@@ -819,8 +824,8 @@ class SendWebhookAlerts(_SendAlerts):
     _default_label = "WebhookAlerts"
     _delivery_fn_class = _WebhookDeliveryFn
 
-    def __init__(self, work, output_dir, label=None):
-        super().__init__(work, output_dir, label)
+    def __init__(self, work, output_dir, label=None, flush_seconds=DEFAULT_FLUSH_SECONDS):
+        super().__init__(work, output_dir, label, flush_seconds)
         check_headers(self._settings.headers)
         if self._settings.webhook_url:  # parses the URL now: a bad one fails at construction
             _HttpClient(self._settings.webhook_url, 1.0, False)
@@ -837,8 +842,9 @@ class SendEmailAlerts(_SendAlerts):
     _default_label = "EmailAlerts"
     _delivery_fn_class = _EmailDeliveryFn
 
-    def __init__(self, work, output_dir, label=None, account_name=None):
-        super().__init__(work, output_dir, label)
+    def __init__(self, work, output_dir, label=None, account_name=None,
+                 flush_seconds=DEFAULT_FLUSH_SECONDS):
+        super().__init__(work, output_dir, label, flush_seconds)
         self._account_name = account_name
 
     def _remote(self):

@@ -89,11 +89,30 @@ Metrics
 Counters in the namespace ``work:<work id>``: ``files_delivered``, ``rows_delivered``,
 ``skipped_before_marker`` and ``failures``.
 
-Limits
-------
-Files are grouped in the global window: on a bounded input they are written at the end of the
-data. On an unbounded input the grouping only fires when the input ends, so a streaming deployment
-needs event-time windowing on ``received_at`` ahead of this transform (not done here).
+Unbounded input
+---------------
+On a bounded input the files are grouped in the global window and written at the end of the data.
+On an unbounded input (a live source; chosen when the input PCollection is unbounded) the work's
+rows are buffered in Beam state and each window is written once it is *closed*: when the
+watermark passes its end plus ``grace_seconds`` (default :data:`DEFAULT_GRACE_SECONDS`). The
+watermark is in event time (``ts``); the audience engine emits an event's row once the watermark
+passes its ``ts``, and ``ts <= received_at`` unless a client clock runs ahead, which the grace
+covers. At each close the windows from the marker (none yet: the first closed window with data)
+to the last closed window with data are written, empty ones header-only, by the same
+:mod:`core.export` functions as a bounded run, so the names and bytes are those a bounded run over
+the same records writes; then the marker moves. Hence header-only files for empty windows between
+windows with data appear when the next window with data closes, and a job started from an
+existing marker writes the missed windows from the marker on as catch-up files.
+
+A row that arrives after its window's file was written (its ``received_at`` is before the
+marker) is not added to any file: it goes to ``<output_dir>/deadletter/<work id>.jsonl`` (in
+parts, see :mod:`transforms.localsink`) as ``{"raw": <the row by column>, "error": "late: ...",
+"source": <work id>}`` and counts as ``deadlettered``. A file that cannot be written holds the
+marker back; its rows stay in state and the work tries again at the next close (or, with nothing
+else to close, ``max(grace, 60 s)`` of event time later), rewriting the later windows under the
+same names (with the same bytes, unless rows for them arrived in the meantime).
+``export_type: system_events`` is deduplicated with the streaming rule of
+:class:`transforms.live.DedupeSystemEventsLive`.
 """
 import logging
 import os
@@ -102,14 +121,21 @@ import tempfile
 import time
 
 import apache_beam as beam
+from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window as beam_window
 from apache_beam.transforms.display import DisplayDataItem
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteStateSpec, TimerSpec,
+                                               on_timer)
 
 from core.export import (CONTENT_TYPES, ExportSpec, advance_marker, dedupe_system_events,
                          marker_bytes, marker_name, parse_marker, plan_windows, verify_name)
+from core.records import dead_letter
 from core.system_events import work_event
 from core.timeutil import MICROS, format_time
+from transforms.live import BatchPerBundle, DedupeSystemEventsLive, is_unbounded, timer_at
+from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 
 _LOG = logging.getLogger(__name__)
 
@@ -122,6 +148,9 @@ RETRY_TOTAL = 3
 RETRY_CONNECT = 1
 INITIAL_BACKOFF_S = 1.0
 CONNECT_BACKOFF_S = 0.2
+#: Unbounded input: how long (event time) after a window's end its file is written, for records
+#: whose ``ts`` lies after their ``received_at`` (client clocks ahead of the ingestion clock).
+DEFAULT_GRACE_SECONDS = 300.0
 
 
 class BlobExportError(Exception):
@@ -562,6 +591,116 @@ class _FinishRun(_BlobDoFn):
         yield self._event("synccomplete", "windows written up to %s" % format_time(end), unit)
 
 
+class _WriteClosedWindows(_BlobDoFn):
+    """The unbounded path: buffers a work's rows in state, writes each window once it is closed.
+
+    Input: ``(work id, [(window start, keyed row), ...])`` (one element per bundle). A window
+    ``[s, s + period)`` of ``received_at`` is closed when the watermark passes ``s + period +
+    grace``: by then the engine has emitted every row of an event whose ``ts`` is before that
+    time, and ``ts <= received_at`` but for clock skew of less than ``grace``. At a close, the
+    windows :func:`core.export.plan_windows` plans from the marker (no marker yet: the first
+    closed window with data) to the last closed window with data are written, empty ones as
+    header-only files, exactly as a bounded run writes them; then the state marker moves (after
+    the files are committed) and the written rows are dropped from state.
+
+    State (``PROGRESS``): the marker end as this run knows it and the time of the pending timer.
+    A row whose window is before the marker arrives too late for its file: it goes to the
+    ``LATE`` output with the reason, never silently away. A file that cannot be written holds the
+    marker back; its rows (and those of the later windows, which are rewritten too) stay in
+    state and are written again at the next close, or ``retry`` after the failure.
+    """
+
+    LATE = "late"
+    ROWS = BagStateSpec("rows", PickleCoder())
+    PROGRESS = ReadModifyWriteStateSpec("progress", PickleCoder())
+    CLOSE = TimerSpec("close", TimeDomain.WATERMARK)
+
+    def __init__(self, spec, recipe, aid, grace_us):
+        super().__init__(spec, recipe, aid)
+        self._grace = grace_us
+        self._retry = max(grace_us, 60 * MICROS)
+        self._late = Metrics.counter("work:" + spec.work_id, "deadlettered")
+
+    def _closes_at(self, start):
+        return start + self._spec.period + self._grace
+
+    def _late_row(self, start, keyed_row):
+        spec = self._spec
+        self._late.inc()
+        name = spec.file_name(start)
+        reason = ("late: received_at %s belongs to window %s, whose file %s was already written"
+                  % (format_time(keyed_row[0]), format_time(start), name))
+        _LOG.warning("work %s: %s", spec.work_id, reason)
+        return beam.pvalue.TaggedOutput(
+            self.LATE, dead_letter(dict(zip(spec.columns, keyed_row[2])), reason, spec.work_id))
+
+    def process(self, element, rows=beam.DoFn.StateParam(ROWS),
+                progress=beam.DoFn.StateParam(PROGRESS), close=beam.DoFn.TimerParam(CLOSE)):
+        _, group = element
+        marker_end, close_at = progress.read() or (self._spec.marker_end, None)
+        fresh = []
+        for start, keyed_row in group:
+            if marker_end is not None and start < marker_end:
+                yield self._late_row(start, keyed_row)
+            else:
+                fresh.append((start, keyed_row))
+        if not fresh:
+            return
+        rows.add(fresh)
+        due = timer_at(self._closes_at(min(start for start, _ in fresh)))
+        if close_at is None or due < close_at:
+            close.set(due)
+            progress.write((marker_end, due))
+
+    @on_timer(CLOSE)
+    def write_closed(self, fired=beam.DoFn.TimestampParam, rows=beam.DoFn.StateParam(ROWS),
+                     progress=beam.DoFn.StateParam(PROGRESS), close=beam.DoFn.TimerParam(CLOSE)):
+        spec = self._spec
+        now = fired.micros
+        marker_end, _ = progress.read() or (spec.marker_end, None)
+        by_window = {}
+        for start, keyed_row in (item for group in rows.read() for item in group):
+            by_window.setdefault(start, []).append(keyed_row)
+        closed = [start for start in by_window if self._closes_at(start) <= now]
+        plan = plan_windows(closed, marker_end, spec.period)
+        written = set()
+        for start in plan:
+            ok, event = self._deliver(start, by_window.get(start, []))
+            if ok:
+                written.add(start)
+            yield event
+        end = advance_marker(plan, written, marker_end, spec.period)
+        if end is not None and end != marker_end:
+            yield from self._move_marker(end)
+        # Rows of windows before the new marker are in committed files; the rest wait (a window
+        # not closed yet, or one after a failed file, written again at the next close).
+        kept = [(start, row) for start, window_rows in by_window.items()
+                if end is None or start >= end for row in window_rows]
+        rows.clear()
+        if not kept:
+            close.clear()
+            progress.write((end, None))
+            return
+        rows.add(kept)
+        next_close = min(self._closes_at(start) for start, _ in kept)
+        if next_close <= now:  # a failed window: try again a little later
+            next_close = now + self._retry
+        due = timer_at(next_close)
+        close.set(due)
+        progress.write((end, due))
+
+    def _move_marker(self, end):
+        spec = self._spec
+        unit = "%s@%s" % (marker_name(spec.prefix, spec.work_id), format_time(end))
+        try:
+            write_marker(self._opened(), spec.work_id, end)
+        except BlobExportError as exc:
+            # The files are written; the next marker write (at the next close) records them.
+            yield self._fail("state marker not written: %s" % exc, unit)
+            return
+        yield self._event("synccomplete", "windows written up to %s" % format_time(end), unit)
+
+
 def _disabled_event(unused, aid, work_id, reason):
     Metrics.counter("work:" + work_id, "failures").inc()
     return work_event(aid, work_id, "failed", notes="export disabled: %s" % reason, unit="disabled")
@@ -584,10 +723,15 @@ class WriteToBlobExport(beam.PTransform):
     reads the marker here, while the pipeline is built (a marker that cannot be read disables the
     work for this run). ``disabled_reason``: the launcher's credential check failed with this
     (secret-free) reason: nothing is written and one ``failed`` event is emitted.
+
+    On an unbounded input (a live source) windows are written as they close: ``grace_seconds``
+    after their end, in event time (see "Unbounded input" in the module docstring);
+    ``flush_seconds`` is the flush period of the late-row dead-letter parts.
     """
 
     def __init__(self, work, account_name, aid, output_dir, marker_end=None, disabled_reason=None,
-                 label=None):
+                 label=None, grace_seconds=DEFAULT_GRACE_SECONDS,
+                 flush_seconds=DEFAULT_FLUSH_SECONDS):
         super().__init__(label)
         self._work = work
         self._account_name = account_name
@@ -595,6 +739,11 @@ class WriteToBlobExport(beam.PTransform):
         self._marker_end = marker_end
         self._disabled_reason = disabled_reason
         self._recipe = _DestinationRecipe(work.settings, output_dir)
+        self._output_dir = output_dir
+        self._grace_seconds = float(grace_seconds)
+        self._flush_seconds = flush_seconds
+        if not self._grace_seconds >= 0:
+            raise ValueError("grace_seconds must not be negative")
 
     def display_data(self):
         s = self._work.settings
@@ -629,6 +778,8 @@ class WriteToBlobExport(beam.PTransform):
                     | "DisabledEvent" >> beam.Map(_disabled_event, self._aid, work.id, reason))
         spec = ExportSpec(work.settings, self._account_name, work.id, marker_end)
         records = records | "GlobalWindow" >> beam.WindowInto(beam_window.GlobalWindows())
+        if is_unbounded(records):
+            return self._expand_unbounded(records, spec)
         if spec.export_type == "system_events":
             records = (records
                        | "KeyById" >> beam.Map(_key_by_id)
@@ -645,3 +796,19 @@ class WriteToBlobExport(beam.PTransform):
                         _FinishRun(spec, self._recipe, self._aid),
                         beam.pvalue.AsList(written[_WriteWindowFiles.RESULTS])))
         return (written.events, finished) | "WorkEvents" >> beam.Flatten()
+
+    def _expand_unbounded(self, records, spec):
+        """Windows written as they close (see :class:`_WriteClosedWindows`); late rows to
+        ``<output_dir>/deadletter/<work id>.jsonl`` (written in parts)."""
+        if spec.export_type == "system_events":
+            records = records | "DedupeCopies" >> DedupeSystemEventsLive()
+        written = (records
+                   | "SelectRows" >> beam.ParDo(_SelectRows(spec))
+                   | "BatchPerBundle" >> BatchPerBundle(spec.work_id)
+                   | "WriteClosedWindows" >> beam.ParDo(_WriteClosedWindows(
+                       spec, self._recipe, self._aid, int(self._grace_seconds * MICROS)))
+                   .with_outputs(_WriteClosedWindows.LATE, main="events"))
+        _ = written[_WriteClosedWindows.LATE] | "WriteLateRows" >> WriteJsonLinesFile(
+            os.path.join(self._output_dir, "deadletter", self._work.id + ".jsonl"),
+            flush_seconds=self._flush_seconds)
+        return written.events

@@ -1,14 +1,39 @@
-"""Local sinks: one JSON Lines file per destination, written once at the end of the data.
+"""Local sinks: what a destination would have received, as JSON Lines under ``--output_dir``.
 
-Local runs write what a destination would have received to ``--output_dir``. Lines are sorted so
+Bounded input: one file per destination, written once at the end of the data. Lines are sorted so
 that two runs over the same input give byte-identical files, and the file is created (empty) even
 when nothing reaches it, so users can tell "nothing to send" from "not run".
+
+Unbounded input (a live source): the file never ends, so it is written in parts. ``DIR/x.jsonl``
+becomes the directory ``DIR/x/`` holding ``part-<n>-<hash>.jsonl`` files, where ``n`` (six digits
+or more, from 000000) counts the parts of this sink and ``hash`` is the first 8 hex digits of the
+SHA-256 of the part's bytes. A part holds the records that arrived since the previous part, sorted
+like the bounded file; it is written when the watermark passes the time of its earliest record
+plus ``flush_seconds`` (event time: on a live source the watermark follows the clock, so a part
+is written about ``flush_seconds`` after its first record, plus the source's watermark delay). The
+count and the buffered records live in Beam state, so a retried flush rewrites the same name with
+the same bytes and never adds a part; the hash keeps a later job that starts counting at 0 again
+(new job, no state) from overwriting an earlier job's parts in the same directory. The directory
+is created when the sink starts, so it exists (empty) while nothing has arrived. Reading a sink:
+every ``part-*.jsonl`` of the directory, in name order. See ``transforms/live.py`` for why this is
+a stateful DoFn with an event-time timer rather than a triggered GroupByKey.
 """
+import hashlib
 import json
 import os
+import tempfile
 
 import apache_beam as beam
 import orjson
+from apache_beam.coders import PickleCoder
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteStateSpec, TimerSpec,
+                                               on_timer)
+
+from transforms.live import BatchPerBundle, is_unbounded, timer_at
+
+#: How long (event time) a part of an unbounded sink collects records before it is written.
+DEFAULT_FLUSH_SECONDS = 10.0
 
 
 #: Marks the group of an empty PCollection; compared by value because elements are re-decoded.
@@ -49,20 +74,116 @@ class _WriteSortedLines(beam.DoFn):
         yield self._path, len(records)
 
 
+def parts_directory(path):
+    """Where an unbounded sink writes the parts of ``path``: ``DIR/x.jsonl`` -> ``DIR/x``."""
+    stem, ext = os.path.splitext(path)
+    return stem if ext == ".jsonl" else path + ".parts"
+
+
+def part_name(index, data):
+    """``part-<index>-<hash>.jsonl``: the same index and bytes always give the same name."""
+    return "part-%06d-%s.jsonl" % (index, hashlib.sha256(data).hexdigest()[:8])
+
+
+def write_part(directory, index, records, sort_key):
+    """Writes one part (records sorted by ``sort_key``); returns its path.
+
+    Through a temporary file and ``os.replace``: a reader never sees a half-written part, and a
+    retry replaces the same name with the same bytes.
+    """
+    data = b"".join(_encode_line(r) for r in sorted(records, key=sort_key))
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, part_name(index, data))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+class _WriteParts(beam.DoFn):
+    """Buffers one sink's records in state; an event-time timer writes them as the next part.
+
+    ``PROGRESS`` holds (index of the next part, time of the pending flush timer or None). The
+    timer is set from the earliest buffered record, so one record with a far-future time cannot
+    hold back records that arrived with it.
+    """
+
+    BUFFER = BagStateSpec("buffer", PickleCoder())
+    PROGRESS = ReadModifyWriteStateSpec("progress", PickleCoder())
+    FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
+
+    def __init__(self, directory, sort_key, batched, flush_seconds, merge):
+        self._directory = directory
+        self._sort_key = sort_key
+        self._batched = batched
+        self._flush_us = int(flush_seconds * 1_000_000)
+        self._merge = merge
+
+    def setup(self):
+        # An existing, empty directory tells "running, nothing yet" from "not run".
+        os.makedirs(self._directory, exist_ok=True)
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam,
+                buffer=beam.DoFn.StateParam(BUFFER), progress=beam.DoFn.StateParam(PROGRESS),
+                flush=beam.DoFn.TimerParam(FLUSH)):
+        _, records = element
+        buffer.add(records)
+        index, flush_at = progress.read() or (0, None)
+        due = timer_at(timestamp.micros + self._flush_us)
+        if flush_at is None or due < flush_at:
+            flush.set(due)
+            progress.write((index, due))
+
+    @on_timer(FLUSH)
+    def write(self, buffer=beam.DoFn.StateParam(BUFFER),
+              progress=beam.DoFn.StateParam(PROGRESS)):
+        index, _ = progress.read() or (0, None)
+        records = [r for batch in buffer.read() for r in batch]
+        buffer.clear()
+        if self._batched:
+            records = [r for batch in records for r in batch]
+        if self._merge is not None:
+            records = self._merge(records)
+        if not records:
+            progress.write((index, None))
+            return
+        path = write_part(self._directory, index, records, self._sort_key)
+        progress.write((index + 1, None))
+        yield path, len(records)
+
+
 class WriteJsonLinesFile(beam.PTransform):
     """Writes a PCollection of JSON-serialisable records to one local file, sorted.
 
     With ``batched=True`` each element is a list of records (fewer elements to shuffle).
     Returns a PCollection with one ``(path, count)`` element once the file is in place.
+
+    On an unbounded PCollection the file is written in parts (see the module docstring): one
+    ``(part path, count)`` per part, ``flush_seconds`` of event time after its first record.
+    ``merge``, if given, maps one part's records to the records written (e.g. sums counts per key);
+    it applies to parts only, since a bounded input is combined before the sink.
     """
 
-    def __init__(self, path, sort_key=None, batched=False, label=None):
+    def __init__(self, path, sort_key=None, batched=False, label=None,
+                 flush_seconds=DEFAULT_FLUSH_SECONDS, merge=None):
         super().__init__(label)
         self._path = path
         self._sort_key = sort_key or _default_sort_key
         self._batched = batched
+        self._flush_seconds = float(flush_seconds)
+        self._merge = merge
+        if not self._flush_seconds >= 0:
+            raise ValueError("flush_seconds must not be negative")
 
     def expand(self, records):
+        if is_unbounded(records):
+            return self._expand_parts(records)
         # A GroupByKey on one key rather than a side input: the FnApiRunner repeats side-input
         # contents in pipelines whose timers make it loop over stages. The sentinel makes the
         # group (and so the file) exist when no record arrives.
@@ -72,3 +193,11 @@ class WriteJsonLinesFile(beam.PTransform):
                 | "Merge" >> beam.Flatten()
                 | "GroupAll" >> beam.GroupByKey()
                 | "WriteFile" >> beam.ParDo(_WriteSortedLines(self._path, self._sort_key, self._batched)))
+
+    def _expand_parts(self, records):
+        return (records
+                | "GlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
+                | "BatchPerBundle" >> BatchPerBundle(0)
+                | "WriteParts" >> beam.ParDo(_WriteParts(
+                    parts_directory(self._path), self._sort_key, self._batched,
+                    self._flush_seconds, self._merge)))

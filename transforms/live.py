@@ -1,0 +1,140 @@
+"""Building blocks of the output graph on an unbounded (live) input.
+
+A bounded run groups with ``GroupByKey`` and writes each output once, at the end of the data. On an
+unbounded input that cannot work: Beam refuses a ``GroupByKey`` in the global window with the
+default trigger, since it would never fire. The unbounded branches of ``transforms/localsink.py``,
+``transforms/blob.py`` and ``pipelines/common.py`` therefore collect in Beam state and write from
+event-time timers, as the audience engine already does: when the watermark passes a time, not
+when a processing-time clock says so. Why this and not triggers or processing-time timers:
+
+* Event time makes the outputs a function of the input and the watermark, so TestStream drives
+  them step by step (``tests/test_unbounded.py``) without a wall clock in the test.
+* Measured with Beam 2.77: the FnApiRunner (what the DirectRunner runs offline) emits a
+  ``GroupByKey``'s output only when its input ends, whatever the trigger, so a trigger-based sink
+  would write nothing during a local live run; and one processing-time timer makes the
+  DirectRunner pick the BundleBasedDirectRunner, which cannot run a splittable DoFn (the Event
+  Hubs source) in streaming mode at all. (The FnApiRunner does not follow a live source's
+  watermark either: its event-time timers fire as soon as they are set. Only Flink, Dataflow and
+  TestStream run these timers on time; see README "Live (unbounded) runs".)
+
+This module holds what those branches share: the batching of one bundle's elements into one
+element (one state access per bundle instead of per record), timer times, and the 24-hour dedupe
+of system events by id.
+"""
+import logging
+import typing
+
+import apache_beam as beam
+from apache_beam.coders import VarIntCoder
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
+
+from core.records import DEDUPE_HORIZON_US
+
+_LOGGER = logging.getLogger(__name__)
+
+#: The last time a timer may be set for in the global window (runners keep milliseconds).
+_LAST_TIMER_US = GlobalWindow().max_timestamp().micros // 1000 * 1000
+_FIRST_TIMER_US = MIN_TIMESTAMP.micros // 1000 * 1000 + 1000
+
+
+def is_unbounded(pcoll):
+    """Whether ``pcoll`` never ends (a live source, TestStream); its consumers must not group."""
+    return not pcoll.is_bounded
+
+
+def timer_at(micros):
+    """A timer timestamp for ``micros``: rounded up to the millisecond (runners keep timers in
+    ms, so a microsecond timer would fire before its time) and kept inside the global window."""
+    rounded = -(-int(micros) // 1000) * 1000
+    return Timestamp(micros=min(max(rounded, _FIRST_TIMER_US), _LAST_TIMER_US))
+
+
+class _BatchPerBundle(beam.DoFn):
+    """Collects a bundle's elements per window and emits ``(key, [elements])`` at its end.
+
+    The batch is timestamped with its earliest element, so a timer set from it is never later
+    than one set from any of its elements.
+    """
+
+    def __init__(self, key):
+        self._key = key
+        self._batches = None
+
+    def start_bundle(self):
+        self._batches = {}
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        batch = self._batches.get(window)
+        if batch is None:
+            self._batches[window] = [timestamp, [element]]
+        else:
+            batch[0] = min(batch[0], timestamp)
+            batch[1].append(element)
+
+    def finish_bundle(self):
+        for window, (timestamp, elements) in self._batches.items():
+            yield WindowedValue((self._key, elements), timestamp, [window])
+        self._batches = {}
+
+
+class BatchPerBundle(beam.PTransform):
+    """``element`` to ``(key, [elements of the bundle])``: the input of a single-key stateful
+    step, so its state is touched once per bundle rather than once per record."""
+
+    def __init__(self, key, label=None):
+        super().__init__(label)
+        self._key = key
+
+    def expand(self, pcoll):
+        # Typed, so the stateful step after it gets a deterministic key coder.
+        return pcoll | "Batch" >> beam.ParDo(_BatchPerBundle(self._key)).with_output_types(
+            typing.Tuple[type(self._key), typing.Any])
+
+
+class _FirstCopyPerId(beam.DoFn):
+    """Passes the first copy of each system event id; drops copies within 24 h of it.
+
+    State per id: the ``received_at`` of the copy passed last. An event-time timer clears it once
+    the watermark passes that ``received_at`` + 24 h: a copy arriving after that was enqueued
+    after the watermark, hence more than 24 h after the kept copy, and starts a new run anyway.
+    """
+
+    KEPT = ReadModifyWriteStateSpec("kept_received_at", VarIntCoder())
+    EXPIRE = TimerSpec("expire", TimeDomain.WATERMARK)
+
+    def process(self, element, kept=beam.DoFn.StateParam(KEPT),
+                expire=beam.DoFn.TimerParam(EXPIRE)):
+        _, event = element
+        first = kept.read()
+        if first is not None and abs(event.received_at - first) < DEDUPE_HORIZON_US:
+            return  # a copy: dropped, uncounted, as the bounded dedupe of system events does
+        if first is None or event.received_at > first:
+            # A new run of copies: the 24 h now count from this copy.
+            kept.write(event.received_at)
+            expire.set(timer_at(event.received_at + DEDUPE_HORIZON_US))
+        yield event
+
+    @on_timer(EXPIRE)
+    def forget(self, kept=beam.DoFn.StateParam(KEPT)):
+        kept.clear()
+
+
+def _key_by_id(event):
+    return event.id, event
+
+
+class DedupeSystemEventsLive(beam.PTransform):
+    """The 24-hour dedupe of system events by id on an unbounded input (see docs/SEMANTICS.md).
+
+    The first copy to *arrive* is passed at once; the bounded rule keeps the earliest by
+    ``received_at``. The two agree whenever copies arrive in ``received_at`` order.
+    """
+
+    def expand(self, events):
+        return (events
+                | "KeyById" >> beam.Map(_key_by_id).with_output_types(typing.Tuple[str, typing.Any])
+                | "FirstCopyPerId" >> beam.ParDo(_FirstCopyPerId()))

@@ -298,6 +298,20 @@ def test_verify_credentials_cleans_up(azurite, tmp_path):
     destination.close()
 
 
+def test_verify_credentials_removes_checks_left_by_interrupted_activations(azurite):
+    container = new_container()
+    destination = blob.make_destination(make_work(azurite.connection_string, container).settings)
+    # An earlier activation killed between its write and its delete, and other works' blobs.
+    left = ["acme/events/_verify/w-blob_1793491200.txt"]
+    others = ["acme/events/_verify/w-blob_x_1793491200.txt", "acme/events/_verify/w-blob2_1.txt",
+              "acme/events/w-blob_1793491200.txt"]
+    for name in left + others:
+        destination.put(name, b"x")
+    blob.verify_credentials(destination, "w-blob")
+    assert destination.list_names() == sorted(others)
+    destination.close()
+
+
 @pytest.mark.parametrize("case", ["wrong_key", "not_base64", "dead_port"])
 def test_verify_credentials_one_line_error(azurite, case):
     key = {"wrong_key": azurite.wrong_key, "not_base64": "not-base64!*", "dead_port": None}[case]

@@ -177,11 +177,6 @@ def test_killed_at_random_points_then_rerun_equals_an_uninterrupted_run(job, azu
     assert any(0 < o["at_kill"]["messages"] < len(job["messages"]) for o in outcomes)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a run killed between the credential check's write and delete leaves "
-    "<prefix>_verify/<work id>_<unix>.txt in the container for good; the next activation "
-    "writes and deletes its own name only (transforms/blob.py verify_credentials), so the "
-    "container ends with a name an uninterrupted run never leaves"))
 @pytest.mark.timeout(300)
 def test_kill_during_the_credential_check_leaves_no_stray_blob(job, azurite, tmp_path):
     container = unique_container("crash-verify")

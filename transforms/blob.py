@@ -447,6 +447,23 @@ def verify_credentials(destination, work_id, prefix=None):
     except BlobExportError as exc:
         _LOG.warning("work %s: the credential check blob %s was left in place: %s",
                      work_id, name, exc)
+        return
+    _remove_stale_checks(destination, prefix, work_id)
+
+
+def _remove_stale_checks(destination, prefix, work_id):
+    """Deletes this work's check blobs left by earlier activations that stopped between the write
+    and the delete (a crash, a pre-empted node), so the container ends as an uninterrupted run
+    leaves it. Best effort: a credential that may not list or delete leaves them, logged."""
+    pattern = re.compile(re.escape(verify_name(prefix, work_id, 0)[:-len("0.txt")]) + r"\d+\.txt\Z")
+    try:
+        stale = [n for n in destination.list_names(verify_name(prefix, work_id, 0)[:-len("0.txt")])
+                 if pattern.match(n)]
+        for stale_name in stale:
+            destination.delete(stale_name)
+            _LOG.info("work %s: removed %s, left by an interrupted credential check", work_id, stale_name)
+    except BlobExportError as exc:
+        _LOG.warning("work %s: could not remove earlier credential check blobs: %s", work_id, exc)
 
 
 def read_marker(destination, work_id):

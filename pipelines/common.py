@@ -31,7 +31,7 @@ from core.timeutil import format_time
 from pipelines.options import REQUIRED_OPTIONS, ActivationOptions, flag_value
 from transforms.audiences import EngineSpec, GroupUserEventsPerBundle, changes_from_wire
 from transforms.live import DedupeSystemEventsLive, is_unbounded
-from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
+from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile, encode_sorted_lines
 from transforms.audiences import export_rows_from_wire
 from transforms.read import (DEADLETTER, PROFILE, SYSTEM, InputMissingError, ParseLines,
                              ReadRecords, check_input_exists)
@@ -193,11 +193,14 @@ def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming, flush
         return p | label + "Disabled" >> beam.Create(
             [work_event(job.aid, work.id, "failed", disabled[work.id], unit="preflight")])
     if not settings.connection_string:
-        return (messages
-                | label + "DropKey" >> beam.Values()
+        batches = messages | label + "DropKey" >> beam.Values()
+        encoded = not is_unbounded(messages)
+        if encoded:
+            batches = batches | label + "EncodeLines" >> beam.Map(encode_sorted_lines, message_sort_key)
+        return (batches
                 | label + "WriteLocalSink" >> WriteJsonLinesFile(
                     os.path.join(output_dir, "eventhub", work.id + ".jsonl"), sort_key=message_sort_key,
-                    batched=True, flush_seconds=flush_seconds)
+                    batched=True, flush_seconds=flush_seconds, encoded=encoded)
                 | label + "Report" >> beam.ParDo(_CountDelivered(job.aid, work.id, "messages_delivered")))
     from transforms.eventhubs import WriteToEventHubs
     if not streaming and not is_unbounded(messages):

@@ -51,27 +51,43 @@ def _default_sort_key(record):
     return json.dumps(record, sort_keys=True)
 
 
+def encode_sorted_lines(records, sort_key):
+    """Records as ``(sort key, JSON line bytes)`` pairs, for ``WriteJsonLinesFile(encoded=True)``.
+
+    Encoding where the records are made keeps only compact bytes in the sink's single group,
+    instead of every record decoded back into dicts at once (the peak memory of a large replay).
+    """
+    return [(sort_key(r), _encode_line(r)) for r in records]
+
+
+def _first(pair):
+    return pair[0]
+
+
 class _WriteSortedLines(beam.DoFn):
-    def __init__(self, path, sort_key, batched):
+    def __init__(self, path, sort_key, batched, encoded=False):
         self._path = path
         self._sort_key = sort_key
         self._batched = batched
+        self._encoded = encoded
 
     def process(self, element):
         _, records = element
         records = (r for r in records if r != _SENTINEL_VALUE)
         if self._batched:
             records = (r for batch in records for r in batch)
-        records = sorted(records, key=self._sort_key)
+        if self._encoded:
+            lines = [line for _, line in sorted(records, key=_first)]
+        else:
+            lines = [_encode_line(r) for r in sorted(records, key=self._sort_key)]
         directory = os.path.dirname(self._path)
         if directory:
             os.makedirs(directory, exist_ok=True)
         tmp = self._path + ".tmp"
         with open(tmp, "wb") as fh:
-            for record in records:
-                fh.write(_encode_line(record))
+            fh.writelines(lines)
         os.replace(tmp, self._path)  # a reader never sees a half-written file
-        yield self._path, len(records)
+        yield self._path, len(lines)
 
 
 def parts_directory(path):
@@ -161,7 +177,9 @@ class _WriteParts(beam.DoFn):
 class WriteJsonLinesFile(beam.PTransform):
     """Writes a PCollection of JSON-serialisable records to one local file, sorted.
 
-    With ``batched=True`` each element is a list of records (fewer elements to shuffle).
+    With ``batched=True`` each element is a list of records (fewer elements to shuffle). With
+    ``encoded=True`` (bounded input only) the records are ``(sort key, line bytes)`` pairs made by
+    :func:`encode_sorted_lines`, written in key order.
     Returns a PCollection with one ``(path, count)`` element once the file is in place.
 
     On an unbounded PCollection the file is written in parts (see the module docstring): one
@@ -171,8 +189,9 @@ class WriteJsonLinesFile(beam.PTransform):
     """
 
     def __init__(self, path, sort_key=None, batched=False, label=None,
-                 flush_seconds=DEFAULT_FLUSH_SECONDS, merge=None):
+                 flush_seconds=DEFAULT_FLUSH_SECONDS, merge=None, encoded=False):
         super().__init__(label)
+        self._encoded = encoded
         self._path = path
         self._sort_key = sort_key or _default_sort_key
         self._batched = batched
@@ -183,6 +202,9 @@ class WriteJsonLinesFile(beam.PTransform):
 
     def expand(self, records):
         if is_unbounded(records):
+            if self._encoded:
+                raise ValueError("encoded records are for bounded input; an unbounded sink "
+                                 "takes the records themselves")
             return self._expand_parts(records)
         # A GroupByKey on one key rather than a side input: the FnApiRunner repeats side-input
         # contents in pipelines whose timers make it loop over stages. The sentinel makes the
@@ -192,7 +214,8 @@ class WriteJsonLinesFile(beam.PTransform):
         return ((keyed, sentinel)
                 | "Merge" >> beam.Flatten()
                 | "GroupAll" >> beam.GroupByKey()
-                | "WriteFile" >> beam.ParDo(_WriteSortedLines(self._path, self._sort_key, self._batched)))
+                | "WriteFile" >> beam.ParDo(_WriteSortedLines(self._path, self._sort_key, self._batched,
+                                                          self._encoded)))
 
     def _expand_parts(self, records):
         return (records

@@ -12,6 +12,9 @@ Every ``{event: ...}`` node becomes a :class:`CounterSpec` (event name, ``where`
 *cap*: the largest threshold any node asks of it (``min_count``, or ``max_count + 1``). Past the cap
 the answer of every node is known, so the engine keeps at most ``cap`` timestamps per windowed spec
 and a saturating counter for all-time specs.
+
+The engine itself evaluates :attr:`AudienceSet.state_holds`: the same conditions, each generated as
+one Python function over the engine's own state (see :meth:`AudienceSet._compile_on_state`).
 """
 import json
 import re
@@ -31,8 +34,11 @@ class ConditionError(ValueError):
         self.path = path
 
 
+_NUMBER = (int, float)
+
+
 def _is_number(x):
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    return isinstance(x, _NUMBER) and not isinstance(x, bool)
 
 
 def values_equal(a, b):
@@ -65,6 +71,9 @@ def _make_predicate(op, value, path):
     if op == "missing":
         return lambda a: a is None
     if op == "eq":
+        if type(value) is str:
+            # values_equal against a str is a same-type ==; predicates run for every event.
+            return lambda a: type(a) is str and a == value
         return lambda a: a is not None and values_equal(a, value)
     if op == "ne":
         # Absent or of another type is a mismatch, and a mismatch is false.
@@ -73,13 +82,29 @@ def _make_predicate(op, value, path):
     if op in ("gt", "gte", "lt", "lte"):
         if not (_is_number(value) or isinstance(value, str)):
             raise ConditionError(path + ".value", "%s needs a number or a string" % op)
-        compare = {"gt": lambda a: a > value, "gte": lambda a: a >= value,
-                   "lt": lambda a: a < value, "lte": lambda a: a <= value}[op]
-        return lambda a: _comparable(a, value) and compare(a)
+        # _comparable(a, value) spelled out for the kind of ``value``, as one closure per operator:
+        # these run for every event and evaluation. (bool cannot be subclassed, so ``type(a) is
+        # not bool`` is ``not isinstance(a, bool)``.)
+        if isinstance(value, str):
+            return {"gt": lambda a: isinstance(a, str) and a > value,
+                    "gte": lambda a: isinstance(a, str) and a >= value,
+                    "lt": lambda a: isinstance(a, str) and a < value,
+                    "lte": lambda a: isinstance(a, str) and a <= value}[op]
+        return {"gt": lambda a: isinstance(a, _NUMBER) and type(a) is not bool and a > value,
+                "gte": lambda a: isinstance(a, _NUMBER) and type(a) is not bool and a >= value,
+                "lt": lambda a: isinstance(a, _NUMBER) and type(a) is not bool and a < value,
+                "lte": lambda a: isinstance(a, _NUMBER) and type(a) is not bool and a <= value}[op]
     if op in ("in", "not_in"):
         if not isinstance(value, list):
             raise ConditionError(path + ".value", "%s needs a list" % op)
         options = list(value)
+        if options and all(type(v) is str for v in options):
+            # Against str options both values_equal and _same_kind reduce to "a is a str", so a
+            # set lookup gives the same answer as the scans below.
+            strings = frozenset(options)
+            if op == "in":
+                return lambda a: type(a) is str and a in strings
+            return lambda a: type(a) is str and a not in strings
         if op == "in":
             return lambda a: a is not None and any(values_equal(a, v) for v in options)
         # Of another type than every option is a mismatch, and a mismatch is false.
@@ -194,6 +219,8 @@ def compile_where(node, path):
         return combined
     if "property" in node:
         name, pred = _comparison(node, "property", path)
+        if "." not in name:
+            return lambda props: pred(props.get(name))  # what _lookup does for a plain name
         return lambda props: pred(_lookup(props, name))
     raise ConditionError(path, "a where node is one of and, or, not, property")
 
@@ -245,10 +272,16 @@ class AudienceSet:
                 raise ConditionError(apath, "missing 'condition'")
             pending.append((apath, aid, slug, definition.get("name") or slug, definition["condition"]))
         self._inputs = []
+        #: Per audience, ``holds`` compiled a second time for the engine's own state (see
+        #: :meth:`_compile_on_state`): saves building count and member lists at every evaluation.
+        self.state_holds: List[Callable] = []
         for i, (apath, aid, slug, name, condition) in enumerate(pending):
             deps = set()
             self._reading = (set(), set())
             holds = self._compile(condition, apath + ".condition", by_ref, deps)
+            # Registers nothing new: the same specs, caps and thresholds as ``holds``.
+            self.state_holds.append(
+                self._compile_on_state(condition, apath + ".condition", by_ref, holds))
             self._inputs.append(self._reading)
             self.audiences.append(Audience(i, aid, slug, name, holds, tuple(sorted(deps))))
         self.order = self._topological_order(path)
@@ -287,6 +320,8 @@ class AudienceSet:
         if "trait" in node:
             name, pred = _comparison(node, "trait", path)
             self._reading[1].update({name, name.split(".", 1)[0]})
+            if "." not in name:
+                return lambda traits, counts, members: pred(traits.get(name))  # _lookup, plain name
             return lambda traits, counts, members: pred(_lookup(traits, name))
         if "event" in node:
             return self._compile_event(node, path)
@@ -300,6 +335,14 @@ class AudienceSet:
         raise ConditionError(path, "a condition node is one of and, or, not, trait, event, audience")
 
     def _compile_event(self, node, path):
+        i, _, min_count, max_count = self._event_leaf(node, path)
+        self._reading[0].add(i)
+        if max_count is None:
+            return lambda traits, counts, members: counts[i] >= min_count
+        return lambda traits, counts, members: min_count <= counts[i] <= max_count
+
+    def _event_leaf(self, node, path):
+        """(spec index, within, min_count, max_count) of an ``{event: ...}`` node."""
         event = node["event"]
         if not isinstance(event, str) or not event:
             raise ConditionError(path + ".event", "needs an event name")
@@ -319,10 +362,54 @@ class AudienceSet:
         where_node = node.get("where")
         where_fn = compile_where(where_node, path + ".where") if where_node is not None else None
         i = self._register_spec(event, where_node, where_fn, within, min_count, max_count)
-        self._reading[0].add(i)
-        if max_count is None:
-            return lambda traits, counts, members: counts[i] >= min_count
-        return lambda traits, counts, members: min_count <= counts[i] <= max_count
+        return i, within, min_count, max_count
+
+    def _compile_on_state(self, condition, path, by_ref, holds):
+        """``holds`` over the engine's own state, where ``counts[i]`` of a windowed spec is its
+        list of timestamps (the count is its length) and ``members[j]`` the enter time or None.
+
+        It is one generated Python function rather than a tree of closures: a closure costs a call
+        per node, and the engine evaluates audiences at most points. ``condition`` has compiled
+        into ``holds`` already, so it is valid; configured names and values enter the source only
+        as bound variables, never as text (spec and audience indices and counts are validated
+        ints).
+        """
+        env = {"_lookup": _lookup}
+        try:
+            source = ("def holds_on_state(traits, counts, members):\n    return %s\n"
+                      % self._on_state_expression(condition, path, by_ref, env))
+            code = compile(source, "<%s>" % path, "exec")
+        except (SyntaxError, RecursionError, MemoryError):
+            # Nesting deeper than the parser takes: the closures, on converted inputs.
+            def holds_on_state(traits, counts, members):
+                return holds(traits, [len(c) if c.__class__ is list else c for c in counts],
+                             [m is not None for m in members])
+            return holds_on_state
+        exec(code, env)
+        return env["holds_on_state"]
+
+    def _on_state_expression(self, node, path, by_ref, env):
+        # The same dispatch as _compile and _boolean_node, in the same order.
+        if "and" in node or "or" in node:
+            kind = "and" if "and" in node else "or"
+            return "(%s)" % (" %s " % kind).join(
+                self._on_state_expression(c, path, by_ref, env) for c in node[kind])
+        if "not" in node:
+            return "(not %s)" % self._on_state_expression(node["not"], path, by_ref, env)
+        if "trait" in node:
+            name, pred = _comparison(node, "trait", path)
+            k = len(env)
+            env["_pred%d" % k], env["_name%d" % k] = pred, name
+            if "." not in name:
+                return "_pred%d(traits.get(_name%d))" % (k, k)  # what _lookup does for a plain name
+            return "_pred%d(_lookup(traits, _name%d))" % (k, k)
+        if "event" in node:
+            i, within, min_count, max_count = self._event_leaf(node, path)
+            count = ("len(counts[%d])" if within is not None else "counts[%d]") % i
+            if max_count is None:
+                return "(%s >= %d)" % (count, min_count)
+            return "(%d <= %s <= %d)" % (min_count, count, max_count)
+        return "(members[%d] is not None)" % by_ref[node["audience"]]
 
     def _topological_order(self, path):
         order, state = [], {}

@@ -15,7 +15,7 @@ Semantics (CONTRACT section 4), for one user:
   membership, so :meth:`Engine.next_wake` only reports expiries that cross one: "3 purchases in
   7 days" wakes exactly when the third most recent purchase leaves the window.
 * A point only re-evaluates audiences whose inputs changed (a referenced trait, a capped count, or
-  an audience they reference).
+  an audience they reference); a count change only counts if it crosses a threshold of some node.
 * Copies of a record (same dedupe key) within 24 h of the first copy's ``received_at`` are applied
   once; copies of one point are taken in (``ts``, ``event_id``, ``received_at``) order.
 * The user's clock is the time up to which the caller said all events had arrived (``until`` of
@@ -25,6 +25,7 @@ Semantics (CONTRACT section 4), for one user:
 """
 import bisect
 import hashlib
+import operator
 import pickle
 from typing import List, NamedTuple, Optional, Tuple
 
@@ -85,6 +86,83 @@ class UserState:
         return state
 
 
+class _Due:
+    """When each windowed spec next matters, kept current as its entries change during one
+    :meth:`Engine.advance` (``_NEVER``: not by itself). Slot ``p`` is the p-th windowed spec.
+
+    ``wakes[p]``: when the spec's count next falls to a threshold target; the last slot is the
+    next backfill start. ``expiries[p]``: when its oldest entry leaves the window (the last slot
+    stays ``_NEVER``, so that neither list is ever empty). ``wake`` and ``expiry`` are lower
+    bounds of their minimums: a change only lowers them, and the loop takes the exact minimum when
+    a bound says it may matter, because ``min()`` at every point would cost more than all the rest
+    of a point.
+    """
+    __slots__ = ("wakes", "expiries", "wake", "expiry")
+
+    def __init__(self, counts, expiring, caps):
+        self.wakes = wakes = [_NEVER] * (len(expiring) + 1)
+        self.expiries = expiries = [_NEVER] * (len(expiring) + 1)
+        for p, (i, within, _, wake_pos, _) in enumerate(expiring):
+            entries = counts[i]
+            if len(entries) > caps[i]:
+                # Saved under a configuration with a higher cap: the newest ``cap`` entries give
+                # every node the same answer and the same wake-ups, and fit the tables.
+                del entries[:len(entries) - caps[i]]
+            if entries:
+                expiries[p] = entries[0] + within
+                k = wake_pos[len(entries)]
+                if k >= 0:
+                    wakes[p] = entries[k] + within
+        self.wake = min(wakes)
+        self.expiry = min(expiries)
+
+    def set_backfill(self, start):
+        start = _NEVER if start is None else start
+        self.wakes[-1] = start
+        if start < self.wake:
+            self.wake = start
+
+
+class _Visits(dict):
+    """Per dirty mask, the part of the evaluation order (``Engine._order``) that an evaluation
+    needs to look at: the dirty audiences and, transitively, those reading them (which only become
+    dirty if one changes). Most points dirty one or two audiences of many."""
+
+    def __init__(self, order):
+        super().__init__()
+        self.order = order
+
+    def __missing__(self, dirty):
+        reach = dirty
+        for _, bit, _, readers in self.order:  # dependencies come before their readers
+            if reach & bit:
+                reach |= readers
+        visit = tuple(entry for entry in self.order if reach & entry[1])
+        if len(self) < _MAX_VISITS:  # the masks that occur are few; a bound all the same
+            self[dirty] = visit
+        return visit
+
+
+def _count_table(fn, cap):
+    """``fn`` of every count 0..cap, to look up by count: a tuple, or for a cap too large to
+    tabulate ahead, a dict filled on first use (only counts that occur)."""
+    if cap <= _TABULATED_CAP:
+        return tuple(fn(c) for c in range(cap + 1))
+    return _CountTable(fn)
+
+
+class _CountTable(dict):
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def __missing__(self, count):
+        value = self[count] = self.fn(count)
+        return value
+
+
 def dedupe_hash(event):
     """The key the dedupe map stores: short ids as they are, long ones as an 8-byte hash."""
     event_id = event.event_id
@@ -115,6 +193,10 @@ class Engine:
 
     Sets of audiences are bit masks (bit ``a`` = audience index ``a``): the hot loop updates and
     tests them for every event, and integer operations are several times cheaper than sets.
+
+    Cost model: :meth:`advance` runs once per event and per point, so everything that depends only
+    on the configuration (what an event name counts for, which audiences read what, where a spec's
+    next threshold crossing lies for each count) is computed here, once.
     """
 
     def __init__(self, audience_set, backfill_starts=(), export_attributes=None):
@@ -141,20 +223,57 @@ class Engine:
             for name in traits:
                 self._trait_readers[name] = self._trait_readers.get(name, 0) | bit
         self._all_audiences = (1 << n_aud) - 1
-        self._order = [(a, 1 << a, audience_set.audiences[a].holds) for a in audience_set.order]
+        # ``state_holds`` reads the state's own counts and members, so evaluating builds nothing.
+        self._order = tuple((a, 1 << a, audience_set.state_holds[a], self._audience_readers[a])
+                            for a in audience_set.order)
+        self._visits = _Visits(self._order)
         self._windowed = [i for i, s in enumerate(self.specs) if s.within is not None]
         self._windowed_flags = [s.within is not None for s in self.specs]
         self._within = [s.within for s in self.specs]
-        # Per event name: (spec index, where predicate, within, cap) of the specs it may count for.
-        self._counting = {name: [(i, self.specs[i].where, self.specs[i].within, self.caps[i])
-                                 for i in indices if self.caps[i] > 0]
-                          for name, indices in self.specs_by_event.items()}
         # Per spec, the counts at which some node changes its answer as the count falls:
         # ``count >= lo`` flips on reaching lo - 1, ``count <= hi`` on reaching hi.
         self._targets = []
         for pairs in audience_set.thresholds:
             targets = {lo - 1 for lo, _ in pairs if lo >= 1} | {hi for _, hi in pairs if hi is not None}
             self._targets.append(sorted(targets))
+        # Per spec and count c (a windowed spec never holds more than ``cap`` entries, an all-time
+        # counter saturates at ``cap``, so the tables cover every count a spec can have):
+        # * ``wake_pos[c]``: the index of the entry whose expiry brings the count down to the
+        #   largest target below c (-1: none);
+        # * ``bump[c]``: the audiences to re-evaluate when the count rises from c to c + 1, which
+        #   flips some node only if c is a target;
+        # * ``below[c]``: how many targets lie below c. A fall from c to c' flips some node only if
+        #   a target lies in [c', c), that is if ``below[c'] != below[c]``.
+        # Re-evaluating an audience none of whose nodes flipped could not change its membership,
+        # so skipping it changes nothing but the time taken.
+        self._wake_pos, bumps, belows = [], [], []
+        for i, targets in enumerate(self._targets):
+            def below(c, targets=targets):
+                return bisect.bisect_left(targets, c)
+
+            def wake_pos(c, targets=targets):
+                k = bisect.bisect_left(targets, c)
+                return c - targets[k - 1] - 1 if k else -1
+
+            def bump(c, targets=frozenset(targets), readers=self._spec_readers[i]):
+                return readers if c in targets else 0
+
+            self._wake_pos.append(_count_table(wake_pos, self.caps[i]))
+            bumps.append(_count_table(bump, self.caps[i]))
+            belows.append(_count_table(below, self.caps[i]))
+        # Per windowed spec (slot p of :class:`_Due`), what an expiry needs: (spec index, within,
+        # readers, wake positions, below).
+        self._expiring = tuple((i, self._within[i], self._spec_readers[i], self._wake_pos[i],
+                                belows[i])
+                               for i in self._windowed)
+        slot = {i: p for p, i in enumerate(self._windowed)}
+        # Per event name, the specs it may count for: (spec index, where predicate, within, cap,
+        # bump, wake positions, slot); specs with cap 0 never need a count.
+        counting = {name: tuple((i, self.specs[i].where, self.specs[i].within, self.caps[i],
+                                 bumps[i], self._wake_pos[i], slot.get(i))
+                                for i in indices if self.caps[i] > 0)
+                    for name, indices in self.specs_by_event.items()}
+        self._counting = {name: specs for name, specs in counting.items() if specs}
 
     def new_state(self):
         return UserState(self._windowed_flags, len(self.audiences.audiences))
@@ -203,87 +322,230 @@ class Engine:
         """
         stats = stats or Stats()
         changes, rows = [], []
-        on_time = []
-        for e in events:
-            if e.ts <= state.clock:
-                self._apply_late(state, e, stats, changes, rows)
-            else:
-                on_time.append(e)
-        on_time.sort(key=event_order)
-        counts = state.counts
-        within_of = self._within
-        windowed = self._windowed
-        # Per windowed spec: when it next crosses a threshold, and when its oldest entry expires.
-        wakes = {i: self._spec_wake(counts[i], i) for i in windowed}
-        expiries = {i: counts[i][0] + within_of[i] for i in windowed if counts[i]}
-        backfill = self._backfill_wake(state)
-        i, n = 0, len(on_time)
-        wake = _min_or_none(wakes.values(), backfill)
-        next_expiry = min(expiries.values()) if expiries else None
-        while True:
-            t = on_time[i].ts if i < n else None
-            if wake is not None and (t is None or wake < t):
-                t = wake
-            if t is None or t > until:
-                break
-            j = i
-            while j < n and on_time[j].ts == t:
-                j += 1
-            stats.points += 1
-            if self.backfill_starts:
-                self._emit_backfills(state, t, changes, before=True)
-            dirty = 0
-            touched = ()
-            if next_expiry is not None and next_expiry <= t:
-                dirty, touched = self._expire(state, t, expiries)
-            first = state.first_ts is None
-            applied = False
-            for k in range(i, j):
-                mask, spec = self._apply(state, on_time[k], stats, rows, None)
-                if mask is not None:
-                    applied = True
-                    dirty |= mask
-                    if spec:
-                        touched = touched + spec if touched else spec
-            i = j
-            size = len(state.seen)
-            if size >= 32 and size >= 2 * state.seen_pruned_at:
-                # After the point, never between two copies of one record (copies share a ts):
-                # pruning between them would forget the first before the second is checked.
-                state.prune_seen()
-            if first and applied:
-                dirty = self._all_audiences
-            if self.backfill_starts:
-                self._emit_backfills(state, t, changes, before=False)
-            state.clock = t
-            members_changed = dirty and self._evaluate(state, t, dirty, changes)
-            recompute = bool(touched)
-            for s in touched:
-                wakes[s] = self._spec_wake(counts[s], s)
-                if counts[s]:
-                    expiries[s] = counts[s][0] + within_of[s]
-                else:
-                    expiries.pop(s, None)
-            if members_changed or (backfill is not None and backfill <= t):
-                backfill = self._backfill_wake(state)
-                recompute = True
-            if wake is not None and wake <= t:
-                # A wake-up was consumed: the spec it came from has moved on (or will now).
-                for s, w in wakes.items():
-                    if w is not None and w <= t:
-                        wakes[s] = self._spec_wake(counts[s], s)
-                recompute = True
-            if recompute:
-                wake = _min_or_none(wakes.values(), backfill)
-                next_expiry = min(expiries.values()) if expiries else None
+        if not isinstance(events, (list, tuple)):
+            events = list(events)  # read twice below
+        due = _Due(state.counts, self._expiring, self.caps)
+        # Sorting by ts alone is twice as fast as by the full key (no key tuples), and gives the
+        # same order unless two events share a ts.
+        on_time = sorted(events, key=_TS)
+        clock = state.clock
+        if on_time and on_time[0].ts <= clock:
+            for e in events:
+                if e.ts <= clock:
+                    # A late event is a point of its own at the clock, in arrival order. Nothing
+                    # is due by then (the clock's own point dealt with it), and the dedupe map is
+                    # not pruned: only points after the clock prune it.
+                    stats.late += 1
+                    self._run(state, [e], [clock, _NEVER], clock, due, stats, changes, rows,
+                              prune=False)
+            on_time = [e for e in on_time if e.ts > clock]
+        times = list(map(_TS, on_time))
+        if len(set(times)) < len(times):
+            on_time.sort(key=_EVENT_ORDER)
+        times.append(_NEVER)  # ends the scans in _run without a bounds check
+        if self.backfill_starts:
+            due.set_backfill(self._backfill_wake(state))
+        stats.points += self._run(state, on_time, times, until, due, stats, changes, rows)
         if until > state.clock:
             # No point lies between the last one and ``until``, so memberships hold; entries that
             # expired without crossing a threshold are released to keep state small. The clock
             # moves to ``until``: the caller knows every event up to then has arrived, so one
             # arriving later is late.
-            self._expire(state, until, {s: 0 for s in windowed})
+            counts = state.counts
+            for i, within, _, _, _ in self._expiring:
+                entries = counts[i]
+                if entries and entries[0] + within <= until:
+                    del entries[:bisect.bisect_right(entries, until - within)]
             state.clock = until
         return changes, rows
+
+    def _run(self, state, on_time, times, until, due, stats, changes, rows, prune=True):
+        """Takes the points up to ``until``: each next event time (``times[i]`` is
+        ``on_time[i].ts``, sorted, then ``_NEVER``) or wake-up, whichever comes first. Returns how
+        many points it took.
+
+        This loop runs once per event and point, so it applies events, expiries and evaluations
+        itself rather than through methods (the calls alone cost several percent of the engine)
+        and keeps what it reads per event in local variables. Late events come through here too
+        (one point each, at the clock, ``prune=False``), so there is one implementation of
+        applying an event.
+        """
+        backfill_starts = self.backfill_starts
+        counting_of = self._counting
+        trait_readers = self._trait_readers
+        export_attributes = self.export_attributes
+        visits = self._visits
+        expiring = self._expiring
+        seen, traits, counts, members = state.seen, state.traits, state.counts, state.members
+        wakes, expiries = due.wakes, due.expiries
+        prune_size = max(32, 2 * state.seen_pruned_at) if prune else _NEVER
+        # Until the user's first event, no audience has been evaluated: the first point that
+        # applies one evaluates them all (a "not" condition may hold from the start).
+        fresh = state.first_ts is None
+        duplicates = stats.duplicates
+        i = points = 0
+        while True:
+            t = times[i]
+            if due.wake < t:
+                # The bound says a wake-up may come first: only now is the exact minimum needed.
+                due.wake = wake = min(wakes)
+                if wake < t:
+                    t = wake
+            if t > until:
+                break
+            points += 1
+            if backfill_starts:
+                self._emit_backfills(state, t, changes, before=True)
+            dirty = 0
+            if due.expiry <= t:
+                # Drops the window entries that left their window by t (``ts + within <= t``),
+                # keeping ``due`` current; the exact minimum expiry comes with the scan.
+                lowest = _NEVER
+                for p, expiry in enumerate(expiries):
+                    if expiry <= t:
+                        s, within, readers, wake_pos, below = expiring[p]
+                        entries = counts[s]
+                        before = len(entries)
+                        if entries[-1] + within <= t:
+                            entries.clear()  # the usual case with small caps: all have left
+                            if below[before]:
+                                dirty |= readers
+                            expiries[p] = wakes[p] = _NEVER
+                            continue
+                        del entries[:bisect.bisect_right(entries, t - within)]
+                        after = len(entries)
+                        if below[after] != below[before]:
+                            dirty |= readers
+                        expiry = expiries[p] = entries[0] + within
+                        k = wake_pos[after]
+                        if k >= 0:
+                            wake = wakes[p] = entries[k] + within
+                            if wake < due.wake:
+                                due.wake = wake
+                        else:
+                            wakes[p] = _NEVER
+                    if expiry < lowest:
+                        lowest = expiry
+                due.expiry = lowest
+            while times[i] == t:
+                e = on_time[i]
+                i += 1
+                # Dedupe: copies within 24 hours of the first copy's received_at count once.
+                h = e.event_id
+                if len(h) > 16:
+                    h = dedupe_hash(e)
+                received = e.received_at
+                if h in seen:
+                    first = seen[h]
+                    if first <= received < first + DEDUPE_HORIZON_US:
+                        stats.duplicates += 1
+                        continue
+                seen[h] = received
+                if received > state.max_received:
+                    state.max_received = received
+                ts = e.ts
+                last = state.last_ts
+                if last is None or ts > last:
+                    state.last_ts = ts
+                    if last is None:
+                        state.first_ts = ts
+                elif ts < state.first_ts:  # only a late event comes before the others
+                    state.first_ts = ts
+                new_traits = e.traits
+                if new_traits:
+                    for name, value in new_traits.items():
+                        if value is None:
+                            if traits.pop(name, None) is not None:
+                                dirty |= trait_readers.get(name, 0)
+                        else:
+                            old = traits.get(name, _ABSENT)
+                            if old is _ABSENT or old != value or type(old) is not type(value):
+                                traits[name] = value
+                                dirty |= trait_readers.get(name, 0)
+                counting = counting_of.get(e.event)
+                if counting:
+                    for s, where, within, cap, bump, wake_pos, p in counting:
+                        if where is not None and not where(e.properties):
+                            continue
+                        if within is None:
+                            c = counts[s]
+                            if c < cap:
+                                counts[s] = c + 1
+                                dirty |= bump[c]
+                        elif ts + within > t:  # a late event may already have left its window
+                            entries = counts[s]
+                            before = len(entries)
+                            if not entries or ts >= entries[-1]:
+                                entries.append(ts)
+                            else:
+                                bisect.insort(entries, ts)
+                            if before == cap:
+                                # Full: the oldest entry goes and the count stays. Every entry
+                                # is now at least as late as the one before at its index, so
+                                # the spec's wake and expiry only move later and the bounds in
+                                # ``due`` stay bounds.
+                                del entries[0]
+                                expiries[p] = entries[0] + within
+                                k = wake_pos[cap]
+                                if k >= 0:
+                                    wakes[p] = entries[k] + within
+                                continue
+                            dirty |= bump[before]
+                            expiry = expiries[p] = entries[0] + within
+                            if expiry < due.expiry:
+                                due.expiry = expiry
+                            k = wake_pos[len(entries)]
+                            if k >= 0:
+                                wake = wakes[p] = entries[k] + within
+                                if wake < due.wake:
+                                    due.wake = wake
+                            else:
+                                wakes[p] = _NEVER
+                if export_attributes is not None:
+                    rows.append(ExportRow(e, {name: traits.get(name)
+                                              for name in export_attributes}))
+            if fresh and state.first_ts is not None:
+                fresh = False
+                dirty = self._all_audiences
+            if len(seen) >= prune_size:
+                # After the point, never between two copies of one record (copies share a ts):
+                # pruning between them would forget the first before the second is checked.
+                state.prune_seen()
+                seen = state.seen
+                prune_size = max(32, 2 * state.seen_pruned_at)
+            if backfill_starts:
+                self._emit_backfills(state, t, changes, before=False)
+            state.clock = t
+            if not dirty:
+                if backfill_starts and wakes[-1] <= t:
+                    due.set_backfill(self._backfill_wake(state))
+                continue
+            # Re-evaluates the dirty audiences, and those reading an audience that changes.
+            changed = ()
+            for a, bit, holds, readers in visits[dirty]:
+                if not dirty & bit:
+                    continue
+                if holds(traits, counts, members):
+                    if members[a] is not None:
+                        continue
+                    members[a] = t
+                    changed += ((a, "enter", t),)
+                else:
+                    if members[a] is None:
+                        continue
+                    changed += ((a, "exit", members[a]),)
+                    members[a] = None
+                dirty |= readers
+            if changed:
+                if len(changed) > 1:
+                    changed = tuple(sorted(changed))  # by audience index
+                # tuple.__new__ is what UserChange() does, minus a Python-level __new__.
+                changes.append(_new_tuple(UserChange, (t, changed, dict(traits), state.first_ts,
+                                                       state.last_ts, False)))
+            if backfill_starts and (changed or wakes[-1] <= t):
+                due.set_backfill(self._backfill_wake(state))
+        stats.events += i - (stats.duplicates - duplicates)  # every event taken is applied
+        return points
 
     def _emit_backfills(self, state, t, changes, before):
         """Backfill snapshots for starts in (clock, t]: memberships as of just before the start;
@@ -297,124 +559,15 @@ class Engine:
                     changes.append(UserChange(s, members, dict(state.traits), state.first_ts,
                                               state.last_ts, backfill=True))
 
-    def _expire(self, state, t, candidates):
-        """Drops window entries that left their window by t; returns (dirty mask, touched specs)."""
-        dirty, touched = 0, []
-        for i in candidates:
-            entries = state.counts[i]
-            if entries and entries[0] + self._within[i] <= t:
-                within = self._within[i]
-                k = 1
-                while k < len(entries) and entries[k] + within <= t:
-                    k += 1
-                del entries[:k]
-                dirty |= self._spec_readers[i]
-                touched.append(i)
-        return dirty, tuple(touched)
-
-    def _apply(self, state, e, stats, rows, at):
-        """Applies one event at its own time (or ``at`` for a late one).
-
-        Returns ``(dirty mask, touched windowed specs)``, or ``(None, ())`` for a duplicate.
-        """
-        # Dedupe: copies within 24 hours of the first copy's received_at count once.
-        h = dedupe_hash(e)
-        seen = state.seen
-        first = seen.get(h)
-        received = e.received_at
-        if first is not None and first <= received < first + DEDUPE_HORIZON_US:
-            stats.duplicates += 1
-            return None, ()
-        seen[h] = received
-        if received > state.max_received:
-            state.max_received = received
-        stats.events += 1
-        ts = e.ts
-        if state.first_ts is None or ts < state.first_ts:
-            state.first_ts = ts
-        if state.last_ts is None or ts > state.last_ts:
-            state.last_ts = ts
-        dirty = 0
-        if e.traits:
-            traits = state.traits
-            readers = self._trait_readers
-            for name, value in e.traits.items():
-                if value is None:
-                    if traits.pop(name, None) is not None:
-                        dirty |= readers.get(name, 0)
-                else:
-                    old = traits.get(name, _ABSENT)
-                    if old is _ABSENT or old != value or type(old) is not type(value):
-                        traits[name] = value
-                        dirty |= readers.get(name, 0)
-        touched = ()
-        counting = self._counting.get(e.event)
-        if counting:
-            now = ts if at is None else at
-            counts = state.counts
-            for i, where, within, cap in counting:
-                if where is not None and not where(e.properties):
-                    continue
-                if within is None:
-                    c = counts[i]
-                    if c < cap:
-                        counts[i] = c + 1
-                        dirty |= self._spec_readers[i]
-                elif ts + within > now:
-                    entries = counts[i]
-                    before = len(entries)
-                    if not entries or ts >= entries[-1]:
-                        entries.append(ts)
-                    else:
-                        bisect.insort(entries, ts)
-                    if before == cap:
-                        del entries[0]
-                    else:
-                        dirty |= self._spec_readers[i]
-                    touched = touched + (i,)
-        if self.export_attributes is not None:
-            rows.append(ExportRow(e, {name: state.traits.get(name) for name in self.export_attributes}))
-        return dirty, touched
-
-    def _apply_late(self, state, e, stats, changes, rows):
-        stats.late += 1
-        first = state.first_ts is None
-        dirty, _ = self._apply(state, e, stats, rows, state.clock)
-        if dirty is not None:
-            if first:
-                dirty = self._all_audiences
-            self._evaluate(state, state.clock, dirty, changes)
-
-    def _evaluate(self, state, t, dirty, changes):
-        """Re-evaluates the dirty audiences at t; returns whether a membership changed."""
-        counts = [len(c) if c.__class__ is list else c for c in state.counts]
-        members = state.members
-        present = [m is not None for m in members]
-        changed = None
-        for a, bit, holds in self._order:
-            if not dirty & bit:
-                continue
-            now = bool(holds(state.traits, counts, present))
-            if now != present[a]:
-                present[a] = now
-                if changed is None:
-                    changed = []
-                if now:
-                    members[a] = t
-                    changed.append((a, "enter", t))
-                else:
-                    changed.append((a, "exit", members[a]))
-                    members[a] = None
-                dirty |= self._audience_readers[a]
-        if changed:
-            changed.sort()
-            changes.append(UserChange(t, tuple(changed), dict(state.traits), state.first_ts,
-                                      state.last_ts))
-            return True
-        return False
-
 
 _ABSENT = object()
+_MAX_VISITS = 4096  # dirty masks remembered per engine
+_TABULATED_CAP = 4096  # per-count tables of larger caps are filled on first use
+#: A time after every time (wakes and expiries that never come); comparisons with ints are exact.
+_NEVER = float("inf")
+_EVENT_ORDER = operator.attrgetter("ts", "event_id", "received_at")  # event_order, in C
+_TS = operator.attrgetter("ts")
+_new_tuple = tuple.__new__
 
 
 def _min_or_none(values, extra=None):

@@ -1,14 +1,14 @@
 """Event Hub audience messages in the Lytics format (CONTRACT 5.1), built from engine changes."""
-import hashlib
+from hashlib import sha256
 
-from core.records import canonical_json
+from core.records import canonical_json_bytes, json_agrees
 from core.timeutil import OPEN_EXIT, format_time
 
 
 def message_id(message):
     """Deterministic id: a hash of the whole message without its id (subscription, user, T, changes)."""
     body = {k: v for k, v in message.items() if k != "message_id"}
-    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()[:32]
+    return sha256(canonical_json_bytes(body)).hexdigest()[:32]
 
 
 def build_message(change, key_field, key, settings, audience_list):
@@ -26,32 +26,45 @@ def build_message(change, key_field, key, settings, audience_list):
     elif change.backfill:
         return None
     exported = settings.audiences
-    position = {a: i for i, a in enumerate(exported)}
+    changes = [c for c in change.changes if c[0] in exported]
+    if not changes:
+        return None
+    if len(changes) > 1:
+        changes.sort(key=_audience_index)
+    t = format_time(change.time)
+    subscription_id = settings.subscription_id
+    # Canonical JSON through orjson needs a look only at values from outside (config names, the
+    # user key, traits): the rest are strings made here.
+    agrees = type(key) is str and type(subscription_id) is str
     segment_events = []
-    for audience_index, kind, entered in sorted(
-            (c for c in change.changes if c[0] in position), key=lambda c: c[0]):
+    for audience_index, kind, entered in changes:
         audience = audience_list[audience_index]
-        t = format_time(change.time)
+        if not (type(audience.id) is str and type(audience.slug) is str and type(kind) is str):
+            agrees = False
         segment_events.append({
             "id": audience.id, "slug": audience.slug, "event": kind,
             "enter": format_time(entered),
             "exit": OPEN_EXIT if kind == "enter" else t})
-    if not segment_events:
-        return None
     data = {"_created": format_time(change.first_ts), "_modified": format_time(change.last_ts)}
     traits = change.traits
     fields = settings.user_fields if settings.user_fields is not None else sorted(traits)
     for name in fields:
         if name in traits:
-            data[name] = traits[name]
+            data[name] = value = traits[name]
+            if type(value) is not str and agrees:
+                agrees = json_agrees((value,))
     data[key_field] = key
     data["segment_events"] = segment_events
-    message = {"data": data, "subscription_id": settings.subscription_id,
-               "timestamp": format_time(change.time)}
+    message = {"data": data, "subscription_id": subscription_id, "timestamp": t}
     if change.backfill:
         message["backfill"] = True
-    message["message_id"] = message_id(message)
+    # The message has no id yet: it is its own body (see message_id).
+    message["message_id"] = sha256(canonical_json_bytes(message, agrees)).hexdigest()[:32]
     return message
+
+
+def _audience_index(audience_change):
+    return audience_change[0]
 
 
 def message_sort_key(message):

@@ -9,13 +9,23 @@ import json
 import re
 from typing import Any, NamedTuple, Optional
 
-from core.timeutil import TimeFormatError, parse_time
+from core.timeutil import EPOCH_SECONDS_LIMIT, MICROS, TimeFormatError, parse_time
 
-try:  # orjson parses several times faster; the standard library is the fallback
-    from orjson import loads as _fast_loads
+try:  # orjson is several times faster; the standard library is the reference and the fallback
+    import orjson as _orjson
 except ImportError:  # pragma: no cover
-    _fast_loads = json.loads
+    _orjson = None
 _LONG_DIGITS = re.compile(r"\d{19,}")
+#: For ASCII text, the same question without the regex (several times faster): every digit
+#: becomes "0", so a run of digits becomes a run of zeros.
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_NINETEEN_ZEROS = b"0" * 19
+#: Deeper values take the standard library's path: its recursion limit, not orjson's, decides.
+_MAX_AGREED_DEPTH = 64
+_new_tuple = tuple.__new__
+_MIN_SECONDS = -EPOCH_SECONDS_LIMIT
+_PROFILE_FIELDS = frozenset(("user_id", "anonymous_id", "event", "ts", "received_at", "event_id",
+                             "properties", "traits"))
 
 SUBJECT_TYPES = frozenset((
     "account", "auth", "user", "campaign", "data", "entity", "experience", "journey", "program",
@@ -72,38 +82,101 @@ def canonical_json(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def canonical_json_bytes(obj, agrees=None):
+    """``canonical_json(obj).encode("utf-8")``, through orjson where the two cannot differ.
+
+    They differ on floats (``1e-07`` against ``1e-7``), NaN, integers beyond 64 bits, non-string
+    keys, lone surrogates and types orjson knows and json does not; ``json_agrees`` admits none of
+    those, and whatever orjson still refuses takes the standard library's path, errors included.
+    (Sorted keys agree: UTF-8 byte order is code point order.) ``agrees``: the caller's own
+    verdict of ``json_agrees(obj)``, when it knows which parts need looking at.
+    """
+    if agrees is None:
+        agrees = json_agrees((obj,))
+    if agrees and _orjson is not None:
+        try:
+            return _orjson.dumps(obj, option=_orjson.OPT_SORT_KEYS)
+        except TypeError:  # orjson.JSONEncodeError: e.g. an integer beyond 64 bits
+            pass
+    return canonical_json(obj).encode("utf-8")
+
+
+def json_agrees(value, depth=0):
+    """True when ``value`` (a dict or list) holds only what orjson and the json module read and
+    write alike: plain strings, integers, booleans, None, dicts and lists, not nested too deeply.
+
+    Floats are left out: orjson writes them differently, and reads an integer beyond 64 bits as a
+    float.
+    """
+    if depth > _MAX_AGREED_DEPTH:
+        return False
+    for item in (value.values() if type(value) is dict else value):
+        kind = type(item)
+        if kind is str or kind is int:  # by far the most common: tested first
+            continue
+        if kind is dict or kind is list:
+            if json_agrees(item, depth + 1):
+                continue
+            return False
+        if kind is bool or item is None:
+            continue
+        return False
+    return True
+
+
 def content_hash(obj):
     """Dedupe key of a record without ``event_id``: its canonical JSON minus ``received_at``."""
     body = {k: v for k, v in obj.items() if k != "received_at"}
-    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_json_bytes(body)).hexdigest()
 
 
 def decode_line(line):
-    """JSON text (str or bytes) to a dict, or InputError."""
+    """JSON text (str or bytes) to a dict, or InputError.
+
+    The standard library defines what is accepted (orjson is stricter on NaN, huge integers and
+    nesting) and gives the clearer error messages; orjson's result is taken when it is the same.
+    """
     if isinstance(line, bytes):
         try:
             line = line.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InputError("not UTF-8: %s" % exc) from None
-    try:
-        if _LONG_DIGITS.search(line):
-            raise ValueError("integers beyond 64 bits: orjson would turn them into floats")
-        obj = _fast_loads(line)
-    except (ValueError, RecursionError):
-        # The standard library is the reference for what JSON is accepted (orjson is stricter on
-        # NaN and huge integers); it also gives the clearer error message.
+    if _orjson is None:  # pragma: no cover
+        obj = _stdlib_loads(line)
+    else:
         try:
-            obj = json.loads(line)
-        except ValueError as exc:
-            raise InputError("not JSON: %s" % exc) from None
-        except RecursionError:
-            raise InputError("not JSON: nested too deeply") from None
-        try:  # the stdlib admits "\ud800" escapes that no UTF-8 output can carry
-            json.dumps(obj, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise InputError("a string holds an unpaired surrogate escape (not valid Unicode)") from None
+            obj = _orjson.loads(line)
+        except (ValueError, RecursionError):
+            obj = _stdlib_loads(line)
+        else:
+            # orjson reads an integer beyond 64 bits as a float, silently. Only a value with a
+            # float (or very deep) can be affected, and only when a long digit run is present;
+            # the common record is neither, and skips the costly search.
+            if not (type(obj) is dict and json_agrees(obj)) and _has_long_digit_run(line):
+                obj = _stdlib_loads(line)
     if not isinstance(obj, dict):
         raise InputError("not a JSON object")
+    return obj
+
+
+def _has_long_digit_run(text):
+    """Whether ``text`` holds 19 or more digits in a row (an integer orjson may turn into a float)."""
+    if text.isascii():
+        return _NINETEEN_ZEROS in text.encode("ascii").translate(_DIGITS_TO_ZERO)
+    return _LONG_DIGITS.search(text) is not None
+
+
+def _stdlib_loads(line):
+    try:
+        obj = json.loads(line)
+    except ValueError as exc:
+        raise InputError("not JSON: %s" % exc) from None
+    except RecursionError:
+        raise InputError("not JSON: nested too deeply") from None
+    try:  # the stdlib admits "\ud800" escapes that no UTF-8 output can carry
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("a string holds an unpaired surrogate escape (not valid Unicode)") from None
     return obj
 
 
@@ -112,11 +185,23 @@ def parse_record(line, default_received_at=None):
 
     ``default_received_at`` is the arrival time of live sources; ``None`` (file input) uses ``ts``.
     """
+    if type(line) is str and _orjson is not None:
+        # The common line, read once by orjson and checked in one pass; anything else (None) takes
+        # the general path below, which meets whatever it was again and handles it as it always did.
+        try:
+            obj = _orjson.loads(line)
+            record = (_common_profile_event(obj, default_received_at, line)
+                      if type(obj) is dict else None)
+        except Exception:
+            record = None
+        if record is not None:
+            return record
     obj = line if isinstance(line, dict) else decode_line(line)
     try:
         if obj.get("kind") == "system":
             return _system_event(obj, default_received_at)
-        return _profile_event(obj, default_received_at)
+        return (_common_profile_event(obj, default_received_at)
+                or _checked_profile_event(obj, default_received_at))
     except UnicodeEncodeError:
         raise InputError("a string holds an unpaired surrogate escape (not valid Unicode)") from None
     except RecursionError:
@@ -153,7 +238,58 @@ def _optional_object(obj, name):
     return value
 
 
-def _profile_event(obj, default_received_at):
+def _common_profile_event(obj, default_received_at, line=None):
+    """The profile event of a common, valid record in one pass, or None: then the general path
+    (``decode_line``, ``_checked_profile_event``) decides, and gives the dead-letter reason.
+
+    ``line``: the text ``obj`` was read from by orjson. That reading is taken when it is the
+    standard library's too (see ``decode_line``): when no value is a float, or no long digit run
+    is there to have become one.
+    """
+    get = obj.get
+    user_id, anonymous_id, name = get("user_id"), get("anonymous_id"), get("event")
+    ts, received_at, event_id = get("ts"), get("received_at"), get("event_id")
+    properties, traits = get("properties"), get("traits")
+    if not ((type(user_id) is str or user_id is None)
+            and (type(anonymous_id) is str or anonymous_id is None)
+            and (user_id or anonymous_id) and type(name) is str and name
+            and (type(event_id) is str and event_id or event_id is None)
+            and (type(properties) is dict or properties is None)
+            and (type(traits) is dict or traits is None)):
+        return None
+    if line is not None:
+        if _PROFILE_FIELDS.issuperset(obj):  # not looked at yet: times, properties, traits
+            agrees = (type(ts) is not float and type(received_at) is not float
+                      and (properties is None or json_agrees(properties))
+                      and (traits is None or json_agrees(traits)))
+        elif get("kind") == "system":
+            return None
+        else:
+            agrees = json_agrees(obj)
+        if not agrees and _has_long_digit_run(line):
+            return None
+    try:
+        # parse_time's own first case inline: most records carry whole epoch seconds
+        if type(ts) is int and _MIN_SECONDS <= ts <= EPOCH_SECONDS_LIMIT:
+            ts *= MICROS
+        else:
+            ts = parse_time(ts)
+        if received_at is None:
+            received_at = ts if default_received_at is None else default_received_at
+        elif type(received_at) is int and _MIN_SECONDS <= received_at <= EPOCH_SECONDS_LIMIT:
+            received_at *= MICROS
+        else:
+            received_at = parse_time(received_at)
+    except TimeFormatError:
+        return None
+    user_id, anonymous_id = user_id or None, anonymous_id or None
+    # tuple.__new__ skips the named tuple's Python-level __new__ (same object, half the cost)
+    return _new_tuple(ProfileEvent, (
+        user_id or anonymous_id, event_id or content_hash(obj), name, ts, received_at, user_id,
+        anonymous_id, properties or {}, traits))
+
+
+def _checked_profile_event(obj, default_received_at):
     user_id = _optional_string(obj, "user_id")
     anonymous_id = _optional_string(obj, "anonymous_id")
     if not user_id and not anonymous_id:

@@ -12,6 +12,8 @@ MICROS = 1_000_000
 OPEN_EXIT = "2099-12-31T23:59:59Z"
 MIN_TIME = -(2 ** 62)
 MAX_TIME = 2 ** 62
+#: Epoch numbers up to this size are seconds; larger ones milliseconds.
+EPOCH_SECONDS_LIMIT = 100_000_000_000
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 _RFC3339 = re.compile(
@@ -28,7 +30,7 @@ class TimeFormatError(ValueError):
 
 def parse_time(value):
     """Parses an RFC 3339 string or an epoch number (seconds; milliseconds if > 1e11)."""
-    if type(value) is int and -100_000_000_000 <= value <= 100_000_000_000:
+    if type(value) is int and -EPOCH_SECONDS_LIMIT <= value <= EPOCH_SECONDS_LIMIT:
         return value * MICROS  # the common case first: whole epoch seconds
     if isinstance(value, bool):
         raise TimeFormatError("expected an RFC 3339 string or an epoch number, got a boolean")
@@ -47,22 +49,53 @@ def parse_time(value):
         m = _RFC3339.match(value.strip())
         if not m:
             raise TimeFormatError("not an RFC 3339 timestamp: %r" % value[:64])
-        year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-        frac = m.group(7) or ""
-        try:
-            if second == 60:  # leap second: RFC 3339 allows it, Python does not
-                second = 59
-            moment = _dt.datetime(year, month, day, hour, minute, second, tzinfo=_dt.timezone.utc)
-        except ValueError as exc:
-            raise TimeFormatError("invalid date in %r: %s" % (value[:64], exc)) from None
-        micros = _days_seconds_micros(moment - _EPOCH)
+        _, _, _, hour, minute, second, frac, _, sign, offset_hours, offset_minutes = m.groups()
+        hour, minute, second = int(hour), int(minute), int(second)
+        if second == 60:  # leap second: RFC 3339 allows it, Python does not
+            second = 59
+        midnight = _midnight(m.string[:10]) if hour < 24 and minute < 60 and second < 60 else None
+        if midnight is None:
+            return _parse_rfc3339_checked(value, m)  # an invalid date or time: its own message
+        micros = midnight + ((hour * 60 + minute) * 60 + second) * MICROS
         micros += int((frac + "000000")[:6]) if frac else 0
-        if m.group(9):
-            offset = (int(m.group(10)) * 60 + int(m.group(11))) * 60 * MICROS
-            micros -= offset if m.group(9) == "+" else -offset
+        if sign:
+            offset = (int(offset_hours) * 60 + int(offset_minutes)) * 60 * MICROS
+            micros -= offset if sign == "+" else -offset
         return micros
     raise TimeFormatError("expected an RFC 3339 string or an epoch number, got %s"
                           % type(value).__name__)
+
+
+@functools.lru_cache(maxsize=4096)
+def _midnight(date_text):
+    """Microseconds at the start of a ``YYYY-MM-DD`` day, or None for a date that does not exist.
+
+    Cached: a file's timestamps fall on few days, and building a datetime is most of the cost.
+    """
+    try:
+        day = _dt.datetime(int(date_text[:4]), int(date_text[5:7]), int(date_text[8:10]),
+                           tzinfo=_dt.timezone.utc)
+    except ValueError:
+        return None
+    return _days_seconds_micros(day - _EPOCH)
+
+
+def _parse_rfc3339_checked(value, m):
+    """The datetime-based reading of a matched RFC 3339 string, with datetime's error message."""
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    frac = m.group(7) or ""
+    try:
+        if second == 60:  # leap second: RFC 3339 allows it, Python does not
+            second = 59
+        moment = _dt.datetime(year, month, day, hour, minute, second, tzinfo=_dt.timezone.utc)
+    except ValueError as exc:
+        raise TimeFormatError("invalid date in %r: %s" % (value[:64], exc)) from None
+    micros = _days_seconds_micros(moment - _EPOCH)
+    micros += int((frac + "000000")[:6]) if frac else 0
+    if m.group(9):
+        offset = (int(m.group(10)) * 60 + int(m.group(11))) * 60 * MICROS
+        micros -= offset if m.group(9) == "+" else -offset
+    return micros
 
 
 def _days_seconds_micros(delta):
@@ -77,14 +110,23 @@ def format_time(micros):
     """
     seconds, frac = divmod(int(micros), MICROS)
     days, rest = divmod(seconds, 86400)
-    year, month, day = _civil_from_days(days)
-    hour, rest = divmod(rest, 3600)
-    minute, second = divmod(rest, 60)
-    text = "%04d-%02d-%02dT%02d:%02d:%02d" % (year, month, day, hour, minute, second)
+    minutes, second = divmod(rest, 60)
+    hour, minute = divmod(minutes, 60)
+    text = "%sT%s:%s:%s" % (_date_text(days), _TWO_DIGITS[hour], _TWO_DIGITS[minute],
+                            _TWO_DIGITS[second])
     if frac:
         digits = "%06d" % frac
         text += "." + (digits[:3] if digits.endswith("000") else digits)
     return text + "Z"
+
+
+_TWO_DIGITS = ["%02d" % i for i in range(60)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _date_text(days):
+    # Cached apart from format_time: times that miss its cache still mostly fall on a known day.
+    return "%04d-%02d-%02d" % _civil_from_days(days)
 
 
 def _civil_from_days(z):

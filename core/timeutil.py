@@ -37,6 +37,10 @@ def parse_time(value):
     if isinstance(value, (int, float)):
         if value != value or value in (float("inf"), float("-inf")):
             raise TimeFormatError("epoch number is not finite")
+        if abs(value) > 1e17:
+            # Beyond any representable time even as milliseconds (and round(1e306 * 1000) would
+            # overflow): the same answer as the range check below, without the arithmetic.
+            raise TimeFormatError("epoch number out of range")
         if abs(value) > 1e11:
             # Milliseconds: integer arithmetic where possible keeps sub-ms digits exact.
             micros = value * 1000 if isinstance(value, int) else round(value * 1000)

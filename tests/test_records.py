@@ -127,3 +127,10 @@ def test_format_time_round_trips_and_matches_datetime(us):
 def test_time_sort_key_orders_formatted_times_like_the_times(values):
     from core.messages import time_sort_key
     assert sorted(values, key=lambda v: time_sort_key(format_time(v))) == sorted(values)
+
+
+@pytest.mark.parametrize("ts", ["1e306", "-1e306", "1e300", "123456789012345678901234567890"])
+def test_a_huge_epoch_number_is_a_dead_letter_not_a_crash(ts):
+    line = '{"user_id": "u1", "event": "purchase", "ts": %s}' % ts
+    with pytest.raises(InputError, match="out of range"):
+        parse_record(line)

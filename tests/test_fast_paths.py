@@ -480,7 +480,8 @@ def test_parse_file_counts_every_line_once(chunk_lines, monkeypatch):
     outputs, (read_, dead, outside) = _read_file(text, time_range=(0, 10 ** 15),
                                                  chunk_lines=chunk_lines, monkeypatch=monkeypatch)
     assert (read_.total, dead.total, outside.total) == (8, 2, 1)
-    events = sum(len(o.value[1]) for o in outputs if not hasattr(o, "tag"))
+    from transforms.read import unpack_rows
+    events = sum(len(unpack_rows(o.value[1])) for o in outputs if not hasattr(o, "tag"))
     assert events == 4
     if chunk_lines is None:
         assert (read_.calls, dead.calls, outside.calls) == (1, 1, 1)  # once per file, not per line
@@ -516,3 +517,15 @@ def test_parse_file_still_reports_progress(capsys):
     err = capsys.readouterr().err
     assert "progress: /in/f.jsonl: 1024 records read" in err
     assert "progress: /in/f.jsonl: 2048 records read in" in err
+
+
+def test_packed_groups_round_trip_plain_values_and_fall_back_for_others():
+    import datetime
+    from transforms.read import pack_rows, unpack_rows
+    plain = [("u1", "e1", "purchase", 10, 11, "u1", None, {"price": 2 ** 70, "s": "\ud800"}, [1.5])]
+    packed = pack_rows(plain)
+    assert packed[:1] == b"m" and unpack_rows(packed) == plain
+    dated = [("u1", "e1", "purchase", 10, 11, "u1", None, {"at": datetime.date(2026, 11, 23)}, None)]
+    packed = pack_rows(dated)
+    assert packed[:1] == b"p" and unpack_rows(packed) == dated
+    assert unpack_rows(plain) is plain  # a plain list of tuples (live sources) passes through

@@ -26,7 +26,6 @@ Metrics: ``audiences:events_applied``, ``audiences:duplicates``, ``audiences:lat
 ``audience:<slug>`` ``enters`` / ``exits``.
 """
 import logging
-import marshal
 import pickle
 import typing
 
@@ -46,7 +45,7 @@ from core.engine import Engine, ExportRow, Stats, UserChange, UserState
 from core.records import ProfileEvent
 from core.timeutil import MAX_TIME
 from transforms._beam_workarounds import cheaper_state_cache_sizing
-from transforms.read import events_from_wire, to_wire
+from transforms.read import TS_INDEX, events_from_wire, pack_rows, to_wire, unpack_rows
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -146,24 +145,6 @@ def _timer_time(micros):
     return -(-micros // 1000) * 1000
 
 
-def pack_events(events):
-    """A group of event tuples as one bytes value for a state bag.
-
-    ``marshal`` is several times faster than pickle or Beam's coders for tuples of plain values;
-    values it cannot write (e.g. a date from a Parquet file) make the group fall back to pickle.
-    """
-    rows = to_wire(events)
-    try:
-        return b"m" + marshal.dumps(rows)
-    except ValueError:
-        return b"p" + pickle.dumps(rows, protocol=5)
-
-
-def unpack_events(packed):
-    rows = marshal.loads(packed[1:]) if packed[:1] == b"m" else pickle.loads(packed[1:])
-    return events_from_wire(rows)
-
-
 class _EvaluateStatefulFn(beam.DoFn):
     """Keeps one user's engine state and pending events; see the module docstring.
 
@@ -205,24 +186,26 @@ class _EvaluateStatefulFn(beam.DoFn):
 
     def process(self, element, state=beam.DoFn.StateParam(USER_STATE),
                 pending=beam.DoFn.StateParam(PENDING), wake=beam.DoFn.TimerParam(WAKE)):
-        key, events = element
-        events = events_from_wire(events)
+        key, group = element
+        rows = unpack_rows(group)
         user, flush_at = self._load(state)
+        clock = user.clock
         changed = False
-        late = [e for e in events if e.ts <= user.clock]
+        late = [r for r in rows if r[TS_INDEX] <= clock]
         if late:
             stats = Stats()
-            changes, rows = self._engine.advance(user, late, user.clock, stats)
+            changes, export = self._engine.advance(user, events_from_wire(late), clock, stats)
             self._metrics.record(stats, changes)
-            yield from _emit(key, changes, rows)
+            yield from _emit(key, changes, export)
             changed = True
-        fresh = [e for e in events if e.ts > user.clock] if late else events
-        if fresh:
-            pending.add(pack_events(fresh))
+            rows = [r for r in rows if r[TS_INDEX] > clock]
+        if rows:
+            # Fresh events wait as rows: nothing is built from them until their wake-up.
+            pending.add(group if not late and isinstance(group, bytes) else pack_rows(rows))
             if flush_at is None:
                 # Wake when the watermark passes the newest event of this group: everything up to
                 # then is complete, and one wake-up covers the whole group.
-                flush_at = max(e.ts for e in fresh)
+                flush_at = max(r[TS_INDEX] for r in rows)
                 changed = True
         if changed:  # otherwise the stored state and the timer already say the same
             self._save(state, wake, user, flush_at)
@@ -235,18 +218,18 @@ class _EvaluateStatefulFn(beam.DoFn):
         # first timer of a user proves that all its events are here: one wake-up does it all.
         now = MAX_TIME if self._complete_when_timers_fire else fired.micros
         user, _ = self._load(state)
-        waiting = [e for packed in pending.read() for e in unpack_events(packed)]
-        due = [e for e in waiting if e.ts <= now]
-        rest = [e for e in waiting if e.ts > now]
+        waiting = [r for packed in pending.read() for r in unpack_rows(packed)]
+        due = [r for r in waiting if r[TS_INDEX] <= now]
+        rest = [r for r in waiting if r[TS_INDEX] > now]
         if waiting:
             pending.clear()
         if rest:
-            pending.add(pack_events(rest))
+            pending.add(pack_rows(rest))
         stats = Stats()
-        changes, rows = self._engine.advance(user, due, now, stats)
+        changes, export = self._engine.advance(user, events_from_wire(due), now, stats)
         self._metrics.record(stats, changes)
-        yield from _emit(key, changes, rows)
-        self._save(state, wake, user, max(e.ts for e in rest) if rest else None)
+        yield from _emit(key, changes, export)
+        self._save(state, wake, user, max(r[TS_INDEX] for r in rest) if rest else None)
 
 
 class EvaluateAudiencesStateful(beam.PTransform):
@@ -277,7 +260,7 @@ class _EvaluateHistoryFn(beam.DoFn):
 
     def process(self, element):
         key, groups = element
-        events = [e for group in groups for e in events_from_wire(group)]
+        events = [e for group in groups for e in events_from_wire(unpack_rows(group))]
         user = self._engine.new_state()
         stats = Stats()
         changes, rows = self._engine.advance(user, events, MAX_TIME, stats)

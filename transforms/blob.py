@@ -569,6 +569,21 @@ class _BlobDoFn(beam.DoFn):
         return True, self._event("synced", "file %s written, %d row%s" % (
             name, n, "" if n == 1 else "s"), name)
 
+    def _move_marker(self, end):
+        """Records that every window up to ``end`` is written; ``synccomplete``, or ``failed``.
+
+        A marker that cannot be written leaves the files in place: the next run (or, live, the
+        next close) writes the same windows again under the same names and then the marker.
+        """
+        spec = self._spec
+        unit = "%s@%s" % (marker_name(spec.prefix, spec.work_id), format_time(end))
+        try:
+            write_marker(self._opened(), spec.work_id, end)
+        except BlobExportError as exc:
+            yield self._fail("state marker not written: %s" % exc, unit)
+            return
+        yield self._event("synccomplete", "windows written up to %s" % format_time(end), unit)
+
 
 class _WriteWindowFiles(_BlobDoFn):
     """(window start, rows) -> the window's file; work events out, (start, written) to RESULTS."""
@@ -599,13 +614,7 @@ class _FinishRun(_BlobDoFn):
         end = advance_marker(plan, written, spec.marker_end, spec.period)
         if end is None or end == spec.marker_end:
             return
-        unit = "%s@%s" % (marker_name(spec.prefix, spec.work_id), format_time(end))
-        try:
-            write_marker(self._opened(), spec.work_id, end)
-        except BlobExportError as exc:
-            yield self._fail("state marker not written: %s" % exc, unit)
-            return
-        yield self._event("synccomplete", "windows written up to %s" % format_time(end), unit)
+        yield from self._move_marker(end)
 
 
 class _WriteClosedWindows(_BlobDoFn):
@@ -705,17 +714,6 @@ class _WriteClosedWindows(_BlobDoFn):
         due = timer_at(next_close)
         close.set(due)
         progress.write((end, due))
-
-    def _move_marker(self, end):
-        spec = self._spec
-        unit = "%s@%s" % (marker_name(spec.prefix, spec.work_id), format_time(end))
-        try:
-            write_marker(self._opened(), spec.work_id, end)
-        except BlobExportError as exc:
-            # The files are written; the next marker write (at the next close) records them.
-            yield self._fail("state marker not written: %s" % exc, unit)
-            return
-        yield self._event("synccomplete", "windows written up to %s" % format_time(end), unit)
 
 
 def _disabled_event(unused, aid, work_id, reason):

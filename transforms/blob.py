@@ -117,7 +117,6 @@ same names (with the same bytes, unless rows for them arrived in the meantime).
 import logging
 import os
 import re
-import tempfile
 import time
 
 import apache_beam as beam
@@ -135,6 +134,7 @@ from core.records import dead_letter
 from core.system_events import work_event
 from core.timeutil import MICROS, format_time
 from transforms.live import BatchPerBundle, DedupeSystemEventsLive, is_unbounded, timer_at
+from transforms.localsink import replace_file
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 
 _LOG = logging.getLogger(__name__)
@@ -206,16 +206,9 @@ class LocalDestination(Destination):
 
     def put(self, name, data, content_type=None):
         path = self._path(name)
-        tmp = None
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
+            replace_file(path, (data,))
         except OSError as exc:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
             raise BlobExportError("cannot write %s: %s" % (path, exc.strerror or exc)) from None
 
     def get(self, name):

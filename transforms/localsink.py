@@ -80,14 +80,24 @@ class _WriteSortedLines(beam.DoFn):
             lines = [line for _, line in sorted(records, key=_first)]
         else:
             lines = [_encode_line(r) for r in sorted(records, key=self._sort_key)]
-        directory = os.path.dirname(self._path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        tmp = self._path + ".tmp"
-        with open(tmp, "wb") as fh:
-            fh.writelines(lines)
-        os.replace(tmp, self._path)  # a reader never sees a half-written file
+        replace_file(self._path, lines)
         yield self._path, len(lines)
+
+
+def replace_file(path, chunks):
+    """Writes ``chunks`` (bytes) as the file ``path`` through a temporary file and ``os.replace``:
+    a reader never sees a half-written file, and a retry replaces the same name whole."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.writelines(chunks)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def parts_directory(path):
@@ -104,21 +114,12 @@ def part_name(index, data):
 def write_part(directory, index, records, sort_key):
     """Writes one part (records sorted by ``sort_key``); returns its path.
 
-    Through a temporary file and ``os.replace``: a reader never sees a half-written part, and a
-    retry replaces the same name with the same bytes.
+    Through ``replace_file``: a reader never sees a half-written part, and a retry replaces the
+    same name with the same bytes.
     """
     data = b"".join(_encode_line(r) for r in sorted(records, key=sort_key))
-    os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, part_name(index, data))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    replace_file(path, (data,))
     return path
 
 

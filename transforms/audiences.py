@@ -12,9 +12,11 @@ Two composites, one engine, the same transitions:
 
     Cost model: each element is a *group* of one user's events (per read chunk, or per bundle via
     ``GroupUserEventsPerBundle``), so state is read once per user and group, not per event; the
-    group is appended to a bag of pending events without reading it, and the small engine state is
-    rewritten and the timer reset only when they change (in batch execution: once per user). Timers fire once per user and flush (the
-    latest event time of the group) and once per expiry that actually crosses a threshold.
+    group is appended to a bag of pending events without reading it, and the small engine state
+    is rewritten and the timer reset only when they change (in batch execution: once per user).
+    Timers fire once per user and flush (the latest event time of the group) and once per expiry
+    that actually crosses a threshold; they are set with ``transforms.live.timer_at`` (rounded up
+    to the millisecond, the runners' unit).
 
 ``EvaluateAudiencesBatch`` (``pipelines.replay``)
     ``GroupByKey`` by user, then the engine over each user's whole history in one call.
@@ -36,7 +38,6 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteStateSpec, TimerSpec,
                                                on_timer)
-from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
@@ -45,6 +46,7 @@ from core.engine import Engine, ExportRow, Stats, UserChange, UserState
 from core.records import ProfileEvent
 from core.timeutil import MAX_TIME
 from transforms._beam_workarounds import cheaper_state_cache_sizing
+from transforms.live import timer_at
 from transforms.read import TS_INDEX, events_from_wire, pack_rows, to_wire, unpack_rows
 
 _LOGGER = logging.getLogger(__name__)
@@ -121,7 +123,7 @@ class _GroupPerBundle(beam.DoFn):
 
     def finish_bundle(self):
         for (key, window), events in self._groups.items():
-            ts = Timestamp(micros=min(e[3] for e in events))  # ProfileEvent.ts
+            ts = Timestamp(micros=min(e[TS_INDEX] for e in events))
             yield WindowedValue((key, events), ts, [window])
         self._groups = {}
 
@@ -131,18 +133,6 @@ class GroupUserEventsPerBundle(beam.PTransform):
 
     def expand(self, pcoll):
         return pcoll | "GroupPerBundle" >> beam.ParDo(_GroupPerBundle())
-
-
-def _timer_time(micros):
-    """A timer time for an event time: rounded up to the millisecond.
-
-    Runners keep timers and watermarks in milliseconds (Flink, Dataflow, and Beam's own Python
-    runners): a timer for 10.000500 s fires at 10.000 s, before the event it waits for is due, and
-    setting it again would loop forever. Rounded up, the timer fires once the watermark has passed
-    the exact time; the engine then evaluates every point up to the firing time at its exact
-    microsecond, so messages keep their exact times.
-    """
-    return -(-micros // 1000) * 1000
 
 
 class _EvaluateStatefulFn(beam.DoFn):
@@ -180,7 +170,7 @@ class _EvaluateStatefulFn(beam.DoFn):
         next_wake = self._engine.next_wake(user)
         candidates = [t for t in (flush_at, next_wake) if t is not None]
         if candidates:
-            wake.set(Timestamp(micros=_timer_time(min(candidates))))
+            wake.set(timer_at(min(candidates)))
         else:
             wake.clear()
 

@@ -47,8 +47,15 @@ def is_unbounded(pcoll):
 
 
 def timer_at(micros):
-    """A timer timestamp for ``micros``: rounded up to the millisecond (runners keep timers in
-    ms, so a microsecond timer would fire before its time) and kept inside the global window."""
+    """A timer timestamp for ``micros``: rounded up to the millisecond and kept inside the global
+    window.
+
+    Runners keep timers and watermarks in milliseconds (Flink, Dataflow, and Beam's own Python
+    runners): a timer for 10.000500 s fires at 10.000 s, before what it waits for is due, and
+    setting it again would loop forever. Rounded up, it fires once the watermark has passed the
+    exact time; the audience engine then evaluates every point up to the firing time at its exact
+    microsecond, so messages keep their exact times.
+    """
     rounded = -(-int(micros) // 1000) * 1000
     return Timestamp(micros=min(max(rounded, _FIRST_TIMER_US), _LAST_TIMER_US))
 

@@ -5,10 +5,15 @@ from core.records import canonical_json_bytes, json_agrees
 from core.timeutil import OPEN_EXIT, format_time
 
 
-def message_id(message):
-    """Deterministic id: a hash of the whole message without its id (subscription, user, T, changes)."""
-    body = {k: v for k, v in message.items() if k != "message_id"}
-    return sha256(canonical_json_bytes(body)).hexdigest()[:32]
+def message_id(message, agrees=None):
+    """Deterministic id: a hash of the whole message without its id (subscription, user, T, changes).
+
+    ``agrees``: see ``canonical_json_bytes`` (a caller that built the message knows).
+    """
+    body = message
+    if "message_id" in message:
+        body = {k: v for k, v in message.items() if k != "message_id"}
+    return sha256(canonical_json_bytes(body, agrees)).hexdigest()[:32]
 
 
 def build_message(change, key_field, key, settings, audience_list):
@@ -58,8 +63,7 @@ def build_message(change, key_field, key, settings, audience_list):
     message = {"data": data, "subscription_id": subscription_id, "timestamp": t}
     if change.backfill:
         message["backfill"] = True
-    # The message has no id yet: it is its own body (see message_id).
-    message["message_id"] = sha256(canonical_json_bytes(message, agrees)).hexdigest()[:32]
+    message["message_id"] = message_id(message, agrees)
     return message
 
 

@@ -59,7 +59,7 @@ def parse_time(value):
             second = 59
         midnight = _midnight(m.string[:10]) if hour < 24 and minute < 60 and second < 60 else None
         if midnight is None:
-            return _parse_rfc3339_checked(value, m)  # an invalid date or time: its own message
+            raise _invalid_date_or_time(value, m)
         micros = midnight + ((hour * 60 + minute) * 60 + second) * MICROS
         micros += int((frac + "000000")[:6]) if frac else 0
         if sign:
@@ -84,22 +84,17 @@ def _midnight(date_text):
     return _days_seconds_micros(day - _EPOCH)
 
 
-def _parse_rfc3339_checked(value, m):
-    """The datetime-based reading of a matched RFC 3339 string, with datetime's error message."""
+def _invalid_date_or_time(value, m):
+    """The error for a matched RFC 3339 string whose date or time does not exist, in datetime's
+    own words (the fast path above only knows that it does not)."""
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-    frac = m.group(7) or ""
+    if second == 60:  # leap second: RFC 3339 allows it, Python does not
+        second = 59
     try:
-        if second == 60:  # leap second: RFC 3339 allows it, Python does not
-            second = 59
-        moment = _dt.datetime(year, month, day, hour, minute, second, tzinfo=_dt.timezone.utc)
+        _dt.datetime(year, month, day, hour, minute, second, tzinfo=_dt.timezone.utc)
     except ValueError as exc:
-        raise TimeFormatError("invalid date in %r: %s" % (value[:64], exc)) from None
-    micros = _days_seconds_micros(moment - _EPOCH)
-    micros += int((frac + "000000")[:6]) if frac else 0
-    if m.group(9):
-        offset = (int(m.group(10)) * 60 + int(m.group(11))) * 60 * MICROS
-        micros -= offset if m.group(9) == "+" else -offset
-    return micros
+        return TimeFormatError("invalid date in %r: %s" % (value[:64], exc))
+    return TimeFormatError("invalid date in %r" % value[:64])  # not reached: the caller checked
 
 
 def _days_seconds_micros(delta):

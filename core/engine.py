@@ -27,7 +27,7 @@ import bisect
 import hashlib
 import operator
 import pickle
-from typing import List, NamedTuple, Optional, Tuple
+from typing import NamedTuple, Tuple
 
 from core.records import DEDUPE_HORIZON_US, ProfileEvent
 from core.timeutil import MIN_TIME
@@ -169,10 +169,6 @@ def dedupe_hash(event):
     if len(event_id) <= 16:
         return event_id
     return hashlib.blake2b(event_id.encode("utf-8"), digest_size=8).digest()
-
-
-def event_order(event):
-    return (event.ts, event.event_id, event.received_at)
 
 
 class Stats:
@@ -565,7 +561,8 @@ _MAX_VISITS = 4096  # dirty masks remembered per engine
 _TABULATED_CAP = 4096  # per-count tables of larger caps are filled on first use
 #: A time after every time (wakes and expiries that never come); comparisons with ints are exact.
 _NEVER = float("inf")
-_EVENT_ORDER = operator.attrgetter("ts", "event_id", "received_at")  # event_order, in C
+#: The order of the events of one point (see the module docstring), as a C-level key.
+_EVENT_ORDER = operator.attrgetter("ts", "event_id", "received_at")
 _TS = operator.attrgetter("ts")
 _new_tuple = tuple.__new__
 

@@ -9,6 +9,7 @@ output graph has no GroupByKey: local sinks write parts, the system-event dedupe
 activity and the Blob export keep state and write as the watermark moves, and there is no
 ``completed`` event (README "Live (unbounded) runs", docs/SEMANTICS.md, ``transforms/live.py``).
 """
+import gc
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import uuid
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.utils.windowed_value import WindowedValue
 
 from core.config import ConfigError, load_config
 from core.messages import build_message, message_sort_key
@@ -123,22 +125,40 @@ def _message_fn(settings, audiences):
 
 
 class _DailyActivity(beam.DoFn):
-    """Enters and exits per audience and UTC day (for the report), from every user's changes."""
+    """Enters and exits per audience and UTC day (for the report), from every user's changes.
+
+    Counted per bundle and emitted in ``finish_bundle``: one element per (day, audience, kind)
+    and bundle instead of one per user and key (about 70k elements for 150k events, each costing
+    more in the SDK than the counting). The bundle's elements share one window; the emitted
+    timestamp is the earliest of theirs, so a live run's part timers see nothing late.
+    """
 
     def __init__(self, slugs):
         self._slugs = slugs
 
-    def process(self, element):
-        counts = {}
+    def start_bundle(self):
+        self._per_window = {}  # window: [earliest timestamp, {(day, slug, kind): count}]
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        entry = self._per_window.get(window)
+        if entry is None:
+            entry = self._per_window[window] = [timestamp, {}]
+        elif timestamp < entry[0]:
+            entry[0] = timestamp
+        counts, slugs = entry[1], self._slugs
         for change in changes_from_wire(element[1]):
             if change.backfill:
                 continue
             day = format_time(change.time - change.time % 86_400_000_000)[:10]
             for audience_index, kind, _ in change.changes:
-                key = (day, self._slugs[audience_index], kind)
+                key = (day, slugs[audience_index], kind)
                 counts[key] = counts.get(key, 0) + 1
-        yield from counts.items()
 
+    def finish_bundle(self):
+        for window, (earliest, counts) in self._per_window.items():
+            for item in counts.items():
+                yield WindowedValue(item, earliest, [window])
+        self._per_window = {}
 
 
 def _daily_record(kv):
@@ -529,6 +549,26 @@ def main(argv, mode, make_evaluate, extra_options=None, time_range_of=None):
         return 1
 
 
+#: Allocations between young-generation collections while a pipeline runs in this process (the
+#: interpreter's default is 700).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def _relax_garbage_collection():
+    """Fewer cyclic garbage collections while the pipeline runs (in this process: the DirectRunner).
+
+    The run allocates millions of short-lived tuples and dicts that reference counting frees;
+    with the default threshold the collector walks the young generation every 700 allocations
+    and promotes survivors, and it cost about 8% of a 600k-event ``pipelines.stream`` run (27.8 s
+    against 25.4 s with collection off; README "Performance"). The objects of imports and
+    pipeline construction are frozen first, so later full collections do not walk them again.
+    Cycles are still collected, only less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def _run(argv, mode, make_evaluate, redactor, time_range_of):
     options = PipelineOptions(argv)
     act = options.view_as(ActivationOptions)
@@ -550,6 +590,7 @@ def _run(argv, mode, make_evaluate, redactor, time_range_of):
     started = time.time()
     pipeline = beam.Pipeline(options=options)
     build_graph(pipeline, job, make_evaluate(spec), act, run_id, disabled, time_range, live_source)
+    _relax_garbage_collection()
     result = pipeline.run()
     if options.view_as(StandardOptions).no_wait_until_finish:
         # A launcher (e.g. a Dataflow Flex Template) submits and returns; the job reports through

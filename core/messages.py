@@ -21,50 +21,70 @@ def build_message(change, key_field, key, settings, audience_list):
 
     ``settings`` is the work's EventHubSettings; ``audience_list`` the AudienceSet's audiences.
     None when the change touches none of the work's audiences or falls before the work's start.
+    A caller with many changes for one work builds a :class:`MessageBuilder` once instead.
     """
-    if settings.start is not None:
-        if change.backfill:
-            if change.time != settings.start or not settings.existing_users:
+    return MessageBuilder(settings, audience_list).build(change, key_field, key)
+
+
+class MessageBuilder:
+    """``build_message`` for one work, with what depends only on the work looked up once: a
+    pipeline builds hundreds of thousands of messages per work."""
+
+    def __init__(self, settings, audience_list):
+        self._start = settings.start
+        self._existing_users = settings.existing_users
+        self._exported = frozenset(settings.audiences)
+        self._subscription_id = subscription_id = settings.subscription_id
+        self._user_fields = settings.user_fields
+        # Canonical JSON through orjson needs a look only at values from outside (config names,
+        # the user key, traits): the rest are strings made here.
+        self._audiences = [(a.id, a.slug, type(a.id) is str and type(a.slug) is str)
+                           for a in audience_list]
+        self._subscription_agrees = type(subscription_id) is str
+
+    def build(self, change, key_field, key):
+        time, audience_changes, traits, first_ts, last_ts, backfill = change
+        start = self._start
+        if start is not None:
+            if backfill:
+                if time != start or not self._existing_users:
+                    return None
+            elif time < start:
                 return None
-        elif change.time < settings.start:
+        elif backfill:
             return None
-    elif change.backfill:
-        return None
-    exported = settings.audiences
-    changes = [c for c in change.changes if c[0] in exported]
-    if not changes:
-        return None
-    if len(changes) > 1:
-        changes.sort(key=_audience_index)
-    t = format_time(change.time)
-    subscription_id = settings.subscription_id
-    # Canonical JSON through orjson needs a look only at values from outside (config names, the
-    # user key, traits): the rest are strings made here.
-    agrees = type(key) is str and type(subscription_id) is str
-    segment_events = []
-    for audience_index, kind, entered in changes:
-        audience = audience_list[audience_index]
-        if not (type(audience.id) is str and type(audience.slug) is str and type(kind) is str):
-            agrees = False
-        segment_events.append({
-            "id": audience.id, "slug": audience.slug, "event": kind,
-            "enter": format_time(entered),
-            "exit": OPEN_EXIT if kind == "enter" else t})
-    data = {"_created": format_time(change.first_ts), "_modified": format_time(change.last_ts)}
-    traits = change.traits
-    fields = settings.user_fields if settings.user_fields is not None else sorted(traits)
-    for name in fields:
-        if name in traits:
-            data[name] = value = traits[name]
-            if type(value) is not str and agrees:
-                agrees = json_agrees((value,))
-    data[key_field] = key
-    data["segment_events"] = segment_events
-    message = {"data": data, "subscription_id": subscription_id, "timestamp": t}
-    if change.backfill:
-        message["backfill"] = True
-    message["message_id"] = message_id(message, agrees)
-    return message
+        exported = self._exported
+        changes = [c for c in audience_changes if c[0] in exported]
+        if not changes:
+            return None
+        if len(changes) > 1:
+            changes.sort(key=_audience_index)
+        t = format_time(time)
+        agrees = self._subscription_agrees and type(key) is str
+        audiences = self._audiences
+        segment_events = []
+        for audience_index, kind, entered in changes:
+            audience_id, slug, names_agree = audiences[audience_index]
+            if not (names_agree and type(kind) is str):
+                agrees = False
+            segment_events.append({
+                "id": audience_id, "slug": slug, "event": kind,
+                "enter": format_time(entered),
+                "exit": OPEN_EXIT if kind == "enter" else t})
+        data = {"_created": format_time(first_ts), "_modified": format_time(last_ts)}
+        fields = self._user_fields
+        for name in (fields if fields is not None else sorted(traits)):
+            if name in traits:
+                data[name] = value = traits[name]
+                if type(value) is not str and agrees:
+                    agrees = json_agrees((value,))
+        data[key_field] = key
+        data["segment_events"] = segment_events
+        message = {"data": data, "subscription_id": self._subscription_id, "timestamp": t}
+        if backfill:
+            message["backfill"] = True
+        message["message_id"] = message_id(message, agrees)
+        return message
 
 
 def _audience_index(audience_change):

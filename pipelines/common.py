@@ -24,7 +24,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.config import ConfigError, load_config
-from core.messages import build_message, message_sort_key
+from core.messages import MessageBuilder, message_sort_key
 from core.records import SystemEvent, dedupe_batch
 from core.report import write_report
 from core.redact import Redactor, collect_secrets, install_log_redaction
@@ -114,10 +114,11 @@ class DedupeSystemEvents(beam.PTransform):
 
 def _message_fn(settings, audiences):
     """(user, [changes]) to (partition key, [messages]) for one work."""
+    build = MessageBuilder(settings, audiences).build
+
     def to_messages(element):
         (key_field, key), changes = element
-        changes = changes_from_wire(changes)
-        messages = [m for m in (build_message(c, key_field, key, settings, audiences) for c in changes)
+        messages = [m for m in (build(c, key_field, key) for c in changes_from_wire(changes))
                     if m is not None]
         if messages:
             yield key, messages

@@ -138,7 +138,7 @@ class _DailyActivity(beam.DoFn):
         self._slugs = slugs
 
     def start_bundle(self):
-        self._per_window = {}  # window: [earliest timestamp, {(day, slug, kind): count}]
+        self._per_window = {}  # window: [earliest timestamp, {(day number, audience, kind): count}]
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         entry = self._per_window.get(window)
@@ -146,20 +146,27 @@ class _DailyActivity(beam.DoFn):
             entry = self._per_window[window] = [timestamp, {}]
         elif timestamp < entry[0]:
             entry[0] = timestamp
-        counts, slugs = entry[1], self._slugs
-        for change in changes_from_wire(element[1]):
-            if change.backfill:
+        counts = entry[1]
+        # The wire tuples as they come (UserChange field order): this runs once per change, and
+        # day numbers become dates once per bundle, in finish_bundle.
+        for time, changes, _, _, _, backfill in element[1]:
+            if backfill:
                 continue
-            day = format_time(change.time - change.time % 86_400_000_000)[:10]
-            for audience_index, kind, _ in change.changes:
-                key = (day, slugs[audience_index], kind)
+            day = time // _DAY_MICROS
+            for audience_index, kind, _ in changes:
+                key = (day, audience_index, kind)
                 counts[key] = counts.get(key, 0) + 1
 
     def finish_bundle(self):
+        slugs = self._slugs
         for window, (earliest, counts) in self._per_window.items():
-            for item in counts.items():
-                yield WindowedValue(item, earliest, [window])
+            for (day, audience_index, kind), count in counts.items():
+                key = (format_time(day * _DAY_MICROS)[:10], slugs[audience_index], kind)
+                yield WindowedValue((key, count), earliest, [window])
         self._per_window = {}
+
+
+_DAY_MICROS = 86_400_000_000
 
 
 def _daily_record(kv):

@@ -9,6 +9,7 @@ output graph has no GroupByKey: local sinks write parts, the system-event dedupe
 activity and the Blob export keep state and write as the watermark moves, and there is no
 ``completed`` event (README "Live (unbounded) runs", docs/SEMANTICS.md, ``transforms/live.py``).
 """
+import contextlib
 import gc
 import json
 import logging
@@ -562,7 +563,8 @@ def main(argv, mode, make_evaluate, extra_options=None, time_range_of=None):
 GC_YOUNG_THRESHOLD = 50_000
 
 
-def _relax_garbage_collection():
+@contextlib.contextmanager
+def relaxed_garbage_collection():
     """Fewer cyclic garbage collections while the pipeline runs (in this process: the DirectRunner).
 
     The run allocates millions of short-lived tuples and dicts that reference counting frees;
@@ -570,11 +572,18 @@ def _relax_garbage_collection():
     and promotes survivors, and it cost about 8% of a 600k-event ``pipelines.stream`` run (27.8 s
     against 25.4 s with collection off; README "Performance"). The objects of imports and
     pipeline construction are frozen first, so later full collections do not walk them again.
-    Cycles are still collected, only less often.
+    Cycles are still collected, only less often; on leaving, the threshold is restored and the
+    frozen objects are collectable again (tests run many pipelines in one process).
     """
+    threshold = gc.get_threshold()
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 def _run(argv, mode, make_evaluate, redactor, time_range_of):
@@ -598,14 +607,14 @@ def _run(argv, mode, make_evaluate, redactor, time_range_of):
     started = time.time()
     pipeline = beam.Pipeline(options=options)
     build_graph(pipeline, job, make_evaluate(spec), act, run_id, disabled, time_range, live_source)
-    _relax_garbage_collection()
-    result = pipeline.run()
-    if options.view_as(StandardOptions).no_wait_until_finish:
-        # A launcher (e.g. a Dataflow Flex Template) submits and returns; the job reports through
-        # its runner's counters and its works' system events.
-        sys.stdout.write("submitted: %s\n" % getattr(result, "state", "running"))
-        return 0
-    result.wait_until_finish()
+    with relaxed_garbage_collection():
+        result = pipeline.run()
+        if options.view_as(StandardOptions).no_wait_until_finish:
+            # A launcher (e.g. a Dataflow Flex Template) submits and returns; the job reports
+            # through its runner's counters and its works' system events.
+            sys.stdout.write("submitted: %s\n" % getattr(result, "state", "running"))
+            return 0
+        result.wait_until_finish()
     seconds = time.time() - started
     summary = build_summary(job, _counter_totals(result), act.output_dir, mode, seconds)
     with open(os.path.join(act.output_dir, "summary.json"), "w", encoding="utf-8") as fh:

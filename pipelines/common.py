@@ -586,6 +586,17 @@ def relaxed_garbage_collection():
         gc.unfreeze()
 
 
+def exit_command(status):
+    """Ends a pipeline command's process with ``status``.
+
+    Everything alive is frozen first: the process is ending, and the interpreter's last
+    collection would otherwise walk every object the run left behind (measured: 2.5 s after
+    replaying 150k events, a third of the run).
+    """
+    gc.freeze()
+    sys.exit(status)
+
+
 def _run(argv, mode, make_evaluate, redactor, time_range_of):
     options = PipelineOptions(argv)
     act = options.view_as(ActivationOptions)

@@ -5,11 +5,10 @@
 Each user's history is grouped once (GroupByKey) and evaluated in one call of the pure engine, so
 there is no per-element state. ``--start``/``--end`` keep records with ``start <= ts < end``.
 """
-import sys
 
 from core.config import ConfigError
 from core.timeutil import TimeFormatError, parse_time
-from pipelines.common import main
+from pipelines.common import exit_command, main
 from pipelines.options import ReplayOptions
 from transforms.audiences import EvaluateAudiencesBatch
 
@@ -38,4 +37,4 @@ def run(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    exit_command(run())

@@ -5,9 +5,8 @@
 
 See README.md. Bounded file input locally; the same graph runs on Flink and Dataflow.
 """
-import sys
 
-from pipelines.common import main
+from pipelines.common import exit_command, main
 from transforms.audiences import EvaluateAudiencesStateful
 
 
@@ -16,4 +15,4 @@ def run(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    exit_command(run())

@@ -25,3 +25,15 @@ def test_a_failing_run_restores_the_collector_too():
     except RuntimeError:
         pass
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+def test_a_command_exits_with_its_status_and_everything_frozen():
+    import pytest
+    from pipelines.common import exit_command
+    try:
+        with pytest.raises(SystemExit) as exited:
+            exit_command(2)
+        assert exited.value.code == 2
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

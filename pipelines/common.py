@@ -291,7 +291,10 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, li
     from transforms.blob import DEFAULT_GRACE_SECONDS
     grace_seconds = float(_option(options, "blob_grace_seconds", DEFAULT_GRACE_SECONDS))
     if live_source is None:
-        records = p | "ReadRecords" >> ReadRecords(options.input, time_range, options.progress_seconds)
+        records = p | "ReadRecords" >> ReadRecords(
+            options.input, time_range, options.progress_seconds,
+            parse_processes=resolve_parse_processes(
+                _option(options, "parse_processes", "auto"), p.options.view_as(StandardOptions).runner))
         profile = records[PROFILE]
     else:
         elements = p | "ReadLive" >> live_source.transform
@@ -501,6 +504,19 @@ def _live_source(uri, options, redactor):
 _DIRECT_RUNNERS = ("", "direct", "switchingdirect", "fnapi")
 
 
+def _runner_name(runner):
+    name = (runner if isinstance(runner, str) else type(runner).__name__ if runner else "")
+    return name.lower().rsplit(".", 1)[-1].replace("runner", "")
+
+
+def resolve_parse_processes(value, runner):
+    """``--parse_processes``: ``auto`` is one per CPU on in-process runners, 0 elsewhere."""
+    if value != "auto":
+        return int(value)
+    in_process = _runner_name(runner) in _DIRECT_RUNNERS + ("bundlebaseddirect",)
+    return (os.cpu_count() or 1) if in_process else 0
+
+
 def _check_live_runner(runner):
     """Refuses or warns about local runners that cannot run a live read faithfully.
 
@@ -508,8 +524,7 @@ def _check_live_runner(runner):
     on any splittable DoFn under --streaming; the DirectRunner, offline, falls back to the
     FnApiRunner, which reads the hub but ignores the source's watermark.
     """
-    name = (runner if isinstance(runner, str) else type(runner).__name__ if runner else "")
-    name = name.lower().rsplit(".", 1)[-1].replace("runner", "")
+    name = _runner_name(runner)
     if name == "bundlebaseddirect":
         raise LaunchError("the BundleBasedDirectRunner cannot run a live read: Beam 2.77 fails on "
                           "any splittable DoFn with --streaming; use the DirectRunner to try "

@@ -22,6 +22,19 @@ def flag_value(text):
     raise ValueError("expected true or false, got %r" % text)
 
 
+def parse_processes_value(text):
+    """``--parse_processes``: ``auto`` or a count of 0 or more."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        count = int(text)
+    except (TypeError, ValueError):
+        raise ValueError("expected auto or a number of processes, got %r" % text) from None
+    if count < 0:
+        raise ValueError("expected auto or a number of processes (0 or more), got %r" % text)
+    return count
+
+
 class ActivationOptions(PipelineOptions):
     """Options shared by ``pipelines.stream`` and ``pipelines.replay``."""
 
@@ -45,6 +58,13 @@ class ActivationOptions(PipelineOptions):
         parser.add_argument(
             "--progress_seconds", type=float, default=5.0,
             help="How often a local run prints progress to stderr (0 turns it off).")
+        parser.add_argument(
+            "--parse_processes", type=parse_processes_value, default="auto",
+            help="Worker processes that parse input files next to the pipeline (a file of more "
+                 "than one 4 MiB block is split between them; the output is the same). 'auto' "
+                 "(default): one per CPU on runners that run the pipeline in this process "
+                 "(DirectRunner), 0 elsewhere (Flink and Dataflow already run a worker per core); "
+                 "0: parse inside the pipeline.")
         parser.add_argument(
             "--flush_seconds", type=float, default=None,
             help="Live (unbounded) input only: a local sink writes a part once the watermark is "

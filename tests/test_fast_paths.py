@@ -465,8 +465,9 @@ def _read_file(text, time_range=None, chunk_lines=None, monkeypatch=None, progre
     fn = read._ParseFile(time_range, progress_seconds)
     counters = _Counter(), _Counter(), _Counter()
     fn._records_read, fn._deadlettered, fn._out_of_range = counters
-    readable = types.SimpleNamespace(metadata=types.SimpleNamespace(path="/in/f.jsonl"),
-                                     open=lambda: io.BytesIO(text.encode("utf-8")))
+    data = text.encode("utf-8")
+    readable = types.SimpleNamespace(metadata=types.SimpleNamespace(path="/in/f.jsonl", size_in_bytes=len(data)),
+                                     open=lambda: io.BytesIO(data))
     outputs = list(fn.process(readable))
     return outputs, counters
 
@@ -480,7 +481,7 @@ def test_parse_file_counts_every_line_once(chunk_lines, monkeypatch):
     outputs, (read_, dead, outside) = _read_file(text, time_range=(0, 10 ** 15),
                                                  chunk_lines=chunk_lines, monkeypatch=monkeypatch)
     assert (read_.total, dead.total, outside.total) == (8, 2, 1)
-    from transforms.read import unpack_rows
+    from core.blocks import unpack_rows
     events = sum(len(unpack_rows(o.value[1])) for o in outputs if not hasattr(o, "tag"))
     assert events == 4
     if chunk_lines is None:
@@ -492,22 +493,24 @@ def test_parse_file_of_no_lines_counts_nothing():
     assert outputs == [] and [c.calls for c in counters] == [0, 0, 0]
 
 
-def test_parse_file_counts_what_it_read_before_a_failure(monkeypatch):
+def test_parse_file_counts_the_blocks_it_read_before_a_failure(monkeypatch):
+    from core import blocks
     from transforms import read
 
     def failing(raw, default_received_at=None):
         if "boom" in raw:
             raise RuntimeError("boom")
         return parse_record(raw)
-    monkeypatch.setattr(read, "parse_record", failing)
+    monkeypatch.setattr(blocks, "parse_record", failing)
+    monkeypatch.setattr(read, "BLOCK_BYTES", 1)  # a block per line
     fn = read._ParseFile()
     fn._records_read, fn._deadlettered, fn._out_of_range = _Counter(), _Counter(), _Counter()
     readable = types.SimpleNamespace(
-        metadata=types.SimpleNamespace(path="/in/f.jsonl"),
+        metadata=types.SimpleNamespace(path="/in/f.jsonl", size_in_bytes=58),
         open=lambda: io.BytesIO(b'{"user_id":"u","event":"e","ts":1}\nnot json\nboom\nnever\n'))
     with pytest.raises(RuntimeError):
         list(fn.process(readable))
-    assert (fn._records_read.total, fn._deadlettered.total) == (3, 1)
+    assert (fn._records_read.total, fn._deadlettered.total) == (2, 1)
 
 
 def test_parse_file_still_reports_progress(capsys):
@@ -515,13 +518,13 @@ def test_parse_file_still_reports_progress(capsys):
     _, (read_, _, _) = _read_file(text, progress_seconds=1e-9)
     assert read_.total == 2048
     err = capsys.readouterr().err
-    assert "progress: /in/f.jsonl: 1024 records read" in err
+    assert "progress: /in/f.jsonl: 2048 records read," in err
     assert "progress: /in/f.jsonl: 2048 records read in" in err
 
 
 def test_packed_groups_round_trip_plain_values_and_fall_back_for_others():
     import datetime
-    from transforms.read import pack_rows, unpack_rows
+    from core.blocks import pack_rows, unpack_rows
     plain = [("u1", "e1", "purchase", 10, 11, "u1", None, {"price": 2 ** 70, "s": "\ud800"}, [1.5])]
     packed = pack_rows(plain)
     assert packed[:1] == b"m" and unpack_rows(packed) == plain

@@ -43,13 +43,14 @@ from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteState
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
+from core.blocks import pack_rows, unpack_rows
 from core.conditions import AudienceSet
 from core.engine import Engine, ExportRow, Stats, UserChange, UserState
 from core.records import ProfileEvent
 from core.timeutil import MAX_TIME
 from transforms._beam_workarounds import cheaper_state_cache_sizing
 from transforms.live import timer_at
-from transforms.read import TS_INDEX, events_from_wire, pack_rows, to_wire, unpack_rows
+from transforms.read import TS_INDEX, events_from_wire, to_wire
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Output is a ``beam.pvalue.DoOutputsTuple`` with three tagged PCollections:
 
 * ``profile``: ``((key_field, key), group)`` — a user's events *of one read chunk*
   (``ProfileEvent`` fields as plain tuples, see ``to_wire``, packed into one bytes value by
-  ``pack_rows``; ``unpack_rows`` gives the tuples back),
+  ``core.blocks.pack_rows``/``join_packed``; ``core.blocks.unpack_rows`` gives the tuples back),
   grouped as they are read. Downstream stages work on a user's events a chunk at a time, which is
   what makes both pipelines cheap per event (one state access per user and chunk, not per event).
 * ``system``: :class:`core.records.SystemEvent`.
@@ -12,11 +12,14 @@ Output is a ``beam.pvalue.DoOutputsTuple`` with three tagged PCollections:
 
 Every element is timestamped with its event time. Nothing is dropped: a line is either a record or a
 dead letter, and both are counted (``input:records_read``, ``input:deadlettered``).
+
+Files are read in blocks of whole lines (``core.blocks``). With ``parse_processes`` above 0, a file
+of more than one block is parsed by that many worker processes (``transforms._parse_workers``) and
+put back in file order: the elements are the same as parsing in this process, and on a local runner
+the parse uses the machine's other cores.
 """
-import io
+import itertools
 import logging
-import marshal
-import pickle
 import sys
 import time
 
@@ -27,7 +30,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
+from core.blocks import BLOCK_BYTES, join_packed, parse_block, parse_rows, read_blocks
 from core.records import InputError, ProfileEvent, dead_letter, parse_record
+from transforms._parse_workers import ParseWorkers
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -54,26 +59,6 @@ def events_from_wire(rows):
 
 #: Position of ``ts`` in an event tuple, for code that handles rows without building events.
 TS_INDEX = ProfileEvent._fields.index("ts")
-
-
-def pack_rows(rows):
-    """A group of event tuples as one bytes value: what crosses Beam boundaries and sits in state.
-
-    One bytes element per group instead of a list of tuples: ``marshal`` encodes and decodes
-    plain values several times faster than Beam's per-field coder. Values it cannot write (e.g. a
-    date from a Parquet file) make the group fall back to pickle; the first byte says which.
-    """
-    try:
-        return b"m" + marshal.dumps(rows)
-    except ValueError:
-        return b"p" + pickle.dumps(rows, protocol=5)
-
-
-def unpack_rows(group):
-    """The event tuples of a group: packed bytes (``pack_rows``) or a plain list of tuples."""
-    if not isinstance(group, bytes):
-        return group
-    return marshal.loads(group[1:]) if group[:1] == b"m" else pickle.loads(group[1:])
 
 
 def _timestamp(micros):
@@ -103,9 +88,9 @@ class _Progress:
         self._count = 0
         self._started = self._last = time.monotonic()
 
-    def tick(self):
-        self._count += 1
-        if self._every and not self._count & 1023:
+    def advance(self, lines):
+        self._count += lines
+        if self._every:
             now = time.monotonic()
             if now - self._last >= self._every:
                 self._last = now
@@ -119,57 +104,79 @@ class _Progress:
 
 
 class _ParseFile(beam.DoFn):
-    """Parses one file, emitting per-user groups of events every CHUNK_LINES lines."""
+    """Parses one file in blocks (``core.blocks``), emitting a user's events as one group per
+    CHUNK_LINES events; blocks go to ``parse_processes`` worker processes when there are any and the
+    file has more than one block."""
 
-    def __init__(self, time_range=None, progress_seconds=0.0):
+    def __init__(self, time_range=None, progress_seconds=0.0, parse_processes=0):
         self._time_range = time_range
         self._progress_seconds = progress_seconds
+        self._parse_processes = parse_processes
         self._records_read = Metrics.counter("input", "records_read")
         self._deadlettered = Metrics.counter("input", "deadlettered")
         self._out_of_range = Metrics.counter("input", "outside_time_range")
 
+    def setup(self):
+        self._workers = None  # started at the first file that has more than one block
+
+    def teardown(self):
+        if getattr(self, "_workers", None) is not None:
+            self._workers.close()
+            self._workers = None
+
     def process(self, readable_file):
         path = readable_file.metadata.path
-        if path.endswith(".parquet"):
-            rows = self._parquet_rows(readable_file)
-        else:
-            rows = self._text_lines(readable_file)
-        groups, pending = {}, 0
         progress = _Progress(path, self._progress_seconds)
-        tick = progress.tick if self._progress_seconds else None  # it only counts otherwise
-        start, end = self._time_range if self._time_range is not None else (None, None)
-        # Counted here and added to the Beam counters once per chunk: an update per line is a
-        # sizeable share of the cost of a line. ``finally``: a failing file still counts what it read.
+        # Counted per block and added to the Beam counters once per chunk: an update per line is a
+        # sizeable share of the cost of a line. ``finally``: a failing file still counts the blocks
+        # it read before the failure.
         counts = [0, 0, 0]  # records read, dead-lettered, outside the time range
+        merged, pending = {}, 0  # user: [earliest ts, [packed parts]]; events in them
         try:
-            for lineno, raw in rows:
-                counts[0] += 1
-                if tick is not None:
-                    tick()
-                try:
-                    record = parse_record(raw)
-                except InputError as exc:
-                    counts[1] += 1
-                    yield beam.pvalue.TaggedOutput(
-                        DEADLETTER, dead_letter(raw, exc, "%s:%d" % (path, lineno)))
-                    continue
-                if (start is not None and record.ts < start) or (end is not None and record.ts >= end):
-                    counts[2] += 1
-                    continue
-                if isinstance(record, ProfileEvent):
-                    groups.setdefault(user_key(record), []).append(record)
-                    pending += 1
-                    if pending >= CHUNK_LINES:
-                        self._publish(counts)
-                        yield from self._flush(groups)
-                        groups, pending = {}, 0
-                else:
-                    yield beam.pvalue.TaggedOutput(
-                        SYSTEM, TimestampedValue(record, _timestamp(record.ts)))
-            yield from self._flush(groups)
+            for block in self._parsed_blocks(readable_file, path):
+                for i, count in enumerate(block.counts):
+                    counts[i] += count
+                progress.advance(block.counts[0])
+                for letter in block.dead:
+                    yield beam.pvalue.TaggedOutput(DEADLETTER, letter)
+                for event in block.system:
+                    yield beam.pvalue.TaggedOutput(SYSTEM, TimestampedValue(event, _timestamp(event.ts)))
+                for key, earliest, packed in block.groups:
+                    entry = merged.get(key)
+                    if entry is None:
+                        merged[key] = [earliest, [packed]]
+                    else:
+                        if earliest < entry[0]:
+                            entry[0] = earliest
+                        entry[1].append(packed)
+                pending += block.events
+                if pending >= CHUNK_LINES:
+                    self._publish(counts)
+                    yield from self._flush(merged)
+                    merged, pending = {}, 0
+            yield from self._flush(merged)
         finally:
             self._publish(counts)
         progress.done()
+
+    def _parsed_blocks(self, readable_file, path):
+        time_range = self._time_range
+        if path.endswith(".parquet"):
+            rows = iter(self._parquet_rows(readable_file))
+            while True:
+                block = parse_rows(itertools.islice(rows, CHUNK_LINES), path, time_range)
+                if not block.counts[0]:
+                    return
+                yield block
+        with readable_file.open() as raw:
+            blocks = read_blocks(raw, BLOCK_BYTES)
+            if self._parse_processes and (readable_file.metadata.size_in_bytes or 0) > BLOCK_BYTES:
+                if getattr(self, "_workers", None) is None:
+                    self._workers = ParseWorkers(self._parse_processes)
+                yield from self._workers.parse_blocks(blocks, path, time_range)
+                return
+            for first_lineno, data in blocks:
+                yield parse_block(data, first_lineno, path, time_range)
 
     def _publish(self, counts):
         for counter, count in zip((self._records_read, self._deadlettered, self._out_of_range), counts):
@@ -178,26 +185,9 @@ class _ParseFile(beam.DoFn):
         counts[:] = [0, 0, 0]
 
     @staticmethod
-    def _flush(groups):
-        for key, events in groups.items():
-            yield TimestampedValue((key, pack_rows(to_wire(events))), _timestamp(min(e.ts for e in events)))
-
-    @staticmethod
-    def _text_lines(readable_file):
-        with readable_file.open() as raw:
-            # Lines end at "\n" only: a bare CR is JSON whitespace and may sit inside a record.
-            text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="\n")
-            for lineno, line in enumerate(text, 1):
-                line = line.rstrip("\r\n")
-                if not line.strip(" \t\r\n"):
-                    continue  # blank in JSON's sense; any other content is a record or a dead letter
-                if not line.isascii():
-                    try:
-                        line.encode("utf-8")
-                    except UnicodeEncodeError:
-                        # Not UTF-8: hand over the original bytes, so the dead letter says so.
-                        line = line.encode("utf-8", "surrogateescape")
-                yield lineno, line
+    def _flush(merged):
+        for key, (earliest, parts) in merged.items():
+            yield TimestampedValue((key, join_packed(parts)), _timestamp(earliest))
 
     @staticmethod
     def _parquet_rows(readable_file):
@@ -213,20 +203,23 @@ class ReadRecords(beam.PTransform):
 
     ``time_range``: optional ``(start, end)`` in microseconds; records whose ``ts`` falls outside
     ``[start, end)`` are skipped and counted (``input:outside_time_range``).
+    ``parse_processes``: worker processes that parse a file's blocks (0: parse in the DoFn).
     """
 
-    def __init__(self, pattern, time_range=None, progress_seconds=0.0, label=None):
+    def __init__(self, pattern, time_range=None, progress_seconds=0.0, parse_processes=0, label=None):
         super().__init__(label)
         self._pattern = pattern
         self._time_range = time_range
         self._progress_seconds = progress_seconds
+        self._parse_processes = parse_processes
 
     def expand(self, pbegin):
         return (pbegin
                 | "MatchFiles" >> fileio.MatchFiles(self._pattern)
                 | "ReadMatches" >> fileio.ReadMatches()
                 | "Reshuffle" >> beam.Reshuffle()
-                | "ParseRecords" >> beam.ParDo(_ParseFile(self._time_range, self._progress_seconds)).with_outputs(
+                | "ParseRecords" >> beam.ParDo(_ParseFile(
+                    self._time_range, self._progress_seconds, self._parse_processes)).with_outputs(
                     DEADLETTER, SYSTEM, main=PROFILE))
 
 

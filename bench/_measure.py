@@ -1,6 +1,10 @@
 """Runs one module's ``run(argv)`` and prints ``{"seconds", "peak_rss_mb", "status"}`` as its last line.
 
 ``python -m bench._measure MODULE [ARGS...]``
+
+``peak_rss_mb`` counts the parse worker processes too (``--parse_processes``): this process's peak
+plus, for each worker it started, the peak of the largest one (an upper bound of their sum, since
+the kernel reports only the largest child's peak). ``self_peak_rss_mb`` is this process alone.
 """
 import importlib
 import json
@@ -14,9 +18,12 @@ def main():
     started = time.perf_counter()
     status = importlib.import_module(module).run(argv)
     seconds = time.perf_counter() - started
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    from transforms._parse_workers import workers_started
+    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss if workers_started() else 0
+    peak_kb = self_kb + workers_started() * child_kb
     print(json.dumps({"seconds": seconds, "peak_rss_mb": round(peak_kb / 1024, 1),
-                      "status": status or 0}))
+                      "self_peak_rss_mb": round(self_kb / 1024, 1), "status": status or 0}))
     return status or 0
 
 

@@ -115,3 +115,81 @@ def test_microsecond_event_times_do_not_stall_millisecond_timers():
     t = lambda day: format_time(int(day * DAY * 10**6) + us)
     _collect([(events, 5)], [("u2", t(4), "frequent_buyers", "enter"),
                              ("u2", t(9), "frequent_buyers", "exit")])
+
+
+class _Bag:
+    def __init__(self):
+        self.items = []
+
+    def add(self, value):
+        self.items.append(value)
+
+    def read(self):
+        return list(self.items)
+
+    def clear(self):
+        self.items = []
+
+
+class _Value:
+    def __init__(self):
+        self.value, self.reads = None, 0
+
+    def read(self):
+        self.reads += 1
+        return self.value
+
+    def write(self, value):
+        self.value = value
+
+
+class _Timer:
+    def __init__(self):
+        self.at = None
+
+    def set(self, at):
+        self.at = at
+
+    def clear(self):
+        self.at = None
+
+
+def test_batch_wake_up_keeps_state_in_the_bag_and_a_group_after_it_is_late():
+    """Batch execution: one wake-up evaluates everything without reading USER; a group that
+    still comes after it (no runner does this, but nothing may be lost) is applied as late."""
+    from apache_beam.utils.timestamp import Timestamp
+
+    from core.blocks import pack_rows
+    from core.records import parse_record
+    from transforms.audiences import _EvaluateStatefulFn
+    job = parse_config({"account": {"name": "t"}, "audiences": AUDIENCES, "works": []})
+    fn = _EvaluateStatefulFn(EngineSpec.from_job(job, AUDIENCES), complete_when_timers_fire=True)
+    fn.setup()
+    late = []
+    fn._metrics._late = type("Counter", (), {"inc": lambda self, n=1: late.append(n)})()
+    user_state, bag, timer = _Value(), _Bag(), _Timer()
+    key = ("user_id", "u1")
+
+    def feed(records):
+        rows = [tuple(parse_record(json.dumps(r))) for r in records]
+        ts = Timestamp(micros=min(r[3] for r in rows))
+        list(fn.process((key, pack_rows(rows)), ts, user_state, bag, timer))
+
+    def wake():
+        out = list(fn.wake_up(key, Timestamp(micros=timer.at.micros), user_state, bag, timer))
+        return [t for _, wire in out if not hasattr(wire, "tag")
+                for c in changes_from_wire(wire) for t in _transitions((key, c))]
+
+    feed(PURCHASES[:2])
+    feed(PURCHASES[2:])
+    assert timer.at is not None and user_state.reads == 0
+    first = wake()
+    assert sorted(first) == EXPECTED
+    assert user_state.reads == 0 and user_state.value is None
+    assert [b[:1] for b in bag.items] == [b"s"]  # only the user's state waits in the bag
+    feed([_event("u1", "visit", 20, traits={"tier": "silver"})])
+    second = wake()
+    assert late == [1]
+    # Applied at the user's clock, the end of time: gold is left then.
+    assert [(k, audience, kind) for k, _, audience, kind in second] == [("u1", "gold", "exit")]
+    assert [b[:1] for b in bag.items] == [b"s"]

@@ -2,7 +2,7 @@
 
 ``python -m bench._measure MODULE [ARGS...]``
 
-``peak_rss_mb`` counts the parse worker processes too (``--parse_processes``): this process's peak
+``peak_rss_mb`` counts the worker processes too (``--worker_processes``): this process's peak
 plus, for each worker it started, the peak of the largest one (an upper bound of their sum, since
 the kernel reports only the largest child's peak). ``self_peak_rss_mb`` is this process alone.
 """
@@ -19,7 +19,7 @@ def main():
     status = importlib.import_module(module).run(argv)
     seconds = time.perf_counter() - started
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    from transforms._parse_workers import workers_started
+    from transforms._worker_processes import workers_started
     child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss if workers_started() else 0
     peak_kb = self_kb + workers_started() * child_kb
     print(json.dumps({"seconds": seconds, "peak_rss_mb": round(peak_kb / 1024, 1),

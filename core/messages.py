@@ -1,8 +1,20 @@
 """Event Hub audience messages in the Lytics format (CONTRACT 5.1), built from engine changes."""
 from hashlib import sha256
+from typing import Any, NamedTuple
 
+from core.jsonlines import encode_sorted_lines
 from core.records import canonical_json_bytes, json_agrees
 from core.timeutil import OPEN_EXIT, format_time
+
+
+class AudienceName(NamedTuple):
+    """What a message says of an audience: enough for :class:`MessageBuilder`, cheap to send."""
+    id: Any
+    slug: str
+
+
+def audience_names(audience_list):
+    return [AudienceName(a.id, a.slug) for a in audience_list]
 
 
 def message_id(message, agrees=None):
@@ -85,6 +97,18 @@ class MessageBuilder:
             message["backfill"] = True
         message["message_id"] = message_id(message, agrees)
         return message
+
+
+def message_lines(settings, audience_list, users):
+    """A local sink's lines of one work for a batch of users: for each ``(key_field, key,
+    changes)`` (changes as :class:`core.engine.UserChange` tuples), the ``(sort key, JSON line)``
+    pairs of its messages (``core.jsonlines.encode_sorted_lines``), empty when it has none."""
+    build = MessageBuilder(settings, audience_list).build
+    lines = []
+    for key_field, key, changes in users:
+        messages = [m for m in (build(c, key_field, key) for c in changes) if m is not None]
+        lines.append(encode_sorted_lines(messages, message_sort_key) if messages else [])
+    return lines
 
 
 def _audience_index(audience_change):

@@ -9,7 +9,9 @@ output graph has no GroupByKey: local sinks write parts, the system-event dedupe
 activity and the Blob export keep state and write as the watermark moves, and there is no
 ``completed`` event (README "Live (unbounded) runs", docs/SEMANTICS.md, ``transforms/live.py``).
 """
+import collections
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -25,7 +27,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.config import ConfigError, load_config
-from core.messages import MessageBuilder, message_sort_key
+from core.messages import MessageBuilder, audience_names, message_lines, message_sort_key
 from core.records import SystemEvent, dedupe_batch
 from core.report import write_report
 from core.redact import Redactor, collect_secrets, install_log_redaction
@@ -34,8 +36,9 @@ from core.timeutil import format_time
 from pipelines.options import REQUIRED_OPTIONS, ActivationOptions, flag_value
 from transforms.audiences import EngineSpec, GroupUserEventsPerBundle, changes_from_wire
 from transforms.live import DedupeSystemEventsLive, is_unbounded
-from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile, encode_sorted_lines
+from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 from transforms.audiences import export_rows_from_wire
+from transforms._worker_processes import acquire_workers, release_workers
 from transforms.read import (DEADLETTER, PROFILE, SYSTEM, InputMissingError, ParseLines,
                              ReadRecords, check_input_exists)
 
@@ -126,6 +129,69 @@ def _message_fn(settings, audiences):
     return to_messages
 
 
+class _BuildMessageLines(beam.DoFn):
+    """A local Event Hub sink's lines of one work: ``(user, changes)`` to the ``(sort key, line)``
+    pairs of the user's messages (``core.messages.message_lines``), for a bounded run.
+
+    With worker processes (``--worker_processes``), a bundle's users go to the workers in batches
+    of ``BATCH`` while the pipeline goes on evaluating; each batch's lines are emitted in order, with
+    their elements' timestamps and windows, once it is back, and all of them by the end of the
+    bundle. Without, each user's lines are built here. Either way the lines are the same.
+    """
+
+    BATCH = 256
+
+    def __init__(self, settings, audience_list, worker_processes=0):
+        # Only what the messages need travels to the workers: no connection string, no conditions.
+        self._settings = dataclasses.replace(settings, connection_string=None)
+        self._audience_names = audience_names(audience_list)
+        self._worker_processes = worker_processes
+
+    def setup(self):
+        self._workers = acquire_workers(self._worker_processes) if self._worker_processes else None
+
+    def teardown(self):
+        if self._workers is not None:
+            release_workers(self._workers)
+            self._workers = None
+
+    def start_bundle(self):
+        self._batch, self._places, self._in_flight = [], [], collections.deque()
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        (key_field, key), changes = element
+        if self._workers is None:
+            lines = message_lines(self._settings, self._audience_names, [(key_field, key, changes)])[0]
+            if lines:
+                yield lines
+            return
+        self._batch.append((key_field, key, changes))
+        self._places.append((timestamp, window))
+        if len(self._batch) >= self.BATCH:
+            yield from self._send_batch()
+
+    def finish_bundle(self):
+        if self._workers is None:
+            return
+        if self._batch:
+            yield from self._send_batch()
+        while self._in_flight:
+            yield from self._emit(*self._in_flight.popleft())
+
+    def _send_batch(self):
+        future = self._workers.submit("message_lines", self._settings, self._audience_names, self._batch)
+        self._in_flight.append((future, self._places))
+        self._batch, self._places = [], []
+        while len(self._in_flight) > 2 * self._workers.processes:
+            yield from self._emit(*self._in_flight.popleft())
+
+    @staticmethod
+    def _emit(future, places):
+        for lines, (timestamp, window) in zip(future.result(), places):
+            if lines:
+                yield WindowedValue(lines, timestamp, [window])
+
+
 class _DailyActivity(beam.DoFn):
     """Enters and exits per audience and UTC day (for the report), from every user's changes.
 
@@ -205,9 +271,21 @@ class _CountDelivered(beam.DoFn):
         yield work_event(self._aid, self._work_id, "synccomplete", None, unit=name + "#complete")
 
 
-def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming, flush_seconds):
+def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming, flush_seconds,
+                   worker_processes=0):
     settings = work.settings
     label = "Work[%s]" % work.id
+    local = work.id not in disabled and not settings.connection_string
+    if local and not is_unbounded(changes):
+        # Built and encoded in one step, by worker processes when there are any (the lines are
+        # what the sink's single group holds, see encode_sorted_lines).
+        return (changes
+                | label + "BuildMessageLines" >> beam.ParDo(_BuildMessageLines(
+                    settings, job.audiences.audiences, worker_processes))
+                | label + "WriteLocalSink" >> WriteJsonLinesFile(
+                    os.path.join(output_dir, "eventhub", work.id + ".jsonl"), sort_key=message_sort_key,
+                    batched=True, flush_seconds=flush_seconds, encoded=True)
+                | label + "Report" >> beam.ParDo(_CountDelivered(job.aid, work.id, "messages_delivered")))
     messages = changes | label + "BuildMessages" >> beam.FlatMap(
         _message_fn(settings, job.audiences.audiences))
     if work.id in disabled:
@@ -221,15 +299,12 @@ def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming, flush
                  sort_key=lambda d: message_sort_key(d["raw"]), flush_seconds=flush_seconds))
         return p | label + "Disabled" >> beam.Create(
             [work_event(job.aid, work.id, "failed", disabled[work.id], unit="preflight")])
-    if not settings.connection_string:
-        batches = messages | label + "DropKey" >> beam.Values()
-        encoded = not is_unbounded(messages)
-        if encoded:
-            batches = batches | label + "EncodeLines" >> beam.Map(encode_sorted_lines, message_sort_key)
-        return (batches
+    if local:
+        return (messages
+                | label + "DropKey" >> beam.Values()
                 | label + "WriteLocalSink" >> WriteJsonLinesFile(
                     os.path.join(output_dir, "eventhub", work.id + ".jsonl"), sort_key=message_sort_key,
-                    batched=True, flush_seconds=flush_seconds, encoded=encoded)
+                    batched=True, flush_seconds=flush_seconds)
                 | label + "Report" >> beam.ParDo(_CountDelivered(job.aid, work.id, "messages_delivered")))
     from transforms.eventhubs import WriteToEventHubs
     if not streaming and not is_unbounded(messages):
@@ -290,11 +365,12 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, li
     flush_seconds = float(_option(options, "flush_seconds", DEFAULT_FLUSH_SECONDS))
     from transforms.blob import DEFAULT_GRACE_SECONDS
     grace_seconds = float(_option(options, "blob_grace_seconds", DEFAULT_GRACE_SECONDS))
+    worker_processes = resolve_worker_processes(_option(options, "worker_processes", "auto"),
+                                                p.options.view_as(StandardOptions).runner)
     if live_source is None:
         records = p | "ReadRecords" >> ReadRecords(
             options.input, time_range, options.progress_seconds,
-            parse_processes=resolve_parse_processes(
-                _option(options, "parse_processes", "auto"), p.options.view_as(StandardOptions).runner))
+            worker_processes=worker_processes)
         profile = records[PROFILE]
     else:
         elements = p | "ReadLive" >> live_source.transform
@@ -342,7 +418,7 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, li
             if work.paused:
                 continue
             events = _eventhub_work(p, job, work, changes, output_dir, disabled, streaming,
-                                    flush_seconds)
+                                    flush_seconds, worker_processes)
         elif work.workflow == "azure_blob_event_export":
             events = _blob_work(p, job, work, export_rows, system_events, output_dir, disabled,
                                 flush_seconds, grace_seconds)
@@ -509,8 +585,8 @@ def _runner_name(runner):
     return name.lower().rsplit(".", 1)[-1].replace("runner", "")
 
 
-def resolve_parse_processes(value, runner):
-    """``--parse_processes``: ``auto`` is one per CPU on in-process runners, 0 elsewhere."""
+def resolve_worker_processes(value, runner):
+    """``--worker_processes``: ``auto`` is one per CPU on in-process runners, 0 elsewhere."""
     if value != "auto":
         return int(value)
     in_process = _runner_name(runner) in _DIRECT_RUNNERS + ("bundlebaseddirect",)

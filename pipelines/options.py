@@ -22,8 +22,8 @@ def flag_value(text):
     raise ValueError("expected true or false, got %r" % text)
 
 
-def parse_processes_value(text):
-    """``--parse_processes``: ``auto`` or a count of 0 or more."""
+def worker_processes_value(text):
+    """``--worker_processes``: ``auto`` or a count of 0 or more."""
     if str(text).strip().lower() == "auto":
         return "auto"
     try:
@@ -59,12 +59,12 @@ class ActivationOptions(PipelineOptions):
             "--progress_seconds", type=float, default=5.0,
             help="How often a local run prints progress to stderr (0 turns it off).")
         parser.add_argument(
-            "--parse_processes", type=parse_processes_value, default="auto",
-            help="Worker processes that parse input files next to the pipeline (a file of more "
-                 "than one 4 MiB block is split between them; the output is the same). 'auto' "
-                 "(default): one per CPU on runners that run the pipeline in this process "
-                 "(DirectRunner), 0 elsewhere (Flink and Dataflow already run a worker per core); "
-                 "0: parse inside the pipeline.")
+            "--worker_processes", type=worker_processes_value, default="auto",
+            help="Worker processes that parse input files (a file of more than one 4 MiB block is "
+                 "split between them) and build local Event Hub sink lines next to the pipeline; "
+                 "the output is the same. 'auto' (default): one per CPU on runners that run the "
+                 "pipeline in this process (DirectRunner), 0 elsewhere (Flink and Dataflow already "
+                 "run a worker per core); 0: all in the pipeline's process.")
         parser.add_argument(
             "--flush_seconds", type=float, default=None,
             help="Live (unbounded) input only: a local sink writes a part once the watermark is "

@@ -24,12 +24,12 @@ import os
 import tempfile
 
 import apache_beam as beam
-import orjson
 from apache_beam.coders import PickleCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteStateSpec, TimerSpec,
                                                on_timer)
 
+from core.jsonlines import json_line
 from transforms.live import BatchPerBundle, is_unbounded, timer_at
 
 #: How long (event time) a part of an unbounded sink collects records before it is written.
@@ -40,24 +40,8 @@ DEFAULT_FLUSH_SECONDS = 10.0
 _SENTINEL_VALUE = "__localsink_sentinel__"
 
 
-def _encode_line(record):
-    try:
-        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-    except TypeError:  # what orjson refuses (integers beyond 64 bits, ...) the stdlib writes
-        return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-
-
 def _default_sort_key(record):
     return json.dumps(record, sort_keys=True)
-
-
-def encode_sorted_lines(records, sort_key):
-    """Records as ``(sort key, JSON line bytes)`` pairs, for ``WriteJsonLinesFile(encoded=True)``.
-
-    Encoding where the records are made keeps only compact bytes in the sink's single group,
-    instead of every record decoded back into dicts at once (the peak memory of a large replay).
-    """
-    return [(sort_key(r), _encode_line(r)) for r in records]
 
 
 def _first(pair):
@@ -79,7 +63,7 @@ class _WriteSortedLines(beam.DoFn):
         if self._encoded:
             lines = [line for _, line in sorted(records, key=_first)]
         else:
-            lines = [_encode_line(r) for r in sorted(records, key=self._sort_key)]
+            lines = [json_line(r) for r in sorted(records, key=self._sort_key)]
         replace_file(self._path, lines)
         yield self._path, len(lines)
 
@@ -117,7 +101,7 @@ def write_part(directory, index, records, sort_key):
     Through ``replace_file``: a reader never sees a half-written part, and a retry replaces the
     same name with the same bytes.
     """
-    data = b"".join(_encode_line(r) for r in sorted(records, key=sort_key))
+    data = b"".join(json_line(r) for r in sorted(records, key=sort_key))
     path = os.path.join(directory, part_name(index, data))
     replace_file(path, (data,))
     return path
@@ -180,7 +164,7 @@ class WriteJsonLinesFile(beam.PTransform):
 
     With ``batched=True`` each element is a list of records (fewer elements to shuffle). With
     ``encoded=True`` (bounded input only) the records are ``(sort key, line bytes)`` pairs made by
-    :func:`encode_sorted_lines`, written in key order.
+    :func:`core.jsonlines.encode_sorted_lines`, written in key order.
     Returns a PCollection with one ``(path, count)`` element once the file is in place.
 
     On an unbounded PCollection the file is written in parts (see the module docstring): one

@@ -13,8 +13,8 @@ Output is a ``beam.pvalue.DoOutputsTuple`` with three tagged PCollections:
 Every element is timestamped with its event time. Nothing is dropped: a line is either a record or a
 dead letter, and both are counted (``input:records_read``, ``input:deadlettered``).
 
-Files are read in blocks of whole lines (``core.blocks``). With ``parse_processes`` above 0, a file
-of more than one block is parsed by that many worker processes (``transforms._parse_workers``) and
+Files are read in blocks of whole lines (``core.blocks``). With ``worker_processes`` above 0, a file
+of more than one block is parsed by that many worker processes (``transforms._worker_processes``) and
 put back in file order: the elements are the same as parsing in this process, and on a local runner
 the parse uses the machine's other cores.
 """
@@ -32,7 +32,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from core.blocks import BLOCK_BYTES, join_packed, parse_block, parse_rows, read_blocks
 from core.records import InputError, ProfileEvent, dead_letter, parse_record
-from transforms._parse_workers import ParseWorkers
+from transforms._worker_processes import acquire_workers, release_workers
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -105,13 +105,13 @@ class _Progress:
 
 class _ParseFile(beam.DoFn):
     """Parses one file in blocks (``core.blocks``), emitting a user's events as one group per
-    CHUNK_LINES events; blocks go to ``parse_processes`` worker processes when there are any and the
+    CHUNK_LINES events; blocks go to ``worker_processes`` worker processes when there are any and the
     file has more than one block."""
 
-    def __init__(self, time_range=None, progress_seconds=0.0, parse_processes=0):
+    def __init__(self, time_range=None, progress_seconds=0.0, worker_processes=0):
         self._time_range = time_range
         self._progress_seconds = progress_seconds
-        self._parse_processes = parse_processes
+        self._worker_processes = worker_processes
         self._records_read = Metrics.counter("input", "records_read")
         self._deadlettered = Metrics.counter("input", "deadlettered")
         self._out_of_range = Metrics.counter("input", "outside_time_range")
@@ -121,7 +121,7 @@ class _ParseFile(beam.DoFn):
 
     def teardown(self):
         if getattr(self, "_workers", None) is not None:
-            self._workers.close()
+            release_workers(self._workers)
             self._workers = None
 
     def process(self, readable_file):
@@ -170,10 +170,11 @@ class _ParseFile(beam.DoFn):
                 yield block
         with readable_file.open() as raw:
             blocks = read_blocks(raw, BLOCK_BYTES)
-            if self._parse_processes and (readable_file.metadata.size_in_bytes or 0) > BLOCK_BYTES:
+            if self._worker_processes and (readable_file.metadata.size_in_bytes or 0) > BLOCK_BYTES:
                 if getattr(self, "_workers", None) is None:
-                    self._workers = ParseWorkers(self._parse_processes)
-                yield from self._workers.parse_blocks(blocks, path, time_range)
+                    self._workers = acquire_workers(self._worker_processes)
+                yield from self._workers.map_ordered(
+                    "parse_block", ((data, first_lineno, path, time_range) for first_lineno, data in blocks))
                 return
             for first_lineno, data in blocks:
                 yield parse_block(data, first_lineno, path, time_range)
@@ -203,15 +204,15 @@ class ReadRecords(beam.PTransform):
 
     ``time_range``: optional ``(start, end)`` in microseconds; records whose ``ts`` falls outside
     ``[start, end)`` are skipped and counted (``input:outside_time_range``).
-    ``parse_processes``: worker processes that parse a file's blocks (0: parse in the DoFn).
+    ``worker_processes``: worker processes that parse a file's blocks (0: parse in the DoFn).
     """
 
-    def __init__(self, pattern, time_range=None, progress_seconds=0.0, parse_processes=0, label=None):
+    def __init__(self, pattern, time_range=None, progress_seconds=0.0, worker_processes=0, label=None):
         super().__init__(label)
         self._pattern = pattern
         self._time_range = time_range
         self._progress_seconds = progress_seconds
-        self._parse_processes = parse_processes
+        self._worker_processes = worker_processes
 
     def expand(self, pbegin):
         return (pbegin
@@ -219,7 +220,7 @@ class ReadRecords(beam.PTransform):
                 | "ReadMatches" >> fileio.ReadMatches()
                 | "Reshuffle" >> beam.Reshuffle()
                 | "ParseRecords" >> beam.ParDo(_ParseFile(
-                    self._time_range, self._progress_seconds, self._parse_processes)).with_outputs(
+                    self._time_range, self._progress_seconds, self._worker_processes)).with_outputs(
                     DEADLETTER, SYSTEM, main=PROFILE))
 
 

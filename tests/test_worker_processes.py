@@ -1,6 +1,6 @@
-"""Parsing input files in blocks, in this process and in worker processes (core.blocks,
-transforms._parse_workers): the same records, dead letters and counts as reading the file line by
-line, whatever the block size and wherever the blocks are parsed."""
+"""Parsing input files in blocks and building local-sink message lines, in this process and in
+worker processes (core.blocks, core.messages.message_lines, transforms._worker_processes): the same
+records, dead letters, counts and lines whatever the block size and wherever the work is done."""
 import io
 import os
 import signal
@@ -12,9 +12,10 @@ from hypothesis import given, settings, strategies as st
 from core.blocks import (block_lines, join_packed, pack_rows, parse_block, parse_rows, read_blocks,
                          unpack_rows)
 from core.records import InputError, ProfileEvent, dead_letter, parse_record
-from pipelines.common import resolve_parse_processes
-from pipelines.options import parse_processes_value
-from transforms._parse_workers import ParseWorkerError, ParseWorkers
+from pipelines.common import resolve_worker_processes
+from pipelines.options import worker_processes_value
+from transforms._worker_processes import (WorkerProcessError, WorkerProcesses, acquire_workers,
+                                          release_workers)
 
 
 def reference_lines(data):
@@ -124,7 +125,7 @@ def _sample_file(lines=400):
 
 @pytest.fixture
 def workers():
-    pool = ParseWorkers(2)
+    pool = WorkerProcesses(2)
     yield pool
     pool.close()
 
@@ -134,32 +135,35 @@ def test_workers_give_the_blocks_back_in_order_as_parsed_here(workers):
     blocks = list(read_blocks(io.BytesIO(data), 700))
     assert len(blocks) > 6
     here = [parse_block(b, first, "/in/f.jsonl", (0, 900 * 10 ** 6)) for first, b in blocks]
-    there = list(workers.parse_blocks(iter(blocks), "/in/f.jsonl", (0, 900 * 10 ** 6)))
+    there = list(workers.map_ordered("parse_block", ((b, first, "/in/f.jsonl", (0, 900 * 10 ** 6))
+                                                      for first, b in blocks)))
     assert there == here
     assert merge(there) == reference_parse(data, "/in/f.jsonl", (0, 900 * 10 ** 6))
 
 
 def test_a_failing_block_raises_with_the_workers_traceback(workers):
-    with pytest.raises(ParseWorkerError) as info:
-        list(workers.parse_blocks(iter([(5, b'{"user_id":"u","event":"e","ts":1}\n')]), "/in/f.jsonl",
-                                  ("not", "comparable")))
-    assert "/in/f.jsonl at line 5" in str(info.value) and "TypeError" in str(info.value)
+    with pytest.raises(WorkerProcessError) as info:
+        workers.submit("parse_block", b'{"user_id":"u","event":"e","ts":1}\n', 5, "/in/f.jsonl",
+                       ("not", "comparable")).result()
+    assert "failed in parse_block" in str(info.value) and "TypeError" in str(info.value)
     # The worker survives its request's failure and parses the next one.
-    assert next(workers.parse_blocks(iter([(1, b"x\n")]), "/in/f.jsonl")).counts == (1, 1, 0)
+    assert workers.submit("parse_block", b"x\n", 1, "/in/f.jsonl").result().counts == (1, 1, 0)
+    with pytest.raises(ValueError, match="unknown task"):
+        workers.submit("os.system", "true")
 
 
 def test_a_worker_that_dies_is_an_error_not_a_short_read(workers):
-    next(workers.parse_blocks(iter([(1, b"x\n")]), "/in/f.jsonl"))  # starts a worker
+    workers.submit("parse_block", b"x\n", 1, "/in/f.jsonl").result()  # starts a worker
     for child in workers._children:
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
-    with pytest.raises(ParseWorkerError, match="exited with code -9"):
-        list(workers.parse_blocks(iter([(1, b"x\n")] * 2), "/in/f.jsonl"))
+    with pytest.raises(WorkerProcessError, match="exited with code -9"):
+        list(workers.map_ordered("parse_block", [(b"x\n", 1, "/in/f.jsonl")] * 2))
 
 
 def test_close_ends_the_workers():
-    pool = ParseWorkers(2)
-    list(pool.parse_blocks(iter([(1, b"x\n")] * 4), "/in/f.jsonl"))
+    pool = WorkerProcesses(2)
+    list(pool.map_ordered("parse_block", [(b"x\n", 1, "/in/f.jsonl")] * 4))
     children = list(pool._children)
     assert children
     pool.close()
@@ -194,15 +198,99 @@ def test_parse_file_with_workers_emits_what_it_emits_in_process(monkeypatch):
     assert sum(len(unpack_rows(v[1])) for v in profile) == sum(len(rows) for rows in users.values())
 
 
-def test_parse_processes_option_and_its_resolution():
-    assert parse_processes_value("auto") == "auto" and parse_processes_value("3") == 3
+def test_worker_processes_option_and_its_resolution():
+    assert worker_processes_value("auto") == "auto" and worker_processes_value("3") == 3
     for bad in ("-1", "two"):
         with pytest.raises(ValueError):
-            parse_processes_value(bad)
+            worker_processes_value(bad)
     cpus = os.cpu_count() or 1
-    assert resolve_parse_processes("auto", None) == cpus
-    assert resolve_parse_processes("auto", "DirectRunner") == cpus
-    assert resolve_parse_processes("auto", "DataflowRunner") == 0
-    assert resolve_parse_processes("auto", "FlinkRunner") == 0
-    assert resolve_parse_processes(0, "DirectRunner") == 0
-    assert resolve_parse_processes(3, "DataflowRunner") == 3
+    assert resolve_worker_processes("auto", None) == cpus
+    assert resolve_worker_processes("auto", "DirectRunner") == cpus
+    assert resolve_worker_processes("auto", "DataflowRunner") == 0
+    assert resolve_worker_processes("auto", "FlinkRunner") == 0
+    assert resolve_worker_processes(0, "DirectRunner") == 0
+    assert resolve_worker_processes(3, "DataflowRunner") == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# Message lines
+# ------------------------------------------------------------------------------------------------
+
+def test_message_lines_are_the_built_messages_encoded_and_sorted():
+    import datetime
+    from core.config import EventHubSettings
+    from core.jsonlines import encode_sorted_lines
+    from core.messages import audience_names, build_message, message_lines, message_sort_key
+    audiences = [types.SimpleNamespace(id="a%d" % i, slug="s%d" % i) for i in range(3)]
+    settings = EventHubSettings(connection_string=None, subscription_id="sub", audiences=[0, 2],
+                                existing_users=True, start=None, user_fields=None)
+    day = 86_400_000_000
+    users = [
+        ("user_id", "u1", [(3 * day, [(0, "enter", 3 * day)], {"email": "x@y"}, day, 3 * day, False),
+                           (2 * day, [(2, "enter", 2 * day), (0, "exit", day)], {}, day, 2 * day, False)]),
+        ("anonymous_id", "a1", [(day, [(1, "enter", day)], {}, day, day, False)]),  # not exported
+        ("user_id", "u2", []),
+    ]
+    got = message_lines(settings, audience_names(audiences), users)
+    expected = []
+    for key_field, key, changes in users:
+        messages = [m for m in (build_message(c, key_field, key, settings, audiences) for c in changes)
+                    if m is not None]
+        expected.append(encode_sorted_lines(messages, message_sort_key))
+    assert got == expected
+    assert [len(lines) for lines in got] == [2, 0, 0]
+    assert all(line.endswith(b"\n") for _, line in got[0])
+
+
+def test_pipelines_with_workers_write_what_they_write_in_process(tmp_path, monkeypatch):
+    """Both pipelines, with and without worker processes (parse and message lines): the same
+    files, byte for byte, on a random data set with every node type, bad lines and system events."""
+    import yaml
+
+    import pipelines.replay
+    import pipelines.stream
+    from tests import datagen
+    from transforms import read
+    config, lines = datagen.generate(7, n_users=120, days=20)
+    config_path, input_path = tmp_path / "config.yaml", tmp_path / "events.jsonl"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    input_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    monkeypatch.setattr(read, "BLOCK_BYTES", 32 << 10)  # several blocks, so the parse goes to workers
+    for var in ("EVENTHUB_CONNECTION_STRING", "AZURE_STORAGE_CONNECTION_STRING"):
+        monkeypatch.delenv(var, raising=False)
+
+    def outputs(module, processes):
+        out = tmp_path / ("%s-%d" % (module.__name__, processes))
+        status = module.run(["--config", str(config_path), "--input", str(input_path), "--output_dir",
+                             str(out), "--progress_seconds", "0", "--worker_processes", str(processes)])
+        assert not status
+        files = {}
+        for directory, _, names in os.walk(out):
+            for name in names:
+                path = os.path.join(directory, name)
+                if name.endswith(".jsonl") and name != "system_events.jsonl":
+                    with open(path, "rb") as fh:
+                        files[os.path.relpath(path, out)] = fh.read()
+        return files
+
+    assert input_path.stat().st_size > 4 * (32 << 10)
+    for module in (pipelines.replay, pipelines.stream):
+        here, there = outputs(module, 0), outputs(module, 2)
+        assert there == here
+        assert any(name.startswith("eventhub") and data for name, data in here.items())
+        assert here.get(os.path.join("deadletter", "input.jsonl"))
+
+
+def test_dofns_share_one_set_of_workers():
+    first = acquire_workers(2)
+    second = acquire_workers(2)
+    assert first is second
+    first.submit("parse_block", b"x\n", 1, "p").result()
+    children = list(first._children)
+    release_workers(second)
+    assert all(child.poll() is None for child in children)  # still in use
+    release_workers(first)
+    assert all(child.returncode == 0 for child in children)
+    again = acquire_workers(2)
+    assert again is not first
+    release_workers(again)

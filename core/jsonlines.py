@@ -1,0 +1,21 @@
+"""JSON Lines encoding shared by the local sinks and the worker processes that build their lines."""
+import json
+
+import orjson
+
+
+def json_line(record):
+    """One record as a JSON line (bytes, ending in a newline)."""
+    try:
+        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:  # what orjson refuses (integers beyond 64 bits, ...) the stdlib writes
+        return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def encode_sorted_lines(records, sort_key):
+    """Records as ``(sort key, JSON line bytes)`` pairs, for ``WriteJsonLinesFile(encoded=True)``.
+
+    Encoding where the records are made keeps only compact bytes in the sink's single group,
+    instead of every record decoded back into dicts at once (the peak memory of a large replay).
+    """
+    return [(sort_key(r), json_line(r)) for r in records]

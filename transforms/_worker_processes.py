@@ -1,0 +1,213 @@
+"""Worker processes that run pure-core tasks next to a local pipeline (``--worker_processes``).
+
+On the DirectRunner every DoFn runs in one Python process, so the pipeline uses one core while the
+others idle. Two steps hand their pure work to worker processes and take the results back in
+order, so what they emit is the same as computing in-process:
+
+* ``parse_block`` (``core.blocks``): the read stage's blocks of input lines;
+* ``message_lines`` (``core.messages``): a local Event Hub sink's lines, from users' changes.
+
+A worker is ``python -m transforms._worker_processes``: it imports only the ``core`` module of a
+task (no Beam, so it starts in a fraction of a second), reads length-prefixed pickled requests on
+stdin, writes replies on stdout, and ends when its stdin closes, which also happens when the
+pipeline's process dies. A task's failure is raised in the pipeline with the worker's traceback;
+a worker that exits is an error naming its exit code. The DoFns of one process share one set of
+workers (:func:`acquire_workers`), started when first needed, one per thread of a small thread
+pool: a thread sends a request and waits for its reply with the GIL released, so one request per
+worker is in flight and the pipes cannot deadlock.
+"""
+import collections
+import gc
+import importlib
+import logging
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+
+_LOGGER = logging.getLogger(__name__)
+_HEADER = struct.Struct("<Q")
+#: Where ``core`` and ``transforms`` are importable from, for workers started from any directory.
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+#: Task name: (module, function). Only these run in a worker; their modules import no Beam.
+TASKS = {
+    "parse_block": ("core.blocks", "parse_block"),
+    "message_lines": ("core.messages", "message_lines"),
+}
+_started = 0  # worker processes started by this process, for the benchmark's memory figure
+
+
+def workers_started():
+    return _started
+
+
+class WorkerProcessError(RuntimeError):
+    pass
+
+
+def _send(stream, payload):
+    stream.write(_HEADER.pack(len(payload)))
+    stream.write(payload)
+    stream.flush()
+
+
+def _receive(stream):
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(header)
+    payload = stream.read(size)
+    if len(payload) < size:
+        return None
+    return payload
+
+
+class WorkerProcesses:
+    """``processes`` worker processes running :data:`TASKS`; results come back in request order.
+
+    :meth:`map_ordered` keeps up to two requests per worker in flight (one running, one waiting),
+    so a worker never waits for the pipeline to take a reply before it has its next request.
+    """
+
+    def __init__(self, processes):
+        if processes < 1:
+            raise ValueError("processes must be at least 1, got %r" % processes)
+        self.processes = processes
+        self._threads = ThreadPoolExecutor(processes, thread_name_prefix="worker-process")
+        self._local = threading.local()
+        self._children = []
+        self._lock = threading.Lock()
+
+    def submit(self, task, *args):
+        """A future of ``task(*args)`` computed in a worker."""
+        if task not in TASKS:
+            raise ValueError("unknown task %r" % task)
+        return self._threads.submit(self._call, task, args)
+
+    def map_ordered(self, task, arguments):
+        """``task(*args)`` for each ``args`` of the iterable, computed in workers, in order."""
+        in_flight = collections.deque()
+        for args in arguments:
+            in_flight.append(self.submit(task, *args))
+            if len(in_flight) >= 2 * self.processes:
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()
+
+    def close(self):
+        """Ends the workers (their stdin closes) and waits for them."""
+        self._threads.shutdown(wait=True)
+        with self._lock:
+            children, self._children = self._children, []
+        for child in children:
+            try:
+                child.stdin.close()
+            except OSError:
+                pass
+        for child in children:
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            child.stdout.close()
+
+    def _child(self):
+        global _started
+        child = getattr(self._local, "child", None)
+        if child is None:
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, env.get("PYTHONPATH")) if p)
+            child = subprocess.Popen([sys.executable, "-m", "transforms._worker_processes"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+            with self._lock:
+                self._children.append(child)
+                _started += 1
+            self._local.child = child
+            _LOGGER.info("started worker process %s", child.pid)
+        return child
+
+    def _call(self, task, args):
+        child = self._child()
+        try:
+            _send(child.stdin, pickle.dumps((task, args), protocol=5))
+            reply = _receive(child.stdout)
+        except (BrokenPipeError, OSError):
+            reply = None
+        if reply is None:
+            raise WorkerProcessError("a worker process (pid %s) exited with code %s"
+                                     % (child.pid, child.wait()))
+        status, payload = pickle.loads(reply)
+        if status != "ok":
+            raise WorkerProcessError("a worker process failed in %s:\n%s" % (task, payload))
+        return payload
+
+
+_shared = {}  # processes: [WorkerProcesses, users]
+_shared_lock = threading.Lock()
+
+
+def acquire_workers(processes):
+    """The process's shared :class:`WorkerProcesses` of that size (from a DoFn's ``setup``)."""
+    with _shared_lock:
+        entry = _shared.get(processes)
+        if entry is None:
+            entry = _shared[processes] = [WorkerProcesses(processes), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def release_workers(workers):
+    """Gives back what :func:`acquire_workers` gave (from ``teardown``); the last user closes it."""
+    with _shared_lock:
+        entry = _shared.get(workers.processes)
+        if entry is None or entry[0] is not workers:
+            workers.close()
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del _shared[workers.processes]
+    workers.close()
+
+
+def _serve(stdin, stdout):
+    functions = {}
+    while True:
+        request = _receive(stdin)
+        if request is None:
+            return 0
+        try:
+            task, args = pickle.loads(request)
+            del request
+            function = functions.get(task)
+            if function is None:
+                module, name = TASKS[task]
+                function = functions[task] = getattr(importlib.import_module(module), name)
+            reply = ("ok", function(*args))
+        except Exception:
+            reply = ("error", traceback.format_exc())
+        args = None
+        _send(stdout, pickle.dumps(reply, protocol=5))
+
+
+def main():
+    # Ctrl-C reaches the whole process group: the pipeline's process handles it, and its exit
+    # closes this worker's stdin.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # replies are framed on stdout: nothing else may write there
+    # A task allocates many small containers and frees none of them in cycles.
+    gc.set_threshold(50_000, 20, 20)
+    return _serve(stdin, stdout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

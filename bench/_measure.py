@@ -2,9 +2,9 @@
 
 ``python -m bench._measure MODULE [ARGS...]``
 
-``peak_rss_mb`` counts the worker processes too (``--worker_processes``): this process's peak
-plus, for each worker it started, the peak of the largest one (an upper bound of their sum, since
-the kernel reports only the largest child's peak). ``self_peak_rss_mb`` is this process alone.
+``peak_rss_mb`` counts the worker processes too (``--worker_processes``): this process's peak plus
+each worker's peak (an upper bound of their simultaneous total). ``self_peak_rss_mb`` is this
+process alone.
 """
 import importlib
 import json
@@ -19,9 +19,8 @@ def main():
     status = importlib.import_module(module).run(argv)
     seconds = time.perf_counter() - started
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    from transforms._worker_processes import workers_started
-    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss if workers_started() else 0
-    peak_kb = self_kb + workers_started() * child_kb
+    from transforms._worker_processes import worker_peaks_kb
+    peak_kb = self_kb + sum(worker_peaks_kb())
     print(json.dumps({"seconds": seconds, "peak_rss_mb": round(peak_kb / 1024, 1),
                       "self_peak_rss_mb": round(self_kb / 1024, 1), "status": status or 0}))
     return status or 0

@@ -166,8 +166,13 @@ def test_close_ends_the_workers():
     list(pool.map_ordered("parse_block", [(b"x\n", 1, "/in/f.jsonl")] * 4))
     children = list(pool._children)
     assert children
+    from transforms._worker_processes import worker_peaks_kb
+    before = len(worker_peaks_kb())
     pool.close()
     assert all(child.returncode == 0 for child in children)
+    if os.path.exists("/proc/self/status"):  # Linux: each worker's own peak, in KB
+        peaks = worker_peaks_kb()[before:]
+        assert len(peaks) == len(children) and all(0 < kb < 1 << 20 for kb in peaks)
 
 
 def test_parse_file_with_workers_emits_what_it_emits_in_process(monkeypatch):

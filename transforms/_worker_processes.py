@@ -41,11 +41,25 @@ TASKS = {
     "parse_block": ("core.blocks", "parse_block"),
     "message_lines": ("core.messages", "message_lines"),
 }
-_started = 0  # worker processes started by this process, for the benchmark's memory figure
+_peaks_kb = []  # each closed worker's peak resident memory, for the benchmark's memory figure
 
 
-def workers_started():
-    return _started
+def worker_peaks_kb():
+    """The peak resident memory (KB) of each worker this process has closed, where the system
+    tells it (Linux ``VmHWM``). A worker's own ``ru_maxrss`` would not do: it starts from the
+    pipeline process's size at the fork."""
+    return list(_peaks_kb)
+
+
+def _peak_kb(pid):
+    try:
+        with open("/proc/%d/status" % pid, encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 class WorkerProcessError(RuntimeError):
@@ -107,6 +121,9 @@ class WorkerProcesses:
         with self._lock:
             children, self._children = self._children, []
         for child in children:
+            peak = _peak_kb(child.pid) if child.poll() is None else None
+            if peak is not None:
+                _peaks_kb.append(peak)
             try:
                 child.stdin.close()
             except OSError:
@@ -120,7 +137,6 @@ class WorkerProcesses:
             child.stdout.close()
 
     def _child(self):
-        global _started
         child = getattr(self._local, "child", None)
         if child is None:
             env = dict(os.environ)
@@ -129,7 +145,6 @@ class WorkerProcesses:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
             with self._lock:
                 self._children.append(child)
-                _started += 1
             self._local.child = child
             _LOGGER.info("started worker process %s", child.pid)
         return child

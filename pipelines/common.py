@@ -38,7 +38,8 @@ from transforms.audiences import EngineSpec, GroupUserEventsPerBundle, changes_f
 from transforms.live import DedupeSystemEventsLive, is_unbounded
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 from transforms.audiences import export_rows_from_wire
-from transforms._worker_processes import acquire_workers, release_workers
+from transforms._worker_processes import (DIRECT_RUNNERS, acquire_workers, release_workers,
+                                          resolve_worker_processes, runner_name)
 from transforms.read import (DEADLETTER, PROFILE, SYSTEM, InputMissingError, ParseLines,
                              ReadRecords, check_input_exists)
 
@@ -576,23 +577,6 @@ def _live_source(uri, options, redactor):
     return source
 
 
-#: Runner names (lower case, without "runner") that run a pipeline in this process.
-_DIRECT_RUNNERS = ("", "direct", "switchingdirect", "fnapi")
-
-
-def _runner_name(runner):
-    name = (runner if isinstance(runner, str) else type(runner).__name__ if runner else "")
-    return name.lower().rsplit(".", 1)[-1].replace("runner", "")
-
-
-def resolve_worker_processes(value, runner):
-    """``--worker_processes``: ``auto`` is one per CPU on in-process runners, 0 elsewhere."""
-    if value != "auto":
-        return int(value)
-    in_process = _runner_name(runner) in _DIRECT_RUNNERS + ("bundlebaseddirect",)
-    return (os.cpu_count() or 1) if in_process else 0
-
-
 def _check_live_runner(runner):
     """Refuses or warns about local runners that cannot run a live read faithfully.
 
@@ -600,12 +584,12 @@ def _check_live_runner(runner):
     on any splittable DoFn under --streaming; the DirectRunner, offline, falls back to the
     FnApiRunner, which reads the hub but ignores the source's watermark.
     """
-    name = _runner_name(runner)
+    name = runner_name(runner)
     if name == "bundlebaseddirect":
         raise LaunchError("the BundleBasedDirectRunner cannot run a live read: Beam 2.77 fails on "
                           "any splittable DoFn with --streaming; use the DirectRunner to try "
                           "the wiring, Flink or Dataflow to run it")
-    if name in _DIRECT_RUNNERS:
+    if name in DIRECT_RUNNERS:
         sys.stderr.write(
             "warning: a live read on the DirectRunner only tries the wiring: offline it runs on "
             "Beam's FnApiRunner, which does not follow the source's watermark (event-time timers "
@@ -628,7 +612,11 @@ def _verbose_requested(argv):
 
 
 def main(argv, mode, make_evaluate, extra_options=None, time_range_of=None):
-    """Runs one pipeline command; returns the process exit status."""
+    """Runs one pipeline command; returns the process exit status.
+
+    ``make_evaluate(spec, worker_processes)`` gives the command's evaluate PTransform
+    (``worker_processes``: ``--worker_processes`` resolved for the runner).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = _verbose_requested(argv)
     redactor = Redactor()
@@ -708,7 +696,10 @@ def _run(argv, mode, make_evaluate, redactor, time_range_of):
     spec = EngineSpec.from_job(job, job.raw.get("audiences") or [])
     started = time.time()
     pipeline = beam.Pipeline(options=options)
-    build_graph(pipeline, job, make_evaluate(spec), act, run_id, disabled, time_range, live_source)
+    workers = resolve_worker_processes(_option(act, "worker_processes", "auto"),
+                                       options.view_as(StandardOptions).runner)
+    build_graph(pipeline, job, make_evaluate(spec, workers), act, run_id, disabled, time_range,
+                live_source)
     with relaxed_garbage_collection():
         result = pipeline.run()
         if options.view_as(StandardOptions).no_wait_until_finish:

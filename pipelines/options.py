@@ -61,8 +61,9 @@ class ActivationOptions(PipelineOptions):
         parser.add_argument(
             "--worker_processes", type=worker_processes_value, default="auto",
             help="Worker processes that parse input files (a file of more than one 4 MiB block is "
-                 "split between them) and build local Event Hub sink lines next to the pipeline; "
-                 "the output is the same. 'auto' (default): one per CPU on runners that run the "
+                 "split between them), build local Event Hub sink lines and, in replay, evaluate "
+                 "users' histories next to the pipeline; the output is the same. 'auto' (default): "
+                 "one per CPU on runners that run the "
                  "pipeline in this process (DirectRunner), 0 elsewhere (Flink and Dataflow already "
                  "run a worker per core); 0: all in the pipeline's process.")
         parser.add_argument(

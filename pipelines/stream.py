@@ -10,8 +10,14 @@ from pipelines.common import exit_command, main
 from transforms.audiences import EvaluateAudiencesStateful
 
 
+def _evaluate(spec, worker_processes):
+    # The stateful evaluation stays in the pipeline's process: a wake-up writes the user's state
+    # in its timer callback, so it cannot wait for a batch to come back from a worker.
+    return EvaluateAudiencesStateful(spec)
+
+
 def run(argv=None):
-    return main(argv, "stream", EvaluateAudiencesStateful)
+    return main(argv, "stream", _evaluate)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 worker processes (core.blocks, core.messages.message_lines, transforms._worker_processes): the same
 records, dead letters, counts and lines whatever the block size and wherever the work is done."""
 import io
+import json
 import os
 import signal
 import types
@@ -12,10 +13,9 @@ from hypothesis import given, settings, strategies as st
 from core.blocks import (block_lines, join_packed, pack_rows, parse_block, parse_rows, read_blocks,
                          unpack_rows)
 from core.records import InputError, ProfileEvent, dead_letter, parse_record
-from pipelines.common import resolve_worker_processes
 from pipelines.options import worker_processes_value
 from transforms._worker_processes import (WorkerProcessError, WorkerProcesses, acquire_workers,
-                                          release_workers)
+                                          release_workers, resolve_worker_processes)
 
 
 def reference_lines(data):
@@ -248,8 +248,9 @@ def test_message_lines_are_the_built_messages_encoded_and_sorted():
 
 
 def test_pipelines_with_workers_write_what_they_write_in_process(tmp_path, monkeypatch):
-    """Both pipelines, with and without worker processes (parse and message lines): the same
-    files, byte for byte, on a random data set with every node type, bad lines and system events."""
+    """Both pipelines, with and without worker processes (parse, message lines and, in the
+    replay, evaluation): the same files, byte for byte, and the same metrics, on a random data set
+    with every node type, bad lines and system events."""
     import yaml
 
     import pipelines.replay
@@ -269,7 +270,10 @@ def test_pipelines_with_workers_write_what_they_write_in_process(tmp_path, monke
         status = module.run(["--config", str(config_path), "--input", str(input_path), "--output_dir",
                              str(out), "--progress_seconds", "0", "--worker_processes", str(processes)])
         assert not status
-        files = {}
+        with open(out / "summary.json", encoding="utf-8") as fh:
+            summary = json.load(fh)
+        files = {"summary": {k: summary[k] for k in ("audiences", "deadlettered", "duplicates",
+                                                     "events_applied", "late", "records_read")}}
         for directory, _, names in os.walk(out):
             for name in names:
                 path = os.path.join(directory, name)
@@ -282,6 +286,7 @@ def test_pipelines_with_workers_write_what_they_write_in_process(tmp_path, monke
     for module in (pipelines.replay, pipelines.stream):
         here, there = outputs(module, 0), outputs(module, 2)
         assert there == here
+        assert here["summary"]["events_applied"] and here["summary"]["audiences"]
         assert any(name.startswith("eventhub") and data for name, data in here.items())
         assert here.get(os.path.join("deadletter", "input.jsonl"))
 
@@ -299,3 +304,36 @@ def test_dofns_share_one_set_of_workers():
     again = acquire_workers(2)
     assert again is not first
     release_workers(again)
+
+
+def test_histories_evaluated_in_a_worker_are_the_engines_results(workers):
+    from core.history import EngineSpec, evaluate_histories
+    from core.timeutil import MAX_TIME
+    audiences = [
+        {"id": "fb", "slug": "frequent_buyers",
+         "condition": {"event": "purchase", "within": "7d", "min_count": 3}},
+        {"id": "gold", "slug": "gold", "condition": {"trait": "tier", "op": "eq", "value": "gold"}},
+    ]
+    spec = EngineSpec(audiences, export_attributes=["tier"])
+    day = 86_400
+    users = []
+    for u in range(5):
+        lines = ['{"user_id":"u%d","event":"purchase","ts":%d}' % (u, (d + u) * day)
+                 for d in range(u + 2)]
+        lines.append('{"user_id":"u%d","event":"visit","ts":%d,"traits":{"tier":"gold"}}' % (u, 3 * day))
+        users.append((("user_id", "u%d" % u), [pack_rows([tuple(parse_record(line)) for line in lines])]))
+    here = evaluate_histories(spec, users)
+    results, totals = workers.submit("evaluate_histories", spec, users).result()
+    # Packed rows are compared unpacked: marshal's back-references depend on the process.
+    unpacked = [(changes, unpack_rows(rows)) for changes, rows in results]
+    assert unpacked == [(changes, unpack_rows(rows)) for changes, rows in here[0]]
+    assert (totals.events, totals.duplicates, totals.late, totals.enters, totals.exits) == (
+        here[1].events, here[1].duplicates, here[1].late, here[1].enters, here[1].exits)
+    engine = spec.build()
+    for (key, groups), (changes, rows) in zip(users, results):
+        events = [ProfileEvent._make(r) for g in groups for r in unpack_rows(g)]
+        expected_changes, expected_rows = engine.advance(engine.new_state(), events, MAX_TIME)
+        assert changes == [tuple(c) for c in expected_changes]
+        assert unpack_rows(rows) == [(tuple(r.event), r.attributes) for r in expected_rows]
+    assert totals.events == sum(u + 3 for u in range(5))
+    assert totals.enters[0] >= 1 and totals.enters[1] == 5

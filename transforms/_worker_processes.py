@@ -5,7 +5,8 @@ others idle. Two steps hand their pure work to worker processes and take the res
 order, so what they emit is the same as computing in-process:
 
 * ``parse_block`` (``core.blocks``): the read stage's blocks of input lines;
-* ``message_lines`` (``core.messages``): a local Event Hub sink's lines, from users' changes.
+* ``message_lines`` (``core.messages``): a local Event Hub sink's lines, from users' changes;
+* ``evaluate_histories`` (``core.history``): the replay's engine over users' whole histories.
 
 A worker is ``python -m transforms._worker_processes``: it imports only the ``core`` module of a
 task (no Beam, so it starts in a fraction of a second), reads length-prefixed pickled requests on
@@ -40,7 +41,25 @@ _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = {
     "parse_block": ("core.blocks", "parse_block"),
     "message_lines": ("core.messages", "message_lines"),
+    "evaluate_histories": ("core.history", "evaluate_histories"),
 }
+#: Runner names (lower case, without "runner") that run the whole pipeline in this process.
+DIRECT_RUNNERS = ("", "direct", "switchingdirect", "fnapi")
+
+
+def runner_name(runner):
+    name = (runner if isinstance(runner, str) else type(runner).__name__ if runner else "")
+    return name.lower().rsplit(".", 1)[-1].replace("runner", "")
+
+
+def resolve_worker_processes(value, runner):
+    """``--worker_processes``: ``auto`` is one per CPU on in-process runners, 0 elsewhere."""
+    if value != "auto":
+        return int(value)
+    in_process = runner_name(runner) in DIRECT_RUNNERS + ("bundlebaseddirect",)
+    return (os.cpu_count() or 1) if in_process else 0
+
+
 _peaks_kb = []  # each closed worker's peak resident memory, for the benchmark's memory figure
 
 

@@ -22,7 +22,8 @@ Two composites, one engine, the same transitions:
     to the millisecond, the runners' unit).
 
 ``EvaluateAudiencesBatch`` (``pipelines.replay``)
-    ``GroupByKey`` by user, then the engine over each user's whole history in one call.
+    ``GroupByKey`` by user, then the engine over each user's whole history in one call
+    (``core.history``), in batches of users in worker processes when there are any.
 
 Both emit ``((key_field, key), [UserChange, ...])`` on the main output and ``[ExportRow, ...]`` on
 ``export``: one element per user and evaluation, not per change, because per-element overhead is
@@ -30,6 +31,7 @@ what a Python pipeline pays most for.
 Metrics: ``audiences:events_applied``, ``audiences:duplicates``, ``audiences:late``, and
 ``audience:<slug>`` ``enters`` / ``exits``.
 """
+import collections
 import logging
 import pickle
 import typing
@@ -45,33 +47,18 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.blocks import pack_rows, unpack_rows
-from core.conditions import AudienceSet
-from core.engine import Engine, ExportRow, Stats, UserChange, UserState
+from core.engine import ExportRow, Stats, UserChange, UserState
+from core.history import EngineSpec, evaluate_histories  # noqa: F401 (EngineSpec: the shells' API)
 from core.records import ProfileEvent
 from core.timeutil import MAX_TIME
 from transforms._beam_workarounds import cheaper_state_cache_sizing
+from transforms._worker_processes import acquire_workers, release_workers
 from transforms.live import timer_at
 from transforms.read import TS_INDEX, events_from_wire, to_wire
 
 _LOGGER = logging.getLogger(__name__)
 
 CHANGES, EXPORT = "changes", "export"
-
-
-class EngineSpec:
-    """What a worker needs to rebuild the engine: no secrets, only audiences and export needs."""
-
-    def __init__(self, audience_defs, backfill_starts=(), export_attributes=None):
-        self.audience_defs = audience_defs
-        self.backfill_starts = list(backfill_starts)
-        self.export_attributes = export_attributes
-
-    @classmethod
-    def from_job(cls, job, raw_audiences):
-        return cls(raw_audiences, job.backfill_starts, job.export_attributes)
-
-    def build(self):
-        return Engine(AudienceSet(self.audience_defs), self.backfill_starts, self.export_attributes)
 
 
 class _EngineMetrics:
@@ -85,6 +72,17 @@ class _EngineMetrics:
         for a in engine.audiences.audiences:
             self._enters.append(Metrics.counter("audience:" + a.slug, "enters"))
             self._exits.append(Metrics.counter("audience:" + a.slug, "exits"))
+
+    def record_totals(self, totals):
+        """A ``core.history.BatchTotals``."""
+        for counter, count in ((self._applied, totals.events), (self._duplicates, totals.duplicates),
+                               (self._late, totals.late)):
+            if count:
+                counter.inc(count)
+        for counters, counts in ((self._enters, totals.enters), (self._exits, totals.exits)):
+            for counter, count in zip(counters, counts):
+                if count:
+                    counter.inc(count)
 
     def record(self, stats, changes):
         if stats.events:
@@ -105,7 +103,9 @@ def changes_from_wire(rows):
 
 
 def export_rows_from_wire(rows):
-    return [ExportRow(ProfileEvent._make(event), attributes) for event, attributes in rows]
+    """Export rows from their wire form: a list of ``(event tuple, attributes)``, or that list
+    packed (``core.blocks.pack_rows``, as the batch evaluation emits it)."""
+    return [ExportRow(ProfileEvent._make(event), attributes) for event, attributes in unpack_rows(rows)]
 
 
 def _emit(key, changes, rows):
@@ -288,33 +288,90 @@ class EvaluateAudiencesStateful(beam.PTransform):
 
 
 class _EvaluateHistoryFn(beam.DoFn):
-    def __init__(self, spec):
+    """``(user, groups)`` after the GroupByKey to the user's changes and export rows
+    (``core.history.evaluate_histories``).
+
+    With worker processes, a bundle's users go to the workers in batches of ``BATCH`` while the
+    pipeline goes on grouping; each batch's results are emitted in order, with their elements'
+    timestamps and windows, once it is back, and all of them by the end of the bundle. Without,
+    each user is evaluated here. Either way the results are the same.
+    """
+
+    BATCH = 64
+
+    def __init__(self, spec, worker_processes=0):
         self._spec = spec
+        self._worker_processes = worker_processes
 
     def setup(self):
         self._engine = self._spec.build()
         self._metrics = _EngineMetrics(self._engine)
+        self._workers = acquire_workers(self._worker_processes) if self._worker_processes else None
 
-    def process(self, element):
+    def teardown(self):
+        if getattr(self, "_workers", None) is not None:
+            release_workers(self._workers)
+            self._workers = None
+
+    def start_bundle(self):
+        self._batch, self._places, self._in_flight = [], [], collections.deque()
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         key, groups = element
-        events = [e for group in groups for e in events_from_wire(unpack_rows(group))]
-        user = self._engine.new_state()
-        stats = Stats()
-        changes, rows = self._engine.advance(user, events, MAX_TIME, stats)
-        self._metrics.record(stats, changes)
-        yield from _emit(key, changes, rows)
+        if self._workers is None:
+            results, totals = evaluate_histories(self._spec, [(key, groups)], self._engine)
+            self._metrics.record_totals(totals)
+            changes, rows = results[0]
+            if changes:
+                yield key, changes
+            if rows is not None:
+                yield beam.pvalue.TaggedOutput(EXPORT, rows)
+            return
+        self._batch.append((key, list(groups)))
+        self._places.append((key, timestamp, window))
+        if len(self._batch) >= self.BATCH:
+            yield from self._send_batch()
+
+    def finish_bundle(self):
+        if self._workers is None:
+            return
+        if self._batch:
+            yield from self._send_batch()
+        while self._in_flight:
+            yield from self._emit(*self._in_flight.popleft())
+
+    def _send_batch(self):
+        future = self._workers.submit("evaluate_histories", self._spec, self._batch)
+        self._in_flight.append((future, self._places))
+        self._batch, self._places = [], []
+        while len(self._in_flight) > 2 * self._workers.processes:
+            yield from self._emit(*self._in_flight.popleft())
+
+    def _emit(self, future, places):
+        results, totals = future.result()
+        self._metrics.record_totals(totals)
+        for (changes, rows), (key, timestamp, window) in zip(results, places):
+            if changes:
+                yield WindowedValue((key, changes), timestamp, [window])
+            if rows is not None:
+                yield beam.pvalue.TaggedOutput(EXPORT, WindowedValue(rows, timestamp, [window]))
 
 
 class EvaluateAudiencesBatch(beam.PTransform):
-    """Batch evaluation: all of a user's events at once, the same engine, no per-element state."""
+    """Batch evaluation: all of a user's events at once, the same engine, no per-element state.
 
-    def __init__(self, spec, label=None):
+    ``worker_processes``: worker processes that evaluate batches of users (0: in the DoFn).
+    """
+
+    def __init__(self, spec, worker_processes=0, label=None):
         super().__init__(label)
         self._spec = spec
+        self._worker_processes = worker_processes
 
     def expand(self, groups):
         return (groups
                 | "IntoGlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
                 | "GroupByUser" >> beam.GroupByKey()
-                | "EvaluateHistory" >> beam.ParDo(_EvaluateHistoryFn(self._spec)).with_outputs(
+                | "EvaluateHistory" >> beam.ParDo(
+                    _EvaluateHistoryFn(self._spec, self._worker_processes)).with_outputs(
                     EXPORT, main=CHANGES))

@@ -9,7 +9,6 @@ output graph has no GroupByKey: local sinks write parts, the system-event dedupe
 activity and the Blob export keep state and write as the watermark moves, and there is no
 ``completed`` event (README "Live (unbounded) runs", docs/SEMANTICS.md, ``transforms/live.py``).
 """
-import collections
 import contextlib
 import dataclasses
 import gc
@@ -38,8 +37,8 @@ from transforms.audiences import EngineSpec, GroupUserEventsPerBundle, changes_f
 from transforms.live import DedupeSystemEventsLive, is_unbounded
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 from transforms.audiences import export_rows_from_wire
-from transforms._worker_processes import (DIRECT_RUNNERS, acquire_workers, release_workers,
-                                          resolve_worker_processes, runner_name)
+from transforms._worker_processes import (DIRECT_RUNNERS, OrderedBatches, acquire_workers,
+                                          release_workers, resolve_worker_processes, runner_name)
 from transforms.read import (DEADLETTER, PROFILE, SYSTEM, InputMissingError, ParseLines,
                              ReadRecords, check_input_exists)
 
@@ -157,38 +156,27 @@ class _BuildMessageLines(beam.DoFn):
             self._workers = None
 
     def start_bundle(self):
-        self._batch, self._places, self._in_flight = [], [], collections.deque()
+        self._batches = None if self._workers is None else OrderedBatches(
+            self._workers, "message_lines", self.BATCH, self._settings, self._audience_names)
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         (key_field, key), changes = element
-        if self._workers is None:
+        if self._batches is None:
             lines = message_lines(self._settings, self._audience_names, [(key_field, key, changes)])[0]
             if lines:
                 yield lines
             return
-        self._batch.append((key_field, key, changes))
-        self._places.append((timestamp, window))
-        if len(self._batch) >= self.BATCH:
-            yield from self._send_batch()
+        for batch in self._batches.add((key_field, key, changes), (timestamp, window)):
+            yield from self._emit(*batch)
 
     def finish_bundle(self):
-        if self._workers is None:
-            return
-        if self._batch:
-            yield from self._send_batch()
-        while self._in_flight:
-            yield from self._emit(*self._in_flight.popleft())
-
-    def _send_batch(self):
-        future = self._workers.submit("message_lines", self._settings, self._audience_names, self._batch)
-        self._in_flight.append((future, self._places))
-        self._batch, self._places = [], []
-        while len(self._in_flight) > 2 * self._workers.processes:
-            yield from self._emit(*self._in_flight.popleft())
+        if self._batches is not None:
+            for batch in self._batches.finish():
+                yield from self._emit(*batch)
 
     @staticmethod
-    def _emit(future, places):
-        for lines, (timestamp, window) in zip(future.result(), places):
+    def _emit(lines_per_user, places):
+        for lines, (timestamp, window) in zip(lines_per_user, places):
             if lines:
                 yield WindowedValue(lines, timestamp, [window])
 

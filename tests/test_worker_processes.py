@@ -337,3 +337,29 @@ def test_histories_evaluated_in_a_worker_are_the_engines_results(workers):
         assert unpack_rows(rows) == [(tuple(r.event), r.attributes) for r in expected_rows]
     assert totals.events == sum(u + 3 for u in range(5))
     assert totals.enters[0] >= 1 and totals.enters[1] == 5
+
+
+def test_ordered_batches_give_every_reply_in_order_and_bound_what_is_in_flight(workers):
+    from core.config import EventHubSettings
+    from core.messages import AudienceName, message_lines
+    from transforms._worker_processes import OrderedBatches
+    settings = EventHubSettings(connection_string=None, subscription_id="sub", audiences=[0],
+                                existing_users=False, start=None, user_fields=None)
+    names = [AudienceName("a0", "s0")]
+    day = 86_400_000_000
+    users = [("user_id", "u%d" % i, [(i * day, [(0, "enter", i * day)], {}, day, i * day, False)])
+             for i in range(11)]
+    batches = OrderedBatches(workers, "message_lines", 2, settings, names)
+    during, replies, places = 0, [], []
+    for index, user in enumerate(users):
+        for reply, batch_places in batches.add(user, index):
+            during += 1
+            replies.extend(reply)
+            places.extend(batch_places)
+    for reply, batch_places in batches.finish():
+        replies.extend(reply)
+        places.extend(batch_places)
+    assert places == list(range(11))
+    assert replies == message_lines(settings, names, users)
+    # Five full batches are sent while adding (the sixth at finish); four may wait in flight.
+    assert during == 5 - 2 * workers.processes

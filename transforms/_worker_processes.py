@@ -184,6 +184,42 @@ class WorkerProcesses:
         return payload
 
 
+class OrderedBatches:
+    """Items of one task sent to the workers in batches of ``size``, replies taken in order.
+
+    A DoFn makes one per bundle: :meth:`add` an item with what it keeps of it (its ``place``:
+    timestamp, window, key...) and yield what comes back; :meth:`finish` in ``finish_bundle``.
+    Both give ``(reply, places)`` per batch: the task's reply for ``task(*args, items)`` and the
+    places of its items, in the order they were added. At most two batches per worker are in
+    flight: a batch is waited for only when a third would be.
+    """
+
+    def __init__(self, workers, task, size, *args):
+        self._workers, self._task, self._size, self._args = workers, task, size, args
+        self._items, self._places, self._in_flight = [], [], collections.deque()
+
+    def add(self, item, place):
+        self._items.append(item)
+        self._places.append(place)
+        if len(self._items) >= self._size:
+            yield from self._send()
+
+    def finish(self):
+        if self._items:
+            yield from self._send()
+        while self._in_flight:
+            future, places = self._in_flight.popleft()
+            yield future.result(), places
+
+    def _send(self):
+        future = self._workers.submit(self._task, *self._args, self._items)
+        self._in_flight.append((future, self._places))
+        self._items, self._places = [], []
+        while len(self._in_flight) > 2 * self._workers.processes:
+            future, places = self._in_flight.popleft()
+            yield future.result(), places
+
+
 _shared = {}  # processes: [WorkerProcesses, users]
 _shared_lock = threading.Lock()
 

@@ -31,7 +31,6 @@ what a Python pipeline pays most for.
 Metrics: ``audiences:events_applied``, ``audiences:duplicates``, ``audiences:late``, and
 ``audience:<slug>`` ``enters`` / ``exits``.
 """
-import collections
 import logging
 import pickle
 import typing
@@ -52,7 +51,7 @@ from core.history import EngineSpec, evaluate_histories  # noqa: F401 (EngineSpe
 from core.records import ProfileEvent
 from core.timeutil import MAX_TIME
 from transforms._beam_workarounds import cheaper_state_cache_sizing
-from transforms._worker_processes import acquire_workers, release_workers
+from transforms._worker_processes import OrderedBatches, acquire_workers, release_workers
 from transforms.live import timer_at
 from transforms.read import TS_INDEX, events_from_wire, to_wire
 
@@ -314,11 +313,12 @@ class _EvaluateHistoryFn(beam.DoFn):
             self._workers = None
 
     def start_bundle(self):
-        self._batch, self._places, self._in_flight = [], [], collections.deque()
+        self._batches = None if self._workers is None else OrderedBatches(
+            self._workers, "evaluate_histories", self.BATCH, self._spec)
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         key, groups = element
-        if self._workers is None:
+        if self._batches is None:
             results, totals = evaluate_histories(self._spec, [(key, groups)], self._engine)
             self._metrics.record_totals(totals)
             changes, rows = results[0]
@@ -327,28 +327,16 @@ class _EvaluateHistoryFn(beam.DoFn):
             if rows is not None:
                 yield beam.pvalue.TaggedOutput(EXPORT, rows)
             return
-        self._batch.append((key, list(groups)))
-        self._places.append((key, timestamp, window))
-        if len(self._batch) >= self.BATCH:
-            yield from self._send_batch()
+        for batch in self._batches.add((key, list(groups)), (key, timestamp, window)):
+            yield from self._emit(*batch)
 
     def finish_bundle(self):
-        if self._workers is None:
-            return
-        if self._batch:
-            yield from self._send_batch()
-        while self._in_flight:
-            yield from self._emit(*self._in_flight.popleft())
+        if self._batches is not None:
+            for batch in self._batches.finish():
+                yield from self._emit(*batch)
 
-    def _send_batch(self):
-        future = self._workers.submit("evaluate_histories", self._spec, self._batch)
-        self._in_flight.append((future, self._places))
-        self._batch, self._places = [], []
-        while len(self._in_flight) > 2 * self._workers.processes:
-            yield from self._emit(*self._in_flight.popleft())
-
-    def _emit(self, future, places):
-        results, totals = future.result()
+    def _emit(self, reply, places):
+        results, totals = reply
         self._metrics.record_totals(totals)
         for (changes, rows), (key, timestamp, window) in zip(results, places):
             if changes:

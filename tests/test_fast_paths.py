@@ -461,7 +461,9 @@ class _Counter:
 def _read_file(text, time_range=None, chunk_lines=None, monkeypatch=None, progress_seconds=0.0):
     from transforms import read
     if chunk_lines is not None:
-        monkeypatch.setattr(read, "CHUNK_LINES", chunk_lines)
+        # Blocks of about chunk_lines lines, each flushed at once (any packed group is > 1 byte).
+        monkeypatch.setattr(read, "BLOCK_BYTES", 40 * chunk_lines)
+        monkeypatch.setattr(read, "CHUNK_BYTES", 1)
     fn = read._ParseFile(time_range, progress_seconds)
     counters = _Counter(), _Counter(), _Counter()
     fn._records_read, fn._deadlettered, fn._out_of_range = counters

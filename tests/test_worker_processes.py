@@ -178,7 +178,7 @@ def test_close_ends_the_workers():
 def test_parse_file_with_workers_emits_what_it_emits_in_process(monkeypatch):
     from transforms import read
     monkeypatch.setattr(read, "BLOCK_BYTES", 500)
-    monkeypatch.setattr(read, "CHUNK_LINES", 150)
+    monkeypatch.setattr(read, "CHUNK_BYTES", 2000)
     data = _sample_file(1200)
 
     def run(processes):

@@ -42,6 +42,14 @@ class BatchTotals:
         return BatchTotals, (self.events, self.duplicates, self.late, self.enters, self.exits)
 
 
+def count_transitions(changes, enters, exits):
+    """Adds ``changes``' enters and exits (backfill snapshots aside) to the per-audience counts."""
+    for change in changes:
+        if not change.backfill:
+            for audience_index, kind, _ in change.changes:
+                (enters if kind == "enter" else exits)[audience_index] += 1
+
+
 _engines = {}  # the engines a process has built, by their spec's pickle (a worker sees one or two)
 
 
@@ -65,10 +73,7 @@ def evaluate_histories(spec, users, engine=None):
     for _, groups in users:
         events = [make_event(row) for group in groups for row in unpack_rows(group)]
         changes, rows = engine.advance(engine.new_state(), events, MAX_TIME, stats)
-        for change in changes:
-            if not change.backfill:
-                for audience_index, kind, _ in change.changes:
-                    (enters if kind == "enter" else exits)[audience_index] += 1
+        count_transitions(changes, enters, exits)
         results.append(([tuple(c) for c in changes],
                         pack_rows([(tuple(r.event), r.attributes) for r in rows]) if rows else None))
     return results, BatchTotals(stats.events, stats.duplicates, stats.late, enters, exits)

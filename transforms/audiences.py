@@ -47,7 +47,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from core.blocks import pack_rows, unpack_rows
 from core.engine import ExportRow, Stats, UserChange, UserState
-from core.history import EngineSpec, evaluate_histories  # noqa: F401 (EngineSpec: the shells' API)
+from core.history import (BatchTotals, EngineSpec,  # noqa: F401 (EngineSpec: the shells' API)
+                          count_transitions, evaluate_histories)
 from core.records import ProfileEvent
 from core.timeutil import MAX_TIME
 from transforms._beam_workarounds import cheaper_state_cache_sizing
@@ -84,17 +85,9 @@ class _EngineMetrics:
                     counter.inc(count)
 
     def record(self, stats, changes):
-        if stats.events:
-            self._applied.inc(stats.events)
-        if stats.duplicates:
-            self._duplicates.inc(stats.duplicates)
-        if stats.late:
-            self._late.inc(stats.late)
-        for change in changes:
-            if change.backfill:
-                continue
-            for audience_index, kind, _ in change.changes:
-                (self._enters if kind == "enter" else self._exits)[audience_index].inc()
+        enters, exits = [0] * len(self._enters), [0] * len(self._exits)
+        count_transitions(changes, enters, exits)
+        self.record_totals(BatchTotals(stats.events, stats.duplicates, stats.late, enters, exits))
 
 
 def changes_from_wire(rows):
@@ -236,7 +229,6 @@ class _EvaluateStatefulFn(beam.DoFn):
         yield from _emit(key, changes, export)
         self._save(state, wake, user, max(r[TS_INDEX] for r in rest) if rest else None)
 
-
     def _wake_up_at_the_end(self, key, pending):
         """Batch execution: the watermark jumps from -inf to +inf once all input is read, so the
         first timer of a user proves that all its events are here, and one wake-up does it all.
@@ -319,13 +311,8 @@ class _EvaluateHistoryFn(beam.DoFn):
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         key, groups = element
         if self._batches is None:
-            results, totals = evaluate_histories(self._spec, [(key, groups)], self._engine)
-            self._metrics.record_totals(totals)
-            changes, rows = results[0]
-            if changes:
-                yield key, changes
-            if rows is not None:
-                yield beam.pvalue.TaggedOutput(EXPORT, rows)
+            yield from self._emit(evaluate_histories(self._spec, [(key, groups)], self._engine),
+                                  [(key, timestamp, window)])
             return
         for batch in self._batches.add((key, list(groups)), (key, timestamp, window)):
             yield from self._emit(*batch)

@@ -99,6 +99,11 @@ class MessageBuilder:
         return message
 
 
+def user_messages(build, key_field, key, changes):
+    """The messages of one user's changes (``build``: a :meth:`MessageBuilder.build`), in order."""
+    return [m for m in (build(c, key_field, key) for c in changes) if m is not None]
+
+
 def message_lines(settings, audience_list, users):
     """A local sink's lines of one work for a batch of users: for each ``(key_field, key,
     changes)`` (changes as :class:`core.engine.UserChange` tuples), the ``(sort key, JSON line)``
@@ -106,7 +111,7 @@ def message_lines(settings, audience_list, users):
     build = MessageBuilder(settings, audience_list).build
     lines = []
     for key_field, key, changes in users:
-        messages = [m for m in (build(c, key_field, key) for c in changes) if m is not None]
+        messages = user_messages(build, key_field, key, changes)
         lines.append(encode_sorted_lines(messages, message_sort_key) if messages else [])
     return lines
 

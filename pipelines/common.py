@@ -26,14 +26,15 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.config import ConfigError, load_config
-from core.messages import MessageBuilder, audience_names, message_lines, message_sort_key
+from core.messages import (MessageBuilder, audience_names, message_lines, message_sort_key,
+                           user_messages)
 from core.records import SystemEvent, dedupe_batch
 from core.report import write_report
 from core.redact import Redactor, collect_secrets, install_log_redaction
 from core.system_events import work_event
 from core.timeutil import format_time
 from pipelines.options import REQUIRED_OPTIONS, ActivationOptions, flag_value
-from transforms.audiences import EngineSpec, GroupUserEventsPerBundle, changes_from_wire
+from transforms.audiences import EngineSpec, GroupUserEventsPerBundle
 from transforms.live import DedupeSystemEventsLive, is_unbounded
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 from transforms.audiences import export_rows_from_wire
@@ -122,8 +123,7 @@ def _message_fn(settings, audiences):
 
     def to_messages(element):
         (key_field, key), changes = element
-        messages = [m for m in (build(c, key_field, key) for c in changes_from_wire(changes))
-                    if m is not None]
+        messages = user_messages(build, key_field, key, changes)  # build takes the wire tuples
         if messages:
             yield key, messages
     return to_messages
@@ -162,9 +162,8 @@ class _BuildMessageLines(beam.DoFn):
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         (key_field, key), changes = element
         if self._batches is None:
-            lines = message_lines(self._settings, self._audience_names, [(key_field, key, changes)])[0]
-            if lines:
-                yield lines
+            yield from self._emit(message_lines(self._settings, self._audience_names,
+                                                [(key_field, key, changes)]), [(timestamp, window)])
             return
         for batch in self._batches.add((key_field, key, changes), (timestamp, window)):
             yield from self._emit(*batch)
@@ -343,8 +342,11 @@ def _option(options, name, default):
     return default if value is None else value
 
 
-def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, live_source=None):
+def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, live_source=None,
+                worker_processes=None):
     """Reads, evaluates with ``evaluate`` (a PTransform), and wires every work's output.
+
+    ``worker_processes``: ``--worker_processes`` as resolved by the caller; None resolves it here.
 
     The output graph takes the unbounded form (see the module docstring) when the parsed input
     is unbounded; a bounded input, from files or an Event Hubs catch-up, builds what it always did.
@@ -354,8 +356,9 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, li
     flush_seconds = float(_option(options, "flush_seconds", DEFAULT_FLUSH_SECONDS))
     from transforms.blob import DEFAULT_GRACE_SECONDS
     grace_seconds = float(_option(options, "blob_grace_seconds", DEFAULT_GRACE_SECONDS))
-    worker_processes = resolve_worker_processes(_option(options, "worker_processes", "auto"),
-                                                p.options.view_as(StandardOptions).runner)
+    if worker_processes is None:
+        worker_processes = resolve_worker_processes(_option(options, "worker_processes", "auto"),
+                                                    p.options.view_as(StandardOptions).runner)
     if live_source is None:
         records = p | "ReadRecords" >> ReadRecords(
             options.input, time_range, options.progress_seconds,
@@ -687,7 +690,7 @@ def _run(argv, mode, make_evaluate, redactor, time_range_of):
     workers = resolve_worker_processes(_option(act, "worker_processes", "auto"),
                                        options.view_as(StandardOptions).runner)
     build_graph(pipeline, job, make_evaluate(spec, workers), act, run_id, disabled, time_range,
-                live_source)
+                live_source, workers)
     with relaxed_garbage_collection():
         result = pipeline.run()
         if options.view_as(StandardOptions).no_wait_until_finish:

@@ -1,7 +1,7 @@
 """Worker processes that run pure-core tasks next to a local pipeline (``--worker_processes``).
 
 On the DirectRunner every DoFn runs in one Python process, so the pipeline uses one core while the
-others idle. Two steps hand their pure work to worker processes and take the results back in
+others idle. Three steps hand their pure work to worker processes and take the results back in
 order, so what they emit is the same as computing in-process:
 
 * ``parse_block`` (``core.blocks``): the read stage's blocks of input lines;

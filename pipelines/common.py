@@ -26,8 +26,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.config import ConfigError, load_config
-from core.messages import (MessageBuilder, audience_names, message_lines, message_sort_key,
-                           user_messages)
+from core.messages import (MessageBuilder, audience_names, merge_message_line_runs,
+                           message_line_runs, message_sort_key, user_messages)
 from core.records import SystemEvent, dedupe_batch
 from core.report import write_report
 from core.redact import Redactor, collect_secrets, install_log_redaction
@@ -130,13 +130,15 @@ def _message_fn(settings, audiences):
 
 
 class _BuildMessageLines(beam.DoFn):
-    """A local Event Hub sink's lines of one work: ``(user, changes)`` to the ``(sort key, line)``
-    pairs of the user's messages (``core.messages.message_lines``), for a bounded run.
+    """A local Event Hub sink's lines of one work, for a bounded run: ``(user, changes)`` in, one
+    sorted run of ``(sort key, line)`` pairs per batch of ``BATCH`` users out
+    (``core.messages.message_line_runs``), which ``WriteJsonLinesFile`` merges
+    (``core.messages.merge_message_line_runs``).
 
-    With worker processes (``--worker_processes``), a bundle's users go to the workers in batches
-    of ``BATCH`` while the pipeline goes on evaluating; each batch's lines are emitted in order, with
-    their elements' timestamps and windows, once it is back, and all of them by the end of the
-    bundle. Without, each user's lines are built here. Either way the lines are the same.
+    With worker processes (``--worker_processes``) the batches are built by the workers while the
+    pipeline goes on evaluating, and all of a bundle's are emitted by its end; without, here. The
+    runs differ only in how users are batched, and the merged file is the same. A run keeps the
+    window of its users (a new window starts a new batch) and the earliest of their timestamps.
     """
 
     BATCH = 256
@@ -156,28 +158,44 @@ class _BuildMessageLines(beam.DoFn):
             self._workers = None
 
     def start_bundle(self):
-        self._batches = None if self._workers is None else OrderedBatches(
-            self._workers, "message_lines", self.BATCH, self._settings, self._audience_names)
+        self._users, self._earliest, self._window = [], None, None
+        self._in_flight = None if self._workers is None else OrderedBatches(
+            self._workers, "message_line_runs", 1, self._settings, self._audience_names)
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         (key_field, key), changes = element
-        if self._batches is None:
-            yield from self._emit(message_lines(self._settings, self._audience_names,
-                                                [(key_field, key, changes)]), [(timestamp, window)])
-            return
-        for batch in self._batches.add((key_field, key, changes), (timestamp, window)):
-            yield from self._emit(*batch)
+        if self._users and window != self._window:
+            yield from self._send()
+        if not self._users:
+            self._earliest, self._window = timestamp, window
+        elif timestamp < self._earliest:
+            self._earliest = timestamp
+        self._users.append((key_field, key, changes))
+        if len(self._users) >= self.BATCH:
+            yield from self._send()
 
     def finish_bundle(self):
-        if self._batches is not None:
-            for batch in self._batches.finish():
-                yield from self._emit(*batch)
+        if self._users:
+            yield from self._send()
+        if self._in_flight is not None:
+            yield from self._emit(self._in_flight.finish())
+
+    def _send(self):
+        users, place = self._users, (self._earliest, self._window)
+        self._users = []
+        if self._in_flight is None:
+            yield from self._emit([(message_line_runs(self._settings, self._audience_names, [users]),
+                                    [place])])
+        else:
+            # A batch of users is one item: OrderedBatches bounds what is in flight.
+            yield from self._emit(self._in_flight.add(users, place))
 
     @staticmethod
-    def _emit(lines_per_user, places):
-        for lines, (timestamp, window) in zip(lines_per_user, places):
-            if lines:
-                yield WindowedValue(lines, timestamp, [window])
+    def _emit(replies):
+        for runs, places in replies:
+            for run, (timestamp, window) in zip(runs, places):
+                if run is not None:
+                    yield WindowedValue(run, timestamp, [window])
 
 
 class _DailyActivity(beam.DoFn):
@@ -265,14 +283,14 @@ def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming, flush
     label = "Work[%s]" % work.id
     local = work.id not in disabled and not settings.connection_string
     if local and not is_unbounded(changes):
-        # Built and encoded in one step, by worker processes when there are any (the lines are
-        # what the sink's single group holds, see encode_sorted_lines).
+        # Built and encoded in one step, by worker processes when there are any: the sink's single
+        # group holds a sorted run of lines per batch of users (core.messages.pack_message_lines).
         return (changes
                 | label + "BuildMessageLines" >> beam.ParDo(_BuildMessageLines(
                     settings, job.audiences.audiences, worker_processes))
                 | label + "WriteLocalSink" >> WriteJsonLinesFile(
                     os.path.join(output_dir, "eventhub", work.id + ".jsonl"), sort_key=message_sort_key,
-                    batched=True, flush_seconds=flush_seconds, encoded=True)
+                    flush_seconds=flush_seconds, encoded=merge_message_line_runs)
                 | label + "Report" >> beam.ParDo(_CountDelivered(job.aid, work.id, "messages_delivered")))
     messages = changes | label + "BuildMessages" >> beam.FlatMap(
         _message_fn(settings, job.audiences.audiences))

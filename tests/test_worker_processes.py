@@ -247,6 +247,42 @@ def test_message_lines_are_the_built_messages_encoded_and_sorted():
     assert all(line.endswith(b"\n") for _, line in got[0])
 
 
+_KEYS = st.sampled_from(["", "u1", "u2", "\u00e9", "a\x00b", "a", "\U0001f600"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_KEYS, _KEYS, st.integers(0, 5), st.integers(0, 999_999), st.booleans(),
+                          st.sampled_from([None, 7, "x\ny", "\u2028"]), st.integers(0, 4)),
+                max_size=40),
+       st.integers(1, 5))
+def test_merged_runs_are_the_lines_sorted_by_message_key(specs, n_runs):
+    """Whatever batches the messages fall in, a user's in one run or spread over several (a user
+    evaluated more than once), the merged runs are the lines in ``message_sort_key`` order."""
+    from core.jsonlines import encode_sorted_lines
+    from core.messages import (merge_message_line_runs, message_id, message_sort_key,
+                               pack_message_lines)
+    runs = [[] for _ in range(n_runs)]
+    everything = []
+    for user_id, anonymous_id, second, micros, backfill, trait, run in specs:
+        data = {"user_id": user_id} if user_id else {}
+        if anonymous_id:
+            data["anonymous_id"] = anonymous_id
+        if trait is not None:
+            data["note"] = trait
+        message = {"data": data, "subscription_id": "s",
+                   "timestamp": "2026-01-01T00:00:%02d.%06dZ" % (second, micros)}
+        if backfill:
+            message["backfill"] = True
+        message["message_id"] = message_id(message)
+        pair = encode_sorted_lines([message], message_sort_key)[0]
+        runs[run % n_runs].append(pair)
+        everything.append(pair)
+    packed = [pack_message_lines(pairs) for pairs in runs if pairs]
+    merged = merge_message_line_runs(packed)
+    assert b"".join(merged) == b"".join(line for _, line in sorted(everything, key=lambda p: p[0]))
+    assert all(chunk.endswith(b"\n") for chunk in merged)
+
+
 def test_pipelines_with_workers_write_what_they_write_in_process(tmp_path, monkeypatch):
     """Both pipelines, with and without worker processes (parse, message lines and, in the
     replay, evaluation): the same files, byte for byte, and the same metrics, on a random data set
@@ -341,7 +377,7 @@ def test_histories_evaluated_in_a_worker_are_the_engines_results(workers):
 
 def test_ordered_batches_give_every_reply_in_order_and_bound_what_is_in_flight(workers):
     from core.config import EventHubSettings
-    from core.messages import AudienceName, message_lines
+    from core.messages import AudienceName, merge_message_line_runs, message_line_runs
     from transforms._worker_processes import OrderedBatches
     settings = EventHubSettings(connection_string=None, subscription_id="sub", audiences=[0],
                                 existing_users=False, start=None, user_fields=None)
@@ -349,10 +385,10 @@ def test_ordered_batches_give_every_reply_in_order_and_bound_what_is_in_flight(w
     day = 86_400_000_000
     users = [("user_id", "u%d" % i, [(i * day, [(0, "enter", i * day)], {}, day, i * day, False)])
              for i in range(11)]
-    batches = OrderedBatches(workers, "message_lines", 2, settings, names)
+    batches = OrderedBatches(workers, "message_line_runs", 2, settings, names)
     during, replies, places = 0, [], []
     for index, user in enumerate(users):
-        for reply, batch_places in batches.add(user, index):
+        for reply, batch_places in batches.add([user], index):
             during += 1
             replies.extend(reply)
             places.extend(batch_places)
@@ -360,6 +396,7 @@ def test_ordered_batches_give_every_reply_in_order_and_bound_what_is_in_flight(w
         replies.extend(reply)
         places.extend(batch_places)
     assert places == list(range(11))
-    assert replies == message_lines(settings, names, users)
+    assert replies == message_line_runs(settings, names, [[user] for user in users])
+    assert b"".join(merge_message_line_runs(replies)).count(b"\n") == 11
     # Five full batches are sent while adding (the sixth at finish); four may wait in flight.
     assert during == 5 - 2 * workers.processes

@@ -5,7 +5,8 @@ others idle. Three steps hand their pure work to worker processes and take the r
 order, so what they emit is the same as computing in-process:
 
 * ``parse_block`` (``core.blocks``): the read stage's blocks of input lines;
-* ``message_lines`` (``core.messages``): a local Event Hub sink's lines, from users' changes;
+* ``message_line_runs`` (``core.messages``): a local Event Hub sink's lines, from users' changes,
+  as one sorted run per batch of users;
 * ``evaluate_histories`` (``core.history``): the replay's engine over users' whole histories.
 
 A worker is ``python -m transforms._worker_processes``: it imports only the ``core`` module of a
@@ -40,7 +41,7 @@ _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Task name: (module, function). Only these run in a worker; their modules import no Beam.
 TASKS = {
     "parse_block": ("core.blocks", "parse_block"),
-    "message_lines": ("core.messages", "message_lines"),
+    "message_line_runs": ("core.messages", "message_line_runs"),
     "evaluate_histories": ("core.history", "evaluate_histories"),
 }
 #: Runner names (lower case, without "runner") that run the whole pipeline in this process.

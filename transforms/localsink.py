@@ -44,12 +44,8 @@ def _default_sort_key(record):
     return json.dumps(record, sort_keys=True)
 
 
-def _first(pair):
-    return pair[0]
-
-
 class _WriteSortedLines(beam.DoFn):
-    def __init__(self, path, sort_key, batched, encoded=False):
+    def __init__(self, path, sort_key, batched, encoded=None):
         self._path = path
         self._sort_key = sort_key
         self._batched = batched
@@ -60,12 +56,14 @@ class _WriteSortedLines(beam.DoFn):
         records = (r for r in records if r != _SENTINEL_VALUE)
         if self._batched:
             records = (r for batch in records for r in batch)
-        if self._encoded:
-            lines = [line for _, line in sorted(records, key=_first)]
+        if self._encoded is not None:
+            chunks = self._encoded(records)
+            count = sum(chunk.count(b"\n") for chunk in chunks)
         else:
-            lines = [json_line(r) for r in sorted(records, key=self._sort_key)]
-        replace_file(self._path, lines)
-        yield self._path, len(lines)
+            chunks = [json_line(r) for r in sorted(records, key=self._sort_key)]
+            count = len(chunks)
+        replace_file(self._path, chunks)
+        yield self._path, count
 
 
 def replace_file(path, chunks):
@@ -163,8 +161,9 @@ class WriteJsonLinesFile(beam.PTransform):
     """Writes a PCollection of JSON-serialisable records to one local file, sorted.
 
     With ``batched=True`` each element is a list of records (fewer elements to shuffle). With
-    ``encoded=True`` (bounded input only) the records are ``(sort key, line bytes)`` pairs made by
-    :func:`core.jsonlines.encode_sorted_lines`, written in key order.
+    ``encoded`` (bounded input only), a function, the elements are encoded runs of lines that it
+    turns into the file's bytes in order, as chunks of whole lines (e.g.
+    ``core.messages.merge_message_line_runs``).
     Returns a PCollection with one ``(path, count)`` element once the file is in place.
 
     On an unbounded PCollection the file is written in parts (see the module docstring): one
@@ -174,7 +173,7 @@ class WriteJsonLinesFile(beam.PTransform):
     """
 
     def __init__(self, path, sort_key=None, batched=False, label=None,
-                 flush_seconds=DEFAULT_FLUSH_SECONDS, merge=None, encoded=False):
+                 flush_seconds=DEFAULT_FLUSH_SECONDS, merge=None, encoded=None):
         super().__init__(label)
         self._encoded = encoded
         self._path = path
@@ -187,7 +186,7 @@ class WriteJsonLinesFile(beam.PTransform):
 
     def expand(self, records):
         if is_unbounded(records):
-            if self._encoded:
+            if self._encoded is not None:
                 raise ValueError("encoded records are for bounded input; an unbounded sink "
                                  "takes the records themselves")
             return self._expand_parts(records)

@@ -11,9 +11,8 @@ from transforms.audiences import EvaluateAudiencesStateful
 
 
 def _evaluate(spec, worker_processes):
-    # The stateful evaluation stays in the pipeline's process: a wake-up writes the user's state
-    # in its timer callback, so it cannot wait for a batch to come back from a worker.
-    return EvaluateAudiencesStateful(spec)
+    # Worker processes evaluate users only in batch execution, where each user wakes up once.
+    return EvaluateAudiencesStateful(spec, worker_processes)
 
 
 def run(argv=None):

@@ -154,16 +154,20 @@ class _Timer:
         self.at = None
 
 
-def test_batch_wake_up_keeps_state_in_the_bag_and_a_group_after_it_is_late():
-    """Batch execution: one wake-up evaluates everything without reading USER; a group that
-    still comes after it (no runner does this, but nothing may be lost) is applied as late."""
+@pytest.mark.parametrize("worker_processes", [0, 1])
+def test_batch_wake_up_keeps_state_in_the_bag_and_a_group_after_it_is_late(worker_processes):
+    """Batch execution: one wake-up evaluates everything without reading USER, here or in a
+    worker process (its results by the end of the bundle); a group that still comes after it (no
+    runner does this, but nothing may be lost) is applied as late."""
+    from apache_beam.transforms.window import GlobalWindow
     from apache_beam.utils.timestamp import Timestamp
 
     from core.blocks import pack_rows
     from core.records import parse_record
     from transforms.audiences import _EvaluateStatefulFn
     job = parse_config({"account": {"name": "t"}, "audiences": AUDIENCES, "works": []})
-    fn = _EvaluateStatefulFn(EngineSpec.from_job(job, AUDIENCES), complete_when_timers_fire=True)
+    fn = _EvaluateStatefulFn(EngineSpec.from_job(job, AUDIENCES), complete_when_timers_fire=True,
+                             worker_processes=worker_processes)
     fn.setup()
     late = []
     fn._metrics._late = type("Counter", (), {"inc": lambda self, n=1: late.append(n)})()
@@ -175,21 +179,33 @@ def test_batch_wake_up_keeps_state_in_the_bag_and_a_group_after_it_is_late():
         ts = Timestamp(micros=min(r[3] for r in rows))
         list(fn.process((key, pack_rows(rows)), ts, user_state, bag, timer))
 
-    def wake():
-        out = list(fn.wake_up(key, Timestamp(micros=timer.at.micros), user_state, bag, timer))
-        return [t for _, wire in out if not hasattr(wire, "tag")
+    def changes(outputs):
+        return [t for element in outputs if not hasattr(element, "tag")
+                for wire in [element.value[1] if hasattr(element, "windows") else element[1]]
                 for c in changes_from_wire(wire) for t in _transitions((key, c))]
 
-    feed(PURCHASES[:2])
-    feed(PURCHASES[2:])
-    assert timer.at is not None and user_state.reads == 0
-    first = wake()
-    assert sorted(first) == EXPECTED
-    assert user_state.reads == 0 and user_state.value is None
-    assert [b[:1] for b in bag.items] == [b"s"]  # only the user's state waits in the bag
-    feed([_event("u1", "visit", 20, traits={"tier": "silver"})])
-    second = wake()
-    assert late == [1]
-    # Applied at the user's clock, the end of time: gold is left then.
-    assert [(k, audience, kind) for k, _, audience, kind in second] == [("u1", "gold", "exit")]
-    assert [b[:1] for b in bag.items] == [b"s"]
+    def wake():
+        fn.start_bundle()
+        out = list(fn.wake_up(key, Timestamp(micros=timer.at.micros), user_state, bag, timer,
+                              GlobalWindow()))
+        return changes(out + list(fn.finish_bundle() or []))
+
+    try:
+        feed(PURCHASES[:2])
+        feed(PURCHASES[2:])
+        assert timer.at is not None and user_state.reads == 0
+        first = wake()
+        assert sorted(first) == EXPECTED
+        assert user_state.reads == 0 and user_state.value is None
+        if worker_processes:  # the groups wait in the bag, marked as evaluated
+            assert [b[:1] for b in bag.items][-1:] == [b"e"] and len(bag.items) == 3
+        else:  # only the user's state waits in the bag
+            assert [b[:1] for b in bag.items] == [b"s"]
+        feed([_event("u1", "visit", 20, traits={"tier": "silver"})])
+        second = wake()
+        assert late == [1]
+        # Applied at the user's clock, the end of time: gold is left then.
+        assert [(k, audience, kind) for k, _, audience, kind in second] == [("u1", "gold", "exit")]
+        assert [b[:1] for b in bag.items] == [b"s"]
+    finally:
+        fn.teardown()

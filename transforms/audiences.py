@@ -107,6 +107,18 @@ def _emit(key, changes, rows):
         yield beam.pvalue.TaggedOutput(EXPORT, [(tuple(r.event), r.attributes) for r in rows])
 
 
+def _emit_histories(metrics, reply, places):
+    """Emits a ``core.history.evaluate_histories`` reply: each user's changes and export rows with
+    its place's ``(key, timestamp, window)``; counts the batch's totals."""
+    results, totals = reply
+    metrics.record_totals(totals)
+    for (changes, rows), (key, timestamp, window) in zip(results, places):
+        if changes:
+            yield WindowedValue((key, changes), timestamp, [window])
+        if rows is not None:
+            yield beam.pvalue.TaggedOutput(EXPORT, WindowedValue(rows, timestamp, [window]))
+
+
 class _GroupPerBundle(beam.DoFn):
     """Buffers single ``(key, event tuple)`` elements per bundle; emits ``(key, [tuples])`` groups."""
 
@@ -144,14 +156,33 @@ class _EvaluateStatefulFn(beam.DoFn):
     PENDING = BagStateSpec("pending", BytesCoder())
     WAKE = TimerSpec("wake", TimeDomain.WATERMARK)
 
-    def __init__(self, spec, complete_when_timers_fire=False):
+    #: Users per batch sent to a worker process (batch execution with ``worker_processes``).
+    BATCH = 64
+
+    def __init__(self, spec, complete_when_timers_fire=False, worker_processes=0):
         self._spec = spec
         self._complete_when_timers_fire = complete_when_timers_fire
+        self._worker_processes = worker_processes if complete_when_timers_fire else 0
 
     def setup(self):
         cheaper_state_cache_sizing()
         self._engine = self._spec.build()
         self._metrics = _EngineMetrics(self._engine)
+        self._workers = acquire_workers(self._worker_processes) if self._worker_processes else None
+
+    def teardown(self):
+        if getattr(self, "_workers", None) is not None:
+            release_workers(self._workers)
+            self._workers = None
+
+    def start_bundle(self):
+        self._batches = None if self._workers is None else OrderedBatches(
+            self._workers, "evaluate_histories", self.BATCH, self._spec)
+
+    def finish_bundle(self):
+        if self._batches is not None:
+            for batch in self._batches.finish():
+                yield from _emit_histories(self._metrics, *batch)
 
     # USER layout: (engine state bytes, flush time or None).
     def _load(self, state):
@@ -210,9 +241,9 @@ class _EvaluateStatefulFn(beam.DoFn):
     @on_timer(WAKE)
     def wake_up(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
                 state=beam.DoFn.StateParam(USER_STATE), pending=beam.DoFn.StateParam(PENDING),
-                wake=beam.DoFn.TimerParam(WAKE)):
+                wake=beam.DoFn.TimerParam(WAKE), window=beam.DoFn.WindowParam):
         if self._complete_when_timers_fire:
-            yield from self._wake_up_at_the_end(key, pending)
+            yield from self._wake_up_at_the_end(key, pending, fired, window)
             return
         now = fired.micros
         user, _ = self._load(state)
@@ -229,20 +260,39 @@ class _EvaluateStatefulFn(beam.DoFn):
         yield from _emit(key, changes, export)
         self._save(state, wake, user, max(r[TS_INDEX] for r in rest) if rest else None)
 
-    def _wake_up_at_the_end(self, key, pending):
+    def _wake_up_at_the_end(self, key, pending, fired, window):
         """Batch execution: the watermark jumps from -inf to +inf once all input is read, so the
         first timer of a user proves that all its events are here, and one wake-up does it all.
 
-        The user's state then lives in the bag (one ``b"s"`` entry), not in ``USER``: the bag is
-        read anyway, and a ``USER`` read that misses the cache was a twentieth of a batch run.
-        The saved state (its clock at the end of time) is what makes a group that still came
-        after this wake-up late at the next one: counted and applied, nothing lost. No timer is
-        set: nothing falls due after the end of time.
+        With worker processes, the user's groups go to a worker in a batch of users
+        (``core.history.evaluate_histories``, as in the replay) and its results are emitted when
+        the batch is back, by the end of the bundle at the latest, stamped as this callback's
+        output would be. The bag keeps the groups, marked as evaluated (``_EVALUATED``): the
+        state they lead to can be rebuilt from them, should a group still come.
+
+        Without, the user is evaluated here and its state then lives in the bag (one
+        ``_STATE_ENTRY``), not in ``USER``: the bag is read anyway, and a ``USER`` read that
+        misses the cache was a twentieth of a batch run.
+
+        Either way, a group that still came after this wake-up is late at the next one (the clock
+        is at the end of time): counted and applied, nothing lost. No timer is set: nothing falls
+        due after the end of time.
         """
+        entries = list(pending.read())
+        if self._batches is not None and not any(e[:1] in _EVALUATION_MARKS for e in entries):
+            pending.add(_EVALUATED)
+            for batch in self._batches.add((key, entries), (key, fired, window)):
+                yield from _emit_histories(self._metrics, *batch)
+            return
         user, rows = None, []
-        for packed in pending.read():
+        for packed in entries:
             if packed[:1] == _STATE_ENTRY:
                 user = UserState.from_bytes(packed[1:])
+            elif packed == _EVALUATED:
+                # What a worker evaluated: the same engine call again, its changes already out.
+                user = self._engine.new_state()
+                self._engine.advance(user, events_from_wire(rows), MAX_TIME, Stats())
+                rows = []
             else:
                 rows.extend(unpack_rows(packed))
         if user is None:
@@ -258,14 +308,22 @@ class _EvaluateStatefulFn(beam.DoFn):
 #: Marks the user's engine state in the PENDING bag in batch execution (packed groups start with
 #: another byte: see ``core.blocks.pack_rows``).
 _STATE_ENTRY = b"s"
+#: Marks, in the PENDING bag, that a worker evaluated the groups before it (batch execution).
+_EVALUATED = b"e"
+_EVALUATION_MARKS = (_STATE_ENTRY, _EVALUATED)
 
 
 class EvaluateAudiencesStateful(beam.PTransform):
-    """Streaming evaluation: ``(key, [events])`` groups in, changes and export rows out."""
+    """Streaming evaluation: ``(key, [events])`` groups in, changes and export rows out.
 
-    def __init__(self, spec, label=None):
+    ``worker_processes``: in batch execution, worker processes that evaluate users at their
+    wake-up (0: in the DoFn); a streaming run evaluates in the DoFn.
+    """
+
+    def __init__(self, spec, worker_processes=0, label=None):
         super().__init__(label)
         self._spec = spec
+        self._worker_processes = worker_processes
 
     def expand(self, groups):
         options = groups.pipeline.options
@@ -273,7 +331,8 @@ class EvaluateAudiencesStateful(beam.PTransform):
             and groups.is_bounded
         return (groups
                 | "IntoGlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
-                | "EvaluatePerUser" >> beam.ParDo(_EvaluateStatefulFn(self._spec, batch))
+                | "EvaluatePerUser" >> beam.ParDo(_EvaluateStatefulFn(
+                    self._spec, batch, self._worker_processes if batch else 0))
                 .with_input_types(typing.Tuple[typing.Tuple[str, str], typing.Any])
                 .with_outputs(EXPORT, main=CHANGES))
 
@@ -323,13 +382,7 @@ class _EvaluateHistoryFn(beam.DoFn):
                 yield from self._emit(*batch)
 
     def _emit(self, reply, places):
-        results, totals = reply
-        self._metrics.record_totals(totals)
-        for (changes, rows), (key, timestamp, window) in zip(results, places):
-            if changes:
-                yield WindowedValue((key, changes), timestamp, [window])
-            if rows is not None:
-                yield beam.pvalue.TaggedOutput(EXPORT, WindowedValue(rows, timestamp, [window]))
+        return _emit_histories(self._metrics, reply, places)
 
 
 class EvaluateAudiencesBatch(beam.PTransform):

@@ -2,9 +2,11 @@
 
 :func:`evaluate_histories` is what ``transforms.audiences`` runs per user in the pipeline's process,
 or hands to worker processes (``transforms._worker_processes``) a batch at a time: the same engine
-over each user's whole history, with the results in plain values (changes as ``UserChange`` tuples,
-export rows packed by ``core.blocks.pack_rows``) and the metrics summed over the batch.
+over each user's whole history, with the results in plain values (changes packed by
+:func:`pack_changes`, export rows packed by ``core.blocks.pack_rows``) and the metrics summed over
+the batch.
 """
+import marshal
 import pickle
 
 from core.blocks import pack_rows, unpack_rows
@@ -53,6 +55,24 @@ def count_transitions(changes, enters, exits):
 _engines = {}  # the engines a process has built, by their spec's pickle (a worker sees one or two)
 
 
+def pack_changes(changes):
+    """A user's changes (``UserChange``) as one bytes value of their plain tuples.
+
+    The wire form of a batch evaluation's changes: the pipeline's process only passes them on
+    (to a worker that builds messages, say), and a bytes value crosses a pipe and Beam's coders
+    by being copied, where tuples, lists and trait dicts are encoded one object at a time.
+    ``marshal`` covers what a change holds (numbers, strings, JSON values) and is read back by
+    the same Python, within one pipeline.
+    """
+    return marshal.dumps([tuple(c) for c in changes], 4)
+
+
+def unpack_changes(wire):
+    """A user's changes as plain tuples, from :func:`pack_changes` bytes or a list of tuples (the
+    stateful evaluation's wire form)."""
+    return marshal.loads(wire) if isinstance(wire, bytes) else wire
+
+
 def _engine_for(spec):
     key = pickle.dumps((spec.audience_defs, spec.backfill_starts, spec.export_attributes), protocol=5)
     engine = _engines.get(key)
@@ -62,8 +82,8 @@ def _engine_for(spec):
 
 
 def evaluate_histories(spec, users, engine=None):
-    """``users``: ``[(key, [packed groups of event tuples])]``. Returns ``([(changes, packed export
-    rows or None)], BatchTotals)``, a pair per user in order; changes are plain tuples."""
+    """``users``: ``[(key, [packed groups of event tuples])]``. Returns ``([(packed changes or None,
+    packed export rows or None)], BatchTotals)``, a pair per user in order."""
     engine = engine if engine is not None else _engine_for(spec)
     n_audiences = len(engine.audiences.audiences)
     enters, exits = [0] * n_audiences, [0] * n_audiences
@@ -74,6 +94,6 @@ def evaluate_histories(spec, users, engine=None):
         events = [make_event(row) for group in groups for row in unpack_rows(group)]
         changes, rows = engine.advance(engine.new_state(), events, MAX_TIME, stats)
         count_transitions(changes, enters, exits)
-        results.append(([tuple(c) for c in changes],
+        results.append((pack_changes(changes) if changes else None,
                         pack_rows([(tuple(r.event), r.attributes) for r in rows]) if rows else None))
     return results, BatchTotals(stats.events, stats.duplicates, stats.late, enters, exits)

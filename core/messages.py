@@ -5,6 +5,7 @@ from typing import Any, NamedTuple
 import json
 import marshal
 
+from core.history import unpack_changes
 from core.jsonlines import encode_sorted_lines
 from core.records import canonical_json_bytes, json_agrees
 from core.timeutil import OPEN_EXIT, format_time
@@ -109,12 +110,13 @@ def user_messages(build, key_field, key, changes):
 
 def message_lines(settings, audience_list, users):
     """A local sink's lines of one work for a batch of users: for each ``(key_field, key,
-    changes)`` (changes as :class:`core.engine.UserChange` tuples), the ``(sort key, JSON line)``
+    changes)`` (changes as :class:`core.engine.UserChange` tuples, or packed by
+    ``core.history.pack_changes``), the ``(sort key, JSON line)``
     pairs of its messages (``core.jsonlines.encode_sorted_lines``), empty when it has none."""
     build = MessageBuilder(settings, audience_list).build
     lines = []
     for key_field, key, changes in users:
-        messages = user_messages(build, key_field, key, changes)
+        messages = user_messages(build, key_field, key, unpack_changes(changes))
         lines.append(encode_sorted_lines(messages, message_sort_key) if messages else [])
     return lines
 

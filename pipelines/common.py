@@ -26,6 +26,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.config import ConfigError, load_config
+from core.history import unpack_changes
 from core.messages import (MessageBuilder, audience_names, merge_message_line_runs,
                            message_line_runs, message_sort_key, user_messages)
 from core.records import SystemEvent, dedupe_batch
@@ -123,7 +124,7 @@ def _message_fn(settings, audiences):
 
     def to_messages(element):
         (key_field, key), changes = element
-        messages = user_messages(build, key_field, key, changes)  # build takes the wire tuples
+        messages = user_messages(build, key_field, key, unpack_changes(changes))  # wire tuples
         if messages:
             yield key, messages
     return to_messages
@@ -222,7 +223,7 @@ class _DailyActivity(beam.DoFn):
         counts = entry[1]
         # The wire tuples as they come (UserChange field order): this runs once per change, and
         # day numbers become dates once per bundle, in finish_bundle.
-        for time, changes, _, _, _, backfill in element[1]:
+        for time, changes, _, _, _, backfill in unpack_changes(element[1]):
             if backfill:
                 continue
             day = time // _DAY_MICROS

@@ -48,7 +48,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from core.blocks import pack_rows, unpack_rows
 from core.engine import ExportRow, Stats, UserChange, UserState
 from core.history import (BatchTotals, EngineSpec,  # noqa: F401 (EngineSpec: the shells' API)
-                          count_transitions, evaluate_histories)
+                          count_transitions, evaluate_histories, unpack_changes)
 from core.records import ProfileEvent
 from core.timeutil import MAX_TIME
 from transforms._beam_workarounds import cheaper_state_cache_sizing
@@ -91,7 +91,7 @@ class _EngineMetrics:
 
 
 def changes_from_wire(rows):
-    return [UserChange._make(r) for r in rows]
+    return [UserChange._make(r) for r in unpack_changes(rows)]
 
 
 def export_rows_from_wire(rows):

@@ -7,7 +7,8 @@ order, so what they emit is the same as computing in-process:
 * ``parse_block`` (``core.blocks``): the read stage's blocks of input lines;
 * ``message_line_runs`` (``core.messages``): a local Event Hub sink's lines, from users' changes,
   as one sorted run per batch of users;
-* ``evaluate_histories`` (``core.history``): the replay's engine over users' whole histories.
+* ``evaluate_histories`` (``core.history``): the engine over users' whole histories, in the replay
+  and at the stream's one wake-up per user in batch execution.
 
 A worker is ``python -m transforms._worker_processes``: it imports only the ``core`` module of a
 task (no Beam, so it starts in a fraction of a second), reads length-prefixed pickled requests on

@@ -15,8 +15,9 @@ Two composites, one engine, the same transitions:
     group is appended to a bag of pending events without reading it, and the small engine state
     is rewritten and the timer reset only when they change. In batch execution (no timer fires
     before all input is read) a group is only appended and the timer set, without any state
-    read, and each user is evaluated once, at its one wake-up, which keeps the user's state in
-    the bag it reads anyway.
+    read, and each user is evaluated once, at its one wake-up: in a worker process, in batches of
+    users, when there are any (``worker_processes``), else here, keeping the user's state in the
+    bag it reads anyway.
     Timers fire once per user and flush (the latest event time of the group) and once per expiry
     that actually crosses a threshold; they are set with ``transforms.live.timer_at`` (rounded up
     to the millisecond, the runners' unit).
@@ -119,6 +120,33 @@ def _emit_histories(metrics, reply, places):
             yield beam.pvalue.TaggedOutput(EXPORT, WindowedValue(rows, timestamp, [window]))
 
 
+class _EvaluatesHistories(beam.DoFn):
+    """What the two evaluating DoFns share: the engine and its metrics, and, with
+    ``_worker_processes``, batches of ``BATCH`` users' whole histories sent to the workers
+    (``core.history.evaluate_histories``) during a bundle, all of them emitted by its end."""
+
+    BATCH = 64
+
+    def setup(self):
+        self._engine = self._spec.build()
+        self._metrics = _EngineMetrics(self._engine)
+        self._workers = acquire_workers(self._worker_processes) if self._worker_processes else None
+
+    def teardown(self):
+        if getattr(self, "_workers", None) is not None:
+            release_workers(self._workers)
+            self._workers = None
+
+    def start_bundle(self):
+        self._batches = None if self._workers is None else OrderedBatches(
+            self._workers, "evaluate_histories", self.BATCH, self._spec)
+
+    def finish_bundle(self):
+        if self._batches is not None:
+            for batch in self._batches.finish():
+                yield from _emit_histories(self._metrics, *batch)
+
+
 class _GroupPerBundle(beam.DoFn):
     """Buffers single ``(key, event tuple)`` elements per bundle; emits ``(key, [tuples])`` groups."""
 
@@ -143,7 +171,7 @@ class GroupUserEventsPerBundle(beam.PTransform):
         return pcoll | "GroupPerBundle" >> beam.ParDo(_GroupPerBundle())
 
 
-class _EvaluateStatefulFn(beam.DoFn):
+class _EvaluateStatefulFn(_EvaluatesHistories):
     """Keeps one user's engine state and pending events; see the module docstring.
 
     State: ``USER`` holds the engine state and the pending flush time; ``PENDING`` is a bag of the
@@ -156,9 +184,6 @@ class _EvaluateStatefulFn(beam.DoFn):
     PENDING = BagStateSpec("pending", BytesCoder())
     WAKE = TimerSpec("wake", TimeDomain.WATERMARK)
 
-    #: Users per batch sent to a worker process (batch execution with ``worker_processes``).
-    BATCH = 64
-
     def __init__(self, spec, complete_when_timers_fire=False, worker_processes=0):
         self._spec = spec
         self._complete_when_timers_fire = complete_when_timers_fire
@@ -166,23 +191,7 @@ class _EvaluateStatefulFn(beam.DoFn):
 
     def setup(self):
         cheaper_state_cache_sizing()
-        self._engine = self._spec.build()
-        self._metrics = _EngineMetrics(self._engine)
-        self._workers = acquire_workers(self._worker_processes) if self._worker_processes else None
-
-    def teardown(self):
-        if getattr(self, "_workers", None) is not None:
-            release_workers(self._workers)
-            self._workers = None
-
-    def start_bundle(self):
-        self._batches = None if self._workers is None else OrderedBatches(
-            self._workers, "evaluate_histories", self.BATCH, self._spec)
-
-    def finish_bundle(self):
-        if self._batches is not None:
-            for batch in self._batches.finish():
-                yield from _emit_histories(self._metrics, *batch)
+        super().setup()
 
     # USER layout: (engine state bytes, flush time or None).
     def _load(self, state):
@@ -337,7 +346,7 @@ class EvaluateAudiencesStateful(beam.PTransform):
                 .with_outputs(EXPORT, main=CHANGES))
 
 
-class _EvaluateHistoryFn(beam.DoFn):
+class _EvaluateHistoryFn(_EvaluatesHistories):
     """``(user, groups)`` after the GroupByKey to the user's changes and export rows
     (``core.history.evaluate_histories``).
 
@@ -347,25 +356,9 @@ class _EvaluateHistoryFn(beam.DoFn):
     each user is evaluated here. Either way the results are the same.
     """
 
-    BATCH = 64
-
     def __init__(self, spec, worker_processes=0):
         self._spec = spec
         self._worker_processes = worker_processes
-
-    def setup(self):
-        self._engine = self._spec.build()
-        self._metrics = _EngineMetrics(self._engine)
-        self._workers = acquire_workers(self._worker_processes) if self._worker_processes else None
-
-    def teardown(self):
-        if getattr(self, "_workers", None) is not None:
-            release_workers(self._workers)
-            self._workers = None
-
-    def start_bundle(self):
-        self._batches = None if self._workers is None else OrderedBatches(
-            self._workers, "evaluate_histories", self.BATCH, self._spec)
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         key, groups = element
@@ -375,11 +368,6 @@ class _EvaluateHistoryFn(beam.DoFn):
             return
         for batch in self._batches.add((key, list(groups)), (key, timestamp, window)):
             yield from self._emit(*batch)
-
-    def finish_bundle(self):
-        if self._batches is not None:
-            for batch in self._batches.finish():
-                yield from self._emit(*batch)
 
     def _emit(self, reply, places):
         return _emit_histories(self._metrics, reply, places)

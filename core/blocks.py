@@ -21,9 +21,9 @@ from typing import NamedTuple
 
 from core.records import InputError, ProfileEvent, dead_letter, parse_record
 
-#: Bytes read per block: small enough that two workers share a file evenly, large enough that a
-#: block's parse dwarfs passing it between processes (4 MiB is about 30k events of the benchmark).
-BLOCK_BYTES = 4 << 20
+#: The smallest block read (``transforms.read`` sizes them by file): large enough that a block's
+#: parse dwarfs passing it between processes (1 MiB is about 7.5k events of the benchmark).
+BLOCK_BYTES = 1 << 20
 
 
 class ParsedBlock(NamedTuple):

@@ -462,7 +462,7 @@ def _read_file(text, time_range=None, chunk_lines=None, monkeypatch=None, progre
     from transforms import read
     if chunk_lines is not None:
         # Blocks of about chunk_lines lines, each flushed at once (any packed group is > 1 byte).
-        monkeypatch.setattr(read, "BLOCK_BYTES", 40 * chunk_lines)
+        monkeypatch.setattr(read, "block_bytes", lambda size: 40 * chunk_lines)
         monkeypatch.setattr(read, "CHUNK_BYTES", 1)
     fn = read._ParseFile(time_range, progress_seconds)
     counters = _Counter(), _Counter(), _Counter()
@@ -504,7 +504,7 @@ def test_parse_file_counts_the_blocks_it_read_before_a_failure(monkeypatch):
             raise RuntimeError("boom")
         return parse_record(raw)
     monkeypatch.setattr(blocks, "parse_record", failing)
-    monkeypatch.setattr(read, "BLOCK_BYTES", 1)  # a block per line
+    monkeypatch.setattr(read, "block_bytes", lambda size: 1)  # a block per line
     fn = read._ParseFile()
     fn._records_read, fn._deadlettered, fn._out_of_range = _Counter(), _Counter(), _Counter()
     readable = types.SimpleNamespace(

@@ -177,7 +177,7 @@ def test_close_ends_the_workers():
 
 def test_parse_file_with_workers_emits_what_it_emits_in_process(monkeypatch):
     from transforms import read
-    monkeypatch.setattr(read, "BLOCK_BYTES", 500)
+    monkeypatch.setattr(read, "block_bytes", lambda size: 500)
     monkeypatch.setattr(read, "CHUNK_BYTES", 2000)
     data = _sample_file(1200)
 
@@ -201,6 +201,16 @@ def test_parse_file_with_workers_emits_what_it_emits_in_process(monkeypatch):
     users = reference_parse(data, "/in/f.jsonl", (0, 990 * 10 ** 6))[0]
     assert len(profile) > len(users)  # flushed in chunks
     assert sum(len(unpack_rows(v[1])) for v in profile) == sum(len(rows) for rows in users.values())
+
+
+def test_a_file_is_read_in_a_fixed_number_of_blocks_within_bounds():
+    """A parsed block holds a group per user in it: a fixed number of blocks per file keeps the
+    merges linear in the users where fixed-size blocks made them grow as users x blocks."""
+    from transforms.read import BLOCKS_PER_FILE, MAX_BLOCK_BYTES, block_bytes
+    assert block_bytes(0) == block_bytes(10_000) == 1 << 20
+    for size in (80 << 20, 100 << 20, 8 * MAX_BLOCK_BYTES):
+        assert -(-size // block_bytes(size)) == BLOCKS_PER_FILE
+    assert block_bytes(1 << 40) == MAX_BLOCK_BYTES
 
 
 def test_worker_processes_option_and_its_resolution():
@@ -297,7 +307,8 @@ def test_pipelines_with_workers_write_what_they_write_in_process(tmp_path, monke
     config_path, input_path = tmp_path / "config.yaml", tmp_path / "events.jsonl"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
     input_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    monkeypatch.setattr(read, "BLOCK_BYTES", 32 << 10)  # several blocks, so the parse goes to workers
+    # Several blocks, so the parse goes to workers.
+    monkeypatch.setattr(read, "block_bytes", lambda size: 32 << 10)
     for var in ("EVENTHUB_CONNECTION_STRING", "AZURE_STORAGE_CONNECTION_STRING"):
         monkeypatch.delenv(var, raising=False)
 

@@ -1,14 +1,16 @@
 """The benchmark: one command, one data set, every path side by side.
 
-    python -m bench.run [--events 150000] [--users 3000] [--days 40] [--skip-1m]
+    python -m bench.run [--events 150000] [--users 3000] [--days 40] [--repeat 3] [--skip-1m]
         [--skip-profile] [--eventhubs-events 100000]
 
 Times, on the same files in one run: the naive Beam baseline (one state read+write and one timer per
 event), ``pipelines.stream``, ``pipelines.replay`` and the pure core in a plain loop. Each pipeline
 runs at N and at 4N events (4x the users, same events per user) and its marginal rate is
 3N / (t(4N) - t(N)), so start-up does not blur the comparison; start-up (a run over a handful of
-events) is reported on its own. Writes ``bench/results.json`` and prints a table. Also checks that
-stream and replay wrote the same messages, and (unless ``--skip-1m``) replays 1M events for peak RSS.
+events) is reported on its own. Each time is the median of ``--repeat`` runs, made in rounds
+(tiny, N, 4N, then again): on a shared machine one run can be a quarter slower than the next.
+Writes ``bench/results.json`` and prints a table. Also checks that stream and replay wrote the
+same messages, and (unless ``--skip-1m``) replays 1M events for peak RSS.
 Then (unless skipped) it profiles ``replay`` and ``stream`` at N (``bench.profile``: the share of
 time per component, to show what limits them) and times a catch-up read of 100k events from the
 bundled Event Hubs endpoint (``bench.eventhubs_catchup``; ``--eventhubs-events 0`` skips it).
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -26,6 +29,7 @@ from bench.make_data import write
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CONFIG = os.path.join(HERE, "config.yaml")
+SIZES = ("tiny", "N", "4N")
 
 
 def _measure(module, args, label):
@@ -75,6 +79,8 @@ def main(argv=None):
     parser.add_argument("--skip-profile", action="store_true", help="skip the profiles of replay and stream")
     parser.add_argument("--eventhubs-events", type=int, default=100000,
                         help="events of the Event Hubs catch-up run (0: skip it)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each pipeline at each size; the times are their medians")
     parser.add_argument("--out", default=os.path.join(HERE, "results.json"))
     parser.add_argument("--data", default=os.path.join(HERE, "data"),
                         help="where the data sets and the runs' outputs go")
@@ -91,21 +97,26 @@ def main(argv=None):
     results = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
                            "cpus": os.cpu_count()},
                "events": {"N": n, "4N": 4 * n, "users_N": users}, "paths": {}}
+    results["repeats"] = args.repeat
     for kind in ("baseline", "stream", "replay"):
         sys.stderr.write("%s\n" % kind)
-        runs = {}
-        for size in ("tiny", "N", "4N"):
-            module, margs = _pipeline_args(kind, files[size], os.path.join(data, "out-%s-%s" % (kind, size)))
-            runs[size] = _measure(module, margs, "%s %s" % (kind, size))
-        marginal = 3 * n / max(runs["4N"]["wall_seconds"] - runs["N"]["wall_seconds"], 1e-9)
-        startup = runs["tiny"]["wall_seconds"]
+        walls, peaks = {size: [] for size in SIZES}, {size: [] for size in SIZES}
+        for _ in range(args.repeat):  # in rounds, so that a slow spell of the machine hits every size
+            for size in SIZES:
+                module, margs = _pipeline_args(kind, files[size], os.path.join(data, "out-%s-%s" % (kind, size)))
+                run = _measure(module, margs, "%s %s" % (kind, size))
+                walls[size].append(run["wall_seconds"])
+                peaks[size].append(run["peak_rss_mb"])
+        t = {size: statistics.median(walls[size]) for size in SIZES}
+        marginal = 3 * n / max(t["4N"] - t["N"], 1e-9)
         results["paths"][kind] = {
-            "startup_seconds": round(startup, 2),
-            "seconds_N": round(runs["N"]["wall_seconds"], 2),
-            "seconds_4N": round(runs["4N"]["wall_seconds"], 2),
+            "startup_seconds": round(t["tiny"], 2),
+            "seconds_N": round(t["N"], 2),
+            "seconds_4N": round(t["4N"], 2),
             "marginal_events_per_second": round(marginal),
-            "linearity": round((runs["4N"]["wall_seconds"] - startup) / max(runs["N"]["wall_seconds"] - startup, 1e-9), 2),
-            "peak_rss_mb_4N": runs["4N"]["peak_rss_mb"]}
+            "linearity": round((t["4N"] - t["tiny"]) / max(t["N"] - t["tiny"], 1e-9), 2),
+            "peak_rss_mb_4N": max(peaks["4N"]),
+            "runs_seconds": {size: [round(w, 2) for w in walls[size]] for size in SIZES}}
     sys.stderr.write("core\n")
     core = {size: _measure("bench.core_loop", ["--config", CONFIG, "--input", files[size]], "core " + size)
             for size in ("N", "4N")}

@@ -14,7 +14,8 @@ def test_bench_runs_on_a_tiny_data_set_and_stream_equals_replay(tmp_path):
     out = tmp_path / "results.json"
     result = subprocess.run(
         [sys.executable, "-m", "bench.run", "--events", "400", "--users", "20", "--days", "10",
-         "--skip-1m", "--eventhubs-events", "300", "--out", str(out), "--data", str(tmp_path / "data")],
+         "--skip-1m", "--eventhubs-events", "300", "--repeat", "2", "--out", str(out),
+         "--data", str(tmp_path / "data")],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(out.read_text())
@@ -22,6 +23,9 @@ def test_bench_runs_on_a_tiny_data_set_and_stream_equals_replay(tmp_path):
     for kind in ("baseline", "stream", "replay"):
         figures = results["paths"][kind]
         assert figures["marginal_events_per_second"] > 0 and figures["peak_rss_mb_4N"] > 0
+        assert [len(figures["runs_seconds"][size]) for size in ("tiny", "N", "4N")] == [2, 2, 2]
+        runs = figures["runs_seconds"]["4N"]  # the time is their median: of two, the mean
+        assert abs(figures["seconds_4N"] - sum(runs) / 2) < 0.02
     assert results["paths"]["core"]["state_bytes_median"] > 0
     # The profile attributes time to the project's components, not only to "other".
     for kind in ("replay", "stream"):

@@ -1,9 +1,8 @@
 """Event Hub audience messages in the Lytics format (CONTRACT 5.1), built from engine changes."""
-from hashlib import sha256
-from typing import Any, NamedTuple
-
 import json
 import marshal
+from hashlib import sha256
+from typing import Any, NamedTuple
 
 from core.history import unpack_changes
 from core.jsonlines import encode_sorted_lines
@@ -138,7 +137,7 @@ def pack_message_lines(pairs):
 
     A sink's single group then holds a bytes element per batch of users and a few objects per user,
     where a list of pairs per user had every pair and key tuple encoded, decoded and rebuilt one by
-    one (for 280k messages that was a third of the run). ``marshal`` is enough: it is read back
+    one (with 280k messages, 600k events, that sink had cost about a third of a stream run). ``marshal`` is enough: it is read back
     by the same Python, within one pipeline.
     """
     pairs = sorted(pairs, key=_key_of)

@@ -341,7 +341,7 @@ class EvaluateAudiencesStateful(beam.PTransform):
         return (groups
                 | "IntoGlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
                 | "EvaluatePerUser" >> beam.ParDo(_EvaluateStatefulFn(
-                    self._spec, batch, self._worker_processes if batch else 0))
+                    self._spec, batch, self._worker_processes))
                 .with_input_types(typing.Tuple[typing.Tuple[str, str], typing.Any])
                 .with_outputs(EXPORT, main=CHANGES))
 
@@ -363,14 +363,12 @@ class _EvaluateHistoryFn(_EvaluatesHistories):
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         key, groups = element
         if self._batches is None:
-            yield from self._emit(evaluate_histories(self._spec, [(key, groups)], self._engine),
-                                  [(key, timestamp, window)])
+            yield from _emit_histories(
+                self._metrics, evaluate_histories(self._spec, [(key, groups)], self._engine),
+                [(key, timestamp, window)])
             return
         for batch in self._batches.add((key, list(groups)), (key, timestamp, window)):
-            yield from self._emit(*batch)
-
-    def _emit(self, reply, places):
-        return _emit_histories(self._metrics, reply, places)
+            yield from _emit_histories(self._metrics, *batch)
 
 
 class EvaluateAudiencesBatch(beam.PTransform):

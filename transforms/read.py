@@ -187,8 +187,9 @@ class _ParseFile(beam.DoFn):
                 yield block
         with readable_file.open() as raw:
             size = readable_file.metadata.size_in_bytes or 0
-            blocks = read_blocks(raw, block_bytes(size))
-            if self._worker_processes and size > block_bytes(size):
+            block = block_bytes(size)
+            blocks = read_blocks(raw, block)
+            if self._worker_processes and size > block:
                 if getattr(self, "_workers", None) is None:
                     self._workers = acquire_workers(self._worker_processes)
                 yield from self._workers.map_ordered(

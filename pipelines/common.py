@@ -39,6 +39,7 @@ from transforms.audiences import EngineSpec, GroupUserEventsPerBundle
 from transforms.live import DedupeSystemEventsLive, is_unbounded
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 from transforms.audiences import export_rows_from_wire
+from transforms._beam_workarounds import shorter_state_sampling_period
 from transforms._worker_processes import (DIRECT_RUNNERS, OrderedBatches, acquire_workers,
                                           release_workers, resolve_worker_processes, runner_name)
 from transforms.read import (DEADLETTER, PROFILE, SYSTEM, InputMissingError, ParseLines,
@@ -710,6 +711,8 @@ def _run(argv, mode, make_evaluate, redactor, time_range_of):
                                        options.view_as(StandardOptions).runner)
     build_graph(pipeline, job, make_evaluate(spec, workers), act, run_id, disabled, time_range,
                 live_source, workers)
+    # Only bundles run in this process (the DirectRunner's) have their sampler here.
+    shorter_state_sampling_period()
     with relaxed_garbage_collection():
         result = pipeline.run()
         if options.view_as(StandardOptions).no_wait_until_finish:

@@ -50,3 +50,34 @@ def cheaper_state_cache_sizing():
     _applied = True
     _LOGGER.info("state cache sizing without the module-globals scan")
     return True
+
+
+#: The state sampler's period for bundles run in this process (the SDK's default is 200 ms).
+STATE_SAMPLING_PERIOD_MS = 10
+
+
+def shorter_state_sampling_period(period_ms=STATE_SAMPLING_PERIOD_MS):
+    """Bundles run in this process end up to ``period_ms`` after their work instead of up to 200 ms.
+
+    Every bundle starts a state sampler, a thread that sleeps between samples, starting at 2 ms and
+    growing to the period; ending the bundle joins that thread, so a bundle of more than about a
+    second waits up to a whole period (100 ms on average) doing nothing. The pipelines run a dozen
+    or more bundles, one after another, on the DirectRunner: measured with py-spy, 0.05 s of a
+    20-event ``pipelines.stream`` run, 0.13 s at 150k events and 0.26 s at 600k. Sampling more
+    often costs a wake-up of that thread per period. Only the default changes: a runner that
+    passes its own period keeps it; if the SDK's signature differs from what is expected,
+    nothing is patched.
+    """
+    try:
+        from apache_beam.runners.worker import statesampler
+        init = statesampler.StateSampler.__init__
+        defaults = init.__defaults__
+        sdk_default = statesampler.DEFAULT_SAMPLING_PERIOD_MS
+    except (ImportError, AttributeError) as exc:
+        _LOGGER.info("state sampling period left as it is: %s", exc)
+        return False
+    if defaults not in ((sdk_default,), (period_ms,)):
+        _LOGGER.info("state sampling period left as it is: unexpected defaults %r", defaults)
+        return False
+    init.__defaults__ = (period_ms,)
+    return True

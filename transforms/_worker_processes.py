@@ -278,7 +278,12 @@ def main():
     sys.stdout = sys.stderr  # replies are framed on stdout: nothing else may write there
     # A task allocates many small containers and frees none of them in cycles.
     gc.set_threshold(50_000, 20, 20)
-    return _serve(stdin, stdout)
+    status = _serve(stdin, stdout)
+    stdout.flush()
+    sys.stderr.flush()
+    # The pipeline waits for this exit when it closes its workers: end without the interpreter's
+    # teardown, which frees what the tasks left one object at a time.
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,118 @@
+"""When each process of a run is busy: CPU share per process over time (Linux ``/proc``).
+
+    python -m bench.timeline [--step 0.5] [--json FILE] -- COMMAND [ARGS...]
+
+Runs the command, samples the CPU time (user + system) of it and of its child processes every
+0.1 s, and prints one row per ``--step`` seconds: the share of one core each process used in that
+step (100% is a core kept busy), the command's own process first. A pipeline with worker processes
+shows its phases this way: parsing (the workers busy), the steps only the pipeline's process does
+(one core idle), evaluation. Example::
+
+    python -m bench.timeline -- .venv/bin/python -m pipelines.stream --config bench/config.yaml \\
+        --input bench/data/4n.jsonl --output_dir /tmp/out --progress_seconds 0
+
+The command's output goes to ``/dev/null`` except its last 2,000 characters of stderr on failure.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+SAMPLE_SECONDS = 0.1
+
+
+def _children(pid):
+    found = []
+    try:
+        for task in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/children" % (pid, task), encoding="ascii") as fh:
+                found.extend(int(p) for p in fh.read().split())
+    except OSError:  # the process ended between two looks
+        pass
+    return found
+
+
+def _cpu_seconds(pid):
+    try:
+        with open("/proc/%d/stat" % pid, encoding="ascii", errors="replace") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+
+
+def sample(command):
+    """Runs ``command``; returns ``(its pid, exit code, wall seconds, [(seconds, {pid: cpu seconds})],
+    stderr)``."""
+    with tempfile.TemporaryFile() as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
+        samples = []
+        while proc.poll() is None:
+            snapshot = {}
+            for pid in [proc.pid] + _children(proc.pid):
+                seconds = _cpu_seconds(pid)
+                if seconds is not None:
+                    snapshot[pid] = seconds
+            samples.append((time.monotonic() - started, snapshot))
+            time.sleep(SAMPLE_SECONDS)
+        wall = time.monotonic() - started
+        err.seek(0)
+        stderr = err.read().decode("utf-8", "replace")
+    return proc.pid, proc.returncode, wall, samples, stderr
+
+
+def timeline(samples, main_pid, step):
+    """``(pids, rows)``: the processes (``main_pid`` first) and, per step, ``(end seconds, [share of a
+    core per process])``."""
+    pids = sorted({pid for _, snapshot in samples for pid in snapshot}, key=lambda p: (p != main_pid, p))
+    last = {pid: 0.0 for pid in pids}
+    rows, previous, next_row = [], 0.0, step
+    for seconds, snapshot in samples:
+        if seconds < next_row:
+            continue
+        shares = []
+        for pid in pids:
+            cpu = snapshot.get(pid, last[pid])
+            shares.append(max(cpu - last[pid], 0.0) / (seconds - previous))
+            last[pid] = cpu
+        rows.append((seconds, shares))
+        previous, next_row = seconds, seconds + step
+    return pids, rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--step", type=float, default=0.5, help="seconds per row")
+    parser.add_argument("--json", help="also write the rows and totals to this file")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given")
+    if not os.path.isdir("/proc/self/task"):
+        parser.error("needs Linux /proc")
+    main_pid, status, wall, samples, stderr = sample(command)
+    pids, rows = timeline(samples, main_pid, args.step)
+    totals = {pid: max((s.get(pid, 0.0) for _, s in samples), default=0.0) for pid in pids}
+    print("wall %.2f s, exit %d; share of a core per %.1f s, the command's process first:" % (wall, status, args.step))
+    print("    s  " + "  ".join("%7d" % pid for pid in pids))
+    for seconds, shares in rows:
+        print("%5.1f  " % seconds + "  ".join("%6.0f%%" % (100 * share) for share in shares))
+    print("CPU seconds: " + ", ".join("%d: %.2f" % (pid, totals[pid]) for pid in pids))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump({"wall_seconds": wall, "exit": status, "pids": pids,
+                       "rows": [[seconds] + shares for seconds, shares in rows],
+                       "cpu_seconds": [totals[pid] for pid in pids]}, fh)
+    if status:
+        sys.stderr.write(stderr[-2000:])
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

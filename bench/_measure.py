@@ -4,7 +4,8 @@
 
 ``peak_rss_mb`` counts the worker processes too (``--worker_processes``): this process's peak plus
 each worker's peak (an upper bound of their simultaneous total). ``self_peak_rss_mb`` is this
-process alone.
+process alone. ``cpu_seconds`` is the user and system time of this process and of the child
+processes it waited for (the workers, which the pipeline closes before it returns).
 """
 import importlib
 import json
@@ -18,11 +19,15 @@ def main():
     started = time.perf_counter()
     status = importlib.import_module(module).run(argv)
     seconds = time.perf_counter() - started
-    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime
+    self_kb = usage.ru_maxrss
     from transforms._worker_processes import worker_peaks_kb
     peak_kb = self_kb + sum(worker_peaks_kb())
     print(json.dumps({"seconds": seconds, "peak_rss_mb": round(peak_kb / 1024, 1),
-                      "self_peak_rss_mb": round(self_kb / 1024, 1), "status": status or 0}))
+                      "self_peak_rss_mb": round(self_kb / 1024, 1), "cpu_seconds": round(cpu, 3),
+                      "status": status or 0}))
     return status or 0
 
 

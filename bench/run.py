@@ -104,6 +104,7 @@ def main(argv=None):
     kinds = ("baseline", "stream", "replay")
     walls = {kind: {size: [] for size in SIZES} for kind in kinds}
     peaks = {kind: {size: [] for size in SIZES} for kind in kinds}
+    cpus = {kind: {size: [] for size in SIZES} for kind in kinds}
     for round_ in range(args.repeat):
         # Rounds over every path and size: a slow spell of the machine does not fall on one alone.
         sys.stderr.write("round %d of %d\n" % (round_ + 1, args.repeat))
@@ -113,8 +114,9 @@ def main(argv=None):
                 run = _measure(module, margs, "%s %s" % (kind, size))
                 walls[kind][size].append(run["wall_seconds"])
                 peaks[kind][size].append(run["peak_rss_mb"])
+                cpus[kind][size].append(run["cpu_seconds"])
     for kind in kinds:
-        results["paths"][kind] = summarise(walls[kind], n)
+        results["paths"][kind] = summarise(walls[kind], n, cpus[kind])
         results["paths"][kind]["peak_rss_mb_4N"] = max(peaks[kind]["4N"])
     sys.stderr.write("core\n")
     core = {size: _measure("bench.core_loop", ["--config", CONFIG, "--input", files[size]], "core " + size)
@@ -171,16 +173,29 @@ def _figures(t, n):
             "linearity": round((t["4N"] - t["tiny"]) / max(t["N"] - t["tiny"], 1e-9), 2)}
 
 
-def summarise(walls, n):
-    """A path's figures from its runs' wall times (``{size: [seconds, ...]}``, N events at size N).
+def _cpu_linearity(cpu):
+    return round((cpu["4N"] - cpu["tiny"]) / max(cpu["N"] - cpu["tiny"], 1e-9), 2)
+
+
+def summarise(walls, n, cpus=None):
+    """A path's figures from its runs' wall times (``{size: [seconds, ...]}``, N events at size N)
+    and, when given, their CPU times (``cpus``, the same shape: user and system time, workers
+    included).
 
     The figures use each size's fastest run: on a shared host other work only ever adds time, so the
     fastest run is the closest to what the code costs (the rule of Python's ``timeit``). The same
     figures from the medians are under ``"median"``, and every run's time under ``"runs_seconds"``.
+    ``cpu_linearity`` is t(4N)/t(N) after start-up measured in CPU time, which a busy host disturbs
+    less than wall time: it tells a cost that grows faster than the events from a noisy N run.
     """
     figures = _figures({size: min(runs) for size, runs in walls.items()}, n)
     figures["median"] = _figures({size: statistics.median(runs) for size, runs in walls.items()}, n)
     figures["runs_seconds"] = {size: [round(w, 2) for w in runs] for size, runs in walls.items()}
+    if cpus is not None:
+        figures["cpu_linearity"] = _cpu_linearity({size: min(runs) for size, runs in cpus.items()})
+        figures["median"]["cpu_linearity"] = _cpu_linearity(
+            {size: statistics.median(runs) for size, runs in cpus.items()})
+        figures["runs_cpu_seconds"] = {size: [round(c, 2) for c in runs] for size, runs in cpus.items()}
     return figures
 
 
@@ -199,6 +214,10 @@ def format_table(results):
     rows.append("| core (plain loop, engine only) | %d | %s | - | - | - | - | - | %.0f |" % (
         c["engine_events_per_second"], c["ratio_to_baseline"], c["peak_rss_mb_4N"]))
     lines = ["\n".join(rows), "", "each time is the fastest of %d runs" % results["repeats"],
+             "t(4N)/t(N) after start-up in CPU time (user and system, workers included): " + ", ".join(
+                 "%s %.2f (medians %.2f)" % (kind, results["paths"][kind]["cpu_linearity"],
+                                             results["paths"][kind]["median"]["cpu_linearity"])
+                 for kind in ("baseline", "stream", "replay")),
              "parse alone: %d ev/s; state per user: median %d B, max %d B; stream == replay: %s"
              % (c["parse_events_per_second"], c["state_bytes_median"], c["state_bytes_max"],
                 results["stream_equals_replay"])]

@@ -25,6 +25,7 @@ def test_bench_runs_on_a_tiny_data_set_and_stream_equals_replay(tmp_path):
         assert figures["marginal_events_per_second"] > 0 and figures["peak_rss_mb_4N"] > 0
         assert [len(figures["runs_seconds"][size]) for size in ("tiny", "N", "4N")] == [1, 1, 1]
         assert figures["seconds_4N"] == figures["runs_seconds"]["4N"][0] == figures["median"]["seconds_4N"]
+        assert figures["runs_cpu_seconds"]["4N"][0] > 0 and "cpu_linearity" in figures
     assert results["paths"]["core"]["state_bytes_median"] > 0
     # The profile attributes time to the project's components, not only to "other".
     for kind in ("replay", "stream"):
@@ -50,3 +51,14 @@ def test_figures_use_each_size_s_fastest_run_and_keep_the_medians():
     assert (median["startup_seconds"], median["seconds_N"], median["seconds_4N"]) == (2.5, 4.5, 11.0)
     assert median["marginal_events_per_second"] == 69231 and median["linearity"] == 4.25
     assert figures["runs_seconds"] == walls
+    assert "cpu_linearity" not in figures  # no CPU times given
+
+
+def test_cpu_linearity_is_taken_off_start_up_like_the_wall_figure():
+    from bench.run import summarise
+    walls = {"tiny": [2.0], "N": [4.0], "4N": [10.0]}
+    cpus = {"tiny": [2.5, 2.0], "N": [5.0, 5.5], "4N": [14.0, 15.5]}
+    figures = summarise(walls, 150000, cpus)
+    assert figures["cpu_linearity"] == 4.0  # (14 - 2) / (5 - 2)
+    assert figures["median"]["cpu_linearity"] == 4.17  # (14.75 - 2.25) / (5.25 - 2.25)
+    assert figures["runs_cpu_seconds"] == cpus

@@ -10,6 +10,9 @@ A value that is ``bytes``, or a list of ``bytes`` (what this project's states ho
 groups, a value state's one element), is sized directly as the sum of ``sys.getsizeof``: the same
 figure objsize gives (each object once), without its traversal, which still took about 5% of a
 600k-event stream run. If the SDK's internals differ from what is expected, nothing is patched.
+
+``shorter_state_sampling_period``: bundles run in this process end within 10 ms of their work
+instead of up to 200 ms later (see its docstring).
 """
 import logging
 import sys

@@ -287,4 +287,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()  # ends the process itself

@@ -166,15 +166,20 @@ def main(argv=None):
     return 0 if same else 1
 
 
+def _linearity(t):
+    """t(4N)/t(N) once the start-up (the tiny run) is taken off both."""
+    return round((t["4N"] - t["tiny"]) / max(t["N"] - t["tiny"], 1e-9), 2)
+
+
 def _figures(t, n):
     return {"startup_seconds": round(t["tiny"], 2), "seconds_N": round(t["N"], 2),
             "seconds_4N": round(t["4N"], 2),
             "marginal_events_per_second": round(3 * n / max(t["4N"] - t["N"], 1e-9)),
-            "linearity": round((t["4N"] - t["tiny"]) / max(t["N"] - t["tiny"], 1e-9), 2)}
+            "linearity": _linearity(t)}
 
 
-def _cpu_linearity(cpu):
-    return round((cpu["4N"] - cpu["tiny"]) / max(cpu["N"] - cpu["tiny"], 1e-9), 2)
+def _per_size(runs_by_size, estimate):
+    return {size: estimate(runs) for size, runs in runs_by_size.items()}
 
 
 def summarise(walls, n, cpus=None):
@@ -188,13 +193,12 @@ def summarise(walls, n, cpus=None):
     ``cpu_linearity`` is t(4N)/t(N) after start-up measured in CPU time, which a busy host disturbs
     less than wall time: it tells a cost that grows faster than the events from a noisy N run.
     """
-    figures = _figures({size: min(runs) for size, runs in walls.items()}, n)
-    figures["median"] = _figures({size: statistics.median(runs) for size, runs in walls.items()}, n)
+    figures = _figures(_per_size(walls, min), n)
+    figures["median"] = _figures(_per_size(walls, statistics.median), n)
     figures["runs_seconds"] = {size: [round(w, 2) for w in runs] for size, runs in walls.items()}
     if cpus is not None:
-        figures["cpu_linearity"] = _cpu_linearity({size: min(runs) for size, runs in cpus.items()})
-        figures["median"]["cpu_linearity"] = _cpu_linearity(
-            {size: statistics.median(runs) for size, runs in cpus.items()})
+        figures["cpu_linearity"] = _linearity(_per_size(cpus, min))
+        figures["median"]["cpu_linearity"] = _linearity(_per_size(cpus, statistics.median))
         figures["runs_cpu_seconds"] = {size: [round(c, 2) for c in runs] for size, runs in cpus.items()}
     return figures
 

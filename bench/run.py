@@ -105,6 +105,7 @@ def main(argv=None):
     walls = {kind: {size: [] for size in SIZES} for kind in kinds}
     peaks = {kind: {size: [] for size in SIZES} for kind in kinds}
     cpus = {kind: {size: [] for size in SIZES} for kind in kinds}
+    measured = {kind: {size: [] for size in SIZES} for kind in kinds}
     for round_ in range(args.repeat):
         # Rounds over every path and size: a slow spell of the machine does not fall on one alone.
         sys.stderr.write("round %d of %d\n" % (round_ + 1, args.repeat))
@@ -115,9 +116,11 @@ def main(argv=None):
                 walls[kind][size].append(run["wall_seconds"])
                 peaks[kind][size].append(run["peak_rss_mb"])
                 cpus[kind][size].append(run["cpu_seconds"])
+                measured[kind][size].append(run)
     for kind in kinds:
         results["paths"][kind] = summarise(walls[kind], n, cpus[kind])
         results["paths"][kind]["peak_rss_mb_4N"] = max(peaks[kind]["4N"])
+        results["paths"][kind]["cpu_us_per_event"] = cpu_per_event(measured[kind], n)
     sys.stderr.write("core\n")
     core = {size: _measure("bench.core_loop", ["--config", CONFIG, "--input", files[size]], "core " + size)
             for size in ("N", "4N")}
@@ -137,6 +140,8 @@ def main(argv=None):
         figures["median"]["ratio_to_baseline"] = round(
             figures["median"]["marginal_events_per_second"] / base_median, 2)
     results["paths"]["core"]["ratio_to_baseline"] = round(engine_rate / base, 1)
+    # What 20x the baseline's marginal rate leaves per event, with every CPU busy all the time.
+    results["replay_target_cpu_us_per_event"] = round(1e6 / (20 * base) * (os.cpu_count() or 1), 2)
     same = all(_read(os.path.join(data, "out-stream-%s" % s, "eventhub", "w-eh.jsonl"))
                == _read(os.path.join(data, "out-replay-%s" % s, "eventhub", "w-eh.jsonl"))
                for s in ("N", "4N"))
@@ -203,6 +208,36 @@ def summarise(walls, n, cpus=None):
     return figures
 
 
+#: The parts of a run's CPU time in ``cpu_per_event``, by the worker task that is each part.
+CPU_PARTS = (("parse", "parse_block"), ("evaluation", "evaluate_histories"),
+             ("message lines", "message_line_runs"))
+
+
+def _cpu_parts(run):
+    """One run's CPU seconds by part: the worker tasks, the rest of the workers' time (their
+    start-up, replies), and the pipeline's own process."""
+    tasks = run.get("worker_task_cpu_seconds") or {}
+    parts = {name: tasks.get(task, 0.0) for name, task in CPU_PARTS}
+    workers = run["cpu_seconds"] - run.get("self_cpu_seconds", run["cpu_seconds"])
+    parts["workers, other"] = max(workers - sum(tasks.values()), 0.0)
+    parts["pipeline's process"] = run.get("self_cpu_seconds", run["cpu_seconds"])
+    return parts
+
+
+def cpu_per_event(runs_by_size, n):
+    """Marginal CPU microseconds per event, by part (``_cpu_parts``), and their ``total``.
+
+    ``runs_by_size``: ``{"N": [run, ...], "4N": [...]}`` of ``bench._measure``'s results. Each size
+    takes its run of least CPU time whole, so the parts add up to the total; the marginal cost is
+    (part at 4N - part at N) / 3N, as for the rates, so start-up costs cancel.
+    """
+    least = {size: min(runs_by_size[size], key=lambda run: run["cpu_seconds"]) for size in ("N", "4N")}
+    small, large = _cpu_parts(least["N"]), _cpu_parts(least["4N"])
+    per_event = {name: round((large[name] - small[name]) / (3 * n) * 1e6, 2) for name in small}
+    per_event["total"] = round((least["4N"]["cpu_seconds"] - least["N"]["cpu_seconds"]) / (3 * n) * 1e6, 2)
+    return per_event
+
+
 def format_table(results):
     rows = ["| path | marginal ev/s | x baseline | start-up s | t(N) s | t(4N) s | linearity "
             "| medians: x baseline, linearity | peak RSS MB (4N) |",
@@ -225,6 +260,13 @@ def format_table(results):
              "parse alone: %d ev/s; state per user: median %d B, max %d B; stream == replay: %s"
              % (c["parse_events_per_second"], c["state_bytes_median"], c["state_bytes_max"],
                 results["stream_equals_replay"])]
+    lines.append("marginal CPU per event, microseconds (each size's run of least CPU time): " + "; ".join(
+        "%s %s" % (kind, ", ".join("%s %.1f" % (name, us) for name, us in
+                                   results["paths"][kind]["cpu_us_per_event"].items() if us or name == "total"))
+        for kind in ("baseline", "stream", "replay")))
+    if "replay_target_cpu_us_per_event" in results:
+        lines.append("20x the baseline's rate leaves %.1f microseconds of CPU per event with all %d CPUs busy"
+                     % (results["replay_target_cpu_us_per_event"], results["machine"]["cpus"]))
     if "replay_1m" in results:
         lines.append("replay of 1M events: %.1f s, peak RSS %.0f MB"
                      % (results["replay_1m"]["seconds"], results["replay_1m"]["peak_rss_mb"]))

@@ -26,6 +26,9 @@ def test_bench_runs_on_a_tiny_data_set_and_stream_equals_replay(tmp_path):
         assert [len(figures["runs_seconds"][size]) for size in ("tiny", "N", "4N")] == [1, 1, 1]
         assert figures["seconds_4N"] == figures["runs_seconds"]["4N"][0] == figures["median"]["seconds_4N"]
         assert figures["runs_cpu_seconds"]["4N"][0] > 0 and "cpu_linearity" in figures
+        parts = figures["cpu_us_per_event"]
+        assert abs(sum(v for k, v in parts.items() if k != "total") - parts["total"]) < 0.1
+    assert results["replay_target_cpu_us_per_event"] > 0
     assert results["paths"]["core"]["state_bytes_median"] > 0
     # The profile attributes time to the project's components, not only to "other".
     for kind in ("replay", "stream"):
@@ -38,6 +41,7 @@ def test_bench_runs_on_a_tiny_data_set_and_stream_equals_replay(tmp_path):
     messages = (tmp_path / "data" / "out-replay-N" / "eventhub" / "w-eh.jsonl").read_text().splitlines()
     assert messages
     assert "| replay |" in result.stdout and "stream == replay: True" in result.stdout
+    assert "marginal CPU per event" in result.stdout
 
 
 def test_figures_use_each_size_s_fastest_run_and_keep_the_medians():
@@ -62,3 +66,26 @@ def test_cpu_linearity_is_taken_off_start_up_like_the_wall_figure():
     assert figures["cpu_linearity"] == 4.0  # (14 - 2) / (5 - 2)
     assert figures["median"]["cpu_linearity"] == 4.17  # (14.75 - 2.25) / (5.25 - 2.25)
     assert figures["runs_cpu_seconds"] == cpus
+
+
+def test_cpu_per_event_splits_the_least_cpu_run_of_each_size_into_parts_that_add_up():
+    from bench.run import cpu_per_event
+
+    def run(total, own, parse, evaluate, messages):
+        return {"cpu_seconds": total, "self_cpu_seconds": own, "worker_task_cpu_seconds": {
+            "parse_block": parse, "evaluate_histories": evaluate, "message_line_runs": messages}}
+
+    runs = {"N": [run(6.0, 3.0, 1.0, 0.8, 0.7), run(5.0, 2.8, 0.9, 0.7, 0.6)],
+            "4N": [run(14.0, 5.2, 4.2, 2.4, 2.2), run(15.0, 4.0, 5.0, 3.0, 2.5)]}
+    per_event = cpu_per_event(runs, 100000)
+    # N takes its 5.0 s run, 4N its 14.0 s run; microseconds = seconds / 300k events * 1e6.
+    assert per_event == {"parse": 11.0, "evaluation": 5.67, "message lines": 5.33,
+                         "workers, other": 0.0, "pipeline's process": 8.0, "total": 30.0}
+    # Worker time outside the tasks (their start-up, replies) is its own part.
+    runs["4N"][0]["cpu_seconds"] = 14.3
+    assert cpu_per_event(runs, 100000)["workers, other"] == 1.0
+    # A run without workers (the baseline) is all the pipeline's process.
+    alone = {"N": [{"cpu_seconds": 3.0}], "4N": [{"cpu_seconds": 9.0}]}
+    assert cpu_per_event(alone, 100000) == {"parse": 0.0, "evaluation": 0.0, "message lines": 0.0,
+                                             "workers, other": 0.0, "pipeline's process": 20.0,
+                                             "total": 20.0}

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import signal
+import time
 import types
 
 import pytest
@@ -173,6 +174,23 @@ def test_close_ends_the_workers():
     if os.path.exists("/proc/self/status"):  # Linux: each worker's own peak, in KB
         peaks = worker_peaks_kb()[before:]
         assert len(peaks) == len(children) and all(0 < kb < 1 << 20 for kb in peaks)
+
+
+def test_workers_report_the_cpu_time_of_each_task(workers):
+    from transforms._worker_processes import worker_task_cpu
+    before = worker_task_cpu().get("parse_block", (0, 0.0))
+    data = _sample_file(20000)  # enough lines for a measurable parse
+    blocks = list(read_blocks(io.BytesIO(data), 200_000))
+    started = time.process_time()
+    list(workers.map_ordered("parse_block", ((b, first, "/in/f.jsonl") for first, b in blocks)))
+    waited = time.process_time() - started
+    with pytest.raises(WorkerProcessError):  # a failed task's time counts too
+        workers.submit("parse_block", b'{"user_id":"u","event":"e","ts":1}\n', 1, "/in/f.jsonl",
+                       ("not", "comparable")).result()
+    calls, seconds = worker_task_cpu()["parse_block"]
+    assert calls - before[0] == len(blocks) + 1
+    # The workers' time, not this process's: parsing 20k lines takes far more than waiting for it.
+    assert seconds - before[1] > 0.02 and seconds - before[1] > waited / 2
 
 
 def test_parse_file_with_workers_emits_what_it_emits_in_process(monkeypatch):

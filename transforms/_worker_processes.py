@@ -12,7 +12,8 @@ order, so what they emit is the same as computing in-process:
 
 A worker is ``python -m transforms._worker_processes``: it imports only the ``core`` module of a
 task (no Beam, so it starts in a fraction of a second), reads length-prefixed pickled requests on
-stdin, writes replies on stdout, and ends when its stdin closes, which also happens when the
+stdin, writes replies on stdout (each with the CPU time the task took: :func:`worker_task_cpu`),
+and ends when its stdin closes, which also happens when the
 pipeline's process dies. A task's failure is raised in the pipeline with the worker's traceback;
 a worker that exits is an error naming its exit code. The DoFns of one process share one set of
 workers (:func:`acquire_workers`), started when first needed, one per thread of a small thread
@@ -30,6 +31,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
@@ -63,6 +65,8 @@ def resolve_worker_processes(value, runner):
 
 
 _peaks_kb = []  # each closed worker's peak resident memory, for the benchmark's memory figure
+_task_cpu = {}  # task name: [replies, CPU seconds the workers spent on them], for the benchmark
+_task_cpu_lock = threading.Lock()
 
 
 def worker_peaks_kb():
@@ -70,6 +74,24 @@ def worker_peaks_kb():
     tells it (Linux ``VmHWM``). A worker's own ``ru_maxrss`` would not do: it starts from the
     pipeline process's size at the fork."""
     return list(_peaks_kb)
+
+
+def worker_task_cpu():
+    """``{task: (replies, CPU seconds)}``: what the workers of this process spent on each task,
+    as they measured it (user and system time from reading a request to the task's return).
+
+    The benchmark's breakdown of a run's CPU time: unlike the workers' total (the children's
+    resource usage), it tells parsing from evaluation from building messages.
+    """
+    with _task_cpu_lock:
+        return {task: tuple(entry) for task, entry in _task_cpu.items()}
+
+
+def _count_task_cpu(task, seconds):
+    with _task_cpu_lock:
+        entry = _task_cpu.setdefault(task, [0, 0.0])
+        entry[0] += 1
+        entry[1] += seconds
 
 
 def _peak_kb(pid):
@@ -180,7 +202,8 @@ class WorkerProcesses:
         if reply is None:
             raise WorkerProcessError("a worker process (pid %s) exited with code %s"
                                      % (child.pid, child.wait()))
-        status, payload = pickle.loads(reply)
+        status, payload, cpu_seconds = pickle.loads(reply)
+        _count_task_cpu(task, cpu_seconds)
         if status != "ok":
             raise WorkerProcessError("a worker process failed in %s:\n%s" % (task, payload))
         return payload
@@ -256,6 +279,7 @@ def _serve(stdin, stdout):
         request = _receive(stdin)
         if request is None:
             return 0
+        started = time.process_time()
         try:
             task, args = pickle.loads(request)
             del request
@@ -267,7 +291,7 @@ def _serve(stdin, stdout):
         except Exception:
             reply = ("error", traceback.format_exc())
         args = None
-        _send(stdout, pickle.dumps(reply, protocol=5))
+        _send(stdout, pickle.dumps(reply + (time.process_time() - started,), protocol=5))
 
 
 def main():

@@ -1,9 +1,11 @@
 """Parsing input files in blocks and building local-sink message lines, in this process and in
 worker processes (core.blocks, core.messages.message_lines, transforms._worker_processes): the same
 records, dead letters, counts and lines whatever the block size and wherever the work is done."""
+import gc
 import io
 import json
 import os
+import pickle
 import signal
 import time
 import types
@@ -191,6 +193,33 @@ def test_workers_report_the_cpu_time_of_each_task(workers):
     assert calls - before[0] == len(blocks) + 1
     # The workers' time, not this process's: parsing 20k lines takes far more than waiting for it.
     assert seconds - before[1] > 0.02 and seconds - before[1] > waited / 2
+
+
+def _collection_enabled_here():
+    return gc.isenabled()
+
+
+def _fail():
+    raise RuntimeError("task failed")
+
+
+def test_automatic_collection_waits_while_a_task_runs_and_resumes_after_it(monkeypatch):
+    from transforms import _worker_processes as wp
+    monkeypatch.setitem(wp.TASKS, "collection_state", (__name__, "_collection_enabled_here"))
+    monkeypatch.setitem(wp.TASKS, "fail", (__name__, "_fail"))
+    requests = io.BytesIO()
+    for task in ("collection_state", "fail", "collection_state"):
+        wp._send(requests, pickle.dumps((task, ()), protocol=5))
+    requests.seek(0)
+    replies = io.BytesIO()
+    assert gc.isenabled()
+    assert wp._serve(requests, replies) == 0
+    assert gc.isenabled()  # also after a task that failed
+    replies.seek(0)
+    answers = [pickle.loads(wp._receive(replies)) for _ in range(3)]
+    assert [answer[:2] for answer in (answers[0], answers[2])] == [("ok", False), ("ok", False)]
+    assert answers[1][0] == "error" and "task failed" in answers[1][1]
+    assert all(answer[2] >= 0 for answer in answers)  # each with the task's CPU time
 
 
 def test_parse_file_with_workers_emits_what_it_emits_in_process(monkeypatch):

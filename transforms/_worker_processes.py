@@ -280,6 +280,12 @@ def _serve(stdin, stdout):
         if request is None:
             return 0
         started = time.process_time()
+        # No automatic collection while a task runs. A task's objects live until it returns (a
+        # block's parsed events wait in their groups to be packed) and form no cycles, so each
+        # collection during it only traverses them again: a cost per event that grew with the
+        # block, and blocks grow with the file (the parse of 600k events took 14-17% more CPU with
+        # it). Collection resumes between tasks and finds whatever cycle a task did leave.
+        gc.disable()
         try:
             task, args = pickle.loads(request)
             del request
@@ -290,6 +296,8 @@ def _serve(stdin, stdout):
             reply = ("ok", function(*args))
         except Exception:
             reply = ("error", traceback.format_exc())
+        finally:
+            gc.enable()
         args = None
         _send(stdout, pickle.dumps(reply + (time.process_time() - started,), protocol=5))
 
@@ -300,8 +308,6 @@ def main():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # replies are framed on stdout: nothing else may write there
-    # A task allocates many small containers and frees none of them in cycles.
-    gc.set_threshold(50_000, 20, 20)
     status = _serve(stdin, stdout)
     stdout.flush()
     sys.stderr.flush()

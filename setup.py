@@ -9,6 +9,7 @@ REQUIRED = [
     "PyYAML>=6",
     "orjson>=3.9",           # fast JSON decoding of input lines (stdlib json is the fallback)
     "jsonnet>=0.20",
+    "zstandard>=0.18",       # compressed runs of message lines (also a dependency of Beam)
     "python-qpid-proton>=0.39",  # the local Event Hubs endpoint (emulators/)
 ]
 TEST = ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "aiosmtpd>=1.4"]

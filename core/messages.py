@@ -4,6 +4,8 @@ import marshal
 from hashlib import sha256
 from typing import Any, NamedTuple
 
+import zstandard
+
 from core.history import unpack_changes
 from core.jsonlines import encode_sorted_lines
 from core.records import canonical_json_bytes, json_agrees
@@ -131,14 +133,21 @@ def message_line_runs(settings, audience_list, batches):
     return runs
 
 
+#: zstd level of a run: the fastest, about 9x smaller for message lines.
+RUN_COMPRESSION_LEVEL = 1
+
+
 def pack_message_lines(pairs):
     """``(message_sort_key, line)`` pairs as one sorted *run* (bytes): the lines in key order, joined
     per user (the key's first two parts), with the user's part of the key.
 
     A sink's single group then holds a bytes element per batch of users and a few objects per user,
     where a list of pairs per user had every pair and key tuple encoded, decoded and rebuilt one by
-    one (with 280k messages, 600k events, that sink had cost about a third of a stream run). ``marshal`` is enough: it is read back
-    by the same Python, within one pipeline.
+    one (with 280k messages, 600k events, that sink had cost about a third of a stream run).
+    ``marshal`` is enough: it is read back by the same Python, within one pipeline. The run is
+    zstd-compressed: Beam's data plane copies each element several times on its way to the sink,
+    one process doing it while the others wait, and 110 MB of lines (600k events) are 12 MB
+    compressed; compressing costs the worker that builds the run about 1 ms per MB.
     """
     pairs = sorted(pairs, key=_key_of)
     users, user, lines = [], None, []
@@ -150,7 +159,7 @@ def pack_message_lines(pairs):
         lines.append(line)
     if lines:
         users.append((user, b"".join(lines)))
-    return marshal.dumps(users, 4)
+    return zstandard.ZstdCompressor(level=RUN_COMPRESSION_LEVEL).compress(marshal.dumps(users, 4))
 
 
 def merge_message_line_runs(runs):
@@ -160,9 +169,9 @@ def merge_message_line_runs(runs):
     A user whose lines are in several runs (a user evaluated more than once) has them re-sorted by
     the key of each message, read back from its line.
     """
-    users = []
+    users, decompress = [], zstandard.ZstdDecompressor().decompress
     for run in runs:
-        users.extend(marshal.loads(run))
+        users.extend(marshal.loads(decompress(run)))
     users.sort(key=_key_of)  # stable: a user's runs stay in the order they came
     merged, i = [], 0
     while i < len(users):

@@ -340,6 +340,25 @@ def test_merged_runs_are_the_lines_sorted_by_message_key(specs, n_runs):
     assert all(chunk.endswith(b"\n") for chunk in merged)
 
 
+def test_a_run_of_many_messages_is_compressed():
+    """Runs cross Beam's data plane on their way to the sink: they go compressed."""
+    from core.jsonlines import encode_sorted_lines
+    from core.messages import merge_message_line_runs, message_id, message_sort_key, pack_message_lines
+    messages = []
+    for i in range(2000):
+        message = {"data": {"user_id": "user%06d" % (i // 4), "segment_events": [
+            {"id": "fb", "slug": "frequent_buyers", "event": "enter"}]},
+            "subscription_id": "w-eh", "timestamp": "2026-01-01T00:%02d:%02dZ" % (i % 60, i % 57)}
+        message["message_id"] = message_id(message)
+        messages.append(message)
+    pairs = encode_sorted_lines(messages, message_sort_key)
+    lines = b"".join(line for _, line in pairs)
+    run = pack_message_lines(pairs)
+    assert len(run) < len(lines) / 3
+    assert b"".join(merge_message_line_runs([run])) == b"".join(
+        line for _, line in sorted(pairs, key=lambda p: p[0]))
+
+
 def test_pipelines_with_workers_write_what_they_write_in_process(tmp_path, monkeypatch):
     """Both pipelines, with and without worker processes (parse, message lines and, in the
     replay, evaluation): the same files, byte for byte, and the same metrics, on a random data set

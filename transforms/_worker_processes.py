@@ -13,12 +13,12 @@ order, so what they emit is the same as computing in-process:
 A worker is ``python -m transforms._worker_processes``: it imports only the ``core`` module of a
 task (no Beam, so it starts in a fraction of a second), reads length-prefixed pickled requests on
 stdin, writes replies on stdout (each with the CPU time the task took: :func:`worker_task_cpu`),
-and ends when its stdin closes, which also happens when the
-pipeline's process dies. A task's failure is raised in the pipeline with the worker's traceback;
-a worker that exits is an error naming its exit code. The DoFns of one process share one set of
-workers (:func:`acquire_workers`), started when first needed, one per thread of a small thread
-pool: a thread sends a request and waits for its reply with the GIL released, so one request per
-worker is in flight and the pipes cannot deadlock.
+and ends when its stdin closes, which also happens when the pipeline's process dies. A task's
+failure is raised in the pipeline with the worker's traceback; a worker that exits is an error
+naming its exit code. The DoFns of one process share one set of workers (:func:`acquire_workers`),
+started when first needed, one per thread of a small thread pool: a thread sends a request and
+waits for its reply with the GIL released, so one request per worker is in flight and the pipes
+cannot deadlock.
 """
 import collections
 import gc

@@ -102,25 +102,19 @@ def main(argv=None):
                "events": {"N": n, "4N": 4 * n, "users_N": users}, "paths": {}}
     results["repeats"] = args.repeat
     kinds = ("baseline", "stream", "replay")
-    walls = {kind: {size: [] for size in SIZES} for kind in kinds}
-    peaks = {kind: {size: [] for size in SIZES} for kind in kinds}
-    cpus = {kind: {size: [] for size in SIZES} for kind in kinds}
-    measured = {kind: {size: [] for size in SIZES} for kind in kinds}
+    measured = {kind: {size: [] for size in SIZES} for kind in kinds}  # bench._measure's results
     for round_ in range(args.repeat):
         # Rounds over every path and size: a slow spell of the machine does not fall on one alone.
         sys.stderr.write("round %d of %d\n" % (round_ + 1, args.repeat))
         for kind in kinds:
             for size in SIZES:
                 module, margs = _pipeline_args(kind, files[size], os.path.join(data, "out-%s-%s" % (kind, size)))
-                run = _measure(module, margs, "%s %s" % (kind, size))
-                walls[kind][size].append(run["wall_seconds"])
-                peaks[kind][size].append(run["peak_rss_mb"])
-                cpus[kind][size].append(run["cpu_seconds"])
-                measured[kind][size].append(run)
+                measured[kind][size].append(_measure(module, margs, "%s %s" % (kind, size)))
     for kind in kinds:
-        results["paths"][kind] = summarise(walls[kind], n, cpus[kind])
-        results["paths"][kind]["peak_rss_mb_4N"] = max(peaks[kind]["4N"])
-        results["paths"][kind]["cpu_us_per_event"] = cpu_per_event(measured[kind], n)
+        runs = measured[kind]
+        results["paths"][kind] = summarise(_field(runs, "wall_seconds"), n, _field(runs, "cpu_seconds"))
+        results["paths"][kind]["peak_rss_mb_4N"] = max(_field(runs, "peak_rss_mb")["4N"])
+        results["paths"][kind]["cpu_us_per_event"] = cpu_per_event(runs, n)
     sys.stderr.write("core\n")
     core = {size: _measure("bench.core_loop", ["--config", CONFIG, "--input", files[size]], "core " + size)
             for size in ("N", "4N")}
@@ -183,6 +177,11 @@ def _figures(t, n):
             "linearity": _linearity(t)}
 
 
+def _field(runs_by_size, name):
+    """``{size: [run[name], ...]}`` of ``{size: [run, ...]}``."""
+    return {size: [run[name] for run in runs] for size, runs in runs_by_size.items()}
+
+
 def _per_size(runs_by_size, estimate):
     return {size: estimate(runs) for size, runs in runs_by_size.items()}
 
@@ -217,10 +216,10 @@ def _cpu_parts(run):
     """One run's CPU seconds by part: the worker tasks, the rest of the workers' time (their
     start-up, replies), and the pipeline's own process."""
     tasks = run.get("worker_task_cpu_seconds") or {}
+    own = run.get("self_cpu_seconds", run["cpu_seconds"])
     parts = {name: tasks.get(task, 0.0) for name, task in CPU_PARTS}
-    workers = run["cpu_seconds"] - run.get("self_cpu_seconds", run["cpu_seconds"])
-    parts["workers, other"] = max(workers - sum(tasks.values()), 0.0)
-    parts["pipeline's process"] = run.get("self_cpu_seconds", run["cpu_seconds"])
+    parts["workers, other"] = max(run["cpu_seconds"] - own - sum(tasks.values()), 0.0)
+    parts["pipeline's process"] = own
     return parts
 
 

@@ -46,7 +46,9 @@ PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 # -- process tree RSS --------------------------------------------------------------------------
 
-def _children(pid):
+def child_pids(pid):
+    """The direct children of ``pid``, from ``/proc/*/stat`` (every Linux kernel has it; the
+    ``/proc/PID/task/TID/children`` files need a kernel option)."""
     kids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -74,7 +76,7 @@ def tree_rss_mb(pid):
                 total += int(fh.read().split()[1]) * PAGE
         except (OSError, ValueError, IndexError):
             continue
-        todo.extend(_children(current))
+        todo.extend(child_pids(current))
     return total / (1024 * 1024)
 
 

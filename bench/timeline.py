@@ -21,19 +21,10 @@ import sys
 import tempfile
 import time
 
+from bench.soak import child_pids
+
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 SAMPLE_SECONDS = 0.1
-
-
-def _children(pid):
-    found = []
-    try:
-        for task in os.listdir("/proc/%d/task" % pid):
-            with open("/proc/%d/task/%s/children" % (pid, task), encoding="ascii") as fh:
-                found.extend(int(p) for p in fh.read().split())
-    except OSError:  # the process ended between two looks
-        pass
-    return found
 
 
 def _cpu_seconds(pid):
@@ -54,7 +45,7 @@ def sample(command):
         samples = []
         while proc.poll() is None:
             snapshot = {}
-            for pid in [proc.pid] + _children(proc.pid):
+            for pid in [proc.pid] + child_pids(proc.pid):
                 seconds = _cpu_seconds(pid)
                 if seconds is not None:
                     snapshot[pid] = seconds
@@ -94,7 +85,7 @@ def main(argv=None):
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given")
-    if not os.path.isdir("/proc/self/task"):
+    if not os.path.isdir("/proc/self"):
         parser.error("needs Linux /proc")
     main_pid, status, wall, samples, stderr = sample(command)
     pids, rows = timeline(samples, main_pid, args.step)

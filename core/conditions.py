@@ -8,7 +8,8 @@ A condition tree compiles into a function ``holds(traits, counts, members) -> bo
   dependency order, so a referenced audience already holds its value for T).
 
 Every ``{event: ...}`` node becomes a :class:`CounterSpec` (event name, ``where`` predicate,
-``within`` window); nodes that share all three share one spec. A spec only needs to count up to its
+``within`` window); nodes that share all three share one spec. The name ``"*"`` (:data:`ANY_EVENT`)
+counts events of every name, so "no activity in 30 days" is ``{not: {event: "*", within: 30d}}``. A spec only needs to count up to its
 *cap*: the largest threshold any node asks of it (``min_count``, or ``max_count + 1``). Past the cap
 the answer of every node is known, so the engine keeps at most ``cap`` timestamps per windowed spec
 and a saturating counter for all-time specs.
@@ -20,10 +21,21 @@ import json
 import re
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
+from core.keys import did_you_mean, unknown_key
 from core.timeutil import parse_duration
 
 OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "contains", "starts_with",
              "ends_with", "exists", "missing", "matches")
+#: ``{event: "*"}`` counts the user's events of every name.
+ANY_EVENT = "*"
+#: The keys of each kind of node, by the key that names the kind (CONTRACT section 4).
+CONDITION_NODES = {"and": ("and",), "or": ("or",), "not": ("not",),
+                   "trait": ("trait", "op", "value"),
+                   "event": ("event", "within", "min_count", "max_count", "where"),
+                   "audience": ("audience",)}
+WHERE_NODES = {"and": ("and",), "or": ("or",), "not": ("not",),
+               "property": ("property", "op", "value")}
+AUDIENCE_KEYS = ("id", "slug", "name", "condition")
 
 
 class ConditionError(ValueError):
@@ -156,6 +168,31 @@ def _expect_mapping(node, path):
         raise ConditionError(path, "a condition node must be an object")
 
 
+def node_kind(node, path, kinds, what="condition"):
+    """The kind of a condition or ``where`` node (a key of ``kinds``), once its keys are checked:
+    exactly one kind per node, and no key that kind does not have."""
+    present = [k for k in kinds if k in node]
+    if len(present) > 1:
+        raise ConditionError(path, "a %s node is one of %s; this one has both '%s' and '%s' "
+                                   "(combine them under and: [...])"
+                             % (what, ", ".join(kinds), present[0], present[1]))
+    if not present:
+        every_key = []
+        for keys in kinds.values():
+            every_key.extend(k for k in keys if k not in every_key)
+        for key in node:
+            if key not in every_key:
+                raise ConditionError("%s.%s" % (path, key), "unknown key%s" % (
+                    did_you_mean(key, every_key) or "; a %s node is one of %s"
+                    % (what, ", ".join(kinds))))
+        raise ConditionError(path, "a %s node is one of %s" % (what, ", ".join(kinds)))
+    kind = present[0]
+    unknown = unknown_key(node, kinds[kind], path)
+    if unknown is not None:
+        raise ConditionError(*unknown)
+    return kind
+
+
 def _boolean_node(node, path, compile_child, arity):
     """and / or / not, shared by conditions (3 arguments) and ``where`` predicates (1 argument).
 
@@ -214,6 +251,7 @@ def _comparison(node, field, path):
 def compile_where(node, path):
     """A ``where`` tree to ``predicate(properties) -> bool``."""
     _expect_mapping(node, path)
+    node_kind(node, path, WHERE_NODES, "where")
     combined = _boolean_node(node, path, compile_where, 1)
     if combined is not None:
         return combined
@@ -258,6 +296,9 @@ class AudienceSet:
             apath = "%s[%d]" % (path, i)
             if not isinstance(definition, dict):
                 raise ConditionError(apath, "must be an object")
+            unknown = unknown_key(definition, AUDIENCE_KEYS, apath)
+            if unknown is not None:
+                raise ConditionError(*unknown)
             slug = definition.get("slug") or definition.get("id")
             aid = definition.get("id") or slug
             if not isinstance(slug, str) or not slug:
@@ -314,6 +355,7 @@ class AudienceSet:
 
     def _compile(self, node, path, by_ref, deps):
         _expect_mapping(node, path)
+        node_kind(node, path, CONDITION_NODES)
         combined = _boolean_node(node, path, lambda c, p: self._compile(c, p, by_ref, deps), 3)
         if combined is not None:
             return combined
@@ -345,7 +387,7 @@ class AudienceSet:
         """(spec index, within, min_count, max_count) of an ``{event: ...}`` node."""
         event = node["event"]
         if not isinstance(event, str) or not event:
-            raise ConditionError(path + ".event", "needs an event name")
+            raise ConditionError(path + ".event", 'needs an event name, or "*" for any event')
         within = None
         if node.get("within") is not None:
             try:

@@ -16,6 +16,7 @@ Semantics (CONTRACT section 4), for one user:
   7 days" wakes exactly when the third most recent purchase leaves the window.
 * A point only re-evaluates audiences whose inputs changed (a referenced trait, a capped count, or
   an audience they reference); a count change only counts if it crosses a threshold of some node.
+* An ``{event: "*"}`` spec counts every applied event, whatever its name.
 * Copies of a record (same dedupe key) within 24 h of the first copy's ``received_at`` are applied
   once; copies of one point are taken in (``ts``, ``event_id``, ``received_at``) order.
 * The user's clock is the time up to which the caller said all events had arrived (``until`` of
@@ -29,6 +30,7 @@ import operator
 import pickle
 from typing import NamedTuple, Tuple
 
+from core.conditions import ANY_EVENT
 from core.records import DEDUPE_HORIZON_US, ProfileEvent
 from core.timeutil import MIN_TIME
 
@@ -269,7 +271,11 @@ class Engine:
                                  bumps[i], self._wake_pos[i], slot.get(i))
                                 for i in indices if self.caps[i] > 0)
                     for name, indices in self.specs_by_event.items()}
-        self._counting = {name: specs for name, specs in counting.items() if specs}
+        # ``{event: "*"}`` specs count every event: they are added to each name's specs, and are
+        # all an event of a name no node asks for counts for.
+        self._counting_any = counting.pop(ANY_EVENT, ())
+        self._counting = {name: specs + self._counting_any for name, specs in counting.items()
+                          if specs + self._counting_any}
 
     def new_state(self):
         return UserState(self._windowed_flags, len(self.audiences.audiences))
@@ -368,6 +374,7 @@ class Engine:
         """
         backfill_starts = self.backfill_starts
         counting_of = self._counting
+        counting_any = self._counting_any
         trait_readers = self._trait_readers
         export_attributes = self.export_attributes
         visits = self._visits
@@ -458,7 +465,7 @@ class Engine:
                             if old is _ABSENT or old != value or type(old) is not type(value):
                                 traits[name] = value
                                 dirty |= trait_readers.get(name, 0)
-                counting = counting_of.get(e.event)
+                counting = counting_of.get(e.event, counting_any)
                 if counting:
                     for s, where, within, cap, bump, wake_pos, p in counting:
                         if where is not None and not where(e.properties):

@@ -3,7 +3,7 @@
     generate(seed, n_users=200, days=30) -> (config_dict, lines)
 
 The config's audiences together use every node type (and/or/not, trait, event with and without
-within/where/min_count/max_count, audience references incl. a nested one) and every operator in both
+within/where/min_count/max_count, `event: "*"`, audience references incl. a nested one) and every operator in both
 trait conditions and `where`. The lines hold anonymous users, events with and without event_id,
 every timestamp form, received_at absent or delayed (plus an ingestion outage that leaves empty
 export windows), trait updates incl. null removal, duplicates within and after 24 h, malformed
@@ -194,6 +194,12 @@ def make_config(days=30):
         {"and": [{"event": "page_view", "within": "90m"},
                  {"not": {"event": "add_to_cart"}},
                  {"not": {"audience": "vip_or_enterprise"}}]})
+    add("a1f0c0de19", "dormant", "Reachable, no event of any name in 2 days",
+        {"and": [{"trait": "email", "op": "exists"},
+                 {"not": {"event": "*", "within": "2d"}}]})
+    add("a1f0c0de20", "busy_shoppers", "5+ events with a price in 6 h",
+        {"event": "*", "within": "6h", "min_count": 5,
+         "where": {"property": "price", "op": "exists"}})
     works = [
         {"id": "w-eh-sub", "workflow": "eventhub_audience_export", "label": "Subset with backfill",
          "config": {"subscription_id": "7e2b8804bbe162cd3f9c0c5991bf3078",

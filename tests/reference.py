@@ -438,7 +438,7 @@ class UserModel:
         within = parse_duration(node["within"]) if node.get("within") is not None else None
         n = 0
         for e in self.events:
-            if e.name != node["event"]:
+            if node["event"] != "*" and e.name != node["event"]:  # "*": any event name
                 continue
             if not (e.ts <= T and (within is None or T < e.ts + within)):
                 continue

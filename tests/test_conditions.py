@@ -57,7 +57,7 @@ def test_event_counts_min_max_and_sharing():
     ({"event": "p", "min_count": -1}, "audiences[0].condition.min_count"),
     ({"event": "p", "min_count": 3, "max_count": 2}, "audiences[0].condition.max_count"),
     ({"and": []}, "audiences[0].condition.and"),
-    ({"or": [{"trait": "x", "op": "eq", "value": 1}, {"bogus": 1}]}, "audiences[0].condition.or[1]"),
+    ({"or": [{"trait": "x", "op": "eq", "value": 1}, {"bogus": 1}]}, "audiences[0].condition.or[1].bogus"),
     ({"audience": "nope"}, "audiences[0].condition.audience"),
     ({"event": "p", "where": {"property": "x", "op": "gt", "value": None}}, "audiences[0].condition.where.value"),
 ])
@@ -78,3 +78,43 @@ def test_audiences_evaluate_in_dependency_order():
     audiences = AudienceSet([{"slug": "top", "condition": {"audience": "base"}},
                              {"slug": "base", "condition": {"trait": "x", "op": "exists"}}])
     assert audiences.order == [1, 0]
+
+
+@pytest.mark.parametrize("definition,message", [
+    ({"event": "purchase", "min_cout": 3},
+     "audiences[0].condition.min_cout: unknown key (did you mean 'min_count'?)"),
+    ({"event": "purchase", "whithin": "7d"},
+     "audiences[0].condition.whithin: unknown key (did you mean 'within'?)"),
+    ({"and": [{"trait": "x", "op": "exists", "vaule": 1}]},
+     "audiences[0].condition.and[0].vaule: unknown key (did you mean 'value'?)"),
+    ({"event": "p", "where": {"property": "x", "op": "exists", "within": "1d"}},
+     "audiences[0].condition.where.within: unknown key; known keys here: property, op, value"),
+    ({"event": "p", "where": {"propety": "x", "op": "exists"}},
+     "audiences[0].condition.where.propety: unknown key (did you mean 'property'?)"),
+    ({"evnt": "p"}, "audiences[0].condition.evnt: unknown key (did you mean 'event'?)"),
+    ({"not": {"audience": "b", "slug": "c"}},
+     "audiences[0].condition.not.slug: unknown key; known keys here: audience"),
+    ({"and": [{"event": "p"}], "trait": "x", "op": "exists"},
+     "audiences[0].condition: a condition node is one of and, or, not, trait, event, audience; "
+     "this one has both 'and' and 'trait' (combine them under and: [...])"),
+])
+def test_unknown_keys_in_conditions_name_the_path_and_the_nearest_key(definition, message):
+    with pytest.raises(ConditionError) as info:
+        AudienceSet([{"slug": "a", "condition": definition}, {"slug": "b", "condition": {"event": "p"}}])
+    assert str(info.value) == message
+
+
+def test_unknown_key_of_an_audience():
+    with pytest.raises(ConditionError) as info:
+        AudienceSet([{"slug": "a", "conditon": {"event": "p"}}])
+    assert str(info.value) == "audiences[0].conditon: unknown key (did you mean 'condition'?)"
+
+
+def test_any_event_counts_every_name_in_one_spec():
+    audiences = AudienceSet([
+        {"slug": "active", "condition": {"event": "*", "within": "30d"}},
+        {"slug": "inactive", "condition": {"not": {"event": "*", "within": "30d"}}},
+        {"slug": "buyer", "condition": {"event": "purchase"}}])
+    assert [(s.event, s.within) for s in audiences.specs] == [("*", 30 * 86400 * 10 ** 6),
+                                                                ("purchase", None)]
+    assert audiences.specs_by_event == {"*": [0], "purchase": [1]}

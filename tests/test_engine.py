@@ -24,7 +24,14 @@ AUDIENCES = [
     {"id": "a6", "slug": "nested",
      "condition": {"and": [{"audience": "ever_opened_or_buyer"}, {"not": {"audience": "gold_no_cheap"}},
                            {"trait": "score", "op": "gte", "value": 5}]}},
+    # "*" counts events of every name: no activity in 40 minutes, and 4+ events in 20 minutes.
+    {"id": "a7", "slug": "inactive", "condition": {"not": {"event": "*", "within": "40m"}}},
+    {"id": "a8", "slug": "busy", "condition": {"event": "*", "within": "20m", "min_count": 4}},
 ]
+
+
+def _counts_for(spec, event):
+    return spec.event in ("*", event.event)
 
 
 def brute_force(audience_set, events):
@@ -36,7 +43,7 @@ def brute_force(audience_set, events):
     points = {e.ts for e in events}
     for spec in audience_set.specs:
         if spec.within is not None:
-            points.update(e.ts + spec.within for e in events if e.event == spec.event)
+            points.update(e.ts + spec.within for e in events if _counts_for(spec, e))
     members = [None] * len(audience_set.audiences)
     out = []
     for t in sorted(points):
@@ -50,7 +57,7 @@ def brute_force(audience_set, events):
                         traits[k] = v
         counts = []
         for spec in audience_set.specs:
-            n = sum(1 for e in events if e.event == spec.event and e.ts <= t
+            n = sum(1 for e in events if _counts_for(spec, e) and e.ts <= t
                     and (spec.within is None or t < e.ts + spec.within)
                     and (spec.where is None or spec.where(e.properties)))
             counts.append(n)
@@ -143,6 +150,21 @@ def test_delayed_exit_is_exactly_ts_plus_within_of_the_event_leaving():
     changes = _engine_changes(engine, [(events, 2 ** 62)])
     # count reaches 3 at minute 9; the 3rd most recent at minute 12 is minute 7: exit at 7 + 30.
     assert changes == [(9 * MIN, ((0, "enter", 9 * MIN),)), (37 * MIN, ((0, "exit", 9 * MIN),))]
+
+
+def test_any_event_counts_every_name_so_inactivity_needs_no_list():
+    audience_set = AudienceSet([
+        {"slug": "inactive", "condition": {"not": {"event": "*", "within": "30m"}}},
+        {"slug": "busy", "condition": {"event": "*", "within": "10m", "min_count": 3}}])
+    engine = Engine(audience_set)
+    events = [_event(0, "view", 0), _event(1, "login", 4), _event(2, "purchase", 8),
+              _event(3, "email_open", 50), _event(3, "email_open", 50)]  # a copy counts once
+    changes = _engine_changes(engine, [(events, 2 ** 62)])
+    # busy: three events of three names by minute 8, until the first leaves at 0 + 10.
+    # inactive: no event from 8 + 30 until 50, and none after 50 + 30.
+    assert changes == [(8 * MIN, ((1, "enter", 8 * MIN),)), (10 * MIN, ((1, "exit", 8 * MIN),)),
+                       (38 * MIN, ((0, "enter", 38 * MIN),)), (50 * MIN, ((0, "exit", 38 * MIN),)),
+                       (80 * MIN, ((0, "enter", 80 * MIN),))]
 
 
 def test_wakes_only_for_expiries_that_cross_a_threshold():

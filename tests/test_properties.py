@@ -254,6 +254,8 @@ def test_replay_counts_every_line_as_a_record_or_a_dead_letter(tmp_path_factory,
 # ------------------------------------------------------------------------------------------------
 
 EVENT_NAMES = ["purchase", "view", "open"]
+#: Names condition nodes count: the input's, and "*" (any event).
+COUNTED_NAMES = EVENT_NAMES + ["*"]
 WITHINS = [None, "10m", "30m", "1h", "3h"]
 
 
@@ -263,7 +265,7 @@ def conditions(draw, refs, depth=0):
         (["audience"] if refs else [])
     kind = draw(st.sampled_from(kinds))
     if kind == "event":
-        node = {"event": draw(st.sampled_from(EVENT_NAMES))}
+        node = {"event": draw(st.sampled_from(COUNTED_NAMES))}
         within = draw(st.sampled_from(WITHINS))
         if within:
             node["within"] = within

@@ -553,6 +553,8 @@ def test_generator_covers_every_node_and_operator():
             ops_t.add(n["op"])
         elif "event" in n:
             nodes.add("event")
+            if n["event"] == "*":
+                nodes.add("event.any")
             nodes.update("event." + k for k in ("within", "where", "min_count", "max_count")
                          if k in n)
             if "within" not in n:
@@ -571,7 +573,7 @@ def test_generator_covers_every_node_and_operator():
     assert ops_t == ops and ops_w == ops
     assert nodes >= {"and", "or", "not", "trait", "event", "event.within", "event.where",
                      "event.min_count", "event.max_count", "event.alltime", "event.nowhere",
-                     "audience"}
+                     "event.any", "audience"}
     # nested: an audience referencing an audience that references audiences
     refs = {a["slug"]: json.dumps(a["condition"]) for a in config["audiences"]}
     assert '"audience": "vip"' in refs["vip_or_enterprise"]
@@ -605,7 +607,7 @@ def _conditions(draw, depth, refs):
         (["and", "or", "not"] if depth > 0 else [])
     k = draw(st.sampled_from(kinds))
     if k == "event":
-        node = {"event": draw(st.sampled_from(["a", "b"]))}
+        node = {"event": draw(st.sampled_from(["a", "b", "*"]))}
         w = draw(st.sampled_from(_WITHINS))
         if w:
             node["within"] = w

@@ -3,15 +3,20 @@
 Validation happens before any data moves. Every error names the config path, for example
 ``works[3].config.period_hours: must be one of 1, 2, 4, 6, 12, 24``.
 """
+import ipaddress
 import json
 import os
 import re
+import socket
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import yaml
 
 from core.conditions import AudienceSet, ConditionError
+from core.keys import did_you_mean, unknown_key
+from core.netguard import refusal_reason
 from core.records import SUBJECT_TYPES, VERBS
 from core.timeutil import TimeFormatError, parse_time
 
@@ -25,9 +30,37 @@ SECRET_KEYS = frozenset(("connection_string", "password", "signing_secret", "acc
                          "sas_token"))
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
+# Every key of the config, per mapping (CONTRACT section 3; docs/CONFIG.md describes each). A key
+# outside these is an error naming its path and the nearest known key.
+TOP_LEVEL_KEYS = ("account", "audiences", "works")
+ACCOUNT_KEYS = ("name", "aid")
+WORK_KEYS = ("id", "workflow", "config", "label", "description", "paused")
+_ALERT_FILTER_KEYS = ("system_event_type", "system_event_multiple_types", "system_event_sources")
+WORK_CONFIG_KEYS = {
+    "eventhub_audience_export": (
+        "connection_string", "subscription_id", "audiences", "existing_users", "start",
+        "user_fields", "eventhub_name", "paused"),
+    "webhook_system_events": _ALERT_FILTER_KEYS + (
+        "webhook_url", "headers", "json_template", "allow_private_network", "signing_secret",
+        "timeout_seconds", "max_attempts", "paused"),
+    "email_system_events": _ALERT_FILTER_KEYS + (
+        "smtp_host", "smtp_port", "from", "to", "username", "password", "allow_private_network",
+        "timeout_seconds", "max_attempts", "paused"),
+    "azure_blob_event_export": (
+        "connection_string", "container", "prefix", "export_type", "period_hours", "events",
+        "event_parameters", "attributes", "format", "anchor", "start", "paused"),
+}
+
 
 class ConfigError(ValueError):
     """A config that cannot run; ``str()`` is the one line shown to the user."""
+
+
+def check_keys(mapping, known, path):
+    """Raises :class:`ConfigError` for the first key of ``mapping`` that is not in ``known``."""
+    unknown = unknown_key(mapping, known, path)
+    if unknown is not None:
+        raise ConfigError("%s: %s" % unknown)
 
 
 @dataclass
@@ -146,21 +179,42 @@ def load_config(path, environ=None):
         raise ConfigError("config %s: cannot read: %s" % (path, exc.strerror or exc)) from None
     try:
         raw = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError("config %s: not valid YAML/JSON: %s" % (path, first)) from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError("config %s: not valid JSON: line %d, column %d: %s"
+                          % (path, exc.lineno, exc.colno, exc.msg)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("config %s: not valid YAML: %s" % (path, _yaml_problem(exc))) from None
     job = parse_config(raw, environ)
     job.source = path
     return job
 
 
+def _yaml_problem(exc):
+    """One line from a YAML error: where (line and column from 1), what, and in what context."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = "line %d, column %d: " % (mark.line + 1, mark.column + 1) if mark is not None else ""
+    context = getattr(exc, "context", None)
+    context_mark = getattr(exc, "context_mark", None)
+    if context and context_mark is not None:
+        problem += " (%s that starts at line %d, column %d)" % (
+            context, context_mark.line + 1, context_mark.column + 1)
+    elif context:
+        problem += " (%s)" % context
+    if "'\\t'" in problem:
+        problem += "; YAML indents with spaces, not tabs"
+    return where + problem
+
+
 def parse_config(raw, environ=None):
     if not isinstance(raw, dict):
         raise ConfigError("config: must be a mapping with account, audiences and works")
+    check_keys(raw, TOP_LEVEL_KEYS, "")
     raw = substitute_env(raw, "", environ)
     account = raw.get("account") or {}
     if not isinstance(account, dict):
         raise ConfigError("account: must be a mapping with name and aid")
+    check_keys(account, ACCOUNT_KEYS, "account")
     name = account.get("name", "account")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise ConfigError("account.name: must be letters, digits, '.', '_' or '-'")
@@ -181,9 +235,6 @@ def parse_config(raw, environ=None):
             raise ConfigError("works[%d].id: duplicate work id %r" % (i, work.id))
         seen_ids.add(work.id)
         works.append(work)
-    unknown = set(raw) - {"account", "audiences", "works"}
-    if unknown:
-        raise ConfigError("%s: unknown top-level key" % sorted(unknown)[0])
     return JobConfig(name, aid, audiences, works, raw=raw)
 
 
@@ -191,19 +242,26 @@ def _parse_work(i, item, audiences):
     path = "works[%d]" % i
     if not isinstance(item, dict):
         raise ConfigError(path + ": must be a mapping with workflow and config")
+    check_keys(item, WORK_KEYS, path)
     workflow = item.get("workflow")
     if workflow not in WORKFLOWS:
-        raise ConfigError("%s.workflow: unknown workflow %r; one of %s"
-                          % (path, workflow, ", ".join(WORKFLOWS)))
+        raise ConfigError("%s.workflow: unknown workflow %r%s; one of %s"
+                          % (path, workflow, did_you_mean(workflow, WORKFLOWS), ", ".join(WORKFLOWS)))
     work_id = item.get("id") or "%s-%d" % (workflow, i + 1)
     if not isinstance(work_id, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", work_id):
         raise ConfigError(path + ".id: must be letters, digits, '.', '_' or '-'")
     config = item.get("config") or {}
     if not isinstance(config, dict):
         raise ConfigError(path + ".config: must be a mapping")
-    paused = item.get("paused", False)
-    if not isinstance(paused, bool):
-        raise ConfigError(path + ".paused: must be true or false")
+    check_keys(config, WORK_CONFIG_KEYS[workflow], path + ".config")
+    # ``paused`` belongs to the work; it is also taken inside ``config``, where it is easily put.
+    paused = _bool(item, "paused", path)
+    if "paused" in config:
+        in_config = _bool(config, "paused", path + ".config")
+        if "paused" in item and in_config != paused:
+            raise ConfigError("%s.config.paused: differs from %s.paused; set it in one place"
+                              % (path, path))
+        paused = in_config
     work = Work(i, work_id, workflow, config, item.get("label"), item.get("description"), paused)
     parser = {"eventhub_audience_export": _eventhub, "webhook_system_events": _webhook,
               "email_system_events": _email, "azure_blob_event_export": _blob}[workflow]
@@ -287,13 +345,14 @@ def _alert_filter(path, cfg):
     multiple = cfg.get("system_event_multiple_types")
     verbs = None
     if single not in (None, ""):
-        if single not in VERBS:
-            raise ConfigError("%s.system_event_type: unknown verb %r" % (path, single))
+        _check_member(single, VERBS, "verb", path + ".system_event_type")
         verbs = {single}
     if multiple is not None:
-        if not isinstance(multiple, list) or any(v not in VERBS for v in multiple):
+        if not isinstance(multiple, list):
             raise ConfigError("%s.system_event_multiple_types: must be a list of verbs (%s)"
                               % (path, ", ".join(sorted(VERBS))))
+        for j, verb in enumerate(multiple):
+            _check_member(verb, VERBS, "verb", "%s.system_event_multiple_types[%d]" % (path, j))
         verbs = (verbs or set()) | set(multiple)
     sources_raw = cfg.get("system_event_sources")
     sources = None
@@ -302,9 +361,8 @@ def _alert_filter(path, cfg):
             raise ConfigError(path + ".system_event_sources: must map subject types to id lists")
         sources = {}
         for subject_type, ids in sources_raw.items():
-            if subject_type not in SUBJECT_TYPES:
-                raise ConfigError("%s.system_event_sources.%s: unknown subject type"
-                                  % (path, subject_type))
+            _check_member(subject_type, SUBJECT_TYPES, "subject type",
+                          "%s.system_event_sources.%s" % (path, subject_type))
             if ids is None:
                 ids = []
             if not isinstance(ids, list):
@@ -312,6 +370,13 @@ def _alert_filter(path, cfg):
                                   % (path, subject_type))
             sources[subject_type] = frozenset(str(x) for x in ids)
     return (frozenset(verbs) if verbs is not None else None), sources
+
+
+def _check_member(value, allowed, what, path):
+    """An unknown verb or subject type names the value, the nearest one and every allowed one."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ConfigError("%s: unknown %s %r%s; one of %s" % (
+            path, what, value, did_you_mean(value, sorted(allowed)), ", ".join(sorted(allowed))))
 
 
 def _webhook(path, cfg, work, audiences):
@@ -329,8 +394,12 @@ def _webhook(path, cfg, work, audiences):
         except templates.TemplateError as exc:
             raise ConfigError("%s.json_template: %s" % (path, exc)) from None
     url = _string(cfg, "webhook_url", path)
-    if url is not None and not re.match(r"^https?://[^\s/]+", url):
-        raise ConfigError(path + ".webhook_url: must be an http:// or https:// URL")
+    if url is not None:
+        problem = _url_problem(url)
+        if problem:
+            # The URL itself is not shown: its path and query are often a credential (Slack).
+            raise ConfigError("%s.webhook_url: not a usable URL: %s; write it as "
+                              "https://host[:port]/path" % (path, problem))
     return AlertSettings(
         verbs, sources, webhook_url=url, headers={k: str(v) for k, v in headers.items()},
         json_template=template,
@@ -348,6 +417,10 @@ def _email(path, cfg, work, audiences):
     if not isinstance(recipients, list) or not all(isinstance(r, str) and "@" in r for r in recipients):
         raise ConfigError(path + ".to: must be a list of email addresses")
     host = _string(cfg, "smtp_host", path)
+    problem = _host_problem(host) if host is not None else None
+    if problem:
+        raise ConfigError("%s.smtp_host: %r is not a host name (%s); write the host alone, e.g. "
+                          "smtp.example.com, and the port in smtp_port" % (path, host, problem))
     if host and not recipients:
         raise ConfigError(path + ".to: at least one recipient is required with smtp_host")
     sender = _string(cfg, "from", path)
@@ -361,6 +434,107 @@ def _email(path, cfg, work, audiences):
         timeout_seconds=_number(cfg, "timeout_seconds", path, 10.0, minimum=0.1),
         max_attempts=_number(cfg, "max_attempts", path, 3, minimum=1, integer=True),
         allow_private_network=_bool(cfg, "allow_private_network", path))
+
+
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def _host_problem(host):
+    """Why ``host`` is neither a host name nor an IP address, or None."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if "://" in host:
+        return "it has a scheme"
+    if ":" in host:
+        return "it has a port or is not an IP address"
+    if "/" in host or "@" in host or any(c.isspace() for c in host):
+        return "it has '/', '@' or a space"
+    try:
+        ascii_host = host if host.isascii() else host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return "it is not a valid international domain name"
+    labels = ascii_host[:-1].split(".") if ascii_host.endswith(".") else ascii_host.split(".")
+    if len(ascii_host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return "each dot-separated part must be 1-63 letters, digits or hyphens"
+    return None
+
+
+def _url_problem(url):
+    """Why the job could not send to ``url``, or None."""
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        return "it has a space or a control character (percent-encode it, e.g. %20)"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        if "Port" in str(exc) or "port" in str(exc):
+            return "the port is not a number from 1 to 65535"
+        return "it cannot be parsed (%s)" % exc
+    if parts.scheme not in ("http", "https"):
+        return "it must start with https:// or http://"
+    if not parts.hostname:
+        return "it has no host"
+    if "@" in parts.netloc:
+        return ("it has user:password@ before the host, which is never sent; put credentials "
+                "in headers (e.g. Authorization)")
+    if port == 0:
+        return "the port is not a number from 1 to 65535"
+    problem = _host_problem(parts.hostname)
+    if problem:
+        return "its host %r is not a host name (%s)" % (parts.hostname, problem)
+    return None
+
+
+def destinations(job):
+    """(config path, host, port, allow_private_network) of every network destination of the job's
+    alert works (paused ones too: they send once resumed)."""
+    out = []
+    for work in job.works:
+        s = work.settings
+        if work.workflow == "webhook_system_events" and s.webhook_url:
+            parts = urllib.parse.urlsplit(s.webhook_url)
+            out.append((work.path + ".config.webhook_url", parts.hostname,
+                        parts.port or (443 if parts.scheme == "https" else 80),
+                        s.allow_private_network))
+        elif work.workflow == "email_system_events" and s.smtp_host:
+            out.append((work.path + ".config.smtp_host", s.smtp_host, s.smtp_port,
+                        s.allow_private_network))
+    return out
+
+
+def check_destinations(job, resolve=socket.getaddrinfo):
+    """Refuses, before any data moves, a destination the alert works would refuse at connect time
+    (core.netguard): a host that resolves to a loopback, private, link-local or other non-public
+    address, unless the work sets ``allow_private_network: true``.
+
+    ``resolve`` is ``socket.getaddrinfo``'s signature. A host that does not resolve here is not an
+    error (the machine that validates may not see the network that runs the job); it is returned
+    as a warning line, and at run time it is retried and dead-lettered like any connection error.
+    """
+    warnings = []
+    for path, host, port, allow_private in destinations(job):
+        if allow_private:
+            continue
+        try:
+            infos = resolve(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            warnings.append("%s: host %s does not resolve here (%s); the run will retry it and "
+                            "dead-letter what it cannot send"
+                            % (path, host, getattr(exc, "strerror", None) or exc))
+            continue
+        for info in infos:
+            address = info[4][0]
+            reason = refusal_reason(address)
+            if reason is not None:
+                shown = host if host == address.split("%", 1)[0] else "%s (%s)" % (host, address)
+                raise ConfigError(
+                    "%s: the job refuses to connect to %s, a %s; set allow_private_network: true "
+                    "in this work's config to allow it (local runs and tests only)"
+                    % (path, shown, reason))
+    return warnings
 
 
 def _blob(path, cfg, work, audiences):

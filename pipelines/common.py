@@ -25,7 +25,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.utils.windowed_value import WindowedValue
 
-from core.config import ConfigError, load_config
+from core.config import ConfigError, check_destinations, load_config
 from core.history import unpack_changes
 from core.messages import (MessageBuilder, audience_names, merge_message_line_runs,
                            message_line_runs, message_sort_key, user_messages)
@@ -695,6 +695,8 @@ def _run(argv, mode, make_evaluate, redactor, time_range_of):
             raise LaunchError("--%s is required (see --help)" % name)
     job = load_config(act.config)
     redactor.add(collect_secrets(job.raw))
+    for warning in check_destinations(job):
+        sys.stderr.write("warning: %s\n" % redactor(warning))
     live_source = _live_source(act.input, options, redactor)
     if live_source is None:
         check_input_exists(act.input)

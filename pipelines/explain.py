@@ -3,27 +3,35 @@
     python -m pipelines.explain --config FILE --input GLOB --user KEY [--anonymous]
 
 Prints each of the user's events and each audience transition (from the same engine the pipelines
-run), and for each transition the parts of the condition whose value changed at that moment, with
-the counts and trait values behind them. Runs in plain Python on the local files (no Beam).
+run), and for each transition the condition as a tree (``and``, ``or``, ``not`` and the leaves),
+each node with its value, the counts and trait values behind it, and a ``*`` on the nodes whose
+value changed at that moment: the cause of the transition. Runs in plain Python on the local files
+(no Beam). A key with no events but found as the other kind of id gets a hint (``--anonymous``).
 """
 import argparse
 import glob
 import json
+import os
 import sys
 
-from core.conditions import _lookup, _make_predicate, compile_where
+from core.conditions import ANY_EVENT, _lookup, _make_predicate, compile_where
 from core.config import ConfigError, load_config
 from core.engine import Engine
 from core.records import InputError, ProfileEvent, dedupe_batch, parse_record
 from core.timeutil import MAX_TIME, format_time, parse_duration
 
 
-def _read_user_events(pattern, key, field):
-    events = []
+def _read_user_events(pattern, key):
+    """The events whose ``user_id`` or ``anonymous_id`` is ``key``, by the user they belong to:
+    ``{(key field, user key): [events]}`` (an event with both ids belongs to its user_id)."""
+    found = {}
     paths = sorted(glob.glob(pattern))
     if not paths:
         raise FileNotFoundError("input %s: no file matches" % pattern)
     for path in paths:
+        if os.path.isdir(path):
+            raise FileNotFoundError("input %s: is a directory; give a file or a glob, e.g. %s"
+                                    % (pattern, os.path.join(path, "*.jsonl")))
         with open(path, encoding="utf-8", errors="surrogateescape") as fh:
             for line in fh:
                 if key not in line:
@@ -32,17 +40,47 @@ def _read_user_events(pattern, key, field):
                     record = parse_record(line)
                 except InputError:
                     continue
-                if isinstance(record, ProfileEvent) and record.key == key and record.key_field == field:
-                    events.append(record)
-    return events
+                if isinstance(record, ProfileEvent) and key in (record.user_id, record.anonymous_id):
+                    found.setdefault((record.key_field, record.key), []).append(record)
+    return found
+
+
+def _no_events_message(key, field, found, pattern):
+    """One line for a key with no events, with the option that finds them when there is one."""
+    message = "no events of %s %s in %s" % (field, key, pattern)
+    if ("anonymous_id", key) in found and field == "user_id":
+        return message + "; %s is an anonymous_id there: add --anonymous" % key
+    if ("user_id", key) in found and field == "anonymous_id":
+        return message + "; %s is a user_id there: drop --anonymous" % key
+    owners = sorted(k for f, k in found if f == "user_id" and k != key)
+    if owners:
+        # The user key is user_id when a record has one, so these events are that user's.
+        return message + "; events with anonymous_id %s belong to user_id %s: use --user %s" % (
+            key, ", ".join(owners), owners[0])
+    return message
+
+
+def _describe_event(node, count):
+    within = node.get("within")
+    lo, hi = node.get("min_count", 1), node.get("max_count")
+    name = "any event" if node["event"] == ANY_EVENT else node["event"]
+    window = "in the last %s" % within if within else "ever"
+    bounds = ">= %d" % lo if hi is None else "in [%d, %d]" % (lo, hi)
+    return "%s %s%s: %d, needs %s" % (name, window, " (where ...)" if node.get("where") else "",
+                                      count, bounds)
 
 
 class Explainer:
-    """Evaluates a condition tree node by node at a time T over one user's (deduplicated) events."""
+    """Evaluates a condition tree node by node at a time T over one user's (deduplicated) events.
 
-    def __init__(self, job, events):
+    ``memberships``: per audience index, the engine's enter and exit times for this user, which give
+    ``{audience: ...}`` nodes their value.
+    """
+
+    def __init__(self, job, events, memberships=None):
         self.job = job
         self.events = sorted(events, key=lambda e: (e.ts, e.event_id))
+        self.memberships = memberships or {}
 
     def traits_at(self, t):
         traits = {}
@@ -56,34 +94,56 @@ class Explainer:
                     traits[k] = v
         return traits
 
-    def leaves(self, node, t, path):
-        """[(path, description, value)] for every leaf of the tree at time t."""
+    def member_at(self, index, t):
+        inside = False
+        for time, what in self.memberships.get(index, ()):
+            if time > t:
+                break
+            inside = what == "enter"
+        return inside
+
+    def evaluate(self, node, t):
+        """(value, description, children) of ``node`` at time t; children are the same triples."""
         if "and" in node or "or" in node:
             kind = "and" if "and" in node else "or"
-            out = []
-            for i, child in enumerate(node[kind]):
-                out += self.leaves(child, t, "%s.%s[%d]" % (path, kind, i))
-            return out
+            children = [self.evaluate(c, t) for c in node[kind]]
+            values = [c[0] for c in children]
+            return (all(values) if kind == "and" else any(values)), kind, children
         if "not" in node:
-            return self.leaves(node["not"], t, path + ".not")
+            child = self.evaluate(node["not"], t)
+            return not child[0], "not", [child]
         if "trait" in node:
             value = _lookup(self.traits_at(t), node["trait"])
-            holds = _make_predicate(node["op"], node.get("value"), path)(value)
-            return [(path, "trait %s %s %s (is %s)" % (node["trait"], node["op"],
-                                                        json.dumps(node.get("value")), json.dumps(value)), holds)]
+            holds = _make_predicate(node["op"], node.get("value"), "condition")(value)
+            return holds, "trait %s %s %s (is %s)" % (
+                node["trait"], node["op"], json.dumps(node.get("value")), json.dumps(value)), []
         if "event" in node:
             within = parse_duration(node["within"]) if node.get("within") else None
-            where = compile_where(node["where"], path) if node.get("where") else None
-            count = sum(1 for e in self.events if e.event == node["event"] and e.ts <= t
-                        and (within is None or t < e.ts + within) and (where is None or where(e.properties)))
+            where = compile_where(node["where"], "condition") if node.get("where") else None
+            count = sum(1 for e in self.events
+                        if (node["event"] == ANY_EVENT or e.event == node["event"]) and e.ts <= t
+                        and (within is None or t < e.ts + within)
+                        and (where is None or where(e.properties)))
             lo, hi = node.get("min_count", 1), node.get("max_count")
-            holds = count >= lo and (hi is None or count <= hi)
-            window = "in the last %s" % node["within"] if within else "ever"
-            bounds = ">= %d" % lo if hi is None else "in [%d, %d]" % (lo, hi)
-            return [(path, "%s %s%s: %d, needs %s" % (node["event"], window, " (where ...)" if where else "",
-                                                      count, bounds), holds)]
+            return count >= lo and (hi is None or count <= hi), _describe_event(node, count), []
         audience = self.job.audiences.by_ref(node["audience"])
-        return [(path, "member of %s" % audience.slug, None)]
+        return self.member_at(audience.index, t), "member of %s" % audience.slug, []
+
+    def lines(self, node, t):
+        """The tree at t, one line per node: ``*`` marks a node whose value differs from just
+        before t (the cause of a transition at t), then its value, then what it is."""
+        out = []
+
+        def walk(now, before, depth):
+            value, description, children = now
+            mark = "*" if value != before[0] else " "
+            out.append("%s %s %s%s" % (mark, "true " if value else "false", "  " * depth,
+                                       description))
+            for child_now, child_before in zip(children, before[2]):
+                walk(child_now, child_before, depth + 1)
+
+        walk(self.evaluate(node, t), self.evaluate(node, t - 1), 0)
+        return out
 
 
 def run(argv=None):
@@ -95,21 +155,28 @@ def run(argv=None):
     args = parser.parse_args(argv)
     try:
         job = load_config(args.config)
-        events = _read_user_events(args.input, args.user, "anonymous_id" if args.anonymous else "user_id")
+        field = "anonymous_id" if args.anonymous else "user_id"
+        found = _read_user_events(args.input, args.user)
     except (ConfigError, FileNotFoundError) as exc:
         sys.stderr.write("error: %s\n" % exc)
         return 2
+    events = found.get((field, args.user))
     if not events:
-        sys.stderr.write("error: no events of user %s in %s\n" % (args.user, args.input))
+        sys.stderr.write("error: %s\n" % _no_events_message(args.user, field, found, args.input))
         return 2
     engine = Engine(job.audiences, job.backfill_starts)
     changes, _ = engine.advance(engine.new_state(), events, MAX_TIME)
     kept = dedupe_batch(events, key=lambda e: e.event_id)
-    explainer = Explainer(job, kept)
+    memberships = {}
+    for change in changes:
+        if not change.backfill:
+            for audience_index, what, _ in change.changes:
+                memberships.setdefault(audience_index, []).append((change.time, what))
+    explainer = Explainer(job, kept, memberships)
+    first_ts = explainer.events[0].ts
     raw = {a.get("slug") or a.get("id"): a["condition"] for a in job.raw.get("audiences", [])}
     timeline = [(e.ts, 0, e) for e in explainer.events] + [(c.time, 1, c) for c in changes]
     out = sys.stdout
-    previous = {}
     for t, kind, item in sorted(timeline, key=lambda x: (x[0], x[1])):
         if kind == 0:
             extra = ""
@@ -126,15 +193,12 @@ def run(argv=None):
             if item.backfill:
                 out.write("      member since %s\n" % format_time(entered))
                 continue
-            leaves = explainer.leaves(raw[audience.slug], t, "condition")
-            before = previous.get(audience.slug, {})
-            for path, description, value in leaves:
-                changed = path in before and before[path] != value
-                mark = "*" if changed else " "
-                shown = "" if value is None else ("true " if value else "false")
-                out.write("      %s %s %s\n" % (mark, shown, description))
-            previous[audience.slug] = {p: v for p, _, v in leaves}
-    out.write("(* = changed since this audience's previous transition)\n")
+            lines = explainer.lines(raw[audience.slug], t)
+            for line in lines:
+                out.write("      %s\n" % line)
+            if t == first_ts and not lines[0].startswith("*"):
+                out.write("      (the user's first event: before it a user is in no audience)\n")
+    out.write("(* = changed at this moment: the cause of the transition)\n")
     return 0
 
 

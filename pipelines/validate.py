@@ -2,13 +2,16 @@
 
     python -m pipelines.validate --config FILE [--json]
 
-Exit status 0 when the config is valid, 2 with one line naming the problem otherwise.
+Exit status 0 when the config is valid, 2 with one line naming the problem otherwise. Validation is
+the one the pipelines do before any data moves: every key known, every value valid, and every alert
+destination one the job would connect to (its host is resolved here; see
+``core.config.check_destinations``).
 """
 import argparse
 import json
 import sys
 
-from core.config import ConfigError, load_config, mask_secrets
+from core.config import ConfigError, check_destinations, load_config, mask_secrets
 from core.redact import Redactor, collect_secrets
 from core.timeutil import format_time
 
@@ -83,11 +86,13 @@ def run(argv=None):
     args = parser.parse_args(argv)
     try:
         job = load_config(args.config)
+        redact = Redactor(collect_secrets(job.raw))
+        for warning in check_destinations(job):
+            sys.stderr.write("warning: %s\n" % redact(warning))
     except ConfigError as exc:
         sys.stderr.write("error: %s\n" % exc)
         return 2
     result = plan(job)
-    redact = Redactor(collect_secrets(job.raw))
     if args.json:
         sys.stdout.write(redact(json.dumps(result, indent=2)) + "\n")
     else:

@@ -73,7 +73,7 @@ def test_yaml_and_json_files(tmp_path):
     assert load_config(str(tmp_path / "c.json")).account_name == "acme"
     assert load_config(str(tmp_path / "c.yaml")).works == []
     (tmp_path / "bad.yaml").write_text("account: [\n")
-    with pytest.raises(ConfigError, match="not valid YAML/JSON"):
+    with pytest.raises(ConfigError, match=r"not valid YAML: line 2, column 1: "):
         load_config(str(tmp_path / "bad.yaml"))
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(str(tmp_path / "missing.yaml"))

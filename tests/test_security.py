@@ -172,18 +172,42 @@ def test_ssrf_spellings_are_refused_without_any_connect(canaries, monkeypatch):
     assert v4.poll() == 0 and (v6 is None or v6.poll() == 0)
 
 
-def test_ssrf_through_the_pipeline_is_dead_lettered_and_never_reaches_a_server(canaries,
-                                                                               tmp_path):
+def test_ssrf_destinations_fail_validation_before_any_data_moves(canaries, tmp_path):
+    from core.config import ConfigError, check_destinations, parse_config
+    v4, v6 = canaries
+    urls = _ssrf_urls(v4.port, v6.port if v6 else None)
+    works = [{"id": "w-ssrf-%02d" % i, "workflow": "webhook_system_events",
+              "config": {"system_event_type": "failed", "webhook_url": url,
+                         "max_attempts": 3, "timeout_seconds": 2}}
+             for i, (url, _) in enumerate(urls)]
+    for i, ((url, reason), work) in enumerate(zip(urls, works)):
+        job = parse_config({"account": {"name": "acme"}, "audiences": [], "works": [work]}, {})
+        with pytest.raises(ConfigError) as info:
+            check_destinations(job)
+        message = str(info.value)
+        assert message.startswith("works[0].config.webhook_url: the job refuses to connect to "), (
+            url, message)
+        assert reason in message and "set allow_private_network: true" in message, (url, message)
+    # The run command refuses the same config in one line, exit 2, before reading any input.
+    config = {"account": {"name": "acme", "aid": 1234}, "audiences": [], "works": works}
+    cfg, inp = _write(str(tmp_path / "in"), config, [_failed("se-1"), _profile(1)])
+    out = str(tmp_path / "out")
+    result, _ = _run(cfg, inp, out)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: works[0].config.webhook_url: the job refuses to connect to 127.0.0.1, a loopback "
+        "address; set allow_private_network: true")
+    assert "Traceback" not in result.stderr and not os.path.exists(out)
+    assert v4.poll() == 0 and (v6 is None or v6.poll() == 0)
+
+
+def test_redirects_to_internal_addresses_are_dead_lettered_and_never_followed(canaries, tmp_path):
     v4, v6 = canaries
     redirector = WebhookServer()
     internal = WebhookServer()          # "internal" service the redirects point at
     try:
-        urls = _ssrf_urls(v4.port, v6.port if v6 else None)
-        works = [{"id": "w-ssrf-%02d" % i, "workflow": "webhook_system_events",
-                  "config": {"system_event_type": "failed", "webhook_url": url,
-                             "max_attempts": 3, "timeout_seconds": 2}}
-                 for i, (url, _) in enumerate(urls)]
-        # Loopback is allowed for this work only, to reach the redirecting test server; the
+        works = []
+        # Loopback is allowed for these works only, to reach the redirecting test server; the
         # redirects it answers point at the metadata address and at another loopback server.
         redirector.script("/to-metadata", Reply(302, {
             "Location": "http://169.254.169.254/latest/meta-data/iam/security-credentials/"}))
@@ -204,13 +228,6 @@ def test_ssrf_through_the_pipeline_is_dead_lettered_and_never_reaches_a_server(c
         result, seconds = _run(cfg, inp, out)
         assert result.returncode == 0, result.stderr[-3000:]
         assert seconds < 60
-
-        for (url, reason), work in zip(urls, works):
-            [record] = read_jsonl(os.path.join(out, "deadletter", work["id"] + ".jsonl"))
-            assert record["raw"]["id"] == "se-1"
-            assert "refused to connect" in record["error"] and reason in record["error"], (
-                url, record["error"])
-            assert "not retried" in record["error"]
         for path in ("/to-metadata", "/to-internal", "/to-internal-hex"):
             [record] = read_jsonl(os.path.join(
                 out, "deadletter", "w-redirect%s.jsonl" % path.replace("/", "-")))

@@ -20,6 +20,7 @@ the parse uses the machine's other cores.
 """
 import itertools
 import logging
+import os
 import sys
 import time
 
@@ -94,6 +95,11 @@ def check_input_exists(pattern):
         raise InputMissingError("input %s: %s" % (pattern, str(exc).splitlines()[0])) from None
     if not matches:
         raise InputMissingError("input %s: no file matches" % pattern)
+    for m in matches:
+        # A local directory matches itself (object stores have no directories to match).
+        if FileSystems.get_scheme(m.path) is None and os.path.isdir(m.path):
+            raise InputMissingError("input %s: is a directory; give a file or a glob, e.g. %s"
+                                    % (pattern, os.path.join(m.path, "*.jsonl")))
     return [m.path for m in matches]
 
 

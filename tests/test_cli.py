@@ -155,3 +155,76 @@ def test_missing_config_is_one_line(job):
     result = run("stream", "--input", str(job / "events.jsonl"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "error: --config is required (see --help)"
+
+
+# -- one-line errors before the pipeline starts (issue 18, points 1, 4, 5) ---------------------
+
+def last_error_line(result):
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("command", ["stream", "replay"])
+def test_a_directory_as_input_is_one_line(job, command):
+    result = run(command, "--config", str(job / "config.yaml"), "--input", str(job),
+                 "--output_dir", str(job / "out"))
+    assert result.returncode == 2
+    assert last_error_line(result) == "error: input %s: is a directory; give a file or a glob, " \
+                                      "e.g. %s" % (job, job / "*.jsonl")
+    assert not (job / "out").exists()
+
+
+@pytest.mark.parametrize("text,expected", [
+    (CONFIG.replace("works:\n", "works:\n\t"),
+     "not valid YAML: line 7, column 1: found character '\\t' that cannot start any token "
+     "(while scanning for the next token); YAML indents with spaces, not tabs"),
+    (CONFIG.replace("condition: {trait: tier, op: eq, value: gold}}",
+                    "condition: {trait: tier, op: eq, value: gold}"),
+     "not valid YAML: line 6, column 1: expected ',' or '}', but got '<scalar>' "
+     "(while parsing a flow mapping that starts at line 5, column 5)"),
+])
+def test_yaml_syntax_error_is_one_line_with_line_and_column(job, text, expected):
+    (job / "bad.yaml").write_text(text)
+    result = run("replay", "--config", str(job / "bad.yaml"), "--input", str(job / "events.jsonl"))
+    assert result.returncode == 2
+    assert last_error_line(result) == "error: config %s: %s" % (job / "bad.yaml", expected)
+
+
+@pytest.mark.parametrize("old,new,expected", [
+    ("audiences:", "audience:", "error: audience: unknown key (did you mean 'audiences'?)"),
+    ("config: {user_fields: [email]}", "config: {user_fields: [email], existing_user: true}",
+     "error: works[0].config.existing_user: unknown key (did you mean 'existing_users'?)"),
+    ("within: 7d, min_count: 3", "within: 7d, min_cout: 3",
+     "error: audiences[0].condition.min_cout: unknown key (did you mean 'min_count'?)"),
+])
+def test_unknown_keys_fail_the_run_in_one_line(job, old, new, expected):
+    (job / "bad.yaml").write_text(CONFIG.replace(old, new))
+    result = run("stream", "--config", str(job / "bad.yaml"), "--input", str(job / "events.jsonl"),
+                 "--output_dir", str(job / "out"))
+    assert result.returncode == 2
+    assert last_error_line(result) == expected
+    assert not (job / "out").exists()
+
+
+def test_unknown_verb_fails_the_run_naming_the_value_and_the_list(job):
+    (job / "bad.yaml").write_text(CONFIG + "  - {id: w-hook, workflow: webhook_system_events, "
+                                           "config: {system_event_type: exploded}}\n")
+    result = run("replay", "--config", str(job / "bad.yaml"), "--input", str(job / "events.jsonl"))
+    assert result.returncode == 2
+    assert last_error_line(result) == (
+        "error: works[1].config.system_event_type: unknown verb 'exploded'; one of completed, "
+        "created, deleted, failed, started, synccomplete, synced, syncing, updated")
+
+
+@pytest.mark.parametrize("command", ["stream", "replay"])
+def test_a_webhook_to_a_private_address_fails_the_run_before_any_data_moves(job, command):
+    (job / "hook.yaml").write_text(CONFIG + "  - {id: w-hook, workflow: webhook_system_events, "
+                                            "config: {webhook_url: 'http://localhost:9/hook'}}\n")
+    result = run(command, "--config", str(job / "hook.yaml"), "--input", str(job / "events.jsonl"),
+                 "--output_dir", str(job / "out"))
+    assert result.returncode == 2
+    assert last_error_line(result) == (
+        "error: works[1].config.webhook_url: the job refuses to connect to localhost (127.0.0.1), "
+        "a loopback address; set allow_private_network: true in this work's config to allow it "
+        "(local runs and tests only)")
+    assert not (job / "out").exists()

@@ -94,3 +94,86 @@ def test_replay_reads_parquet_like_json_lines(job):
         assert result.returncode == 0, result.stderr
         outputs.append((job / name / "eventhub" / "w-eh.jsonl").read_text())
     assert outputs[0] == outputs[1] and outputs[0].count("\n") == 2  # enter and exit (day 4, day 9)
+
+
+def test_validate_reports_unknown_keys_and_refused_destinations_like_the_run(job):
+    cases = [
+        (CONFIG.replace("user_fields: [email]", "user_fields: [email], existing_user: true"),
+         "error: works[0].config.existing_user: unknown key (did you mean 'existing_users'?)"),
+        (CONFIG.replace("within: 7d", "whithin: 7d"),
+         "error: audiences[0].condition.whithin: unknown key (did you mean 'within'?)"),
+        (CONFIG.replace("audiences:", "audience:"),
+         "error: audience: unknown key (did you mean 'audiences'?)"),
+        (CONFIG.replace("system_event_type: failed,",
+                        "system_event_type: failed, webhook_url: 'http://127.0.0.1:9/x',"),
+         "error: works[1].config.webhook_url: the job refuses to connect to 127.0.0.1, a loopback "
+         "address; set allow_private_network: true in this work's config to allow it (local runs "
+         "and tests only)"),
+        (CONFIG.replace("system_event_type: failed,",
+                        "system_event_type: failed, webhook_url: 'https://hooks.example.com:0/x',"),
+         "error: works[1].config.webhook_url: not a usable URL: the port is not a number from 1 "
+         "to 65535; write it as https://host[:port]/path"),
+    ]
+    for text, expected in cases:
+        (job / "bad.yaml").write_text(text)
+        result = run("pipelines.validate", "--config", str(job / "bad.yaml"), env=ENV)
+        assert result.returncode == 2, (expected, result.stdout)
+        assert result.stderr.strip() == expected
+        assert "config is valid" not in result.stdout
+    allowed = CONFIG.replace("system_event_type: failed,", "system_event_type: failed, webhook_url: "
+                             "'http://127.0.0.1:9/x', allow_private_network: true,")
+    (job / "ok.yaml").write_text(allowed)
+    result = run("pipelines.validate", "--config", str(job / "ok.yaml"), env=ENV)
+    assert result.returncode == 0 and "config is valid" in result.stdout, result.stderr
+
+
+INACTIVE = CONFIG.replace("works:", """  - slug: dormant
+    condition: {not: {event: "*", within: 3d}}
+  - slug: never_bought
+    condition: {not: {event: purchase}}
+works:""")
+
+
+def test_explain_shows_not_and_marks_the_cause_of_every_transition(job):
+    (job / "inactive.yaml").write_text(INACTIVE)
+    result = run("pipelines.explain", "--config", str(job / "inactive.yaml"), "--input",
+                 str(job / "events.jsonl"), "--user", "u1", env=ENV)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    # The first transition: the user's first event, with nothing before it.
+    assert ("2026-11-01T00:00:00Z  ENTER never_bought\n"
+            "        true  not\n"
+            "        false   purchase ever: 0, needs >= 1\n"
+            "      (the user's first event: before it a user is in no audience)\n") in text
+    assert ("2026-11-02T00:00:00Z  EXIT  never_bought\n"
+            "      * false not\n"
+            "      * true    purchase ever: 1, needs >= 1\n") in text
+    # The first transition of frequent_buyers is marked too.
+    assert ("2026-11-04T00:00:00Z  ENTER frequent_buyers\n"
+            "      * true  purchase in the last 7d: 3, needs >= 3\n") in text
+    assert ("2026-11-04T00:00:00Z  ENTER vip\n"
+            "      * true  and\n"
+            "      * true    member of frequent_buyers\n"
+            "        true    trait tier eq \"gold\" (is \"gold\")\n") in text
+    # "*" counts every name: no event at all from the last purchase (day 4) + 3 days.
+    assert ("2026-11-07T00:00:00Z  ENTER dormant\n"
+            "      * true  not\n"
+            "      * false   any event in the last 3d: 0, needs >= 1\n") in text
+
+
+def test_explain_hints_at_the_kind_of_id(job):
+    with open(job / "events.jsonl", "a") as fh:
+        fh.write(json.dumps({"anonymous_id": "anon-7f3a", "event": "visit",
+                             "ts": "2026-11-05T00:00:00Z"}) + "\n")
+    result = run("pipelines.explain", "--config", str(job / "config.yaml"), "--input",
+                 str(job / "events.jsonl"), "--user", "anon-7f3a", env=ENV)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: no events of user_id anon-7f3a in %s; anon-7f3a is an " \
+                                    "anonymous_id there: add --anonymous" % (job / "events.jsonl")
+    result = run("pipelines.explain", "--config", str(job / "config.yaml"), "--input",
+                 str(job / "events.jsonl"), "--user", "anon-7f3a", "--anonymous", env=ENV)
+    assert result.returncode == 0 and "event visit" in result.stdout, result.stderr
+    result = run("pipelines.explain", "--config", str(job / "config.yaml"), "--input",
+                 str(job / "events.jsonl"), "--user", "u1", "--anonymous", env=ENV)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("u1 is a user_id there: drop --anonymous")

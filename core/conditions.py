@@ -9,10 +9,11 @@ A condition tree compiles into a function ``holds(traits, counts, members) -> bo
 
 Every ``{event: ...}`` node becomes a :class:`CounterSpec` (event name, ``where`` predicate,
 ``within`` window); nodes that share all three share one spec. The name ``"*"`` (:data:`ANY_EVENT`)
-counts events of every name, so "no activity in 30 days" is ``{not: {event: "*", within: 30d}}``. A spec only needs to count up to its
-*cap*: the largest threshold any node asks of it (``min_count``, or ``max_count + 1``). Past the cap
-the answer of every node is known, so the engine keeps at most ``cap`` timestamps per windowed spec
-and a saturating counter for all-time specs.
+counts events of every name, so "no activity in 30 days" is ``{not: {event: "*", within: 30d}}``.
+A spec only needs to count up to its *cap*: the largest threshold any node asks of it
+(``min_count``, or ``max_count + 1``). Past the cap the answer of every node is known, so the
+engine keeps at most ``cap`` timestamps per windowed spec and a saturating counter for all-time
+specs.
 
 The engine itself evaluates :attr:`AudienceSet.state_holds`: the same conditions, each generated as
 one Python function over the engine's own state (see :meth:`AudienceSet._compile_on_state`).

@@ -178,7 +178,12 @@ def load_config(path, environ=None):
     except OSError as exc:
         raise ConfigError("config %s: cannot read: %s" % (path, exc.strerror or exc)) from None
     try:
-        raw = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+        if path.endswith(".json"):
+            raw = json.loads(text, object_pairs_hook=_json_object)
+        else:
+            raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader
+    except _DuplicateJsonKey as exc:
+        raise ConfigError("config %s: not valid JSON: %s" % (path, exc)) from None
     except json.JSONDecodeError as exc:
         raise ConfigError("config %s: not valid JSON: line %d, column %d: %s"
                           % (path, exc.lineno, exc.colno, exc.msg)) from None
@@ -187,6 +192,42 @@ def load_config(path, environ=None):
     job = parse_config(raw, environ)
     job.source = path
     return job
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping: YAML would keep the
+    last, and the first (a whole ``works:`` list, say) would be lost without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults` merges; a key after it overrides, as YAML says
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the constructor reports it
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, "duplicate key %r (the first one would be ignored)" % (key,),
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+class _DuplicateJsonKey(ValueError):
+    pass
+
+
+def _json_object(pairs):
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateJsonKey("duplicate key %r (the first one would be ignored)" % key)
+        result[key] = value
+    return result
 
 
 def _yaml_problem(exc):

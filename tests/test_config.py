@@ -263,3 +263,32 @@ def test_destinations_the_job_would_refuse_fail_before_any_data_moves():
     assert check_destinations(unknown, resolve) == [
         "works[0].config.webhook_url: host hooks.nowhere.example does not resolve here (Name or "
         "service not known); the run will retry it and dead-letter what it cannot send"]
+
+
+def test_syntax_errors_and_repeated_keys_name_line_and_column(tmp_path):
+    cases = [
+        ("c.yaml", "account: {name: acme}\nworks:\n  - workflow: eventhub_audience_export\n"
+                   "   config: {}\n",
+         "not valid YAML: line 4, column 4: expected <block end>, but found '<block mapping start>' "
+         "(while parsing a block collection that starts at line 3, column 3)"),
+        # YAML keeps the last of two equal keys: the first works list would be lost silently.
+        ("d.yaml", "account: {name: acme}\nworks: []\naudiences: []\nworks:\n"
+                   "  - {workflow: eventhub_audience_export}\n",
+         "not valid YAML: line 4, column 1: duplicate key 'works' (the first one would be ignored)"),
+        ("e.json", '{"account": {"name": "acme"},\n "works": [}',
+         "not valid JSON: line 2, column 12: Expecting value"),
+        ("f.json", '{"account": {"name": "acme", "name": "other"}}',
+         "not valid JSON: duplicate key 'name' (the first one would be ignored)"),
+    ]
+    for name, text, expected in cases:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_config(str(tmp_path / name))
+        assert str(info.value) == "config %s: %s" % (tmp_path / name, expected)
+    # A merge key is not a repeated key: the key after it overrides, as YAML says.
+    (tmp_path / "g.yaml").write_text(
+        "account: &acct {name: acme}\naudiences: []\nworks:\n  - workflow: eventhub_audience_export\n"
+        "    config: &cfg {user_fields: [email]}\n  - workflow: eventhub_audience_export\n"
+        "    config: {<<: *cfg, user_fields: [country]}\n")
+    job = load_config(str(tmp_path / "g.yaml"))
+    assert job.works[1].settings.user_fields == ["country"]

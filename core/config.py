@@ -1,7 +1,10 @@
 """The job config (CONTRACT section 3): loading, ``${VAR}`` substitution and validation.
 
 Validation happens before any data moves. Every error names the config path, for example
-``works[3].config.period_hours: must be one of 1, 2, 4, 6, 12, 24``.
+``works[3].config.period_hours: must be one of 1, 2, 4, 6, 12, 24`` or
+``works[0].config.pasued: unknown key (did you mean 'paused'?)``: every mapping has a fixed set of
+keys (below, and docs/CONFIG.md). :func:`parse_config` does no I/O; :func:`check_destinations`
+resolves the alert works' hosts, which the commands call before a run or a plan.
 """
 import ipaddress
 import json

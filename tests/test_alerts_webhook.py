@@ -89,10 +89,8 @@ def test_hanging_endpoint_times_out_and_is_dead_lettered_after_bounded_attempts(
         webhook_server, tmp_path):
     webhook_server.script("/hook", Reply(hang=True), Reply(hang=True), Reply(200))
     work = webhook_work(webhook_server.url(), timeout_seconds=0.3, max_attempts=2)
-    started = time.monotonic()
     run_alerts(SendWebhookAlerts(work, str(tmp_path)), [system_event("se-1")])
 
-    assert time.monotonic() - started < 10
     assert len(webhook_server.requests()) == 2
     [record] = deadletters(tmp_path)
     assert record["error"] == "gave up after 2 attempts: timed out after 0.3s"
@@ -150,12 +148,10 @@ def test_runaway_templates_dead_letter_their_alert_only(webhook_server, tmp_path
         else {text: event.data.subject_id}"""
     events = [system_event("se-1", subject_id="w-1"), system_event("se-2", subject_id="w-deep"),
               system_event("se-3", subject_id="w-huge"), system_event("se-4", subject_id="w-4")]
-    started = time.monotonic()
     result = run_alerts(SendWebhookAlerts(webhook_work(webhook_server.url(),
                                                        json_template=template), str(tmp_path)),
                         events)
 
-    assert time.monotonic() - started < 20
     assert sorted(json.loads(r.body)["text"] for r in webhook_server.requests()) == ["w-1", "w-4"]
     errors = {d["raw"]["id"]: d["error"] for d in deadletters(tmp_path)}
     assert errors.keys() == {"se-2", "se-3"}

@@ -4,8 +4,10 @@ over the same input, ends exactly where an uninterrupted run ends (issue 9, part
 The job exports events and system events to Azurite (Blob, with its state marker) and sends
 audience messages to the local Event Hubs endpoint (the real SDKs). For each trial (fixed seed):
 a fresh container and a fresh hub; ``pipelines.stream`` is started and killed (the whole process
-group, SIGKILL: no cleanup runs) at a random point (after a random delay, or once a random number
-of files or messages was delivered); then the same command runs to completion.
+group, SIGKILL: no cleanup runs) at a point placed by counted deliveries (once the first, or a
+random number of, export files or audience messages were delivered); then the same command runs to
+completion. No kill is placed by elapsed time: a slow or busy machine moves a timed kill to another
+phase of the run, a counted one stays where it was meant to land.
 Afterwards:
 
 - the container holds exactly the uninterrupted run's export files: the same names and the same
@@ -34,10 +36,12 @@ SEED = 20260917
 TRIALS = 4
 N_USERS = 25
 DAYS = 12
-#: Where each trial's kill lands: after a random delay (two strata of the run's duration), once a
-#: random number of export files is in the container (in the middle of the Blob writes), once a
-#: random number of messages reached the hub (in the middle of the Event Hub sends).
-KILL_POINTS = ("time-early", "time-late", "files", "messages")
+#: Where each trial's kill lands, counted in deliveries: right after the first export file or the
+#: first audience message arrived (early in each branch's writes), and once a random number of them
+#: arrived (in the middle of the Blob writes and of the Event Hub sends).
+KILL_POINTS = ("files-first", "messages-first", "files", "messages")
+#: Bound on waiting for a kill point; a run that ends first simply is not killed.
+KILL_POINT_WAIT_SECONDS = 240
 
 
 def _hub_ids(hubs):
@@ -75,14 +79,14 @@ def job(tmp_path_factory, azurite):
     container = unique_container("crash-ref")
     with LocalEventHubs(partitions=4) as hubs:
         env = pipeline_env(hubs.connection_string, azurite.connection_string, container)
-        result, seconds = run_pipeline("stream", cfg, inp, os.path.join(base, "ref"), env)
+        result, _ = run_pipeline("stream", cfg, inp, os.path.join(base, "ref"), env)
         assert result.returncode == 0, result.stderr[-3000:]
         messages = _hub_ids(hubs)
     files = azure_blob_files(azurite.connection_string, container)
     exports, markers = split_markers(files)
     assert len(exports) > 30 and len(messages) > 200 and markers
     check_files_parse(exports)
-    return {"base": base, "cfg": cfg, "input": inp, "seconds": seconds, "files": files,
+    return {"base": base, "cfg": cfg, "input": inp, "files": files,
             "exports": exports, "markers": markers, "messages": messages,
             "deadletters": read_jsonl(os.path.join(base, "ref", "deadletter", "input.jsonl"))}
 
@@ -116,25 +120,17 @@ def _export_count(connection_string, container):
 
 def _wait_for_kill_point(proc, kind, rng, job, hubs, azurite, container):
     """Waits (bounded) until the trial's kill point; returns a description of it."""
-    seconds = job["seconds"]
-    if kind.startswith("time"):
-        low, high = (0.15, 0.55) if kind == "time-early" else (0.55, 1.0)
-        delay = rng.uniform(low, high) * seconds
-        try:
-            proc.wait(delay)
-        except subprocess.TimeoutExpired:
-            pass
-        return "after %.2f s" % delay
-    if kind == "files":
-        target = rng.randint(1, len(job["exports"]) - 1)
+    what, _, where = kind.partition("-")
+    total = len(job["exports"]) if what == "files" else len(job["messages"])
+    target = 1 if where == "first" else rng.randint(1, total - 1)
+    if what == "files":
         count = lambda: _export_count(azurite.connection_string, container)
     else:
-        target = rng.randint(1, len(job["messages"]) - 1)
         count = lambda: len(hubs.events())
-    deadline = time.monotonic() + 3 * seconds + 30
+    deadline = time.monotonic() + KILL_POINT_WAIT_SECONDS
     while proc.poll() is None and time.monotonic() < deadline and count() < target:
         time.sleep(0.03)
-    return "once %d %s were delivered" % (target, kind)
+    return "once %d %s were delivered" % (target, what)
 
 
 @pytest.mark.slow
@@ -149,7 +145,7 @@ def test_killed_at_random_points_then_rerun_equals_an_uninterrupted_run(job, azu
                 FaultProxy(("127.0.0.1", azurite.port), "azurite") as proxy:
             env = pipeline_env(hubs.connection_string, azurite.connection_string, container)
             first_env = env
-            if kind == "files":
+            if kind.startswith("files"):
                 # The files go out in a second or so: 20 ms per forwarded chunk spreads them out
                 # enough for the kill to land between two of them.
                 proxy.set_latency(0.02)
@@ -168,8 +164,7 @@ def test_killed_at_random_points_then_rerun_equals_an_uninterrupted_run(job, azu
             duplicates = _check_final(job, container, hubs, azurite, out)
         outcomes.append({"trial": trial, "kill": point, "killed": killed, "at_kill": at_kill,
                          "duplicate_messages_after_rerun": duplicates})
-    print("\nCRASH %s" % json.dumps({"uninterrupted_s": round(job["seconds"], 1),
-                                     "files": len(job["exports"]),
+    print("\nCRASH %s" % json.dumps({"files": len(job["exports"]),
                                      "messages": len(job["messages"]), "trials": outcomes}))
     assert sum(o["killed"] for o in outcomes) >= len(KILL_POINTS) - 1
     # The kills landed in the middle of the deliveries, not only before or after them.

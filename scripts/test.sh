@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # The README's test command: installs everything the tests need on a fresh machine (Python packages
-# into .venv, Azurite from npm into .tools/azurite) and runs the whole suite, slow tests included.
+# into .venv, Azurite from npm into .tools/azurite) and runs the whole suite, slow tests included,
+# then lists the 25 slowest tests.
+#   scripts/test.sh                 the whole suite (what CI runs)
+#   scripts/test.sh --quick         the quick selection for development: no test marked slow
+#   scripts/test.sh tests/test_x.py  extra arguments go to pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
+SELECT=()
+if [ "${1:-}" = "--quick" ]; then
+  shift
+  SELECT=(-m "not slow")
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"
@@ -14,4 +23,4 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   echo "installing chromium (Debian) for the report test" >&2
   apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null
 fi
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 ${SELECT[@]+"${SELECT[@]}"} "$@"

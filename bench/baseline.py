@@ -1,6 +1,7 @@
 """The naive Beam baseline: parse, key by user, one ReadModifyWrite state read and write plus one
 event-time timer set per event, nothing else. ``python -m bench.baseline --input F``."""
 import argparse
+import datetime
 import json
 import sys
 
@@ -27,8 +28,15 @@ class _CountPerUser(beam.DoFn):
 
 
 def _key(line):
+    """(user key, event time in seconds); system events have no user and are left out."""
     record = json.loads(line)
-    return record.get("user_id") or record.get("anonymous_id"), record["ts"]
+    key = record.get("user_id") or record.get("anonymous_id")
+    if not key:
+        return []
+    ts = record["ts"]
+    if isinstance(ts, str):
+        ts = datetime.datetime.fromisoformat(ts).timestamp()
+    return [(key, ts)]
 
 
 def run(argv=None):
@@ -37,7 +45,7 @@ def run(argv=None):
     known, beam_args = parser.parse_known_args(argv)
     with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
         (p | "Read" >> beam.io.ReadFromText(known.input)
-           | "Parse" >> beam.Map(_key)
+           | "Parse" >> beam.FlatMap(_key)
            | "StatePerEvent" >> beam.ParDo(_CountPerUser()))
     return 0
 

@@ -1,35 +1,106 @@
-"""Deterministic benchmark data: ``python -m bench.make_data --events N --users U --days D --out F``."""
+"""Deterministic benchmark data shaped like a real event stream.
+
+    python -m bench.make_data --events N --users U --days D --out F [--seed S]
+
+What makes it real-shaped, and why each matters to the job's cost:
+- ``ts`` and ``received_at`` are RFC 3339 strings with microseconds (what SDKs and our README send),
+  not epoch numbers, so the parse cost is the one users pay;
+- ``received_at`` lies minutes to hours after ``ts`` (mobile clients flush late), a few records
+  slightly before it (client clocks ahead), and the file is in arrival (``received_at``) order, so
+  the events of a user arrive out of ``ts`` order;
+- about 3% of the records are sent again with the same ``event_id`` a few minutes to hours later
+  (a retrying client), which the 24 h dedupe must drop;
+- anonymous users, users known by both ids, properties on most events, traits on some, and a
+  small share of system events (job status and audit log) for the alert and system exports.
+"""
 import argparse
+import datetime
 import json
 import random
 
-EVENTS = ["page_view"] * 6 + ["purchase", "add_to_cart", "add_to_cart", "email_open", "profile"]
-START = 1790000000  # 2026-09-21, epoch seconds
+#: Event names with their weights in the stream.
+EVENTS = (["page_view"] * 8 + ["search"] * 2 + ["add_to_cart"] * 2
+          + ["purchase", "email_open", "email_open", "profile"])
+START = datetime.datetime(2026, 9, 21, tzinfo=datetime.timezone.utc)
+SUBJECTS = ["Sale now on", "News of the week", "Sale ends tonight", "Your cart"]
+QUERIES = ["running shoes", "boots", "rain jacket", "shoe laces", "socks"]
+COUNTRIES = ["US", "DE", "FR", "GB", "ES"]
+PLANS = ["free", "free", "pro", "enterprise"]
+DUPLICATE_SHARE = 0.03
+SYSTEM_SHARE = 0.005
+US = 1_000_000
 
 
-def generate(events, users, days, seed=11):
+def rfc3339(us: int) -> str:
+    """Epoch microseconds as RFC 3339 UTC text with six fractional digits."""
+    moment = START + datetime.timedelta(microseconds=us)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _delay_us(rnd: random.Random) -> int:
+    """Ingestion delay: mostly minutes, a tail of hours, a few negative (clocks ahead)."""
+    if rnd.random() < 0.02:
+        return -rnd.randrange(1, 120) * US
+    return int(min(rnd.lognormvariate(6.0, 1.4), 12 * 3600) * US)
+
+
+def _profile_event(rnd, i, seed, user, name, ts_us):
+    record = {"event_id": "b%d-%d" % (seed, i), "event": name}
+    if user % 10 == 0:
+        record["anonymous_id"] = "anon-%06d" % user
+    else:
+        record["user_id"] = "user%06d" % user
+        if user % 7 == 0:
+            record["anonymous_id"] = "anon-%06d" % user
+    record["ts"] = rfc3339(ts_us)
+    if name in ("purchase", "add_to_cart"):
+        record["properties"] = {"price": round(rnd.uniform(1, 120), 2), "sku": "sku-%d" % rnd.randrange(50),
+                                "currency": "EUR"}
+    elif name == "email_open":
+        record["properties"] = {"subject": rnd.choice(SUBJECTS), "campaign": "c-%d" % rnd.randrange(9)}
+    elif name == "search":
+        record["properties"] = {"query": rnd.choice(QUERIES)}
+    elif name == "page_view":
+        record["properties"] = {"url": "/p/%d" % rnd.randrange(200), "referrer": rnd.choice(["", "ads"])}
+    if name == "profile" or rnd.random() < 0.03:
+        record["traits"] = {"ltv": rnd.randint(0, 1000), "country": rnd.choice(COUNTRIES),
+                            "plan": rnd.choice(PLANS), "email": "user%d@example.com" % user}
+    return record
+
+
+def _system_event(rnd, i, seed, ts_us):
+    return {"kind": "system", "id": "se-%d-%d" % (seed, i), "ts": rfc3339(ts_us),
+            "data": {"aid": 1, "subject_type": rnd.choice(["work", "work", "segment"]),
+                     "subject_id": "w-%d" % rnd.randrange(20),
+                     "verb": rnd.choice(["failed", "completed", "started", "synced"]),
+                     "notes": "job %d" % i}}
+
+
+def generate(events: int, users: int, days: int, seed: int = 11):
+    """The records of the data set in arrival order (``received_at``), duplicates included."""
     rnd = random.Random(seed)
+    span_us = days * 86400 * US
+    arrivals = []               # (received_us, n, record)
     for i in range(events):
-        user = rnd.randrange(users)
-        name = rnd.choice(EVENTS)
-        record = {"event_id": "b%d-%d" % (seed, i), "event": name,
-                  "ts": START + rnd.randrange(days * 86400)}
-        if user % 10 == 0:
-            record["anonymous_id"] = "anon%06d" % user
+        ts_us = rnd.randrange(span_us)
+        if rnd.random() < SYSTEM_SHARE:
+            record = _system_event(rnd, i, seed, ts_us)
         else:
-            record["user_id"] = "user%06d" % user
-        if name in ("purchase", "add_to_cart"):
-            record["properties"] = {"price": rnd.randint(1, 100), "sku": "sku%d" % rnd.randrange(50)}
-        elif name == "email_open":
-            record["properties"] = {"subject": rnd.choice(["Sale now", "News", "Sale ends"])}
-        if name == "profile" or rnd.random() < 0.03:
-            record["traits"] = {"ltv": rnd.randint(0, 1000), "country": rnd.choice(["US", "DE", "FR"]),
-                                "email": "user%d@example.com" % user}
-        record["received_at"] = record["ts"] + rnd.randint(0, 300)
+            record = _profile_event(rnd, i, seed, rnd.randrange(users), rnd.choice(EVENTS), ts_us)
+        received_us = max(0, ts_us + _delay_us(rnd))
+        record["received_at"] = rfc3339(received_us)
+        arrivals.append((received_us, len(arrivals), record))
+        if rnd.random() < DUPLICATE_SHARE:
+            again = dict(record)
+            again_us = received_us + rnd.randrange(60, 6 * 3600) * US
+            again["received_at"] = rfc3339(again_us)
+            arrivals.append((again_us, len(arrivals), again))
+    arrivals.sort(key=lambda arrival: arrival[:2])
+    for _, _, record in arrivals:
         yield record
 
 
-def write(path, events, users, days, seed=11):
+def write(path: str, events: int, users: int, days: int, seed: int = 11) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         for record in generate(events, users, days, seed):
             fh.write(json.dumps(record, separators=(",", ":")))
@@ -37,12 +108,12 @@ def write(path, events, users, days, seed=11):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=150000)
-    parser.add_argument("--users", type=int, default=3000)
-    parser.add_argument("--days", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--out", required=True)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=150000, help="events before duplicates")
+    parser.add_argument("--users", type=int, default=3000, help="distinct users")
+    parser.add_argument("--days", type=int, default=40, help="days of event time the data spans")
+    parser.add_argument("--seed", type=int, default=11, help="random seed (same seed, same file)")
+    parser.add_argument("--out", required=True, help="the JSON Lines file to write")
     args = parser.parse_args()
     write(args.out, args.events, args.users, args.days, args.seed)
 

@@ -4,7 +4,10 @@
         [--skip-profile] [--eventhubs-events 100000]
 
 Times, on the same files in one run: the naive Beam baseline (one state read+write and one timer per
-event), ``pipelines.stream``, ``pipelines.replay`` and the pure core in a plain loop. Each pipeline
+event), ``pipelines.stream``, ``pipelines.replay`` and the pure core in a plain loop. The job is the
+whole job a user runs (``bench/config.yaml``: every branch at once, the alerts posted to a loopback
+receiver) on real-shaped data (``bench/make_data.py``: RFC 3339 times, late and out-of-order
+arrival, duplicates); then each branch alone (``--branches``), so a slow branch shows. Each pipeline
 runs at N and at 4N events (4x the users, same events per user) and its marginal rate is
 3N / (t(4N) - t(N)), so start-up does not blur the comparison; start-up (a run over a handful of
 events) is reported on its own. Each pipeline runs ``--repeat`` times at each size, in rounds (every
@@ -26,7 +29,10 @@ import subprocess
 import sys
 import time
 
+import yaml
+
 from bench.make_data import write
+from bench.receiver import webhook_receiver
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -60,11 +66,40 @@ def _run_quietly(command, label):
     return result.stdout
 
 
-def _pipeline_args(kind, path, out):
+#: The single-branch jobs: the whole job's works of these workflows only.
+BRANCHES = {"audiences": ("eventhub_audience_export",), "blob": ("azure_blob_event_export",),
+            "alerts": ("webhook_system_events",)}
+
+
+def _pipeline_args(kind, path, out, config=CONFIG):
     if kind == "baseline":
         return "bench.baseline", ["--input", path]
     module = "pipelines." + kind
-    return module, ["--config", CONFIG, "--input", path, "--output_dir", out, "--progress_seconds", "0"]
+    return module, ["--config", config, "--input", path, "--output_dir", out, "--progress_seconds", "0"]
+
+
+def branch_config(branch, directory):
+    """Writes the whole job's config with only one branch's works; returns its path."""
+    with open(CONFIG, encoding="utf-8") as fh:
+        config = yaml.safe_load(fh)
+    config["works"] = [w for w in config["works"] if w["workflow"] in BRANCHES[branch]]
+    path = os.path.join(directory, "config-%s.yaml" % branch)
+    with open(path, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(config, fh, sort_keys=False)
+    return path
+
+
+def _outputs(out):
+    """Every file a run wrote to its local sinks and Blob directory, by relative path: bytes."""
+    files = {}
+    for sub in ("eventhub", "blob", "alerts"):
+        top = os.path.join(out, sub)
+        for folder, _, names in os.walk(top):
+            for name in names:
+                path = os.path.join(folder, name)
+                with open(path, "rb") as fh:
+                    files[os.path.relpath(path, out)] = fh.read()
+    return files
 
 
 def _read(path):
@@ -84,10 +119,24 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=5,
                         help="runs of each pipeline at each size; the figures use the fastest "
                              "(the medians' are in results.json too)")
+    parser.add_argument("--branches", type=int, default=2,
+                        help="runs of replay and stream at each size for each single-branch job "
+                             "(0: skip them)")
     parser.add_argument("--out", default=os.path.join(HERE, "results.json"))
     parser.add_argument("--data", default=os.path.join(HERE, "data"),
                         help="where the data sets and the runs' outputs go")
     args = parser.parse_args(argv)
+    with webhook_receiver() as receiver:
+        results = _bench(args)
+        results["webhook_posts"] = receiver.posts
+    with open(args.out, "w", encoding="utf-8") as fh:
+        json.dump(results, fh, indent=2)
+        fh.write("\n")
+    print(format_table(results))
+    return 0 if results["stream_equals_replay"] else 1
+
+
+def _bench(args):
     data = args.data
     os.makedirs(data, exist_ok=True)
     n, users = args.events, args.users
@@ -136,10 +185,27 @@ def main(argv=None):
     results["paths"]["core"]["ratio_to_baseline"] = round(engine_rate / base, 1)
     # What 20x the baseline's marginal rate leaves per event, with every CPU busy all the time.
     results["replay_target_cpu_us_per_event"] = round(1e6 / (20 * base) * (os.cpu_count() or 1), 2)
-    same = all(_read(os.path.join(data, "out-stream-%s" % s, "eventhub", "w-eh.jsonl"))
-               == _read(os.path.join(data, "out-replay-%s" % s, "eventhub", "w-eh.jsonl"))
-               for s in ("N", "4N"))
+    same = all(_outputs(os.path.join(data, "out-stream-%s" % s))
+               == _outputs(os.path.join(data, "out-replay-%s" % s)) for s in ("N", "4N"))
     results["stream_equals_replay"] = same
+    results["output_files_N"] = len(_outputs(os.path.join(data, "out-replay-N")))
+    if args.branches:
+        results["branches"] = {}
+        for branch in BRANCHES:
+            config = branch_config(branch, data)
+            results["branches"][branch] = {}
+            for kind in ("stream", "replay"):
+                walls = {size: [] for size in SIZES}
+                for _ in range(args.branches):
+                    for size in SIZES:
+                        module, margs = _pipeline_args(
+                            kind, files[size], os.path.join(data, "out-%s-%s-%s" % (branch, kind, size)),
+                            config)
+                        walls[size].append(_measure(module, margs, "%s %s %s" % (branch, kind, size))
+                                           ["wall_seconds"])
+                figures = summarise(walls, n)
+                figures["ratio_to_baseline"] = round(figures["marginal_events_per_second"] / base, 2)
+                results["branches"][branch][kind] = figures
     if not args.skip_1m:
         million = os.path.join(data, "1m.jsonl")
         write(million, 1_000_000, 20000, args.days, seed=13)
@@ -158,11 +224,7 @@ def main(argv=None):
         output = _run_quietly([sys.executable, "-m", "bench.eventhubs_catchup", "--events",
                                str(args.eventhubs_events), "--skip-raw"], "eventhubs catch-up")
         results["eventhubs_catchup"] = json.loads([l for l in output.splitlines() if l.startswith("{")][-1])
-    with open(args.out, "w", encoding="utf-8") as fh:
-        json.dump(results, fh, indent=2)
-        fh.write("\n")
-    print(format_table(results))
-    return 0 if same else 1
+    return results
 
 
 def _linearity(t):
@@ -251,14 +313,25 @@ def format_table(results):
     c = results["paths"]["core"]
     rows.append("| core (plain loop, engine only) | %d | %s | - | - | - | - | - | %.0f |" % (
         c["engine_events_per_second"], c["ratio_to_baseline"], c["peak_rss_mb_4N"]))
-    lines = ["\n".join(rows), "", "each time is the fastest of %d runs" % results["repeats"],
+    lines = ["\n".join(rows), "", "each time is the fastest of %d runs" % results["repeats"]]
+    if results.get("branches"):
+        lines += ["", "| branch alone | stream ev/s | x baseline | replay ev/s | x baseline |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for branch, kinds in results["branches"].items():
+            lines.append("| %s | %d | %s | %d | %s |" % (
+                branch, kinds["stream"]["marginal_events_per_second"], kinds["stream"]["ratio_to_baseline"],
+                kinds["replay"]["marginal_events_per_second"], kinds["replay"]["ratio_to_baseline"]))
+        lines.append("")
+    lines += [
              "t(4N)/t(N) after start-up in CPU time (user and system, workers included): " + ", ".join(
                  "%s %.2f (medians %.2f)" % (kind, results["paths"][kind]["cpu_linearity"],
                                              results["paths"][kind]["median"]["cpu_linearity"])
                  for kind in ("baseline", "stream", "replay")),
-             "parse alone: %d ev/s; state per user: median %d B, max %d B; stream == replay: %s"
+             "parse alone: %d ev/s; state per user: median %d B, max %d B; stream == replay: %s "
+             "(%d output files at N, every byte compared); webhook posts received: %d"
              % (c["parse_events_per_second"], c["state_bytes_median"], c["state_bytes_max"],
-                results["stream_equals_replay"])]
+                results["stream_equals_replay"], results.get("output_files_N", 0),
+                results.get("webhook_posts", 0))]
     lines.append("marginal CPU per event, microseconds (each size's run of least CPU time): " + "; ".join(
         "%s %s" % (kind, ", ".join("%s %.1f" % (name, us) for name, us in
                                    results["paths"][kind]["cpu_us_per_event"].items() if us or name == "total"))

@@ -14,7 +14,8 @@ def test_bench_runs_on_a_tiny_data_set_and_stream_equals_replay(tmp_path):
     out = tmp_path / "results.json"
     result = subprocess.run(
         [sys.executable, "-m", "bench.run", "--events", "400", "--users", "20", "--days", "10",
-         "--skip-1m", "--eventhubs-events", "300", "--repeat", "1", "--out", str(out),
+         "--skip-1m", "--eventhubs-events", "300", "--repeat", "1", "--branches", "1",
+         "--out", str(out),
          "--data", str(tmp_path / "data")],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -29,6 +30,14 @@ def test_bench_runs_on_a_tiny_data_set_and_stream_equals_replay(tmp_path):
         parts = figures["cpu_us_per_event"]
         assert abs(sum(v for k, v in parts.items() if k != "total") - parts["total"]) < 0.1
     assert results["replay_target_cpu_us_per_event"] > 0
+    # The whole job wrote every branch's outputs, and each branch was also timed alone.
+    outputs = os.listdir(tmp_path / "data" / "out-replay-N")
+    assert {"eventhub", "blob"} <= set(outputs)
+    assert results["output_files_N"] > 2
+    assert set(results["branches"]) == {"audiences", "blob", "alerts"}
+    for kinds in results["branches"].values():
+        assert kinds["replay"]["marginal_events_per_second"] > 0
+        assert kinds["stream"]["marginal_events_per_second"] > 0
     assert results["paths"]["core"]["state_bytes_median"] > 0
     # The profile attributes time to the project's components, not only to "other".
     for kind in ("replay", "stream"):

@@ -430,6 +430,7 @@ class Engine:
                     if expiry < lowest:
                         lowest = expiry
                 due.expiry = lowest
+            exported = []
             while times[i] == t:
                 e = on_time[i]
                 i += 1
@@ -505,8 +506,12 @@ class Engine:
                             else:
                                 wakes[p] = _NEVER
                 if export_attributes is not None:
-                    rows.append(ExportRow(e, {name: traits.get(name)
-                                              for name in export_attributes}))
+                    exported.append(e)
+            if exported:
+                # The user's values as of the point: every event at t has set its traits first,
+                # so events that share a ts export the same values (traits at T, CONTRACT 5.2).
+                for e in exported:
+                    rows.append(ExportRow(e, {name: traits.get(name) for name in export_attributes}))
             if fresh and state.first_ts is not None:
                 fresh = False
                 dirty = self._all_audiences

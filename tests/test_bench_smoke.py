@@ -10,6 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_bench_runs_on_a_tiny_data_set_and_stream_equals_replay(tmp_path):
     out = tmp_path / "results.json"
     result = subprocess.run(
@@ -17,7 +18,7 @@ def test_bench_runs_on_a_tiny_data_set_and_stream_equals_replay(tmp_path):
          "--skip-1m", "--eventhubs-events", "300", "--repeat", "1", "--branches", "1",
          "--out", str(out),
          "--data", str(tmp_path / "data")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        cwd=ROOT, capture_output=True, text=True, timeout=850)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(out.read_text())
     assert results["stream_equals_replay"] is True

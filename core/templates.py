@@ -19,7 +19,8 @@ Sandbox
       limit (:data:`MEMORY_LIMIT_BYTES`) and no core dumps, so a runaway template cannot crash or
       starve the pipeline: the C++ evaluator aborts its process when memory runs out.
     - The call stack is bounded (:data:`MAX_STACK`), each evaluation has a wall-clock bound
-      (:data:`TIMEOUT_SECONDS`; a worker that overruns is killed and replaced), and so do the
+      (:data:`TIMEOUT_SECONDS`, counted from the request to a worker that said it is ready, so a
+      slow process start does not count; a worker that overruns is killed and replaced), and so do the
       template's size (:data:`MAX_TEMPLATE_BYTES`) and the output's (:data:`MAX_OUTPUT_BYTES`).
 
 Every failure raises :class:`TemplateError`, whose message is one line without the event's content.
@@ -38,6 +39,12 @@ import weakref
 MAX_STACK = 200
 MAX_TRACE = 5
 TIMEOUT_SECONDS = 2.0
+#: Bound on a new worker's start (interpreter and the Jsonnet module), apart from the evaluation
+#: bound: a busy machine may take seconds to start a process, which must not count against the
+#: template.
+STARTUP_SECONDS = 60.0
+#: The line a worker writes once it can evaluate.
+_READY = b"ready\n"
 MAX_TEMPLATE_BYTES = 64 * 1024
 MAX_OUTPUT_BYTES = 1024 * 1024
 MEMORY_LIMIT_BYTES = 512 * 1024 * 1024
@@ -100,6 +107,8 @@ def _worker_main():
     _limit_worker_resources()
     import _jsonnet
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdout.write(_READY)
+    stdout.flush()
     for line in stdin:
         reply = json.dumps(_handle_request(_jsonnet, line), ensure_ascii=False)
         stdout.write(reply.encode("utf-8") + b"\n")
@@ -212,6 +221,12 @@ class TemplateRenderer:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env={}, cwd="/" if os.name == "posix" else None)
         self._finalizer = weakref.finalize(self, _kill, self._proc)
+        try:
+            ready = self._read_line(self._proc, time.monotonic() + STARTUP_SECONDS) + b"\n"
+        except (TimeoutError, _WorkerGone):
+            ready = b""
+        if ready != _READY:
+            raise OSError("the template worker did not start")
         return self._proc
 
     def _stop(self):

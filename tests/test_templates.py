@@ -1,4 +1,5 @@
 """core.templates: the Lytics binding of ``event`` and the sandbox's bounds."""
+import sys
 import time
 
 import pytest
@@ -118,3 +119,17 @@ def test_a_worker_that_died_while_idle_is_replaced():
         fresh._proc.kill()          # e.g. the OOM killer, between two alerts
         fresh._proc.wait()
         assert fresh.render("event.id", failed_work()) == "se-1"
+
+
+def test_a_slow_worker_start_does_not_count_against_the_evaluation_bound(tmp_path, monkeypatch):
+    # A machine busy enough to take a second to start the worker: the template's own bound (half
+    # a second here) covers its evaluation only, so a valid alert is not dead-lettered for it.
+    slow_python = tmp_path / "slow-python"
+    slow_python.write_text("#!/bin/sh\nsleep 1\nexec %s \"$@\"\n" % sys.executable)
+    slow_python.chmod(0o755)
+    monkeypatch.setattr(templates.sys, "executable", str(slow_python))
+    renderer = templates.TemplateRenderer(timeout=0.5)
+    try:
+        assert renderer.render("{subject: event.data.subject_id}", failed_work()) == {"subject": "w-1"}
+    finally:
+        renderer.close()

@@ -35,6 +35,7 @@ from core.redact import Redactor, collect_secrets, install_log_redaction
 from core.system_events import work_event
 from core.timeutil import format_time
 from pipelines.options import REQUIRED_OPTIONS, ActivationOptions, flag_value
+from pipelines.runners import RunnerMissingError, choose_runner
 from transforms.audiences import EngineSpec, GroupUserEventsPerBundle
 from transforms.live import DedupeSystemEventsLive, is_unbounded
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
@@ -583,9 +584,19 @@ def _live_source(uri, options, redactor):
     if not source.bounded and not options.view_as(StandardOptions).streaming:
         raise LaunchError("input %s: a live read never ends: add --streaming (or mode=catchup "
                           "for a bounded catch-up run)" % uri.split("?", 1)[0])
-    if not source.bounded:
-        _check_live_runner(options.view_as(StandardOptions).runner)
     return source
+
+
+def _choose_runner(options, live_source):
+    """The run's runner: Prism for a live input unless ``--runner`` names another
+    (pipelines/runners.py); a live read on a runner that cannot follow it is refused or warned of."""
+    live = live_source is not None and not live_source.bounded
+    try:
+        choose_runner(options, live)
+    except RunnerMissingError as exc:
+        raise LaunchError(str(exc)) from None
+    if live:
+        _check_live_runner(options.view_as(StandardOptions).runner)
 
 
 def _check_live_runner(runner):
@@ -605,9 +616,8 @@ def _check_live_runner(runner):
             "warning: a live read on the DirectRunner only tries the wiring: offline it runs on "
             "Beam's FnApiRunner, which does not follow the source's watermark (event-time timers "
             "fire at once, so delayed exits, Blob window closes and the 24 h dedupe are not "
-            "honoured, and steps after a timer may get data only when the input ends). Run live "
-            "jobs on Flink or Dataflow (or --runner=PrismRunner --prism_location=<local "
-            "binary>).\n")
+            "honoured, and steps after a timer may get data only when the input ends). Leave "
+            "--runner out to run on Prism, or run live jobs on Flink or Dataflow.\n")
 
 
 def _verbose_requested(argv):
@@ -700,6 +710,7 @@ def _run(argv, mode, make_evaluate, redactor, time_range_of):
     live_source = _live_source(act.input, options, redactor)
     if live_source is None:
         check_input_exists(act.input)
+    _choose_runner(options, live_source)
     time_range = time_range_of(options) if time_range_of else None
     os.makedirs(act.output_dir, exist_ok=True)
     disabled = _preflight(job, act.output_dir)

@@ -62,6 +62,10 @@ def _configure_logging(verbose, redactor):
         # Beam and the Azure SDKs are chatty at INFO; a local run prints its own summary.
         for noisy in ("apache_beam", "azure", "uamqp", "root"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
+        # Beam sets the logger of Prism's output to INFO when it starts Prism, which would print
+        # every line Prism logs; its warnings and errors still show.
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.WARNING)
     install_log_redaction(redactor)
 
 
@@ -591,10 +595,13 @@ def _choose_runner(options, live_source):
     """The run's runner: Prism for a live input unless ``--runner`` names another
     (pipelines/runners.py); a live read on a runner that cannot follow it is refused or warned of."""
     live = live_source is not None and not live_source.bounded
+    named = options.view_as(StandardOptions).runner is not None
     try:
-        choose_runner(options, live)
+        runner = choose_runner(options, live)
     except RunnerMissingError as exc:
         raise LaunchError(str(exc)) from None
+    if live and not named:
+        sys.stderr.write("live input: running on %s (name another with --runner)\n" % runner)
     if live:
         _check_live_runner(options.view_as(StandardOptions).runner)
 

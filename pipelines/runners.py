@@ -57,5 +57,5 @@ def choose_runner(options, live: bool, binary: str = None) -> str:
                     "with --runner" % ("v" + beam_version(), os.path.relpath(binary, ROOT),
                                        INSTALL_PRISM))
             prism.prism_location = binary
-    return standard.runner if isinstance(standard.runner, str) or standard.runner is None \
-        else type(standard.runner).__name__
+    runner = standard.runner
+    return runner if isinstance(runner, str) or runner is None else type(runner).__name__

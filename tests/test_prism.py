@@ -102,9 +102,11 @@ def test_prism_writes_what_the_direct_runner_writes(command, tmp_path, prism_bin
     for runner in ("DirectRunner", "PrismRunner"):
         out = tmp_path / ("out-" + runner)
         before = len(webhook_server.requests("/hook"))
-        run_command(command, ["--config", str(config_path), "--input", str(input_path),
-                              "--output_dir", str(out), "--progress_seconds", "0",
-                              "--runner=" + runner])
+        proc = run_command(command, ["--config", str(config_path), "--input", str(input_path),
+                                     "--output_dir", str(out), "--progress_seconds", "0",
+                                     "--runner=" + runner, "--verbose"])
+        # Beam logs the command it starts Prism with: the project's binary, found with no flag.
+        assert (prism_binary in proc.stderr) == (runner == "PrismRunner")
         bodies = sorted(r.body for r in webhook_server.requests("/hook")[before:])
         results[runner] = output_files(out) + (bodies,)
     (direct_files, direct_summary, direct_alerts) = results["DirectRunner"]
@@ -124,3 +126,75 @@ def test_prism_writes_what_the_direct_runner_writes(command, tmp_path, prism_bin
     assert direct_files[os.path.join("deadletter", "input.jsonl")]
     assert direct_alerts and direct_summary["works"]["w-hook"]["alerts"] == len(direct_alerts)
     assert direct_summary["events_applied"] > 0
+
+
+# -- which runner ---------------------------------------------------------------------------------
+
+def _options(*args):
+    from apache_beam.options.pipeline_options import PipelineOptions
+    return PipelineOptions(list(args))
+
+
+def _view(options):
+    from apache_beam.options.pipeline_options import PrismRunnerOptions, StandardOptions
+    return (options.view_as(StandardOptions).runner,
+            options.view_as(PrismRunnerOptions).prism_location)
+
+
+def test_a_live_input_with_no_runner_runs_on_the_projects_prism(tmp_path):
+    binary = tmp_path / "prism"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    options = _options("--streaming")
+    assert runners.choose_runner(options, live=True, binary=str(binary)) == "PrismRunner"
+    assert _view(options) == ("PrismRunner", str(binary))
+    # A named runner is kept, live or not; a bounded input stays on Beam's default.
+    for named in ("DirectRunner", "FlinkRunner"):
+        options = _options("--runner=" + named)
+        assert runners.choose_runner(options, live=True, binary=str(binary)) == named
+        assert _view(options) == (named, None)
+    options = _options()
+    assert runners.choose_runner(options, live=False, binary=str(binary)) is None
+    assert _view(options) == (None, None)
+    # --runner=PrismRunner on a bounded input finds the same binary with no other flag.
+    options = _options("--runner=PrismRunner")
+    runners.choose_runner(options, live=False, binary=str(binary))
+    assert _view(options) == ("PrismRunner", str(binary))
+    # --prism_location wins.
+    options = _options("--runner=PrismRunner", "--prism_location=/elsewhere/prism")
+    runners.choose_runner(options, live=False, binary=str(binary))
+    assert _view(options) == ("PrismRunner", "/elsewhere/prism")
+
+
+def test_the_prism_binary_is_the_one_install_runners_builds_for_the_installed_beam():
+    import apache_beam
+    assert runners.prism_binary() == os.path.join(
+        ROOT, ".tools", "prism", "v" + apache_beam.__version__, "prism")
+    with open(os.path.join(ROOT, "scripts", "install_runners.sh"), encoding="utf-8") as fh:
+        script = fh.read()
+    assert 'dest="$root/.tools/prism/v$version"' in script and 'bin="$dest/prism"' in script
+    assert "go install \"github.com/apache/beam/sdks/v2/go/cmd/prism@v$version\"" in script
+
+
+def test_a_live_run_with_prism_missing_says_in_one_line_how_to_install_it(
+        tmp_path, local_eventhubs, monkeypatch, capsys):
+    from pipelines import stream
+    (tmp_path / "config.yaml").write_text(LIVE_CONFIG_MINIMAL)
+    monkeypatch.setenv("IN_CS", local_eventhubs.connection_string)
+    monkeypatch.setattr(runners, "prism_binary", lambda: str(tmp_path / "no" / "prism"))
+    status = stream.run(["--config", str(tmp_path / "config.yaml"), "--streaming",
+                         "--output_dir", str(tmp_path / "out"),
+                         "--input", "eventhubs://hub?connection_string_env=IN_CS&mode=live"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith("error: Prism v")
+    assert "is not installed" in err and "run scripts/install_runners.sh prism" in err
+
+
+LIVE_CONFIG_MINIMAL = """
+account: {name: acme, aid: 1234}
+audiences:
+  - {id: a1, slug: recent_buyers, condition: {event: purchase, within: 10s}}
+works:
+  - {id: w-eh, workflow: eventhub_audience_export, config: {}}
+"""

@@ -414,7 +414,8 @@ def test_local_runners_that_cannot_run_a_live_read_are_refused_or_warned_about(c
 @pytest.mark.slow
 def test_the_live_command_builds_reads_the_hub_and_stops_on_ctrl_c(tmp_path, local_eventhubs):
     """The command that failed at construction ("GroupByKey cannot be applied to an unbounded
-    PCollection") builds, connects its live reader and runs until Ctrl-C.
+    PCollection") builds, connects its live reader and runs until Ctrl-C, on the DirectRunner
+    (named: a live input with no --runner runs on Prism, tests/test_prism_live.py).
 
     What it writes is not checked: offline the DirectRunner runs the FnApiRunner, which fires
     event-time timers at once and may hold back whatever follows a timer until the input ends
@@ -432,7 +433,7 @@ def test_the_live_command_builds_reads_the_hub_and_stops_on_ctrl_c(tmp_path, loc
     before = local_eventhubs.connections_accepted
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipelines.stream", "--config", str(tmp_path / "config.json"),
-         "--streaming", "--output_dir", str(tmp_path / "out"),
+         "--streaming", "--output_dir", str(tmp_path / "out"), "--runner=DirectRunner",
          "--input", "eventhubs://hub?connection_string_env=IN_CS&mode=live"],
         cwd=ROOT, env=dict(os.environ, IN_CS=local_eventhubs.connection_string),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

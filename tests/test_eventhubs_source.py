@@ -440,6 +440,10 @@ def test_live_ranges_split_only_at_zero_and_stop_on_drain():
     assert tracker.try_split(0.5) is None
     assert tracker.try_claim(5) and tracker.try_claim(6)
     assert tracker.current_progress().completed_work == 2
+    # A fraction that survives Beam replacing the completed work with a NaN byte estimate
+    # (what it did when Prism asked to split a live read).
+    progress = tracker.current_progress().with_completed(float("nan"))
+    assert progress.fraction_completed == pytest.approx(2 / 3)
     primary, residual = tracker.try_split(0)
     assert primary == OffsetRange(5, 7) and residual == OffsetRange(7, UNBOUNDED_STOP)
     provider = ehs._SequenceRangeProvider()

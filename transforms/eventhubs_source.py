@@ -654,7 +654,10 @@ class SequenceRangeTracker(OffsetRestrictionTracker):
             return super().current_progress()
         done = 0 if self._current_position is None else \
             self._current_position - self._range.start + 1
-        return RestrictionProgress(completed=done, remaining=1)
+        # The fraction too: Beam's SDF operation replaces ``completed`` with its estimate of the
+        # bytes output so far, which was NaN when Prism asked to split a live read (Beam 2.77),
+        # and a split computed from a NaN fraction fails the bundle; a given fraction is kept.
+        return RestrictionProgress(fraction=done / (done + 1.0), completed=done, remaining=1)
 
 
 class _SequenceRangeProvider(RestrictionProvider):

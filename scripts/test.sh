@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: installs everything the tests need on a fresh machine (Python packages
-# into .venv, Azurite from npm into .tools/azurite) and runs the whole suite, slow tests included,
-# then lists the 25 slowest tests.
+# into .venv, Azurite from npm into .tools/azurite, Beam's runners into .tools by
+# scripts/install_runners.sh) and runs the whole suite, slow tests included, then lists the 25
+# slowest tests.
 #   scripts/test.sh                 the whole suite (what CI runs)
 #   scripts/test.sh --quick         the quick selection for development: no test marked slow
 #   scripts/test.sh tests/test_x.py  extra arguments go to pytest
@@ -18,6 +19,8 @@ fi
 .venv/bin/python -m pip install --quiet -e ".[test]"
 touch .venv/.installed
 if [ -f scripts/install_azurite.sh ]; then bash scripts/install_azurite.sh; fi
+# The runners the engine tests name (tests/test_prism*.py): built once, cached in .tools.
+bash scripts/install_runners.sh
 # The report test opens out/report.html in Debian's chromium.
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing chromium (Debian) for the report test" >&2

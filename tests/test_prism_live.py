@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -99,6 +100,24 @@ class Publisher(threading.Thread):
             self.error = exc
 
 
+def prism_children(pid):
+    """Process ids of the Prism binaries that process ``pid`` started."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry, encoding="utf-8") as fh:
+                parent = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open("/proc/%s/cmdline" % entry, "rb") as fh:
+                command = fh.read().split(b"\0")[0].decode("utf-8", "replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == pid and os.path.basename(command) == "prism":
+            found.append(int(entry))
+    return found
+
+
 def _wait_for(what, found, proc, publisher):
     """Polls ``found()`` until it returns something; fails at once if the pipeline or the
     publisher stops (the test's timeout bounds the wait)."""
@@ -149,6 +168,7 @@ def test_on_prism_a_delayed_exit_and_a_blob_window_close_arrive_while_input_flow
                         if m["data"]["segment_events"][0]["event"] == "exit"]
 
             exit_ = _wait_for("the delayed exit", exit_message, proc, publisher)[0]
+            prism = prism_children(proc.pid)
             flowing_at_exit = publisher.is_alive() and not publisher.stopping.is_set()
             published_at_exit, latest_at_exit = publisher.published, publisher.latest_ts
 
@@ -163,13 +183,16 @@ def test_on_prism_a_delayed_exit_and_a_blob_window_close_arrive_while_input_flow
         finally:
             publisher.stopping.set()
             publisher.join(10)
-            proc.terminate()
+            # SIGINT: the command ends as on Ctrl-C, and Beam stops the Prism process it started.
+            proc.send_signal(signal.SIGINT)
             try:
                 _, stderr = proc.communicate(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 _, stderr = proc.communicate()
     assert "live input: running on PrismRunner" in stderr
+    # It ran on the project's Prism, which ended with the command (Ctrl-C).
+    assert prism and not [p for p in prism if os.path.exists("/proc/%d" % p)]
     segment = exit_["data"]["segment_events"][0]
     entered = [m for m in buyer_messages() if m["data"]["segment_events"][0]["event"] == "enter"]
     assert len(entered) == 1 and segment["slug"] == "recent_buyers"

@@ -4,6 +4,10 @@
 # out/. Extra arguments go to the pipeline, e.g.
 #   ./run_local.sh --runner=PortableRunner --job_endpoint=embed --environment_type=LOOPBACK
 #   ./run_local.sh --eventhub local     # also send the messages to a local Event Hubs endpoint
+#   ./run_local.sh --live               # a live stream on Prism: local input and output hubs, a
+#                                       # generator of current events, enters/exits as they arrive
+#                                       # until Ctrl-C (emulators/run_live.py; options such as
+#                                       # --rate 50 or --seconds 120 go to it)
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3}"
@@ -27,14 +31,23 @@ if [ ! -f examples/events.jsonl ]; then
 fi
 ARGS=()
 EVENTHUB=""
+LIVE=""
+RUNNER=""
 while [ $# -gt 0 ]; do
   case "$1" in
+    --live) LIVE=1; shift ;;
+    --runner|--runner=*) RUNNER=1; ARGS+=("$1"); shift ;;
     --eventhub) EVENTHUB="$2"; shift 2 ;;
     --eventhub=*) EVENTHUB="${1#--eventhub=}"; shift ;;
     *) ARGS+=("$1"); shift ;;
   esac
 done
 rm -rf out
+if [ -n "$LIVE" ]; then
+  # A live input runs on Prism unless another runner is named: build it once (cached in .tools).
+  if [ -z "$RUNNER" ]; then bash scripts/install_runners.sh prism >&2; fi
+  exec .venv/bin/python -m emulators.run_live --output_dir out ${ARGS[@]+"${ARGS[@]}"}
+fi
 if [ "$EVENTHUB" = "local" ]; then
   exec .venv/bin/python -m emulators.run_with_local_eventhubs --config examples/config.yaml \
     --input examples/events.jsonl --output_dir out ${ARGS[@]+"${ARGS[@]}"}

@@ -576,6 +576,12 @@ def test_eventhubs_uri_reads_the_connection_string_from_the_environment(tmp_path
                                "&watermark_delay_seconds=60", {"EH_IN": EH_CS}).transform()
     assert not live.bounded and live.eventhub_name == "events"
     assert live.read_fn()._watermark_delay == Duration(seconds=60)
+    assert live.read_fn()._max_read_seconds == ehs.DEFAULT_MAX_READ_SECONDS
+    shorter = parse_eventhubs_uri("eventhubs:///?connection_string_env=EH_IN&mode=live"
+                                  "&max_read_seconds=0.5", {"EH_IN": EH_CS}).transform()
+    assert shorter.read_fn()._max_read_seconds == 0.5
+    with pytest.raises(EventHubsSourceError, match="max_read_seconds must be a positive number"):
+        parse_input_uri("eventhubs://h?connection_string_env=X&mode=live&max_read_seconds=0")
     assert parse_input_uri("eventhubs://h?connection_string_env=X&mode=live") \
         .watermark_delay_seconds == ehs.LIVE_WATERMARK_DELAY_SECONDS
     assert parse_input_uri("eventhubs://h?connection_string_env=X").watermark_delay_seconds == 0

@@ -192,6 +192,10 @@ _LOGGER = logging.getLogger(__name__)
 DEFAULT_MAX_BATCH_SIZE = 500
 #: How long one pull waits for the first event before the read counts as idle.
 DEFAULT_MAX_WAIT_SECONDS = 1.0
+#: Live mode: how long a busy partition's read call runs before it ends and is resumed. A runner
+#: may pass on what a call emitted only when the call ends (Prism does), so this bounds how long
+#: an event waits in the reader.
+DEFAULT_MAX_READ_SECONDS = 10.0
 #: The stop of a live restriction: "no end" (the largest int64, so any runner can encode it).
 UNBOUNDED_STOP = 2 ** 63 - 1
 #: ``eventhubs://...&mode=live`` default ``watermark_delay_seconds``: how long after its enqueued
@@ -771,7 +775,7 @@ class _ReadPartitionFn(beam.DoFn):
     def __init__(self, settings, max_batch_size=DEFAULT_MAX_BATCH_SIZE,
                  max_wait_seconds=DEFAULT_MAX_WAIT_SECONDS, prefetch=None,
                  idle_watermark_lag_seconds=5.0, watermark_delay_seconds=0.0,
-                 max_read_seconds=10.0, stall_seconds=None):
+                 max_read_seconds=DEFAULT_MAX_READ_SECONDS, stall_seconds=None):
         self._settings = settings
         self._max_batch_size = int(max_batch_size)
         self._max_wait_seconds = float(max_wait_seconds)
@@ -1061,7 +1065,7 @@ class ReadFromEventHubs(beam.PTransform):
                  max_wait_seconds=DEFAULT_MAX_WAIT_SECONDS, *, prefetch=None, retry_total=3,
                  retry_backoff_factor=0.8, retry_backoff_max=30.0, timeout_seconds=60.0,
                  idle_watermark_lag_seconds=5.0, watermark_delay_seconds=0.0,
-                 max_read_seconds=10.0, label=None):
+                 max_read_seconds=DEFAULT_MAX_READ_SECONDS, label=None):
         super().__init__(label)
         if int(max_batch_size) < 1:
             raise EventHubsSourceError("max_batch_size must be at least 1")
@@ -1212,7 +1216,8 @@ class FileInput:
 class EventHubsInput:
     """``eventhubs://HUB?connection_string_env=VAR&consumer_group=G&checkpoint_dir=D&mode=M``.
 
-    Also ``max_batch_size``, ``max_wait_seconds`` and ``watermark_delay_seconds`` (default
+    Also ``max_batch_size``, ``max_wait_seconds``, ``max_read_seconds`` (live mode: see
+    :data:`DEFAULT_MAX_READ_SECONDS`) and ``watermark_delay_seconds`` (default
     :data:`LIVE_WATERMARK_DELAY_SECONDS` with ``mode=live``, since the pipelines re-timestamp
     records with their own ``ts``; 0 with ``mode=catchup``, where the watermark only ends the run).
     ``eventhub_name`` is None when the URI has no host (``eventhubs:///?...``): the connection
@@ -1226,6 +1231,7 @@ class EventHubsInput:
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS
     watermark_delay_seconds: float = 0.0
+    max_read_seconds: float = DEFAULT_MAX_READ_SECONDS
     kind: typing.ClassVar[str] = "eventhubs"
     live: typing.ClassVar[bool] = True
 
@@ -1392,7 +1398,7 @@ def _parse_eventhubs(uri):
     _refuse_userinfo(uri, parsed.netloc)
     params = _split_query(uri, parsed.query, {
         "connection_string_env", "consumer_group", "checkpoint_dir", "mode", "max_batch_size",
-        "max_wait_seconds", "watermark_delay_seconds"})
+        "max_wait_seconds", "watermark_delay_seconds", "max_read_seconds"})
     if parsed.path not in ("", "/") or parsed.fragment:
         raise EventHubsSourceError("input %s: expected eventhubs://HUB?parameters (no path)"
                                    % _shown(uri))
@@ -1413,6 +1419,7 @@ def _parse_eventhubs(uri):
         consumer_group=consumer_group, checkpoint_dir=checkpoint_dir, mode=mode,
         max_batch_size=_int_param(uri, params, "max_batch_size", DEFAULT_MAX_BATCH_SIZE),
         max_wait_seconds=_float_param(uri, params, "max_wait_seconds", DEFAULT_MAX_WAIT_SECONDS),
+        max_read_seconds=_float_param(uri, params, "max_read_seconds", DEFAULT_MAX_READ_SECONDS),
         watermark_delay_seconds=_float_param(
             uri, params, "watermark_delay_seconds",
             LIVE_WATERMARK_DELAY_SECONDS if mode == "live" else 0.0, zero_ok=True))
@@ -1554,6 +1561,7 @@ class EventHubsSource:
                   "checkpoint_dir": self.spec.checkpoint_dir, "bounded": self.spec.bounded,
                   "max_batch_size": self.spec.max_batch_size,
                   "max_wait_seconds": self.spec.max_wait_seconds,
+                  "max_read_seconds": self.spec.max_read_seconds,
                   "watermark_delay_seconds": self.spec.watermark_delay_seconds}
         kwargs.update(overrides)
         return ReadFromEventHubs(self.connection_string.reveal(), **kwargs)
@@ -1564,7 +1572,8 @@ def parse_eventhubs_uri(uri, environ=None):
 
     ``eventhubs://<hub>?connection_string_env=VAR&consumer_group=G&checkpoint_dir=D&mode=catchup``
     (``mode``: ``catchup``, the default, or ``live``; also ``max_batch_size``,
-    ``max_wait_seconds``, ``watermark_delay_seconds``). ``environ`` defaults to ``os.environ``.
+    ``max_wait_seconds``, ``max_read_seconds``, ``watermark_delay_seconds``). ``environ``
+    defaults to ``os.environ``.
     Returns an :class:`EventHubsSource`; ``.transform()`` gives the :class:`ReadFromEventHubs`.
 
     Raises :class:`EventHubsSourceError` with one line that names what is wrong and never holds

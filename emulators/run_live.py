@@ -139,15 +139,17 @@ def percentile(values, q):
     return ordered[min(len(ordered) - 1, int(round(q / 100.0 * (len(ordered) - 1))))]
 
 
-def summarize(source, destination, published, seconds, rate, since=0.0):
+def summarize(source, destination, published, seconds, rate, since=0.0, ended=None):
     """The run's figures: counts, enter latency (from the input event's enqueue time) and how
     late exits arrived after their due time, in seconds; the latencies of changes due from
-    ``since`` (epoch seconds) on, so that the backlog of the pipeline's start-up is left out."""
+    ``since`` (epoch seconds) on, so that the backlog of the pipeline's start-up is left out.
+    ``behind_s``: how far behind the input the last enter that arrived was when the run ended
+    (``ended``, epoch seconds): near the latency when the pipeline keeps up, growing when not."""
     enqueued = {}
     for event in source.events():
         record = json.loads(event.body)
         enqueued[(record["user_id"], record["ts"])] = event.enqueued_time.timestamp()
-    enters, exits, per_audience = [], [], {}
+    enters, exits, per_audience, latest = [], [], {}, None
     for event in destination.events():
         arrived = event.enqueued_time.timestamp()
         for user, slug, kind, due in audience_changes(event):
@@ -156,6 +158,7 @@ def summarize(source, destination, published, seconds, rate, since=0.0):
             if due < since:
                 continue
             if kind == "enter":
+                latest = due if latest is None else max(latest, due)
                 cause = enqueued.get((user, _rfc(due)))
                 if cause is not None:
                     enters.append(arrived - cause)
@@ -168,7 +171,8 @@ def summarize(source, destination, published, seconds, rate, since=0.0):
     return {"seconds": round(seconds, 1), "rate": rate, "published": published,
             "latencies_from": _rfc(since),
             "messages": len(destination.events()), "audiences": per_audience,
-            "enter_latency_s": stats(enters), "exit_lateness_s": stats(exits)}
+            "enter_latency_s": stats(enters), "exit_lateness_s": stats(exits),
+            "behind_s": None if latest is None or ended is None else round(ended - latest, 1)}
 
 
 def print_summary(summary, stream=sys.stdout):
@@ -176,6 +180,9 @@ def print_summary(summary, stream=sys.stdout):
     w("Summary (live, %.0f s at %g events/s)\n" % (summary["seconds"], summary["rate"]))
     w("  events published %d, audience messages received %d\n"
       % (summary["published"], summary["messages"]))
+    if summary["behind_s"] is not None:
+        w("  at the stop, the last enter that had arrived was caused %.1f s earlier\n"
+          % summary["behind_s"])
     for slug, figures in sorted(summary["audiences"].items()):
         w("    %-20s enters %5d  exits %5d\n" % (slug, figures["enter"], figures["exit"]))
     w("  latencies of the changes due from %s on:\n" % summary["latencies_from"])
@@ -264,6 +271,7 @@ def main(argv=None):
         except KeyboardInterrupt:
             sys.stdout.write("\nstopping\n")
         finally:
+            stopped_at = time.time()
             generator.stopping.set()
             generator.join(10)
             if proc.poll() is None:
@@ -275,7 +283,7 @@ def main(argv=None):
                     proc.wait()
     seconds = time.monotonic() - started
     summary = summarize(source, destination, generator.published, seconds, args.rate,
-                        since=started_at + args.warmup)
+                        since=started_at + args.warmup, ended=stopped_at)
     source.stop()
     destination.stop()
     with open(os.path.join(args.output_dir, "live_summary.json"), "w", encoding="utf-8") as fh:

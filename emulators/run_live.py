@@ -24,6 +24,7 @@ import datetime
 import json
 import os
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -185,6 +186,9 @@ def print_summary(summary, stream=sys.stdout):
           % summary["behind_s"])
     for slug, figures in sorted(summary["audiences"].items()):
         w("    %-20s enters %5d  exits %5d\n" % (slug, figures["enter"], figures["exit"]))
+    if "cpu_s" in summary:
+        w("  CPU: pipeline and Prism %.1f s, endpoints and generator %.1f s\n"
+          % (summary["cpu_s"]["pipeline_and_prism"], summary["cpu_s"]["endpoints_and_generator"]))
     w("  latencies of the changes due from %s on:\n" % summary["latencies_from"])
     for label, key in (("enter latency (event enqueued -> message arrived)", "enter_latency_s"),
                        ("exit lateness (due time -> message arrived)", "exit_lateness_s")):
@@ -284,6 +288,12 @@ def main(argv=None):
     seconds = time.monotonic() - started
     summary = summarize(source, destination, generator.published, seconds, args.rate,
                         since=started_at + args.warmup, ended=stopped_at)
+    # CPU seconds: the pipeline with its Prism process (reaped children), and this process (the
+    # two endpoints and the generator); with a shared machine they say more than the latencies.
+    children, own = (resource.getrusage(who) for who in (resource.RUSAGE_CHILDREN,
+                                                         resource.RUSAGE_SELF))
+    summary["cpu_s"] = {"pipeline_and_prism": round(children.ru_utime + children.ru_stime, 1),
+                        "endpoints_and_generator": round(own.ru_utime + own.ru_stime, 1)}
     source.stop()
     destination.stop()
     with open(os.path.join(args.output_dir, "live_summary.json"), "w", encoding="utf-8") as fh:

@@ -34,11 +34,13 @@ from core.report import write_report
 from core.redact import Redactor, collect_secrets, install_log_redaction
 from core.system_events import work_event
 from core.timeutil import format_time
-from pipelines.options import REQUIRED_OPTIONS, ActivationOptions, flag_value
+from pipelines.cli import UsageError, check_pipeline_arguments, pipeline_help, wants_help
+from pipelines.options import COMMAND_OPTIONS, REQUIRED_OPTIONS, ActivationOptions, flag_value
 from pipelines.runners import RunnerMissingError, choose_runner
 from transforms.audiences import EngineSpec, GroupUserEventsPerBundle
 from transforms.live import DedupeSystemEventsLive, is_unbounded
-from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
+from transforms.interrupt import deferred
+from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile, replace_file
 from transforms.audiences import export_rows_from_wire
 from transforms._beam_workarounds import shorter_state_sampling_period
 from transforms._worker_processes import (DIRECT_RUNNERS, OrderedBatches, acquire_workers,
@@ -284,6 +286,34 @@ class _CountDelivered(beam.DoFn):
         yield work_event(self._aid, self._work_id, "synccomplete", None, unit=name + "#complete")
 
 
+class _Undelivered(beam.DoFn):
+    """A disabled Event Hub work's messages as dead letters, counted as ``deadlettered``."""
+
+    def __init__(self, work_id, reason):
+        self._work_id = work_id
+        self._reason = reason
+        self._counter = beam.metrics.Metrics.counter("work:" + work_id, "deadlettered")
+
+    def process(self, element):
+        _, messages = element
+        self._counter.inc(len(messages))
+        for message in messages:
+            yield {"raw": message, "error": self._reason, "source": self._work_id}
+
+
+class _PreflightFailed(beam.DoFn):
+    """The ``failed`` event of a work its credentials check disabled, counted as a failure."""
+
+    def __init__(self, aid, work_id):
+        self._aid = aid
+        self._work_id = work_id
+        self._counter = beam.metrics.Metrics.counter("work:" + work_id, "failures")
+
+    def process(self, reason):
+        self._counter.inc()
+        yield work_event(self._aid, self._work_id, "failed", reason, unit="preflight")
+
+
 def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming, flush_seconds,
                    worker_processes=0):
     settings = work.settings
@@ -302,16 +332,17 @@ def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming, flush
     messages = changes | label + "BuildMessages" >> beam.FlatMap(
         _message_fn(settings, job.audiences.audiences))
     if work.id in disabled:
-        # Nothing is lost: what the work could not send is kept, with the reason, for a resend.
+        # Nothing is lost: what the work could not send is kept, with the reason, for a resend,
+        # and counted, so the summary's figures are what the dead-letter file holds.
         reason = "not delivered: " + disabled[work.id]
         _ = (messages
-             | label + "Undelivered" >> beam.FlatMap(
-                 lambda kv, r=reason, w=work.id: [{"raw": m, "error": r, "source": w} for m in kv[1]])
+             | label + "Undelivered" >> beam.ParDo(_Undelivered(work.id, reason))
              | label + "WriteUndelivered" >> WriteJsonLinesFile(
                  os.path.join(output_dir, "deadletter", work.id + ".jsonl"),
                  sort_key=lambda d: message_sort_key(d["raw"]), flush_seconds=flush_seconds))
-        return p | label + "Disabled" >> beam.Create(
-            [work_event(job.aid, work.id, "failed", disabled[work.id], unit="preflight")])
+        return (p
+                | label + "Disabled" >> beam.Create([disabled[work.id]])
+                | label + "Failed" >> beam.ParDo(_PreflightFailed(job.aid, work.id)))
     if local:
         return (messages
                 | label + "DropKey" >> beam.Values()
@@ -538,8 +569,9 @@ def build_summary(job, totals, output_dir, mode, seconds):
 def print_summary(summary, stream=sys.stdout):
     w = stream.write
     w("Summary (%s, %.1f s)\n" % (summary["command"], summary["seconds"]))
-    w("  records read %d, dead-lettered %d, late %d, duplicates %d\n"
-      % (summary["records_read"], summary["deadlettered"], summary["late"], summary["duplicates"]))
+    w("  records read %d, dead-lettered %d, outside time range %d, late %d, duplicates %d\n"
+      % (summary["records_read"], summary["deadlettered"], summary["outside_time_range"],
+         summary["late"], summary["duplicates"]))
     w("  audiences:\n")
     for slug, figures in summary["audiences"].items():
         w("    %-28s enters %6d  exits %6d\n" % (slug, figures["enters"], figures["exits"]))
@@ -639,13 +671,24 @@ def _verbose_requested(argv):
     return False
 
 
-def main(argv, mode, make_evaluate, extra_options=None, time_range_of=None):
+def main(argv, mode, make_evaluate, time_range_of=None, help_text=None):
     """Runs one pipeline command; returns the process exit status.
 
     ``make_evaluate(spec, worker_processes)`` gives the command's evaluate PTransform
-    (``worker_processes``: ``--worker_processes`` resolved for the runner).
+    (``worker_processes``: ``--worker_processes`` resolved for the runner). ``help_text``:
+    ``(usage, description, examples)`` for ``--help`` (pipelines/cli.py).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = "pipelines." + mode
+    if wants_help(argv):
+        usage, description, examples = help_text or ("python -m %s [options]" % command, "", ())
+        sys.stdout.write(pipeline_help(command, usage, description, COMMAND_OPTIONS, examples))
+        return 0
+    try:
+        check_pipeline_arguments(argv, command, COMMAND_OPTIONS)
+    except UsageError as exc:
+        sys.stderr.write("error: %s\n" % exc)
+        return 2
     verbose = _verbose_requested(argv)
     redactor = Redactor()
     _configure_logging(verbose, redactor)
@@ -743,10 +786,10 @@ def _run(argv, mode, make_evaluate, redactor, time_range_of):
         result.wait_until_finish()
     seconds = time.time() - started
     summary = build_summary(job, _counter_totals(result), act.output_dir, mode, seconds)
-    with open(os.path.join(act.output_dir, "summary.json"), "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    write_report(act.output_dir, summary)
+    replace_file(os.path.join(act.output_dir, "summary.json"),
+                 [(json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8")])
+    with deferred():  # a Ctrl-C while the report is written ends the command after it
+        write_report(act.output_dir, summary)
     print_summary(summary)
     sys.stdout.write("  report: %s\n" % os.path.join(act.output_dir, "report.html"))
     failures = _failed_work_events(act.output_dir, job)

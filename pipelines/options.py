@@ -2,11 +2,17 @@
 
 Every standard Beam option (``--runner``, ``--streaming``, ``--flink_master``, ...) is accepted too.
 """
+import argparse
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 #: Options every run needs; checked by the launcher (see ActivationOptions for why not argparse).
 REQUIRED_OPTIONS = ("config", "input")
+
+
+class OptionValueError(argparse.ArgumentTypeError, ValueError):
+    """A value an option does not take; argparse shows its message after the option's name."""
 
 
 def flag_value(text):
@@ -19,7 +25,7 @@ def flag_value(text):
         return True
     if lowered in _FALSE:
         return False
-    raise ValueError("expected true or false, got %r" % text)
+    raise OptionValueError("expected true or false, got %r" % text)
 
 
 def worker_processes_value(text):
@@ -29,52 +35,55 @@ def worker_processes_value(text):
     try:
         count = int(text)
     except (TypeError, ValueError):
-        raise ValueError("expected auto or a number of processes, got %r" % text) from None
+        raise OptionValueError("expected auto or a number of processes, got %r" % text) from None
     if count < 0:
-        raise ValueError("expected auto or a number of processes (0 or more), got %r" % text)
+        raise OptionValueError("expected auto or a number of processes (0 or more), got %r" % text)
     return count
 
 
 class ActivationOptions(PipelineOptions):
-    """Options shared by ``pipelines.stream`` and ``pipelines.replay``."""
+    """Options shared by ``pipelines.stream`` and ``pipelines.replay``.
+
+    Each help is one line with an example: ``--help`` prints it as it is (pipelines/cli.py);
+    docs/COMMANDS.md has the longer story of each option.
+    """
 
     @classmethod
     def _add_argparse_args(cls, parser):
         # Not required=True: Beam parses every registered options class for every pipeline in the
         # process, so a required flag here would break unrelated pipelines; the launcher checks.
         parser.add_argument(
-            "--config",
-            help="Job config, YAML or JSON: account, audiences and works (see README). ${VAR} is "
-                 "replaced by that environment variable; validation runs before any data moves.")
+            "--config", metavar="FILE",
+            help="Required. Job config, YAML or JSON (account, audiences, works; ${VAR} is read "
+                 "from the environment), e.g. --config examples/config.yaml")
         parser.add_argument(
-            "--input",
-            help="Input records: a file or glob of JSON Lines files (replay also reads .parquet).")
+            "--input", metavar="URI",
+            help="Required. Input records: a JSON Lines file or glob (replay also .parquet), or a "
+                 "live source URI, e.g. --input 'archive/2026-11-*.jsonl'")
         parser.add_argument(
-            "--output_dir", default="out",
-            help="Where local sinks, dead letters, the system-event log and summary.json go.")
+            "--output_dir", default="out", metavar="DIR",
+            help="Where local sinks, dead letters, summary.json and report.html go (default out), "
+                 "e.g. --output_dir /tmp/run1")
         parser.add_argument(
-            "--verbose", nargs="?", const=True, default=False, type=flag_value,
-            help="Show tracebacks and INFO logs (secrets stay masked). Also --verbose=true|false.")
+            "--verbose", nargs="?", const=True, default=False, type=flag_value, metavar="BOOL",
+            help="Show tracebacks and INFO logs (secrets stay masked), e.g. --verbose or "
+                 "--verbose=false")
         parser.add_argument(
-            "--progress_seconds", type=float, default=5.0,
-            help="How often a local run prints progress to stderr (0 turns it off).")
+            "--progress_seconds", type=float, default=5.0, metavar="S",
+            help="How often a local run prints progress to stderr (default 5; 0: never), e.g. "
+                 "--progress_seconds 1")
         parser.add_argument(
-            "--worker_processes", type=worker_processes_value, default="auto",
-            help="Worker processes that parse input files (a file of more than one 4 MiB block is "
-                 "split between them), build local Event Hub sink lines and, in replay, evaluate "
-                 "users' histories next to the pipeline; the output is the same. 'auto' (default): "
-                 "one per CPU on runners that run the "
-                 "pipeline in this process (DirectRunner), 0 elsewhere (Flink and Dataflow already "
-                 "run a worker per core); 0: all in the pipeline's process.")
+            "--worker_processes", type=worker_processes_value, default="auto", metavar="N",
+            help="Processes that parse, evaluate and build lines beside a local run (auto: one per "
+                 "CPU on the DirectRunner, 0 elsewhere), e.g. --worker_processes 0")
         parser.add_argument(
-            "--flush_seconds", type=float, default=None,
-            help="Live (unbounded) input only: a local sink writes a part once the watermark is "
-                 "this many seconds past the part's earliest record (default 10).")
+            "--flush_seconds", type=float, default=None, metavar="S",
+            help="Live input only: a local sink writes a part this many seconds of watermark after "
+                 "its first record (default 10), e.g. --flush_seconds 2")
         parser.add_argument(
-            "--blob_grace_seconds", type=float, default=None,
-            help="Live (unbounded) input only: a Blob export window is written once the watermark "
-                 "is this many seconds past its end, so rows held back by the audience engine "
-                 "still land in it (default 300); rows arriving later are dead-lettered.")
+            "--blob_grace_seconds", type=float, default=None, metavar="S",
+            help="Live input only: a Blob window is written this many seconds of watermark after "
+                 "its end (default 300), e.g. --blob_grace_seconds 60")
 
 
 class ReplayOptions(PipelineOptions):
@@ -83,8 +92,16 @@ class ReplayOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--start", default=None,
-            help="Replay only records with ts >= START (RFC 3339 or epoch seconds).")
+            "--start", default=None, metavar="T",
+            help="Replay only records with ts >= T: a date (UTC midnight), RFC 3339 or epoch "
+                 "seconds, e.g. --start 2026-11-20")
         parser.add_argument(
-            "--end", default=None,
-            help="Replay only records with ts < END (RFC 3339 or epoch seconds).")
+            "--end", default=None, metavar="T",
+            help="Replay only records with ts < T, as --start, e.g. --end 2026-11-21T06:00:00Z")
+
+
+#: The options classes of each pipeline command; an option of another command is an error.
+COMMAND_OPTIONS = {
+    "pipelines.stream": (ActivationOptions,),
+    "pipelines.replay": (ActivationOptions, ReplayOptions),
+}

@@ -21,6 +21,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from core.records import dead_letter
 from core.system_events import work_event
+from transforms.interrupt import deferred
 
 try:  # POSIX: also serialise dead-letter appends between worker processes
     import fcntl
@@ -298,7 +299,8 @@ def append_dead_letters(path, records):
     os.makedirs(directory, exist_ok=True)
     with _DEAD_LETTER_LOCKS_GUARD:
         lock = _DEAD_LETTER_LOCKS[os.path.abspath(path)]
-    with lock, open(path, "a", encoding="utf-8") as handle:
+    # deferred: a Ctrl-C does not cut a line in two (transforms/interrupt.py).
+    with lock, deferred(), open(path, "a", encoding="utf-8") as handle:
         if fcntl is not None:
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:

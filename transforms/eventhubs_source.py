@@ -162,7 +162,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 import typing
@@ -185,6 +184,7 @@ from core.timeutil import format_time
 from transforms.eventhubs import (EventHubsDeliveryError, _describe, _is_auth_error,
                                   _is_not_found, _is_unreachable, _one_line, _Secret,
                                   parse_connection_string)
+from transforms.interrupt import temporary_file
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -410,22 +410,22 @@ class CheckpointStore:
             "committed_at": format_time(int(time.time() * 1_000_000)),
         }
         path = self.path(checkpoint.partition)
-        fd, tmp = tempfile.mkstemp(prefix="." + checkpoint.partition + ".", suffix=".tmp",
-                                   dir=self.directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(record, handle, indent=1, sort_keys=True)
-                handle.write("\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            # The rename is the commit: a reader sees the old file or the new one, never half.
-            os.replace(tmp, path)
-        except BaseException:
+        with temporary_file(self.directory, prefix="." + checkpoint.partition + ".",
+                            suffix=".tmp") as (fd, tmp):
             try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    json.dump(record, handle, indent=1, sort_keys=True)
+                    handle.write("\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                # The rename is the commit: a reader sees the old file or the new one, never half.
+                os.replace(tmp, path)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
         _fsync_directory(self.directory)
         return checkpoint
 

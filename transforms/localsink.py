@@ -21,7 +21,6 @@ a stateful DoFn with an event-time timer rather than a triggered GroupByKey.
 import hashlib
 import json
 import os
-import tempfile
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
@@ -30,6 +29,7 @@ from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteState
                                                on_timer)
 
 from core.jsonlines import json_line
+from transforms.interrupt import temporary_file
 from transforms.live import BatchPerBundle, is_unbounded, timer_at
 
 #: How long (event time) a part of an unbounded sink collects records before it is written.
@@ -68,18 +68,20 @@ class _WriteSortedLines(beam.DoFn):
 
 def replace_file(path, chunks):
     """Writes ``chunks`` (bytes) as the file ``path`` through a temporary file and ``os.replace``:
-    a reader never sees a half-written file, and a retry replaces the same name whole."""
+    a reader never sees a half-written file, a retry replaces the same name whole, and an
+    interrupted run leaves the old file or none."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.writelines(chunks)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # A Ctrl-C removes the temporary file too (transforms/interrupt.py).
+    with temporary_file(directory) as (fd, tmp):
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.writelines(chunks)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
 def parts_directory(path):

@@ -10,6 +10,39 @@
 #                                       # --rate 50 or --seconds 120 go to it)
 set -euo pipefail
 cd "$(dirname "$0")"
+# --help first of all: it prints and touches nothing (no .venv, no out/ removal, no sample data).
+for arg in "$@"; do
+  case "$arg" in
+    --) break ;;
+    -h|--help)
+      cat <<'USAGE'
+usage: ./run_local.sh [--eventhub local] [pipeline options]
+
+The first run of the project: creates .venv if missing, installs the project into it, makes the
+sample data set examples/events.jsonl if missing, empties out/, runs pipelines.stream with
+examples/config.yaml over examples/events.jsonl on the DirectRunner, and prints the summary
+(out/summary.json, out/report.html).
+
+Options:
+  --eventhub local   Send the Event Hub works' messages to a local Event Hubs endpoint started for
+                     the run (out/eventhub_received.jsonl holds what arrived), e.g. --eventhub local
+  --help             Print this help and exit; nothing is created or removed.
+  Any other option goes to pipelines.stream (listed below once .venv exists; docs/COMMANDS.md
+  lists them all), e.g. --worker_processes 0 or --runner=FlinkRunner.
+
+Examples:
+  ./run_local.sh
+  ./run_local.sh --eventhub local
+  ./run_local.sh --runner=PortableRunner --job_endpoint=embed --environment_type=LOOPBACK
+USAGE
+      if [ -x .venv/bin/python ]; then
+        echo
+        echo "pipelines.stream options:"
+        PYTHONDONTWRITEBYTECODE=1 .venv/bin/python -m pipelines.stream --help | sed -n '/^Options:/,$p' | tail -n +2
+      fi
+      exit 0 ;;
+  esac
+done
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   echo "creating .venv" >&2

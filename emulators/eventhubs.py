@@ -39,7 +39,6 @@ From a shell (runs until Ctrl-C and prints its connection string)::
 The key is a throwaway local development key; the endpoint binds to loopback unless told otherwise
 and has no TLS, so it must never be exposed to a network.
 """
-import argparse
 import base64
 import collections
 import datetime
@@ -1390,17 +1389,33 @@ class LocalEventHubs:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m emulators.eventhubs",
-        description="Run a local Event Hubs-compatible AMQP endpoint until Ctrl-C.")
+    from pipelines.cli import CommandParser, UsageError
+    parser = CommandParser(
+        "python -m emulators.eventhubs",
+        "Runs a local Event Hubs-compatible AMQP endpoint until Ctrl-C (or SIGTERM) and prints its\n"
+        "connection string; the real azure-eventhub SDK talks to it. Loopback only, no TLS, a\n"
+        "throwaway key. Ctrl-C stops it normally (exit 0) and prints how many events arrived.",
+        ("python -m emulators.eventhubs",
+         "python -m emulators.eventhubs --port 0 --hub audiences --partitions 2"))
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1; keep it on loopback)")
-    parser.add_argument("--port", type=int, default=5672, help="TCP port (default 5672)")
-    parser.add_argument("--hub", default="hub", help="event hub name (default hub)")
-    parser.add_argument("--partitions", type=int, default=4, help="partition count (default 4)")
+                        help="Address to bind (default 127.0.0.1; keep it on loopback), e.g. "
+                             "--host 127.0.0.1")
+    parser.add_argument("--port", type=int, default=5672,
+                        help="TCP port (default 5672; 0: a free one), e.g. --port 0")
+    parser.add_argument("--hub", default="hub",
+                        help="Event hub name (default hub), e.g. --hub audiences")
+    parser.add_argument("--partitions", type=int, default=4,
+                        help="Partition count (default 4), e.g. --partitions 2")
     parser.add_argument("--key", default=None,
-                        help="shared access key (default: a random development key)")
-    args = parser.parse_args(argv)
+                        help="Shared access key (default: a random development key), e.g. "
+                             "--key \"$(openssl rand -base64 32)\"")
+    try:
+        args = parser.parse(argv)
+    except UsageError as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 2
+    if args is None:
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         hubs = LocalEventHubs(host=args.host, port=args.port, hub=args.hub,

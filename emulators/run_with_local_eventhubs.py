@@ -5,21 +5,38 @@ Starts :class:`emulators.eventhubs.LocalEventHubs` on a free loopback port, give
 ``eventhub_audience_export`` work without a connection string that endpoint's connection string
 (through a copy of the config that reads it from ``$LOCAL_EVENTHUB_CONNECTION_STRING``), runs
 ``pipelines.stream``, reads back what arrived and writes it to ``out/eventhub_received.jsonl``, then
-stops the endpoint. Any other argument goes to the pipeline.
+stops the endpoint. Any other argument goes to the pipeline (``--help`` lists them); an option
+neither knows is an error before the endpoint starts. Ctrl-C: ``interrupted``, exit status 130, the
+config copy removed (transforms/interrupt.py).
 """
-import json
-import os
-import sys
-import tempfile
+# Ctrl-C is handled from here on (transforms/interrupt.py).
+from transforms.interrupt import exit_on_interrupt
+if __name__ == "__main__":
+    exit_on_interrupt()
 
-import yaml
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
 
-from emulators.eventhubs import LocalEventHubs
+import yaml  # noqa: E402
+
+from emulators.eventhubs import LocalEventHubs  # noqa: E402
+from pipelines.cli import UsageError, wants_help  # noqa: E402
+from transforms.interrupt import temporary_file  # noqa: E402
 
 VARIABLE = "LOCAL_EVENTHUB_CONNECTION_STRING"
+USAGE = """usage: python -m emulators.run_with_local_eventhubs --config FILE --input URI [options]
+
+The pipelines.stream run of ./run_local.sh --eventhub local: its Event Hub works without a
+connection string send to a local Event Hubs endpoint started for the run, and what arrived is
+written to OUTPUT_DIR/eventhub_received.jsonl. Every option is pipelines.stream's:
+
+"""
 
 
-def _with_local_hub(config_path):
+def _with_local_hub(config_path, local_config):
     with open(config_path, encoding="utf-8") as fh:
         raw = yaml.safe_load(fh)
     for work in raw.get("works") or []:
@@ -27,33 +44,62 @@ def _with_local_hub(config_path):
             config = work.setdefault("config", {})
             if not config.get("connection_string"):
                 config["connection_string"] = "${%s}" % VARIABLE
-    handle, path = tempfile.mkstemp(suffix=".yaml", prefix="config-local-eventhub-")
-    with os.fdopen(handle, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(raw, fh, sort_keys=False)
-    return path
+    yaml.safe_dump(raw, local_config, sort_keys=False)
+
+
+def _paths(args):
+    """``(config, output_dir)`` from the pipeline's arguments (``--name value`` or ``--name=value``)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--config")
+    parser.add_argument("--output_dir", default="out")
+    known, _ = parser.parse_known_args(args)
+    if not known.config:
+        raise UsageError("--config is required (see --help)")
+    return known.config, known.output_dir
 
 
 def main(argv):
     args = list(argv)
-    config = args[args.index("--config") + 1]
-    output_dir = args[args.index("--output_dir") + 1] if "--output_dir" in args else "out"
-    local_config = _with_local_hub(config)
-    args[args.index("--config") + 1] = local_config
     from pipelines import stream
+    from pipelines.cli import check_pipeline_arguments
+    from pipelines.options import COMMAND_OPTIONS
+    if wants_help(args):
+        sys.stdout.write(USAGE)
+        return stream.run(["--help"])
+    try:
+        check_pipeline_arguments(args, "pipelines.stream", COMMAND_OPTIONS)
+        config, output_dir = _paths(args)
+    except UsageError as exc:
+        sys.stderr.write("error: %s\n" % exc)
+        return 2
+    with temporary_file(tempfile.gettempdir(), prefix="config-local-eventhub-",
+                        suffix=".yaml") as (fd, local_config):
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                _with_local_hub(config, fh)
+            args = ["--config=" + local_config if a.startswith("--config=") else a for a in args]
+            if "--config" in args:
+                args[args.index("--config") + 1] = local_config
+            return _run(args, output_dir)
+        finally:
+            os.unlink(local_config)
+
+
+def _run(args, output_dir):
+    from pipelines import stream
+    from transforms.localsink import replace_file
     with LocalEventHubs(hub="audiences", partitions=4) as hub:
         os.environ[VARIABLE] = hub.connection_string
         sys.stderr.write("local Event Hubs endpoint on 127.0.0.1:%d, hub 'audiences', 4 partitions\n" % hub.port)
         status = stream.run(args)
         received = hub.events()
-        os.makedirs(output_dir, exist_ok=True)
         target = os.path.join(output_dir, "eventhub_received.jsonl")
-        with open(target, "w", encoding="utf-8") as fh:
-            for event in received:
-                fh.write(json.dumps({"partition": event.partition, "sequence_number": event.sequence_number,
-                                     "partition_key": event.partition_key, "message_id": event.message_id,
-                                     "body": json.loads(event.body)}) + "\n")
+        replace_file(target, [
+            (json.dumps({"partition": event.partition, "sequence_number": event.sequence_number,
+                         "partition_key": event.partition_key, "message_id": event.message_id,
+                         "body": json.loads(event.body)}) + "\n").encode("utf-8")
+            for event in received])
         sys.stdout.write("  local Event Hub received %d messages: %s\n" % (len(received), target))
-    os.unlink(local_config)
     return status
 
 

@@ -113,10 +113,22 @@ class CommandParser(argparse.ArgumentParser):
         if wants_help(argv):
             sys.stdout.write(self.format_help())
             return None
-        args, unknown = self.parse_known_args(argv)
+        # An unknown option is named before a missing one: "--inptu" must not read "--input is
+        # required".
+        required = [a for a in self._actions if a.required]
+        for action in required:
+            action.required = False
+        try:
+            args, unknown = self.parse_known_args(argv)
+        finally:
+            for action in required:
+                action.required = True
         error = unknown_option_error(unknown, option_strings(self))
         if error is not None:
             raise error
+        for action in required:
+            if getattr(args, action.dest, None) is None:
+                raise UsageError("%s is required (see --help)" % _display_name(action).split()[0])
         return args
 
     def format_help(self):
@@ -141,7 +153,7 @@ def _usage_line(parser):
 
 def _display_name(action):
     long_names = [s for s in action.option_strings if s.startswith("--")]
-    name = long_names[-1] if long_names else action.option_strings[0]
+    name = long_names[0] if long_names else action.option_strings[0]
     if action.nargs == 0:
         return name
     metavar = action.metavar or action.dest.upper()

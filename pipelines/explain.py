@@ -7,18 +7,24 @@ run), and for each transition the condition as a tree (``and``, ``or``, ``not`` 
 each node with its value, the counts and trait values behind it, and a ``*`` on the nodes whose
 value changed at that moment: the cause of the transition. Runs in plain Python on the local files
 (no Beam). A key with no events but found as the other kind of id gets a hint (``--anonymous``).
+``--help`` lists the options (docs/COMMANDS.md).
 """
-import argparse
-import glob
-import json
-import os
-import sys
+# Ctrl-C is handled from here on (transforms/interrupt.py).
+from transforms.interrupt import exit_on_interrupt, exit_process
+if __name__ == "__main__":
+    exit_on_interrupt()
 
-from core.conditions import ANY_EVENT, _lookup, _make_predicate, compile_where
-from core.config import ConfigError, load_config
-from core.engine import Engine
-from core.records import InputError, ProfileEvent, dedupe_batch, parse_record
-from core.timeutil import MAX_TIME, format_time, parse_duration
+import glob  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from core.conditions import ANY_EVENT, _lookup, _make_predicate, compile_where  # noqa: E402
+from core.config import ConfigError, load_config  # noqa: E402
+from core.engine import Engine  # noqa: E402
+from core.records import InputError, ProfileEvent, dedupe_batch, parse_record  # noqa: E402
+from core.timeutil import MAX_TIME, format_time, parse_duration  # noqa: E402
+from pipelines.cli import CommandParser, run_command  # noqa: E402
 
 
 def _read_user_events(pattern, key):
@@ -146,13 +152,35 @@ class Explainer:
         return out
 
 
+def parser():
+    p = CommandParser(
+        "python -m pipelines.explain",
+        "Why did this user enter or exit? Prints the user's events and audience transitions (from\n"
+        "the engine the pipelines run), each with its condition as a tree and a * on the nodes\n"
+        "that caused it. Plain Python over local files, no Beam.",
+        ("python -m pipelines.explain --config examples/config.yaml --input examples/events.jsonl "
+         "--user cust-00042",
+         "python -m pipelines.explain --config examples/config.yaml --input 'archive/*.jsonl' "
+         "--user anon-7f3a --anonymous"))
+    p.add_argument("--config", required=True, metavar="FILE",
+                   help="The job config whose audiences are explained, e.g. --config "
+                        "examples/config.yaml")
+    p.add_argument("--input", required=True, metavar="GLOB",
+                   help="JSON Lines file or glob holding the user's events, e.g. --input "
+                        "'archive/2026-11-*.jsonl'")
+    p.add_argument("--user", required=True, metavar="KEY",
+                   help="The user key: a user_id, or an anonymous_id with --anonymous, e.g. "
+                        "--user cust-00042")
+    p.add_argument("--anonymous", action="store_true",
+                   help="--user is an anonymous_id, not a user_id, e.g. --anonymous")
+    return p
+
+
 def run(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--input", required=True, help="JSON Lines file or glob")
-    parser.add_argument("--user", required=True, help="the user key (user_id, or anonymous_id with --anonymous)")
-    parser.add_argument("--anonymous", action="store_true", help="the key is an anonymous_id")
-    args = parser.parse_args(argv)
+    return run_command(lambda: parser().parse(argv), _explain)
+
+
+def _explain(args):
     try:
         job = load_config(args.config)
         field = "anonymous_id" if args.anonymous else "user_id"
@@ -203,4 +231,4 @@ def run(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    exit_process(run())

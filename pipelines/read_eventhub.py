@@ -13,15 +13,20 @@ With the local endpoint (``python -m emulators.eventhubs``) pass the connection 
 Exit status: 0 after the idle timeout, 1 if the hub cannot be read (one line on stderr), 2 on a
 usage error.
 """
-import argparse
-import json
-import logging
-import os
-import sys
-import threading
-import time
+# Ctrl-C is handled from here on (transforms/interrupt.py).
+from transforms.interrupt import exit_on_interrupt
+if __name__ == "__main__":
+    exit_on_interrupt()
 
-from transforms.eventhubs import (EventHubsDeliveryError, parse_connection_string,
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+from pipelines.cli import CommandParser, UsageError  # noqa: E402
+from transforms.eventhubs import (EventHubsDeliveryError, parse_connection_string,  # noqa: E402
                                   verify_connection)
 
 _LOGGER = logging.getLogger(__name__)
@@ -98,21 +103,44 @@ def read_events(connection_string, eventhub_name=None, consumer_group="$Default"
     return state["count"]
 
 
+def parser():
+    p = CommandParser(
+        "python -m pipelines.read_eventhub",
+        "Prints an event hub's events as JSON Lines until no new event has arrived for --timeout\n"
+        "seconds: a local check of what a work delivered. The connection string is never printed.",
+        ("EVENTHUB_CONNECTION_STRING='Endpoint=sb://...' python -m pipelines.read_eventhub "
+         "--from-start",
+         "python -m pipelines.read_eventhub --connection_string \"$CS\" --eventhub_name audiences "
+         "--timeout 10 > received.jsonl"))
+    p.add_argument("--connection_string", default=os.environ.get("EVENTHUB_CONNECTION_STRING"),
+                   metavar="CS",
+                   help="Event Hubs connection string (default $EVENTHUB_CONNECTION_STRING, which "
+                        "keeps it out of the shell history), e.g. --connection_string \"$CS\"")
+    p.add_argument("--eventhub_name", default=None, metavar="HUB",
+                   help="The event hub, when the connection string has no EntityPath, e.g. "
+                        "--eventhub_name audiences")
+    p.add_argument("--consumer_group", default="$Default", metavar="GROUP",
+                   help="Consumer group to read with (default $Default), e.g. --consumer_group "
+                        "checks")
+    p.add_argument("--from-start", "--from_start", dest="from_start", action="store_true",
+                   help="Read each partition from its start (default: new events only), e.g. "
+                        "--from-start")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                   help="Exit after this many seconds without a new event (default 5), e.g. "
+                        "--timeout 10")
+    p.add_argument("--verbose", action="store_true",
+                   help="Log the SDK's progress to stderr, e.g. --verbose")
+    return p
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.read_eventhub",
-        description="Print an event hub's events as JSON Lines until it is idle.")
-    parser.add_argument("--connection_string", default=os.environ.get("EVENTHUB_CONNECTION_STRING"),
-                        help="Event Hubs connection string (default: $EVENTHUB_CONNECTION_STRING)")
-    parser.add_argument("--eventhub_name", default=None,
-                        help="event hub, when the connection string has no EntityPath")
-    parser.add_argument("--consumer_group", default="$Default")
-    parser.add_argument("--from-start", "--from_start", dest="from_start", action="store_true",
-                        help="read from the start of each partition (default: new events only)")
-    parser.add_argument("--timeout", type=float, default=5.0,
-                        help="exit after this many seconds without a new event (default 5)")
-    parser.add_argument("--verbose", action="store_true", help="log the SDK's progress")
-    args = parser.parse_args(argv)
+    try:
+        args = parser().parse(argv)
+    except UsageError as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 2
+    if args is None:
+        return 0
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if not args.connection_string:
@@ -129,7 +157,8 @@ def main(argv=None):
     except EventHubsDeliveryError as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # called as a function, without the command's handler
+        print("interrupted", file=sys.stderr)
         return 130
     _LOGGER.info("%d events read", count)
     return 0

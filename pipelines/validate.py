@@ -5,15 +5,20 @@
 Exit status 0 when the config is valid, 2 with one line naming the problem otherwise. Validation is
 the one the pipelines do before any data moves: every key known, every value valid, and every alert
 destination one the job would connect to (its host is resolved here; see
-``core.config.check_destinations``).
+``core.config.check_destinations``). ``--help`` lists the options (docs/COMMANDS.md).
 """
-import argparse
-import json
-import sys
+# Ctrl-C is handled from here on (transforms/interrupt.py).
+from transforms.interrupt import exit_on_interrupt, exit_process
+if __name__ == "__main__":
+    exit_on_interrupt()
 
-from core.config import ConfigError, check_destinations, load_config, mask_secrets
-from core.redact import Redactor, collect_secrets
-from core.timeutil import format_time
+import json  # noqa: E402
+import sys  # noqa: E402
+
+from core.config import ConfigError, check_destinations, load_config, mask_secrets  # noqa: E402
+from core.redact import Redactor, collect_secrets  # noqa: E402
+from core.timeutil import format_time  # noqa: E402
+from pipelines.cli import CommandParser, run_command  # noqa: E402
 
 
 def _duration(micros):
@@ -79,11 +84,26 @@ def print_plan(p, out):
                                                " (paused)" if w["paused"] else ""))
 
 
+def parser():
+    p = CommandParser(
+        "python -m pipelines.validate",
+        "Checks a job config as the pipelines do, before any data moves (every key known, every\n"
+        "value valid, every alert destination one the job would connect to), and prints the plan\n"
+        "with secrets masked. Exit status 0 when valid, 2 with one line naming the problem.",
+        ("python -m pipelines.validate --config examples/config.yaml",
+         "python -m pipelines.validate --config job.yaml --json > plan.json"))
+    p.add_argument("--config", required=True, metavar="FILE",
+                   help="The job config to check, YAML or JSON, e.g. --config examples/config.yaml")
+    p.add_argument("--json", action="store_true",
+                   help="Print the plan as JSON instead of text, e.g. --json")
+    return p
+
+
 def run(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="job config, YAML or JSON")
-    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
-    args = parser.parse_args(argv)
+    return run_command(lambda: parser().parse(argv), _validate)
+
+
+def _validate(args):
     try:
         job = load_config(args.config)
         redact = Redactor(collect_secrets(job.raw))
@@ -105,4 +125,4 @@ def run(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    exit_process(run())

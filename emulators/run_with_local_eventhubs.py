@@ -31,7 +31,11 @@ USAGE = """usage: python -m emulators.run_with_local_eventhubs --config FILE --i
 
 The pipelines.stream run of ./run_local.sh --eventhub local: its Event Hub works without a
 connection string send to a local Event Hubs endpoint started for the run, and what arrived is
-written to OUTPUT_DIR/eventhub_received.jsonl. Every option is pipelines.stream's:
+written to OUTPUT_DIR/eventhub_received.jsonl. Every option is pipelines.stream's (below).
+
+Examples:
+  python -m emulators.run_with_local_eventhubs --config examples/config.yaml --input examples/events.jsonl
+  ./run_local.sh --eventhub local
 
 """
 

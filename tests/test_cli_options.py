@@ -1,0 +1,170 @@
+"""Command lines as users type them: unknown options are errors, --help lists every option."""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = """
+account: {name: acme, aid: 1234}
+audiences:
+  - {id: fb1, slug: frequent_buyers, condition: {event: purchase, within: 7d, min_count: 3}}
+works:
+  - {id: w-eh, workflow: eventhub_audience_export, config: {user_fields: [email]}}
+"""
+EVENT = '{"user_id": "u1", "event": "purchase", "ts": "2026-11-20T10:00:00Z"}\n'
+#: Every command with a main, as ``python -m`` runs it.
+COMMANDS = ("pipelines.stream", "pipelines.replay", "pipelines.validate", "pipelines.explain",
+            "pipelines.read_eventhub", "emulators.eventhubs", "emulators.run_with_local_eventhubs")
+
+
+def run(module, *args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", module] + list(args), cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def job(tmp_path):
+    (tmp_path / "config.yaml").write_text(CONFIG)
+    (tmp_path / "events.jsonl").write_text(EVENT)
+    return tmp_path
+
+
+def test_a_misspelt_option_is_an_error_that_names_it_and_nothing_is_written(job):
+    # The issue's example: --output-dir and --strat were ignored; ./out was written, exit 0.
+    workdir = job / "cwd"
+    workdir.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.replay", "--config", str(job / "config.yaml"),
+         "--input", str(job / "events.jsonl"), "--output-dir", str(job / "x"), "--strat",
+         "2026-11-20"], cwd=str(workdir), capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=ROOT))
+    assert result.returncode == 2
+    assert result.stderr == "error: unknown option --output-dir (did you mean --output_dir?)\n"
+    assert not (workdir / "out").exists() and not (job / "x").exists()
+    result = run("pipelines.replay", "--config", str(job / "config.yaml"), "--input",
+                 str(job / "events.jsonl"), "--output_dir", str(job / "x"), "--strat", "2026-11-20")
+    assert (result.returncode, result.stderr) == (
+        2, "error: unknown option --strat (did you mean --start?)\n")
+    assert not (job / "x").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--start", "2026-11-20"], "unknown option --start (it is an option of pipelines.replay)"),
+    (["--runer=DirectRunner"], "unknown option --runer (did you mean --runner?)"),
+    (["--worker_processes", "two"],
+     "--worker_processes: expected auto or a number of processes, got 'two'"),
+    (["stray.jsonl"], "unexpected argument 'stray.jsonl': every value follows its option, e.g. "
+                      "--input stray.jsonl (see --help)"),
+])
+def test_stream_refuses_what_it_would_ignore(job, argv, message):
+    result = run("pipelines.stream", "--config", str(job / "config.yaml"), "--input",
+                 str(job / "events.jsonl"), "--output_dir", str(job / "o"), *argv)
+    assert (result.returncode, result.stderr) == (2, "error: %s\n" % message)
+    assert not (job / "o").exists()
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    ("pipelines.validate", ["--jsn"], "unknown option --jsn (did you mean --json?)"),
+    ("pipelines.explain", ["--user", "u1", "--inptu", "x"],
+     "unknown option --inptu (did you mean --input?)"),
+    ("pipelines.explain", ["--input", "x"], "--user is required (see --help)"),
+    ("pipelines.read_eventhub", ["--timeot", "1"], "unknown option --timeot (did you mean --timeout?)"),
+    ("emulators.eventhubs", ["--prot", "0"], "unknown option --prot (did you mean --port?)"),
+    ("emulators.run_with_local_eventhubs", ["--input", "x", "--output-dir", "o"],
+     "unknown option --output-dir (did you mean --output_dir?)"),
+])
+def test_other_commands_refuse_unknown_options(job, module, argv, message):
+    config = [] if module.startswith(("pipelines.read", "emulators.eventhubs")) else [
+        "--config", str(job / "config.yaml")]
+    result = run(module, *(config + argv))
+    assert (result.returncode, result.stderr) == (2, "error: %s\n" % message)
+
+
+def test_beam_options_still_pass(job):
+    # Beam's own options are not this project's: they pass through to Beam. The portable runner
+    # with LOOPBACK runs here; --parallelism and --streaming are parsed (Flink's and streaming's).
+    out = job / "o"
+    result = run("pipelines.stream", "--config", str(job / "config.yaml"), "--input",
+                 str(job / "events.jsonl"), "--output_dir", str(out), "--runner=PortableRunner",
+                 "--job_endpoint=embed", "--environment_type=LOOPBACK", "--parallelism", "2",
+                 "--worker_processes", "0")
+    assert result.returncode == 0, result.stderr
+    assert (out / "eventhub" / "w-eh.jsonl").exists()
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from pipelines.cli import beam_parse_known, check_pipeline_arguments
+    from pipelines.options import COMMAND_OPTIONS
+    argv = ["--runner=FlinkRunner", "--streaming", "--parallelism", "4", "--flink_master=[auto]",
+            "--environment_type", "LOOPBACK", "--project", "p", "--temp_location", "gs://b/t"]
+    check_pipeline_arguments(argv, "pipelines.stream", COMMAND_OPTIONS)  # raises if refused
+    assert beam_parse_known(argv)[1] == []
+    assert PipelineOptions(argv).get_all_options()["parallelism"] == 4
+
+
+def _options_of(module):
+    """``{option: action}`` the command declares, from its own parser or options classes."""
+    import importlib
+    from pipelines.options import COMMAND_OPTIONS
+    if module in COMMAND_OPTIONS:
+        parser = argparse.ArgumentParser(add_help=False)
+        for cls in COMMAND_OPTIONS[module]:
+            cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    elif module == "emulators.run_with_local_eventhubs":
+        return _options_of("pipelines.stream")
+    else:
+        mod = importlib.import_module(module)
+        if module == "emulators.eventhubs":
+            return {"--host", "--port", "--hub", "--partitions", "--key"}
+        parser = mod.parser()
+    return {a.option_strings[0] for a in parser._actions if a.option_strings  # pylint: disable=protected-access
+            and a.option_strings[0] != "-h"}
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_help_lists_every_option_on_one_line_with_an_example(module):
+    result = run(module, "--help")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert text.startswith("usage: ") and "Traceback" not in result.stderr
+    lines = text.splitlines()
+    for option in _options_of(module):
+        line = next((l for l in lines if l.lstrip().startswith(option + " ")
+                     or l.strip() == option), None)
+        assert line, "%s --help does not list %s" % (module, option)
+        assert "e.g. " + option.split()[0] in line or "e.g. " in line, line
+    examples = lines[lines.index("Examples:") + 1:]
+    assert any(e.strip().startswith(("python -m " + module, "EVENTHUB_CONNECTION_STRING="))
+               for e in examples), examples
+
+
+def test_help_lists_the_common_beam_options_that_beam_knows():
+    from pipelines.cli import BEAM_OPTIONS, beam_parse_known
+    known, _ = beam_parse_known([])
+    for name, help_text in BEAM_OPTIONS:
+        assert name.split()[0] in known, name
+        assert "e.g. " + name.split()[0] in help_text, name
+    text = run("pipelines.stream", "--help").stdout
+    assert all(name in text for name, _ in BEAM_OPTIONS)
+
+
+def test_run_local_help_prints_help_and_touches_nothing(tmp_path):
+    # A copy of the project without .venv and sample data, and an out/ of an earlier run: --help
+    # must not create the one (PYTHON=false would fail if it tried), generate the other or empty out/.
+    copy = tmp_path / "project"
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".venv", ".tools", ".git", "out",
+                                                               "events.jsonl", "__pycache__"))
+    (copy / "out").mkdir()
+    (copy / "out" / "keep.txt").write_text("an earlier run\n")
+    before = sorted(str(p.relative_to(copy)) for p in copy.rglob("*"))
+    for flag in ("--help", "-h"):
+        result = subprocess.run(["bash", str(copy / "run_local.sh"), flag], cwd=str(tmp_path),
+                                capture_output=True, text=True, timeout=60,
+                                env=dict(os.environ, PYTHON="false"))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("usage: ./run_local.sh") and "--eventhub local" in result.stdout
+        assert result.stderr == ""
+    assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*")) == before
+    assert (copy / "out" / "keep.txt").read_text() == "an earlier run\n"

@@ -10,7 +10,7 @@ neither knows is an error before the endpoint starts. Ctrl-C: ``interrupted``, e
 config copy removed (transforms/interrupt.py).
 """
 # Ctrl-C is handled from here on (transforms/interrupt.py).
-from transforms.interrupt import exit_on_interrupt
+from transforms.interrupt import exit_on_interrupt, exit_process
 if __name__ == "__main__":
     exit_on_interrupt()
 
@@ -108,4 +108,4 @@ def _run(args, output_dir):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_process(main(sys.argv[1:]))

@@ -39,7 +39,7 @@ from pipelines.options import COMMAND_OPTIONS, REQUIRED_OPTIONS, ActivationOptio
 from pipelines.runners import RunnerMissingError, choose_runner
 from transforms.audiences import EngineSpec, GroupUserEventsPerBundle
 from transforms.live import DedupeSystemEventsLive, is_unbounded
-from transforms.interrupt import deferred
+from transforms.interrupt import deferred, exit_process
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile, replace_file
 from transforms.audiences import export_rows_from_wire
 from transforms._beam_workarounds import shorter_state_sampling_period
@@ -741,10 +741,11 @@ def exit_command(status):
 
     Everything alive is frozen first: the process is ending, and the interpreter's last
     collection would otherwise walk every object the run left behind (measured: 2.5 s after
-    replaying 150k events, a third of the run).
+    replaying 150k events, a third of the run). Then ``transforms.interrupt.exit_process``: a
+    Ctrl-C until the very end still gets ``interrupted``.
     """
     gc.freeze()
-    sys.exit(status)
+    exit_process(status)
 
 
 def _run(argv, mode, make_evaluate, redactor, time_range_of):

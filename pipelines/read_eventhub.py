@@ -14,7 +14,7 @@ Exit status: 0 after the idle timeout, 1 if the hub cannot be read (one line on 
 usage error.
 """
 # Ctrl-C is handled from here on (transforms/interrupt.py).
-from transforms.interrupt import exit_on_interrupt
+from transforms.interrupt import exit_on_interrupt, exit_process
 if __name__ == "__main__":
     exit_on_interrupt()
 
@@ -165,4 +165,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -35,6 +35,8 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
+from transforms.interrupt import spawning
+
 _LOGGER = logging.getLogger(__name__)
 _HEADER = struct.Struct("<Q")
 #: Where ``core`` and ``transforms`` are importable from, for workers started from any directory.
@@ -184,8 +186,9 @@ class WorkerProcesses:
         if child is None:
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, env.get("PYTHONPATH")) if p)
-            child = subprocess.Popen([sys.executable, "-m", "transforms._worker_processes"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+            with spawning():  # a Ctrl-C's clean-up sees every worker (transforms/interrupt.py)
+                child = subprocess.Popen([sys.executable, "-m", "transforms._worker_processes"],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
             with self._lock:
                 self._children.append(child)
             self._local.child = child

@@ -6,11 +6,13 @@ interpreter's exit prints its own, and threads and child processes go on. So the
 the default (:func:`exit_on_interrupt`, first thing, before Beam's import) with a handler that ends
 the process itself:
 
-1. writes ``interrupted`` to stderr;
+1. writes ``interrupted`` to stderr, its last line (stderr goes to /dev/null after it);
 2. removes the temporary files being written (:func:`temporary_file`);
 3. ends every process this one started, found in ``/proc`` (worker processes, a runner's job
-   server, a local endpoint's helpers): SIGTERM, then SIGKILL for any still there after
-   :data:`TERM_SECONDS`, and reaps its own children;
+   server, a template evaluator): SIGTERM, then SIGKILL for any still there after
+   :data:`TERM_SECONDS`, and reaps its own children. Threads go on meanwhile, and one whose
+   worker was just ended may start another: starts go through :func:`spawning`, which lets none
+   begin once the clean-up has;
 4. leaves with ``os._exit(130)``: no interpreter teardown, where Beam's and the SDKs' threads
    would still run and print.
 
@@ -22,9 +24,11 @@ middle (a dead-letter line appended to a file, the temporary file's creation): t
 Only the commands install the handler; imported as a library (tests), nothing changes except that
 :func:`deferred` and :func:`temporary_file` keep their books.
 """
+import atexit
 import contextlib
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -38,11 +42,41 @@ _lock = threading.RLock()  # re-entrant: the handler runs in the main thread, ma
 _temporary = set()
 _deferring = 0
 _pending = False
+_installed = False
+_spawn_lock = threading.RLock()
+_stopping = False
 
 
 def exit_on_interrupt():
     """Makes SIGINT end the process as the module docstring says (call from the main thread)."""
+    global _installed
     signal.signal(signal.SIGINT, _on_interrupt)
+    _installed = True
+
+
+def exit_process(status):
+    """Ends a command's process with ``status``.
+
+    With the handler installed: flushes stdout and stderr, runs the ``atexit`` functions (Beam's
+    job-server shutdown, logging's flush) while a Ctrl-C still gets ``interrupted``, then
+    ``os._exit``. The interpreter's own teardown is skipped because it puts SIGINT back to its
+    default action first, and a Ctrl-C during it would kill the process without a word.
+    Without the handler (a library caller, a test): ``sys.exit(status)``.
+    """
+    if not _installed:
+        sys.exit(status)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    atexit._run_exitfuncs()  # noqa: SLF001 - what Py_Finalize would run next
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 def _on_interrupt(signum, frame):
@@ -86,11 +120,33 @@ def temporary_file(directory, prefix=".tmp-", suffix=""):
             _temporary.discard(path)
 
 
+@contextlib.contextmanager
+def spawning():
+    """Around the start of a child process: once an interrupt is being handled no new one
+    starts (the calling thread waits for the end), and one being started is finished first, so
+    the clean-up sees it."""
+    _spawn_lock.acquire()
+    if _stopping:
+        _spawn_lock.release()
+        threading.Event().wait()  # os._exit ends the process, this thread with it
+    try:
+        yield
+    finally:
+        _spawn_lock.release()
+
+
 def _finish():
+    global _stopping
     try:
         os.write(2, b"interrupted\n")
+        # The last line: threads that go on while processes end (a DoFn whose worker is gone)
+        # would log their errors after it.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
     except OSError:
         pass
+    _stopping = True
+    _spawn_lock.acquire(timeout=TERM_SECONDS)  # kept: no process starts from here on
     with _lock:
         paths = list(_temporary)
     for path in paths:

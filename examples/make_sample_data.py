@@ -212,11 +212,17 @@ BAD_LINES = [
 
 def main(argv=None):
     here = os.path.dirname(os.path.abspath(__file__))
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=os.path.join(here, "events.jsonl"))
-    ap.add_argument("--users", type=int, default=500)
-    ap.add_argument("--days", type=int, default=30)
-    ap.add_argument("--seed", type=int, default=7)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                                 epilog="example: python examples/make_sample_data.py --out "
+                                        "/tmp/events.jsonl --users 3000")
+    ap.add_argument("--out", default=os.path.join(here, "events.jsonl"),
+                    help="file to write (default examples/events.jsonl), e.g. --out /tmp/events.jsonl")
+    ap.add_argument("--users", type=int, default=500,
+                    help="number of customers (default 500), e.g. --users 3000")
+    ap.add_argument("--days", type=int, default=30,
+                    help="days of activity from 2026-11-01 (default 30), e.g. --days 60")
+    ap.add_argument("--seed", type=int, default=7,
+                    help="random seed; the same seed gives the same file (default 7), e.g. --seed 1")
     args = ap.parse_args(argv)
     if args.users < 1 or args.days < 2:
         ap.error("--users must be >= 1 and --days >= 2")

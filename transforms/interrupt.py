@@ -247,6 +247,10 @@ def end_descendants(pid, term_seconds=TERM_SECONDS):
         alive = [p for p in alive if _alive(p)]
         if alive:
             time.sleep(0.02)
+    # A child that died after its last reap is a zombie, still in the process group until
+    # reaped: reap them all now, not after this process has gone.
+    for child in children:
+        _reap(child)
 
 
 def _signal(pid, signum):

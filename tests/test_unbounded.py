@@ -55,7 +55,7 @@ CONFIG = {
 }
 T0 = parse_time("2026-11-20T10:00:00Z")
 MINUTE, HOUR, DAY = 60 * MICROS, 3600 * MICROS, 86400 * MICROS
-PART = re.compile(r"^part-(\d{6})-([0-9a-f]{8})\.jsonl$")
+PART = re.compile(r"^part-(\d{6})-(\d{3})-([0-9a-f]{8})\.jsonl$")
 
 
 def _at(offset):
@@ -154,13 +154,16 @@ def _live_pipeline(config_path, out):
 def _read_parts(directory):
     """Every record of a sink's parts, and the part names, checking the naming rule."""
     names = sorted(os.listdir(directory))
-    records = []
-    for index, name in enumerate(names):
+    records, per_shard = [], collections.defaultdict(list)
+    for name in names:
         m = PART.match(name)
         assert m, name
         data = open(os.path.join(directory, name), "rb").read()
-        assert int(m.group(1)) == index and m.group(2) == hashlib.sha256(data).hexdigest()[:8]
+        assert m.group(3) == hashlib.sha256(data).hexdigest()[:8]
+        per_shard[int(m.group(2))].append(int(m.group(1)))
         records.extend(json.loads(line) for line in data.decode("utf-8").splitlines())
+    # each shard counts its own parts from 0
+    assert all(indexes == list(range(len(indexes))) for indexes in per_shard.values()), names
     return records, names
 
 
@@ -209,9 +212,18 @@ def test_audience_messages_are_written_in_parts_as_the_watermark_moves(runs):
     messages, names = _read_parts(os.path.join(live, "eventhub", "w-eh"))
     assert _counted(messages) == _counted(expected) and expected
     assert len(names) >= 3
-    # The first part was written at the first watermark (10:50): it holds what happened before.
-    first, _ = _read_parts_of(os.path.join(live, "eventhub", "w-eh"), names[:1])
-    assert first and all(m["timestamp"] < _at(50 * MINUTE) for m in first)
+    # The first flush came at the first watermark (10:50): what happened before it is in the
+    # first part of its shard, and later flushes wrote further parts.
+    early_parts, later_parts = set(), set()
+    for name in names:
+        part, _ = _read_parts_of(os.path.join(live, "eventhub", "w-eh"), [name])
+        early = [m["timestamp"] < _at(50 * MINUTE) for m in part]
+        if any(early):
+            early_parts.add(name)
+        if not any(early):
+            later_parts.add(name)
+    assert early_parts and all(PART.match(n).group(1) == "000000" for n in early_parts)
+    assert later_parts
     assert not os.path.exists(os.path.join(live, "eventhub", "w-eh.jsonl"))
 
 
@@ -297,6 +309,7 @@ def test_a_retried_part_rewrites_the_same_name_with_the_same_bytes(tmp_path):
     assert first == again and os.listdir(tmp_path) == [os.path.basename(first)]
     data = open(first, "rb").read()
     assert data == b'{"a":1}\n{"b":2}\n' and os.path.basename(first) == part_name(7, data)
+    assert os.path.basename(first).startswith("part-000007-000-")
 
 
 def test_live_dedupe_keeps_the_first_copy_to_arrive_for_24_hours(tmp_path):

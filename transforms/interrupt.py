@@ -121,6 +121,19 @@ def temporary_file(directory, prefix=".tmp-", suffix=""):
 
 
 @contextlib.contextmanager
+def tracked_temporary(path):
+    """Around the writing of a temporary local file ``path`` (not yet created): an interrupt until
+    the block ends removes it (the block renames it or removes it)."""
+    with _lock:
+        _temporary.add(path)
+    try:
+        yield path
+    finally:
+        with _lock:
+            _temporary.discard(path)
+
+
+@contextlib.contextmanager
 def spawning():
     """Around the start of a child process: once an interrupt is being handled no new one
     starts (the calling thread waits for the end), and one being started is finished first, so

@@ -18,8 +18,9 @@ when a processing-time clock says so. Why this and not triggers or processing-ti
   TestStream run these timers on time; see README "Live (unbounded) runs".)
 
 This module holds what those branches share: the batching of one bundle's elements into one
-element (one state access per bundle instead of per record), timer times, and the 24-hour dedupe
-of system events by id.
+element per state key (one state access per key and bundle instead of per record), timer times,
+and the 24-hour dedupe of system events by id. No branch keeps all its state under one key: local
+sinks key it by (sink, shard), the Blob export by (work, window), the dedupe by event id.
 """
 import logging
 import typing
@@ -61,45 +62,64 @@ def timer_at(micros):
 
 
 class _BatchPerBundle(beam.DoFn):
-    """Collects a bundle's elements per window and emits ``(key, [elements])`` at its end.
+    """Collects a bundle's elements per window and key and emits ``(key, [elements])`` at its
+    end; ``key_of(element)`` gives the key.
 
     The batch is timestamped with its earliest element, so a timer set from it is never later
     than one set from any of its elements.
     """
 
-    def __init__(self, key):
-        self._key = key
+    def __init__(self, key_of):
+        self._key_of = key_of
         self._batches = None
 
     def start_bundle(self):
         self._batches = {}
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        batch = self._batches.get(window)
+        slot = (window, self._key_of(element))
+        batch = self._batches.get(slot)
         if batch is None:
-            self._batches[window] = [timestamp, [element]]
+            self._batches[slot] = [timestamp, [element]]
         else:
             batch[0] = min(batch[0], timestamp)
             batch[1].append(element)
 
     def finish_bundle(self):
-        for window, (timestamp, elements) in self._batches.items():
-            yield WindowedValue((self._key, elements), timestamp, [window])
+        for (window, key), (timestamp, elements) in self._batches.items():
+            yield WindowedValue((key, elements), timestamp, [window])
         self._batches = {}
 
 
-class BatchPerBundle(beam.PTransform):
-    """``element`` to ``(key, [elements of the bundle])``: the input of a single-key stateful
-    step, so its state is touched once per bundle rather than once per record."""
+class _Constant:
+    def __init__(self, value):
+        self._value = value
 
-    def __init__(self, key, label=None):
+    def __call__(self, unused_element):
+        return self._value
+
+
+class BatchPerBundle(beam.PTransform):
+    """``element`` to ``(key, [elements of the bundle with that key])``: the input of a stateful
+    step, so its state is touched once per key and bundle rather than once per record.
+
+    ``key``: a function of the element giving its state key (``key_type`` the type of those
+    keys), or one constant key for every element.
+    """
+
+    def __init__(self, key, key_type=None, label=None):
         super().__init__(label)
-        self._key = key
+        if callable(key):
+            if key_type is None:
+                raise ValueError("BatchPerBundle with a key function needs key_type")
+            self._key_of, self._key_type = key, key_type
+        else:
+            self._key_of, self._key_type = _Constant(key), type(key)
 
     def expand(self, pcoll):
         # Typed, so the stateful step after it gets a deterministic key coder.
-        return pcoll | "Batch" >> beam.ParDo(_BatchPerBundle(self._key)).with_output_types(
-            typing.Tuple[type(self._key), typing.Any])
+        return pcoll | "Batch" >> beam.ParDo(_BatchPerBundle(self._key_of)).with_output_types(
+            typing.Tuple[self._key_type, typing.Any])
 
 
 class _FirstCopyPerId(beam.DoFn):

@@ -1,26 +1,37 @@
 """Local sinks: what a destination would have received, as JSON Lines under ``--output_dir``.
 
+``--output_dir`` is a local path or any Beam file system URI (``azfs://...``): files are written
+through :mod:`transforms.outputs` (Beam's ``FileSystems``), under a temporary name and then
+renamed, by the step that holds the records, so on Flink or Dataflow they land in the output
+directory, not on a worker's disk.
+
 Bounded input: one file per destination, written once at the end of the data. Lines are sorted so
 that two runs over the same input give byte-identical files, and the file is created (empty) even
 when nothing reaches it, so users can tell "nothing to send" from "not run".
 
 Unbounded input (a live source): the file never ends, so it is written in parts. ``DIR/x.jsonl``
-becomes the directory ``DIR/x/`` holding ``part-<n>-<hash>.jsonl`` files, where ``n`` (six digits
-or more, from 000000) counts the parts of this sink and ``hash`` is the first 8 hex digits of the
-SHA-256 of the part's bytes. A part holds the records that arrived since the previous part, sorted
-like the bounded file; it is written when the watermark passes the time of its earliest record
-plus ``flush_seconds`` (event time: on a live source the watermark follows the clock, so a part
-is written about ``flush_seconds`` after its first record, plus the source's watermark delay). The
-count and the buffered records live in Beam state, so a retried flush rewrites the same name with
-the same bytes and never adds a part; the hash keeps a later job that starts counting at 0 again
-(new job, no state) from overwriting an earlier job's parts in the same directory. The directory
-is created when the sink starts, so it exists (empty) while nothing has arrived. Reading a sink:
-every ``part-*.jsonl`` of the directory, in name order. See ``transforms/live.py`` for why this is
-a stateful DoFn with an event-time timer rather than a triggered GroupByKey.
+becomes the directory ``DIR/x/`` holding ``part-<n>-<shard>-<hash>.jsonl`` files. A sink's records
+are spread over ``shards`` shards (default :data:`DEFAULT_SHARDS`) by a hash of their JSON line, so
+its Beam state is kept under one key per (sink, shard) and the work spreads over the runner's
+workers instead of one key holding everything. ``n`` (six digits or more, from 000000) counts the
+parts of that shard, ``shard`` is three digits, and ``hash`` is the first 8 hex digits of the
+SHA-256 of the part's bytes. A part holds the records of its shard that arrived since the shard's
+previous part, sorted like the bounded file; it is written when the watermark passes the time of
+its earliest record plus ``flush_seconds`` (event time: on a live source the watermark follows the
+clock, so a part is written about ``flush_seconds`` after its first record, plus the source's
+watermark delay). The count and the buffered records live in Beam state, so a retried flush
+rewrites the same name with the same bytes and never adds a part; the hash keeps a later job that
+starts counting at 0 again (new job, no state) from overwriting an earlier job's parts in the same
+directory. On a local disk the directory is created when the sink starts, so it exists (empty)
+while nothing has arrived (a blob store has no empty directories). Reading a sink: every
+``part-*.jsonl`` of the directory; name order puts the parts of one flush together. See
+``transforms/live.py`` for why this is a stateful DoFn with an event-time timer rather than a
+triggered GroupByKey.
 """
 import hashlib
 import json
 import os
+import zlib
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
@@ -29,11 +40,13 @@ from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteState
                                                on_timer)
 
 from core.jsonlines import json_line
-from transforms.interrupt import temporary_file
+from transforms import outputs
 from transforms.live import BatchPerBundle, is_unbounded, timer_at
 
 #: How long (event time) a part of an unbounded sink collects records before it is written.
 DEFAULT_FLUSH_SECONDS = 10.0
+#: Shards of an unbounded sink: its state is kept under this many keys.
+DEFAULT_SHARDS = 8
 
 
 #: Marks the group of an empty PCollection; compared by value because elements are re-decoded.
@@ -67,21 +80,10 @@ class _WriteSortedLines(beam.DoFn):
 
 
 def replace_file(path, chunks):
-    """Writes ``chunks`` (bytes) as the file ``path`` through a temporary file and ``os.replace``:
-    a reader never sees a half-written file, a retry replaces the same name whole, and an
-    interrupted run leaves the old file or none."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    # A Ctrl-C removes the temporary file too (transforms/interrupt.py).
-    with temporary_file(directory) as (fd, tmp):
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.writelines(chunks)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+    """Writes ``chunks`` (bytes) as the file ``path`` (a local path or a Beam file system URI)
+    through a temporary name and a rename: a reader never sees a half-written file, and a retry
+    replaces the same name whole."""
+    outputs.write_file(path, chunks)
 
 
 def parts_directory(path):
@@ -90,25 +92,33 @@ def parts_directory(path):
     return stem if ext == ".jsonl" else path + ".parts"
 
 
-def part_name(index, data):
-    """``part-<index>-<hash>.jsonl``: the same index and bytes always give the same name."""
-    return "part-%06d-%s.jsonl" % (index, hashlib.sha256(data).hexdigest()[:8])
+def part_name(index, data, shard=0):
+    """``part-<index>-<shard>-<hash>.jsonl``: the same index, shard and bytes always give the
+    same name."""
+    return "part-%06d-%03d-%s.jsonl" % (index, shard, hashlib.sha256(data).hexdigest()[:8])
 
 
-def write_part(directory, index, records, sort_key):
+def write_part(directory, index, records, sort_key, shard=0):
     """Writes one part (records sorted by ``sort_key``); returns its path.
 
     Through ``replace_file``: a reader never sees a half-written part, and a retry replaces the
     same name with the same bytes.
     """
     data = b"".join(json_line(r) for r in sorted(records, key=sort_key))
-    path = os.path.join(directory, part_name(index, data))
+    path = outputs.join(directory, part_name(index, data, shard))
     replace_file(path, (data,))
     return path
 
 
+def shard_of(record, shards):
+    """The shard of an unbounded sink's record: the same record always goes to the same shard."""
+    return zlib.crc32(json_line(record)) % shards
+
+
 class _WriteParts(beam.DoFn):
-    """Buffers one sink's records in state; an event-time timer writes them as the next part.
+    """Buffers one shard's records in state; an event-time timer writes them as its next part.
+
+    Input: ``(shard, [records])``, one element per shard and bundle.
 
     ``PROGRESS`` holds (index of the next part, time of the pending flush timer or None). The
     timer is set from the earliest buffered record, so one record with a far-future time cannot
@@ -119,16 +129,15 @@ class _WriteParts(beam.DoFn):
     PROGRESS = ReadModifyWriteStateSpec("progress", PickleCoder())
     FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
 
-    def __init__(self, directory, sort_key, batched, flush_seconds, merge):
+    def __init__(self, directory, sort_key, flush_seconds, merge):
         self._directory = directory
         self._sort_key = sort_key
-        self._batched = batched
         self._flush_us = int(flush_seconds * 1_000_000)
         self._merge = merge
 
     def setup(self):
         # An existing, empty directory tells "running, nothing yet" from "not run".
-        os.makedirs(self._directory, exist_ok=True)
+        outputs.make_directory(self._directory)
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam,
                 buffer=beam.DoFn.StateParam(BUFFER), progress=beam.DoFn.StateParam(PROGRESS),
@@ -142,25 +151,24 @@ class _WriteParts(beam.DoFn):
             progress.write((index, due))
 
     @on_timer(FLUSH)
-    def write(self, buffer=beam.DoFn.StateParam(BUFFER),
+    def write(self, key=beam.DoFn.KeyParam, buffer=beam.DoFn.StateParam(BUFFER),
               progress=beam.DoFn.StateParam(PROGRESS)):
         index, _ = progress.read() or (0, None)
         records = [r for batch in buffer.read() for r in batch]
         buffer.clear()
-        if self._batched:
-            records = [r for batch in records for r in batch]
         if self._merge is not None:
             records = self._merge(records)
         if not records:
             progress.write((index, None))
             return
-        path = write_part(self._directory, index, records, self._sort_key)
+        path = write_part(self._directory, index, records, self._sort_key, shard=key)
         progress.write((index + 1, None))
         yield path, len(records)
 
 
 class WriteJsonLinesFile(beam.PTransform):
-    """Writes a PCollection of JSON-serialisable records to one local file, sorted.
+    """Writes a PCollection of JSON-serialisable records to one file, sorted: ``path`` is a local
+    path or a Beam file system URI.
 
     With ``batched=True`` each element is a list of records (fewer elements to shuffle). With
     ``encoded`` (bounded input only), a function, the elements are encoded runs of lines that it
@@ -169,14 +177,19 @@ class WriteJsonLinesFile(beam.PTransform):
     Returns a PCollection with one ``(path, count)`` element once the file is in place.
 
     On an unbounded PCollection the file is written in parts (see the module docstring): one
-    ``(part path, count)`` per part, ``flush_seconds`` of event time after its first record.
+    ``(part path, count)`` per part, ``flush_seconds`` of event time after its first record,
+    the records spread over ``shards`` state keys.
     ``merge``, if given, maps one part's records to the records written (e.g. sums counts per key);
     it applies to parts only, since a bounded input is combined before the sink.
     """
 
     def __init__(self, path, sort_key=None, batched=False, label=None,
-                 flush_seconds=DEFAULT_FLUSH_SECONDS, merge=None, encoded=None):
+                 flush_seconds=DEFAULT_FLUSH_SECONDS, merge=None, encoded=None,
+                 shards=DEFAULT_SHARDS):
         super().__init__(label)
+        if not (isinstance(shards, int) and shards >= 1):
+            raise ValueError("shards must be a whole number of 1 or more")
+        self._shards = shards
         self._encoded = encoded
         self._path = path
         self._sort_key = sort_key or _default_sort_key
@@ -204,9 +217,22 @@ class WriteJsonLinesFile(beam.PTransform):
                                                           self._encoded)))
 
     def _expand_parts(self, records):
+        if self._batched:
+            records = records | "Unbatch" >> beam.FlatMap(_identity)
         return (records
                 | "GlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
-                | "BatchPerBundle" >> BatchPerBundle(0)
+                | "BatchPerShard" >> BatchPerBundle(_ShardOf(self._shards), key_type=int)
                 | "WriteParts" >> beam.ParDo(_WriteParts(
-                    parts_directory(self._path), self._sort_key, self._batched,
-                    self._flush_seconds, self._merge)))
+                    parts_directory(self._path), self._sort_key, self._flush_seconds, self._merge)))
+
+
+def _identity(batch):
+    return batch
+
+
+class _ShardOf:
+    def __init__(self, shards):
+        self._shards = shards
+
+    def __call__(self, record):
+        return shard_of(record, self._shards)

@@ -384,33 +384,103 @@ class _Timer(_Value):
         self.value = timestamp
 
 
+def _split(outputs):
+    """A DoFn's outputs: (main outputs, {tag: [values]})."""
+    main, tagged = [], collections.defaultdict(list)
+    for o in outputs:
+        if isinstance(o, beam.pvalue.TaggedOutput):
+            tagged[o.tag].append(o.value)
+        else:
+            main.append(o)
+    return main, tagged
+
+
 def test_a_window_file_that_fails_is_written_again_and_holds_the_marker_back(tmp_path):
     work = parse_config(CONFIG).works[1]
     spec = ExportSpec(work.settings, "acme", work.id)
     destination = _FlakyDestination(tmp_path, 1, spec.prefix)
-    fn = blob._WriteClosedWindows(spec, _Recipe(destination), 1234, grace_us=5 * MINUTE)
-    fn.setup()
-    rows, progress, close = _Bag(), _Value(), _Timer()
+    windows = blob._WriteClosedWindow(spec, _Recipe(destination), 1234, grace_us=5 * MINUTE)
+    marker = blob._AdvanceMarker(spec, _Recipe(destination), 1234, grace_us=5 * MINUTE)
+    windows.setup()
+    marker.setup()
     row = lambda offset, event_id: (T0 + offset, event_id, [event_id, "u", "", "purchase",
                                                             _at(offset), _at(offset), None, None])
-    group = [(T0, row(MINUTE, "a")), (T0 + HOUR, row(HOUR + MINUTE, "b"))]
-    list(fn.process(("w-blob", group), rows, progress, close))
-    assert close.value.micros == T0 + HOUR + 5 * MINUTE
-    fired = beam.utils.timestamp.Timestamp(micros=T0 + 2 * HOUR + 10 * MINUTE)
-    events = list(fn.write_closed(fired, rows, progress, close))
-    # 10:00 failed, 11:00 written; the marker stays at no marker; both windows wait in state
-    assert [e.data["verb"] for e in events] == ["failed", "synced"]
-    assert progress.value[0] is None and len(rows.read()[0]) == 2
-    assert close.value.micros == fired.micros + 5 * MINUTE
-    events = list(fn.write_closed(close.value, rows, progress, close))
-    assert [e.data["verb"] for e in events] == ["synced", "synced", "synccomplete"]
-    assert progress.value == (T0 + 2 * HOUR, None) and rows.read() == [] and close.value is None
-    names = sorted(destination.list_names())
-    assert names == ["ev/_state/w-blob.json", spec.file_name(T0), spec.file_name(T0 + HOUR)]
+    at = lambda micros: beam.utils.timestamp.Timestamp(micros=micros)
+    # Windows 10:00, 11:00 and 13:00 have rows, each under its own key; 12:00 is empty.
+    state = {}
+    for start, event_id in ((T0, "a"), (T0 + HOUR, "b"), (T0 + 3 * HOUR, "d")):
+        state[start] = (_Bag(), _Value(), _Timer())
+        list(windows.process((("w-blob", start), [(start, row(start - T0 + MINUTE, event_id))]),
+                             *state[start]))
+        assert state[start][2].value.micros == start + HOUR + 5 * MINUTE
+    marker_state = (_Bag(), _Value(), _Timer())
+
+    def close(start):
+        events, tagged = _split(windows.write_closed(("w-blob", start), state[start][2].value,
+                                                     *state[start]))
+        for result in tagged["results"]:
+            marker.process(result, at(start + HOUR + 5 * MINUTE), *marker_state)
+        return [e.data["verb"] for e in events], tagged["results"]
+
+    # 10:00 fails; 11:00 is written; the marker does not move past the failed window
+    assert close(T0) == (["failed"], [("w-blob", (T0, False))])
+    assert state[T0][2].value.micros == T0 + HOUR + 10 * MINUTE  # its retry
+    assert close(T0 + HOUR) == (["synced"], [("w-blob", (T0 + HOUR, True))])
+    assert state[T0 + HOUR][0].read() == [] and state[T0][0].read() != []
+    events = list(marker.plan(at(T0 + 2 * HOUR + 5 * MINUTE), *marker_state))
+    assert events == [] and marker_state[1].value[0] is None
+    # The retry writes 10:00; 13:00 closes; the marker writes 12:00 header-only and moves to 14:00
+    events, results = _split(windows.write_closed(("w-blob", T0), state[T0][2].value, *state[T0]))
+    assert [e.data["verb"] for e in events] == ["synced"] and state[T0][0].read() == []
+    marker.process(results["results"][0], state[T0][2].value, *marker_state)
+    assert close(T0 + 3 * HOUR) == (["synced"], [("w-blob", (T0 + 3 * HOUR, True))])
+    events = list(marker.plan(at(T0 + 4 * HOUR + 5 * MINUTE), *marker_state))
+    assert [(e.data["verb"], e.data["notes"].split(",")[0]) for e in events] == [
+        ("synced", "file %s written" % spec.file_name(T0 + 2 * HOUR)),
+        ("synccomplete", "windows written up to %s" % _at(4 * HOUR))]
+    assert marker_state[1].value == (T0 + 4 * HOUR, None) and marker_state[0].read() == []
+    assert sorted(destination.list_names()) == sorted(
+        ["ev/_state/w-blob.json"] + [spec.file_name(T0 + h * HOUR) for h in range(4)])
+    assert destination.get(spec.file_name(T0 + 2 * HOUR)).count(b"\n") == 1  # header only
     # A row for a written window is late: dead-lettered with the reason, not buffered.
-    late = list(fn.process(("w-blob", [(T0, row(2 * MINUTE, "c"))]), rows, progress, close))
-    assert [o.tag for o in late] == ["late"] and late[0].value["raw"]["event_id"] == "c"
-    assert rows.read() == []
+    main, late = _split(windows.process((("w-blob", T0), [(T0, row(2 * MINUTE, "c"))]),
+                                        *state[T0]))
+    assert main == [] and [d["raw"]["event_id"] for d in late["late"]] == ["c"]
+    assert state[T0][0].read() == []
+
+
+def test_live_sinks_and_blob_windows_spread_their_state_over_keys(tmp_path):
+    """The stateful steps of the live graph get their input under many keys: a local sink's
+    records under (sink, shard) keys, a Blob export's rows under (work, window) keys."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(CONFIG))
+    p = _live_pipeline(config, str(tmp_path / "out"))
+    inputs = {}
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node):
+            for suffix in ("Work[w-eh]WriteLocalSink/WriteParts",
+                           "Work[w-blob]WriteToBlob/WriteClosedWindows/ParDo(_WriteClosedWindow)"):
+                if node.full_label.endswith(suffix):
+                    inputs[suffix] = node.inputs[0]
+
+    p.visit(Visitor())
+    assert len(inputs) == 2
+    seen = str(tmp_path / "keys.jsonl")
+    for suffix, pcoll in inputs.items():
+        _ = pcoll | "Keys of %s" % suffix >> beam.Map(
+            lambda kv, what=suffix, path=seen: open(path, "a").write(
+                json.dumps([what, kv[0]]) + "\n"))
+    p.run().wait_until_finish()
+    keys = collections.defaultdict(set)
+    for line in open(seen):
+        what, key = json.loads(line)
+        keys[what].add(json.dumps(key))
+    sink_keys = keys["Work[w-eh]WriteLocalSink/WriteParts"]
+    window_keys = {tuple(json.loads(k)) for k in keys["Work[w-blob]WriteToBlob/WriteClosedWindows/ParDo(_WriteClosedWindow)"]}
+    assert len(sink_keys) > 1
+    # the four 1 h windows with rows: 10:00, 11:00, 13:00 (and 12:00 is empty)
+    assert window_keys == {("w-blob", T0), ("w-blob", T0 + HOUR), ("w-blob", T0 + 3 * HOUR)}
 
 
 def test_local_runners_that_cannot_run_a_live_read_are_refused_or_warned_about(capsys):

@@ -61,8 +61,9 @@ the Parquet column types are described in :mod:`core.export`.
 
 Each file is uploaded under its final name with ``overwrite=True`` (Azure commits a blob
 atomically), so a retried bundle rewrites the same name with the same bytes and never creates a
-second one. The local directory ``<output_dir>/blob/<container>/`` is written through a temporary
-file and ``os.replace``.
+second one. The local sink ``<output_dir>/blob/<container>/`` (``--output_dir`` a local path or
+any Beam file system URI, ``azfs://`` included) is written through Beam's ``FileSystems`` under a
+temporary name and then renamed.
 
 State marker and catch-up
 -------------------------
@@ -93,34 +94,37 @@ Unbounded input
 ---------------
 On a bounded input the files are grouped in the global window and written at the end of the data.
 On an unbounded input (a live source; chosen when the input PCollection is unbounded) the work's
-rows are buffered in Beam state and each window is written once it is *closed*: when the
-watermark passes its end plus ``grace_seconds`` (default :data:`DEFAULT_GRACE_SECONDS`). The
-watermark is in event time (``ts``); the audience engine emits an event's row once the watermark
-passes its ``ts``, and ``ts <= received_at`` unless a client clock runs ahead, which the grace
-covers. At each close the windows from the marker (none yet: the first closed window with data)
-to the last closed window with data are written, empty ones header-only, by the same
-:mod:`core.export` functions as a bounded run, so the names and bytes are those a bounded run over
-the same records writes; then the marker moves. Hence header-only files for empty windows between
+rows are buffered in Beam state under one key per (work, window), and each window is written once
+it is *closed*: when the watermark passes its end plus ``grace_seconds`` (default
+:data:`DEFAULT_GRACE_SECONDS`). The watermark is in event time (``ts``); the audience engine emits
+an event's row once the watermark passes its ``ts``, and ``ts <= received_at`` unless a client
+clock runs ahead, which the grace covers. A window's close reads and writes that window's rows
+only. A second stateful step, one key per work holding only which windows were written, then
+does what a bounded run does between files: it writes the empty windows from the marker (none
+yet: the first closed window with data) to the last closed window with data as header-only
+files and moves the marker over the windows written without a gap. So the names and bytes are
+those a bounded run over the same records writes; header-only files for empty windows between
 windows with data appear when the next window with data closes, and a job started from an
 existing marker writes the missed windows from the marker on as catch-up files.
 
-A row that arrives after its window's file was written (its ``received_at`` is before the
-marker) is not added to any file: it goes to ``<output_dir>/deadletter/<work id>.jsonl`` (in
-parts, see :mod:`transforms.localsink`) as ``{"raw": <the row by column>, "error": "late: ...",
-"source": <work id>}`` and counts as ``deadlettered``. A file that cannot be written holds the
-marker back; its rows stay in state and the work tries again at the next close (or, with nothing
-else to close, ``max(grace, 60 s)`` of event time later), rewriting the later windows under the
-same names (with the same bytes, unless rows for them arrived in the meantime).
+A row that arrives after its window's file was written (each window keeps a small ``written``
+mark for the life of the job) is not added to any file: it goes to
+``<output_dir>/deadletter/<work id>.jsonl`` (in parts, see :mod:`transforms.localsink`) as
+``{"raw": <the row by column>, "error": "late: ...", "source": <work id>}`` and counts as
+``deadlettered``. A file that cannot be written keeps its rows in state and is tried again
+``max(grace, 60 s)`` of event time later; the marker stays before it until it is written, while
+later windows are written when they close.
 ``export_type: system_events`` is deduplicated with the streaming rule of
 :class:`transforms.live.DedupeSystemEventsLive`.
 """
 import logging
-import os
 import re
 import time
+import typing
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window as beam_window
 from apache_beam.transforms.display import DisplayDataItem
@@ -134,7 +138,7 @@ from core.records import dead_letter
 from core.system_events import work_event
 from core.timeutil import MICROS, format_time
 from transforms.live import BatchPerBundle, DedupeSystemEventsLive, is_unbounded, timer_at
-from transforms.localsink import replace_file
+from transforms import outputs
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 
 _LOG = logging.getLogger(__name__)
@@ -194,53 +198,55 @@ class Destination:
 
 class LocalDestination(Destination):
     """``<output_dir>/blob/<container>/<blob name>``: the local sink of a work without a connection
-    string. Files appear complete or not at all (temporary file + ``os.replace``)."""
+    string. ``output_dir`` is a local path or a Beam file system URI (``azfs://...``); files are
+    written through Beam's ``FileSystems`` and appear complete or not at all (temporary name, then
+    rename; see :mod:`transforms.outputs`)."""
 
     def __init__(self, output_dir, container, prefix=""):
-        self.root = os.path.join(output_dir, "blob", container)
+        self.root = outputs.join(output_dir, "blob", container)
         self.prefix = prefix or ""
-        self.description = "local directory %s" % self.root
+        self.description = "output directory %s" % self.root
 
     def _path(self, name):
-        return os.path.join(self.root, *name.split("/"))
+        return outputs.join(self.root, *name.split("/"))
 
     def put(self, name, data, content_type=None):
         path = self._path(name)
         try:
-            replace_file(path, (data,))
-        except OSError as exc:
-            raise BlobExportError("cannot write %s: %s" % (path, exc.strerror or exc)) from None
+            outputs.write_file(path, (data,), mime_type=content_type or "application/octet-stream")
+        except (OSError, BeamIOError) as exc:
+            raise BlobExportError("cannot write %s: %s" % (path, _io_reason(exc))) from None
 
     def get(self, name):
         try:
-            with open(self._path(name), "rb") as fh:
-                return fh.read()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise BlobExportError("cannot read %s: %s" % (self._path(name), exc.strerror or exc)) \
+            return outputs.read_file(self._path(name))
+        except (OSError, BeamIOError) as exc:
+            raise BlobExportError("cannot read %s: %s" % (self._path(name), _io_reason(exc))) \
                 from None
 
     def delete(self, name):
         try:
-            os.unlink(self._path(name))
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise BlobExportError("cannot delete %s: %s" % (self._path(name), exc.strerror or exc)) \
+            outputs.delete_file(self._path(name))
+        except (OSError, BeamIOError) as exc:
+            raise BlobExportError("cannot delete %s: %s" % (self._path(name), _io_reason(exc))) \
                 from None
 
     def list_names(self, starts_with=""):
-        names = []
-        for directory, _, files in os.walk(self.root):
-            for f in files:
-                if f.startswith(".tmp-"):
-                    continue
-                rel = os.path.relpath(os.path.join(directory, f), self.root)
-                name = rel.replace(os.sep, "/")
-                if name.startswith(starts_with):
-                    names.append(name)
-        return sorted(names)
+        try:
+            paths = outputs.list_files(self.root)
+        except (OSError, BeamIOError) as exc:
+            raise BlobExportError("cannot list %s: %s" % (self.root, _io_reason(exc))) from None
+        names = (outputs.relative(path, self.root) for path in paths)
+        return sorted(n for n in names if n.startswith(starts_with))
+
+
+def _io_reason(exc):
+    """A short reason for a file system error (one line)."""
+    details = getattr(exc, "exception_details", None)
+    if details:
+        exc = next(iter(details.values()))
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return " ".join(str(text).split())[:300]
 
 
 def _secrets_of(connection_string):
@@ -610,38 +616,44 @@ class _FinishRun(_BlobDoFn):
         yield from self._move_marker(end)
 
 
-class _WriteClosedWindows(_BlobDoFn):
-    """The unbounded path: buffers a work's rows in state, writes each window once it is closed.
+class _KeyByWindow:
+    def __init__(self, work_id):
+        self._work_id = work_id
 
-    Input: ``(work id, [(window start, keyed row), ...])`` (one element per bundle). A window
-    ``[s, s + period)`` of ``received_at`` is closed when the watermark passes ``s + period +
-    grace``: by then the engine has emitted every row of an event whose ``ts`` is before that
-    time, and ``ts <= received_at`` but for clock skew of less than ``grace``. At a close, the
-    windows :func:`core.export.plan_windows` plans from the marker (no marker yet: the first
-    closed window with data) to the last closed window with data are written, empty ones as
-    header-only files, exactly as a bounded run writes them; then the state marker moves (after
-    the files are committed) and the written rows are dropped from state.
+    def __call__(self, item):
+        return self._work_id, item[0]
 
-    State (``PROGRESS``): the marker end as this run knows it and the time of the pending timer.
-    A row whose window is before the marker arrives too late for its file: it goes to the
-    ``LATE`` output with the reason, never silently away. A file that cannot be written holds the
-    marker back; its rows (and those of the later windows, which are rewritten too) stay in
-    state and are written again at the next close, or ``retry`` after the failure.
+
+class _WriteClosedWindow(_BlobDoFn):
+    """The unbounded path, one state key per (work, window): buffers the window's rows and writes
+    its file once the window is closed.
+
+    Input: ``((work id, window start), [(window start, keyed row), ...])``, one element per window
+    and bundle. A window ``[s, s + period)`` of ``received_at`` is closed when the watermark passes
+    ``s + period + grace``: by then the engine has emitted every row of an event whose ``ts`` is
+    before that time, and ``ts <= received_at`` but for clock skew of less than ``grace``. The
+    close timer reads this window's rows only, writes its file, drops the rows and keeps one
+    small ``written`` mark for the window; it reports ``(work id, (start, written))`` on
+    ``RESULTS`` for :class:`_AdvanceMarker`, timestamped with the close time (the timer's time,
+    which the runner holds the output watermark at until it fires).
+
+    A row that arrives after its window's file was written is not added to any file: it goes to
+    the ``LATE`` output with the reason, never silently away. A file that cannot be written keeps
+    its rows in state and is tried again ``retry`` later (``max(grace, 60 s)`` of event time).
     """
 
     LATE = "late"
+    RESULTS = "results"
     ROWS = BagStateSpec("rows", PickleCoder())
-    PROGRESS = ReadModifyWriteStateSpec("progress", PickleCoder())
+    STATUS = ReadModifyWriteStateSpec("status", PickleCoder())
     CLOSE = TimerSpec("close", TimeDomain.WATERMARK)
+    _WRITTEN, _WAITING = "written", "waiting"
 
     def __init__(self, spec, recipe, aid, grace_us):
         super().__init__(spec, recipe, aid)
         self._grace = grace_us
         self._retry = max(grace_us, 60 * MICROS)
         self._late = Metrics.counter("work:" + spec.work_id, "deadlettered")
-
-    def _closes_at(self, start):
-        return start + self._spec.period + self._grace
 
     def _late_row(self, start, keyed_row):
         spec = self._spec
@@ -654,64 +666,126 @@ class _WriteClosedWindows(_BlobDoFn):
             self.LATE, dead_letter(dict(zip(spec.columns, keyed_row[2])), reason, spec.work_id))
 
     def process(self, element, rows=beam.DoFn.StateParam(ROWS),
-                progress=beam.DoFn.StateParam(PROGRESS), close=beam.DoFn.TimerParam(CLOSE)):
-        _, group = element
-        marker_end, close_at = progress.read() or (self._spec.marker_end, None)
-        fresh = []
-        for start, keyed_row in group:
-            if marker_end is not None and start < marker_end:
+                status=beam.DoFn.StateParam(STATUS), close=beam.DoFn.TimerParam(CLOSE)):
+        (_, start), group = element
+        state = status.read()
+        if state == self._WRITTEN:
+            for _, keyed_row in group:
                 yield self._late_row(start, keyed_row)
-            else:
-                fresh.append((start, keyed_row))
-        if not fresh:
             return
-        rows.add(fresh)
-        due = timer_at(self._closes_at(min(start for start, _ in fresh)))
-        if close_at is None or due < close_at:
-            close.set(due)
-            progress.write((marker_end, due))
+        rows.add([keyed_row for _, keyed_row in group])
+        if state is None:
+            close.set(timer_at(start + self._spec.period + self._grace))
+            status.write(self._WAITING)
 
     @on_timer(CLOSE)
-    def write_closed(self, fired=beam.DoFn.TimestampParam, rows=beam.DoFn.StateParam(ROWS),
-                     progress=beam.DoFn.StateParam(PROGRESS), close=beam.DoFn.TimerParam(CLOSE)):
+    def write_closed(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+                     rows=beam.DoFn.StateParam(ROWS), status=beam.DoFn.StateParam(STATUS),
+                     close=beam.DoFn.TimerParam(CLOSE)):
+        work_id, start = key
+        keyed_rows = [row for group in rows.read() for row in group]
+        written, event = self._deliver(start, keyed_rows)
+        yield event
+        if written:
+            rows.clear()
+            status.write(self._WRITTEN)
+        else:
+            close.set(timer_at(fired.micros + self._retry))
+        yield beam.pvalue.TaggedOutput(self.RESULTS, (work_id, (start, written)))
+
+
+class _AdvanceMarker(_BlobDoFn):
+    """The unbounded path, one state key per work: header-only files and the state marker.
+
+    Input: ``(work id, (window start, written))`` from :class:`_WriteClosedWindow`, one per
+    attempt at a window with data, timestamped with the window's close (or retry) time. State:
+    those results (window starts and flags, never rows) and the marker end as this run knows it.
+    A timer at each result's time runs when the watermark has passed it, hence when the result of
+    every window that closed by then has arrived; it then plans, like a bounded run
+    (:func:`core.export.plan_windows`), the windows from the marker (none yet: the first closed
+    window with data) to the last closed window with data, writes the empty ones as header-only
+    files, and moves the marker over the windows written without a gap. A failed window holds the
+    marker back until its retry reports it written; a failed header-only file is tried again
+    ``retry`` later.
+
+    A row that arrives for an empty window after its header-only file was written (an event
+    that is late for the watermark) is written by its window's key as that window's file, which
+    replaces the header-only one: it lands in its window, not in the dead letters.
+    """
+
+    RESULTS = BagStateSpec("results", PickleCoder())
+    PROGRESS = ReadModifyWriteStateSpec("progress", PickleCoder())
+    PLAN = TimerSpec("plan", TimeDomain.WATERMARK)
+
+    def __init__(self, spec, recipe, aid, grace_us):
+        super().__init__(spec, recipe, aid)
+        self._grace = grace_us
+        self._retry = max(grace_us, 60 * MICROS)
+
+    def _closes_at(self, start):
+        return start + self._spec.period + self._grace
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam,
+                results=beam.DoFn.StateParam(RESULTS), progress=beam.DoFn.StateParam(PROGRESS),
+                plan_timer=beam.DoFn.TimerParam(PLAN)):
+        _, result = element
+        results.add(result)
+        marker_end, due = progress.read() or (self._spec.marker_end, None)
+        at = timer_at(timestamp.micros)
+        if due is None or at < due:
+            plan_timer.set(at)
+            progress.write((marker_end, at))
+
+    @on_timer(PLAN)
+    def plan(self, fired=beam.DoFn.TimestampParam, results=beam.DoFn.StateParam(RESULTS),
+             progress=beam.DoFn.StateParam(PROGRESS), plan_timer=beam.DoFn.TimerParam(PLAN)):
         spec = self._spec
         now = fired.micros
         marker_end, _ = progress.read() or (spec.marker_end, None)
-        by_window = {}
-        for start, keyed_row in (item for group in rows.read() for item in group):
-            by_window.setdefault(start, []).append(keyed_row)
-        closed = [start for start in by_window if self._closes_at(start) <= now]
+        written_by_window = {}
+        for start, ok in results.read():
+            written_by_window[start] = written_by_window.get(start, False) or ok
+        closed = [start for start in written_by_window if self._closes_at(start) <= now]
         plan = plan_windows(closed, marker_end, spec.period)
-        written = set()
+        written = {start for start in plan if written_by_window.get(start)}
+        retry_empty = False
         for start in plan:
-            ok, event = self._deliver(start, by_window.get(start, []))
-            if ok:
-                written.add(start)
-            yield event
+            if start not in written_by_window:
+                ok, event = self._deliver(start, [])
+                if ok:
+                    written.add(start)
+                else:
+                    retry_empty = True
+                yield event
         end = advance_marker(plan, written, marker_end, spec.period)
         if end is not None and end != marker_end:
             yield from self._move_marker(end)
-        # Rows of windows before the new marker are in committed files; the rest wait (a window
-        # not closed yet, or one after a failed file, written again at the next close).
-        kept = [(start, row) for start, window_rows in by_window.items()
-                if end is None or start >= end for row in window_rows]
-        rows.clear()
-        if not kept:
-            close.clear()
+        kept = [(start, ok) for start, ok in written_by_window.items()
+                if end is None or start >= end]
+        results.clear()
+        for item in kept:
+            results.add(item)
+        # Results not planned yet have their timers' times; a failed window reports again on
+        # its retry; a failed header-only file is tried again here.
+        pending = [self._closes_at(start) for start, _ in kept if self._closes_at(start) > now]
+        if retry_empty:
+            pending.append(now + self._retry)
+        if not pending:
+            plan_timer.clear()
             progress.write((end, None))
             return
-        rows.add(kept)
-        next_close = min(self._closes_at(start) for start, _ in kept)
-        if next_close <= now:  # a failed window: try again a little later
-            next_close = now + self._retry
-        due = timer_at(next_close)
-        close.set(due)
+        due = timer_at(min(pending))
+        plan_timer.set(due)
         progress.write((end, due))
 
 
 def _disabled_event(unused, aid, work_id, reason):
     Metrics.counter("work:" + work_id, "failures").inc()
     return work_event(aid, work_id, "failed", notes="export disabled: %s" % reason, unit="disabled")
+
+
+def _same(element):
+    return element
 
 
 def _key_by_id(event):
@@ -806,17 +880,26 @@ class WriteToBlobExport(beam.PTransform):
         return (written.events, finished) | "WorkEvents" >> beam.Flatten()
 
     def _expand_unbounded(self, records, spec):
-        """Windows written as they close (see :class:`_WriteClosedWindows`); late rows to
-        ``<output_dir>/deadletter/<work id>.jsonl`` (written in parts)."""
+        """Windows written as they close, each by its own state key (see
+        :class:`_WriteClosedWindow`), the marker moved per work (:class:`_AdvanceMarker`); late
+        rows to ``<output_dir>/deadletter/<work id>.jsonl`` (written in parts)."""
         if spec.export_type == "system_events":
             records = records | "DedupeCopies" >> DedupeSystemEventsLive()
-        written = (records
+        grace_us = int(self._grace_seconds * MICROS)
+        windows = (records
                    | "SelectRows" >> beam.ParDo(_SelectRows(spec))
-                   | "BatchPerBundle" >> BatchPerBundle(spec.work_id)
-                   | "WriteClosedWindows" >> beam.ParDo(_WriteClosedWindows(
-                       spec, self._recipe, self._aid, int(self._grace_seconds * MICROS)))
-                   .with_outputs(_WriteClosedWindows.LATE, main="events"))
-        _ = written[_WriteClosedWindows.LATE] | "WriteLateRows" >> WriteJsonLinesFile(
-            os.path.join(self._output_dir, "deadletter", self._work.id + ".jsonl"),
+                   | "BatchPerWindow" >> BatchPerBundle(
+                       _KeyByWindow(spec.work_id), key_type=typing.Tuple[str, int])
+                   | "WriteClosedWindows" >> beam.ParDo(_WriteClosedWindow(
+                       spec, self._recipe, self._aid, grace_us))
+                   .with_outputs(_WriteClosedWindow.LATE, _WriteClosedWindow.RESULTS,
+                                 main="events"))
+        marker = (windows[_WriteClosedWindow.RESULTS]
+                  | "TypedResults" >> beam.Map(_same).with_output_types(
+                      typing.Tuple[str, typing.Tuple[int, bool]])
+                  | "AdvanceMarker" >> beam.ParDo(_AdvanceMarker(
+                      spec, self._recipe, self._aid, grace_us)))
+        _ = windows[_WriteClosedWindow.LATE] | "WriteLateRows" >> WriteJsonLinesFile(
+            outputs.join(self._output_dir, "deadletter", self._work.id + ".jsonl"),
             flush_seconds=self._flush_seconds)
-        return written.events
+        return (windows.events, marker) | "WorkEvents" >> beam.Flatten()

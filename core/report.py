@@ -2,11 +2,10 @@
 
 Audience sizes over time (a line chart in inline SVG), enters and exits per day, export files per
 work and window, and the dead-letter count. Built from what the run wrote: ``summary.json``,
-``audiences_daily.jsonl`` and the local export directory.
+``audiences_daily.jsonl`` and the local export directory. Pure: the launcher reads those and
+writes the page (``pipelines.common.write_report``), on whatever file system ``--output_dir`` is.
 """
 import html
-import json
-import os
 
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
           "#bcbd22", "#17becf"]
@@ -84,17 +83,17 @@ def _table(headers, rows):
     return "<table><thead><tr>%s</tr></thead><tbody>%s</tbody></table>" % (head, body)
 
 
-def export_files(output_dir):
-    """[(container-relative name, size in bytes)] of local export files, data files only."""
-    root = os.path.join(output_dir, "blob")
+def export_files(listing):
+    """[(container-relative name, size in bytes)] of local export files, data files only.
+
+    ``listing``: ``(name relative to DIR/blob, size)`` of every file there, ``/``-separated.
+    """
     found = []
-    for directory, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(directory, name)
-            rel = os.path.relpath(path, root)
-            if "_state" in rel.split(os.sep)[-2:-1] or name.endswith(".json"):
-                continue
-            found.append((rel, os.path.getsize(path)))
+    for rel, size in listing:
+        parts = rel.split("/")
+        if "_state" in parts[-2:-1] or parts[-1].endswith(".json"):
+            continue
+        found.append((rel, size))
     return sorted(found)
 
 
@@ -138,15 +137,3 @@ dead-lettered <span class="figure" id="deadlettered">%(dead)d</span>, late %(lat
        '<p class="empty">none</p>',
        "works": _table(["work", "workflow", "figures"], work_rows),
        "files": _table(["file", "bytes"], files) if files else '<p class="empty">no local export files</p>'}
-
-
-def write_report(output_dir, summary):
-    daily = []
-    path = os.path.join(output_dir, "audiences_daily.jsonl")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            daily = [json.loads(line) for line in fh if line.strip()]
-    target = os.path.join(output_dir, "report.html")
-    with open(target, "w", encoding="utf-8") as fh:
-        fh.write(build_report(summary, daily, export_files(output_dir)))
-    return target

@@ -22,7 +22,7 @@ import uuid
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import AzureOptions, PipelineOptions, StandardOptions
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.config import ConfigError, check_destinations, load_config
@@ -30,7 +30,7 @@ from core.history import unpack_changes
 from core.messages import (MessageBuilder, audience_names, merge_message_line_runs,
                            message_line_runs, message_sort_key, user_messages)
 from core.records import SystemEvent, dedupe_batch
-from core.report import write_report
+from core.report import build_report, export_files
 from core.redact import Redactor, collect_secrets, install_log_redaction
 from core.system_events import work_event
 from core.timeutil import format_time
@@ -39,8 +39,9 @@ from pipelines.options import COMMAND_OPTIONS, REQUIRED_OPTIONS, ActivationOptio
 from pipelines.runners import RunnerMissingError, choose_runner
 from transforms.audiences import EngineSpec, GroupUserEventsPerBundle
 from transforms.live import DedupeSystemEventsLive, is_unbounded
+from transforms import outputs
 from transforms.interrupt import deferred, exit_process
-from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile, replace_file
+from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 from transforms.audiences import export_rows_from_wire
 from transforms._beam_workarounds import shorter_state_sampling_period
 from transforms._worker_processes import (DIRECT_RUNNERS, OrderedBatches, acquire_workers,
@@ -280,7 +281,7 @@ class _CountDelivered(beam.DoFn):
     def process(self, written):
         path, count = written
         self._counter.inc(count)
-        name = os.path.basename(path)
+        name = outputs.basename(path)
         yield work_event(self._aid, self._work_id, "synced", "%d messages to %s" % (count, name),
                          unit=name)
         yield work_event(self._aid, self._work_id, "synccomplete", None, unit=name + "#complete")
@@ -326,7 +327,7 @@ def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming, flush
                 | label + "BuildMessageLines" >> beam.ParDo(_BuildMessageLines(
                     settings, job.audiences.audiences, worker_processes))
                 | label + "WriteLocalSink" >> WriteJsonLinesFile(
-                    os.path.join(output_dir, "eventhub", work.id + ".jsonl"), sort_key=message_sort_key,
+                    outputs.join(output_dir, "eventhub", work.id + ".jsonl"), sort_key=message_sort_key,
                     flush_seconds=flush_seconds, encoded=merge_message_line_runs)
                 | label + "Report" >> beam.ParDo(_CountDelivered(job.aid, work.id, "messages_delivered")))
     messages = changes | label + "BuildMessages" >> beam.FlatMap(
@@ -338,7 +339,7 @@ def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming, flush
         _ = (messages
              | label + "Undelivered" >> beam.ParDo(_Undelivered(work.id, reason))
              | label + "WriteUndelivered" >> WriteJsonLinesFile(
-                 os.path.join(output_dir, "deadletter", work.id + ".jsonl"),
+                 outputs.join(output_dir, "deadletter", work.id + ".jsonl"),
                  sort_key=lambda d: message_sort_key(d["raw"]), flush_seconds=flush_seconds))
         return (p
                 | label + "Disabled" >> beam.Create([disabled[work.id]])
@@ -347,7 +348,7 @@ def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming, flush
         return (messages
                 | label + "DropKey" >> beam.Values()
                 | label + "WriteLocalSink" >> WriteJsonLinesFile(
-                    os.path.join(output_dir, "eventhub", work.id + ".jsonl"), sort_key=message_sort_key,
+                    outputs.join(output_dir, "eventhub", work.id + ".jsonl"), sort_key=message_sort_key,
                     batched=True, flush_seconds=flush_seconds)
                 | label + "Report" >> beam.ParDo(_CountDelivered(job.aid, work.id, "messages_delivered")))
     from transforms.eventhubs import WriteToEventHubs
@@ -364,8 +365,8 @@ def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming, flush
             lambda kv: ((kv[0], m) for m in kv[1]))
     return messages | label + "WriteToEventHubs" >> WriteToEventHubs(
         settings.connection_string, work.id,
-        os.path.join(output_dir, "deadletter", work.id + ".jsonl"),
-        eventhub_name=settings.eventhub_name, aid=job.aid)
+        outputs.join(output_dir, "deadletter", work.id + ".jsonl"),
+        eventhub_name=settings.eventhub_name, aid=job.aid, flush_seconds=flush_seconds)
 
 
 def _blob_work(p, job, work, export_rows, system_events, output_dir, disabled, flush_seconds,
@@ -433,7 +434,7 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, li
     terminals = []
     terminals.append(records[DEADLETTER]
          | "WriteInputDeadLetters" >> WriteJsonLinesFile(
-             os.path.join(output_dir, "deadletter", "input.jsonl"),
+             outputs.join(output_dir, "deadletter", "input.jsonl"),
              sort_key=lambda r: (r["source"].rsplit(":", 1)[0],
                                  int(r["source"].rsplit(":", 1)[1]) if ":" in r["source"] else 0),
              flush_seconds=flush_seconds))
@@ -443,7 +444,7 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, li
     daily = (changes
              | "DailyActivity" >> beam.ParDo(_DailyActivity(
                  [a.slug for a in job.audiences.audiences])))
-    daily_path = os.path.join(output_dir, "audiences_daily.jsonl")
+    daily_path = outputs.join(output_dir, "audiences_daily.jsonl")
     if not unbounded:
         terminals.append(daily
              | "SumPerDay" >> beam.CombinePerKey(sum)
@@ -495,7 +496,7 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, li
     terminals.append((log | "AllOwnEvents" >> beam.Flatten())
          | "OwnEventRecords" >> beam.Map(lambda e: e.record if isinstance(e, SystemEvent) else e)
          | "WriteSystemEventLog" >> WriteJsonLinesFile(
-             os.path.join(output_dir, "system_events.jsonl"),
+             outputs.join(output_dir, "system_events.jsonl"),
              sort_key=lambda r: (r.get("ts", ""), r.get("id", "")), flush_seconds=flush_seconds))
     if live_source is not None and live_source.eventhubs is not None:
         # Checkpoints move only once everything downstream is complete: at least once, never a skip.
@@ -516,14 +517,6 @@ def _counter_totals(result):
         key = (c.key.metric.namespace, c.key.metric.name)
         totals[key] = totals.get(key, 0) + (value or 0)
     return totals
-
-
-def _count_lines(path):
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            return sum(1 for line in fh if line.strip())
-    except OSError:
-        return 0
 
 
 def build_summary(job, totals, output_dir, mode, seconds):
@@ -585,16 +578,51 @@ def print_summary(summary, stream=sys.stdout):
 def _failed_work_events(output_dir, job):
     own_ids = {w.id for w in job.works}
     failures = []
-    try:
-        with open(os.path.join(output_dir, "system_events.jsonl"), encoding="utf-8") as fh:
-            for line in fh:
-                record = json.loads(line)
-                data = record.get("data", {})
-                if data.get("verb") == "failed" and data.get("subject_id") in own_ids:
-                    failures.append((data["subject_id"], data.get("notes", "failed")))
-    except OSError:
-        pass
+    data = outputs.read_file(outputs.join(output_dir, "system_events.jsonl"))
+    for line in (data or b"").decode("utf-8").splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        fields = record.get("data", {})
+        if fields.get("verb") == "failed" and fields.get("subject_id") in own_ids:
+            failures.append((fields["subject_id"], fields.get("notes", "failed")))
     return failures
+
+
+def write_summary(output_dir, summary):
+    """``DIR/summary.json`` (through Beam's file systems, like every output)."""
+    text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
+    path = outputs.join(output_dir, "summary.json")
+    outputs.write_file(path, (text.encode("utf-8"),), mime_type="application/json")
+    return path
+
+
+def write_report(output_dir, summary):
+    """``DIR/report.html`` from the summary, ``DIR/audiences_daily.jsonl`` and the export files
+    under ``DIR/blob`` (see :mod:`core.report`)."""
+    data = outputs.read_file(outputs.join(output_dir, "audiences_daily.jsonl")) or b""
+    daily = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+    root = outputs.join(output_dir, "blob")
+    listing = [(outputs.relative(path, root), outputs.file_size(path))
+               for path in outputs.list_files(root)]
+    path = outputs.join(output_dir, "report.html")
+    outputs.write_file(path, (build_report(summary, daily, export_files(listing)).encode("utf-8"),),
+                       mime_type="text/html")
+    return path
+
+
+def _prepare_output_dir(output_dir):
+    """Creates ``--output_dir`` (a local path or a Beam file system URI) and checks that it can
+    be written, before any data moves; a problem is one line (:class:`LaunchError`)."""
+    probe = outputs.join(output_dir, "%scheck-%s" % (outputs.TEMPORARY_PREFIX, uuid.uuid4().hex[:12]))
+    try:
+        outputs.make_directory(output_dir)
+        outputs.write_file(probe, (b"",))
+        outputs.delete_file(probe)
+    except Exception as exc:  # pylint: disable=broad-except
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LaunchError("--output_dir %s: cannot write there: %s: %s"
+                          % (output_dir, type(exc).__name__, first[:300])) from None
 
 
 # -- entry point -------------------------------------------------------------------------------
@@ -758,12 +786,16 @@ def _run(argv, mode, make_evaluate, redactor, time_range_of):
     redactor.add(collect_secrets(job.raw))
     for warning in check_destinations(job):
         sys.stderr.write("warning: %s\n" % redactor(warning))
+    # Beam's Azure file system options (an azfs:// --output_dir) hold a key too.
+    redactor.add(collect_secrets({"connection_string": _option(
+        options.view_as(AzureOptions), "azure_connection_string", "")}))
     live_source = _live_source(act.input, options, redactor)
     if live_source is None:
         check_input_exists(act.input)
     _choose_runner(options, live_source)
     time_range = time_range_of(options) if time_range_of else None
-    os.makedirs(act.output_dir, exist_ok=True)
+    outputs.use_options(options)
+    _prepare_output_dir(act.output_dir)
     disabled = _preflight(job, act.output_dir)
     for work_id, reason in disabled.items():
         sys.stderr.write("work %s: %s\n" % (work_id, redactor(reason)))
@@ -787,12 +819,11 @@ def _run(argv, mode, make_evaluate, redactor, time_range_of):
         result.wait_until_finish()
     seconds = time.time() - started
     summary = build_summary(job, _counter_totals(result), act.output_dir, mode, seconds)
-    replace_file(os.path.join(act.output_dir, "summary.json"),
-                 [(json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8")])
+    write_summary(act.output_dir, summary)
     with deferred():  # a Ctrl-C while the report is written ends the command after it
-        write_report(act.output_dir, summary)
+        report = write_report(act.output_dir, summary)
     print_summary(summary)
-    sys.stdout.write("  report: %s\n" % os.path.join(act.output_dir, "report.html"))
+    sys.stdout.write("  report: %s\n" % report)
     failures = _failed_work_events(act.output_dir, job)
     if failures:
         seen = set()

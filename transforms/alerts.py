@@ -100,7 +100,6 @@ import hmac
 import http.client
 import json
 import logging
-import os
 import random
 import re
 import smtplib
@@ -119,6 +118,7 @@ from core.records import SystemEvent, dead_letter
 from core.redact import Redactor
 from core.system_events import matches
 from core.templates import TemplateError, TemplateRenderer
+from transforms import outputs
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 
 log = logging.getLogger(__name__)
@@ -811,10 +811,10 @@ class _SendAlerts(beam.PTransform):
                 DEADLETTER, _LOCAL_SINK, main=DELIVERED)
         if not self._remote():
             _ = results[_LOCAL_SINK] | "WriteLocalSink" >> WriteJsonLinesFile(
-                os.path.join(self._output_dir, "alerts", self._work_id + ".jsonl"),
+                outputs.join(self._output_dir, "alerts", self._work_id + ".jsonl"),
                 flush_seconds=self._flush_seconds)
         _ = results[DEADLETTER] | "WriteDeadLetter" >> WriteJsonLinesFile(
-            os.path.join(self._output_dir, "deadletter", self._work_id + ".jsonl"),
+            outputs.join(self._output_dir, "deadletter", self._work_id + ".jsonl"),
             flush_seconds=self._flush_seconds)
         return {DELIVERED: results[DELIVERED], DEADLETTER: results[DEADLETTER]}
 

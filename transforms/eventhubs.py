@@ -7,7 +7,6 @@ import collections
 import hashlib
 import json
 import logging
-import os
 import random
 import re
 import threading
@@ -21,12 +20,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from core.records import dead_letter
 from core.system_events import work_event
-from transforms.interrupt import deferred
-
-try:  # POSIX: also serialise dead-letter appends between worker processes
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -281,34 +275,8 @@ def verify_connection(connection_string, eventhub_name=None, timeout_seconds=10)
 # Dead letters
 # ------------------------------------------------------------------------------------------------
 
-_DEAD_LETTER_LOCKS = collections.defaultdict(threading.Lock)
-_DEAD_LETTER_LOCKS_GUARD = threading.Lock()
-
-
-def append_dead_letters(path, records):
-    """Appends JSON Lines records to ``path``: one open/append/close, under a lock.
-
-    The thread lock serialises DoFn instances of one process, ``flock`` those of other worker
-    processes on the same machine, so lines never interleave.
-    """
-    if not records:
-        return
-    text = "".join(json.dumps(record, ensure_ascii=False, default=str) + "\n"
-                   for record in records)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with _DEAD_LETTER_LOCKS_GUARD:
-        lock = _DEAD_LETTER_LOCKS[os.path.abspath(path)]
-    # deferred: a Ctrl-C does not cut a line in two (transforms/interrupt.py).
-    with lock, deferred(), open(path, "a", encoding="utf-8") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            handle.write(text)
-            handle.flush()
-        finally:
-            if fcntl is not None:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+#: The tag of the send step's dead-letter output.
+DEADLETTER = "deadletter"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -351,7 +319,8 @@ def _body(message):
 
 
 class _WriteToEventHubsFn(beam.DoFn):
-    """Sends ``(partition_key, message)`` elements in batches; outputs work system events."""
+    """Sends ``(partition_key, message)`` elements in batches; outputs work system events, and
+    the messages it could not deliver, with the reason, on the ``DEADLETTER`` output."""
 
     def __init__(self, connection_string, work_id, deadletter_path, eventhub_name, aid,
                  retry_total, retry_backoff_factor, retry_backoff_max, timeout_seconds,
@@ -409,7 +378,7 @@ class _WriteToEventHubsFn(beam.DoFn):
                 or not message["message_id"]:
             problem = "invalid element: the message must be an object with a string message_id"
         if problem is not None:
-            self._dead_letter([(message, problem)])
+            yield from self._dead_letter([(message, problem, timestamp, window)])
             return
         self._buffer.setdefault(key, []).append(
             _Pending(key, message, _body(message), timestamp, window))
@@ -431,9 +400,8 @@ class _WriteToEventHubsFn(beam.DoFn):
         if not pending:
             return []
         if self._stopped is not None:
-            self._dead_letter([(p.message, "not delivered: " + self._stopped)
-                               for items in pending.values() for p in items])
-            return []
+            return self._dead_letter([(p.message, "not delivered: " + self._stopped, p.timestamp,
+                                       p.window) for items in pending.values() for p in items])
         outputs = []
         keys = list(pending)
         for index, key in enumerate(keys):
@@ -445,7 +413,8 @@ class _WriteToEventHubsFn(beam.DoFn):
                 reason = failure.reason
                 undelivered = failure.unsent + [
                     p for later in keys[index + 1:] for p in pending[later]]
-                self._dead_letter([(p.message, "not delivered: " + reason) for p in undelivered])
+                outputs.extend(self._dead_letter([(p.message, "not delivered: " + reason,
+                                                   p.timestamp, p.window) for p in undelivered]))
                 self._failures.inc()
                 if isinstance(failure, _CredentialsRejected):
                     self._stopped = reason
@@ -478,9 +447,10 @@ class _WriteToEventHubsFn(beam.DoFn):
                     members.append(item)
                     continue
             # Alone in an empty batch and still too large: no retry can deliver it.
-            self._dead_letter([(item.message, "message of %d bytes is larger than the event hub "
-                                "accepts (%d bytes per batch)"
-                                % (len(item.body), batch.max_size_in_bytes))])
+            outputs.extend(self._dead_letter([(
+                item.message, "message of %d bytes is larger than the event hub accepts (%d bytes "
+                "per batch)" % (len(item.body), batch.max_size_in_bytes), item.timestamp,
+                item.window)]))
         if members:
             outputs.append(self._send(batch, members, []))
 
@@ -563,15 +533,19 @@ class _WriteToEventHubsFn(beam.DoFn):
 
     # -- outputs -----------------------------------------------------------------------------
 
-    def _dead_letter(self, pairs):
-        records = [dead_letter(message, error, self._work_id) for message, error in pairs]
-        append_dead_letters(self._deadletter_path, records)
-        self._deadlettered.inc(len(records))
-        for message, error in pairs:
+    def _dead_letter(self, entries):
+        """``(message, reason, timestamp, window)`` entries as ``DEADLETTER`` outputs, each with
+        the window and timestamp of its message (so they work from finish_bundle too)."""
+        self._deadlettered.inc(len(entries))
+        dead = []
+        for message, error, timestamp, window in entries:
             if not error.startswith("not delivered"):
                 _LOGGER.warning("Work %s: message %s dead-lettered: %s", self._work_id,
                                 message.get("message_id") if isinstance(message, dict) else None,
                                 error)
+            dead.append(beam.pvalue.TaggedOutput(DEADLETTER, WindowedValue(
+                dead_letter(message, error, self._work_id), timestamp, (window,))))
+        return dead
 
     @staticmethod
     def _windowed(event, item):
@@ -620,8 +594,11 @@ class WriteToEventHubs(beam.PTransform):
       about 14 s; :func:`verify_connection` (run by the launcher before any data moves) reports
       it in about a second.
 
-    The dead-letter file (``deadletter_path``) is JSON Lines, one
-    ``{"raw": message, "error": reason, "source": work_id}`` per message, appended under a lock.
+    The dead-letter file (``deadletter_path``, a local path or a Beam file system URI) is JSON
+    Lines, one ``{"raw": message, "error": reason, "source": work_id}`` per message. The send step
+    emits them on a tagged output and one sink step of this composite writes them
+    (:class:`transforms.localsink.WriteJsonLinesFile`: a bounded run writes the file once, sorted
+    and present even when empty; a live run writes parts every ``flush_seconds``).
 
     Delivery is at least once: a batch whose acknowledgement is lost is sent again, and the
     copies carry the same ``message_id`` (the Python SDK has no idempotent producer), so
@@ -647,12 +624,15 @@ class WriteToEventHubs(beam.PTransform):
     :param timeout_seconds: the longest wait for one send (and for CBS authentication).
     :param max_buffered_messages: messages held per bundle before sending without waiting for
         the bundle's end (bounds memory on large bundles; order per key is kept either way).
+    :param flush_seconds: live (unbounded) input only: the flush period of the dead-letter parts.
     """
 
     def __init__(self, connection_string, work_id, deadletter_path, eventhub_name=None, aid=None,
                  retry_total=3, retry_backoff_factor=0.8, retry_backoff_max=10,
-                 timeout_seconds=10, max_buffered_messages=MAX_BUFFERED_MESSAGES):
+                 timeout_seconds=10, max_buffered_messages=MAX_BUFFERED_MESSAGES,
+                 flush_seconds=DEFAULT_FLUSH_SECONDS):
         super().__init__()
+        self._flush_seconds = flush_seconds
         # Fails at construction, before any data moves, on an unusable connection string.
         info = parse_connection_string(connection_string)
         self._target = "%s/%s" % (info["namespace"], _hub_name(info, eventhub_name))
@@ -664,7 +644,11 @@ class WriteToEventHubs(beam.PTransform):
         self._deadletter_path = deadletter_path
 
     def expand(self, messages):
-        return messages | "SendBatches" >> beam.ParDo(self._fn)
+        sent = messages | "SendBatches" >> beam.ParDo(self._fn).with_outputs(DEADLETTER,
+                                                                             main="events")
+        _ = sent[DEADLETTER] | "WriteDeadLetters" >> WriteJsonLinesFile(
+            self._deadletter_path, flush_seconds=self._flush_seconds)
+        return sent.events
 
     def display_data(self):
         return {"work_id": self._work_id,

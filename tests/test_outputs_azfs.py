@@ -1,0 +1,171 @@
+"""``--output_dir`` on Beam's Azure Blob file system (``azfs://``), on Azurite.
+
+The commands run as a user runs them, once with a local ``--output_dir`` and once with
+``azfs://devstoreaccount1/<container>/<path>`` and ``--azure_connection_string``: every output
+(local sinks, dead letters, local Blob export files and marker, the system-event log, the daily
+activity, the summary and the report) lands in the container, with the names and bytes of the
+local run, and nothing is written to the local disk instead.
+"""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+
+from emulators.eventhubs import LocalEventHubs
+from transforms.eventhubs import WriteToEventHubs
+
+pytestmark = pytest.mark.timeout(600)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ACCOUNT = "devstoreaccount1"
+CONFIG = """
+account: {name: acme, aid: 1234}
+audiences:
+  - {id: fb1, slug: frequent_buyers, condition: {event: purchase, within: 7d, min_count: 3}}
+  - {id: gold1, slug: gold, condition: {trait: tier, op: eq, value: gold}}
+works:
+  - {id: w-eh, workflow: eventhub_audience_export, config: {user_fields: [email]}}
+  - id: w-blob
+    workflow: azure_blob_event_export
+    config: {container: exports, prefix: ev/, period_hours: 24, format: csv.gz,
+             event_parameters: [price], attributes: [email]}
+  - {id: w-alerts, workflow: webhook_system_events, config: {system_event_type: failed}}
+"""
+EVENTS = [
+    {"user_id": "u1", "event": "visit", "ts": "2026-11-01T00:00:00Z",
+     "traits": {"tier": "gold", "email": "a@x"}},
+    {"user_id": "u1", "event": "purchase", "ts": "2026-11-02T00:00:00Z", "properties": {"price": 3}},
+    {"user_id": "u1", "event": "purchase", "ts": "2026-11-03T00:00:00Z", "properties": {"price": 4}},
+    {"user_id": "u1", "event": "purchase", "ts": "2026-11-04T00:00:00Z", "event_id": "p3"},
+    {"anonymous_id": "a1", "event": "purchase", "ts": "2026-11-02T00:00:00Z"},
+    {"kind": "system", "id": "se-1", "ts": "2026-11-02T10:00:00Z",
+     "data": {"aid": 1234, "subject_type": "work", "subject_id": "w-x", "verb": "failed",
+              "notes": "upstream failed"}},
+]
+#: Files whose content depends on the run (its id, its duration, where it wrote).
+RUN_DEPENDENT = {"summary.json", "report.html", "system_events.jsonl"}
+
+
+@pytest.fixture(scope="module")
+def container(azurite):
+    from azure.storage.blob import BlobServiceClient
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    client = service.get_container_client("runs")
+    client.create_container()
+    yield client
+    client.delete_container()
+    service.close()
+
+
+@pytest.fixture
+def job(tmp_path):
+    (tmp_path / "config.yaml").write_text(CONFIG)
+    lines = [json.dumps(e) for e in EVENTS] + ["not json", '{"user_id": "u2"}']
+    (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp_path
+
+
+def _run(command, cwd, *args):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-m", "pipelines." + command] + list(args), cwd=cwd,
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def _local_files(root):
+    found = {}
+    for directory, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(directory, name)
+            found[os.path.relpath(path, root).replace(os.sep, "/")] = open(path, "rb").read()
+    return found
+
+
+def _blobs(container, prefix):
+    return {b.name[len(prefix):]: container.download_blob(b.name).readall()
+            for b in container.list_blobs(name_starts_with=prefix)}
+
+
+@pytest.mark.parametrize("command", ["stream", "replay"])
+def test_every_output_lands_in_azure_blob_with_the_local_names_and_bytes(
+        azurite, container, job, command):
+    args = ["--config", str(job / "config.yaml"), "--input", str(job / "events.jsonl")]
+    local = _run(command, str(job), *args, "--output_dir", str(job / "local"))
+    assert local.returncode == 0, local.stderr[-3000:]
+    prefix = "%s/out/" % command
+    workdir = job / "cwd"
+    workdir.mkdir()
+    remote = _run(command, str(workdir), *args,
+                  "--output_dir", "azfs://%s/runs/%s/out" % (ACCOUNT, command),
+                  "--azure_connection_string", azurite.connection_string)
+    assert remote.returncode == 0, remote.stderr[-3000:]
+    assert azurite.account_key not in remote.stdout + remote.stderr
+    assert "azfs://%s/runs/%s/out/report.html" % (ACCOUNT, command) in remote.stdout
+
+    expected, written = _local_files(str(job / "local")), _blobs(container, prefix)
+    assert set(written) == set(expected)
+    assert {"eventhub/w-eh.jsonl", "deadletter/input.jsonl", "alerts/w-alerts.jsonl",
+            "deadletter/w-alerts.jsonl", "audiences_daily.jsonl", "blob/exports/ev/_state/w-blob.json",
+            } <= set(written)
+    assert any(name.startswith("blob/exports/ev/acme_events_w-blob_") and name.endswith(".csv.gz")
+               for name in written)
+    for name in sorted(set(expected) - RUN_DEPENDENT):
+        if name.endswith("_state/w-blob.json"):  # holds the time it was written
+            assert json.loads(written[name])["last_window_end"] == \
+                json.loads(expected[name])["last_window_end"]
+            continue
+        assert written[name] == expected[name], name
+    dead = [json.loads(line) for line in written["deadletter/input.jsonl"].splitlines()]
+    assert [d["raw"] for d in dead] == ["not json", '{"user_id": "u2"}']
+    summary, local_summary = (json.loads(written["summary.json"]),
+                              json.loads(expected["summary.json"]))
+    assert summary["output_dir"] == "azfs://%s/runs/%s/out" % (ACCOUNT, command)
+    for key in ("output_dir", "seconds"):
+        summary.pop(key), local_summary.pop(key)
+    assert summary == local_summary and summary["deadlettered"] == 2
+    verbs = lambda data: sorted((json.loads(l)["data"]["subject_id"], json.loads(l)["data"]["verb"])
+                                for l in data.splitlines())
+    assert verbs(written["system_events.jsonl"]) == verbs(expected["system_events.jsonl"])
+    assert b"Audience sizes over time" in written["report.html"]
+    # Nothing went to the local disk instead (an "azfs:" directory in the working directory).
+    assert os.listdir(workdir) == []
+
+
+def test_a_missing_container_is_one_line_before_any_data_moves(azurite, job):
+    result = _run("replay", str(job), "--config", str(job / "config.yaml"),
+                  "--input", str(job / "events.jsonl"),
+                  "--output_dir", "azfs://%s/no-such-container/out" % ACCOUNT,
+                  "--azure_connection_string", azurite.connection_string)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: --output_dir azfs://%s/no-such-container/out: cannot write there" % ACCOUNT)
+    assert azurite.account_key not in result.stderr
+
+
+def _oversized_message():
+    body = {"data": {"user_id": "u1", "padding": "x" * 5000}, "timestamp": "2026-11-01T00:00:00Z"}
+    body["message_id"] = hashlib.sha256(json.dumps(body).encode()).hexdigest()[:32]
+    return body
+
+
+def test_event_hub_dead_letters_are_written_by_the_pipeline_to_azure_blob(azurite, container,
+                                                                           tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    message = _oversized_message()
+    path = "azfs://%s/runs/eventhubs/deadletter/w-eh.jsonl" % ACCOUNT
+    options = PipelineOptions(["--azure_connection_string", azurite.connection_string])
+    with LocalEventHubs(max_message_size=2048) as hubs:
+        with TestPipeline(options=options) as p:
+            _ = (p | beam.Create([("u1", message)])
+                 | WriteToEventHubs(hubs.connection_string, "w-eh", path, aid=1234))
+    [record] = [json.loads(line) for line in
+                container.download_blob("eventhubs/deadletter/w-eh.jsonl").readall().splitlines()]
+    assert record["raw"] == message and record["source"] == "w-eh"
+    assert record["error"].startswith("message of ") and "larger than the event hub" in record["error"]
+    assert os.listdir(tmp_path) == []

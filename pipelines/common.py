@@ -787,8 +787,10 @@ def _run(argv, mode, make_evaluate, redactor, time_range_of):
     for warning in check_destinations(job):
         sys.stderr.write("warning: %s\n" % redactor(warning))
     # Beam's Azure file system options (an azfs:// --output_dir) hold a key too.
-    redactor.add(collect_secrets({"connection_string": _option(
-        options.view_as(AzureOptions), "azure_connection_string", "")}))
+    for azure_connection_string in (_option(options.view_as(AzureOptions),
+                                            "azure_connection_string", ""),
+                                    os.environ.get("AZURE_STORAGE_CONNECTION_STRING", "")):
+        redactor.add(collect_secrets({"connection_string": azure_connection_string}))
     live_source = _live_source(act.input, options, redactor)
     if live_source is None:
         check_input_exists(act.input)

@@ -62,8 +62,9 @@ class ActivationOptions(PipelineOptions):
                  "live source URI, e.g. --input 'archive/2026-11-*.jsonl'")
         parser.add_argument(
             "--output_dir", default="out", metavar="DIR",
-            help="Where local sinks, dead letters, summary.json and report.html go (default out), "
-                 "e.g. --output_dir /tmp/run1")
+            help="Where local sinks, dead letters, summary.json and report.html go (default out): "
+                 "a local path or a Beam file system URI (docs/OUTPUTS.md), e.g. --output_dir "
+                 "/tmp/run1 or azfs://ACCOUNT/CONTAINER/PATH")
         parser.add_argument(
             "--verbose", nargs="?", const=True, default=False, type=flag_value, metavar="BOOL",
             help="Show tracebacks and INFO logs (secrets stay masked), e.g. --verbose or "

@@ -169,3 +169,34 @@ def test_event_hub_dead_letters_are_written_by_the_pipeline_to_azure_blob(azurit
     assert record["raw"] == message and record["source"] == "w-eh"
     assert record["error"].startswith("message of ") and "larger than the event hub" in record["error"]
     assert os.listdir(tmp_path) == []
+
+
+def test_a_live_sink_writes_its_parts_to_azure_blob(azurite, container, tmp_path, monkeypatch):
+    """The unbounded form of a local sink (parts written from event-time timers, per shard)
+    writes through the file system of its path too."""
+    from apache_beam.options.pipeline_options import StandardOptions
+    from apache_beam.testing.test_stream import TestStream
+    from apache_beam.transforms.window import TimestampedValue
+
+    from transforms.localsink import WriteJsonLinesFile
+
+    monkeypatch.chdir(tmp_path)
+    records = [{"n": n, "user": "u%d" % (n % 7)} for n in range(40)]
+    stream = (TestStream()
+              .add_elements([TimestampedValue(r, 1000 + r["n"]) for r in records[:20]])
+              .advance_watermark_to(1100)
+              .add_elements([TimestampedValue(r, 1100 + r["n"]) for r in records[20:]])
+              .advance_watermark_to(1300)
+              .advance_watermark_to_infinity())
+    options = PipelineOptions(["--azure_connection_string", azurite.connection_string])
+    options.view_as(StandardOptions).streaming = True
+    with beam.Pipeline(options=options) as p:
+        _ = (p | stream
+             | WriteJsonLinesFile("azfs://%s/runs/live/out/eventhub/w-eh.jsonl" % ACCOUNT,
+                                  flush_seconds=10))
+    parts = _blobs(container, "live/out/eventhub/w-eh/")
+    assert parts and all(name.startswith("part-") and name.endswith(".jsonl") for name in parts)
+    assert len({name.split("-")[2] for name in parts}) > 1  # more than one shard wrote
+    written = [json.loads(line) for data in parts.values() for line in data.splitlines()]
+    assert sorted(written, key=lambda r: r["n"]) == records
+    assert os.listdir(tmp_path) == []

@@ -800,7 +800,8 @@ class WriteToBlobExport(beam.PTransform):
     """Writes one ``azure_blob_event_export`` work's files; returns the work's system events.
 
     ``work``: a :class:`core.config.Work` of that workflow. ``account_name``/``aid``: the job's
-    account. ``output_dir``: the local sink's root when the work has no connection string.
+    account. ``output_dir``: the local sink's root when the work has no connection string (a local
+    path or a Beam file system URI), and where late rows of a live run are dead-lettered.
     ``marker_end``: the end of the last written window as :func:`read_marker` returned it; None
     reads the marker here, while the pipeline is built (a marker that cannot be read disables the
     work for this run). ``disabled_reason``: the launcher's credential check failed with this

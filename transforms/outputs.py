@@ -142,6 +142,8 @@ def _not_found(exc: BeamIOError) -> bool:
 def exists(path: str) -> bool:
     """Whether the file ``path`` exists (by listing: Beam 2.77's ``azfs`` ``exists`` raises for a
     missing blob instead of answering False)."""
+    if not is_uri(path):
+        return FileSystems.exists(path)
     return path in list_files(dirname(path))
 
 

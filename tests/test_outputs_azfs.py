@@ -4,7 +4,7 @@ The commands run as a user runs them, once with a local ``--output_dir`` and onc
 ``azfs://devstoreaccount1/<container>/<path>`` and ``--azure_connection_string``: every output
 (local sinks, dead letters, local Blob export files and marker, the system-event log, the daily
 activity, the summary and the report) lands in the container, with the names and bytes of the
-local run, and nothing is written to the local disk instead.
+local run, and nothing is written to the local disk instead; once on the PortableRunner too.
 """
 import hashlib
 import json
@@ -90,21 +90,28 @@ def _blobs(container, prefix):
             for b in container.list_blobs(name_starts_with=prefix)}
 
 
-@pytest.mark.parametrize("command", ["stream", "replay"])
+PORTABLE = ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"]
+
+
+@pytest.mark.parametrize("command,runner", [("stream", []), ("replay", []),
+                                            ("replay", PORTABLE)],
+                         ids=["stream", "replay", "replay-portable"])
 def test_every_output_lands_in_azure_blob_with_the_local_names_and_bytes(
-        azurite, container, job, command):
+        azurite, container, job, command, runner):
+    """On the PortableRunner the steps run in an SDK worker through the Fn API, as on Flink."""
     args = ["--config", str(job / "config.yaml"), "--input", str(job / "events.jsonl")]
     local = _run(command, str(job), *args, "--output_dir", str(job / "local"))
     assert local.returncode == 0, local.stderr[-3000:]
-    prefix = "%s/out/" % command
+    run_name = command + ("-portable" if runner else "")
+    prefix = "%s/out/" % run_name
     workdir = job / "cwd"
     workdir.mkdir()
-    remote = _run(command, str(workdir), *args,
-                  "--output_dir", "azfs://%s/runs/%s/out" % (ACCOUNT, command),
+    remote = _run(command, str(workdir), *args, *runner,
+                  "--output_dir", "azfs://%s/runs/%s/out" % (ACCOUNT, run_name),
                   "--azure_connection_string", azurite.connection_string)
     assert remote.returncode == 0, remote.stderr[-3000:]
     assert azurite.account_key not in remote.stdout + remote.stderr
-    assert "azfs://%s/runs/%s/out/report.html" % (ACCOUNT, command) in remote.stdout
+    assert "azfs://%s/runs/%s/out/report.html" % (ACCOUNT, run_name) in remote.stdout
 
     expected, written = _local_files(str(job / "local")), _blobs(container, prefix)
     assert set(written) == set(expected)
@@ -123,7 +130,7 @@ def test_every_output_lands_in_azure_blob_with_the_local_names_and_bytes(
     assert [d["raw"] for d in dead] == ["not json", '{"user_id": "u2"}']
     summary, local_summary = (json.loads(written["summary.json"]),
                               json.loads(expected["summary.json"]))
-    assert summary["output_dir"] == "azfs://%s/runs/%s/out" % (ACCOUNT, command)
+    assert summary["output_dir"] == "azfs://%s/runs/%s/out" % (ACCOUNT, run_name)
     for key in ("output_dir", "seconds"):
         summary.pop(key), local_summary.pop(key)
     assert summary == local_summary and summary["deadlettered"] == 2

@@ -6,6 +6,7 @@ Validation happens before any data moves. Every error names the config path, for
 keys (below, and docs/CONFIG.md). :func:`parse_config` does no I/O; :func:`check_destinations`
 resolves the alert works' hosts, which the commands call before a run or a plan.
 """
+import dataclasses
 import ipaddress
 import json
 import os
@@ -76,6 +77,9 @@ class Work:
     description: Optional[str] = None
     paused: bool = False
     settings: object = None
+    #: ``settings`` as the workers get them: a credential the config gives as a ``${VAR}``
+    #: reference is an :class:`EnvRef` here, resolved on the worker (:func:`resolve_settings`).
+    worker_settings: object = None
 
     @property
     def path(self):
@@ -153,6 +157,98 @@ class JobConfig:
     def backfill_starts(self):
         return sorted({w.settings.start for w in self.works_of("eventhub_audience_export")
                        if w.settings.existing_users and w.settings.start is not None})
+
+
+class EnvRef:
+    """A config string with ``${VAR}`` references, kept unresolved.
+
+    Credentials travel to the workers in this form, inside the pickled DoFns and the pipeline's
+    Runner API proto: only the variable names go, and :meth:`resolve` reads the values from the
+    environment of the process that calls it (a worker, in its DoFn's ``setup()``). ``repr``
+    shows the names, never a value.
+    """
+
+    __slots__ = ("template", "path")
+
+    def __init__(self, template, path=""):
+        if not isinstance(template, str) or not _VAR.search(template):
+            raise ValueError("EnvRef needs a string with a ${VAR} reference")
+        self.template = template
+        self.path = path
+
+    @property
+    def names(self):
+        """The environment variables this value is made of."""
+        return tuple(_VAR.findall(self.template))
+
+    def resolve(self, environ=None):
+        """The value with every ``${VAR}`` replaced from ``environ`` (default ``os.environ``).
+
+        Raises :class:`ConfigError` naming the config path and the variable when one is unset.
+        """
+        return substitute_env(self.template, self.path, environ)
+
+    def __getstate__(self):
+        return self.template, self.path
+
+    def __setstate__(self, state):
+        self.template, self.path = state
+
+    def __eq__(self, other):
+        return isinstance(other, EnvRef) and (self.template, self.path) == (other.template,
+                                                                             other.path)
+
+    def __hash__(self):
+        return hash((self.template, self.path))
+
+    def __repr__(self):
+        return "EnvRef(%s)" % ", ".join("${%s}" % name for name in self.names)
+
+    __str__ = __repr__
+
+
+#: Settings fields that carry credentials (a Slack-style webhook URL is one too). Given as a
+#: ``${VAR}`` reference they reach the workers as :class:`EnvRef` (see ``Work.worker_settings``).
+DEFERRED_FIELDS = ("connection_string", "password", "signing_secret", "webhook_url", "headers")
+
+
+def _deferred_settings(settings, unresolved, path):
+    """``settings`` with each credential that ``unresolved`` (the work's config before
+    substitution) gives as a ``${VAR}`` reference replaced by an :class:`EnvRef`."""
+    if not isinstance(unresolved, dict):
+        return settings
+    changes = {}
+    for name in DEFERRED_FIELDS:
+        if not hasattr(settings, name) or getattr(settings, name) in (None, "", {}):
+            continue
+        template = unresolved.get(name)
+        if name == "headers":
+            if isinstance(template, dict):
+                headers = dict(settings.headers)
+                for key, value in template.items():
+                    if key in headers and isinstance(value, str) and _VAR.search(value):
+                        headers[key] = EnvRef(value, "%s.headers.%s" % (path, key))
+                if headers != settings.headers:
+                    changes[name] = headers
+        elif isinstance(template, str) and _VAR.search(template):
+            changes[name] = EnvRef(template, "%s.%s" % (path, name))
+    return dataclasses.replace(settings, **changes) if changes else settings
+
+
+def resolve_settings(settings, environ=None):
+    """A copy of a work's settings with every :class:`EnvRef` resolved (``settings`` itself when
+    it holds none). Raises :class:`ConfigError` naming the variable when one is unset."""
+    if settings is None or not dataclasses.is_dataclass(settings):
+        return settings
+    changes = {}
+    for item in dataclasses.fields(settings):
+        value = getattr(settings, item.name)
+        if isinstance(value, EnvRef):
+            changes[item.name] = value.resolve(environ)
+        elif isinstance(value, dict) and any(isinstance(v, EnvRef) for v in value.values()):
+            changes[item.name] = {k: v.resolve(environ) if isinstance(v, EnvRef) else v
+                                  for k, v in value.items()}
+    return dataclasses.replace(settings, **changes) if changes else settings
 
 
 def substitute_env(value, path, environ=None):
@@ -254,6 +350,7 @@ def parse_config(raw, environ=None):
     if not isinstance(raw, dict):
         raise ConfigError("config: must be a mapping with account, audiences and works")
     check_keys(raw, TOP_LEVEL_KEYS, "")
+    unresolved = raw
     raw = substitute_env(raw, "", environ)
     account = raw.get("account") or {}
     if not isinstance(account, dict):
@@ -273,8 +370,14 @@ def parse_config(raw, environ=None):
     if not isinstance(works_raw, list):
         raise ConfigError("works: must be a list")
     works, seen_ids = [], set()
+    unresolved_works = unresolved.get("works") if isinstance(unresolved.get("works"), list) \
+        else []
     for i, item in enumerate(works_raw):
         work = _parse_work(i, item, audiences)
+        unresolved_item = unresolved_works[i] if i < len(unresolved_works) else None
+        work.worker_settings = _deferred_settings(
+            work.settings, unresolved_item.get("config") if isinstance(unresolved_item, dict)
+            else None, work.path + ".config")
         if work.id in seen_ids:
             raise ConfigError("works[%d].id: duplicate work id %r" % (i, work.id))
         seen_ids.add(work.id)

@@ -3,11 +3,16 @@
 ``Redactor`` knows the secret values of a job (connection strings, keys, passwords, header values,
 signing secrets) and also masks secret-looking fragments it was not told about (``AccountKey=``,
 ``SharedAccessKey=``, ``sig=``, ``password=``). ``install_log_redaction`` puts it on every log record.
+
+On workers, credentials arrive as ``${VAR}`` references (:class:`core.config.EnvRef`) and are
+resolved in the DoFns' ``setup()`` with :func:`reveal` / :func:`reveal_settings`, which also add
+the values to this process's log redaction.
 """
 import logging
 import re
+import threading
 
-from core.config import SECRET_KEYS
+from core.config import SECRET_KEYS, EnvRef, resolve_settings
 
 _PATTERNS = [
     re.compile(r"(?i)(AccountKey|SharedAccessKey|SharedAccessSignature|SharedAccessKeyName)=([^;&\s\"']+)"),
@@ -104,3 +109,65 @@ def install_log_redaction(redactor):
     factory._redacting = True
     logging.setLogRecordFactory(factory)
     return flt
+
+
+_PROCESS_REDACTOR = Redactor()
+_PROCESS_LOCK = threading.Lock()
+_process_installed = False
+
+
+def secret_parts(value):
+    """A secret and the parts of it that are secrets on their own (a connection string's key,
+    a header's token), as :func:`collect_secrets` counts them."""
+    if not isinstance(value, str) or not value:
+        return set()
+    return collect_secrets({"connection_string": value, "headers": {"v": value}})
+
+
+def protect(secrets):
+    """Masks ``secrets`` (and their parts) in every later log record of this process.
+
+    Installs the process-wide redaction once (a worker has no launcher to do it)."""
+    global _process_installed
+    found = set()
+    for secret in secrets:
+        found |= secret_parts(secret)
+    if not found:
+        return
+    with _PROCESS_LOCK:
+        _PROCESS_REDACTOR.add(found)
+        if not _process_installed:
+            install_log_redaction(_PROCESS_REDACTOR)
+            _process_installed = True
+
+
+def reveal(value, environ=None):
+    """The plain text of a credential: an :class:`EnvRef` resolved from ``environ`` (default
+    this process's environment), an object with ``reveal()``, or a string (None stays None).
+
+    The value is added to this process's log redaction (:func:`protect`). Raises
+    ``core.config.ConfigError`` naming the variable when an :class:`EnvRef`'s is unset.
+    """
+    if value is None:
+        return None
+    if isinstance(value, EnvRef):
+        text = value.resolve(environ)
+    elif hasattr(value, "reveal"):
+        text = value.reveal()
+    else:
+        text = value
+    protect([text])
+    return text
+
+
+def reveal_settings(settings, environ=None):
+    """A work's settings with every :class:`EnvRef` resolved (``core.config.resolve_settings``),
+    the resolved credentials added to this process's log redaction."""
+    resolved = resolve_settings(settings, environ)
+    if resolved is not settings:
+        values = []
+        for name in ("connection_string", "password", "signing_secret", "webhook_url"):
+            values.append(getattr(resolved, name, None))
+        values.extend((getattr(resolved, "headers", None) or {}).values())
+        protect([v for v in values if isinstance(v, str)])
+    return resolved

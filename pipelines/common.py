@@ -330,8 +330,10 @@ def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming, flush
                     outputs.join(output_dir, "eventhub", work.id + ".jsonl"), sort_key=message_sort_key,
                     flush_seconds=flush_seconds, encoded=merge_message_line_runs)
                 | label + "Report" >> beam.ParDo(_CountDelivered(job.aid, work.id, "messages_delivered")))
+    # Only what the messages need travels to the workers: no connection string.
     messages = changes | label + "BuildMessages" >> beam.FlatMap(
-        _message_fn(settings, job.audiences.audiences))
+        _message_fn(dataclasses.replace(settings, connection_string=None),
+                    job.audiences.audiences))
     if work.id in disabled:
         # Nothing is lost: what the work could not send is kept, with the reason, for a resend,
         # and counted, so the summary's figures are what the dead-letter file holds.
@@ -363,8 +365,9 @@ def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming, flush
     else:
         messages = messages | label + "OnePerElement" >> beam.FlatMap(
             lambda kv: ((kv[0], m) for m in kv[1]))
+    # The connection string as the workers get it: a ${VAR} reference resolved in setup().
     return messages | label + "WriteToEventHubs" >> WriteToEventHubs(
-        settings.connection_string, work.id,
+        (work.worker_settings or settings).connection_string, work.id,
         outputs.join(output_dir, "deadletter", work.id + ".jsonl"),
         eventhub_name=settings.eventhub_name, aid=job.aid, flush_seconds=flush_seconds)
 

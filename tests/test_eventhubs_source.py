@@ -28,6 +28,7 @@ from azure.eventhub import EventData, EventHubProducerClient
 
 from emulators.eventhubs import LocalEventHubs
 from transforms import eventhubs_source as ehs
+from clients.checkpoints import CheckpointError
 from transforms.eventhubs_source import (UNBOUNDED_STOP, Checkpoint, CheckpointStore,
                                          EventHubRecord, EventHubRecordCoder, EventHubsInput,
                                          EventHubsSourceError, FileInput, KafkaInput,
@@ -513,13 +514,13 @@ def test_checkpoint_store_is_atomic_monotonic_and_refuses_bad_names(tmp_path):
     assert [n for n in os.listdir(store.directory) if n.endswith(".tmp")] == []
     with open(store.path("4"), "w") as handle:
         handle.write("{not json")
-    with pytest.raises(EventHubsSourceError, match="unreadable.*delete it"):
+    with pytest.raises(CheckpointError, match="unreadable.*delete it"):
         store.read("4")
-    with pytest.raises(EventHubsSourceError):
+    with pytest.raises(CheckpointError):
         store.path("../x")
-    with pytest.raises(EventHubsSourceError):
+    with pytest.raises(CheckpointError):
         CheckpointStore(str(tmp_path), "ns", "../hub", "$Default")
-    with pytest.raises(EventHubsSourceError, match="local directories"):
+    with pytest.raises(CheckpointError, match="local directories.*checkpoint_container"):
         CheckpointStore("azfs://acct/container/x", "ns", "hub", "$Default")
 
 

@@ -115,7 +115,7 @@ from apache_beam.metrics import Metrics
 
 from core import netguard
 from core.records import SystemEvent, dead_letter
-from core.redact import Redactor
+from core.redact import Redactor, reveal_settings
 from core.system_events import matches
 from core.templates import TemplateError, TemplateRenderer
 from transforms import outputs
@@ -421,6 +421,8 @@ class WebhookSender:
     """
 
     def __init__(self, work_id, settings, sleep=time.sleep):
+        # ${VAR} references (Work.worker_settings) are resolved here: on the worker, in setup().
+        settings = reveal_settings(settings)
         check_headers(settings.headers)
         self.work_id, self.settings = work_id, settings
         self._sleep, self._rng = sleep, random.Random()
@@ -556,6 +558,7 @@ class EmailSender:
     """
 
     def __init__(self, work_id, settings, account_name=None, sleep=time.sleep):
+        settings = reveal_settings(settings)    # on the worker, in setup()
         self.work_id, self.settings, self.account_name = work_id, settings, account_name
         self._sleep, self._rng = sleep, random.Random()
         self._redact = Redactor(_secret_values(settings))
@@ -793,7 +796,14 @@ class _SendAlerts(beam.PTransform):
 
     def __init__(self, work, output_dir, label=None, flush_seconds=DEFAULT_FLUSH_SECONDS):
         super().__init__(label or "%s[%s]" % (self._default_label, work.id))
+        # Checked here, on the launcher, with the credentials resolved; the DoFns get
+        # ``worker_settings``, whose ${VAR} references are resolved on the worker.
         self._work_id, self._settings = work.id, work.settings
+        self._worker_settings = work.worker_settings or work.settings
+        # What the match step needs, without any credential.
+        self._filter_settings = dataclasses.replace(
+            work.settings, webhook_url=None, headers={}, signing_secret=None, password=None,
+            username=None)
         self._paused, self._output_dir = bool(work.paused), output_dir
         self._flush_seconds = flush_seconds
 
@@ -804,7 +814,7 @@ class _SendAlerts(beam.PTransform):
         raise NotImplementedError
 
     def expand(self, events):
-        matching = events | "Match" >> beam.Filter(_is_alert, self._settings, self._paused)
+        matching = events | "Match" >> beam.Filter(_is_alert, self._filter_settings, self._paused)
         fn_class = self._delivery_fn_class if self._remote() else _LocalSinkFn
         results = matching | "Deliver" >> beam.ParDo(
             fn_class(self._work_id, self._make_sender())).with_outputs(
@@ -834,7 +844,7 @@ class SendWebhookAlerts(_SendAlerts):
         return bool(self._settings.webhook_url)
 
     def _make_sender(self):
-        return functools.partial(WebhookSender, self._work_id, self._settings)
+        return functools.partial(WebhookSender, self._work_id, self._worker_settings)
 
 
 class SendEmailAlerts(_SendAlerts):
@@ -851,4 +861,5 @@ class SendEmailAlerts(_SendAlerts):
         return bool(self._settings.smtp_host)
 
     def _make_sender(self):
-        return functools.partial(EmailSender, self._work_id, self._settings, self._account_name)
+        return functools.partial(EmailSender, self._work_id, self._worker_settings,
+                                 self._account_name)

@@ -135,6 +135,7 @@ from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteState
 from core.export import (CONTENT_TYPES, ExportSpec, advance_marker, dedupe_system_events,
                          marker_bytes, marker_name, parse_marker, plan_windows, verify_name)
 from core.records import dead_letter
+from core.redact import reveal
 from core.system_events import work_event
 from core.timeutil import MICROS, format_time
 from transforms.live import BatchPerBundle, DedupeSystemEventsLive, is_unbounded, timer_at
@@ -401,7 +402,12 @@ def make_destination(settings, output_dir="out"):
 
 
 class _DestinationRecipe:
-    """What a worker needs to open the destination; its repr never shows the connection string."""
+    """What a worker needs to open the destination; its repr never shows the connection string.
+
+    A connection string given as a ``${VAR}`` reference (``core.config.EnvRef``, from
+    ``Work.worker_settings``) travels as that reference and is resolved by :meth:`open`, on the
+    worker (in the DoFns' ``setup()``).
+    """
 
     def __init__(self, settings, output_dir):
         self._connection_string = settings.connection_string
@@ -415,7 +421,7 @@ class _DestinationRecipe:
 
     def open(self):
         if self._connection_string:
-            return AzureDestination(self._connection_string, self.container, self.prefix)
+            return AzureDestination(reveal(self._connection_string), self.container, self.prefix)
         return LocalDestination(self.output_dir, self.container, self.prefix)
 
     def __repr__(self):
@@ -821,7 +827,7 @@ class WriteToBlobExport(beam.PTransform):
         self._aid = aid
         self._marker_end = marker_end
         self._disabled_reason = disabled_reason
-        self._recipe = _DestinationRecipe(work.settings, output_dir)
+        self._recipe = _DestinationRecipe(work.worker_settings or work.settings, output_dir)
         self._output_dir = output_dir
         self._grace_seconds = float(grace_seconds)
         self._flush_seconds = flush_seconds

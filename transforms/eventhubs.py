@@ -18,7 +18,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.display import DisplayDataItem
 from apache_beam.utils.windowed_value import WindowedValue
 
+from core.config import EnvRef
 from core.records import dead_letter
+from core.redact import reveal
 from core.system_events import work_event
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 
@@ -325,10 +327,13 @@ class _WriteToEventHubsFn(beam.DoFn):
     def __init__(self, connection_string, work_id, deadletter_path, eventhub_name, aid,
                  retry_total, retry_backoff_factor, retry_backoff_max, timeout_seconds,
                  max_attempts=MAX_ATTEMPTS, max_buffered=MAX_BUFFERED_MESSAGES):
-        info = parse_connection_string(connection_string)
+        info = parse_connection_string(reveal(connection_string))
         self._hub = _hub_name(info, eventhub_name)
         self._namespace = info["namespace"]
-        self._connection_string = _Secret(connection_string)
+        # A ${VAR} reference travels as it is and is resolved in setup(), on the worker.
+        self._connection_string = (connection_string if isinstance(connection_string, EnvRef)
+                                   else _Secret(connection_string))
+        self._resolved = None
         self._eventhub_name = eventhub_name
         self._work_id = work_id
         self._deadletter_path = deadletter_path
@@ -356,8 +361,20 @@ class _WriteToEventHubsFn(beam.DoFn):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def _secret(self):
+        if self._resolved is None:
+            self._resolved = _Secret(reveal(self._connection_string))
+        return self._resolved.reveal()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_resolved"] = None       # the resolved value never leaves this process
+        state["_client"] = None
+        return state
+
     def setup(self):
         self._stopped = None        # reason delivery stopped for good (credentials rejected)
+        self._secret()
         # Creating the client does not connect: the first create_batch does (see _call).
         self._get_client()
 
@@ -497,7 +514,7 @@ class _WriteToEventHubsFn(beam.DoFn):
             try:
                 return operation(self._get_client())
             except Exception as exc:  # pylint: disable=broad-except
-                info = parse_connection_string(self._connection_string.reveal())
+                info = parse_connection_string(self._secret())
                 where = "%s/%s" % (self._namespace, self._hub)
                 if _is_auth_error(exc) or _is_not_found(exc):
                     self._close_client()
@@ -518,7 +535,7 @@ class _WriteToEventHubsFn(beam.DoFn):
     def _get_client(self):
         if self._client is None:
             retry_total, factor, backoff_max = self._retry
-            self._client = _producer(self._connection_string.reveal(), self._eventhub_name,
+            self._client = _producer(self._secret(), self._eventhub_name,
                                      retry_total, factor, backoff_max, self._timeout)
         return self._client
 
@@ -609,11 +626,13 @@ class WriteToEventHubs(beam.PTransform):
     Metrics (namespace ``work:<work_id>``): ``messages_delivered``, ``batches_delivered``,
     ``deadlettered``, ``failures``.
 
-    The connection string is never logged and is not part of the display data; it does travel
-    inside the pickled DoFn to the workers, like any sink credential passed as a parameter.
+    The connection string is never logged and is not part of the display data. Given as a
+    :class:`core.config.EnvRef` (a config's ``${VAR}``), only the variable's name travels with
+    the pipeline and the worker resolves it in ``setup()``; a plain string travels inside the
+    pickled DoFn.
 
     :param connection_string: ``Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=...``,
-        with ``EntityPath`` or ``eventhub_name``.
+        with ``EntityPath`` or ``eventhub_name``; or an :class:`core.config.EnvRef` to one.
     :param work_id: the work's id (system events, metrics, dead-letter ``source``).
     :param deadletter_path: JSON Lines file for messages that were not delivered.
     :param eventhub_name: the event hub, when the connection string has no ``EntityPath``.
@@ -634,7 +653,7 @@ class WriteToEventHubs(beam.PTransform):
         super().__init__()
         self._flush_seconds = flush_seconds
         # Fails at construction, before any data moves, on an unusable connection string.
-        info = parse_connection_string(connection_string)
+        info = parse_connection_string(reveal(connection_string))
         self._target = "%s/%s" % (info["namespace"], _hub_name(info, eventhub_name))
         self._fn = _WriteToEventHubsFn(
             connection_string, work_id, deadletter_path, eventhub_name, aid, retry_total,

@@ -76,15 +76,23 @@ Design
 Checkpoints: at least once, never a skip
 ----------------------------------------
 
-A checkpoint is one JSON file per partition::
+A checkpoint holds the *last processed* event of a partition; the next run starts after it. Two
+stores (``clients/checkpoints.py``), chosen by the read's options:
 
-    <checkpoint_dir>/<namespace>/<eventhub>/<consumer group>/<partition>.json
-    {"partition": "0", "sequence_number": 1234, "offset": "567890", "enqueued_time": "...", ...}
+* ``checkpoint_container`` (URI ``checkpoint_container=NAME&checkpoint_connection_string_env=VAR``):
+  an Azure Blob container in the layout of Azure's ``azure-eventhub-checkpointstoreblob``, one
+  blob per partition, ``{namespace}/{eventhub}/{consumer group}/checkpoint/{partition}`` (lower
+  case) with metadata ``offset`` and ``sequencenumber``. The SDK's ``EventHubConsumerClient``
+  with Azure's ``BlobCheckpointStore`` on that container continues where this job stopped, and
+  this job continues where such a processor checkpointed. A partition that such a processor
+  owns (a claim under ``.../ownership/`` younger than 180 s) is refused at planning: two
+  readers of one consumer group would both deliver its events.
+* ``checkpoint_dir`` (URI ``checkpoint_dir=D``): one JSON file per partition on a local disk,
+  ``<dir>/<namespace>/<eventhub>/<consumer group>/<partition>.json``, replaced atomically
+  (write, fsync, rename). For one machine: a cluster's workers share no disk.
 
-(namespace = the endpoint's host; names lower-cased, since Event Hubs names are case-insensitive,
-as the SDK's blob checkpoint store does.) The file holds the *last processed* event; the next
-run starts after it. Files are replaced atomically (write, fsync, rename) and never moved
-backwards.
+Both are never moved backwards. Names are lower-cased, since Event Hubs names are
+case-insensitive, as the SDK's blob checkpoint store does.
 
 They are written only once the run's output is committed: :meth:`ReadFromEventHubs.
 commit_checkpoints` (the :class:`CommitCheckpoints` transform) takes the records PCollection and the
@@ -106,13 +114,15 @@ that the sinks delivered them, which is not enough for a batch run that may fail
 simply run again. The cost is one extra pass over the records (a Map and a per-partition max,
 combined before the shuffle).
 
-Concurrent runs with the same ``checkpoint_dir`` and consumer group are not supported (each would
-re-read what the other is reading). Without ``checkpoint_dir`` every run starts at the beginning.
+Concurrent runs with the same checkpoint store and consumer group are not supported (each would
+re-read what the other is reading). Without a checkpoint store every run starts at the
+beginning.
 
 Choosing an input (``--input``)
 ===============================
 
-* ``eventhubs://HUB?connection_string_env=VAR&consumer_group=G&checkpoint_dir=D&mode=catchup|live``:
+* ``eventhubs://HUB?connection_string_env=VAR&consumer_group=G&checkpoint_dir=D&mode=catchup|live``
+  (or ``checkpoint_container=C&checkpoint_connection_string_env=VAR2`` for Blob checkpoints):
   :class:`ReadFromEventHubs` (this module);
 * ``kafka://NAMESPACE.servicebus.windows.net:9093/HUB?connection_string_env=VAR``: Beam's
   ``apache_beam.io.kafka.ReadFromKafka`` on the Event Hubs Kafka endpoint (or any Kafka broker:
@@ -149,10 +159,12 @@ tests check their configuration.
 Secrets never appear on the command line: an ``eventhubs://`` or ``kafka://`` URI names the
 environment variable that holds the connection string or password (``connection_string_env=``,
 ``password_env=``); a URI with a literal ``connection_string=``, ``password=``, key or signature is
-refused, and so is one with user info. Nothing here logs the connection string or key. (A
-credential does travel inside the pipeline's serialized graph to the workers, as any Beam source's
-or sink's credential does: ReadFromEventHubs inside its DoFns, ReadFromKafka inside its
-``sasl.jaas.config``.)
+refused, and so is one with user info. Nothing here logs the connection string or key. An
+``eventhubs://`` read from the process's environment carries only the variables' names
+(:class:`core.config.EnvRef`): its DoFns resolve them in ``setup()`` from the worker's
+environment, so the staged pipeline holds no Event Hubs or storage key (docs/DEPLOY.md, "Secrets
+on workers", says how to set them there). ReadFromKafka's ``sasl.jaas.config`` is Java's and
+does carry the password.
 """
 import collections
 import concurrent.futures
@@ -178,13 +190,19 @@ from apache_beam.transforms.display import DisplayDataItem
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from clients.checkpoints import (CHECKPOINT_VERSION, BlobStorageCheckpointStore, Checkpoint,
+                                 CheckpointError, LocalCheckpointStore)
+from clients.checkpoints import NAME as _NAME
+from clients.checkpoints import OWNERSHIP_EXPIRY_SECONDS
+from clients.checkpoints import fully_qualified_namespace as _fully_qualified_namespace
+from core.config import EnvRef
+from core.redact import reveal, secret_parts
 from core.timeutil import format_time
 # The sink's connection-string parsing, secret holder and error descriptions, so both directions
 # report credentials and endpoints in the same words and redact the same way.
 from transforms.eventhubs import (EventHubsDeliveryError, _describe, _is_auth_error,
                                   _is_not_found, _is_unreachable, _one_line, _Secret,
                                   parse_connection_string)
-from transforms.interrupt import temporary_file
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -202,14 +220,12 @@ UNBOUNDED_STOP = 2 ** 63 - 1
 #: time an event's own ``ts`` may lie before the pipelines (which re-timestamp records with ``ts``)
 #: count it as late. Events are usually enqueued within seconds of their ``ts``.
 LIVE_WATERMARK_DELAY_SECONDS = 60.0
-#: Checkpoint files' format version.
-CHECKPOINT_VERSION = 1
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 _ONE_MICROSECOND = datetime.timedelta(microseconds=1)
 
 
-class EventHubsSourceError(ValueError):
+class EventHubsSourceError(CheckpointError):
     """A one-line, secret-free description of a source that cannot be used (bad URI, config,
     unreadable checkpoint, hub that cannot be read)."""
 
@@ -289,162 +305,46 @@ def _record(event, partition):
 
 
 # ------------------------------------------------------------------------------------------------
-# Checkpoints
+# Checkpoints (the stores are Beam-free: clients/checkpoints.py)
 # ------------------------------------------------------------------------------------------------
 
-
-class Checkpoint(typing.NamedTuple):
-    """The last processed event of a partition, as stored in its checkpoint file."""
-    partition: str
-    sequence_number: int
-    offset: str
-    enqueued_time_us: typing.Optional[int]
+#: The local-directory store under its earlier name, for code that imports it from here.
+CheckpointStore = LocalCheckpointStore
 
 
-# Consumer groups: letters, digits, '.', '_', '-' and the service's '$Default'. Also keeps every
-# path component a single, harmless directory name.
-_NAME = re.compile(r"^\$?[A-Za-z0-9][A-Za-z0-9._-]*$")
-_PARTITION = re.compile(r"^[A-Za-z0-9_-]+$")
+def _checked(call, *args):
+    """``call(*args)``, with a checkpoint store's error raised as :class:`EventHubsSourceError`."""
+    try:
+        return call(*args)
+    except EventHubsSourceError:
+        raise
+    except CheckpointError as exc:
+        raise EventHubsSourceError(str(exc)) from None
 
 
-def _path_component(kind, value):
-    if not isinstance(value, str) or not _NAME.match(value) or len(value) > 256:
-        raise EventHubsSourceError("%s %r is not a valid name (letters, digits, '.', '_', '-')"
-                                   % (kind, value))
-    return value.lower()
+def make_checkpoint_store(settings, checkpoint_dir=None, checkpoint_container=None,
+                          checkpoint_connection_string=None):
+    """The checkpoint store of a read: local files, a Blob container in Azure's layout, or None.
 
-
-class CheckpointStore:
-    """Per-partition checkpoint files of one namespace, event hub and consumer group.
-
-    Layout: ``<checkpoint_dir>/<namespace>/<eventhub>/<consumer group>/<partition>.json``, names
-    lower-cased. Only local directories are supported for now (an ``azfs://`` container is the
-    planned next step); a URL raises :class:`EventHubsSourceError`.
+    ``settings``: the read's :class:`_ClientSettings` (namespace, hub, consumer group).
+    ``checkpoint_connection_string``: the storage account's, a string or a
+    :class:`core.config.EnvRef` (required with ``checkpoint_container``).
     """
-
-    def __init__(self, checkpoint_dir, namespace, eventhub_name, consumer_group):
-        if not checkpoint_dir or not isinstance(checkpoint_dir, str):
-            raise EventHubsSourceError("checkpoint_dir must be a directory path")
-        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", checkpoint_dir):
+    if checkpoint_dir and checkpoint_container:
+        raise EventHubsSourceError("checkpoint_dir and checkpoint_container exclude each other: "
+                                   "checkpoints are kept in one place")
+    if checkpoint_container:
+        if not checkpoint_connection_string:
             raise EventHubsSourceError(
-                "checkpoint_dir %r: only local directories are supported for Event Hubs "
-                "checkpoints (no URL schemes yet)" % checkpoint_dir)
-        host = namespace.strip("[]").lower()
-        if not host or "/" in host or host in (".", ".."):
-            raise EventHubsSourceError("namespace %r cannot name a checkpoint directory"
-                                       % namespace)
-        self.checkpoint_dir = checkpoint_dir
-        self.namespace = host
-        self.eventhub_name = _path_component("event hub", eventhub_name)
-        self.consumer_group = _path_component("consumer group", consumer_group)
-        self.directory = os.path.join(os.path.abspath(checkpoint_dir), self.namespace,
-                                      self.eventhub_name, self.consumer_group)
-
-    def path(self, partition):
-        if not isinstance(partition, str) or not _PARTITION.match(partition):
-            raise EventHubsSourceError("partition id %r cannot name a checkpoint file"
-                                       % (partition,))
-        return os.path.join(self.directory, partition + ".json")
-
-    def read(self, partition):
-        """The partition's checkpoint, or None when it has none.
-
-        An unreadable file raises :class:`EventHubsSourceError`: guessing a position would either
-        skip events or re-read the whole partition, so a person has to look.
-        """
-        path = self.path(partition)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                data = json.load(handle)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise EventHubsSourceError(
-                "checkpoint %s is unreadable (%s); fix it, or delete it to read partition %s from "
-                "the beginning" % (path, type(exc).__name__, partition)) from None
-        try:
-            sequence_number = data["sequence_number"]
-            if not isinstance(sequence_number, int) or isinstance(sequence_number, bool) \
-                    or sequence_number < -1:
-                raise TypeError("sequence_number")
-            enqueued = data.get("enqueued_time_us")
-            return Checkpoint(partition, sequence_number, str(data.get("offset", "")),
-                              enqueued if isinstance(enqueued, int) else None)
-        except (KeyError, TypeError, AttributeError):
-            raise EventHubsSourceError(
-                "checkpoint %s has no valid sequence_number; fix it, or delete it to read "
-                "partition %s from the beginning" % (path, partition)) from None
-
-    def read_all(self):
-        """Every checkpoint in the store, by partition id."""
-        found = {}
-        try:
-            names = sorted(os.listdir(self.directory))
-        except FileNotFoundError:
-            return found
-        for name in names:
-            if name.endswith(".json") and _PARTITION.match(name[:-5]):
-                checkpoint = self.read(name[:-5])
-                if checkpoint is not None:
-                    found[checkpoint.partition] = checkpoint
-        return found
-
-    def write(self, checkpoint):
-        """Stores ``checkpoint`` atomically; never moves a partition's checkpoint backwards.
-
-        Returns the checkpoint now stored: the existing one when it is already as far or further
-        (a retried or stale commit must not move it back and make the next run re-read).
-        """
-        existing = self.read(checkpoint.partition)
-        if existing is not None and existing.sequence_number >= checkpoint.sequence_number:
-            return existing
-        os.makedirs(self.directory, exist_ok=True)
-        record = {
-            "version": CHECKPOINT_VERSION,
-            "namespace": self.namespace, "eventhub": self.eventhub_name,
-            "consumer_group": self.consumer_group, "partition": checkpoint.partition,
-            "sequence_number": checkpoint.sequence_number, "offset": checkpoint.offset,
-            "enqueued_time_us": checkpoint.enqueued_time_us,
-            "enqueued_time": (format_time(checkpoint.enqueued_time_us)
-                              if checkpoint.enqueued_time_us is not None else None),
-            "committed_at": format_time(int(time.time() * 1_000_000)),
-        }
-        path = self.path(checkpoint.partition)
-        with temporary_file(self.directory, prefix="." + checkpoint.partition + ".",
-                            suffix=".tmp") as (fd, tmp):
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    json.dump(record, handle, indent=1, sort_keys=True)
-                    handle.write("\n")
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                # The rename is the commit: a reader sees the old file or the new one, never half.
-                os.replace(tmp, path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
-        _fsync_directory(self.directory)
-        return checkpoint
-
-    def __repr__(self):
-        return "CheckpointStore(%r)" % self.directory
-
-
-def _fsync_directory(directory):
-    """Makes a rename in ``directory`` durable (POSIX); a no-op where that is impossible."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+                "checkpoint_container %r needs the storage account's connection string "
+                "(checkpoint_connection_string_env=VAR)" % (checkpoint_container,))
+        return _checked(BlobStorageCheckpointStore, checkpoint_connection_string,
+                        checkpoint_container, settings.fully_qualified_namespace,
+                        settings.eventhub_name, settings.consumer_group)
+    if checkpoint_dir:
+        return _checked(LocalCheckpointStore, checkpoint_dir, settings.host,
+                        settings.eventhub_name, settings.consumer_group)
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -458,7 +358,9 @@ class _ClientSettings:
     def __init__(self, connection_string, eventhub_name, consumer_group, retry_total,
                  retry_backoff_factor, retry_backoff_max, timeout_seconds):
         try:
-            info = parse_connection_string(connection_string)
+            # An EnvRef (a ${VAR} reference) is resolved here, where the graph is built, to
+            # check it; only the reference is kept and pickled, and workers resolve it again.
+            info = parse_connection_string(reveal(connection_string))
         except EventHubsDeliveryError as exc:
             raise EventHubsSourceError(str(exc)) from None
         entity = info["eventhub_name"]
@@ -477,13 +379,16 @@ class _ClientSettings:
             raise EventHubsSourceError("retry settings must not be negative")
         if timeout_seconds <= 0:
             raise EventHubsSourceError("timeout_seconds must be positive")
-        self.connection_string = _Secret(connection_string)
+        self.connection_string = (connection_string if isinstance(connection_string, EnvRef)
+                                  else _Secret(connection_string))
         # Passed to the SDK only when the connection string has no EntityPath (the SDK refuses
         # two names for one hub).
         self.explicit_hub = None if entity else hub
         self.eventhub_name = hub
         self.host = info["host"]
         self.namespace = info["namespace"]
+        # The event processor's name of the namespace (host[:port]), used by Blob checkpoints.
+        self.fully_qualified_namespace = _fully_qualified_namespace(info["endpoint"])
         self.consumer_group = consumer_group
         self.retry_total = int(retry_total)
         self.retry_backoff_factor = float(retry_backoff_factor)
@@ -506,7 +411,7 @@ class _ClientSettings:
         if self.explicit_hub:
             kwargs["eventhub_name"] = self.explicit_hub
         client = EventHubConsumerClient.from_connection_string(
-            self.connection_string.reveal(), **kwargs)
+            reveal(self.connection_string), **kwargs)
         if not hasattr(client, "_create_consumer"):
             client.close()
             raise EventHubsSourceError(
@@ -516,7 +421,7 @@ class _ClientSettings:
 
     def describe_error(self, exc, doing):
         """One secret-free line for an SDK failure while ``doing`` something."""
-        info = parse_connection_string(self.connection_string.reveal())
+        info = parse_connection_string(reveal(self.connection_string))
         if _is_not_found(exc):
             # On the consumer side a missing consumer group is "not found" too.
             return ("Event Hubs %s was not found (check the event hub name and the consumer "
@@ -606,6 +511,23 @@ class _PlanPartitions(beam.DoFn):
     def teardown(self):
         _close_quietly(self._client, "consumer client")
         self._client = None
+        if self._store is not None:
+            self._store.close()
+
+    def _checkpoints(self):
+        """The store's checkpoints by partition; refuses partitions an event processor reads."""
+        if self._store is None:
+            return {}
+        owners = _checked(self._store.live_owners)
+        if owners:
+            partition, owner = sorted(owners.items())[0]
+            raise EventHubsSourceError(
+                "Event Hubs %s: partition %s is being read by event processor %s (its ownership "
+                "in %s is less than %d s old); two readers of one consumer group would each "
+                "deliver the events and move the checkpoints: stop the processor or use another "
+                "consumer group" % (self._settings.target, partition, owner,
+                                    self._store.description, OWNERSHIP_EXPIRY_SECONDS))
+        return _checked(self._store.read_all)
 
     def process(self, unused_impulse):
         try:
@@ -619,8 +541,9 @@ class _PlanPartitions(beam.DoFn):
         except Exception as exc:  # pylint: disable=broad-except
             raise EventHubsSourceError(
                 self._settings.describe_error(exc, "reading the partitions")) from None
+        checkpoints = self._checkpoints()
         for partition, props in zip(partition_ids, properties):
-            checkpoint = self._store.read(partition) if self._store is not None else None
+            checkpoint = checkpoints.get(partition)
             plan = plan_partition(partition, props, checkpoint, self._bounded,
                                   self._watermark_delay_us)
             if self._bounded:
@@ -955,14 +878,18 @@ class _WriteCheckpoints(beam.DoFn):
         self._store = store
         self._committed = Metrics.counter("eventhubs", "checkpoints_committed")
 
+    def teardown(self):
+        self._store.close()
+
     def process(self, element):
         _, items = element
         positions = sorted(value for tag, value in items if tag == "position")
         for partition, (sequence_number, offset, enqueued_us) in positions:
-            stored = self._store.write(Checkpoint(partition, sequence_number, offset, enqueued_us))
+            stored = _checked(self._store.write,
+                              Checkpoint(partition, sequence_number, offset, enqueued_us))
             self._committed.inc()
             _LOGGER.info("Event Hubs checkpoint committed: %s partition %s at sequence number %d",
-                         self._store.directory, partition, stored.sequence_number)
+                         self._store.description, partition, stored.sequence_number)
             yield stored
 
 
@@ -981,7 +908,8 @@ class CommitCheckpoints(beam.PTransform):
         super().__init__(label)
         if store is None:
             raise EventHubsSourceError("CommitCheckpoints needs a checkpoint store "
-                                       "(ReadFromEventHubs(checkpoint_dir=...))")
+                                       "(ReadFromEventHubs(checkpoint_dir=...) or "
+                                       "checkpoint_container=...)")
         self._store = store
         self._after = list(after)
         if not self._after:
@@ -1032,12 +960,20 @@ class ReadFromEventHubs(beam.PTransform):
     what checkpoints guarantee.
 
     :param connection_string: ``Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=...``,
-        with ``EntityPath`` or ``eventhub_name``. Checked at construction (one line naming the
-        missing part, never a value); never logged nor shown in display data.
+        with ``EntityPath`` or ``eventhub_name``; or a :class:`core.config.EnvRef` to one (then
+        only the variable's name travels with the pipeline, and workers resolve it in
+        ``setup()``). Checked at construction (one line naming the missing part, never a
+        value); never logged nor shown in display data.
     :param eventhub_name: the event hub, when the connection string has no ``EntityPath``.
     :param consumer_group: the consumer group to read as (``$Default``).
-    :param checkpoint_dir: local directory of the checkpoint files; None: always read from the
-        beginning, and :meth:`commit_checkpoints` is unavailable.
+    :param checkpoint_dir: local directory of the checkpoint files.
+    :param checkpoint_container: an Azure Blob container for the checkpoints, in the layout of
+        Azure's ``azure-eventhub-checkpointstoreblob`` (``clients/checkpoints.py``), so the
+        SDK's event processors and this read continue from each other's positions. Excludes
+        ``checkpoint_dir``. Neither: always read from the beginning, and
+        :meth:`commit_checkpoints` is unavailable.
+    :param checkpoint_connection_string: the storage account's connection string for
+        ``checkpoint_container`` (a string or a :class:`core.config.EnvRef`).
     :param bounded: True for a catch-up run, False for a live stream.
     :param max_batch_size: events taken per pull from the consumer.
     :param max_wait_seconds: how long a pull waits for the first event; in live mode, the idle
@@ -1065,7 +1001,8 @@ class ReadFromEventHubs(beam.PTransform):
                  max_wait_seconds=DEFAULT_MAX_WAIT_SECONDS, *, prefetch=None, retry_total=3,
                  retry_backoff_factor=0.8, retry_backoff_max=30.0, timeout_seconds=60.0,
                  idle_watermark_lag_seconds=5.0, watermark_delay_seconds=0.0,
-                 max_read_seconds=DEFAULT_MAX_READ_SECONDS, label=None):
+                 max_read_seconds=DEFAULT_MAX_READ_SECONDS, checkpoint_container=None,
+                 checkpoint_connection_string=None, label=None):
         super().__init__(label)
         if int(max_batch_size) < 1:
             raise EventHubsSourceError("max_batch_size must be at least 1")
@@ -1078,9 +1015,8 @@ class ReadFromEventHubs(beam.PTransform):
         self._settings = _ClientSettings(connection_string, eventhub_name, consumer_group,
                                          retry_total, retry_backoff_factor, retry_backoff_max,
                                          timeout_seconds)
-        self.checkpoint_store = (CheckpointStore(checkpoint_dir, self._settings.host,
-                                                 self._settings.eventhub_name, consumer_group)
-                                 if checkpoint_dir else None)
+        self.checkpoint_store = make_checkpoint_store(
+            self._settings, checkpoint_dir, checkpoint_container, checkpoint_connection_string)
         self.bounded = bool(bounded)
         self._read_options = {"max_batch_size": int(max_batch_size),
                               "max_wait_seconds": float(max_wait_seconds), "prefetch": prefetch,
@@ -1127,7 +1063,7 @@ class ReadFromEventHubs(beam.PTransform):
         credentials for <namespace>/<hub>``, ``... is unreachable``, ``... was not found``. An
         endpoint that does not answer within ``timeout_seconds`` counts as unreachable.
         """
-        settings = _ClientSettings(self._settings.connection_string.reveal(),
+        settings = _ClientSettings(reveal(self._settings.connection_string),
                                    self._settings.explicit_hub, self._settings.consumer_group,
                                    0, 0.1, 1, max(1.0, float(timeout_seconds)))
         outcome = {}
@@ -1155,6 +1091,12 @@ class ReadFromEventHubs(beam.PTransform):
                 raise error
             raise EventHubsSourceError(settings.describe_error(error, "listing the partitions")) \
                 from None
+        if self.checkpoint_store is not None:
+            # The checkpoints can be read (a wrong storage key fails here, in one line).
+            try:
+                _checked(self.checkpoint_store.read_all)
+            finally:
+                self.checkpoint_store.close()
         return outcome["ids"]
 
     def commit_checkpoints(self, records, after=(), label="CommitEventHubsCheckpoints"):
@@ -1172,7 +1114,7 @@ class ReadFromEventHubs(beam.PTransform):
                          "runner's own checkpoints keep the position)", self.target)
             return None
         if self.checkpoint_store is None:
-            _LOGGER.warning("Event Hubs %s: no checkpoint_dir, so no checkpoints: the next run "
+            _LOGGER.warning("Event Hubs %s: no checkpoint store, so no checkpoints: the next run "
                             "reads every partition from the beginning again", self.target)
             return None
         return records | label >> CommitCheckpoints(self.checkpoint_store, after=after)
@@ -1185,7 +1127,7 @@ class ReadFromEventHubs(beam.PTransform):
                                                   label="Consumer group"),
                 "mode": DisplayDataItem("catchup" if self.bounded else "live", label="Mode")}
         if self.checkpoint_store is not None:
-            data["checkpoints"] = DisplayDataItem(self.checkpoint_store.directory,
+            data["checkpoints"] = DisplayDataItem(self.checkpoint_store.description,
                                                   label="Checkpoints")
         return data
 
@@ -1216,7 +1158,10 @@ class FileInput:
 class EventHubsInput:
     """``eventhubs://HUB?connection_string_env=VAR&consumer_group=G&checkpoint_dir=D&mode=M``.
 
-    Also ``max_batch_size``, ``max_wait_seconds``, ``max_read_seconds`` (live mode: see
+    Checkpoints in an Azure Blob container instead of ``checkpoint_dir``:
+    ``checkpoint_container=NAME&checkpoint_connection_string_env=VAR`` (the layout of Azure's
+    ``azure-eventhub-checkpointstoreblob``; see ``clients/checkpoints.py``). Also
+    ``max_batch_size``, ``max_wait_seconds``, ``max_read_seconds`` (live mode: see
     :data:`DEFAULT_MAX_READ_SECONDS`) and ``watermark_delay_seconds`` (default
     :data:`LIVE_WATERMARK_DELAY_SECONDS` with ``mode=live``, since the pipelines re-timestamp
     records with their own ``ts``; 0 with ``mode=catchup``, where the watermark only ends the run).
@@ -1232,6 +1177,8 @@ class EventHubsInput:
     max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS
     watermark_delay_seconds: float = 0.0
     max_read_seconds: float = DEFAULT_MAX_READ_SECONDS
+    checkpoint_container: typing.Optional[str] = None
+    checkpoint_connection_string_env: typing.Optional[str] = None
     kind: typing.ClassVar[str] = "eventhubs"
     live: typing.ClassVar[bool] = True
 
@@ -1398,7 +1345,8 @@ def _parse_eventhubs(uri):
     _refuse_userinfo(uri, parsed.netloc)
     params = _split_query(uri, parsed.query, {
         "connection_string_env", "consumer_group", "checkpoint_dir", "mode", "max_batch_size",
-        "max_wait_seconds", "watermark_delay_seconds", "max_read_seconds"})
+        "max_wait_seconds", "watermark_delay_seconds", "max_read_seconds",
+        "checkpoint_container", "checkpoint_connection_string_env"})
     if parsed.path not in ("", "/") or parsed.fragment:
         raise EventHubsSourceError("input %s: expected eventhubs://HUB?parameters (no path)"
                                    % _shown(uri))
@@ -1413,6 +1361,20 @@ def _parse_eventhubs(uri):
         raise EventHubsSourceError("input %s: consumer_group %r is not a valid name"
                                    % (_shown(uri), consumer_group))
     checkpoint_dir = params.get("checkpoint_dir") or None
+    container = params.get("checkpoint_container") or None
+    container_env = _env_param(uri, params, "checkpoint_connection_string_env", required=False)
+    if container is not None and not re.match(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$",
+                                              container):
+        raise EventHubsSourceError("input %s: checkpoint_container %r is not a Blob container "
+                                   "name" % (_shown(uri), container))
+    if bool(container) != bool(container_env):
+        raise EventHubsSourceError(
+            "input %s: checkpoint_container and checkpoint_connection_string_env go together (the "
+            "container, and the variable holding its storage account's connection string)"
+            % _shown(uri))
+    if container and checkpoint_dir:
+        raise EventHubsSourceError("input %s: checkpoint_dir and checkpoint_container exclude "
+                                   "each other" % _shown(uri))
     return EventHubsInput(
         eventhub_name=hub,
         connection_string_env=_env_param(uri, params, "connection_string_env", required=True),
@@ -1422,7 +1384,8 @@ def _parse_eventhubs(uri):
         max_read_seconds=_float_param(uri, params, "max_read_seconds", DEFAULT_MAX_READ_SECONDS),
         watermark_delay_seconds=_float_param(
             uri, params, "watermark_delay_seconds",
-            LIVE_WATERMARK_DELAY_SECONDS if mode == "live" else 0.0, zero_ok=True))
+            LIVE_WATERMARK_DELAY_SECONDS if mode == "live" else 0.0, zero_ok=True),
+        checkpoint_container=container, checkpoint_connection_string_env=container_env)
 
 
 _KAFKA_TOPIC = re.compile(r"^[A-Za-z0-9._$-]+$")
@@ -1550,9 +1513,25 @@ def _from_environment(environ, name, what):
 
 @dataclasses.dataclass(frozen=True)
 class EventHubsSource:
-    """An ``eventhubs://`` input with its connection string resolved (held as a secret)."""
+    """An ``eventhubs://`` input with its connection strings resolved (held as secrets).
+
+    ``from_process_environment``: the values came from this process's environment, so the
+    transform gets ``${VAR}`` references (:class:`core.config.EnvRef`) that workers resolve
+    from theirs, and no secret travels with the pipeline; otherwise (an explicit ``environ``)
+    it gets the values.
+    """
     spec: EventHubsInput
     connection_string: _Secret = dataclasses.field(repr=False)
+    checkpoint_connection_string: typing.Optional[_Secret] = dataclasses.field(default=None,
+                                                                               repr=False)
+    from_process_environment: bool = False
+
+    def _credential(self, secret, variable, what):
+        if secret is None:
+            return None
+        if self.from_process_environment:
+            return EnvRef("${%s}" % variable, "--input %s" % what)
+        return secret.reveal()
 
     def transform(self, **overrides):
         """The :class:`ReadFromEventHubs` for this input (``overrides``: more of its keywords)."""
@@ -1562,9 +1541,24 @@ class EventHubsSource:
                   "max_batch_size": self.spec.max_batch_size,
                   "max_wait_seconds": self.spec.max_wait_seconds,
                   "max_read_seconds": self.spec.max_read_seconds,
-                  "watermark_delay_seconds": self.spec.watermark_delay_seconds}
+                  "watermark_delay_seconds": self.spec.watermark_delay_seconds,
+                  "checkpoint_container": self.spec.checkpoint_container,
+                  "checkpoint_connection_string": self._credential(
+                      self.checkpoint_connection_string,
+                      self.spec.checkpoint_connection_string_env,
+                      "checkpoint_connection_string_env")}
         kwargs.update(overrides)
-        return ReadFromEventHubs(self.connection_string.reveal(), **kwargs)
+        return ReadFromEventHubs(self._credential(self.connection_string,
+                                                  self.spec.connection_string_env,
+                                                  "connection_string_env"), **kwargs)
+
+    @property
+    def secrets(self):
+        """The secret values of this input, for the launcher's redactor."""
+        found = _connection_string_secrets(self.connection_string.reveal())
+        if self.checkpoint_connection_string is not None:
+            found |= secret_parts(self.checkpoint_connection_string.reveal())
+        return found
 
 
 def parse_eventhubs_uri(uri, environ=None):
@@ -1572,8 +1566,10 @@ def parse_eventhubs_uri(uri, environ=None):
 
     ``eventhubs://<hub>?connection_string_env=VAR&consumer_group=G&checkpoint_dir=D&mode=catchup``
     (``mode``: ``catchup``, the default, or ``live``; also ``max_batch_size``,
-    ``max_wait_seconds``, ``max_read_seconds``, ``watermark_delay_seconds``). ``environ``
-    defaults to ``os.environ``.
+    ``max_wait_seconds``, ``max_read_seconds``, ``watermark_delay_seconds``, and
+    ``checkpoint_container`` with ``checkpoint_connection_string_env`` instead of
+    ``checkpoint_dir``). ``environ`` defaults to ``os.environ``; then the transform carries only
+    the variables' names.
     Returns an :class:`EventHubsSource`; ``.transform()`` gives the :class:`ReadFromEventHubs`.
 
     Raises :class:`EventHubsSourceError` with one line that names what is wrong and never holds
@@ -1586,13 +1582,20 @@ def parse_eventhubs_uri(uri, environ=None):
         raise EventHubsSourceError("input %s is not an eventhubs:// URI" % _shown(uri))
     connection_string = _from_environment(environ, spec.connection_string_env,
                                           "Event Hubs connection string")
-    # Validates the connection string, the hub and the consumer group now, before any data moves.
+    checkpoint_connection_string = None
+    if spec.checkpoint_connection_string_env:
+        checkpoint_connection_string = _from_environment(
+            environ, spec.checkpoint_connection_string_env,
+            "Azure Storage connection string of the checkpoint container")
+    # Validates the connection strings, the hub and the consumer group now, before data moves.
     settings = _ClientSettings(connection_string, spec.eventhub_name, spec.consumer_group,
                                0, 0, 0, 1)
-    if spec.checkpoint_dir:
-        CheckpointStore(spec.checkpoint_dir, settings.host, settings.eventhub_name,
-                        spec.consumer_group)
-    return EventHubsSource(spec, _Secret(connection_string))
+    make_checkpoint_store(settings, spec.checkpoint_dir, spec.checkpoint_container,
+                          checkpoint_connection_string)
+    return EventHubsSource(
+        spec, _Secret(connection_string),
+        _Secret(checkpoint_connection_string) if checkpoint_connection_string else None,
+        from_process_environment=environ is None or environ is os.environ)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1750,7 +1753,7 @@ def build_live_source(uri, environ=None):
         transform = source.transform()
         return LiveSource("eventhubs", transform, transform.bounded, eventhubs_input_record,
                           "Event Hubs %s, %s" % (transform.target, spec.mode),
-                          _connection_string_secrets(source.connection_string.reveal()),
+                          source.secrets,
                           eventhubs=transform)
     if isinstance(spec, KafkaInput):
         from apache_beam.io.kafka import ReadFromKafka

@@ -12,7 +12,10 @@ REQUIRED = [
     "zstandard>=0.18",       # compressed runs of message lines (also a dependency of Beam)
     "python-qpid-proton>=0.39",  # the local Event Hubs endpoint (emulators/)
 ]
-TEST = ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "aiosmtpd>=1.4"]
+TEST = ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "aiosmtpd>=1.4",
+        # Azure's own Blob checkpoint store: the tests check that it and the pipeline's
+        # checkpoints (clients/checkpoints.py) read each other's positions.
+        "azure-eventhub-checkpointstoreblob>=1.2,<2"]
 
 setuptools.setup(
     name="cdp-activation",
@@ -20,9 +23,9 @@ setuptools.setup(
     description="Apache Beam pipeline for customer-data activation: audiences with event-time "
                 "timers to Azure Event Hubs, system-event alerts, and Azure Blob exports.",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["core", "core.*", "pipelines", "pipelines.*",
-                                               "transforms", "transforms.*", "emulators",
-                                               "emulators.*"]),
+    packages=setuptools.find_packages(include=["core", "core.*", "clients", "clients.*",
+                                               "pipelines", "pipelines.*", "transforms",
+                                               "transforms.*", "emulators", "emulators.*"]),
     package_data={"": ["*.yaml", "*.json"]},
     data_files=[("examples", ["examples/config.yaml"])],
     install_requires=REQUIRED,

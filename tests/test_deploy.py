@@ -40,7 +40,7 @@ METADATA = os.path.join(ROOT, "deploy", "dataflow", "metadata.json")
 DOCKERFILE = os.path.join(ROOT, "deploy", "dataflow", "Dockerfile")
 
 #: The packages the workers need (setup.py's find_packages) and the data file they must carry.
-PACKAGES = ("core", "pipelines", "transforms", "emulators")
+PACKAGES = ("core", "clients", "pipelines", "transforms", "emulators")
 DATA_FILES = ("examples/config.yaml",)
 
 

@@ -483,8 +483,10 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, li
             events
             | "Work[%s]CountUnits" % work.id >> beam.combiners.Count.Globally()
             | "Work[%s]Completed" % work.id >> beam.Map(
-                lambda n, wid=work.id: work_event(job.aid, wid, "completed",
-                                                  "%d events reported" % n, unit=run_id + "#completed")))
+                # aid and the work id are bound here: a closure over ``job`` would pickle the
+                # whole config, credentials included, into the staged pipeline.
+                lambda n, wid=work.id, aid=job.aid: work_event(
+                    aid, wid, "completed", "%d events reported" % n, unit=run_id + "#completed")))
     own = own_events | "AllWorkEvents" >> beam.Flatten()
     alert_input = (system_events, own) | "AlertInput" >> beam.Flatten()
     alert_outputs = []

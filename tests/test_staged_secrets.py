@@ -211,3 +211,22 @@ def test_worker_settings_keep_references_and_resolve_where_they_run():
         resolve_settings(worker, {"HOOK_PATH_PART": "x", "TOKEN": "y"})
     # A literal credential is the config's own choice: it stays as written.
     assert job.works[1].worker_settings.connection_string == "literal-not-a-reference"
+
+
+def test_a_variable_missing_on_the_worker_fails_setup_with_one_line_naming_it(monkeypatch):
+    from core.config import ConfigError
+    from transforms.eventhubs import WriteToEventHubs
+    value = ("Endpoint=sb://acme.servicebus.windows.net/;SharedAccessKeyName=send;"
+             "SharedAccessKey=k3y-" + uuid.uuid4().hex + ";EntityPath=audiences")
+    monkeypatch.setenv("EH_OUT_CS", value)
+    job = parse_config({"works": [{"id": "w-eh", "workflow": "eventhub_audience_export",
+                                   "config": {"connection_string": "${EH_OUT_CS}"}}]})
+    sink = WriteToEventHubs(job.works[0].worker_settings.connection_string, "w-eh",
+                            "/tmp/unused-deadletter.jsonl")
+    assert sink._target == "acme.servicebus.windows.net/audiences"   # checked on the launcher
+    shipped = pickler.loads(pickler.dumps(sink._fn))                 # what a worker gets
+    monkeypatch.delenv("EH_OUT_CS")                                  # a worker without it
+    with pytest.raises(ConfigError) as missing:
+        shipped.setup()
+    assert str(missing.value) == ("works[0].config.connection_string: environment variable "
+                                  "EH_OUT_CS is not set")

@@ -12,6 +12,7 @@ credentials then show that the workers resolved them from their environment.
 import base64
 import bz2
 import json
+import logging
 import re
 import uuid
 import zlib
@@ -113,6 +114,23 @@ def _publish(hubs, records):
 
 
 @pytest.fixture
+def logging_restored():
+    """The command reconfigures logging for its process; put this test process's back after."""
+    names = ("apache_beam", "azure", "uamqp", "root")
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers), list(root.filters),
+             {n: logging.getLogger(n).level for n in names}, logging.getLogRecordFactory())
+    yield
+    level, handlers, filters, levels, factory = saved
+    root.setLevel(level)
+    root.handlers[:] = handlers
+    root.filters[:] = filters
+    for name, value in levels.items():
+        logging.getLogger(name).setLevel(value)
+    logging.setLogRecordFactory(factory)
+
+
+@pytest.fixture
 def output_hub():
     hubs = LocalEventHubs(host="127.0.0.1", port=0, hub="audiences", partitions=2)
     hubs.start()
@@ -124,7 +142,7 @@ def output_hub():
 
 def test_the_staged_pipeline_holds_no_secret_and_workers_resolve_them(
         tmp_path, monkeypatch, local_eventhubs, output_hub, azurite, webhook_server,
-        smtp_tls_server, trust_test_cert):
+        smtp_tls_server, trust_test_cert, logging_restored):
     container = "exports-" + uuid.uuid4().hex[:8]
     checkpoints = "ckpt-" + uuid.uuid4().hex[:8]
     ContainerClient.from_connection_string(azurite.connection_string,

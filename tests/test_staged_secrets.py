@@ -140,8 +140,14 @@ def output_hub():
         hubs.stop()
 
 
+@pytest.mark.parametrize("runner", [
+    [],
+    # The Runner API / Fn API path of Flink and Dataflow: DoFns are unpickled in an SDK worker.
+    pytest.param(["--runner=PortableRunner", "--job_endpoint=embed",
+                  "--environment_type=LOOPBACK"], marks=pytest.mark.portable)],
+    ids=["direct", "portable"])
 def test_the_staged_pipeline_holds_no_secret_and_workers_resolve_them(
-        tmp_path, monkeypatch, local_eventhubs, output_hub, azurite, webhook_server,
+        runner, tmp_path, monkeypatch, local_eventhubs, output_hub, azurite, webhook_server,
         smtp_tls_server, trust_test_cert, logging_restored):
     container = "exports-" + uuid.uuid4().hex[:8]
     checkpoints = "ckpt-" + uuid.uuid4().hex[:8]
@@ -177,7 +183,8 @@ def test_the_staged_pipeline_holds_no_secret_and_workers_resolve_them(
     status = stream.run([
         "--config", str(config), "--output_dir", str(tmp_path / "out"), "--worker_processes=0",
         "--input", "eventhubs://hub?connection_string_env=IN_CS&checkpoint_container=%s"
-                   "&checkpoint_connection_string_env=CKPT_CS&mode=catchup" % checkpoints])
+                   "&checkpoint_connection_string_env=CKPT_CS&mode=catchup" % checkpoints,
+        *runner])
     assert status == 0
 
     blobs, dofns = staged_bytes(staged["proto"])

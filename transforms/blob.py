@@ -135,7 +135,7 @@ from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteState
 from core.export import (CONTENT_TYPES, ExportSpec, advance_marker, dedupe_system_events,
                          marker_bytes, marker_name, parse_marker, plan_windows, verify_name)
 from core.records import dead_letter
-from core.redact import reveal
+from core.redact import Redactor, reveal, secret_parts
 from core.system_events import work_event
 from core.timeutil import MICROS, format_time
 from transforms.live import BatchPerBundle, DedupeSystemEventsLive, is_unbounded, timer_at
@@ -250,17 +250,6 @@ def _io_reason(exc):
     return " ".join(str(text).split())[:300]
 
 
-def _secrets_of(connection_string):
-    """The parts of a connection string that must never be shown."""
-    secrets = {connection_string}
-    for part in connection_string.split(";"):
-        key, _, value = part.partition("=")
-        if key.strip().lower() in ("accountkey", "sharedaccesssignature") and value:
-            secrets.add(value)
-            secrets.update(re.findall(r"sig=([^&;]+)", value))
-    return sorted((s for s in secrets if s), key=len, reverse=True)
-
-
 def _describe(exc):
     """A short reason for an Azure SDK error, and its kind."""
     from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError,
@@ -315,7 +304,8 @@ class AzureDestination(Destination):
         from azure.storage.blob import BlobServiceClient
         self.prefix = prefix or ""
         self.container = container
-        self._secrets = _secrets_of(connection_string)
+        # The one scrubber (core.redact): the string, its key or SAS, and any sig=/key= text.
+        self._scrub = Redactor(secret_parts(connection_string))
         retry = _retry_policy(retry_total, retry_connect, initial_backoff, connect_backoff)
         try:
             self._service = BlobServiceClient.from_connection_string(
@@ -331,11 +321,6 @@ class AzureDestination(Destination):
         self.description = "storage account %r container %r at %s://%s" % (
             self.account_name, container, self._service.scheme,
             self._service.primary_hostname)
-
-    def _scrub(self, text):
-        for secret in self._secrets:
-            text = text.replace(secret, "****")
-        return text
 
     def _error(self, action, name, exc):
         reason, kind = _describe(exc)

@@ -20,7 +20,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from core.config import EnvRef
 from core.records import dead_letter
-from core.redact import reveal
+from core.redact import Redactor, reveal
 from core.system_events import work_event
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 
@@ -123,23 +123,11 @@ class _Secret:
         self._value = state
 
 
-_SECRET_PATTERNS = (
-    re.compile(r"(SharedAccessKey\s*=)[^;\s]*", re.I),
-    re.compile(r"(SharedAccessSignature\s*=?\s*)\S+", re.I),
-    re.compile(r"(sig=)[^&\s]+", re.I),
-)
-
-
 def _redact(text, info=None):
-    """``text`` without the key, signatures or ``SharedAccessKey=`` values."""
-    text = str(text)
-    if info is not None:
-        for field in ConnectionInfo._SECRET_FIELDS:
-            if info.get(field):
-                text = text.replace(info[field], "***")
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(r"\1***", text)
-    return text
+    """``text`` without the key, signatures or ``SharedAccessKey=`` values (``core.redact``)."""
+    secrets = [info[field] for field in ConnectionInfo._SECRET_FIELDS
+               if info is not None and info.get(field)]
+    return Redactor(secrets)(text)
 
 
 # ------------------------------------------------------------------------------------------------

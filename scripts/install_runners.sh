@@ -3,7 +3,9 @@
 # installed apache-beam (an SDK is never mixed with another version's runner):
 #   prism   Beam's Prism runner, built from Beam's Go module into .tools/prism/v<version>/prism,
 #           where the pipeline commands look for it (pipelines/runners.py).
-# Usage: scripts/install_runners.sh [prism ...]   (no argument: every runner)
+#   flink   Beam's Flink job server (embedded Flink), assembled with Maven into
+#           .tools/flink/<version>/, where the pipeline commands look for it (pipelines/runners.py).
+# Usage: scripts/install_runners.sh [prism|flink ...]   (no argument: every runner)
 # Idempotent and cached: a runner already installed at that version is not fetched or built again.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -51,12 +53,53 @@ install_prism() {
     echo "prism v$version installed: $bin"
 }
 
+# --- Flink ----------------------------------------------------------------------------------
+# Beam's Flink job server (embedded Flink, `--flink_master=[local]`) for that apache-beam.
+# Maven serves no beam-runners-flink-*-job-server jar here, so the job server is assembled from the
+# runner artifact it is the shaded form of (scripts/flink-job-server/pom.xml): a jar whose manifest
+# starts FlinkJobServerDriver, and lib/ with the runner and its dependencies. The layout and name
+# are the ones pipelines/runners.py looks for:
+#   .tools/flink/<beam version>/beam-runners-flink-<flink>-job-server-<beam version>.jar
+#   .tools/flink/<beam version>/lib/*.jar
+FLINK_MINOR="${FLINK_MINOR:-1.19}"
+install_flink() {
+  local version dir jar build
+  version="$(beam_version)"
+  dir="$root/.tools/flink/$version"
+  jar="$dir/beam-runners-flink-$FLINK_MINOR-job-server-$version.jar"
+  if [ -f "$dir/.installed" ] && [ -f "$jar" ]; then
+    echo "flink job server $version: $jar (installed)"
+    return 0
+  fi
+  command -v java >/dev/null || { echo "error: the Flink job server needs java (a JDK 17) on PATH" >&2; return 1; }
+  command -v mvn >/dev/null || { echo "error: installing the Flink job server needs mvn (Maven) on PATH" >&2; return 1; }
+  echo "installing the Flink $FLINK_MINOR job server for Beam $version (Maven) into $dir" >&2
+  build="$dir.build.$$"
+  rm -rf "$build"
+  if ! mvn -B -q -Dstyle.color=never -f "$root/scripts/flink-job-server/pom.xml" package \
+      -Dbeam.version="$version" -Dflink.minor="$FLINK_MINOR" -Dout.dir="$build" >&2; then
+    rm -rf "$build"
+    echo "error: Maven could not resolve org.apache.beam:beam-runners-flink-$FLINK_MINOR:$version" \
+         "and its dependencies; the Flink runner needs an apache-beam version whose runner Maven" \
+         "serves (docs/RUNNERS.md)" >&2
+    return 1
+  fi
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  mv "$build/$(basename "$jar")" "$jar"
+  mv "$build/lib" "$dir/lib"
+  rm -rf "$build"
+  touch "$dir/.installed"
+  echo "flink job server $version: $jar"
+}
+
 # --- main -----------------------------------------------------------------------------------
 runners=("$@")
-[ ${#runners[@]} -gt 0 ] || runners=(prism)
+[ ${#runners[@]} -gt 0 ] || runners=(prism flink)
 for runner in "${runners[@]}"; do
     case "$runner" in
         prism) install_prism ;;
-        *) echo "install_runners.sh: unknown runner '$runner' (known: prism)" >&2; exit 2 ;;
+        flink) install_flink ;;
+        *) echo "install_runners.sh: unknown runner '$runner' (known: prism, flink)" >&2; exit 2 ;;
     esac
 done

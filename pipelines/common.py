@@ -36,7 +36,7 @@ from core.system_events import work_event
 from core.timeutil import format_time
 from pipelines.cli import UsageError, check_pipeline_arguments, pipeline_help, wants_help
 from pipelines.options import COMMAND_OPTIONS, REQUIRED_OPTIONS, ActivationOptions, flag_value
-from pipelines.runners import RunnerMissingError, choose_runner
+from pipelines.runners import RunnerMissingError, choose_runner, runner_environment
 from transforms.audiences import EngineSpec, GroupUserEventsPerBundle
 from transforms.live import DedupeSystemEventsLive, is_unbounded
 from transforms import outputs
@@ -727,7 +727,7 @@ def main(argv, mode, make_evaluate, time_range_of=None, help_text=None):
     _configure_logging(verbose, redactor)
     try:
         return _run(argv, mode, make_evaluate, redactor, time_range_of)
-    except (ConfigError, InputMissingError, LaunchError) as exc:
+    except (ConfigError, InputMissingError, LaunchError, RunnerMissingError) as exc:
         sys.stderr.write("error: %s\n" % redactor(str(exc)))
         return 2
     except KeyboardInterrupt:
@@ -809,21 +809,22 @@ def _run(argv, mode, make_evaluate, redactor, time_range_of):
     run_id = uuid.uuid4().hex[:12]
     spec = EngineSpec.from_job(job, job.raw.get("audiences") or [])
     started = time.time()
-    pipeline = beam.Pipeline(options=options)
-    workers = resolve_worker_processes(_option(act, "worker_processes", "auto"),
-                                       options.view_as(StandardOptions).runner)
-    build_graph(pipeline, job, make_evaluate(spec, workers), act, run_id, disabled, time_range,
-                live_source, workers)
-    # Only bundles run in this process (the DirectRunner's) have their sampler here.
-    shorter_state_sampling_period()
-    with relaxed_garbage_collection():
-        result = pipeline.run()
-        if options.view_as(StandardOptions).no_wait_until_finish:
-            # A launcher (e.g. a Dataflow Flex Template) submits and returns; the job reports
-            # through its runner's counters and its works' system events.
-            sys.stdout.write("submitted: %s\n" % getattr(result, "state", "running"))
-            return 0
-        result.wait_until_finish()
+    with runner_environment(options):
+        pipeline = beam.Pipeline(options=options)
+        workers = resolve_worker_processes(_option(act, "worker_processes", "auto"),
+                                           options.view_as(StandardOptions).runner)
+        build_graph(pipeline, job, make_evaluate(spec, workers), act, run_id, disabled,
+                    time_range, live_source, workers)
+        # Only bundles run in this process (the DirectRunner's) have their sampler here.
+        shorter_state_sampling_period()
+        with relaxed_garbage_collection():
+            result = pipeline.run()
+            if options.view_as(StandardOptions).no_wait_until_finish:
+                # A launcher (e.g. a Dataflow Flex Template) submits and returns; the job
+                # reports through its runner's counters and its works' system events.
+                sys.stdout.write("submitted: %s\n" % getattr(result, "state", "running"))
+                return 0
+            result.wait_until_finish()
     seconds = time.time() - started
     summary = build_summary(job, _counter_totals(result), act.output_dir, mode, seconds)
     write_summary(act.output_dir, summary)

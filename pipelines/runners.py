@@ -8,14 +8,28 @@
   and ``--prism_location`` is not given, that binary is passed as ``--prism_location``; when it is
   missing, the run stops with one line saying how to install it (Beam would otherwise try to
   download a release binary from GitHub at run time).
+* Flink: with ``--runner=FlinkRunner`` the commands point Beam at the Flink job server that
+  ``scripts/install_runners.sh flink`` assembles under ``.tools/flink/<version>/`` (Beam would
+  download its own jar), and on the embedded Flink (``--flink_master`` ``[auto]``, the default,
+  or ``[local]``) run one Flink slot per core (``--parallelism``) and the Python work in Beam's
+  worker pool (``--environment_type=EXTERNAL``), one SDK worker process per slot; Beam's own
+  default there is LOOPBACK, every bundle in the launching process. A user's option always wins.
 
 No Beam import at module level: the launcher reads this before building a pipeline.
 """
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRISM_RUNNER = "PrismRunner"
 INSTALL_PRISM = "scripts/install_runners.sh prism"
+INSTALL_FLINK = "scripts/install_runners.sh flink"
 
 
 class RunnerMissingError(RuntimeError):
@@ -59,3 +73,202 @@ def choose_runner(options, live: bool, binary: str = None) -> str:
             prism.prism_location = binary
     runner = standard.runner
     return runner if isinstance(runner, str) or runner is None else type(runner).__name__
+
+
+# -- Flink -------------------------------------------------------------------------------------
+
+#: The Flink version of the job server that install_runners.sh assembles (its FLINK_MINOR).
+FLINK_MINOR = "1.19"
+#: Flink's magic masters: an embedded Flink inside the job server's JVM.
+LOCAL_FLINK_MASTERS = ("[auto]", "[local]")
+#: How long an SDK environment outlives its last use inside a job (Beam's default, 0, starts
+#: new worker processes for each stage that Flink's batch execution runs one after another).
+ENVIRONMENT_CACHE_MILLIS = 10 * 60 * 1000
+#: How long the worker pool may take to listen.
+POOL_START_SECONDS = 60
+#: The pool's environment variable naming the process that started it.
+_PARENT_ENV = "CDP_WORKER_POOL_PARENT"
+_PR_SET_PDEATHSIG = 1
+
+
+def tools_dir() -> str:
+    """Where install_runners.sh puts the runners (``CDP_TOOLS_DIR``, default ``<repo>/.tools``)."""
+    return os.environ.get("CDP_TOOLS_DIR") or os.path.join(ROOT, ".tools")
+
+
+def flink_job_server_jar(version: str = None, flink_minor: str = FLINK_MINOR) -> str:
+    """The path install_runners.sh gives the Flink job server of apache-beam ``version``."""
+    version = version or beam_version()
+    return os.path.join(tools_dir(), "flink", version,
+                        "beam-runners-flink-%s-job-server-%s.jar" % (flink_minor, version))
+
+
+def is_flink(runner) -> bool:
+    name = runner if isinstance(runner, str) else type(runner).__name__ if runner else ""
+    return name.rsplit(".", 1)[-1].lower() in ("flinkrunner", "flink")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class WorkerPool:
+    """Beam's Python worker pool in a process of its own: the runner asks it for SDK workers, and
+    it starts each as a child process. The children run ``python`` from PATH, so this
+    interpreter's directory goes first on the pool's PATH (its apache-beam and this project).
+    The pool and its workers end with this process, however it ends (see :func:`_pool_main`)."""
+
+    def __init__(self):
+        self.port = _free_port()
+        self._log = tempfile.NamedTemporaryFile(prefix="beam-worker-pool-", suffix=".log",
+                                                delete=False)
+        env = dict(os.environ)
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        if ROOT not in env.get("PYTHONPATH", "").split(os.pathsep):
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+        env[_PARENT_ENV] = str(os.getpid())
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.runners", "--service_port=%d" % self.port],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True)  # its own process group: stop() ends the workers with it
+        deadline = time.monotonic() + POOL_START_SECONDS
+        while True:
+            if self._proc.poll() is not None:
+                raise RunnerMissingError("Beam's Python worker pool exited at start (%d): %s"
+                                       % (self._proc.returncode, self.log_tail()))
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RunnerMissingError("Beam's Python worker pool did not listen on port %d "
+                                           "within %d s" % (self.port, POOL_START_SECONDS))
+                time.sleep(0.2)
+
+    @property
+    def address(self) -> str:
+        return "localhost:%d" % self.port
+
+    @property
+    def log_path(self) -> str:
+        return self._log.name
+
+    def log_tail(self, chars=2000) -> str:
+        self._log.flush()
+        with open(self._log.name, encoding="utf-8", errors="replace") as fh:
+            return fh.read()[-chars:].strip()
+
+    def stop(self, keep_log=False):
+        """Ends the pool and the workers it started (its process group)."""
+        if self._proc.poll() is None:
+            for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+                try:
+                    os.killpg(self._proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self._proc.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        try:  # workers of the group that outlive the pool's own process
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._log.close()
+        if not keep_log:
+            os.unlink(self._log.name)
+
+
+def apply_flink_defaults(options) -> bool:
+    """Fills in the Flink options the user left out; True when a worker pool is needed.
+
+    Raises RunnerMissingError when the job server is not installed.
+    """
+    from apache_beam.options.pipeline_options import FlinkRunnerOptions, PortableOptions
+    given = options.get_all_options(drop_default=True)
+    flink = options.view_as(FlinkRunnerOptions)
+    portable = options.view_as(PortableOptions)
+    if not flink.flink_job_server_jar:
+        jar = flink_job_server_jar()
+        if not os.path.exists(jar):
+            raise RunnerMissingError(
+                "the Flink job server for apache-beam %s is not installed (%s): run "
+                "%s, or give --flink_job_server_jar" % (beam_version(), jar, INSTALL_FLINK))
+        flink.flink_job_server_jar = jar
+    if (flink.flink_master or "[auto]").strip() not in LOCAL_FLINK_MASTERS:
+        return False  # a Flink cluster: its own slots and SDK environment (Beam's defaults)
+    cores = os.cpu_count() or 1
+    if "parallelism" not in given:
+        flink.parallelism = cores
+    if portable.environment_type or portable.output_executable_path:
+        return False
+    portable.environment_type = "EXTERNAL"
+    if "sdk_worker_parallelism" not in given:
+        portable.sdk_worker_parallelism = max(1, flink.parallelism if flink.parallelism > 0
+                                              else cores)
+    if "environment_cache_millis" not in given:
+        portable.environment_cache_millis = ENVIRONMENT_CACHE_MILLIS
+    return True
+
+
+@contextlib.contextmanager
+def runner_environment(options):
+    """Applies the runner's defaults to ``options`` and runs what the runner needs beside the
+    pipeline (Flink: Beam's worker pool) until the block ends."""
+    from apache_beam.options.pipeline_options import PortableOptions, StandardOptions
+    if not is_flink(options.view_as(StandardOptions).runner):
+        yield
+        return
+    if not apply_flink_defaults(options):
+        yield
+        return
+    pool = WorkerPool()
+    options.view_as(PortableOptions).environment_config = pool.address
+    failed = False
+    # SIGTERM's default ends this process at once: Beam's job server (a java child that Beam
+    # stops at exit) would outlive it. As an exception, it unwinds and exits like Ctrl-C.
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        pool.stop(keep_log=failed)
+        if failed:
+            sys.stderr.write("Python workers' log: %s\n" % pool.log_path)
+
+
+def _terminated(signum, _frame):
+    raise KeyboardInterrupt("signal %d" % signum)
+
+
+def _pool_main(argv):
+    """Runs Beam's worker pool (``worker_pool_main``) so that it and the workers it starts end
+    when the process that started it ends, even by SIGKILL: on Linux the kernel sends the pool
+    SIGTERM then (``PR_SET_PDEATHSIG``), and SIGTERM ends the pool's process group, its workers
+    included. Elsewhere the starting process's :meth:`WorkerPool.stop` is the only cleanup."""
+    def end(*_):
+        if os.getpgid(0) == os.getpid():  # the group WorkerPool made for it: the pool and workers
+            os.killpg(os.getpid(), signal.SIGKILL)
+        os._exit(143)
+    signal.signal(signal.SIGTERM, end)
+    parent = int(os.environ.get(_PARENT_ENV) or 0)
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+    if parent and os.getppid() != parent:
+        return  # the starting process ended before the signal was armed
+    from apache_beam.runners.worker import worker_pool_main
+    worker_pool_main.main(argv)
+
+
+if __name__ == "__main__":
+    _pool_main(sys.argv)

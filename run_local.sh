@@ -3,6 +3,7 @@
 # main pipeline on the DirectRunner over it, and prints the summary. Each run starts from an empty
 # out/. Extra arguments go to the pipeline, e.g.
 #   ./run_local.sh --runner=PortableRunner --job_endpoint=embed --environment_type=LOOPBACK
+#   ./run_local.sh --runner=FlinkRunner   # embedded Flink (installs its job server first, docs/RUNNERS.md)
 #   ./run_local.sh --eventhub local     # also send the messages to a local Event Hubs endpoint
 #   ./run_local.sh --live               # a live stream on Prism: local input and output hubs, a
 #                                       # generator of current events, enters/exits as they arrive
@@ -75,6 +76,10 @@ while [ $# -gt 0 ]; do
     *) ARGS+=("$1"); shift ;;
   esac
 done
+# Runners that need an engine installed first (scripts/install_runners.sh; cached after the first time).
+case " ${ARGS[*]-} " in
+  *[=\ ]FlinkRunner\ *|*[=\ ]flink\ *) PYTHON=.venv/bin/python bash scripts/install_runners.sh flink >&2 ;;
+esac
 rm -rf out
 if [ -n "$LIVE" ]; then
   # A live input runs on Prism unless another runner is named: build it once (cached in .tools).

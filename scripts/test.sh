@@ -19,7 +19,8 @@ fi
 .venv/bin/python -m pip install --quiet -e ".[test]"
 touch .venv/.installed
 if [ -f scripts/install_azurite.sh ]; then bash scripts/install_azurite.sh; fi
-# The runners the engine tests name (tests/test_prism*.py): built once, cached in .tools.
+# The runners the engine tests name (tests/test_prism*.py, tests/test_flink_runner.py): built or
+# assembled once, cached in .tools; no test downloads anything.
 bash scripts/install_runners.sh
 # The report test opens out/report.html in Debian's chromium.
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

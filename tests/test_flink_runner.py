@@ -1,0 +1,158 @@
+"""Both pipeline commands on embedded Flink give the DirectRunner's bytes, on every branch.
+
+    python -m pipelines.replay|stream --config C --input I --output_dir D --runner=FlinkRunner
+
+with no other option: the job server installed by scripts/install_runners.sh (found by
+pipelines/runners.py), parallelism = cores, Python work in Beam's worker pool. The same command
+with ``--runner=DirectRunner`` is the expectation. One random data set (tests/datagen.py) and a
+config whose works cover every destination: Event Hub messages into the project's local Event
+Hubs endpoint (one endpoint per run) and into a local sink, Blob files into Azurite (one container
+per run) and into a local directory, webhook alerts to a loopback server and to a local sink, and
+dead letters (bad input lines; alerts that a webhook refuses).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from emulators.eventhubs import LocalEventHubs
+from pipelines.runners import flink_job_server_jar
+from tests.datagen import generate
+from tests.fixtures_alerts import Reply
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_TIMEOUT = 900
+
+pytestmark = [pytest.mark.flink, pytest.mark.timeout(3600)]
+
+#: Alerts on input system events only: the pipeline's own work events carry run times and ids.
+INPUT_SOURCES = {"segment": [], "user": [], "stream": [], "auth": [], "topic-document": []}
+#: Replies of the webhook that refuses every alert (each one is dead-lettered, not retried).
+REFUSALS = 1000
+
+
+def _config(base, azurite_cs, eventhub_cs, webhook_url, refusing_url, container):
+    config = json.loads(json.dumps(base))
+    for work in config["works"]:
+        if work["id"] == "w-eh-all":
+            work["config"]["connection_string"] = eventhub_cs
+        if work["id"] == "w-blob-events":
+            work["config"].update(connection_string=azurite_cs, container=container)
+    config["works"] += [
+        {"id": "w-hook", "workflow": "webhook_system_events",
+         "config": {"system_event_sources": INPUT_SOURCES, "webhook_url": webhook_url,
+                    "allow_private_network": True}},
+        {"id": "w-hook-local", "workflow": "webhook_system_events",
+         "config": {"system_event_multiple_types": ["failed", "updated", "deleted"],
+                    "system_event_sources": INPUT_SOURCES}},
+        {"id": "w-hook-refused", "workflow": "webhook_system_events",
+         "config": {"system_event_type": "failed", "system_event_sources": INPUT_SOURCES,
+                    "webhook_url": refusing_url, "allow_private_network": True}},
+    ]
+    return config
+
+
+def _local_files(out_dir):
+    """{path under out_dir: bytes} of the local sinks and dead letters (not the run's own
+    system events, summary, report or Blob state markers, which carry the run's times)."""
+    files = {}
+    for folder in ("eventhub", "blob", "alerts", "deadletter"):
+        top = os.path.join(out_dir, folder)
+        for dirpath, _dirs, names in os.walk(top):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                rel = os.path.relpath(path, out_dir).replace(os.sep, "/")
+                if "/_state/" in rel:
+                    continue
+                with open(path, "rb") as fh:
+                    files[rel] = fh.read()
+    return files
+
+
+def _blobs(azurite_cs, container):
+    from azure.storage.blob import BlobServiceClient
+    service = BlobServiceClient.from_connection_string(azurite_cs)
+    client = service.get_container_client(container)
+    found = {}
+    for blob in client.list_blobs():
+        if "/_state/" in "/" + blob.name or "_verify/" in blob.name:
+            continue
+        found[blob.name] = client.download_blob(blob.name).readall()
+    service.close()
+    return found
+
+
+def _run(command, runner, workdir, name, config, lines):
+    os.makedirs(os.path.join(workdir, name))
+    cfg = os.path.join(workdir, name, "config.yaml")
+    events = os.path.join(workdir, "events.jsonl")
+    with open(cfg, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(config, fh, sort_keys=False, allow_unicode=True)
+    if not os.path.exists(events):
+        with open(events, "w", encoding="utf-8") as fh:
+            fh.write("\n".join(lines) + "\n")
+    out = os.path.join(workdir, name, "out")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("EVENTHUB_CONNECTION_STRING", "AZURE_STORAGE_CONNECTION_STRING")}
+    argv = [sys.executable, "-m", "pipelines." + command, "--config", cfg, "--input", events,
+            "--output_dir", out, "--runner=" + runner]
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT)
+    assert proc.returncode == 0, "%s exited %d\n%s\n%s" % (
+        " ".join(argv), proc.returncode, proc.stdout[-2000:], proc.stderr[-6000:])
+    return out, proc
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    config, lines = generate(31, n_users=40, days=20)
+    return config, lines
+
+
+@pytest.mark.parametrize("command", ["replay", "stream"])
+def test_flink_gives_the_direct_runners_bytes(command, dataset, azurite, webhook_server, tmp_path):
+    assert os.path.exists(flink_job_server_jar()), (
+        "the Flink job server is not installed: bash scripts/install_runners.sh flink")
+    base, lines = dataset
+    results = {}
+    for runner in ("DirectRunner", "FlinkRunner"):
+        name = "%s-%s" % (command, runner.lower())
+        container = name.replace("runner", "")
+        with LocalEventHubs(host="127.0.0.1", port=0, hub="hub", partitions=4) as hub:
+            webhook_server.script("/refuse-" + name,
+                                  *[Reply(status=400, body=b"no such channel")] * REFUSALS)
+            config = _config(base, azurite.connection_string, hub.connection_string,
+                             webhook_server.url("/" + name), webhook_server.url("/refuse-" + name),
+                             container)
+            out, proc = _run(command, runner, str(tmp_path), name, config, lines)
+            hub_events = sorted((e.partition_key, e.body) for e in hub.events())
+        hooks = sorted((r.headers.get("x-event-id"), r.body)
+                       for r in webhook_server.requests("/" + name))
+        results[runner] = {
+            "local": _local_files(out), "blob": _blobs(azurite.connection_string, container),
+            "hub": hub_events, "hooks": hooks,
+            "summary": json.load(open(os.path.join(out, "summary.json"), encoding="utf-8")),
+            "stdout": proc.stdout}
+
+    direct, flink = results["DirectRunner"], results["FlinkRunner"]
+    # Every branch delivered something, so equal outputs are not equally empty ones.
+    local = direct["local"]
+    assert local["eventhub/w-eh-sub.jsonl"].count(b"\n") > 20
+    assert sum(1 for k in local if k.startswith("blob/exports/acme/system/")) > 5
+    assert local["alerts/w-hook-local.jsonl"].count(b"\n") > 0
+    assert b"400" in local["deadletter/w-hook-refused.jsonl"]
+    assert local["deadletter/input.jsonl"].count(b"\n") > 0
+    assert len(direct["hub"]) > 100 and len(direct["blob"]) > 5 and len(direct["hooks"]) > 3
+
+    for part in ("local", "blob"):
+        assert sorted(flink[part]) == sorted(direct[part]), part      # the same files
+        differing = [name for name in direct[part] if flink[part][name] != direct[part][name]]
+        assert not differing, "%s: other bytes in %s" % (part, differing[:5])
+    assert flink["hub"] == direct["hub"]          # (partition key, body) of every message
+    assert flink["hooks"] == direct["hooks"]      # (X-Event-Id, body) of every alert
+    for figure in ("records_read", "deadlettered", "duplicates", "late", "events_applied",
+                   "audiences", "works"):
+        assert flink["summary"][figure] == direct["summary"][figure], figure

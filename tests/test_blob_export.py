@@ -120,7 +120,8 @@ class Run:
 def run_export(work, records, output_dir, marker_end=None, disabled_reason=None):
     """Runs one pipeline: Create(records) | WriteToBlobExport; the work's events and counters."""
     key = uuid.uuid4().hex
-    p = BeamTestPipeline(runner="FnApiRunner")
+    # The full name: Beam 2.62 knows the FnApiRunner by no short name.
+    p = BeamTestPipeline(runner="apache_beam.runners.portability.fn_api_runner.FnApiRunner")
     (p
      | beam.Create(records)
      | blob.WriteToBlobExport(work, ACCOUNT, AID, str(output_dir), marker_end=marker_end,

@@ -2,10 +2,12 @@
 import setuptools
 
 REQUIRED = [
-    "apache-beam>=2.77,<3",
+    # 2.62.0: the newest Beam whose Flink job server Maven serves here (docs/RUNNERS.md); a Python
+    # SDK must not run against another version's job server.
+    "apache-beam==2.62.0",
     "azure-eventhub>=5.15,<6",
     "azure-storage-blob>=12.31,<13",
-    "pyarrow>=14,<26",       # Beam pins pyarrow below 26
+    "pyarrow>=14,<26",       # Beam pins pyarrow (2.62: below 17)
     "PyYAML>=6",
     "orjson>=3.9",           # fast JSON decoding of input lines (stdlib json is the fallback)
     "jsonnet>=0.20",

@@ -12,6 +12,7 @@ dead letters (bad input lines; alerts that a webhook refuses).
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -156,3 +157,50 @@ def test_flink_gives_the_direct_runners_bytes(command, dataset, azurite, webhook
     for figure in ("records_read", "deadlettered", "duplicates", "late", "events_applied",
                    "audiences", "works"):
         assert flink["summary"][figure] == direct["summary"][figure], figure
+
+
+def _children(pid):
+    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True,
+                         text=True).stdout
+    return [(int(line.split(None, 1)[0]), line.split(None, 1)[1]) for line in out.splitlines()]
+
+
+def _ended(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_sigterm_ends_the_job_server_and_the_worker_pool(dataset, tmp_path):
+    # Beam stops its job server (a java child) at interpreter exit, which SIGTERM's default skips.
+    config, lines = dataset
+    cfg, events = tmp_path / "config.yaml", tmp_path / "events.jsonl"
+    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+    events.write_text("\n".join(lines) + "\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.replay", "--config", str(cfg), "--input", str(events),
+         "--output_dir", str(tmp_path / "out"), "--runner=FlinkRunner"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        helpers = []
+        for _ in range(300):   # until both the job server and the pool have started
+            helpers = _children(proc.pid)
+            if (any(args.startswith("java ") for _, args in helpers)
+                    and any("pipelines.runners" in args for _, args in helpers)):
+                break
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            subprocess.run(["sleep", "0.5"])
+        assert len(helpers) >= 2, helpers
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "interrupted" in stderr
+    for _ in range(60):
+        if all(_ended(pid) for pid, _ in helpers):
+            break
+        subprocess.run(["sleep", "0.5"])
+    assert [args for pid, args in helpers if not _ended(pid)] == []

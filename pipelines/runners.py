@@ -92,7 +92,8 @@ _PR_SET_PDEATHSIG = 1
 
 
 def tools_dir() -> str:
-    """Where install_runners.sh puts the runners (``CDP_TOOLS_DIR``, default ``<repo>/.tools``)."""
+    """Where the commands look for what install_runners.sh installs: ``<repo>/.tools``, or
+    ``CDP_TOOLS_DIR`` (tests; an install moved elsewhere)."""
     return os.environ.get("CDP_TOOLS_DIR") or os.path.join(ROOT, ".tools")
 
 

@@ -44,7 +44,7 @@ def run(argv=None):
         state = engine.new_state()
         last = max(e.ts for e in history)
         engine.advance(state, history, last)
-        sizes.append(len(state.to_bytes()))
+        sizes.append(len(engine.dump_state(state)))
     print(json.dumps({"parse_seconds": parsed - started, "engine_seconds": done - parsed,
                       "events": events, "users": len(users), "changes": changes,
                       "state_bytes_median": statistics.median(sizes) if sizes else 0,

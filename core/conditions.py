@@ -24,6 +24,7 @@ from typing import Callable, List, NamedTuple, Optional, Tuple
 
 from core.keys import did_you_mean, unknown_key
 from core.timeutil import parse_duration
+from core.state import condition_key
 
 OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "contains", "starts_with",
              "ends_with", "exists", "missing", "matches")
@@ -317,6 +318,9 @@ class AudienceSet:
         #: Per audience, ``holds`` compiled a second time for the engine's own state (see
         #: :meth:`_compile_on_state`): saves building count and member lists at every evaluation.
         self.state_holds: List[Callable] = []
+        #: Per audience, a hash of its condition (``core.state.condition_key``): a saved state
+        #: records which condition each membership was evaluated under.
+        self.condition_keys: List[str] = [condition_key(c) for _, _, _, _, c in pending]
         for i, (apath, aid, slug, name, condition) in enumerate(pending):
             deps = set()
             self._reading = (set(), set())

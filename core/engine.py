@@ -27,11 +27,12 @@ Semantics (CONTRACT section 4), for one user:
 import bisect
 import hashlib
 import operator
-import pickle
 from typing import NamedTuple, Tuple
 
 from core.conditions import ANY_EVENT
 from core.records import DEDUPE_HORIZON_US, ProfileEvent
+from core.state import (STATE_VERSION, StateFormatError, check_document, decode_document,
+                        encode_document, spec_id)
 from core.timeutil import MIN_TIME
 
 
@@ -52,8 +53,11 @@ class ExportRow(NamedTuple):
 
 
 class UserState:
+    """One user's engine state, positional (counts by spec index, memberships by audience index)
+    under the engine that made it. It is saved in its keyed form only
+    (:meth:`Engine.state_document`, :meth:`Engine.dump_state`; ``core.state``)."""
     __slots__ = ("clock", "first_ts", "last_ts", "traits", "counts", "members", "seen",
-                 "max_received", "seen_pruned_at")
+                 "max_received", "seen_pruned_at", "reevaluate")
 
     def __init__(self, windowed_flags, n_audiences):
         self.clock = MIN_TIME          # every event up to here has been applied
@@ -66,6 +70,9 @@ class UserState:
         self.seen = {}                 # dedupe hash -> first received_at of its run
         self.max_received = MIN_TIME
         self.seen_pruned_at = 0        # size of ``seen`` after the last prune (amortises pruning)
+        # Audiences (a mask) to evaluate at the next point whatever changed: those a restored
+        # state had not evaluated under their current condition (added or edited audiences).
+        self.reevaluate = 0
 
     def prune_seen(self):
         """Forgets dedupe keys whose 24-hour horizon has passed (no copy can still match them)."""
@@ -73,19 +80,6 @@ class UserState:
         if any(v <= horizon for v in self.seen.values()):
             self.seen = {k: v for k, v in self.seen.items() if v > horizon}
         self.seen_pruned_at = len(self.seen)
-
-    def to_bytes(self):
-        self.prune_seen()
-        return pickle.dumps((self.clock, self.first_ts, self.last_ts, self.traits, self.counts,
-                             self.members, self.seen, self.max_received), protocol=5)
-
-    @classmethod
-    def from_bytes(cls, data):
-        state = cls.__new__(cls)
-        (state.clock, state.first_ts, state.last_ts, state.traits, state.counts, state.members,
-         state.seen, state.max_received) = pickle.loads(data)
-        state.seen_pruned_at = len(state.seen)
-        return state
 
 
 class _Due:
@@ -221,6 +215,8 @@ class Engine:
             for name in traits:
                 self._trait_readers[name] = self._trait_readers.get(name, 0) | bit
         self._all_audiences = (1 << n_aud) - 1
+        self._audience_ids = [a.id for a in audience_set.audiences]
+        self._spec_ids = [spec_id(spec.event, spec.where_key, spec.within) for spec in self.specs]
         # ``state_holds`` reads the state's own counts and members, so evaluating builds nothing.
         self._order = tuple((a, 1 << a, audience_set.state_holds[a], self._audience_readers[a])
                             for a in audience_set.order)
@@ -279,6 +275,81 @@ class Engine:
 
     def new_state(self):
         return UserState(self._windowed_flags, len(self.audiences.audiences))
+
+    # -- saving and restoring (core.state, docs/STATE.md) ---------------------------------------
+
+    def state_document(self, state):
+        """``state`` in its keyed, versioned form (``core.state``): memberships and conditions by
+        audience id, counts by spec id. Prunes the dedupe map first (only live keys are kept)."""
+        state.prune_seen()
+        ids = self._audience_ids
+        keys = self.audiences.condition_keys
+        pending = state.reevaluate
+        return {
+            "version": STATE_VERSION,
+            "clock": state.clock,
+            "first_ts": state.first_ts,
+            "last_ts": state.last_ts,
+            "max_received": state.max_received,
+            "traits": dict(state.traits),
+            "members": {ids[a]: t for a, t in enumerate(state.members) if t is not None},
+            # An audience still to be re-evaluated is saved as not evaluated, so that the next
+            # restore evaluates it too.
+            "audiences": {ids[a]: keys[a] for a in range(len(ids)) if not pending >> a & 1},
+            "counts": {self._spec_ids[i]: (list(c) if isinstance(c, list) else c)
+                       for i, c in enumerate(state.counts) if c},
+            "seen": dict(state.seen),
+        }
+
+    def state_from_document(self, document):
+        """A :class:`UserState` for this engine's configuration from a saved document.
+
+        Audiences are matched by id and counts by spec id, never by position: a kept audience
+        continues exactly wherever it now stands; a removed one, or a spec no condition counts any
+        more, is dropped; a spec new to the state starts empty (all-time counts saturate at their
+        cap, so a count saved under a lower cap stays at it). An audience the state had not
+        evaluated under its current condition (added, or its condition edited) is evaluated at
+        the user's next point, from what the state holds; until then it has no membership (or
+        keeps the one it had), so its first transition is an enter (or an exit).
+        """
+        check_document(document)
+        state = self.new_state()
+        state.clock = document["clock"]
+        state.first_ts = document["first_ts"]
+        state.last_ts = document["last_ts"]
+        state.max_received = document["max_received"]
+        state.traits = dict(document["traits"])
+        members = document["members"]
+        state.members = [members.get(aid) for aid in self._audience_ids]
+        evaluated = document["audiences"]
+        keys = self.audiences.condition_keys
+        for a, aid in enumerate(self._audience_ids):
+            if evaluated.get(aid) != keys[a]:
+                state.reevaluate |= 1 << a
+        counts = document["counts"]
+        for i, sid in enumerate(self._spec_ids):
+            value = counts.get(sid)
+            if value is None:
+                continue
+            if self._windowed_flags[i]:
+                if not isinstance(value, list):
+                    raise StateFormatError("count %s: a windowed count must be a list" % sid)
+                state.counts[i] = sorted(value)
+            else:
+                if not isinstance(value, int):
+                    raise StateFormatError("count %s: an all-time count must be an integer" % sid)
+                state.counts[i] = min(value, self.caps[i])
+        state.seen = dict(document["seen"])
+        state.seen_pruned_at = len(state.seen)
+        return state
+
+    def dump_state(self, state):
+        """``state`` as bytes of its keyed document (what Beam state holds)."""
+        return encode_document(self.state_document(state))
+
+    def load_state(self, data):
+        """The state of :meth:`dump_state` bytes, under this engine's configuration."""
+        return self.state_from_document(decode_document(data))
 
     # -- reading state -------------------------------------------------------------------------
 
@@ -385,6 +456,7 @@ class Engine:
         # Until the user's first event, no audience has been evaluated: the first point that
         # applies one evaluates them all (a "not" condition may hold from the start).
         fresh = state.first_ts is None
+        reevaluate = state.reevaluate
         duplicates = stats.duplicates
         i = points = 0
         while True:
@@ -515,6 +587,10 @@ class Engine:
             if fresh and state.first_ts is not None:
                 fresh = False
                 dirty = self._all_audiences
+            if reevaluate and state.first_ts is not None:
+                # A restored state's added or edited audiences, once, at its first point.
+                dirty |= reevaluate
+                reevaluate = state.reevaluate = 0
             if len(seen) >= prune_size:
                 # After the point, never between two copies of one record (copies share a ts):
                 # pruning between them would forget the first before the second is checked.

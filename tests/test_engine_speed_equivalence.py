@@ -28,7 +28,7 @@ import pytest
 from core import engine as engine_module
 from core.conditions import (AudienceSet, _comparable, _same_kind, compile_where,
                              values_equal)
-from core.engine import Engine, Stats, UserState
+from core.engine import Engine, Stats
 from core.records import ProfileEvent, parse_record
 from core.timeutil import MAX_TIME, MIN_TIME, parse_time
 from tests.datagen import generate
@@ -131,26 +131,26 @@ def _in_one_call(engine, events):
     state = engine.new_state()
     stats = Stats()
     changes, rows = engine.advance(state, list(events), MAX_TIME, stats)
-    return changes, rows, stats, state.to_bytes()
+    return changes, rows, stats, engine.dump_state(state)
 
 
 def _in_chunks(engine, events, cuts, rnd):
     """As the streaming DoFn calls it: each call gets the events up to its cut (shuffled) and
     the state comes back from bytes. Returns what the calls produced and, per call, the clock and
     next_wake it left."""
-    data = engine.new_state().to_bytes()
+    data = engine.dump_state(engine.new_state())
     remaining = sorted(events, key=lambda e: e.ts)
     changes, rows, wakes, stats = [], [], [], Stats()
     for cut in cuts:
         chunk = [e for e in remaining if e.ts <= cut]
         remaining = [e for e in remaining if e.ts > cut]
         rnd.shuffle(chunk)
-        state = UserState.from_bytes(data)
+        state = engine.load_state(data)
         found, exported = engine.advance(state, chunk, cut, stats)
         changes.extend(found)
         rows.extend(exported)
-        data = state.to_bytes()
-        assert UserState.from_bytes(data).to_bytes() == data
+        data = engine.dump_state(state)
+        assert engine.dump_state(engine.load_state(data)) == data
         wakes.append((state.clock, engine.next_wake(state)))
     return changes, rows, stats, data, wakes
 
@@ -267,14 +267,14 @@ def test_late_events_are_applied_at_the_clock_alike_in_any_grouping(seed):
             stats = Stats()
             out, rows = [], []
             for group in groups:
-                state = UserState.from_bytes(state.to_bytes())
+                state = engine.load_state(engine.dump_state(state))
                 found, exported = engine.advance(state, group, state.clock, stats)
                 out.extend(found)
                 rows.extend(exported)
             assert stats.late == len(late)
             assert all(c.time == clock for c in out)
             found, _ = engine.advance(state, [], MAX_TIME)
-            results.append((_tuples(out), _tuples(rows), _tuples(found), state.to_bytes()))
+            results.append((_tuples(out), _tuples(rows), _tuples(found), engine.dump_state(state)))
         assert results[1] == results[0]
         assert results[2] == results[0]
         late_total += len(results[0][0])

@@ -47,7 +47,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.blocks import pack_rows, unpack_rows
-from core.engine import ExportRow, Stats, UserChange, UserState
+from core.engine import ExportRow, Stats, UserChange
 from core.history import (BatchTotals, EngineSpec,  # noqa: F401 (EngineSpec: the shells' API)
                           count_transitions, evaluate_histories, unpack_changes)
 from core.records import ProfileEvent
@@ -199,10 +199,10 @@ class _EvaluateStatefulFn(_EvaluatesHistories):
         if raw is None:
             return self._engine.new_state(), None
         user_bytes, flush_at = pickle.loads(raw)
-        return UserState.from_bytes(user_bytes), flush_at
+        return self._engine.load_state(user_bytes), flush_at
 
     def _save(self, state, wake, user, flush_at):
-        state.write(pickle.dumps((user.to_bytes(), flush_at), protocol=5))
+        state.write(pickle.dumps((self._engine.dump_state(user), flush_at), protocol=5))
         next_wake = self._engine.next_wake(user)
         candidates = [t for t in (flush_at, next_wake) if t is not None]
         if candidates:
@@ -296,7 +296,7 @@ class _EvaluateStatefulFn(_EvaluatesHistories):
         user, rows = None, []
         for packed in entries:
             if packed[:1] == _STATE_ENTRY:
-                user = UserState.from_bytes(packed[1:])
+                user = self._engine.load_state(packed[1:])
             elif packed == _EVALUATED:
                 # What a worker evaluated: the same engine call again, its changes already out.
                 user = self._engine.new_state()
@@ -311,7 +311,7 @@ class _EvaluateStatefulFn(_EvaluatesHistories):
         changes, export = self._engine.advance(user, events_from_wire(rows), MAX_TIME, stats)
         self._metrics.record(stats, changes)
         yield from _emit(key, changes, export)
-        pending.add(_STATE_ENTRY + user.to_bytes())
+        pending.add(_STATE_ENTRY + self._engine.dump_state(user))
 
 
 #: Marks the user's engine state in the PENDING bag in batch execution (packed groups start with

@@ -1,0 +1,103 @@
+"""The versioned, keyed form of a user's engine state (docs/STATE.md).
+
+The engine works on positional lists (a count per counter spec, a membership per audience, in the
+config's order) because that is what its hot loop indexes. What is saved, in Beam state or in a
+``--state`` snapshot, is keyed by ids that do not depend on positions:
+
+* audiences by their ``id`` from the config;
+* counter specs (what an ``{event: ...}`` node counts: event name, ``where`` and ``within``) by
+  :func:`spec_id`, a hash of their canonical form, shared by every node that counts the same thing;
+* each audience's condition by :func:`condition_key`, a hash of its canonical JSON, so that a
+  restore can tell which audiences were evaluated under the condition they have now.
+
+A saved state is a :data:`STATE_VERSION` document (a plain dict of JSON-like values, see
+:func:`new_document`). ``core.engine.Engine.state_document`` and ``Engine.state_from_document``
+translate between it and the engine's positional state under the engine's configuration;
+:func:`encode_document` / :func:`decode_document` give its bytes for Beam state.
+"""
+import hashlib
+import json
+import marshal
+import pickle
+
+#: The version of the saved state's layout; a reader refuses any other.
+STATE_VERSION = 1
+#: Bytes of an encoded document start with this magic and the version byte.
+_MAGIC = b"S"
+_FIELDS = ("version", "clock", "first_ts", "last_ts", "max_received", "traits", "members",
+           "audiences", "counts", "seen")
+
+
+class StateFormatError(ValueError):
+    """A saved state this code cannot read (corrupt, or of another version)."""
+
+
+def _canonical(value):
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _hash(text):
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def spec_id(event, where_key, within):
+    """The stable id of a counter spec: the same event name, ``where`` tree (its canonical JSON,
+    ``CounterSpec.where_key``) and ``within`` (microseconds, None for all time) give the same id
+    in any config and at any position."""
+    return _hash(_canonical(["spec", event, where_key, within]))
+
+
+def condition_key(condition):
+    """A hash of an audience condition's canonical JSON (key order and spacing do not matter)."""
+    return _hash(_canonical(["condition", condition]))
+
+
+def encode_document(document):
+    """A state document as bytes: ``b"S"``, the version byte, then ``m`` and the fields in
+    :data:`_FIELDS` order marshalled (plain values), or ``p`` and a pickle when a trait holds a
+    value marshal cannot write (e.g. a date from a Parquet input)."""
+    values = tuple(document[f] for f in _FIELDS)
+    try:
+        body = b"m" + marshal.dumps(values, 2)  # 2: no references, so equal states give equal bytes
+    except ValueError:
+        body = b"p" + pickle.dumps(values, protocol=5)
+    return _MAGIC + bytes((STATE_VERSION,)) + body
+
+
+def decode_document(data):
+    """The document of :func:`encode_document` bytes; :class:`StateFormatError` if they are not."""
+    if len(data) < 3 or data[:1] != _MAGIC:
+        raise StateFormatError("not a saved user state")
+    if data[1] != STATE_VERSION:
+        raise StateFormatError("user state version %d, this code reads version %d"
+                               % (data[1], STATE_VERSION))
+    tag, body = data[2:3], memoryview(data)[3:]
+    try:
+        values = marshal.loads(body) if tag == b"m" else pickle.loads(body) if tag == b"p" else None
+    except Exception as exc:
+        raise StateFormatError("corrupt user state: %s" % exc) from None
+    if not isinstance(values, tuple) or len(values) != len(_FIELDS):
+        raise StateFormatError("corrupt user state")
+    return dict(zip(_FIELDS, values))
+
+
+def check_document(document):
+    """Raises :class:`StateFormatError` unless ``document`` has the shape of a version-1 state."""
+    if not isinstance(document, dict):
+        raise StateFormatError("a user state must be an object")
+    if document.get("version") != STATE_VERSION:
+        raise StateFormatError("user state version %r, this code reads version %d"
+                               % (document.get("version"), STATE_VERSION))
+    missing = [f for f in _FIELDS if f not in document]
+    if missing:
+        raise StateFormatError("user state lacks %s" % ", ".join(missing))
+    for name in ("clock", "max_received"):
+        if not isinstance(document[name], int):
+            raise StateFormatError("user state field %s must be an integer" % name)
+    for name in ("traits", "members", "audiences", "counts", "seen"):
+        if not isinstance(document[name], dict):
+            raise StateFormatError("user state field %s must be an object" % name)
+    for value in document["counts"].values():
+        if not (isinstance(value, int) or (isinstance(value, list)
+                                           and all(isinstance(t, int) for t in value))):
+            raise StateFormatError("user state counts must be integers or lists of times")

@@ -32,6 +32,7 @@ class ParsedBlock(NamedTuple):
     dead: list       # dead-letter dicts, in line order
     events: int      # profile events in the groups
     counts: tuple    # (lines read, dead-lettered, outside the time range)
+    latest_received: int = None  # the latest received_at of the records kept (None: none)
 
 
 def read_blocks(stream, block_bytes=BLOCK_BYTES):
@@ -85,6 +86,7 @@ def parse_rows(rows, path, time_range=None):
     start, end = time_range if time_range is not None else (None, None)
     groups, system, dead = {}, [], []
     read = deadlettered = outside = events = 0
+    latest = None
     for lineno, raw in rows:
         read += 1
         try:
@@ -97,6 +99,8 @@ def parse_rows(rows, path, time_range=None):
         if (start is not None and ts < start) or (end is not None and ts >= end):
             outside += 1
             continue
+        if latest is None or record.received_at > latest:
+            latest = record.received_at
         if type(record) is ProfileEvent:
             events += 1
             key = (record.key_field, record.key)
@@ -110,7 +114,7 @@ def parse_rows(rows, path, time_range=None):
         else:
             system.append(record)
     return ParsedBlock([(key, earliest, pack_rows(rows)) for key, (earliest, rows) in groups.items()],
-                       system, dead, events, (read, deadlettered, outside))
+                       system, dead, events, (read, deadlettered, outside), latest)
 
 
 def pack_rows(rows):

@@ -16,13 +16,27 @@ from core.records import ProfileEvent
 from core.timeutil import MAX_TIME
 
 
-class EngineSpec:
-    """What a worker needs to rebuild the engine: no secrets, only audiences and export needs."""
+#: Marks a user's saved state among its groups: the tag, then ``core.state`` document bytes.
+RESTORED = b"r"
 
-    def __init__(self, audience_defs, backfill_starts=(), export_attributes=None):
+
+class EngineSpec:
+    """What a worker needs to rebuild the engine: no secrets, only audiences and export needs;
+    and what a bounded run evaluates: up to ``as_of`` (None: no bound, every wake-up is taken),
+    keeping each user's final state when ``keep_state`` (``--state``)."""
+
+    def __init__(self, audience_defs, backfill_starts=(), export_attributes=None, as_of=None,
+                 keep_state=False):
         self.audience_defs = audience_defs
         self.backfill_starts = list(backfill_starts)
         self.export_attributes = export_attributes
+        self.as_of = as_of
+        self.keep_state = keep_state
+
+    def for_run(self, as_of, keep_state=None):
+        """A copy bounded by ``as_of`` (and keeping state if ``keep_state``, unchanged if None)."""
+        return EngineSpec(self.audience_defs, self.backfill_starts, self.export_attributes, as_of,
+                          self.keep_state if keep_state is None else keep_state)
 
     @classmethod
     def from_job(cls, job, raw_audiences):
@@ -33,15 +47,20 @@ class EngineSpec:
 
 
 class BatchTotals:
-    """What a batch adds to the metrics: engine stats and enters/exits per audience index."""
-    __slots__ = ("events", "duplicates", "late", "enters", "exits")
+    """What a batch adds to the metrics: engine stats, enters/exits per audience index, and, in a
+    bounded run, the users with a wake-up after the as-of time and the events dated after it."""
+    __slots__ = ("events", "duplicates", "late", "enters", "exits", "pending_wakeups",
+                 "pending_events")
 
-    def __init__(self, events, duplicates, late, enters, exits):
+    def __init__(self, events, duplicates, late, enters, exits, pending_wakeups=0,
+                 pending_events=0):
         self.events, self.duplicates, self.late = events, duplicates, late
         self.enters, self.exits = enters, exits
+        self.pending_wakeups, self.pending_events = pending_wakeups, pending_events
 
     def __reduce__(self):
-        return BatchTotals, (self.events, self.duplicates, self.late, self.enters, self.exits)
+        return BatchTotals, (self.events, self.duplicates, self.late, self.enters, self.exits,
+                             self.pending_wakeups, self.pending_events)
 
 
 def count_transitions(changes, enters, exits):
@@ -82,18 +101,66 @@ def _engine_for(spec):
 
 
 def evaluate_histories(spec, users, engine=None):
-    """``users``: ``[(key, [packed groups of event tuples])]``. Returns ``([(packed changes or None,
-    packed export rows or None)], BatchTotals)``, a pair per user in order."""
+    """``users``: ``[(key, [groups])]``, a group being packed event tuples (``pack_rows``) or a
+    saved state (:data:`RESTORED` and ``core.state`` bytes, from a ``--state`` snapshot). Returns
+    ``([(packed changes or None, packed export rows or None, saved or None)], BatchTotals)``, a
+    triple per user in order; ``saved`` (with ``spec.keep_state``) is :func:`evaluate_user`'s.
+    """
     engine = engine if engine is not None else _engine_for(spec)
     n_audiences = len(engine.audiences.audiences)
     enters, exits = [0] * n_audiences, [0] * n_audiences
     stats = Stats()
-    make_event = ProfileEvent._make
+    totals = [0, 0]  # pending wake-ups, pending events
     results = []
     for _, groups in users:
-        events = [make_event(row) for group in groups for row in unpack_rows(group)]
-        changes, rows = engine.advance(engine.new_state(), events, MAX_TIME, stats)
+        changes, rows, saved = evaluate_user(engine, groups, spec.as_of, spec.keep_state, stats,
+                                             totals)
         count_transitions(changes, enters, exits)
         results.append((pack_changes(changes) if changes else None,
-                        pack_rows([(tuple(r.event), r.attributes) for r in rows]) if rows else None))
-    return results, BatchTotals(stats.events, stats.duplicates, stats.late, enters, exits)
+                        pack_rows([(tuple(r.event), r.attributes) for r in rows]) if rows else None,
+                        saved))
+    return results, BatchTotals(stats.events, stats.duplicates, stats.late, enters, exits, *totals)
+
+
+def evaluate_user(engine, groups, as_of, keep_state, stats, totals):
+    """One user's groups (see :func:`evaluate_histories`) evaluated from its saved state, if any,
+    up to ``as_of`` (None: no bound). Returns ``(changes, export rows, saved)``; ``saved`` is
+    ``(state bytes, packed waiting events or None)`` when ``keep_state``, else None."""
+    state, changes, exported, waiting = advance_user(engine, groups, as_of, stats, totals)
+    saved = None
+    if keep_state:
+        saved = (engine.dump_state(state), pack_rows(waiting) if waiting else None)
+    return changes, exported, saved
+
+
+def advance_user(engine, groups, as_of, stats, totals, state=None):
+    """Applies a user's groups to its saved state among them (else ``state``, else a new one) up
+    to ``as_of`` (None: no bound). Returns ``(state, changes, export rows, waiting rows)``.
+
+    Events dated after ``as_of`` are not applied: they are returned as waiting, for the run whose
+    as-of reaches them. ``totals`` (a list) gets 1 added at [0] if the user's next wake-up lies
+    after ``as_of``, and the number of waiting events at [1].
+    """
+    rows = []
+    for group in groups:
+        if group[:1] == RESTORED:
+            state = engine.load_state(bytes(group[1:]))
+        else:
+            rows.extend(unpack_rows(group))
+    if state is None:
+        state = engine.new_state()
+    waiting = []
+    if as_of is not None:
+        waiting = [r for r in rows if r[_TS] > as_of]
+        if waiting:
+            rows = [r for r in rows if r[_TS] <= as_of]
+            totals[1] += len(waiting)
+    make_event = ProfileEvent._make
+    changes, exported = engine.advance(state, [make_event(r) for r in rows],
+                                       MAX_TIME if as_of is None else as_of, stats)
+    if as_of is not None and engine.next_wake(state) is not None:
+        totals[0] += 1
+    return state, changes, exported, waiting
+
+
+_TS = ProfileEvent._fields.index("ts")

@@ -438,12 +438,13 @@ def test_histories_evaluated_in_a_worker_are_the_engines_results(workers):
     here = evaluate_histories(spec, users)
     results, totals = workers.submit("evaluate_histories", spec, users).result()
     # Packed values are compared unpacked: marshal's back-references depend on the process.
-    unpacked = [(unpack_changes(changes), unpack_rows(rows)) for changes, rows in results]
-    assert unpacked == [(unpack_changes(changes), unpack_rows(rows)) for changes, rows in here[0]]
+    unpacked = [(unpack_changes(changes), unpack_rows(rows)) for changes, rows, _ in results]
+    assert unpacked == [(unpack_changes(changes), unpack_rows(rows)) for changes, rows, _ in here[0]]
+    assert all(saved is None for _, _, saved in results)  # the spec keeps no state
     assert (totals.events, totals.duplicates, totals.late, totals.enters, totals.exits) == (
         here[1].events, here[1].duplicates, here[1].late, here[1].enters, here[1].exits)
     engine = spec.build()
-    for (key, groups), (changes, rows) in zip(users, results):
+    for (key, groups), (changes, rows, _) in zip(users, results):
         events = [ProfileEvent._make(r) for g in groups for r in unpack_rows(g)]
         expected_changes, expected_rows = engine.advance(engine.new_state(), events, MAX_TIME)
         assert (unpack_changes(changes) if changes is not None else []) == [

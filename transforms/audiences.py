@@ -33,6 +33,7 @@ Metrics: ``audiences:events_applied``, ``audiences:duplicates``, ``audiences:lat
 ``audience:<slug>`` ``enters`` / ``exits``.
 """
 import logging
+import marshal
 import pickle
 import typing
 
@@ -48,10 +49,10 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from core.blocks import pack_rows, unpack_rows
 from core.engine import ExportRow, Stats, UserChange
-from core.history import (BatchTotals, EngineSpec,  # noqa: F401 (EngineSpec: the shells' API)
-                          count_transitions, evaluate_histories, unpack_changes)
+from core.history import (RESTORED, BatchTotals,  # noqa: F401 (EngineSpec: the shells' API)
+                          EngineSpec, advance_user, count_transitions, evaluate_histories,
+                          unpack_changes)
 from core.records import ProfileEvent
-from core.timeutil import MAX_TIME
 from transforms._beam_workarounds import cheaper_state_cache_sizing
 from transforms._worker_processes import OrderedBatches, acquire_workers, release_workers
 from transforms.live import timer_at
@@ -59,7 +60,10 @@ from transforms.read import TS_INDEX, events_from_wire, to_wire
 
 _LOGGER = logging.getLogger(__name__)
 
-CHANGES, EXPORT = "changes", "export"
+CHANGES, EXPORT, STATE = "changes", "export", "state"
+#: Marks, in the PENDING bag, the as-of time of a bounded run whose as-of comes from the data
+#: (batch execution): the tag, then the time marshalled.
+_AS_OF = b"a"
 
 
 class _EngineMetrics:
@@ -69,6 +73,8 @@ class _EngineMetrics:
         self._applied = Metrics.counter("audiences", "events_applied")
         self._duplicates = Metrics.counter("audiences", "duplicates")
         self._late = Metrics.counter("audiences", "late")
+        self._pending_wakeups = Metrics.counter("audiences", "pending_wakeups")
+        self._pending_events = Metrics.counter("audiences", "pending_events")
         self._enters, self._exits = [], []
         for a in engine.audiences.audiences:
             self._enters.append(Metrics.counter("audience:" + a.slug, "enters"))
@@ -77,13 +83,21 @@ class _EngineMetrics:
     def record_totals(self, totals):
         """A ``core.history.BatchTotals``."""
         for counter, count in ((self._applied, totals.events), (self._duplicates, totals.duplicates),
-                               (self._late, totals.late)):
+                               (self._late, totals.late),
+                               (self._pending_wakeups, totals.pending_wakeups),
+                               (self._pending_events, totals.pending_events)):
             if count:
                 counter.inc(count)
         for counters, counts in ((self._enters, totals.enters), (self._exits, totals.exits)):
             for counter, count in zip(counters, counts):
                 if count:
                     counter.inc(count)
+
+    def record_pending(self, wakeups, events):
+        if wakeups:
+            self._pending_wakeups.inc(wakeups)
+        if events:
+            self._pending_events.inc(events)
 
     def record(self, stats, changes):
         enters, exits = [0] * len(self._enters), [0] * len(self._exits)
@@ -113,17 +127,24 @@ def _emit_histories(metrics, reply, places):
     its place's ``(key, timestamp, window)``; counts the batch's totals."""
     results, totals = reply
     metrics.record_totals(totals)
-    for (changes, rows), (key, timestamp, window) in zip(results, places):
+    for (changes, rows, saved), (key, timestamp, window) in zip(results, places):
         if changes:
             yield WindowedValue((key, changes), timestamp, [window])
         if rows is not None:
             yield beam.pvalue.TaggedOutput(EXPORT, WindowedValue(rows, timestamp, [window]))
+        if saved is not None:
+            yield beam.pvalue.TaggedOutput(STATE, WindowedValue((key, saved), timestamp, [window]))
 
 
 class _EvaluatesHistories(beam.DoFn):
     """What the two evaluating DoFns share: the engine and its metrics, and, with
     ``_worker_processes``, batches of ``BATCH`` users' whole histories sent to the workers
-    (``core.history.evaluate_histories``) during a bundle, all of them emitted by its end."""
+    (``core.history.evaluate_histories``) during a bundle, all of them emitted by its end.
+
+    ``spec.as_of`` bounds the evaluation when the run's as-of is known when the pipeline is built
+    (``--as_of``, ``--end``); otherwise a bounded run passes it as a side input (the latest
+    ``received_at`` read) and :meth:`_spec_for` gives the spec bounded by it.
+    """
 
     BATCH = 64
 
@@ -138,13 +159,27 @@ class _EvaluatesHistories(beam.DoFn):
             self._workers = None
 
     def start_bundle(self):
-        self._batches = None if self._workers is None else OrderedBatches(
-            self._workers, "evaluate_histories", self.BATCH, self._spec)
+        self._batches = None
+        self._run_spec = self._spec
+
+    def _spec_for(self, as_of):
+        """The spec bounded by ``as_of`` (a side input's value; None: ``spec.as_of``)."""
+        if as_of is not None and as_of != self._run_spec.as_of:
+            self._run_spec = self._spec.for_run(as_of)
+        return self._run_spec
+
+    def _add_to_batch(self, spec, item, place):
+        """Sends a user to the workers (a bundle's users share one as-of, so one spec)."""
+        if self._batches is None:
+            self._batches = OrderedBatches(self._workers, "evaluate_histories", self.BATCH, spec)
+        for batch in self._batches.add(item, place):
+            yield from _emit_histories(self._metrics, *batch)
 
     def finish_bundle(self):
         if self._batches is not None:
             for batch in self._batches.finish():
                 yield from _emit_histories(self._metrics, *batch)
+            self._batches = None
 
 
 class _GroupPerBundle(beam.DoFn):
@@ -174,10 +209,18 @@ class GroupUserEventsPerBundle(beam.PTransform):
 class _EvaluateStatefulFn(_EvaluatesHistories):
     """Keeps one user's engine state and pending events; see the module docstring.
 
-    State: ``USER`` holds the engine state and the pending flush time; ``PENDING`` is a bag of the
-    groups of events waiting for the watermark. A bag is appended to without being read, so an
-    element costs the same however many events already wait (a value holding the list would be
-    read and rewritten whole by every group: quadratic in the groups per user).
+    State: ``USER`` holds the engine state, the pending flush time, the run's as-of time and
+    whether the user's evaluation reached it; ``PENDING`` is a bag of the groups of events waiting
+    for the watermark. A bag is appended to without being read, so an element costs the same
+    however many events already wait (a value holding the list would be read and rewritten whole
+    by every group: quadratic in the groups per user).
+
+    A bounded run evaluates up to its as-of time (docs/STATE.md): a wake-up after it is not taken.
+    In batch execution the user's one wake-up evaluates up to it; events dated after it wait (in
+    the saved state with ``spec.keep_state``). With timers firing as the watermark moves
+    (``--streaming`` on a bounded input) the timer that would fire after the as-of time fires just
+    after it instead, once: the user is evaluated up to it, what remains is counted as pending,
+    and no timer is set again.
     """
 
     USER_STATE = ReadModifyWriteStateSpec("user", BytesCoder())
@@ -193,39 +236,61 @@ class _EvaluateStatefulFn(_EvaluatesHistories):
         cheaper_state_cache_sizing()
         super().setup()
 
-    # USER layout: (engine state bytes, flush time or None).
+    def start_bundle(self):
+        super().start_bundle()
+        self._marked = set()  # users whose bag got the as-of mark in this bundle
+
+    # USER layout: (engine state bytes, flush time or None, as-of or None, reached the as-of).
     def _load(self, state):
         raw = state.read()
         if raw is None:
-            return self._engine.new_state(), None
-        user_bytes, flush_at = pickle.loads(raw)
-        return self._engine.load_state(user_bytes), flush_at
+            return self._engine.new_state(), None, self._spec.as_of, False
+        user_bytes, flush_at, as_of, done = pickle.loads(raw)
+        return self._engine.load_state(user_bytes), flush_at, as_of, done
 
-    def _save(self, state, wake, user, flush_at):
-        state.write(pickle.dumps((self._engine.dump_state(user), flush_at), protocol=5))
+    def _save(self, state, wake, user, flush_at, as_of, done=False):
+        state.write(pickle.dumps((self._engine.dump_state(user), flush_at, as_of, done),
+                                 protocol=5))
+        if done:
+            wake.clear()
+            return
         next_wake = self._engine.next_wake(user)
         candidates = [t for t in (flush_at, next_wake) if t is not None]
-        if candidates:
-            wake.set(timer_at(min(candidates)))
-        else:
+        if not candidates:
             wake.clear()
+        elif as_of is not None and min(candidates) > as_of:
+            wake.set(timer_at(as_of + 1))  # the last wake-up: just after the as-of time
+        else:
+            wake.set(timer_at(min(candidates)))
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam,
                 state=beam.DoFn.StateParam(USER_STATE), pending=beam.DoFn.StateParam(PENDING),
                 wake=beam.DoFn.TimerParam(WAKE)):
+        return self._process(element, None, timestamp, state, pending, wake)
+
+    def _process(self, element, as_of, timestamp, state, pending, wake):
         key, group = element
         if self._complete_when_timers_fire:
             # Batch execution: no timer fires before all input is read, so no event can be late
             # yet and the user's state holds nothing to look at: the group only waits for the
             # user's one wake-up (any time will do; it runs as if at the end of time). Reading
             # the state and the rows here cost 10% of a batch run. Should a group come after the
-            # wake-up after all, that wake-up set the clock to the end of time and the next one
-            # applies the group as late: counted, nothing lost.
+            # wake-up after all, that wake-up set the clock to the as-of time and the next one
+            # applies the group as late: counted, nothing lost. An as-of from the data (a side
+            # input, not readable in the timer callback) goes into the bag once per user and
+            # bundle.
             pending.add(group if isinstance(group, bytes) else pack_rows(group))
+            if as_of is not None and key not in self._marked:
+                self._marked.add(key)
+                pending.add(_AS_OF + marshal.dumps(as_of))
             wake.set(timer_at(timestamp.micros))
             return
+        if isinstance(group, bytes) and group[:1] == RESTORED:
+            raise ValueError("a saved state reached a run whose timers fire as the watermark "
+                             "moves; --state needs batch execution")
         rows = unpack_rows(group)
-        user, flush_at = self._load(state)
+        user, flush_at, stored_as_of, done = self._load(state)
+        as_of = as_of if as_of is not None else stored_as_of
         clock = user.clock
         changed = False
         late = [r for r in rows if r[TS_INDEX] <= clock]
@@ -239,13 +304,16 @@ class _EvaluateStatefulFn(_EvaluatesHistories):
         if rows:
             # Fresh events wait as rows: nothing is built from them until their wake-up.
             pending.add(group if not late and isinstance(group, bytes) else pack_rows(rows))
-            if flush_at is None:
+            if done:
+                # After the user's last wake-up: they wait for the next run.
+                self._metrics.record_pending(0, len(rows))
+            elif flush_at is None:
                 # Wake when the watermark passes the newest event of this group: everything up to
                 # then is complete, and one wake-up covers the whole group.
                 flush_at = max(r[TS_INDEX] for r in rows)
                 changed = True
-        if changed:  # otherwise the stored state and the timer already say the same
-            self._save(state, wake, user, flush_at)
+        if changed or as_of != stored_as_of:
+            self._save(state, wake, user, flush_at, as_of, done)
 
     @on_timer(WAKE)
     def wake_up(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
@@ -255,7 +323,10 @@ class _EvaluateStatefulFn(_EvaluatesHistories):
             yield from self._wake_up_at_the_end(key, pending, fired, window)
             return
         now = fired.micros
-        user, _ = self._load(state)
+        user, _, as_of, _ = self._load(state)
+        last = as_of is not None and now > as_of
+        if last:
+            now = as_of
         waiting = [r for packed in pending.read() for r in unpack_rows(packed)]
         due = [r for r in waiting if r[TS_INDEX] <= now]
         rest = [r for r in waiting if r[TS_INDEX] > now]
@@ -267,11 +338,15 @@ class _EvaluateStatefulFn(_EvaluatesHistories):
         changes, export = self._engine.advance(user, events_from_wire(due), now, stats)
         self._metrics.record(stats, changes)
         yield from _emit(key, changes, export)
-        self._save(state, wake, user, max(r[TS_INDEX] for r in rest) if rest else None)
+        if last:
+            self._metrics.record_pending(int(self._engine.next_wake(user) is not None), len(rest))
+        self._save(state, wake, user, max(r[TS_INDEX] for r in rest) if rest else None, as_of,
+                   done=last)
 
     def _wake_up_at_the_end(self, key, pending, fired, window):
         """Batch execution: the watermark jumps from -inf to +inf once all input is read, so the
-        first timer of a user proves that all its events are here, and one wake-up does it all.
+        first timer of a user proves that all its events are here, and one wake-up does it all:
+        from the user's saved state if a ``--state`` snapshot had one, up to the as-of time.
 
         With worker processes, the user's groups go to a worker in a batch of users
         (``core.history.evaluate_histories``, as in the replay) and its results are emitted when
@@ -280,38 +355,58 @@ class _EvaluateStatefulFn(_EvaluatesHistories):
         state they lead to can be rebuilt from them, should a group still come.
 
         Without, the user is evaluated here and its state then lives in the bag (one
-        ``_STATE_ENTRY``), not in ``USER``: the bag is read anyway, and a ``USER`` read that
-        misses the cache was a twentieth of a batch run.
+        ``_STATE_ENTRY``, and the events dated after the as-of time), not in ``USER``: the bag is
+        read anyway, and a ``USER`` read that misses the cache was a twentieth of a batch run.
 
         Either way, a group that still came after this wake-up is late at the next one (the clock
-        is at the end of time): counted and applied, nothing lost. No timer is set: nothing falls
-        due after the end of time.
+        is at the as-of time): counted and applied, nothing lost. No timer is set: the run's
+        evaluation ends at its as-of time.
         """
-        entries = list(pending.read())
-        if self._batches is not None and not any(e[:1] in _EVALUATION_MARKS for e in entries):
+        entries, as_of = [], None
+        for entry in pending.read():
+            if entry[:1] == _AS_OF:
+                as_of = marshal.loads(entry[1:])
+            else:
+                entries.append(entry)
+        spec = self._spec_for(as_of)
+        if self._workers is not None and not any(e[:1] in _EVALUATION_MARKS for e in entries):
             pending.add(_EVALUATED)
-            for batch in self._batches.add((key, entries), (key, fired, window)):
-                yield from _emit_histories(self._metrics, *batch)
+            yield from self._add_to_batch(spec, (key, entries), (key, fired, window))
             return
-        user, rows = None, []
+        user, groups = None, []
         for packed in entries:
             if packed[:1] == _STATE_ENTRY:
-                user = self._engine.load_state(packed[1:])
+                user, groups = self._engine.load_state(packed[1:]), []
             elif packed == _EVALUATED:
                 # What a worker evaluated: the same engine call again, its changes already out.
-                user = self._engine.new_state()
-                self._engine.advance(user, events_from_wire(rows), MAX_TIME, Stats())
-                rows = []
+                user = advance_user(self._engine, groups, spec.as_of, Stats(), [0, 0])[0]
+                groups = []
             else:
-                rows.extend(unpack_rows(packed))
-        if user is None:
-            user = self._engine.new_state()
+                groups.append(packed)
         pending.clear()
-        stats = Stats()
-        changes, export = self._engine.advance(user, events_from_wire(rows), MAX_TIME, stats)
+        stats, totals = Stats(), [0, 0]
+        user, changes, export, waiting = advance_user(self._engine, groups, spec.as_of, stats,
+                                                      totals, user)
         self._metrics.record(stats, changes)
+        self._metrics.record_pending(*totals)
         yield from _emit(key, changes, export)
-        pending.add(_STATE_ENTRY + self._engine.dump_state(user))
+        user_bytes = self._engine.dump_state(user)
+        pending.add(_STATE_ENTRY + user_bytes)
+        if waiting:
+            pending.add(pack_rows(waiting))
+        if spec.keep_state:
+            yield beam.pvalue.TaggedOutput(
+                STATE, (key, (user_bytes, pack_rows(waiting) if waiting else None)))
+
+
+class _EvaluateStatefulAsOfFn(_EvaluateStatefulFn):
+    """:class:`_EvaluateStatefulFn` with the run's as-of time as a side input."""
+
+    def process(self, element, as_of, timestamp=beam.DoFn.TimestampParam,
+                state=beam.DoFn.StateParam(_EvaluateStatefulFn.USER_STATE),
+                pending=beam.DoFn.StateParam(_EvaluateStatefulFn.PENDING),
+                wake=beam.DoFn.TimerParam(_EvaluateStatefulFn.WAKE)):
+        return self._process(element, as_of, timestamp, state, pending, wake)
 
 
 #: Marks the user's engine state in the PENDING bag in batch execution (packed groups start with
@@ -323,32 +418,38 @@ _EVALUATION_MARKS = (_STATE_ENTRY, _EVALUATED)
 
 
 class EvaluateAudiencesStateful(beam.PTransform):
-    """Streaming evaluation: ``(key, [events])`` groups in, changes and export rows out.
+    """Streaming evaluation: ``(key, [events])`` groups in, changes and export rows out (and, with
+    ``spec.keep_state``, each user's saved state on ``state``).
 
     ``worker_processes``: in batch execution, worker processes that evaluate users at their
     wake-up (0: in the DoFn); a streaming run evaluates in the DoFn.
+    ``as_of``: a singleton PCollection of the run's as-of time when it comes from the data (see
+    ``pipelines.common``); None when ``spec.as_of`` says it or there is none (an unbounded run).
     """
 
-    def __init__(self, spec, worker_processes=0, label=None):
+    def __init__(self, spec, worker_processes=0, label=None, as_of=None):
         super().__init__(label)
         self._spec = spec
         self._worker_processes = worker_processes
+        self.as_of = as_of
 
     def expand(self, groups):
         options = groups.pipeline.options
         batch = options is not None and not options.view_as(StandardOptions).streaming \
             and groups.is_bounded
+        side = () if self.as_of is None else (beam.pvalue.AsSingleton(self.as_of),)
+        fn = _EvaluateStatefulFn if self.as_of is None else _EvaluateStatefulAsOfFn
         return (groups
                 | "IntoGlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
-                | "EvaluatePerUser" >> beam.ParDo(_EvaluateStatefulFn(
-                    self._spec, batch, self._worker_processes))
+                | "EvaluatePerUser" >> beam.ParDo(fn(self._spec, batch, self._worker_processes),
+                                                  *side)
                 .with_input_types(typing.Tuple[typing.Tuple[str, str], typing.Any])
-                .with_outputs(EXPORT, main=CHANGES))
+                .with_outputs(EXPORT, STATE, main=CHANGES))
 
 
 class _EvaluateHistoryFn(_EvaluatesHistories):
     """``(user, groups)`` after the GroupByKey to the user's changes and export rows
-    (``core.history.evaluate_histories``).
+    (``core.history.evaluate_histories``), and its saved state with ``spec.keep_state``.
 
     With worker processes, a bundle's users go to the workers in batches of ``BATCH`` while the
     pipeline goes on grouping; each batch's results are emitted in order, with their elements'
@@ -361,31 +462,46 @@ class _EvaluateHistoryFn(_EvaluatesHistories):
         self._worker_processes = worker_processes
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        return self._process(element, None, timestamp, window)
+
+    def _process(self, element, as_of, timestamp, window):
         key, groups = element
-        if self._batches is None:
+        spec = self._spec_for(as_of)
+        if self._workers is None:
             yield from _emit_histories(
-                self._metrics, evaluate_histories(self._spec, [(key, groups)], self._engine),
+                self._metrics, evaluate_histories(spec, [(key, groups)], self._engine),
                 [(key, timestamp, window)])
             return
-        for batch in self._batches.add((key, list(groups)), (key, timestamp, window)):
-            yield from _emit_histories(self._metrics, *batch)
+        yield from self._add_to_batch(spec, (key, list(groups)), (key, timestamp, window))
+
+
+class _EvaluateHistoryAsOfFn(_EvaluateHistoryFn):
+    """:class:`_EvaluateHistoryFn` with the run's as-of time as a side input."""
+
+    def process(self, element, as_of, timestamp=beam.DoFn.TimestampParam,
+                window=beam.DoFn.WindowParam):
+        return self._process(element, as_of, timestamp, window)
 
 
 class EvaluateAudiencesBatch(beam.PTransform):
     """Batch evaluation: all of a user's events at once, the same engine, no per-element state.
 
     ``worker_processes``: worker processes that evaluate batches of users (0: in the DoFn).
+    ``as_of``: as for :class:`EvaluateAudiencesStateful`.
     """
 
-    def __init__(self, spec, worker_processes=0, label=None):
+    def __init__(self, spec, worker_processes=0, label=None, as_of=None):
         super().__init__(label)
         self._spec = spec
         self._worker_processes = worker_processes
+        self.as_of = as_of
 
     def expand(self, groups):
+        side = () if self.as_of is None else (beam.pvalue.AsSingleton(self.as_of),)
         return (groups
                 | "IntoGlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
                 | "GroupByUser" >> beam.GroupByKey()
                 | "EvaluateHistory" >> beam.ParDo(
-                    _EvaluateHistoryFn(self._spec, self._worker_processes)).with_outputs(
-                    EXPORT, main=CHANGES))
+                    (_EvaluateHistoryFn if self.as_of is None else _EvaluateHistoryAsOfFn)(
+                        self._spec, self._worker_processes), *side).with_outputs(
+                    EXPORT, STATE, main=CHANGES))

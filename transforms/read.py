@@ -29,7 +29,9 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from core.blocks import BLOCK_BYTES, join_packed, parse_block, parse_rows, read_blocks
 from core.records import InputError, ProfileEvent, dead_letter, parse_record
@@ -38,6 +40,9 @@ from transforms._worker_processes import acquire_workers, release_workers
 _LOGGER = logging.getLogger(__name__)
 
 PROFILE, SYSTEM, DEADLETTER = "profile", "system", "deadletter"
+#: Tagged output: the latest ``received_at`` of the records read (one value per file, or per
+#: bundle of lines), whose maximum is a bounded run's default as-of time (docs/STATE.md).
+LATEST = "latest_received"
 #: Bytes of packed events (``core.blocks.pack_rows``, about 120 per event) collected before a chunk's
 #: per-user groups are emitted. Each group is one element and one state access downstream, and a
 #: chunk has a group for every user in it, so the groups of a file are about users x chunks: with
@@ -155,8 +160,12 @@ class _ParseFile(beam.DoFn):
         # it read before the failure.
         counts = [0, 0, 0]  # records read, dead-lettered, outside the time range
         merged, pending = {}, 0  # user: [earliest ts, [packed parts]]; bytes in them
+        latest = None
         try:
             for block in self._parsed_blocks(readable_file, path):
+                if block.latest_received is not None and (latest is None
+                                                          or block.latest_received > latest):
+                    latest = block.latest_received
                 for i, count in enumerate(block.counts):
                     counts[i] += count
                 progress.advance(block.counts[0])
@@ -180,6 +189,8 @@ class _ParseFile(beam.DoFn):
             yield from self._flush(merged)
         finally:
             self._publish(counts)
+        if latest is not None:
+            yield beam.pvalue.TaggedOutput(LATEST, latest)
         progress.done()
 
     def _parsed_blocks(self, readable_file, path):
@@ -246,16 +257,26 @@ class ReadRecords(beam.PTransform):
                 | "Reshuffle" >> beam.Reshuffle()
                 | "ParseRecords" >> beam.ParDo(_ParseFile(
                     self._time_range, self._progress_seconds, self._worker_processes)).with_outputs(
-                    DEADLETTER, SYSTEM, main=PROFILE))
+                    DEADLETTER, SYSTEM, LATEST, main=PROFILE))
 
 
 class _ParseLine(beam.DoFn):
     """Parses single lines (unbounded sources, TestStream) into tagged records."""
 
-    def __init__(self, source):
+    def __init__(self, source, track_latest=False):
         self._source = source
+        self._track_latest = track_latest
         self._records_read = Metrics.counter("input", "records_read")
         self._deadlettered = Metrics.counter("input", "deadlettered")
+
+    def start_bundle(self):
+        self._latest = None
+
+    def finish_bundle(self):
+        if self._latest is not None and self._track_latest:
+            yield beam.pvalue.TaggedOutput(
+                LATEST, WindowedValue(self._latest, MIN_TIMESTAMP, [GlobalWindow()]))
+        self._latest = None
 
     def process(self, raw):
         self._records_read.inc()
@@ -268,6 +289,8 @@ class _ParseLine(beam.DoFn):
             self._deadlettered.inc()
             yield beam.pvalue.TaggedOutput(DEADLETTER, dead_letter(raw, exc, source))
             return
+        if self._latest is None or record.received_at > self._latest:
+            self._latest = record.received_at
         if isinstance(record, ProfileEvent):
             yield TimestampedValue((user_key(record), tuple(record)), _timestamp(record.ts))
         else:
@@ -279,10 +302,11 @@ class ParseLines(beam.PTransform):
     source): profile events come out one per element, keyed by user; a record without
     ``received_at`` gets the source's arrival time."""
 
-    def __init__(self, source="stream", label=None):
+    def __init__(self, source="stream", track_latest=False, label=None):
         super().__init__(label)
         self._source = source
+        self._track_latest = track_latest
 
     def expand(self, lines):
-        return lines | "Parse" >> beam.ParDo(_ParseLine(self._source)).with_outputs(
-            DEADLETTER, SYSTEM, main=PROFILE)
+        return lines | "Parse" >> beam.ParDo(_ParseLine(self._source, self._track_latest)).with_outputs(
+            DEADLETTER, SYSTEM, LATEST, main=PROFILE)

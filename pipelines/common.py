@@ -21,6 +21,7 @@ import traceback
 import uuid
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import AzureOptions, PipelineOptions, StandardOptions
 from apache_beam.utils.windowed_value import WindowedValue
@@ -29,11 +30,12 @@ from core.config import ConfigError, check_destinations, load_config
 from core.history import unpack_changes
 from core.messages import (MessageBuilder, audience_names, merge_message_line_runs,
                            message_line_runs, message_sort_key, user_messages)
-from core.records import SystemEvent, dedupe_batch
+from core.records import SystemEvent, dedupe_batch, dedupe_first_copies
 from core.report import build_report, export_files
 from core.redact import Redactor, collect_secrets, install_log_redaction
 from core.system_events import work_event
-from core.timeutil import format_time
+from core.snapshot import SnapshotError
+from core.timeutil import TimeFormatError, format_time, parse_time
 from pipelines.cli import UsageError, check_pipeline_arguments, pipeline_help, wants_help
 from pipelines.options import COMMAND_OPTIONS, REQUIRED_OPTIONS, ActivationOptions, flag_value
 from pipelines.runners import RunnerMissingError, choose_runner, runner_environment
@@ -46,8 +48,10 @@ from transforms.audiences import export_rows_from_wire
 from transforms._beam_workarounds import shorter_state_sampling_period
 from transforms._worker_processes import (DIRECT_RUNNERS, OrderedBatches, acquire_workers,
                                           release_workers, resolve_worker_processes, runner_name)
-from transforms.read import (DEADLETTER, PROFILE, SYSTEM, InputMissingError, ParseLines,
+from transforms.read import (DEADLETTER, LATEST, PROFILE, SYSTEM, InputMissingError, ParseLines,
                              ReadRecords, check_input_exists)
+from transforms.state import (SYSTEM_MEMORY, USERS as STATE_USERS, ReadStateSnapshot,
+                              WriteStateSnapshot, commit_snapshot, load_snapshot, temporary_uri)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -112,19 +116,58 @@ def _keep_first_copies(element):
     return dedupe_batch(element[1], key=lambda e: e.id)
 
 
+class _Remembered(tuple):
+    """A system-event id's dedupe memory from a ``--state`` snapshot: ``(received_at,)``, the
+    first received_at of its last run of copies."""
+
+
+def _keep_first_copies_remembering(element):
+    """The applied copies of one id given what a snapshot remembers of it (a remembered run is
+    an earlier copy that is not emitted again); the id's latest run start goes to ``memory``."""
+    event_id, values = element
+    remembered = [v[0] for v in values if isinstance(v, _Remembered)]
+    copies = sorted((v for v in values if not isinstance(v, _Remembered)),
+                    key=lambda e: (e.received_at, e.ts))
+    items = [(r, None) for r in sorted(remembered)] + [(c.received_at, c) for c in copies]
+    kept = [items[i] for i in dedupe_first_copies([received for received, _ in items])]
+    for _, copy in kept:
+        if copy is not None:
+            yield copy
+    yield beam.pvalue.TaggedOutput(MEMORY, (event_id, max(received for received, _ in kept)))
+
+
+MEMORY = "memory"
+
+
 class DedupeSystemEvents(beam.PTransform):
     """The 24-hour dedupe of system events by id (the earliest received copy of a run wins).
 
+    ``memory``: with ``--state``, the ``(id, received_at)`` a snapshot remembers: copies within
+    24 hours of a remembered run are duplicates too, and the ids' latest run starts come out on
+    :data:`MEMORY` (the output is then a tuple with ``main`` and ``memory``).
     On an unbounded input the first copy to arrive wins (:class:`DedupeSystemEventsLive`).
     """
+
+    def __init__(self, memory=None, label=None):
+        super().__init__(label)
+        self._memory = memory
 
     def expand(self, system_events):
         if is_unbounded(system_events):
             return system_events | "FirstCopies" >> DedupeSystemEventsLive()
-        return (system_events
-                | "KeyById" >> beam.Map(lambda e: (e.id, e))
+        keyed = system_events | "KeyById" >> beam.Map(lambda e: (e.id, e))
+        if self._memory is None:
+            return (keyed
+                    | "GroupById" >> beam.GroupByKey()
+                    | "KeepFirstCopies" >> beam.FlatMap(_keep_first_copies))
+        remembered = self._memory | "Remembered" >> beam.MapTuple(
+            lambda event_id, received: (event_id, _Remembered((received,))))
+        return ((keyed, remembered)
+                | "WithMemory" >> beam.Flatten()
+                | "IntoGlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
                 | "GroupById" >> beam.GroupByKey()
-                | "KeepFirstCopies" >> beam.FlatMap(_keep_first_copies))
+                | "KeepFirstCopies" >> beam.FlatMap(_keep_first_copies_remembering).with_outputs(
+                    MEMORY, main="main"))
 
 
 def _message_fn(settings, audiences):
@@ -402,11 +445,38 @@ def _option(options, name, default):
     return default if value is None else value
 
 
+class RunState:
+    """What a bounded run's launcher decided about its as-of time and ``--state`` snapshot.
+
+    ``as_of``: the as-of time when the options give it (``--as_of``, ``--end``), else None (the
+    latest ``received_at`` read, computed by the pipeline). ``uri``: the ``--state`` snapshot
+    (None: no state is kept); ``temporary``: where this run writes the next one;
+    ``snapshot_as_of``: the loaded snapshot's as-of (the run's as-of if it reads no record).
+    """
+
+    def __init__(self, as_of=None, uri=None, temporary=None, snapshot_as_of=None):
+        self.as_of, self.uri, self.temporary = as_of, uri, temporary
+        self.snapshot_as_of = snapshot_as_of
+
+
+class _Latest:
+    """The latest of the values, else ``fallback`` (a picklable CombineGlobally function)."""
+
+    def __init__(self, fallback):
+        self._fallback = fallback
+
+    def __call__(self, values):
+        return max(values, default=self._fallback)
+
+
 def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, live_source=None,
-                worker_processes=None):
+                worker_processes=None, run_state=None):
     """Reads, evaluates with ``evaluate`` (a PTransform), and wires every work's output.
 
     ``worker_processes``: ``--worker_processes`` as resolved by the caller; None resolves it here.
+    ``run_state``: a :class:`RunState` (bounded runs): the as-of time and the ``--state``
+    snapshot to read and write. A bounded run without one evaluates up to the latest
+    ``received_at`` it reads.
 
     The output graph takes the unbounded form (see the module docstring) when the parsed input
     is unbounded; a bounded input, from files or an Event Hubs catch-up, builds what it always did.
@@ -428,7 +498,8 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, li
         elements = p | "ReadLive" >> live_source.transform
         records = (elements
                    | "AsInputRecords" >> beam.Map(live_source.to_input_record)
-                   | "ParseRecords" >> ParseLines(live_source.kind))
+                   | "ParseRecords" >> ParseLines(live_source.kind,
+                                                  track_latest=live_source.bounded))
         profile = records[PROFILE] | "GroupPerBundle" >> GroupUserEventsPerBundle()
     unbounded = is_unbounded(records[PROFILE])
     if unbounded:
@@ -441,8 +512,30 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, li
              sort_key=lambda r: (r["source"].rsplit(":", 1)[0],
                                  int(r["source"].rsplit(":", 1)[1]) if ":" in r["source"] else 0),
              flush_seconds=flush_seconds))
-    system_events = records[SYSTEM] | "DedupeSystemEvents" >> DedupeSystemEvents()
+    run_state = run_state or RunState()
+    snapshot, as_of = None, run_state.as_of
+    if not unbounded:
+        if as_of is None:
+            # The latest received_at read (the snapshot's as-of if no record is read).
+            fallback = run_state.snapshot_as_of
+            as_of = (records[LATEST]
+                     | "LatestReceived" >> beam.CombineGlobally(_Latest(fallback)))
+            evaluate.as_of = as_of
+            as_of | "RecordAsOf" >> beam.Map(_record_as_of)
+        if run_state.uri is not None:
+            snapshot = p | "ReadState" >> ReadStateSnapshot(run_state.uri)
+            profile = (profile, snapshot[STATE_USERS]) | "WithSavedStates" >> beam.Flatten()
+    if snapshot is None:
+        system_events = records[SYSTEM] | "DedupeSystemEvents" >> DedupeSystemEvents()
+    else:
+        deduped = records[SYSTEM] | "DedupeSystemEvents" >> DedupeSystemEvents(
+            snapshot[SYSTEM_MEMORY])
+        system_events = deduped.main
     evaluated = profile | "EvaluateAudiences" >> evaluate
+    if snapshot is not None:
+        terminals.append((evaluated.state, deduped[MEMORY])
+                         | "WriteState" >> WriteStateSnapshot(run_state.temporary, job.account_name,
+                                                              as_of))
     changes, export_rows = evaluated.changes, evaluated.export
     daily = (changes
              | "DailyActivity" >> beam.ParDo(_DailyActivity(
@@ -508,6 +601,11 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, li
         live_source.eventhubs.commit_checkpoints(elements, after=terminals + own_events)
 
 
+def _record_as_of(as_of):
+    if as_of is not None:
+        Metrics.distribution("run", "as_of").update(as_of)
+
+
 # -- summary -----------------------------------------------------------------------------------
 
 def _counter_totals(result):
@@ -538,6 +636,8 @@ def build_summary(job, totals, output_dir, mode, seconds):
         "late": get("audiences", "late"),
         "duplicates": get("audiences", "duplicates"),
         "events_applied": get("audiences", "events_applied"),
+        "pending_wakeups": get("audiences", "pending_wakeups"),
+        "pending_events": get("audiences", "pending_events"),
         "audiences": {a.slug: {"enters": get("audience:" + a.slug, "enters"),
                                "exits": get("audience:" + a.slug, "exits")}
                       for a in job.audiences.audiences},
@@ -570,6 +670,9 @@ def print_summary(summary, stream=sys.stdout):
     w("  records read %d, dead-lettered %d, outside time range %d, late %d, duplicates %d\n"
       % (summary["records_read"], summary["deadlettered"], summary["outside_time_range"],
          summary["late"], summary["duplicates"]))
+    if summary.get("as_of") is not None:
+        w("  as of %s: pending wake-ups %d, pending events %d\n"
+          % (summary["as_of"], summary["pending_wakeups"], summary["pending_events"]))
     w("  audiences:\n")
     for slug, figures in summary["audiences"].items():
         w("    %-28s enters %6d  exits %6d\n" % (slug, figures["enters"], figures["exits"]))
@@ -781,6 +884,67 @@ def exit_command(status):
     exit_process(status)
 
 
+def _run_state(act, options, live_source, time_range, run_id, job):
+    """The :class:`RunState` of a bounded run (None for an unbounded one), after checking
+    ``--as_of`` and ``--state`` and loading the snapshot: all before any data moves."""
+    as_of_text, uri = _option(act, "as_of", None), _option(act, "state", None)
+    bounded = live_source is None or live_source.bounded
+    if not bounded:
+        for name, value in (("as_of", as_of_text), ("state", uri)):
+            if value is not None:
+                raise LaunchError("--%s applies to bounded runs (files, mode=catchup); a live run "
+                                  "keeps its state in the runner" % name)
+        return None
+    as_of = None
+    if as_of_text is not None:
+        try:
+            as_of = parse_time(float(as_of_text) if as_of_text.replace(".", "", 1).isdigit()
+                               else as_of_text)
+        except TimeFormatError as exc:
+            raise ConfigError("--as_of: %s" % exc) from None
+    elif time_range is not None and time_range[1] is not None:
+        # The run holds the records with ts < --end: its last instant is just before it, and a
+        # point at --end itself belongs to the run that reads the events at --end.
+        as_of = time_range[1] - 1
+    if uri is None:
+        return RunState(as_of)
+    if options.view_as(StandardOptions).streaming:
+        raise LaunchError("--state needs batch execution (the whole input read, then each user "
+                          "evaluated once): drop --streaming")
+    if options.view_as(StandardOptions).no_wait_until_finish:
+        raise LaunchError("--state is written when the run has finished: drop "
+                          "--no_wait_until_finish")
+    try:
+        snapshot = load_snapshot(uri)
+    except SnapshotError as exc:
+        raise LaunchError("--state %s: %s" % (uri, exc)) from None
+    snapshot_as_of = None
+    if snapshot is not None:
+        if snapshot.account != job.account_name:
+            raise LaunchError("--state %s: a snapshot of account %r, the config is account %r"
+                              % (uri, snapshot.account, job.account_name))
+        snapshot_as_of = snapshot.as_of
+        if as_of is not None and snapshot_as_of is not None and as_of < snapshot_as_of:
+            raise LaunchError("--state %s: the snapshot is as of %s, after this run's as-of %s"
+                              % (uri, format_time(snapshot_as_of), format_time(as_of)))
+    return RunState(as_of, uri, temporary_uri(uri, run_id), snapshot_as_of)
+
+
+def _summary_as_of(result, run_state):
+    """The run's as-of time for the summary (RFC 3339), None for an unbounded run."""
+    if run_state is None:
+        return None
+    if run_state.as_of is not None:
+        return format_time(run_state.as_of)
+    try:
+        distributions = result.metrics().query(MetricsFilter().with_name("as_of"))["distributions"]
+    except Exception:
+        return None
+    values = [d.committed or d.attempted for d in distributions]
+    values = [v.max for v in values if v is not None and v.count]
+    return format_time(max(values)) if values else None
+
+
 def _run(argv, mode, make_evaluate, redactor, time_range_of):
     options = PipelineOptions(argv)
     act = options.view_as(ActivationOptions)
@@ -801,20 +965,23 @@ def _run(argv, mode, make_evaluate, redactor, time_range_of):
         check_input_exists(act.input)
     _choose_runner(options, live_source)
     time_range = time_range_of(options) if time_range_of else None
-    outputs.use_options(options)
+    outputs.use_options(options)  # before the snapshot is read: --state may be on azfs://
+    run_id = uuid.uuid4().hex[:12]
+    run_state = _run_state(act, options, live_source, time_range, run_id, job)
     _prepare_output_dir(act.output_dir)
     disabled = _preflight(job, act.output_dir)
     for work_id, reason in disabled.items():
         sys.stderr.write("work %s: %s\n" % (work_id, redactor(reason)))
-    run_id = uuid.uuid4().hex[:12]
     spec = EngineSpec.from_job(job, job.raw.get("audiences") or [])
+    if run_state is not None:
+        spec = spec.for_run(run_state.as_of, keep_state=run_state.uri is not None)
     started = time.time()
     with runner_environment(options):
         pipeline = beam.Pipeline(options=options)
         workers = resolve_worker_processes(_option(act, "worker_processes", "auto"),
                                            options.view_as(StandardOptions).runner)
         build_graph(pipeline, job, make_evaluate(spec, workers), act, run_id, disabled,
-                    time_range, live_source, workers)
+                    time_range, live_source, workers, run_state)
         # Only bundles run in this process (the DirectRunner's) have their sampler here.
         shorter_state_sampling_period()
         with relaxed_garbage_collection():
@@ -824,9 +991,15 @@ def _run(argv, mode, make_evaluate, redactor, time_range_of):
                 # reports through its runner's counters and its works' system events.
                 sys.stdout.write("submitted: %s\n" % getattr(result, "state", "running"))
                 return 0
-            result.wait_until_finish()
+            state = result.wait_until_finish()
     seconds = time.time() - started
+    if run_state is not None and run_state.uri is not None:
+        if str(state).upper().endswith("DONE") or state is None:
+            commit_snapshot(run_state.temporary, run_state.uri)
     summary = build_summary(job, _counter_totals(result), act.output_dir, mode, seconds)
+    summary["as_of"] = _summary_as_of(result, run_state)
+    if run_state is not None and run_state.uri is not None:
+        summary["state"] = run_state.uri
     write_summary(act.output_dir, summary)
     with deferred():  # a Ctrl-C while the report is written ends the command after it
         report = write_report(act.output_dir, summary)

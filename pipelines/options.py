@@ -78,6 +78,16 @@ class ActivationOptions(PipelineOptions):
             help="Processes that parse, evaluate and build lines beside a local run (auto: one per "
                  "CPU on the DirectRunner, 0 elsewhere), e.g. --worker_processes 0")
         parser.add_argument(
+            "--as_of", default=None, metavar="T",
+            help="Bounded runs: evaluate audiences up to T (RFC 3339 or epoch seconds; default "
+                 "--end, else the latest received_at read); later wake-ups stay pending, e.g. "
+                 "--as_of 2026-11-20T23:59:59.999999Z")
+        parser.add_argument(
+            "--state", default=None, metavar="URI",
+            help="Bounded runs: state snapshot (Parquet) loaded at the start if present and "
+                 "written at the end, so runs continue each other (docs/STATE.md), e.g. "
+                 "--state gs://bucket/jobs/acme/audiences.parquet")
+        parser.add_argument(
             "--flush_seconds", type=float, default=None, metavar="S",
             help="Live input only: a local sink writes a part this many seconds of watermark after "
                  "its first record (default 10), e.g. --flush_seconds 2")

@@ -402,7 +402,8 @@ class _EvaluateStatefulFn(_EvaluatesHistories):
 class _EvaluateStatefulAsOfFn(_EvaluateStatefulFn):
     """:class:`_EvaluateStatefulFn` with the run's as-of time as a side input."""
 
-    def process(self, element, as_of, timestamp=beam.DoFn.TimestampParam,
+    # ``as_of`` has a default only for Beam's type check, which binds the main input alone.
+    def process(self, element, as_of=None, timestamp=beam.DoFn.TimestampParam,
                 state=beam.DoFn.StateParam(_EvaluateStatefulFn.USER_STATE),
                 pending=beam.DoFn.StateParam(_EvaluateStatefulFn.PENDING),
                 wake=beam.DoFn.TimerParam(_EvaluateStatefulFn.WAKE)):

@@ -18,6 +18,8 @@ each of them, in order, we re-evaluate every audience from scratch: event counts
 the user's events, traits by replaying all events with ts <= T in (ts, event_id) order, audience
 references by evaluating the referenced audience's condition at the same T. Membership at T is the
 condition at T (T >= the user's first event); a transition is a change between consecutive times.
+A bounded run evaluates up to its as-of time (contract 1: `--as_of`, else `--end`, else the latest
+`received_at` read): times after it are not evaluated, events dated after it are not applied.
 
 Times are integers: microseconds since the Unix epoch, UTC.
 """
@@ -247,8 +249,10 @@ def dedupe(items, key_fn):
     return kept
 
 
-def parse_lines(lines):
-    """-> (events, system_events, deadletter_lines), after dedupe."""
+def parse_lines(lines, with_as_of=False):
+    """-> (events, system_events, deadletter_lines), after dedupe; with ``with_as_of``, also the
+    latest received_at of the records read (copies included; None if there is none), the default
+    as-of time of a bounded run (CONTRACT section 1)."""
     events, systems, dead = [], [], []
     for i, raw in enumerate(lines):
         line = raw.rstrip("\r\n")
@@ -258,8 +262,11 @@ def parse_lines(lines):
             dead.append(line)
             continue
         (systems if isinstance(rec, SystemEvent) else events).append(rec)
+    latest = max((r.received_at for r in events + systems), default=None)
     events = dedupe(events, lambda e: (e.key, e.event_id))
     systems = dedupe(systems, lambda s: s.id)
+    if with_as_of:
+        return events, systems, dead, latest
     return events, systems, dead
 
 
@@ -476,7 +483,8 @@ class UserModel:
         return self._cond_cache[ck]
 
 
-def user_points(model, withins, extra=()):
+def user_points(model, withins, extra=(), as_of=None):
+    """Every evaluation time of the user, up to ``as_of`` (a bounded run's as-of; None: all)."""
     pts = set()
     for e in model.events:
         pts.add(e.ts)
@@ -485,12 +493,12 @@ def user_points(model, withins, extra=()):
     for x in extra:
         if x >= model.first_ts:
             pts.add(x)
-    return sorted(pts)
+    return sorted(p for p in pts if as_of is None or p <= as_of)
 
 
-def user_timeline(model, audiences, withins, extra=()):
+def user_timeline(model, audiences, withins, extra=(), as_of=None):
     """-> (points, {slug: [bool per point]}, {slug: [(enter, exit|None), ...]})"""
-    points = user_points(model, withins, extra)
+    points = user_points(model, withins, extra, as_of)
     states, spans = {}, {}
     for aud in audiences:
         slug = aud["slug"]
@@ -561,18 +569,20 @@ def _work_audiences(config, wc):
     return [a for a in config["audiences"] if a["slug"] in sel or a.get("id") in sel]
 
 
-def eventhub_messages(config, models, withins, work):
+def eventhub_messages(config, models, withins, work, as_of=None):
     wc = work["config"]
     auds = _work_audiences(config, wc)
     sub_id = wc.get("subscription_id") or work["id"]
     start = parse_time(wc["start"]) if wc.get("start") not in (None, "") else None
     backfill = bool(wc.get("existing_users")) and start is not None
+    if as_of is not None and start is not None and start > as_of:
+        backfill = False  # the run ends before the work's start
     user_fields = wc.get("user_fields")
     out = []
     for key in sorted(models):
         model = models[key]
         extra = [start] if start is not None else []
-        points, states, spans = user_timeline(model, config["audiences"], withins, extra)
+        points, states, spans = user_timeline(model, config["audiences"], withins, extra, as_of)
         user_msgs = []
         if backfill:
             segs = []
@@ -717,11 +727,19 @@ def config_withins(config):
     return sorted(ws)
 
 
-def reference_outputs(config: dict, lines: list, environ=None) -> dict:
+def reference_outputs(config: dict, lines: list, environ=None, as_of=None) -> dict:
+    """``as_of``: the run's as-of time (microseconds); None: the latest received_at read.
+
+    A bounded run evaluates up to its as-of time (CONTRACT section 1): no transition dated after
+    it; an event dated after it is not applied yet (no audience effect, no export row)."""
     if environ is None:
         environ = {}
     config = normalise_config(config, environ)
-    events, systems, dead = parse_lines(lines)
+    events, systems, dead, latest = parse_lines(lines, with_as_of=True)
+    if as_of is None:
+        as_of = latest
+    if as_of is not None:
+        events = [e for e in events if e.ts <= as_of]
     models = build_models(config, events)
     withins = config_withins(config)
     out = {"eventhub": {}, "blob": {}, "deadletter": dead}
@@ -730,7 +748,7 @@ def reference_outputs(config: dict, lines: list, environ=None) -> dict:
         if work.get("paused"):
             continue
         if work["workflow"] == "eventhub_audience_export":
-            out["eventhub"][work["id"]] = eventhub_messages(config, models, withins, work)
+            out["eventhub"][work["id"]] = eventhub_messages(config, models, withins, work, as_of)
         elif work["workflow"] == "azure_blob_event_export":
             out["blob"][work["id"]] = blob_files(config, events, systems, models, work)
     return out

@@ -50,9 +50,9 @@ def write_inputs(directory, config, lines):
     return cfg_path, in_path
 
 
-def run_pipeline(kind, cfg_path, in_path, out_dir):
+def run_pipeline(kind, cfg_path, in_path, out_dir, *extra):
     cmd = [PY, "-m", "pipelines.%s" % kind, "--config", cfg_path, "--input", in_path,
-           "--output_dir", out_dir]
+           "--output_dir", out_dir] + list(extra)
     env = dict(os.environ)
     for var in ("EVENTHUB_CONNECTION_STRING", "AZURE_STORAGE_CONNECTION_STRING"):
         env.pop(var, None)
@@ -367,7 +367,8 @@ def _tiny():
         # u2: keeps the data going long after u1's exit
         ev("u2", "2026-11-01T00:00:00Z", "b1", "login"),
         ev("u2", "2026-11-20T00:00:00Z", "b2", "login"),
-        # u3: 3 purchases at the very end of the data: the exit is after the data's span
+        # u3: 3 purchases at the very end of the data: the exit is after the data's span, so
+        # after the run's default as-of time (the latest received_at)
         ev("u3", 1795132800.5, "c1"),                   # 2026-11-20T00:00:00.500Z
         ev("u3", 1795140000000, "c2"),                  # 2026-11-20T02:00:00Z (epoch ms)
         ev("u3", "2026-11-20T05:00:00+02:00", "c3"),    # 2026-11-20T03:00:00Z
@@ -381,7 +382,8 @@ def test_exit_from_window_expiry_alone_carries_ts_plus_within(tmp_path, kind):
     config, lines = _tiny()
     cfg_path, in_path = write_inputs(str(tmp_path / "in"), config, lines)
     out = str(tmp_path / "out")
-    run_pipeline(kind, cfg_path, in_path, out)
+    as_of = "2026-11-27T00:00:00.500Z"  # exactly u3's exit: a transition at the as-of is sent
+    run_pipeline(kind, cfg_path, in_path, out, "--as_of", as_of)
     msgs = read_eventhub(out, "w-eh")
 
     def seg(uid, event):
@@ -399,15 +401,36 @@ def test_exit_from_window_expiry_alone_carries_ts_plus_within(tmp_path, kind):
                and m["data"]["segment_events"][0]["event"] == "exit"][0]
     assert u1_exit["data"]["_modified"] == "2026-11-03T08:00:00Z"
     assert u1_exit["data"]["_created"] == "2026-11-01T10:00:00.250Z"
+    problems = diff_eventhub(R.reference_outputs(config, lines, as_of=R.parse_time(as_of))
+                             ["eventhub"]["w-eh"], msgs, kind)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("kind", PIPELINES)
+def test_default_as_of_sends_nothing_after_the_latest_received_at(tmp_path, kind):
+    config, lines = _tiny()
+    cfg_path, in_path = write_inputs(str(tmp_path / "in"), config, lines)
+    out = str(tmp_path / "out")
+    proc = run_pipeline(kind, cfg_path, in_path, out)
+    msgs = read_eventhub(out, "w-eh")
+    assert max(m["timestamp"] for m in msgs) == "2026-11-20T03:00:00Z"  # u3's enter
+    with open(os.path.join(out, "summary.json"), encoding="utf-8") as fh:
+        summary = json.load(fh)
+    # The latest received_at (no record gives one: its ts) is u3's third purchase.
+    assert summary["as_of"] == "2026-11-20T03:00:00Z"
+    assert summary["pending_wakeups"] == 1  # u3's exit, 7 days later
+    assert "pending wake-ups 1" in proc.stdout
     problems = diff_eventhub(R.reference_outputs(config, lines)["eventhub"]["w-eh"], msgs, kind)
     assert not problems, "\n".join(problems)
 
 
 def test_tiny_reference_itself():
     config, lines = _tiny()
-    msgs = R.reference_outputs(config, lines)["eventhub"]["w-eh"]
+    msgs = R.reference_outputs(config, lines, as_of=R.parse_time("2026-12-31T00:00:00Z"))
+    expected = [("u1", "2026-11-03T08:00:00Z", "enter"), ("u1", "2026-11-08T10:00:00.250Z", "exit"),
+                ("u3", "2026-11-20T03:00:00Z", "enter"), ("u3", "2026-11-27T00:00:00.500Z", "exit")]
     assert [(m["data"]["user_id"], m["timestamp"], m["data"]["segment_events"][0]["event"])
-            for m in msgs] == [("u1", "2026-11-03T08:00:00Z", "enter"),
-                               ("u1", "2026-11-08T10:00:00.250Z", "exit"),
-                               ("u3", "2026-11-20T03:00:00Z", "enter"),
-                               ("u3", "2026-11-27T00:00:00.500Z", "exit")]
+            for m in msgs["eventhub"]["w-eh"]] == expected
+    by_default = R.reference_outputs(config, lines)["eventhub"]["w-eh"]
+    assert [(m["data"]["user_id"], m["timestamp"], m["data"]["segment_events"][0]["event"])
+            for m in by_default] == expected[:3]

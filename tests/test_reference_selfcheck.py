@@ -298,6 +298,34 @@ def test_dead_letters(raw):
 
 # ------------------------------------------------------------------ 5.1 messages
 
+#: An as-of time after every wake-up of these tests (2027-01-01T00:00:00Z).
+LATER = R.parse_time("2027-01-01T00:00:00Z")
+
+
+def test_default_as_of_is_the_latest_received_at_and_nothing_after_it_is_sent():
+    c = cfg([FREQ, ("late_buyers", {"event": "purchase", "within": "1d"})],
+            [_eh_work(), {"id": "w-bf", "workflow": "eventhub_audience_export",
+                          "config": {"start": "2026-11-04T00:00:00Z", "existing_users": True}}])
+    lines = [ev("u1", "purchase", "2026-11-01T10:00:00Z", event_id="p1"),
+             ev("u1", "purchase", "2026-11-02T09:00:00Z", event_id="p2"),
+             ev("u1", "purchase", "2026-11-03T08:00:00Z", event_id="p3",
+                received_at="2026-11-03T09:00:00Z"),
+             # dated after every received_at: not applied yet
+             ev("u2", "purchase", "2026-11-04T00:00:00Z", event_id="p4",
+                received_at="2026-11-03T08:30:00Z")]
+    default = R.reference_outputs(c, lines)["eventhub"]["w-eh"]
+    assert [(x["timestamp"], [s["event"] for s in x["data"]["segment_events"]])
+            for x in default] == [("2026-11-01T10:00:00Z", ["enter"]),
+                                  ("2026-11-03T08:00:00Z", ["enter"])]
+    # The backfill at a start after the as-of time does not happen in the run.
+    assert R.reference_outputs(c, lines)["eventhub"]["w-bf"] == []
+    later = R.reference_outputs(c, lines, as_of=LATER)["eventhub"]
+    # With a later as-of: the exits, u2's purchase and the backfill at start all come out.
+    assert len(later["w-eh"]) > len(default)
+    assert {R.message_user(x)[1] for x in later["w-eh"]} == {"u1", "u2"}
+    assert later["w-bf"][0].get("backfill") is True
+
+
 def _eh_work(**conf):
     return {"id": "w-eh", "workflow": "eventhub_audience_export", "config": conf}
 
@@ -310,7 +338,8 @@ def test_messages_delayed_exit_fields_and_message_id():
              ev("u1", "purchase", "2026-11-02T09:00:00Z", event_id="p2"),
              ev("u1", "purchase", "2026-11-03T08:00:00Z", event_id="p3"),
              ev("u1", "profile", "2026-11-04T00:00:00Z", event_id="p4", traits={"email": None})]
-    msgs = R.reference_outputs(c, lines)["eventhub"]["w-eh"]
+    # As of a time after every wake-up (--as_of): the delayed exits come out.
+    msgs = R.reference_outputs(c, lines, as_of=LATER)["eventhub"]["w-eh"]
 
     def m(ts, modified, segs, email=True):
         data = {"_created": "2026-11-01T10:00:00.250Z", "_modified": modified, "user_id": "u1",
@@ -369,7 +398,7 @@ def test_backfill_and_start_filter():
         # u3: login exactly 1 day before start -> exits at start: a backfill enter, then an exit
         ev("u3", "login", "2026-11-09T00:00:00Z"),
     ]
-    msgs = R.reference_outputs(c, lines)["eventhub"]["w-eh"]
+    msgs = R.reference_outputs(c, lines, as_of=LATER)["eventhub"]["w-eh"]
     got = [(R.message_user(x)[1], x["timestamp"], x.get("backfill", False),
             [(s["slug"], s["event"], s["enter"], s["exit"]) for s in x["data"]["segment_events"]])
            for x in msgs]

@@ -63,3 +63,44 @@ def test_catch_up_from_event_hubs_equals_the_file_and_reads_each_event_once(tmp_
     again = run(tmp_path, "hub2", uri, env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((tmp_path / "hub2" / "summary.json").read_text())["records_read"] == 500
+
+
+def test_catch_up_runs_with_state_give_the_messages_of_one_run_over_everything(tmp_path,
+                                                                               local_eventhubs):
+    (tmp_path / "config.yaml").write_text(CONFIG)
+    records = sorted(generate(1500, 60, 20, seed=5), key=lambda r: r["ts"])
+    split = records[len(records) * 2 // 3]["ts"]
+    # Day 1 ends 10 minutes before the split (received_at is at most 5 minutes after ts), so
+    # every later record is dated after the first run's as-of.
+    first = [r for r in records if r["ts"] < split - 600]
+    second = [r for r in records if r["ts"] >= split]
+    uri = ("eventhubs://hub?connection_string_env=IN_CS&checkpoint_dir=%s&mode=catchup"
+           % (tmp_path / "ckpt"))
+    env = {"IN_CS": local_eventhubs.connection_string}
+    state = str(tmp_path / "state" / "audiences.parquet")
+
+    publish(local_eventhubs, first)
+    day1 = subprocess.run(
+        [sys.executable, "-m", "pipelines.stream", "--config", str(tmp_path / "config.yaml"),
+         "--input", uri, "--output_dir", str(tmp_path / "hub1"), "--state", state],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ, **env))
+    assert day1.returncode == 0, day1.stderr[-3000:]
+    publish(local_eventhubs, second)
+    day2 = subprocess.run(
+        [sys.executable, "-m", "pipelines.stream", "--config", str(tmp_path / "config.yaml"),
+         "--input", uri, "--output_dir", str(tmp_path / "hub2"), "--state", state],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ, **env))
+    assert day2.returncode == 0, day2.stderr[-3000:]
+    summaries = [json.loads((tmp_path / name / "summary.json").read_text())
+                 for name in ("hub1", "hub2")]
+    assert [s["records_read"] for s in summaries] == [len(first), len(second)]
+    assert summaries[0]["as_of"] < summaries[1]["as_of"]
+    import pyarrow.parquet as pq
+    saved = {r["key"] for r in pq.read_table(state).to_pylist() if r["kind"] == "user"}
+    assert saved == {r.get("user_id") or r.get("anonymous_id") for r in first + second}
+
+    (tmp_path / "all.jsonl").write_text("\n".join(json.dumps(r) for r in first + second) + "\n")
+    whole = run(tmp_path, "file", str(tmp_path / "all.jsonl"), {})
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert sorted(messages(tmp_path, "hub1") + messages(tmp_path, "hub2")) == \
+        messages(tmp_path, "file") != []

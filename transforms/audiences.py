@@ -28,8 +28,11 @@ Two composites, one engine, the same transitions:
 
 Both emit ``((key_field, key), [UserChange, ...])`` on the main output and ``[ExportRow, ...]`` on
 ``export``: one element per user and evaluation, not per change, because per-element overhead is
-what a Python pipeline pays most for.
-Metrics: ``audiences:events_applied``, ``audiences:duplicates``, ``audiences:late``, and
+what a Python pipeline pays most for. A bounded run evaluates up to its as-of time (docs/STATE.md);
+with ``--state`` a user's saved state comes in as one of its groups (``core.history.RESTORED``) and
+its final state goes out on ``state`` as ``(user, (state bytes, packed waiting events or None))``.
+Metrics: ``audiences:events_applied``, ``audiences:duplicates``, ``audiences:late``,
+``audiences:pending_wakeups``, ``audiences:pending_events``, and
 ``audience:<slug>`` ``enters`` / ``exits``.
 """
 import logging
@@ -273,7 +276,7 @@ class _EvaluateStatefulFn(_EvaluatesHistories):
         if self._complete_when_timers_fire:
             # Batch execution: no timer fires before all input is read, so no event can be late
             # yet and the user's state holds nothing to look at: the group only waits for the
-            # user's one wake-up (any time will do; it runs as if at the end of time). Reading
+            # user's one wake-up (any time will do; it evaluates up to the as-of). Reading
             # the state and the rows here cost 10% of a batch run. Should a group come after the
             # wake-up after all, that wake-up set the clock to the as-of time and the next one
             # applies the group as late: counted, nothing lost. An as-of from the data (a side

@@ -1,6 +1,6 @@
 """Reading input records: ``ReadRecords`` parses JSON Lines (and Parquet) files into typed records.
 
-Output is a ``beam.pvalue.DoOutputsTuple`` with three tagged PCollections:
+Output is a ``beam.pvalue.DoOutputsTuple`` with four tagged PCollections:
 
 * ``profile``: ``((key_field, key), group)`` — a user's events *of one read chunk*
   (``ProfileEvent`` fields as plain tuples, see ``to_wire``, packed into one bytes value by
@@ -9,6 +9,9 @@ Output is a ``beam.pvalue.DoOutputsTuple`` with three tagged PCollections:
   what makes both pipelines cheap per event (one state access per user and chunk, not per event).
 * ``system``: :class:`core.records.SystemEvent`.
 * ``deadletter``: ``{"raw", "error", "source"}`` for every line that could not be processed.
+* ``latest_received``: the latest ``received_at`` of the records kept, one value per file (per
+  bundle for ``ParseLines`` with ``track_latest``): their maximum is a bounded run's default as-of
+  time (docs/STATE.md).
 
 Every element is timestamped with its event time. Nothing is dropped: a line is either a record or a
 dead letter, and both are counted (``input:records_read``, ``input:deadlettered``).

@@ -174,3 +174,16 @@ def test_other_versions_and_corrupt_bytes_are_refused():
     with pytest.raises(StateFormatError, match="version"):
         engine.state_from_document(dict(document, version=7))
     assert engine.dump_state(engine.load_state(encode_document(document))) == data
+
+
+def test_backfill_at_a_start_after_the_as_of_waits_for_the_run_that_reaches_it():
+    start = 40 * MIN
+    engine = Engine(AudienceSet([GOLD]), backfill_starts=[start])
+    state = engine.new_state()
+    as_of = 30 * MIN
+    changes, _ = engine.advance(state, FIRST, as_of)
+    assert [c.backfill for c in changes] == [False]      # gold's enter, no backfill
+    assert engine.next_wake(state) == start              # pending: counted, kept in the state
+    restored = engine.load_state(engine.dump_state(state))
+    later, _ = engine.advance(restored, [], 50 * MIN)
+    assert [(c.time, c.backfill, c.changes) for c in later] == [(start, True, ((0, "enter", 0),))]

@@ -237,6 +237,8 @@ GOOD = {
               "1793491200.25", "2026-11-01"],
     "end": ["2026-11-08T00:00:00Z", "2026-11-08T00:00:00.123456-05:30", "1794096000",
             "2026-11-08"],
+    "as_of": ["2026-11-20T23:59:59.999999Z", "1794096000", "2026-11-21"],
+    "state": ["gs://bucket/jobs/acme/audiences.parquet", "azfs://acct/c/state.parquet"],
 }
 BAD = {
     "config": ["examples/config.yaml", "gs://b/config.yaml", "/template/config.txt", ""],
@@ -249,6 +251,8 @@ BAD = {
     "blob_grace_seconds": ["5m", "-300", ""],
     "start": ["2026-11-01T", "yesterday", "-5", "", "2026-11-1"],
     "end": ["2026-11-08 00:00", "tomorrow", "", "2026-11-08T00:00"],
+    "as_of": ["2026-11-20T", "now", ""],
+    "state": ["audiences.parquet", "gs://bucket/x\nother", ""],
 }
 
 

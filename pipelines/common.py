@@ -35,7 +35,7 @@ from core.report import build_report, export_files
 from core.redact import Redactor, collect_secrets, install_log_redaction
 from core.system_events import work_event
 from core.snapshot import SnapshotError
-from core.timeutil import TimeFormatError, format_time, parse_time
+from core.timeutil import TimeFormatError, format_time
 from pipelines.cli import UsageError, check_pipeline_arguments, pipeline_help, wants_help
 from pipelines.options import COMMAND_OPTIONS, REQUIRED_OPTIONS, ActivationOptions, flag_value
 from pipelines.runners import RunnerMissingError, choose_runner, runner_environment
@@ -897,9 +897,9 @@ def _run_state(act, options, live_source, time_range, run_id, job):
         return None
     as_of = None
     if as_of_text is not None:
+        from pipelines.replay import parse_bound  # the same forms as --start/--end
         try:
-            as_of = parse_time(float(as_of_text) if as_of_text.replace(".", "", 1).isdigit()
-                               else as_of_text)
+            as_of = parse_bound(as_of_text)
         except TimeFormatError as exc:
             raise ConfigError("--as_of: %s" % exc) from None
     elif time_range is not None and time_range[1] is not None:

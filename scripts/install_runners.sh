@@ -10,6 +10,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-$root/.venv/bin/python}"
+CDP_CACHE="${CDP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cdp-activation}"
 
 beam_version() {
     "$PYTHON" -c 'import apache_beam; print(apache_beam.__version__)' 2>/dev/null \
@@ -17,38 +18,39 @@ beam_version() {
 }
 
 # --- Prism ----------------------------------------------------------------------------------
-# Built with `go install github.com/apache/beam/sdks/v2/go/cmd/prism@v<version>`; the Go module and
-# build caches live in .tools/go, so a second install (or another version's) reuses the downloads.
+# Built from Beam's Go module at the version pinned in scripts/prism/go.mod, which must equal the
+# installed apache-beam's. scripts/prism/go.sum records the hash of every module it is built from,
+# so the build checks each download against it (-mod=readonly) and needs no other lookup: the Go
+# checksum database has no entry for some Beam releases the module proxy serves (v2.62.0 among
+# them), and go.sum's hash for Beam's module was recorded from the proxy's download.
+# The Go module and build caches live outside the checkout ($CDP_CACHE, default
+# ~/.cache/cdp-activation), so a fresh clone rebuilds from cached downloads.
 # The binary is not put in Beam's own cache (~/.apache_beam/cache/prism/bin): there Beam's
 # DirectRunner would find it too and silently run every batch pipeline on Prism instead of its
 # FnApiRunner. The pipeline commands pass it as --prism_location when Prism is the runner.
 install_prism() {
-    local version dest bin gocache
+    local version pinned dest bin
     version="$(beam_version)"
+    pinned="$(sed -n 's/^require github.com\/apache\/beam\/sdks\/v2 v\(.*\)$/\1/p' "$root/scripts/prism/go.mod")"
+    if [ "$pinned" != "$version" ]; then
+        echo "install_runners.sh: scripts/prism/go.mod pins Beam's Go module at v$pinned but apache-beam $version is installed; an SDK never runs on another version's runner (change both together)" >&2
+        return 1
+    fi
     dest="$root/.tools/prism/v$version"
     bin="$dest/prism"
     if [ -x "$bin" ]; then
         echo "prism v$version already installed: $bin"
         return 0
     fi
-    command -v go >/dev/null 2>&1 || { echo "install_runners.sh: go not found; Prism is built from Beam's Go module (install Go 1.24+, e.g. apt-get install golang)" >&2; return 1; }
-    gocache="$root/.tools/go"
-    mkdir -p "$dest" "$gocache"
-    echo "building prism v$version (go install github.com/apache/beam/sdks/v2/go/cmd/prism@v$version; the first build takes a few minutes)" >&2
-    # The Go checksum database has no entry for some Beam releases the module proxy serves (here:
-    # v2.62.0). Skipping it for Beam's module takes an explicit PRISM_SKIP_CHECKSUM_DB=1.
-    local nosumdb="${GONOSUMDB:-}"
-    if [ "${PRISM_SKIP_CHECKSUM_DB:-}" = 1 ]; then
-        echo "install_runners.sh: PRISM_SKIP_CHECKSUM_DB=1: Beam's Go module is not checked against the Go checksum database" >&2
-        nosumdb="github.com/apache/beam${nosumdb:+,$nosumdb}"
-    fi
-    if ! GOBIN="$dest.tmp" GOMODCACHE="$gocache/mod" GOCACHE="$gocache/build" GOFLAGS=-modcacherw \
-            GONOSUMDB="$nosumdb" go install "github.com/apache/beam/sdks/v2/go/cmd/prism@v$version"; then
-        echo "install_runners.sh: building prism v$version failed (if the Go checksum database has no entry for github.com/apache/beam/sdks/v2@v$version, PRISM_SKIP_CHECKSUM_DB=1 builds it unchecked)" >&2
+    command -v go >/dev/null 2>&1 || { echo "install_runners.sh: go not found; Prism is built from Beam's Go module (install Go 1.23+, e.g. apt-get install golang)" >&2; return 1; }
+    mkdir -p "$dest" "$CDP_CACHE/go"
+    echo "building prism v$version from scripts/prism/go.mod (the first build takes a few minutes)" >&2
+    if ! (cd "$root/scripts/prism" && GOMODCACHE="$CDP_CACHE/go/mod" GOCACHE="$CDP_CACHE/go/build" \
+            GOFLAGS="-modcacherw -mod=readonly" go build -o "$bin.tmp" github.com/apache/beam/sdks/v2/go/cmd/prism); then
+        echo "install_runners.sh: building prism v$version failed" >&2
         return 1
     fi
-    mv "$dest.tmp/prism" "$bin"
-    rmdir "$dest.tmp"
+    mv "$bin.tmp" "$bin"
     "$bin" --help >/dev/null 2>&1 || { echo "install_runners.sh: $bin does not run" >&2; return 1; }
     echo "prism v$version installed: $bin"
 }

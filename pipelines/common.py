@@ -40,7 +40,7 @@ from pipelines.cli import UsageError, check_pipeline_arguments, pipeline_help, w
 from pipelines.options import COMMAND_OPTIONS, REQUIRED_OPTIONS, ActivationOptions, flag_value
 from pipelines.runners import RunnerMissingError, choose_runner, runner_environment
 from transforms.audiences import EngineSpec, GroupUserEventsPerBundle
-from transforms.live import DedupeSystemEventsLive, is_unbounded
+from transforms.live import DedupeSystemEventsLive, Values, is_unbounded
 from transforms import outputs
 from transforms.interrupt import deferred, exit_process
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
@@ -387,7 +387,7 @@ def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming, flush
                  outputs.join(output_dir, "deadletter", work.id + ".jsonl"),
                  sort_key=lambda d: message_sort_key(d["raw"]), flush_seconds=flush_seconds))
         return (p
-                | label + "Disabled" >> beam.Create([disabled[work.id]])
+                | label + "Disabled" >> Values([disabled[work.id]])
                 | label + "Failed" >> beam.ParDo(_PreflightFailed(job.aid, work.id)))
     if local:
         return (messages
@@ -555,7 +555,7 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, li
                  daily_path, sort_key=_daily_sort_key, flush_seconds=flush_seconds,
                  merge=_sum_daily_records))
 
-    own_events = [p | "WorksStarted" >> beam.Create(
+    own_events = [p | "WorksStarted" >> Values(
         [work_event(job.aid, w.id, "started", unit=run_id + "#started")
          for w in job.works if not w.paused])]
     for work in job.works:

@@ -173,7 +173,10 @@ def test_the_prism_binary_is_the_one_install_runners_builds_for_the_installed_be
     with open(os.path.join(ROOT, "scripts", "install_runners.sh"), encoding="utf-8") as fh:
         script = fh.read()
     assert 'dest="$root/.tools/prism/v$version"' in script and 'bin="$dest/prism"' in script
-    assert "go install \"github.com/apache/beam/sdks/v2/go/cmd/prism@v$version\"" in script
+    assert "go build -o \"$bin.tmp\" github.com/apache/beam/sdks/v2/go/cmd/prism" in script
+    # The Go module the script builds from pins Beam's at the installed version.
+    with open(os.path.join(ROOT, "scripts", "prism", "go.mod"), encoding="utf-8") as fh:
+        assert "require github.com/apache/beam/sdks/v2 v%s\n" % apache_beam.__version__ in fh.read()
 
 
 def test_a_live_run_with_prism_missing_says_in_one_line_how_to_install_it(

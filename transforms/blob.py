@@ -138,7 +138,8 @@ from core.records import dead_letter
 from core.redact import Redactor, reveal, secret_parts
 from core.system_events import work_event
 from core.timeutil import MICROS, format_time
-from transforms.live import BatchPerBundle, DedupeSystemEventsLive, is_unbounded, timer_at
+from transforms.live import (BatchPerBundle, DedupeSystemEventsLive, Values, is_unbounded,
+                            timer_at)
 from transforms import outputs
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 
@@ -845,10 +846,10 @@ class WriteToBlobExport(beam.PTransform):
         p = records.pipeline
         work = self._work
         if work.paused:
-            return p | "Paused" >> beam.Create([])
+            return p | "Paused" >> Values([])
         marker_end, reason = self._marker()
         if reason is not None:
-            return (p | "Disabled" >> beam.Create([None])
+            return (p | "Disabled" >> Values([None])
                     | "DisabledEvent" >> beam.Map(_disabled_event, self._aid, work.id, reason))
         spec = ExportSpec(work.settings, self._account_name, work.id, marker_end)
         records = records | "GlobalWindow" >> beam.WindowInto(beam_window.GlobalWindows())
@@ -865,7 +866,7 @@ class WriteToBlobExport(beam.PTransform):
                    | "WriteFiles" >> beam.ParDo(_WriteWindowFiles(spec, self._recipe, self._aid))
                    .with_outputs(_WriteWindowFiles.RESULTS, main="events"))
         finished = (p
-                    | "Once" >> beam.Create([None])
+                    | "Once" >> Values([None])
                     | "FinishRun" >> beam.ParDo(
                         _FinishRun(spec, self._recipe, self._aid),
                         beam.pvalue.AsList(written[_WriteWindowFiles.RESULTS])))

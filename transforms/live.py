@@ -61,6 +61,36 @@ def timer_at(micros):
     return Timestamp(micros=min(max(rounded, _FIRST_TIMER_US), _LAST_TIMER_US))
 
 
+class _Values:
+    """The values of a :class:`Values`, as a picklable callable."""
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def __call__(self, unused_impulse):
+        return self.values
+
+
+class Values(beam.PTransform):
+    """The given values, in the global window: what ``beam.Create`` gives for a handful of values,
+    built from an impulse only.
+
+    ``beam.Create`` wraps its values in a composite ``MaybeReshuffle`` that Beam 2.62 writes as a
+    pickled Python transform, which Prism cannot run ("unsupported feature ... pickled_python").
+    The pipelines' own one-off elements (works started, a disabled work's event, sentinels) need
+    no reshuffle: there are a few of them.
+    """
+
+    def __init__(self, values, label=None):
+        super().__init__(label)
+        self._values = list(values)
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Impulse" >> beam.Impulse()
+                | "Values" >> beam.FlatMap(_Values(self._values)))
+
+
 class _BatchPerBundle(beam.DoFn):
     """Collects a bundle's elements per window and key and emits ``(key, [elements])`` at its
     end; ``key_of(element)`` gives the key.

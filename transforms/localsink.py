@@ -41,7 +41,7 @@ from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteState
 
 from core.jsonlines import json_line
 from transforms import outputs
-from transforms.live import BatchPerBundle, is_unbounded, timer_at
+from transforms.live import BatchPerBundle, Values, is_unbounded, timer_at
 
 #: How long (event time) a part of an unbounded sink collects records before it is written.
 DEFAULT_FLUSH_SECONDS = 10.0
@@ -209,7 +209,7 @@ class WriteJsonLinesFile(beam.PTransform):
         # contents in pipelines whose timers make it loop over stages. The sentinel makes the
         # group (and so the file) exist when no record arrives.
         keyed = records | "KeyAll" >> beam.Map(lambda r: (0, r))
-        sentinel = records.pipeline | "Sentinel" >> beam.Create([(0, _SENTINEL_VALUE)])
+        sentinel = records.pipeline | "Sentinel" >> Values([(0, _SENTINEL_VALUE)])
         return ((keyed, sentinel)
                 | "Merge" >> beam.Flatten()
                 | "GroupAll" >> beam.GroupByKey()

@@ -24,6 +24,7 @@ from core.history import RESTORED
 from core.records import DEDUPE_HORIZON_US
 from core.snapshot import SnapshotError, read_snapshot, system_event_row, user_row, write_snapshot
 from core.state import decode_document, encode_document
+from transforms.live import Values
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class ReadStateSnapshot(beam.PTransform):
 
     def expand(self, pbegin):
         return (pbegin
-                | "Uri" >> beam.Create([self._uri])
+                | "Uri" >> Values([self._uri])
                 | "Read" >> beam.ParDo(_ReadSnapshotFn(self._uri)).with_outputs(
                     SYSTEM_MEMORY, main=USERS))
 
@@ -138,7 +139,7 @@ class WriteStateSnapshot(beam.PTransform):
         states, memory = inputs
         as_of = self._as_of
         if not isinstance(as_of, beam.PCollection):
-            as_of = states.pipeline | "AsOf" >> beam.Create([as_of])
+            as_of = states.pipeline | "AsOf" >> Values([as_of])
         user_rows = states | "UserRows" >> beam.Map(_user_row)
         memory_rows = memory | "MemoryRows" >> beam.MapTuple(system_event_row)
         return ((user_rows, memory_rows)

@@ -16,7 +16,7 @@ if [ "${1:-}" = "--quick" ]; then
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[test]"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test]"
 touch .venv/.installed
 if [ -f scripts/install_azurite.sh ]; then bash scripts/install_azurite.sh; fi
 # The runners the engine tests name (tests/test_prism*.py, tests/test_flink_runner.py): built or
@@ -27,4 +27,6 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   echo "installing chromium (Debian) for the report test" >&2
   apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null
 fi
+# The linter first: unused or undefined names are bugs (rules in pyproject.toml).
+.venv/bin/python -m ruff check --quiet .
 exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 ${SELECT[@]+"${SELECT[@]}"} "$@"

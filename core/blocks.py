@@ -8,8 +8,8 @@ and the number of its first line. :func:`parse_block` turns one block into what 
 * a dead letter for every line that is not a record (its source is ``path:line``);
 * the counts of lines read, dead-lettered and outside the time range.
 
-A block's result depends on nothing but its bytes, its first line number, the path and the time
-range, so blocks can be parsed in any process, in any order, and put back in file order
+A block's result depends on nothing but its bytes, its first line number, the path, the time
+range and the allowed ``ts`` skew, so blocks can be parsed in any process, in any order, and put back in file order
 (``transforms.read`` does, with worker processes on local runners). Lines end at ``"\\n"`` only:
 a bare CR is JSON whitespace and may sit inside a record. Blank lines (JSON whitespace only) are
 skipped; anything else is a record or a dead letter. A line that is not UTF-8 is dead-lettered as
@@ -19,7 +19,8 @@ import marshal
 import pickle
 from typing import NamedTuple
 
-from core.records import InputError, ProfileEvent, dead_letter, parse_record
+from core.records import (DEFAULT_MAX_TS_SKEW_US, MIN_TS, InputError, ProfileEvent, dead_letter,
+                          parse_record, time_bounds_error)
 
 #: The smallest block read (``transforms.read`` sizes them by file): large enough that a block's
 #: parse dwarfs passing it between processes (1 MiB is about 7.5k events of the benchmark).
@@ -75,14 +76,19 @@ def block_lines(block, first_lineno):
         yield lineno, line
 
 
-def parse_block(block, first_lineno, path, time_range=None):
+def parse_block(block, first_lineno, path, time_range=None, max_ts_skew=DEFAULT_MAX_TS_SKEW_US):
     """One block of a file, parsed (see the module docstring)."""
-    return parse_rows(block_lines(block, first_lineno), path, time_range)
+    return parse_rows(block_lines(block, first_lineno), path, time_range, max_ts_skew)
 
 
-def parse_rows(rows, path, time_range=None):
+def parse_rows(rows, path, time_range=None, max_ts_skew=DEFAULT_MAX_TS_SKEW_US):
     """``(line number, raw)`` rows (lines, or decoded objects such as Parquet rows) parsed into a
-    :class:`ParsedBlock`."""
+    :class:`ParsedBlock`.
+
+    A record whose time is out of bounds (:func:`core.records.time_bounds_error`: ``ts`` before
+    2000, or more than ``max_ts_skew`` after ``received_at``) is a dead letter; the time range
+    filters the records that are in bounds.
+    """
     start, end = time_range if time_range is not None else (None, None)
     groups, system, dead = {}, [], []
     read = deadlettered = outside = events = 0
@@ -96,6 +102,11 @@ def parse_rows(rows, path, time_range=None):
             dead.append(dead_letter(raw, exc, "%s:%d" % (path, lineno)))
             continue
         ts = record.ts
+        if ts < MIN_TS or ts - record.received_at > max_ts_skew:
+            deadlettered += 1
+            dead.append(dead_letter(raw, time_bounds_error(record, max_ts_skew),
+                                    "%s:%d" % (path, lineno)))
+            continue
         if (start is not None and ts < start) or (end is not None and ts >= end):
             outside += 1
             continue

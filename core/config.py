@@ -19,10 +19,11 @@ from typing import Dict, List, Optional
 import yaml
 
 from core.conditions import AudienceSet, ConditionError
+from core.export import DEFAULT_MAX_WINDOWS
 from core.keys import did_you_mean, unknown_key
 from core.netguard import refusal_reason
-from core.records import SUBJECT_TYPES, VERBS
-from core.timeutil import TimeFormatError, parse_time
+from core.records import DEFAULT_MAX_TS_SKEW_US, SUBJECT_TYPES, VERBS
+from core.timeutil import TimeFormatError, parse_duration, parse_time
 
 WORKFLOWS = ("eventhub_audience_export", "webhook_system_events", "email_system_events",
              "azure_blob_event_export")
@@ -36,7 +37,9 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 # Every key of the config, per mapping (CONTRACT section 3; docs/CONFIG.md describes each). A key
 # outside these is an error naming its path and the nearest known key.
-TOP_LEVEL_KEYS = ("account", "audiences", "works")
+TOP_LEVEL_KEYS = ("account", "audiences", "works", "input")
+#: ``input``: how records are checked (``max_ts_skew``: how far ``ts`` may lie after received_at).
+INPUT_KEYS = ("max_ts_skew",)
 ACCOUNT_KEYS = ("name", "aid")
 WORK_KEYS = ("id", "workflow", "config", "label", "description", "paused")
 _ALERT_FILTER_KEYS = ("system_event_type", "system_event_multiple_types", "system_event_sources")
@@ -52,7 +55,8 @@ WORK_CONFIG_KEYS = {
         "timeout_seconds", "max_attempts", "paused"),
     "azure_blob_event_export": (
         "connection_string", "container", "prefix", "export_type", "period_hours", "events",
-        "event_parameters", "attributes", "format", "anchor", "start", "paused"),
+        "event_parameters", "attributes", "format", "anchor", "start", "max_windows_per_run",
+        "allow_more_windows", "paused"),
 }
 
 
@@ -129,6 +133,8 @@ class BlobSettings:
     format: str
     anchor: Optional[int]
     start: Optional[int]
+    max_windows_per_run: int = DEFAULT_MAX_WINDOWS
+    allow_more_windows: bool = False
 
 
 @dataclass
@@ -139,6 +145,8 @@ class JobConfig:
     works: List[Work]
     source: str = ""
     raw: dict = field(default_factory=dict)   # after ${VAR} substitution: holds secrets
+    #: microseconds a record's ts may lie after its received_at (``input.max_ts_skew``)
+    max_ts_skew: int = DEFAULT_MAX_TS_SKEW_US
 
     def works_of(self, workflow, include_paused=True):
         return [w for w in self.works if w.workflow == workflow and (include_paused or not w.paused)]
@@ -382,7 +390,25 @@ def parse_config(raw, environ=None):
             raise ConfigError("works[%d].id: duplicate work id %r" % (i, work.id))
         seen_ids.add(work.id)
         works.append(work)
-    return JobConfig(name, aid, audiences, works, raw=raw)
+    max_ts_skew = _input_section(raw.get("input"))
+    return JobConfig(name, aid, audiences, works, raw=raw, max_ts_skew=max_ts_skew)
+
+
+def _input_section(section):
+    """``input``: how records are checked. Its ``max_ts_skew`` (a duration, default ``7d``): how
+    far a record's ``ts`` may lie after its ``received_at`` before it is dead-lettered."""
+    if section is None:
+        return DEFAULT_MAX_TS_SKEW_US
+    if not isinstance(section, dict):
+        raise ConfigError("input: must be a mapping, e.g. {max_ts_skew: 7d}")
+    check_keys(section, INPUT_KEYS, "input")
+    value = section.get("max_ts_skew")
+    if value is None:
+        return DEFAULT_MAX_TS_SKEW_US
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError("input.max_ts_skew: %s" % exc) from None
 
 
 def _parse_work(i, item, audiences):
@@ -708,7 +734,10 @@ def _blob(path, cfg, work, audiences):
         events=frozenset(events) if events else None,
         event_parameters=_string_list(cfg, "event_parameters", path) or [],
         attributes=_string_list(cfg, "attributes", path) or [],
-        format=fmt, anchor=_time(cfg, "anchor", path), start=_time(cfg, "start", path))
+        format=fmt, anchor=_time(cfg, "anchor", path), start=_time(cfg, "start", path),
+        max_windows_per_run=_number(cfg, "max_windows_per_run", path, DEFAULT_MAX_WINDOWS,
+                                    minimum=1, integer=True),
+        allow_more_windows=_bool(cfg, "allow_more_windows", path))
 
 
 def mask_secrets(value, key=None):

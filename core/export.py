@@ -51,6 +51,9 @@ FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "csv.gz": "application/gzip",
                  "parquet": "application/vnd.apache.parquet"}
 _INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+#: The most windows a Blob export plans in one run, unless its config sets ``max_windows_per_run``
+#: or ``allow_more_windows: true`` (CONTRACT 2).
+DEFAULT_MAX_WINDOWS = 10_000
 
 
 # -- windows -----------------------------------------------------------------------------------
@@ -72,14 +75,68 @@ def window_start(received_at, anchor, period):
     return anchor + ((received_at - anchor) // period) * period
 
 
-def plan_windows(window_starts_with_data, marker_end, period):
+def window_limit(first_with_data, marker_end, period, max_windows):
+    """The start of the first window past a run's plan, or None (no limit, or no data).
+
+    A run plans at most ``max_windows`` windows (None: any number) from the marker's end, else
+    from its first window with data: one record dated far ahead (``9999-12-31``) would otherwise
+    make millions of header-only files. Records in windows at or after the limit are not written
+    by this run (the Beam shell dead-letters them with :func:`beyond_limit_reason`).
+    """
+    first = marker_end if marker_end is not None else first_with_data
+    if max_windows is None or first is None:
+        return None
+    return first + max_windows * period
+
+
+def beyond_limit_reason(start, first, limit, period):
+    """The dead-letter reason of a record in window ``start``, past the run's ``limit``."""
+    return ("window %s is %d windows after the run's first window %s: more than "
+            "max_windows_per_run (%d) header-only and data files in one run; set "
+            "allow_more_windows: true to write them, or fix the record's time"
+            % (format_time(start), (start - first) // period, format_time(first),
+               (limit - first) // period))
+
+
+#: A run whose first window lies this far before its next window with data gets a warning
+#: (:func:`leading_gap_warning`): the gap is all header-only files, mostly from one stray record.
+FAR_BEFORE_US = 30 * 24 * 3600 * MICROS
+
+
+def leading_gap_warning(work_id, window_starts_with_data, marker_end, period, first_record=None):
+    """A warning (one line) when a run's first window lies far before the rest of its data, else
+    None. Not an error: old records are valid; the tip is to set the work's ``start``.
+
+    ``first_record``: ``(received_at, id)`` of the first record of the first window, named in the
+    warning. Only a first window with data counts (no marker): catching up from a marker is what
+    the marker is for.
+    """
+    if marker_end is not None:
+        return None
+    starts = sorted(set(window_starts_with_data))
+    if len(starts) < 2 or starts[1] - starts[0] <= FAR_BEFORE_US:
+        return None
+    first, following = starts[0], starts[1]
+    record = ("" if first_record is None else
+              " (record %s, received_at %s)" % (first_record[1], format_time(first_record[0])))
+    return ("work %s: the first window %s%s lies %d days before the next window with data %s, "
+            "so %d header-only files fill the gap; if records received before %s should not be "
+            "exported, set the work's start: \"%s\""
+            % (work_id, format_time(first), record, (following - first) // (24 * 3600 * MICROS),
+               format_time(following), (following - first) // period - 1, format_time(following),
+               format_time(following)))
+
+
+def plan_windows(window_starts_with_data, marker_end, period, limit=None):
     """The window starts a run writes, in order.
 
     From the marker's end (if any, else the first window with data) to the last window with data,
     every window; those without data become header-only files. Windows before the marker's end
-    are already written and never planned. No data: nothing to write.
+    are already written and never planned, nor are windows at or after ``limit``
+    (:func:`window_limit`). No data: nothing to write.
     """
-    starts = sorted(set(s for s in window_starts_with_data if marker_end is None or s >= marker_end))
+    starts = sorted(set(s for s in window_starts_with_data
+                        if (marker_end is None or s >= marker_end) and (limit is None or s < limit)))
     if not starts:
         return []
     first = starts[0] if marker_end is None else marker_end
@@ -294,6 +351,9 @@ class ExportSpec:
         self.period = period_micros(settings.period_hours)
         self.marker_end = marker_end
         self.anchor = resolve_anchor(marker_end, settings.anchor, settings.start)
+        #: the most windows one run plans (None: any number, ``allow_more_windows: true``)
+        self.max_windows = (None if getattr(settings, "allow_more_windows", False)
+                            else getattr(settings, "max_windows_per_run", DEFAULT_MAX_WINDOWS))
 
     def received_at(self, record):
         return record.event.received_at if self.export_type == "events" else record.received_at
@@ -310,6 +370,14 @@ class ExportSpec:
 
     def window_of(self, received_at):
         return window_start(received_at, self.anchor, self.period)
+
+    def limit(self, first_with_data):
+        """The first window start past this run's plan (:func:`window_limit`), or None."""
+        return window_limit(first_with_data, self.marker_end, self.period, self.max_windows)
+
+    def beyond_limit_reason(self, start, limit):
+        first = limit - self.max_windows * self.period
+        return beyond_limit_reason(start, first, limit, self.period)
 
     def keyed_row(self, record):
         """``(received_at, id, values)`` of one record: what :meth:`encode` sorts and writes."""
@@ -345,5 +413,6 @@ def render_files(records, settings, account_name, work_id, marker_end=None):
         if spec.before_marker(received_at):
             continue
         by_window.setdefault(spec.window_of(received_at), []).append(spec.keyed_row(record))
+    limit = spec.limit(min(by_window) if by_window else None)
     return {spec.file_name(start): spec.encode(by_window.get(start, ()))
-            for start in plan_windows(by_window, marker_end, spec.period)}
+            for start in plan_windows(by_window, marker_end, spec.period, limit)}

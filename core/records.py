@@ -4,12 +4,14 @@
 :class:`ProfileEvent` or a :class:`SystemEvent`, or raises :class:`InputError` whose message is the
 dead-letter reason.
 """
+import base64
 import hashlib
 import json
 import re
 from typing import Any, NamedTuple, Optional
 
-from core.timeutil import EPOCH_SECONDS_LIMIT, MICROS, TimeFormatError, parse_time
+from core.timeutil import (EPOCH_SECONDS_LIMIT, MICROS, TimeFormatError, format_duration, format_time,
+                           parse_time)
 
 try:  # orjson is several times faster; the standard library is the reference and the fallback
     import orjson as _orjson
@@ -36,6 +38,13 @@ VERBS = frozenset(("created", "updated", "deleted", "started", "syncing", "synce
                    "completed", "failed"))
 #: Copies of a record (same dedupe key) within this long of the first copy's received_at count once.
 DEDUPE_HORIZON_US = 24 * 3600 * 1_000_000
+#: Records whose ``ts`` is before this (2000-01-01T00:00:00Z) are dead-lettered: no event of this
+#: job is that old, while a zero, a seconds/milliseconds mix-up or a default date in a client is.
+MIN_TS = 946684800 * MICROS
+#: How far (microseconds) ``ts`` may lie after ``received_at`` (config ``input.max_ts_skew``): a
+#: client clock runs ahead by minutes, not days; further is a broken clock or a made-up date, which
+#: would otherwise hold timers and export windows open far in the future.
+DEFAULT_MAX_TS_SKEW_US = 7 * 24 * 3600 * MICROS
 
 
 class InputError(ValueError):
@@ -339,10 +348,36 @@ def _system_event(obj, default_received_at):
     return SystemEvent(str(event_id), ts, received_at, data, obj)
 
 
+def time_bounds_error(record, max_ts_skew=DEFAULT_MAX_TS_SKEW_US):
+    """The dead-letter reason of a parsed record whose time is out of bounds, else None.
+
+    Out of bounds: ``ts`` before 2000-01-01 (:data:`MIN_TS`), or more than ``max_ts_skew``
+    microseconds after ``received_at`` (the arrival time for a live record without one; for a
+    file record without one ``received_at`` is ``ts``, and only the first rule applies).
+    """
+    ts = record.ts
+    if ts < MIN_TS:
+        return "field 'ts': %s is before 2000-01-01T00:00:00Z" % format_time(ts)
+    if ts - record.received_at > max_ts_skew:
+        return ("field 'ts': %s lies more than %s after received_at %s (input.max_ts_skew)"
+                % (format_time(ts), format_duration(max_ts_skew), format_time(record.received_at)))
+    return None
+
+
 def dead_letter(raw, error, source):
-    """The dead-letter record of CONTRACT section 2."""
+    """The dead-letter record of CONTRACT section 2: ``{"raw", "error", "source"}``.
+
+    ``raw`` of bytes that are not UTF-8 is the text with each invalid byte written as ``\\xNN``
+    (readable, but not the input), and ``raw_b64`` holds the original bytes exactly (base64).
+    """
     if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", errors="replace")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"raw": raw.decode("utf-8", errors="backslashreplace"),
+                    "raw_b64": base64.b64encode(raw).decode("ascii"),
+                    "error": str(error), "source": source}
+        raw = text
     return {"raw": raw, "error": str(error), "source": source}
 
 

@@ -193,3 +193,13 @@ def parse_duration(text):
 
 def to_unix_seconds(micros):
     return int(micros // MICROS)
+
+
+def format_duration(micros):
+    """A duration in the largest unit of ``s m h d`` that divides it, e.g. ``7d``; the inverse
+    of :func:`parse_duration` for whole seconds."""
+    for unit in "dhms":
+        size = _UNIT_MICROS[unit]
+        if micros % size == 0:
+            return "%d%s" % (micros // size, unit)
+    return "%ss" % (micros / MICROS)

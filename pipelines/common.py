@@ -492,14 +492,15 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, li
     if live_source is None:
         records = p | "ReadRecords" >> ReadRecords(
             options.input, time_range, options.progress_seconds,
-            worker_processes=worker_processes)
+            worker_processes=worker_processes, max_ts_skew=job.max_ts_skew)
         profile = records[PROFILE]
     else:
         elements = p | "ReadLive" >> live_source.transform
         records = (elements
                    | "AsInputRecords" >> beam.Map(live_source.to_input_record)
                    | "ParseRecords" >> ParseLines(live_source.kind,
-                                                  track_latest=live_source.bounded))
+                                                  track_latest=live_source.bounded,
+                                                  max_ts_skew=job.max_ts_skew))
         profile = records[PROFILE] | "GroupPerBundle" >> GroupUserEventsPerBundle()
     unbounded = is_unbounded(records[PROFILE])
     if unbounded:
@@ -511,7 +512,7 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, li
              outputs.join(output_dir, "deadletter", "input.jsonl"),
              sort_key=lambda r: (r["source"].rsplit(":", 1)[0],
                                  int(r["source"].rsplit(":", 1)[1]) if ":" in r["source"] else 0),
-             flush_seconds=flush_seconds))
+             flush_seconds=flush_seconds, write_empty=False))
     run_state = run_state or RunState()
     snapshot, as_of = None, run_state.as_of
     if not unbounded:

@@ -22,14 +22,16 @@ import sys  # noqa: E402
 from core.conditions import ANY_EVENT, _lookup, _make_predicate, compile_where  # noqa: E402
 from core.config import ConfigError, load_config  # noqa: E402
 from core.engine import Engine  # noqa: E402
-from core.records import InputError, ProfileEvent, dedupe_batch, parse_record  # noqa: E402
+from core.records import (DEFAULT_MAX_TS_SKEW_US, InputError, ProfileEvent,  # noqa: E402
+                          dedupe_batch, parse_record, time_bounds_error)
 from core.timeutil import MAX_TIME, format_time, parse_duration  # noqa: E402
 from pipelines.cli import CommandParser, run_command  # noqa: E402
 
 
-def _read_user_events(pattern, key):
+def _read_user_events(pattern, key, max_ts_skew=DEFAULT_MAX_TS_SKEW_US):
     """The events whose ``user_id`` or ``anonymous_id`` is ``key``, by the user they belong to:
-    ``{(key field, user key): [events]}`` (an event with both ids belongs to its user_id)."""
+    ``{(key field, user key): [events]}`` (an event with both ids belongs to its user_id).
+    Records the pipelines dead-letter (out of time bounds, see ``input.max_ts_skew``) are left out."""
     found = {}
     paths = sorted(glob.glob(pattern))
     if not paths:
@@ -46,6 +48,8 @@ def _read_user_events(pattern, key):
                     record = parse_record(line)
                 except InputError:
                     continue
+                if time_bounds_error(record, max_ts_skew) is not None:
+                    continue  # dead-lettered by the pipelines, so not applied
                 if isinstance(record, ProfileEvent) and key in (record.user_id, record.anonymous_id):
                     found.setdefault((record.key_field, record.key), []).append(record)
     return found
@@ -184,7 +188,7 @@ def _explain(args):
     try:
         job = load_config(args.config)
         field = "anonymous_id" if args.anonymous else "user_id"
-        found = _read_user_events(args.input, args.user)
+        found = _read_user_events(args.input, args.user, job.max_ts_skew)
     except (ConfigError, FileNotFoundError) as exc:
         sys.stderr.write("error: %s\n" % exc)
         return 2

@@ -163,8 +163,22 @@ def _opt_str(obj, field):
     return v
 
 
-def parse_record(line: str, line_no: int = 0):
-    """-> Event | SystemEvent; raises BadRecord for a dead-letter line."""
+MIN_TS = parse_time("2000-01-01T00:00:00Z")
+DEFAULT_MAX_TS_SKEW = 7 * DAY
+
+
+def parse_record(line: str, line_no: int = 0, max_ts_skew: int = DEFAULT_MAX_TS_SKEW):
+    """-> Event | SystemEvent; raises BadRecord for a dead-letter line (CONTRACT 2: also a ts
+    before 2000-01-01, or more than ``max_ts_skew`` after received_at)."""
+    rec = _parse_record(line, line_no)
+    if rec.ts < MIN_TS:
+        raise BadRecord("ts before 2000-01-01")
+    if rec.ts > rec.received_at + max_ts_skew:
+        raise BadRecord("ts more than %d us after received_at" % max_ts_skew)
+    return rec
+
+
+def _parse_record(line: str, line_no: int = 0):
     try:
         obj = json.loads(line)
     except ValueError as exc:
@@ -249,7 +263,7 @@ def dedupe(items, key_fn):
     return kept
 
 
-def parse_lines(lines, with_as_of=False):
+def parse_lines(lines, with_as_of=False, max_ts_skew=DEFAULT_MAX_TS_SKEW):
     """-> (events, system_events, deadletter_lines), after dedupe; with ``with_as_of``, also the
     latest received_at of the records read (copies included; None if there is none), the default
     as-of time of a bounded run (CONTRACT section 1)."""
@@ -257,7 +271,7 @@ def parse_lines(lines, with_as_of=False):
     for i, raw in enumerate(lines):
         line = raw.rstrip("\r\n")
         try:
-            rec = parse_record(line, i)
+            rec = parse_record(line, i, max_ts_skew)
         except BadRecord:
             dead.append(line)
             continue
@@ -727,6 +741,11 @@ def config_withins(config):
     return sorted(ws)
 
 
+def config_max_ts_skew(config):
+    skew = (config.get("input") or {}).get("max_ts_skew")
+    return DEFAULT_MAX_TS_SKEW if skew is None else parse_duration(skew)
+
+
 def reference_outputs(config: dict, lines: list, environ=None, as_of=None) -> dict:
     """``as_of``: the run's as-of time (microseconds); None: the latest received_at read.
 
@@ -735,7 +754,8 @@ def reference_outputs(config: dict, lines: list, environ=None, as_of=None) -> di
     if environ is None:
         environ = {}
     config = normalise_config(config, environ)
-    events, systems, dead, latest = parse_lines(lines, with_as_of=True)
+    events, systems, dead, latest = parse_lines(lines, with_as_of=True,
+                                                  max_ts_skew=config_max_ts_skew(config))
     if as_of is None:
         as_of = latest
     if as_of is not None:
@@ -757,7 +777,7 @@ def reference_outputs(config: dict, lines: list, environ=None, as_of=None) -> di
 def reference_transitions(config: dict, lines: list, environ=None) -> dict:
     """{user key: {slug: [(enter, exit|None), ...]}} with RFC 3339 strings; for the self-checks."""
     config = normalise_config(config, environ or {})
-    events, _systems, _dead = parse_lines(lines)
+    events, _systems, _dead = parse_lines(lines, config_max_ts_skew(config))
     models = build_models(config, events)
     withins = config_withins(config)
     out = {}

@@ -476,11 +476,14 @@ def _read_file(text, time_range=None, chunk_lines=None, monkeypatch=None, progre
 
 @pytest.mark.parametrize("chunk_lines", [None, 1, 2, 3])
 def test_parse_file_counts_every_line_once(chunk_lines, monkeypatch):
+    base = 1_700_000_000  # 2023: records before 2000 are dead letters
     good = '{"user_id":"u%d","event":"e","ts":%d}'
-    system = '{"kind":"system","id":"s","ts":150,"data":{"subject_type":"work","verb":"failed"}}'
-    text = "\n".join([good % (1, 100), "not json", good % (2, 200), "", good % (1, 300), system,
-                      good % (3, 10 ** 9), "[1]", good % (2, 50)]) + "\n"
-    outputs, (read_, dead, outside) = _read_file(text, time_range=(0, 10 ** 15),
+    system = ('{"kind":"system","id":"s","ts":%d,"data":{"subject_type":"work","verb":"failed"}}'
+              % (base + 150))
+    text = "\n".join([good % (1, base + 100), "not json", good % (2, base + 200), "",
+                      good % (1, base + 300), system, good % (3, base + 10 ** 9), "[1]",
+                      good % (2, base + 50)]) + "\n"
+    outputs, (read_, dead, outside) = _read_file(text, time_range=(base * 10 ** 6, (base + 10 ** 6) * 10 ** 6),
                                                  chunk_lines=chunk_lines, monkeypatch=monkeypatch)
     assert (read_.total, dead.total, outside.total) == (8, 2, 1)
     from core.blocks import unpack_rows
@@ -508,8 +511,8 @@ def test_parse_file_counts_the_blocks_it_read_before_a_failure(monkeypatch):
     fn = read._ParseFile()
     fn._records_read, fn._deadlettered, fn._out_of_range = _Counter(), _Counter(), _Counter()
     readable = types.SimpleNamespace(
-        metadata=types.SimpleNamespace(path="/in/f.jsonl", size_in_bytes=58),
-        open=lambda: io.BytesIO(b'{"user_id":"u","event":"e","ts":1}\nnot json\nboom\nnever\n'))
+        metadata=types.SimpleNamespace(path="/in/f.jsonl", size_in_bytes=67),
+        open=lambda: io.BytesIO(b'{"user_id":"u","event":"e","ts":1795000001}\nnot json\nboom\nnever\n'))
     with pytest.raises(RuntimeError):
         list(fn.process(readable))
     assert (fn._records_read.total, fn._deadlettered.total) == (2, 1)

@@ -267,9 +267,9 @@ def test_dedupe_within_and_after_24h():
 def test_hash_event_id():
     obj = {"user_id": "u1", "event": "login", "ts": "2026-11-01T00:00:00Z", "traits": {"n": "é"}}
     text = '{"event":"login","traits":{"n":"é"},"ts":"2026-11-01T00:00:00Z","user_id":"u1"}'
-    e = R.parse_record(json.dumps(dict(obj, received_at=5)))
+    e = R.parse_record(json.dumps(dict(obj, received_at=1793491205)))
     assert e.event_id == hashlib.sha256(text.encode("utf-8")).hexdigest()
-    assert e.received_at == 5 * R.US
+    assert e.received_at == 1793491205 * R.US
 
 
 # ------------------------------------------------------------------ dead letters

@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 
 from core.blocks import (block_lines, join_packed, pack_rows, parse_block, parse_rows, read_blocks,
                          unpack_rows)
-from core.records import InputError, ProfileEvent, dead_letter, parse_record
+from core.records import InputError, ProfileEvent, dead_letter, parse_record, time_bounds_error
 from pipelines.options import worker_processes_value
 from transforms._worker_processes import (WorkerProcessError, WorkerProcesses, acquire_workers,
                                           release_workers, resolve_worker_processes)
@@ -43,6 +43,9 @@ def reference_parse(data, path, time_range=None):
         counts[0] += 1
         try:
             record = parse_record(raw)
+            reason = time_bounds_error(record)
+            if reason is not None:
+                raise InputError(reason)
         except InputError as exc:
             counts[1] += 1
             dead.append(dead_letter(raw, exc, "%s:%d" % (path, lineno)))
@@ -72,18 +75,18 @@ def merge(blocks):
 
 
 _LINES = st.sampled_from([
-    '{"user_id":"u1","event":"purchase","ts":100,"properties":{"price":5}}',
+    '{"user_id":"u1","event":"purchase","ts":1795000100,"properties":{"price":5}}',
     '{"user_id":"u2","event":"view","ts":"2026-11-23T10:00:00Z"}',
-    '{"anonymous_id":"a1","event":"view","ts":50}\r',
-    '{"user_id":"u1","event":"purchase","ts":10,"properties":{"name":"caf\u00e9"}}',
-    '{"kind":"system","id":"s1","ts":70,"data":{"subject_type":"work","verb":"failed"}}',
+    '{"anonymous_id":"a1","event":"view","ts":50}\r',  # before 2000: a dead letter
+    '{"user_id":"u1","event":"purchase","ts":1795000010,"properties":{"name":"caf\u00e9"}}',
+    '{"kind":"system","id":"s1","ts":1795000070,"data":{"subject_type":"work","verb":"failed"}}',
     "not json", "[1]", "", "   \t", "\r", '{"user_id":"u3"}',
 ]).map(lambda s: s.encode("utf-8")) | st.sampled_from([b"\xff\xfe{}", b'{"user_id":"\xc3","event":"e","ts":1}'])
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_LINES, max_size=40), st.booleans(), st.integers(1, 200),
-       st.sampled_from([None, (40, 1_000_000)]))
+       st.sampled_from([None, (1795000040 * 10 ** 6, 1795000080 * 10 ** 6)]))
 def test_blocks_parse_like_the_line_reader(lines, final_newline, block_bytes, time_range):
     data = b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
     blocks = list(read_blocks(io.BytesIO(data), block_bytes))
@@ -99,18 +102,22 @@ def test_block_lines_number_every_line_and_keep_undecodable_bytes():
 
 def test_joined_groups_unpack_in_order_and_mix_formats():
     import datetime
-    marshalled = parse_rows([(1, '{"user_id":"u","event":"e","ts":1}')], "p").groups[0][2]
+    marshalled = parse_rows([(1, '{"user_id":"u","event":"e","ts":1795000001}')], "p").groups[0][2]
     pickled = pack_rows([("u", "e2", "e", 2, 2, "u", None, {"at": datetime.date(2026, 11, 24)}, None)])
     assert marshalled[:1] == b"m" and pickled[:1] == b"p"
     assert join_packed([marshalled]) is marshalled
     joined = join_packed([marshalled, pickled, marshalled])
     assert joined[:1] == b"M"
-    assert [r[3] for r in unpack_rows(joined)] == [1_000_000, 2, 1_000_000]
+    assert [r[3] for r in unpack_rows(joined)] == [1795000001_000_000, 2, 1795000001_000_000]
 
 
 # ------------------------------------------------------------------------------------------------
 # Worker processes
 # ------------------------------------------------------------------------------------------------
+
+#: Epoch seconds of the sample file's times (2026-11-18): records before 2000 are dead letters.
+SAMPLE_BASE = 1795000000
+
 
 def _sample_file(lines=400):
     rows = []
@@ -119,10 +126,10 @@ def _sample_file(lines=400):
             rows.append(b"broken line %d" % i)
         elif i % 53 == 0:
             rows.append(b'{"kind":"system","id":"s%d","ts":%d,"data":{"subject_type":"work","verb":"failed"}}'
-                        % (i, i))
+                        % (i, SAMPLE_BASE + i))
         else:
             rows.append(b'{"user_id":"u%d","event":"purchase","ts":%d,"properties":{"n":%d}}'
-                        % (i % 7, 1000 - i, i))
+                        % (i % 7, SAMPLE_BASE + 1000 - i, i))
     return b"\n".join(rows) + b"\n"
 
 
@@ -137,16 +144,17 @@ def test_workers_give_the_blocks_back_in_order_as_parsed_here(workers):
     data = _sample_file()
     blocks = list(read_blocks(io.BytesIO(data), 700))
     assert len(blocks) > 6
-    here = [parse_block(b, first, "/in/f.jsonl", (0, 900 * 10 ** 6)) for first, b in blocks]
-    there = list(workers.map_ordered("parse_block", ((b, first, "/in/f.jsonl", (0, 900 * 10 ** 6))
+    time_range = (SAMPLE_BASE * 10 ** 6, (SAMPLE_BASE + 900) * 10 ** 6)
+    here = [parse_block(b, first, "/in/f.jsonl", time_range) for first, b in blocks]
+    there = list(workers.map_ordered("parse_block", ((b, first, "/in/f.jsonl", time_range)
                                                       for first, b in blocks)))
     assert there == here
-    assert merge(there) == reference_parse(data, "/in/f.jsonl", (0, 900 * 10 ** 6))
+    assert merge(there) == reference_parse(data, "/in/f.jsonl", time_range)
 
 
 def test_a_failing_block_raises_with_the_workers_traceback(workers):
     with pytest.raises(WorkerProcessError) as info:
-        workers.submit("parse_block", b'{"user_id":"u","event":"e","ts":1}\n', 5, "/in/f.jsonl",
+        workers.submit("parse_block", b'{"user_id":"u","event":"e","ts":1795000001}\n', 5, "/in/f.jsonl",
                        ("not", "comparable")).result()
     assert "failed in parse_block" in str(info.value) and "TypeError" in str(info.value)
     # The worker survives its request's failure and parses the next one.
@@ -187,7 +195,7 @@ def test_workers_report_the_cpu_time_of_each_task(workers):
     list(workers.map_ordered("parse_block", ((b, first, "/in/f.jsonl") for first, b in blocks)))
     waited = time.process_time() - started
     with pytest.raises(WorkerProcessError):  # a failed task's time counts too
-        workers.submit("parse_block", b'{"user_id":"u","event":"e","ts":1}\n', 1, "/in/f.jsonl",
+        workers.submit("parse_block", b'{"user_id":"u","event":"e","ts":1795000001}\n', 1, "/in/f.jsonl",
                        ("not", "comparable")).result()
     calls, seconds = worker_task_cpu()["parse_block"]
     assert calls - before[0] == len(blocks) + 1
@@ -227,9 +235,10 @@ def test_parse_file_with_workers_emits_what_it_emits_in_process(monkeypatch):
     monkeypatch.setattr(read, "block_bytes", lambda size: 500)
     monkeypatch.setattr(read, "CHUNK_BYTES", 2000)
     data = _sample_file(1200)
+    time_range = (SAMPLE_BASE * 10 ** 6, (SAMPLE_BASE + 990) * 10 ** 6)
 
     def run(processes):
-        fn = read._ParseFile((0, 990 * 10 ** 6), 0.0, processes)
+        fn = read._ParseFile(time_range, 0.0, processes)
         fn.setup()
         readable = types.SimpleNamespace(
             metadata=types.SimpleNamespace(path="/in/f.jsonl", size_in_bytes=len(data)),
@@ -245,7 +254,7 @@ def test_parse_file_with_workers_emits_what_it_emits_in_process(monkeypatch):
     assert there == here
     assert fn._workers is None  # teardown closed them
     profile = [v for tag, v in here if tag is None]
-    users = reference_parse(data, "/in/f.jsonl", (0, 990 * 10 ** 6))[0]
+    users = reference_parse(data, "/in/f.jsonl", time_range)[0]
     assert len(profile) > len(users)  # flushed in chunks
     assert sum(len(unpack_rows(v[1])) for v in profile) == sum(len(rows) for rows in users.values())
 

@@ -825,7 +825,7 @@ class _SendAlerts(beam.PTransform):
                 flush_seconds=self._flush_seconds)
         _ = results[DEADLETTER] | "WriteDeadLetter" >> WriteJsonLinesFile(
             outputs.join(self._output_dir, "deadletter", self._work_id + ".jsonl"),
-            flush_seconds=self._flush_seconds)
+            flush_seconds=self._flush_seconds, write_empty=False)
         return {DELIVERED: results[DELIVERED], DEADLETTER: results[DEADLETTER]}
 
 

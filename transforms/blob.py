@@ -117,6 +117,7 @@ later windows are written when they close.
 ``export_type: system_events`` is deduplicated with the streaming rule of
 :class:`transforms.live.DedupeSystemEventsLive`.
 """
+import json
 import logging
 import re
 import time
@@ -133,11 +134,12 @@ from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteState
                                                on_timer)
 
 from core.export import (CONTENT_TYPES, ExportSpec, advance_marker, dedupe_system_events,
-                         marker_bytes, marker_name, parse_marker, plan_windows, verify_name)
+                         leading_gap_warning, marker_bytes, marker_name, parse_marker,
+                         plan_windows, row_sort_key, verify_name, window_limit)
 from core.records import dead_letter
 from core.redact import Redactor, reveal, secret_parts
 from core.system_events import work_event
-from core.timeutil import MICROS, format_time
+from core.timeutil import MICROS, format_time, parse_time
 from transforms.live import (BatchPerBundle, DedupeSystemEventsLive, Values, is_unbounded,
                             timer_at)
 from transforms import outputs
@@ -518,6 +520,7 @@ class _BlobDoFn(beam.DoFn):
         self._files = Metrics.counter(namespace, "files_delivered")
         self._rows = Metrics.counter(namespace, "rows_delivered")
         self._failures = Metrics.counter(namespace, "failures")
+        self._deadlettered = Metrics.counter(namespace, "deadlettered")
         self._destination = None
         self._setup_error = None
 
@@ -560,6 +563,29 @@ class _BlobDoFn(beam.DoFn):
         return True, self._event("synced", "file %s written, %d row%s" % (
             name, n, "" if n == 1 else "s"), name)
 
+    def _beyond_limit(self, start, limit, keyed_rows, tag):
+        """Dead letters (to output ``tag``) of a window past the run's window limit."""
+        spec = self._spec
+        reason = spec.beyond_limit_reason(start, limit)
+        self._deadlettered.inc(len(keyed_rows))
+        for keyed_row in sorted(keyed_rows, key=lambda r: row_sort_key(*r)):
+            yield beam.pvalue.TaggedOutput(
+                tag, dead_letter(dict(zip(spec.columns, keyed_row[2])), reason, spec.work_id))
+
+    def _limit_failed(self, beyond):
+        """One ``failed`` event for the windows past the limit: ``beyond`` is ``[(start, first
+        (received_at, id) of the window, rows)]``; it names the first record."""
+        spec = self._spec
+        start, (received_at, record_id), _ = min(beyond)
+        rows = sum(n for _, _, n in beyond)
+        notes = ("%d record%s in %d window%s from %s on not written: more than max_windows_per_run "
+                 "(%d) windows in one run; the first is record %s (received_at %s); see "
+                 "deadletter/%s.jsonl, and set allow_more_windows: true to write them"
+                 % (rows, "" if rows == 1 else "s", len(beyond), "" if len(beyond) == 1 else "s",
+                    format_time(start), spec.max_windows, record_id, format_time(received_at),
+                    spec.work_id))
+        return self._fail(notes, "window-limit@%s" % format_time(start))
+
     def _move_marker(self, end):
         """Records that every window up to ``end`` is written; ``synccomplete``, or ``failed``.
 
@@ -577,35 +603,74 @@ class _BlobDoFn(beam.DoFn):
 
 
 class _WriteWindowFiles(_BlobDoFn):
-    """(window start, rows) -> the window's file; work events out, (start, written) to RESULTS."""
+    """(window start, rows) -> the window's file; work events out, and ``(start, written, first
+    (received_at, id), rows)`` to RESULTS (``written`` None: past the run's window limit, the
+    rows went to DEADLETTER instead). ``first_with_data``: the run's first window start."""
 
     RESULTS = "results"
+    DEADLETTER = "deadletter"
 
-    def process(self, element):
+    def process(self, element, first_with_data):
         start, keyed_rows = element
-        written, event = self._deliver(start, list(keyed_rows))
+        keyed_rows = list(keyed_rows)
+        first = min((r[0], r[1]) for r in keyed_rows)
+        limit = self._spec.limit(first_with_data)
+        if limit is not None and start >= limit:
+            yield from self._beyond_limit(start, limit, keyed_rows, self.DEADLETTER)
+            yield beam.pvalue.TaggedOutput(self.RESULTS, (start, None, first, len(keyed_rows)))
+            return
+        written, event = self._deliver(start, keyed_rows)
         yield event
-        yield beam.pvalue.TaggedOutput(self.RESULTS, (start, written))
+        yield beam.pvalue.TaggedOutput(self.RESULTS, (start, written, first, len(keyed_rows)))
 
 
 class _FinishRun(_BlobDoFn):
-    """After every window file: header-only files for the plan's empty windows, then the marker."""
+    """After every window file: header-only files for the plan's empty windows, then the marker;
+    a ``failed`` event for windows past the window limit, a logged warning for a first window far
+    before the rest (:func:`core.export.leading_gap_warning`)."""
 
     def process(self, unused_trigger, results):
         spec = self._spec
-        with_data = {start for start, _ in results}
-        written = {start for start, ok in results if ok}
-        plan = plan_windows(with_data, spec.marker_end, spec.period)
+        with_data = {start for start, ok, _, _ in results if ok is not None}
+        written = {start for start, ok, _, _ in results if ok}
+        beyond = [(start, first, n) for start, ok, first, n in results if ok is None]
+        firsts = {start: first for start, _, first, _ in results}
+        if with_data:
+            warning = leading_gap_warning(spec.work_id, with_data, spec.marker_end, spec.period,
+                                          firsts[min(with_data)])
+            if warning:
+                _LOG.warning("%s", warning)
+        limit = spec.limit(min(firsts) if firsts else None)
+        plan = plan_windows(with_data, spec.marker_end, spec.period, limit)
         for start in plan:
             if start not in with_data:
                 ok, event = self._deliver(start, [])
                 if ok:
                     written.add(start)
                 yield event
+        if beyond:
+            yield self._limit_failed(beyond)
         end = advance_marker(plan, written, spec.marker_end, spec.period)
         if end is None or end == spec.marker_end:
             return
         yield from self._move_marker(end)
+
+
+class _FirstWindow(beam.CombineFn):
+    """The smallest window start, or None when there is none."""
+
+    def create_accumulator(self):
+        return None
+
+    def add_input(self, accumulator, start):
+        return start if accumulator is None or start < accumulator else accumulator
+
+    def merge_accumulators(self, accumulators):
+        present = [a for a in accumulators if a is not None]
+        return min(present) if present else None
+
+    def extract_output(self, accumulator):
+        return accumulator
 
 
 class _KeyByWindow:
@@ -645,11 +710,10 @@ class _WriteClosedWindow(_BlobDoFn):
         super().__init__(spec, recipe, aid)
         self._grace = grace_us
         self._retry = max(grace_us, 60 * MICROS)
-        self._late = Metrics.counter("work:" + spec.work_id, "deadlettered")
 
     def _late_row(self, start, keyed_row):
         spec = self._spec
-        self._late.inc()
+        self._deadlettered.inc()
         name = spec.file_name(start)
         reason = ("late: received_at %s belongs to window %s, whose file %s was already written"
                   % (format_time(keyed_row[0]), format_time(start), name))
@@ -738,7 +802,11 @@ class _AdvanceMarker(_BlobDoFn):
         for start, ok in results.read():
             written_by_window[start] = written_by_window.get(start, False) or ok
         closed = [start for start in written_by_window if self._closes_at(start) <= now]
-        plan = plan_windows(closed, marker_end, spec.period)
+        # The window limit caps the header-only files a close plans (a far window's own file
+        # is its own key's; it closes only when the watermark reaches it).
+        limit = window_limit(min(closed) if closed else None, marker_end, spec.period,
+                             spec.max_windows)
+        plan = plan_windows(closed, marker_end, spec.period, limit)
         written = {start for start in plan if written_by_window.get(start)}
         retry_empty = False
         for start in plan:
@@ -778,6 +846,13 @@ def _disabled_event(unused, aid, work_id, reason):
 
 def _same(element):
     return element
+
+
+def _dead_letter_order(record):
+    """Dead rows in (received_at, id) order: both are the work's columns of that name."""
+    raw = record["raw"]
+    return (parse_time(raw["received_at"]), str(raw.get("event_id", raw.get("id")) or ""),
+            json.dumps(raw, sort_keys=True))
 
 
 def _key_by_id(event):
@@ -860,11 +935,20 @@ class WriteToBlobExport(beam.PTransform):
                        | "KeyById" >> beam.Map(_key_by_id)
                        | "GroupCopies" >> beam.GroupByKey()
                        | "DedupeCopies" >> beam.FlatMap(_dedupe_copies))
-        written = (records
+        windows = (records
                    | "SelectRows" >> beam.ParDo(_SelectRows(spec))
-                   | "GroupByWindow" >> beam.GroupByKey()
-                   | "WriteFiles" >> beam.ParDo(_WriteWindowFiles(spec, self._recipe, self._aid))
-                   .with_outputs(_WriteWindowFiles.RESULTS, main="events"))
+                   | "GroupByWindow" >> beam.GroupByKey())
+        first_with_data = (windows
+                           | "WindowStarts" >> beam.Keys()
+                           | "FirstWindow" >> beam.CombineGlobally(_FirstWindow()))
+        written = (windows
+                   | "WriteFiles" >> beam.ParDo(_WriteWindowFiles(spec, self._recipe, self._aid),
+                                                beam.pvalue.AsSingleton(first_with_data))
+                   .with_outputs(_WriteWindowFiles.RESULTS, _WriteWindowFiles.DEADLETTER,
+                                 main="events"))
+        _ = written[_WriteWindowFiles.DEADLETTER] | "WriteDeadLetters" >> WriteJsonLinesFile(
+            os.path.join(self._output_dir, "deadletter", work.id + ".jsonl"),
+            sort_key=_dead_letter_order, write_empty=False)
         finished = (p
                     | "Once" >> Values([None])
                     | "FinishRun" >> beam.ParDo(

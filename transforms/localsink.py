@@ -7,7 +7,9 @@ directory, not on a worker's disk.
 
 Bounded input: one file per destination, written once at the end of the data. Lines are sorted so
 that two runs over the same input give byte-identical files, and the file is created (empty) even
-when nothing reaches it, so users can tell "nothing to send" from "not run".
+when nothing reaches it, so users can tell "nothing to send" from "not run"; a sink made with
+``write_empty=False`` (the dead-letter files) writes no file then, and removes one an earlier run
+left at its path, so such a file is there only when it has something to read.
 
 Unbounded input (a live source): the file never ends, so it is written in parts. ``DIR/x.jsonl``
 becomes the directory ``DIR/x/`` holding ``part-<n>-<shard>-<hash>.jsonl`` files. A sink's records
@@ -58,11 +60,12 @@ def _default_sort_key(record):
 
 
 class _WriteSortedLines(beam.DoFn):
-    def __init__(self, path, sort_key, batched, encoded=None):
+    def __init__(self, path, sort_key, batched, encoded=None, write_empty=True):
         self._path = path
         self._sort_key = sort_key
         self._batched = batched
         self._encoded = encoded
+        self._write_empty = write_empty
 
     def process(self, element):
         _, records = element
@@ -75,7 +78,11 @@ class _WriteSortedLines(beam.DoFn):
         else:
             chunks = [json_line(r) for r in sorted(records, key=self._sort_key)]
             count = len(chunks)
-        replace_file(self._path, chunks)
+        if not count and not self._write_empty:
+            # an earlier run's file would tell of dead letters not made now
+            outputs.delete_file(self._path)
+        else:
+            replace_file(self._path, chunks)
         yield self._path, count
 
 
@@ -181,15 +188,17 @@ class WriteJsonLinesFile(beam.PTransform):
     the records spread over ``shards`` state keys.
     ``merge``, if given, maps one part's records to the records written (e.g. sums counts per key);
     it applies to parts only, since a bounded input is combined before the sink.
+    ``write_empty=False``: no file when no record arrives (see the module docstring).
     """
 
     def __init__(self, path, sort_key=None, batched=False, label=None,
                  flush_seconds=DEFAULT_FLUSH_SECONDS, merge=None, encoded=None,
-                 shards=DEFAULT_SHARDS):
+                 shards=DEFAULT_SHARDS, write_empty=True):
         super().__init__(label)
         if not (isinstance(shards, int) and shards >= 1):
             raise ValueError("shards must be a whole number of 1 or more")
         self._shards = shards
+        self._write_empty = write_empty
         self._encoded = encoded
         self._path = path
         self._sort_key = sort_key or _default_sort_key
@@ -214,7 +223,7 @@ class WriteJsonLinesFile(beam.PTransform):
                 | "Merge" >> beam.Flatten()
                 | "GroupAll" >> beam.GroupByKey()
                 | "WriteFile" >> beam.ParDo(_WriteSortedLines(self._path, self._sort_key, self._batched,
-                                                          self._encoded)))
+                                                          self._encoded, self._write_empty)))
 
     def _expand_parts(self, records):
         if self._batched:

@@ -37,7 +37,8 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.blocks import BLOCK_BYTES, join_packed, parse_block, parse_rows, read_blocks
-from core.records import InputError, ProfileEvent, dead_letter, parse_record
+from core.records import (DEFAULT_MAX_TS_SKEW_US, InputError, ProfileEvent, dead_letter, parse_record,
+                          time_bounds_error)
 from transforms._worker_processes import acquire_workers, release_workers
 
 _LOGGER = logging.getLogger(__name__)
@@ -139,8 +140,10 @@ class _ParseFile(beam.DoFn):
     CHUNK_BYTES of packed events; blocks go to ``worker_processes`` worker processes when there
     are any and the file has more than one block."""
 
-    def __init__(self, time_range=None, progress_seconds=0.0, worker_processes=0):
+    def __init__(self, time_range=None, progress_seconds=0.0, worker_processes=0,
+                 max_ts_skew=DEFAULT_MAX_TS_SKEW_US):
         self._time_range = time_range
+        self._max_ts_skew = max_ts_skew
         self._progress_seconds = progress_seconds
         self._worker_processes = worker_processes
         self._records_read = Metrics.counter("input", "records_read")
@@ -197,11 +200,12 @@ class _ParseFile(beam.DoFn):
         progress.done()
 
     def _parsed_blocks(self, readable_file, path):
-        time_range = self._time_range
+        time_range, max_ts_skew = self._time_range, self._max_ts_skew
         if path.endswith(".parquet"):
             rows = iter(self._parquet_rows(readable_file))
             while True:
-                block = parse_rows(itertools.islice(rows, CHUNK_LINES), path, time_range)
+                block = parse_rows(itertools.islice(rows, CHUNK_LINES), path, time_range,
+                                   max_ts_skew)
                 if not block.counts[0]:
                     return
                 yield block
@@ -213,10 +217,11 @@ class _ParseFile(beam.DoFn):
                 if getattr(self, "_workers", None) is None:
                     self._workers = acquire_workers(self._worker_processes)
                 yield from self._workers.map_ordered(
-                    "parse_block", ((data, first_lineno, path, time_range) for first_lineno, data in blocks))
+                    "parse_block", ((data, first_lineno, path, time_range, max_ts_skew)
+                                    for first_lineno, data in blocks))
                 return
             for first_lineno, data in blocks:
-                yield parse_block(data, first_lineno, path, time_range)
+                yield parse_block(data, first_lineno, path, time_range, max_ts_skew)
 
     def _publish(self, counts):
         for counter, count in zip((self._records_read, self._deadlettered, self._out_of_range), counts):
@@ -244,10 +249,14 @@ class ReadRecords(beam.PTransform):
     ``time_range``: optional ``(start, end)`` in microseconds; records whose ``ts`` falls outside
     ``[start, end)`` are skipped and counted (``input:outside_time_range``).
     ``worker_processes``: worker processes that parse a file's blocks (0: parse in the DoFn).
+    ``max_ts_skew``: microseconds ``ts`` may lie after ``received_at``; a record further ahead, or
+    dated before 2000, is a dead letter (:func:`core.records.time_bounds_error`).
     """
 
-    def __init__(self, pattern, time_range=None, progress_seconds=0.0, worker_processes=0, label=None):
+    def __init__(self, pattern, time_range=None, progress_seconds=0.0, worker_processes=0,
+                 label=None, max_ts_skew=DEFAULT_MAX_TS_SKEW_US):
         super().__init__(label)
+        self._max_ts_skew = max_ts_skew
         self._pattern = pattern
         self._time_range = time_range
         self._progress_seconds = progress_seconds
@@ -259,16 +268,18 @@ class ReadRecords(beam.PTransform):
                 | "ReadMatches" >> fileio.ReadMatches()
                 | "Reshuffle" >> beam.Reshuffle()
                 | "ParseRecords" >> beam.ParDo(_ParseFile(
-                    self._time_range, self._progress_seconds, self._worker_processes)).with_outputs(
+                    self._time_range, self._progress_seconds, self._worker_processes,
+                    self._max_ts_skew)).with_outputs(
                     DEADLETTER, SYSTEM, LATEST, main=PROFILE))
 
 
 class _ParseLine(beam.DoFn):
     """Parses single lines (unbounded sources, TestStream) into tagged records."""
 
-    def __init__(self, source, track_latest=False):
+    def __init__(self, source, track_latest=False, max_ts_skew=DEFAULT_MAX_TS_SKEW_US):
         self._source = source
         self._track_latest = track_latest
+        self._max_ts_skew = max_ts_skew
         self._records_read = Metrics.counter("input", "records_read")
         self._deadlettered = Metrics.counter("input", "deadlettered")
 
@@ -288,6 +299,9 @@ class _ParseLine(beam.DoFn):
             source, received_at, raw = raw.source, raw.received_at_us, raw.body
         try:
             record = parse_record(raw, default_received_at=received_at)
+            reason = time_bounds_error(record, self._max_ts_skew)
+            if reason is not None:
+                raise InputError(reason)
         except InputError as exc:
             self._deadlettered.inc()
             yield beam.pvalue.TaggedOutput(DEADLETTER, dead_letter(raw, exc, source))
@@ -303,13 +317,16 @@ class _ParseLine(beam.DoFn):
 class ParseLines(beam.PTransform):
     """Parses a PCollection of JSON lines, or of live sources' ``InputRecord`` (body, arrival time,
     source): profile events come out one per element, keyed by user; a record without
-    ``received_at`` gets the source's arrival time."""
+    ``received_at`` gets the source's arrival time. ``max_ts_skew``: as for :class:`ReadRecords`."""
 
-    def __init__(self, source="stream", track_latest=False, label=None):
+    def __init__(self, source="stream", track_latest=False, label=None,
+                 max_ts_skew=DEFAULT_MAX_TS_SKEW_US):
         super().__init__(label)
         self._source = source
         self._track_latest = track_latest
+        self._max_ts_skew = max_ts_skew
 
     def expand(self, lines):
-        return lines | "Parse" >> beam.ParDo(_ParseLine(self._source, self._track_latest)).with_outputs(
+        return lines | "Parse" >> beam.ParDo(_ParseLine(
+            self._source, self._track_latest, self._max_ts_skew)).with_outputs(
             DEADLETTER, SYSTEM, LATEST, main=PROFILE)

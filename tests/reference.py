@@ -697,7 +697,14 @@ def blob_files(config, events, systems, models, work):
     prefix = wc.get("prefix") or ""
     acct = config["account"]["name"]
     files = {}
-    for k in range(min(by_window), max(by_window) + 1):
+    last = max(by_window)
+    if not wc.get("allow_more_windows"):
+        # CONTRACT 2: at most max_windows_per_run windows from the first; records in windows past
+        # them are not written (the work dead-letters them), so the files end at the last window
+        # with data before that limit.
+        limit = min(by_window) + int(wc.get("max_windows_per_run", 10000))
+        last = max(k for k in by_window if k < limit)
+    for k in range(min(by_window), last + 1):
         ws = anchor + k * period
         we = ws + period
         name = "%s%s_%s_%s_%d_%d.%s" % (prefix, acct, export_type, work["id"], ws // US, we // US,

@@ -292,3 +292,26 @@ def test_syntax_errors_and_repeated_keys_name_line_and_column(tmp_path):
         "    config: {<<: *cfg, user_fields: [country]}\n")
     job = load_config(str(tmp_path / "g.yaml"))
     assert job.works[1].settings.user_fields == ["country"]
+
+
+def test_input_max_ts_skew_and_the_blob_window_limit_are_config_keys():
+    from core.export import DEFAULT_MAX_WINDOWS
+    blob = {"id": "w-blob", "workflow": "azure_blob_event_export", "config": {"container": "exports"}}
+    job = parse_config(config_with(blob), {})
+    assert job.max_ts_skew == 7 * 86400 * 10**6
+    assert (job.works[0].settings.max_windows_per_run, job.works[0].settings.allow_more_windows) == (
+        DEFAULT_MAX_WINDOWS, False) == (10000, False)
+    job = parse_config(dict(config_with(dict(blob, config={
+        "container": "exports", "max_windows_per_run": 50, "allow_more_windows": True})),
+        input={"max_ts_skew": "36h"}), {})
+    assert job.max_ts_skew == 36 * 3600 * 10**6
+    assert (job.works[0].settings.max_windows_per_run, job.works[0].settings.allow_more_windows) == (
+        50, True)
+    assert error_of(dict(BASE, input={"max_ts_skew": "7 days"})).startswith("input.max_ts_skew: ")
+    assert error_of(dict(BASE, input={"max_skew": "7d"})) == \
+        "input.max_skew: unknown key (did you mean 'max_ts_skew'?)"
+    assert error_of(dict(BASE, input="7d")).startswith("input: must be a mapping")
+    assert error_of(config_with(dict(blob, config={"container": "exports", "max_windows_per_run": 0}))) \
+        == "works[0].config.max_windows_per_run: must be an integer number >= 1"
+    assert error_of(config_with(dict(blob, config={"container": "exports", "allow_more_windows": "yes"}))) \
+        == "works[0].config.allow_more_windows: must be true or false"

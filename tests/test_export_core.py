@@ -287,3 +287,48 @@ def test_header_only_parquet_has_string_columns():
 def test_unknown_format():
     with pytest.raises(ValueError):
         export.encode_file(["a"], [], "xlsx")
+
+
+# -- the window limit of one run (CONTRACT 2) ----------------------------------------------------
+
+def test_a_run_plans_at_most_max_windows_from_its_first_window():
+    assert export.window_limit(T0, None, H, 3) == T0 + 3 * H
+    assert export.window_limit(T0, T0 - 5 * H, H, 3) == T0 - 2 * H   # from the marker's end
+    assert export.window_limit(T0, None, H, None) is None             # allow_more_windows
+    assert export.window_limit(None, None, H, 3) is None              # no data
+    far = t("9999-12-31T23:00:00Z")
+    assert export.plan_windows([T0, T0 + H, far], None, H, limit=T0 + 3 * H) == [T0, T0 + H]
+    assert export.plan_windows([T0, T0 + 5 * H], None, H, limit=T0 + 3 * H) == [T0]
+    reason = export.beyond_limit_reason(far, T0, T0 + 10000 * H, H)
+    assert reason.startswith("window 9999-12-31T23:00:00Z is 69890869 windows after the run's "
+                             "first window 2026-11-20T10:00:00Z: more than max_windows_per_run "
+                             "(10000)") and "allow_more_windows: true" in reason
+
+
+def test_render_files_of_a_record_dated_9999_stop_at_the_limit():
+    rows = [row(event_id="a", ts="2026-11-20T10:00:00Z"), row(event_id="b", ts="2026-11-20T12:30:00Z"),
+            row(event_id="far", ts="9999-12-31T23:00:00Z")]
+    files = export.render_files(rows, blob_settings(), "acme", "w-blob")
+    assert sorted(files) == ["acme_events_w-blob_%d_%d.csv" % (s, s + 3600)
+                             for s in (1795168800, 1795172400, 1795176000)]
+    files = export.render_files(rows[:2] + [row(event_id="c", ts="2026-11-21T10:00:00Z")],
+                                blob_settings(max_windows_per_run=5), "acme", "w-blob")
+    assert len(files) == 3  # the windows to the last one with data within the 5
+    files = export.render_files(rows[:2] + [row(event_id="c", ts="2026-11-21T10:00:00Z")],
+                                blob_settings(max_windows_per_run=5, allow_more_windows=True),
+                                "acme", "w-blob")
+    assert len(files) == 25
+
+
+def test_a_first_window_far_before_the_next_window_with_data_is_warned_about():
+    old, new = t("2019-03-01T00:00:00Z"), t("2026-11-20T10:00:00Z")
+    warning = export.leading_gap_warning("w-blob", [new, old, new + H], None, H, (old + 5, "e-17"))
+    assert warning == (
+        "work w-blob: the first window 2019-03-01T00:00:00Z (record e-17, received_at "
+        "2019-03-01T00:00:00.000005Z) lies 2821 days before the next window with data "
+        "2026-11-20T10:00:00Z, so 67713 header-only files fill the gap; if records received "
+        "before 2026-11-20T10:00:00Z should not be exported, set the work's start: "
+        "\"2026-11-20T10:00:00Z\"")
+    assert export.leading_gap_warning("w", [new - 29 * 24 * H, new], None, H) is None
+    assert export.leading_gap_warning("w", [old, new], new - H, H) is None  # catch-up from a marker
+    assert export.leading_gap_warning("w", [old], None, H) is None

@@ -134,3 +134,55 @@ def test_a_huge_epoch_number_is_a_dead_letter_not_a_crash(ts):
     line = '{"user_id": "u1", "event": "purchase", "ts": %s}' % ts
     with pytest.raises(InputError, match="out of range"):
         parse_record(line)
+
+
+# -- time bounds (CONTRACT 2) -------------------------------------------------------------------
+
+def test_a_ts_before_2000_is_out_of_bounds():
+    from core.records import time_bounds_error
+    old = parse_record({"user_id": "u", "event": "x", "ts": 5})
+    assert time_bounds_error(old) == "field 'ts': 1970-01-01T00:00:05Z is before 2000-01-01T00:00:00Z"
+    first = parse_record({"user_id": "u", "event": "x", "ts": "2000-01-01T00:00:00Z"})
+    assert time_bounds_error(first) is None
+    system = parse_record({"kind": "system", "id": "s", "ts": "1999-12-31T23:59:59Z",
+                           "data": {"subject_type": "work", "verb": "failed"}})
+    assert "before 2000-01-01" in time_bounds_error(system)
+
+
+def test_a_ts_more_than_the_skew_after_received_at_is_out_of_bounds():
+    from core.records import time_bounds_error
+    received = "2026-11-20T10:00:00Z"
+    at_limit = parse_record({"user_id": "u", "event": "x", "ts": "2026-11-27T10:00:00Z",
+                             "received_at": received})
+    beyond = parse_record({"user_id": "u", "event": "x", "ts": "2026-11-27T10:00:00.001Z",
+                           "received_at": received})
+    assert time_bounds_error(at_limit) is None
+    assert time_bounds_error(beyond) == (
+        "field 'ts': 2026-11-27T10:00:00.001Z lies more than 7d after received_at "
+        "2026-11-20T10:00:00Z (input.max_ts_skew)")
+    assert time_bounds_error(beyond, max_ts_skew=8 * 86400 * 10**6) is None
+    assert "more than 1h after" in time_bounds_error(at_limit, max_ts_skew=3600 * 10**6)
+    # A live record without received_at is measured against its arrival time.
+    live = parse_record({"user_id": "u", "event": "x", "ts": "9999-12-31T23:00:00Z"},
+                        default_received_at=T0)
+    assert "lies more than 7d after received_at 2026-11-20T10:00:00Z" in time_bounds_error(live)
+    # A file record without received_at has received_at = ts: only the 2000 rule applies.
+    assert time_bounds_error(parse_record({"user_id": "u", "event": "x",
+                                           "ts": "9999-12-31T23:00:00Z"})) is None
+
+
+def test_a_line_that_is_not_utf8_keeps_its_bytes_in_the_dead_letter():
+    import base64
+    from core.records import dead_letter
+    raw = b'{"user_id":"caf\xe9","event":"e","ts":1795000000}'
+    with pytest.raises(InputError) as info:
+        parse_record(raw)
+    letter = dead_letter(raw, info.value, "f.jsonl:3")
+    assert base64.b64decode(letter["raw_b64"]) == raw
+    assert letter["raw"] == '{"user_id":"caf\\xe9","event":"e","ts":1795000000}'
+    assert "\ufffd" not in letter["raw"]
+    assert letter["error"].startswith("not UTF-8") and letter["source"] == "f.jsonl:3"
+    # UTF-8 bytes and text need no copy: "raw" is the input itself.
+    assert dead_letter("not json", "not JSON", "s") == {"raw": "not json", "error": "not JSON",
+                                                        "source": "s"}
+    assert "raw_b64" not in dead_letter("caf\u00e9".encode("utf-8"), "not JSON", "s")

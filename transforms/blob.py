@@ -146,6 +146,10 @@ from transforms import outputs
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 
 _LOG = logging.getLogger(__name__)
+#: Warnings for the user about the data (not the machinery): its own level, so they show on a
+#: local run, whose launcher quiets the root logger to ERROR unless --verbose.
+_USER_WARNINGS = logging.getLogger(__name__ + ".data")
+_USER_WARNINGS.setLevel(logging.WARNING)
 
 #: Client settings: throttling and server errors are retried with exponential backoff (about 3,
 #: 5 and 9 s); a connection that cannot be made is retried once after CONNECT_BACKOFF_S, so a dead
@@ -639,7 +643,7 @@ class _FinishRun(_BlobDoFn):
             warning = leading_gap_warning(spec.work_id, with_data, spec.marker_end, spec.period,
                                           firsts[min(with_data)])
             if warning:
-                _LOG.warning("%s", warning)
+                _USER_WARNINGS.warning("%s", warning)
         limit = spec.limit(min(firsts) if firsts else None)
         plan = plan_windows(with_data, spec.marker_end, spec.period, limit)
         for start in plan:

@@ -1,14 +1,37 @@
 """``out/report.html``: a self-contained page about a run (no scripts, no network).
 
-Audience sizes over time (a line chart in inline SVG), enters and exits per day, export files per
-work and window, and the dead-letter count. Built from what the run wrote: ``summary.json``,
-``audiences_daily.jsonl`` and the local export directory. Pure: the launcher reads those and
-writes the page (``pipelines.common.write_report``), on whatever file system ``--output_dir`` is.
+Built from what the run wrote: ``summary.json``, ``audiences_daily.jsonl``, the dead-letter files
+and the local export directory. Pure: the launcher reads those and writes the page
+(``pipelines.common.write_report``), on whatever file system ``--output_dir`` is. The page holds:
+
+* the run's figures;
+* audience sizes over time: a line chart (inline SVG, as wide as the page) with axis titles, a
+  legend beside it, and a time axis over the days that hold the run's activity: days far from the
+  rest (a record dated 9999 or 1970) are named below the chart instead of squeezing it flat;
+* enters and exits per audience and per day (one row per day);
+* the works' figures;
+* dead letters: per file, how many and why (the reasons counted, with the first record's source);
+* export files: one row per window with its start and end (UTC), rows and bytes.
 """
+import csv
+import datetime
+import gzip
 import html
+import io
+import re
+
+from core.timeutil import _civil_from_days
 
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
           "#bcbd22", "#17becf"]
+#: Days of activity more than this many days from the busiest run of days are outliers: named
+#: below the chart, not drawn (one stray date must not squeeze months of data into a pixel).
+OUTLIER_GAP_DAYS = 31
+#: Reasons listed per dead-letter file; the rest are counted together.
+MAX_REASONS = 10
+#: Export windows listed in full; a longer list is folded (``<details>``), its totals shown.
+OPEN_WINDOW_ROWS = 48
+_WINDOW_NAME = re.compile(r"_(\d+)_(\d+)\.(csv|csv\.gz|parquet)$")
 
 
 def audience_sizes(daily):
@@ -16,7 +39,6 @@ def audience_sizes(daily):
     seen = sorted({r["day"] for r in daily})
     days = []
     if seen:  # every day from the first to the last, so the time axis is proportional
-        import datetime
         day = datetime.date.fromisoformat(seen[0])
         last = datetime.date.fromisoformat(seen[-1])
         # Bounded: extreme but valid dates (year 1, year 9999) must not make the report walk or
@@ -44,44 +66,169 @@ def audience_sizes(daily):
     return days, series
 
 
-def _chart(days, series, width=900, height=320, pad=50):
+def split_outlier_days(daily, gap_days=OUTLIER_GAP_DAYS):
+    """``(first day, last day, outliers)`` of the chart's time axis.
+
+    The days with activity are cut into runs wherever two of them are more than ``gap_days``
+    apart; the axis spans the run with the most enters and exits, and ``outliers`` lists the
+    other days as ``[(day, [(audience, enters, exits)])]``. No activity: ``(None, None, [])``.
+    """
+    per_day = {}
+    for r in daily:
+        entry = per_day.setdefault(r["day"], {}).setdefault(r["audience"], [0, 0])
+        entry[0 if r["event"] == "enter" else 1] += r["count"]
+    if not per_day:
+        return None, None, []
+    days = sorted(per_day, key=_day_number)
+    runs, current = [], [0]
+    for i in range(1, len(days)):
+        if _day_number(days[i]) - _day_number(days[i - 1]) > gap_days:
+            runs.append(current)
+            current = []
+        current.append(i)
+    runs.append(current)
+
+    def weight(run):
+        return sum(sum(sum(c) for c in per_day[days[i]].values()) for i in run)
+
+    main = max(runs, key=lambda run: (weight(run), len(run)))
+    keep = set(main)
+    outliers = [(days[i], [(a, c[0], c[1]) for a, c in sorted(per_day[days[i]].items())])
+                for i in range(len(days)) if i not in keep]
+    return days[main[0]], days[main[-1]], outliers
+
+
+def _day_number(day):
+    """Days since 1970-01-01 of ``YYYY-MM-DD``, the year of any length (``10000-01-02`` is the
+    day a record of 9999-12-31 plus a window leaves it); one that is not a date sorts first."""
+    try:
+        year, month, date = (int(part) for part in day.rsplit("-", 2))
+    except ValueError:
+        return float("-inf")
+    # Howard Hinnant's days_from_civil, as core.timeutil's inverse of it.
+    year -= month <= 2
+    era = (year if year >= 0 else year - 399) // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + date - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def clipped_sizes(daily, first, last):
+    """Audience sizes (as :func:`audience_sizes`) for every day from ``first`` to ``last``;
+    activity before ``first`` counts in the sizes, activity after ``last`` does not show."""
+    days = ["%04d-%02d-%02d" % _civil_from_days(n)
+            for n in range(_day_number(first), _day_number(last) + 1)]
+    carried, net = {}, {}
+    for r in daily:
+        sign = 1 if r["event"] == "enter" else -1
+        if _day_number(r["day"]) < _day_number(first):
+            carried[r["audience"]] = carried.get(r["audience"], 0) + sign * r["count"]
+        else:
+            net.setdefault(r["audience"], {})
+            net[r["audience"]][r["day"]] = net[r["audience"]].get(r["day"], 0) + sign * r["count"]
+        carried.setdefault(r["audience"], 0)
+    series = {}
+    for audience in sorted(carried):
+        size, points = carried[audience], []
+        for day in days:
+            size += net.get(audience, {}).get(day, 0)
+            points.append((day, size))
+        series[audience] = points
+    return days, series
+
+
+def _nice_top(value):
+    """The smallest of 1, 2, 2.5, 5 x 10^n at or above ``value`` (at least 1)."""
+    value = max(1, value)
+    scale = 1
+    while True:
+        for step in (1, 2, 2.5, 5):
+            if step * scale >= value:
+                top = step * scale
+                return int(top) if top == int(top) else top
+        scale *= 10
+
+
+def _chart(days, series, width=1000, height=380):
+    """The audience-size chart: SVG as wide as its container (viewBox), legend outside it."""
     if not days:
         return '<p class="empty">No audience changes in this run.</p>'
-    top = max([1] + [size for points in series.values() for _, size in points])
-    step = (width - 2 * pad) / max(1, len(days) - 1)
+    left, right, top_pad, bottom = 70, 44, 16, 58
+    plot_w, plot_h = width - left - right, height - top_pad - bottom
+    low = min([0] + [size for points in series.values() for _, size in points])
+    top = _nice_top(max([1] + [size for points in series.values() for _, size in points]))
+    span = top - low
+    step = plot_w / max(1, len(days) - 1)
 
     def x(i):
-        return pad + i * step
+        return left + i * step
 
     def y(v):
-        return height - pad - (height - 2 * pad) * v / top
+        return top_pad + plot_h - plot_h * (v - low) / span
 
     parts = ['<svg id="sizes-chart" role="img" aria-label="Audience sizes over time" '
-             'xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d">'
-             % (width, height, width, height),
-             '<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#444"/>' % (pad, height - pad, width - pad, height - pad),
-             '<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#444"/>' % (pad, pad, pad, height - pad),
-             '<text x="%d" y="%d" font-size="11" text-anchor="end">%d</text>' % (pad - 4, pad + 4, top),
-             '<text x="%d" y="%d" font-size="11" text-anchor="end">0</text>' % (pad - 4, height - pad + 4),
-             '<text x="%d" y="%d" font-size="11">%s</text>' % (pad, height - pad + 16, html.escape(days[0])),
-             '<text x="%d" y="%d" font-size="11" text-anchor="end">%s</text>'
-             % (width - pad, height - pad + 16, html.escape(days[-1]))]
+             'xmlns="http://www.w3.org/2000/svg" viewBox="0 0 %d %d" width="100%%" '
+             'preserveAspectRatio="xMidYMid meet">' % (width, height)]
+    for k in range(5):  # horizontal grid and y ticks
+        value = low + span * k / 4
+        label = ("%d" % value) if float(value).is_integer() else ("%.1f" % value)
+        parts.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="%s"/>'
+                     % (left, y(value), width - right, y(value), "#444" if k == 0 else "#e3e3e3"))
+        parts.append('<text x="%d" y="%.1f" font-size="13" text-anchor="end">%s</text>'
+                     % (left - 6, y(value) + 4, label))
+    ticks = sorted({round(i * (len(days) - 1) / 6) for i in range(7)}) if len(days) > 1 else [0]
+    for i in ticks:
+        parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#444"/>'
+                     % (x(i), top_pad + plot_h, x(i), top_pad + plot_h + 5))
+        parts.append('<text class="x-tick" x="%.1f" y="%d" font-size="13" text-anchor="middle">%s</text>'
+                     % (x(i), top_pad + plot_h + 20, html.escape(days[i])))
+    parts.append('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#444"/>'
+                 % (left, top_pad, left, top_pad + plot_h))
+    parts.append('<text class="axis-title" x="%.1f" y="%d" font-size="14" text-anchor="middle">'
+                 'Day (UTC)</text>' % (left + plot_w / 2, height - 10))
+    parts.append('<text class="axis-title" x="18" y="%.1f" font-size="14" text-anchor="middle" '
+                 'transform="rotate(-90 18 %.1f)">Members at the end of the day</text>'
+                 % (top_pad + plot_h / 2, top_pad + plot_h / 2))
+    legend = []
     for n, (audience, points) in enumerate(series.items()):
         color = COLORS[n % len(COLORS)]
-        path = " ".join("%s%.1f,%.1f" % ("M" if i == 0 else "L", x(i), y(v)) for i, (_, v) in enumerate(points))
-        parts.append('<path class="series" data-audience="%s" d="%s" fill="none" stroke="%s" stroke-width="2"/>'
-                     % (html.escape(audience), path, color))
-        parts.append('<text x="%d" y="%d" font-size="12" fill="%s">%s</text>'
-                     % (pad + 10, pad + 14 * (n + 1), color, html.escape(audience)))
+        path = " ".join("%s%.1f,%.1f" % ("M" if i == 0 else "L", x(i), y(v))
+                        for i, (_, v) in enumerate(points))
+        parts.append('<path class="series" data-audience="%s" d="%s" fill="none" stroke="%s" '
+                     'stroke-width="2"/>' % (html.escape(audience), path, color))
+        legend.append('<li><span class="swatch" style="background:%s"></span>%s '
+                      '<span class="muted">(%d at the end)</span></li>'
+                      % (color, html.escape(audience), points[-1][1] if points else 0))
     parts.append("</svg>")
-    return "\n".join(parts)
+    return ('<div class="chart"><div class="plot">%s</div><ul class="legend" id="legend">%s</ul></div>'
+            % ("\n".join(parts), "".join(legend)))
 
 
-def _table(headers, rows):
-    head = "".join("<th>%s</th>" % html.escape(str(h)) for h in headers)
-    body = "".join("<tr>%s</tr>" % "".join("<td>%s</td>" % html.escape(str(c)) for c in row) for row in rows)
-    return "<table><thead><tr>%s</tr></thead><tbody>%s</tbody></table>" % (head, body)
+def _outliers_note(outliers, first, last):
+    if not outliers:
+        return ""
+    items = "".join("<li>%s: %s</li>" % (html.escape(day), ", ".join(
+        "%s %s" % (html.escape(a), " ".join(t for t in ("+%d" % e if e else "", "&minus;%d" % x if x else "")
+                                            if t)) for a, e, x in counts))
+        for day, counts in outliers)
+    return ('<div class="outliers" id="outliers"><p>Not drawn: %d day%s of activity far from %s to '
+            '%s (often a record with a wrong date):</p><ul>%s</ul></div>'
+            % (len(outliers), "" if len(outliers) == 1 else "s", html.escape(first),
+               html.escape(last), items))
 
+
+def _table(headers, rows, table_id=None, numeric=()):
+    head = "".join("<th%s>%s</th>" % (' class="num"' if i in numeric else "", html.escape(str(h)))
+                   for i, h in enumerate(headers))
+    body = "".join("<tr>%s</tr>" % "".join(
+        "<td%s>%s</td>" % (' class="num"' if i in numeric else "", html.escape(str(c)))
+        for i, c in enumerate(row)) for row in rows)
+    return "<table%s><thead><tr>%s</tr></thead><tbody>%s</tbody></table>" % (
+        ' id="%s"' % table_id if table_id else "", head, body)
+
+
+# -- what the run wrote, as the launcher read it ----------------------------------------------------
 
 def export_files(listing):
     """[(container-relative name, size in bytes)] of local export files, data files only.
@@ -91,49 +238,166 @@ def export_files(listing):
     found = []
     for rel, size in listing:
         parts = rel.split("/")
-        if "_state" in parts[-2:-1] or parts[-1].endswith(".json"):
+        if "_state" in parts[-2:-1] or parts[-1].endswith(".json") or parts[-1].startswith(".tmp-"):
             continue
         found.append((rel, size))
     return sorted(found)
 
 
-def build_report(summary, daily, files):
-    days, series = audience_sizes(daily)
+def count_rows(name, data):
+    """Data rows of an export file's bytes (CSV without its header, or Parquet); None if unreadable."""
+    try:
+        if name.endswith(".parquet"):
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+            return pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
+        if name.endswith(".gz"):
+            data = gzip.decompress(data)
+        return max(0, sum(1 for _ in csv.reader(io.StringIO(data.decode("utf-8"), newline=""))) - 1)
+    except (OSError, ValueError, ImportError, EOFError):
+        return None
+
+
+def _utc(unix):
+    try:
+        return datetime.datetime.fromtimestamp(int(unix), datetime.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M")
+    except (OverflowError, ValueError, OSError):
+        return str(unix)
+
+
+def export_windows(files):
+    """``[(file, window start, window end, rows, bytes)]`` (times UTC) of ``[(name, size, rows)]``,
+    in window order per folder."""
+    windows = []
+    for rel, size, rows in files:
+        m = _WINDOW_NAME.search(rel)
+        start, end = (int(m.group(1)), int(m.group(2))) if m else (None, None)
+        windows.append((rel.rsplit("/", 1)[0] if "/" in rel else "", start, rel, end, rows, size))
+    windows.sort(key=lambda w: (w[0], w[1] if w[1] is not None else -1, w[2]))
+    return [(rel, _utc(start) if start is not None else "", _utc(end) if end is not None else "",
+             "" if rows is None else rows, size) for _, start, rel, end, rows, size in windows]
+
+
+# -- the page ------------------------------------------------------------------------------------
+
+def _dead_letter_section(files):
+    files = [(name, records) for name, records in files if records]
+    if not files:
+        return '<p class="empty" id="no-dead-letters">No dead letters: every record was processed.</p>'
+    out = []
+    for name, records in files:
+        reasons = {}
+        for r in records:
+            error = str(r.get("error", ""))
+            entry = reasons.setdefault(error, [0, r.get("source", "")])
+            entry[0] += 1
+        ranked = sorted(reasons.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        rows = [(n, error, source) for error, (n, source) in ranked[:MAX_REASONS]]
+        if len(ranked) > MAX_REASONS:
+            rows.append((sum(n for _, (n, _) in ranked[MAX_REASONS:]),
+                         "%d other reasons" % (len(ranked) - MAX_REASONS), ""))
+        out.append('<h3>deadletter/%s: %d record%s</h3>%s'
+                   % (html.escape(name), len(records), "" if len(records) == 1 else "s",
+                      _table(["records", "reason", "first at"], rows, numeric=(0,))))
+    return '<div id="dead-letters">%s</div>' % "".join(out)
+
+
+def _windows_section(windows):
+    if not windows:
+        return '<p class="empty">No local export files.</p>'
+    rows = sum(w[3] for w in windows if isinstance(w[3], int))
+    table = _table(["file", "window start (UTC)", "window end (UTC)", "rows", "bytes"], windows,
+                   table_id="export-windows", numeric=(3, 4))
+    summary = "%d file%s, %d row%s" % (len(windows), "" if len(windows) == 1 else "s", rows,
+                                       "" if rows == 1 else "s")
+    return '<details%s><summary>%s</summary>%s</details>' % (
+        " open" if len(windows) <= OPEN_WINDOW_ROWS else "", summary, table)
+
+
+def _day_rows(daily, audiences):
     per_day = {}
     for r in daily:
-        per_day.setdefault((r["day"], r["audience"]), {"enter": 0, "exit": 0})[r["event"]] += r["count"]
-    day_rows = [(day, audience, c["enter"], c["exit"]) for (day, audience), c in sorted(per_day.items())]
+        entry = per_day.setdefault(r["day"], {}).setdefault(r["audience"], [0, 0])
+        entry[0 if r["event"] == "enter" else 1] += r["count"]
+    rows = []
+    for day in sorted(per_day):
+        cells = [day]
+        for a in audiences:
+            e, x = per_day[day].get(a, [0, 0])
+            cells.append(" ".join(t for t in ("+%d" % e if e else "", "\u2212%d" % x if x else "")
+                                  if t) or "")
+        rows.append(cells)
+    return rows
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222;max-width:1400px}
+h1{margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+#per-day td,#export-windows td{white-space:nowrap}
+.figure{font-size:1.4em;font-weight:bold}.empty,.muted{color:#777}
+.chart{display:flex;gap:1.5em;align-items:flex-start;width:100%}
+.plot{flex:1 1 auto;min-width:0}.plot svg{display:block;width:100%;height:auto}
+.legend{list-style:none;margin:0;padding:.4em 0;flex:0 0 auto;font-size:.95em}
+.legend li{margin:.25em 0;white-space:nowrap}
+.swatch{display:inline-block;width:1.4em;height:.3em;vertical-align:middle;margin-right:.5em}
+.outliers{font-size:.95em;color:#444}.outliers ul{margin:.2em 0}
+details summary{cursor:pointer;margin:.4em 0}
+"""
+
+
+def build_report(summary, daily, files=None, dead_letters=(), windows=None):
+    """The page (see the module docstring). ``files``: :func:`export_files` (used when
+    ``windows`` is not given: then window rows have no row counts); ``dead_letters``: ``[(name
+    under DIR/deadletter, [records])]``; ``windows``: :func:`export_windows`."""
+    first, last, outliers = split_outlier_days(daily)
+    days, series = clipped_sizes(daily, first, last) if first else ([], {})
+    audience_names = list(summary.get("audiences", {})) or sorted({r["audience"] for r in daily})
+    day_rows = _day_rows(daily, audience_names)
     work_rows = [(wid, w["workflow"], ", ".join("%s %s" % (k, v) for k, v in w.items()
                                                  if k not in ("workflow", "label")))
                  for wid, w in summary.get("works", {}).items()]
     audience_rows = [(slug, f["enters"], f["exits"]) for slug, f in summary.get("audiences", {}).items()]
+    if windows is None:
+        windows = [(rel, "", "", "", size) for rel, size in (files or [])]
+    range_note = ('<p class="muted">%s to %s, UTC.</p>' % (html.escape(first), html.escape(last))
+                  if first else "")
     return """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Activation run report</title>
-<style>
-body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
-.figure{font-size:1.4em;font-weight:bold}.empty{color:#777}
-</style></head><body>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>%(style)s</style></head><body>
 <h1>Activation run report</h1>
 <p>Command <b>%(command)s</b>, %(seconds)s s. Records read <span class="figure" id="records">%(read)d</span>,
-dead-lettered <span class="figure" id="deadlettered">%(dead)d</span>, late %(late)d, duplicates %(dups)d.</p>
+dead-lettered <span class="figure" id="deadlettered">%(dead)d</span>, outside the time range %(outside)d,
+late %(late)d, duplicates %(dups)d.</p>
 <h2>Audience sizes over time</h2>
+%(range)s
 %(chart)s
+%(outliers)s
 <h2>Enters and exits per audience</h2>
 %(audiences)s
-<h2>Enters and exits per day</h2>
-%(days)s
 <h2>Works</h2>
 %(works)s
+<h2>Dead letters</h2>
+%(dead_letters)s
 <h2>Export files per window</h2>
-%(files)s
+%(windows)s
+<h2>Enters and exits per day</h2>
+%(days)s
 </body></html>
-""" % {"command": html.escape(summary.get("command", "")), "seconds": summary.get("seconds", ""),
+""" % {"style": STYLE, "command": html.escape(summary.get("command", "")),
+       "seconds": summary.get("seconds", ""),
        "read": summary.get("records_read", 0), "dead": summary.get("deadlettered", 0),
+       "outside": summary.get("outside_time_range", 0),
        "late": summary.get("late", 0), "dups": summary.get("duplicates", 0),
-       "chart": _chart(days, series),
-       "audiences": _table(["audience", "enters", "exits"], audience_rows),
-       "days": _table(["day", "audience", "enters", "exits"], day_rows) if day_rows else
-       '<p class="empty">none</p>',
+       "range": range_note, "chart": _chart(days, series),
+       "outliers": _outliers_note(outliers, first, last),
+       "audiences": _table(["audience", "enters", "exits"], audience_rows, numeric=(1, 2)),
+       "days": ('<p class="muted">+ enters, \u2212 exits, per audience and day (UTC).</p>'
+                + _table(["day"] + audience_names, day_rows, table_id="per-day")
+                if day_rows else '<p class="empty">none</p>'),
        "works": _table(["work", "workflow", "figures"], work_rows),
-       "files": _table(["file", "bytes"], files) if files else '<p class="empty">no local export files</p>'}
+       "dead_letters": _dead_letter_section(dead_letters),
+       "windows": _windows_section(windows)}

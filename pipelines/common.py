@@ -15,7 +15,9 @@ import gc
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 import uuid
@@ -31,7 +33,7 @@ from core.history import unpack_changes
 from core.messages import (MessageBuilder, audience_names, merge_message_line_runs,
                            message_line_runs, message_sort_key, user_messages)
 from core.records import SystemEvent, dedupe_batch, dedupe_first_copies
-from core.report import build_report, export_files
+from core.report import build_report, count_rows, export_files, export_windows
 from core.redact import Redactor, collect_secrets, install_log_redaction
 from core.system_events import work_event
 from core.snapshot import SnapshotError
@@ -287,7 +289,8 @@ class _DailyActivity(beam.DoFn):
         slugs = self._slugs
         for window, (earliest, counts) in self._per_window.items():
             for (day, audience_index, kind), count in counts.items():
-                key = (format_time(day * _DAY_MICROS)[:10], slugs[audience_index], kind)
+                # The date part of the time: years past 9999 have more than four digits.
+                key = (format_time(day * _DAY_MICROS).split("T", 1)[0], slugs[audience_index], kind)
                 yield WindowedValue((key, count), earliest, [window])
         self._per_window = {}
 
@@ -714,10 +717,29 @@ def write_report(output_dir, summary):
     root = outputs.join(output_dir, "blob")
     listing = [(outputs.relative(path, root), outputs.file_size(path))
                for path in outputs.list_files(root)]
+    files = [(rel, size, count_rows(rel, outputs.read_file(outputs.join(root, rel)) or b""))
+             for rel, size in export_files(listing)]
     path = outputs.join(output_dir, "report.html")
-    outputs.write_file(path, (build_report(summary, daily, export_files(listing)).encode("utf-8"),),
-                       mime_type="text/html")
+    page = build_report(summary, daily, dead_letters=_dead_letter_files(output_dir),
+                        windows=export_windows(files))
+    outputs.write_file(path, (page.encode("utf-8"),), mime_type="text/html")
     return path
+
+
+def _dead_letter_files(output_dir):
+    """``[(name, [records])]`` under ``DIR/deadletter``: ``x.jsonl`` files, and the part
+    directories of unbounded runs (``x/part-*.jsonl``, named ``x/``), by name."""
+    root = outputs.join(output_dir, "deadletter")
+    found = {}
+    for path in outputs.list_files(root):
+        rel = outputs.relative(path, root)
+        if not rel.endswith(".jsonl"):
+            continue
+        name = rel if "/" not in rel else rel.split("/", 1)[0] + "/"
+        data = outputs.read_file(path) or b""
+        found.setdefault(name, []).extend(
+            json.loads(line) for line in data.decode("utf-8").split("\n") if line.strip())
+    return sorted(found.items())
 
 
 def _prepare_output_dir(output_dir):
@@ -830,7 +852,8 @@ def main(argv, mode, make_evaluate, time_range_of=None, help_text=None):
     redactor = Redactor()
     _configure_logging(verbose, redactor)
     try:
-        return _run(argv, mode, make_evaluate, redactor, time_range_of)
+        with private_temp_directory():
+            return _run(argv, mode, make_evaluate, redactor, time_range_of)
     except (ConfigError, InputMissingError, LaunchError, RunnerMissingError) as exc:
         sys.stderr.write("error: %s\n" % redactor(str(exc)))
         return 2
@@ -843,6 +866,29 @@ def main(argv, mode, make_evaluate, time_range_of=None, help_text=None):
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
         sys.stderr.write("error: %s: %s\n" % (type(exc).__name__, redactor(first)[:500]))
         return 1
+
+
+@contextlib.contextmanager
+def private_temp_directory():
+    """Temporary files of the run in one folder of its own, removed when the run ends.
+
+    Beam's local runners make temporary folders (staging, artifacts, a requirements cache) in
+    the system's temporary directory and leave them there, empty, after every run; they are made
+    here instead (``tempfile.tempdir``, and ``TMPDIR`` for processes the run starts), and go.
+    """
+    previous_tempdir, previous_env = tempfile.tempdir, os.environ.get("TMPDIR")
+    path = tempfile.mkdtemp(prefix="activation-run-")
+    tempfile.tempdir = path
+    os.environ["TMPDIR"] = path
+    try:
+        yield path
+    finally:
+        tempfile.tempdir = previous_tempdir
+        if previous_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous_env
+        shutil.rmtree(path, ignore_errors=True)
 
 
 #: Allocations between young-generation collections while a pipeline runs in this process (the

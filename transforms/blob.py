@@ -23,6 +23,8 @@ In the job config (CONTRACT 3)::
       format: csv                   # csv | csv.gz | parquet
       anchor: "2026-11-01T00:30:00Z"   # optional: where the window grid starts
       start: "2026-11-01T00:00:00Z"    # optional: records received before it are not exported
+      max_windows_per_run: 10000    # the most windows one run writes (see "Window limit")
+      allow_more_windows: false     # true: no limit
 
 Using the transform
 -------------------
@@ -64,6 +66,16 @@ atomically), so a retried bundle rewrites the same name with the same bytes and 
 second one. The local sink ``<output_dir>/blob/<container>/`` (``--output_dir`` a local path or
 any Beam file system URI, ``azfs://`` included) is written through Beam's ``FileSystems`` under a
 temporary name and then renamed.
+
+Window limit
+------------
+A run plans at most ``max_windows_per_run`` windows from its first (the marker's end, else the
+first window with data; :func:`core.export.window_limit`), unless ``allow_more_windows: true``.
+The rows of windows past the limit (a record dated 9999 on an hourly export) are not written: they
+go to ``<output_dir>/deadletter/<work id>.jsonl`` with the reason, count as ``deadlettered``, and
+one ``failed`` event names the first of them. A first window more than 30 days before the next
+window with data is logged as a warning with the ``start`` to set
+(:func:`core.export.leading_gap_warning`).
 
 State marker and catch-up
 -------------------------

@@ -621,7 +621,7 @@ class _BlobDoFn(beam.DoFn):
 class _WriteWindowFiles(_BlobDoFn):
     """(window start, rows) -> the window's file; work events out, and ``(start, written, first
     (received_at, id), rows)`` to RESULTS (``written`` None: past the run's window limit, the
-    rows went to DEADLETTER instead). ``first_with_data``: the run's first window start."""
+    rows went to DEADLETTER instead). ``first_with_data``: ``[the run's first window start]``."""
 
     RESULTS = "results"
     DEADLETTER = "deadletter"
@@ -630,7 +630,9 @@ class _WriteWindowFiles(_BlobDoFn):
         start, keyed_rows = element
         keyed_rows = list(keyed_rows)
         first = min((r[0], r[1]) for r in keyed_rows)
-        limit = self._spec.limit(first_with_data)
+        # A list side input (its one value, or None): a runner that repeats a side input's
+        # contents gives the same minimum, where a singleton would fail.
+        limit = self._spec.limit(min((f for f in first_with_data if f is not None), default=None))
         if limit is not None and start >= limit:
             yield from self._beyond_limit(start, limit, keyed_rows, self.DEADLETTER)
             yield beam.pvalue.TaggedOutput(self.RESULTS, (start, None, first, len(keyed_rows)))
@@ -959,7 +961,7 @@ class WriteToBlobExport(beam.PTransform):
                            | "FirstWindow" >> beam.CombineGlobally(_FirstWindow()))
         written = (windows
                    | "WriteFiles" >> beam.ParDo(_WriteWindowFiles(spec, self._recipe, self._aid),
-                                                beam.pvalue.AsSingleton(first_with_data))
+                                                beam.pvalue.AsList(first_with_data))
                    .with_outputs(_WriteWindowFiles.RESULTS, _WriteWindowFiles.DEADLETTER,
                                  main="events"))
         _ = written[_WriteWindowFiles.DEADLETTER] | "WriteDeadLetters" >> WriteJsonLinesFile(

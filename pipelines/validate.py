@@ -57,6 +57,8 @@ def plan(job):
             entry["files"] = "%s%s_%s_%s_<start>_<end>.%s" % (s.prefix, job.account_name, s.export_type,
                                                             w.id, s.format)
             entry["period_hours"] = s.period_hours
+            entry["max_windows_per_run"] = (None if s.allow_more_windows
+                                            else s.max_windows_per_run)  # None: no limit
         elif w.workflow == "webhook_system_events":
             entry["destination"] = s.webhook_url or "local file alerts/%s.jsonl" % w.id
             entry["verbs"] = sorted(s.verbs) if s.verbs else "all"
@@ -67,7 +69,9 @@ def plan(job):
             entry["verbs"] = sorted(s.verbs) if s.verbs else "all"
         entry["config"] = mask_secrets(w.config)
         works.append(entry)
-    return {"account": {"name": job.account_name, "aid": job.aid}, "audiences": audiences, "works": works}
+    return {"account": {"name": job.account_name, "aid": job.aid},
+            "input": {"max_ts_skew": _duration(job.max_ts_skew)},
+            "audiences": audiences, "works": works}
 
 
 def print_plan(p, out):

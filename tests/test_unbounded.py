@@ -544,34 +544,3 @@ def test_the_live_command_builds_reads_the_hub_and_stops_on_ctrl_c(tmp_path, loc
     key = local_eventhubs.connection_string.split("SharedAccessKey=")[1].split(";")[0]
     assert key not in stdout + stderr
 
-
-def test_closed_windows_past_the_window_limit_are_dead_lettered_not_written(tmp_path):
-    config = json.loads(json.dumps(CONFIG))
-    config["works"][1]["config"]["max_windows_per_run"] = 3
-    work = parse_config(config).works[1]
-    spec = ExportSpec(work.settings, "acme", work.id)
-    destination = _FlakyDestination(tmp_path, 0, spec.prefix)
-    fn = blob._WriteClosedWindows(spec, _Recipe(destination), 1234, grace_us=5 * MINUTE)
-    fn.setup()
-    rows, progress, close = _Bag(), _Value(), _Timer()
-    row = lambda offset, event_id: (T0 + offset, event_id, [event_id, "u", "", "purchase",
-                                                            _at(offset), _at(offset), None, None])
-    group = [(T0, row(MINUTE, "a")), (T0 + 2 * HOUR, row(2 * HOUR + MINUTE, "b")),
-             (T0 + 3 * HOUR, row(3 * HOUR + MINUTE, "c")), (T0 + 9 * HOUR, row(9 * HOUR, "d"))]
-    list(fn.process(("w-blob", group), rows, progress, close))
-    fired = beam.utils.timestamp.Timestamp(micros=T0 + 10 * HOUR + 10 * MINUTE)
-    out = list(fn.write_closed(fired, rows, progress, close))
-    dead = [o.value for o in out if getattr(o, "tag", None) == "late"]
-    events = [o for o in out if getattr(o, "tag", None) is None]
-    # 10:00, 11:00 and 12:00 are the three windows of the run; 13:00 and 19:00 are past them.
-    assert [(d["raw"]["event_id"], d["error"][:55]) for d in dead] == [
-        ("c", "window 2026-11-20T13:00:00Z is 3 windows after the run'"),
-        ("d", "window 2026-11-20T19:00:00Z is 9 windows after the run'")]
-    assert [e.data["verb"] for e in events] == ["failed", "synced", "synced", "synced",
-                                                "synccomplete"]
-    assert events[0].data["notes"].startswith(
-        "2 records in 2 windows from 2026-11-20T13:00:00Z on not written: more than "
-        "max_windows_per_run (3) windows in one run; the first is record c")
-    assert sorted(destination.list_names()) == ["ev/_state/w-blob.json"] + [
-        spec.file_name(T0 + k * HOUR) for k in range(3)]
-    assert progress.value == (T0 + 3 * HOUR, None) and rows.read() == []

@@ -965,7 +965,7 @@ class WriteToBlobExport(beam.PTransform):
                    .with_outputs(_WriteWindowFiles.RESULTS, _WriteWindowFiles.DEADLETTER,
                                  main="events"))
         _ = written[_WriteWindowFiles.DEADLETTER] | "WriteDeadLetters" >> WriteJsonLinesFile(
-            os.path.join(self._output_dir, "deadletter", work.id + ".jsonl"),
+            outputs.join(self._output_dir, "deadletter", work.id + ".jsonl"),
             sort_key=_dead_letter_order, write_empty=False)
         finished = (p
                     | "Once" >> Values([None])

@@ -8,7 +8,7 @@ import base64
 import hashlib
 import json
 import re
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 from core.timeutil import (EPOCH_SECONDS_LIMIT, MICROS, TimeFormatError, format_duration, format_time,
                            parse_time)

@@ -277,10 +277,10 @@ class _DailyActivity(beam.DoFn):
         counts = entry[1]
         # The wire tuples as they come (UserChange field order): this runs once per change, and
         # day numbers become dates once per bundle, in finish_bundle.
-        for time, changes, _, _, _, backfill in unpack_changes(element[1]):
+        for at, changes, _, _, _, backfill in unpack_changes(element[1]):
             if backfill:
                 continue
-            day = time // _DAY_MICROS
+            day = at // _DAY_MICROS
             for audience_index, kind, _ in changes:
                 key = (day, audience_index, kind)
                 counts[key] = counts.get(key, 0) + 1

@@ -771,7 +771,6 @@ def reference_outputs(config: dict, lines: list, environ=None, as_of=None) -> di
     withins = config_withins(config)
     out = {"eventhub": {}, "blob": {}, "deadletter": dead}
     for work in config["works"]:
-        wc = work["config"]
         if work.get("paused"):
             continue
         if work["workflow"] == "eventhub_audience_export":

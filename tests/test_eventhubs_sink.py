@@ -9,7 +9,6 @@ import os
 import secrets
 import socket
 import threading
-import time
 
 import apache_beam as beam
 import pytest

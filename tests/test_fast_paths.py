@@ -26,7 +26,7 @@ from core.conditions import Audience
 from core.config import EventHubSettings
 from core.engine import UserChange
 from core.messages import build_message, message_id
-from core.records import (InputError, canonical_json_bytes, content_hash, json_agrees,
+from core.records import (InputError, canonical_json_bytes, json_agrees,
                           parse_record)
 from core.timeutil import OPEN_EXIT, format_time, parse_time
 

@@ -1,6 +1,5 @@
 """core.templates: the Lytics binding of ``event`` and the sandbox's bounds."""
 import sys
-import time
 
 import pytest
 

@@ -288,7 +288,6 @@ def test_worker_processes_option_and_its_resolution():
 # ------------------------------------------------------------------------------------------------
 
 def test_message_lines_are_the_built_messages_encoded_and_sorted():
-    import datetime
     from core.config import EventHubSettings
     from core.jsonlines import encode_sorted_lines
     from core.messages import audience_names, build_message, message_lines, message_sort_key

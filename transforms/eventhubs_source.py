@@ -170,7 +170,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import datetime
-import json
 import logging
 import os
 import re
@@ -190,14 +189,13 @@ from apache_beam.transforms.display import DisplayDataItem
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from clients.checkpoints import (CHECKPOINT_VERSION, BlobStorageCheckpointStore, Checkpoint,
+from clients.checkpoints import (BlobStorageCheckpointStore, Checkpoint,
                                  CheckpointError, LocalCheckpointStore)
 from clients.checkpoints import NAME as _NAME
 from clients.checkpoints import OWNERSHIP_EXPIRY_SECONDS
 from clients.checkpoints import fully_qualified_namespace as _fully_qualified_namespace
 from core.config import EnvRef
 from core.redact import reveal, secret_parts
-from core.timeutil import format_time
 # The sink's connection-string parsing, secret holder and error descriptions, so both directions
 # report credentials and endpoints in the same words and redact the same way.
 from transforms.eventhubs import (EventHubsDeliveryError, _describe, _is_auth_error,

@@ -1,6 +1,6 @@
 """Independent brute-force reference for the acceptance tests.
 
-Derived only from /work/shared/CONTRACT.md (sections 2, 3, 4, 5.1, 5.2) and docs/SEMANTICS.md.
+Derived only from docs/CONTRACT.md (sections 2, 3, 4, 5.1, 5.2) and docs/SEMANTICS.md.
 It shares no code with the engine on purpose: it is slow and simple so that it is obviously right.
 
     reference_outputs(config, lines, environ={}) -> {

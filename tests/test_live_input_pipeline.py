@@ -57,12 +57,13 @@ def test_catch_up_from_event_hubs_equals_the_file_and_reads_each_event_once(tmp_
     from_file = run(tmp_path, "file1", str(tmp_path / "first.jsonl"), {})
     assert from_file.returncode == 0, from_file.stderr[-3000:]
     assert messages(tmp_path, "hub1") == messages(tmp_path, "file1") != []
-    assert json.loads((tmp_path / "hub1" / "summary.json").read_text())["records_read"] == 1000
+    assert json.loads((tmp_path / "hub1" / "summary.json").read_text())["records_read"] == len(first)
 
     publish(local_eventhubs, second)
     again = run(tmp_path, "hub2", uri, env)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads((tmp_path / "hub2" / "summary.json").read_text())["records_read"] == 500
+    # The second run reads only what was published after the first: each event once.
+    assert json.loads((tmp_path / "hub2" / "summary.json").read_text())["records_read"] == len(second)
 
 
 def test_catch_up_runs_with_state_give_the_messages_of_one_run_over_everything(tmp_path,

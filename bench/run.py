@@ -184,7 +184,7 @@ def _bench(args):
             figures["median"]["marginal_events_per_second"] / base_median, 2)
     results["paths"]["core"]["ratio_to_baseline"] = round(engine_rate / base, 1)
     # What 20x the baseline's marginal rate leaves per event, with every CPU busy all the time.
-    results["replay_target_cpu_us_per_event"] = round(1e6 / (20 * base) * (os.cpu_count() or 1), 2)
+    results["replay_target_cpu_us_per_event"] = float("%.4g" % (1e6 / (20 * base) * (os.cpu_count() or 1)))
     same = all(_outputs(os.path.join(data, "out-stream-%s" % s))
                == _outputs(os.path.join(data, "out-replay-%s" % s)) for s in ("N", "4N"))
     results["stream_equals_replay"] = same

@@ -20,7 +20,7 @@ import zlib
 import apache_beam as beam
 import pytest
 from apache_beam.internal import pickler
-from apache_beam.internal.cloudpickle import cloudpickle
+import cloudpickle  # the pickler Beam 2.62 uses for DoFns (a dependency of apache-beam)
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 from azure.eventhub import EventData, EventHubProducerClient

@@ -232,6 +232,19 @@ def row_sort_key(received_at, record_id, values):
     return (received_at, record_id, canonical_json(values))
 
 
+def sort_rows(keyed_rows):
+    """``(received_at, id, values)`` rows in :func:`row_sort_key` order.
+
+    Sorted by (received_at, id) alone when no two rows share both (the canonical JSON of the
+    values is the costly part of the key, and only copies of one event need it).
+    """
+    keys = [(r[0], r[1]) for r in keyed_rows]
+    if len(set(keys)) == len(keys):
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        return [keyed_rows[i] for i in order]
+    return sorted(keyed_rows, key=lambda r: row_sort_key(*r))
+
+
 def dedupe_system_events(events):
     """System events with copies of one ``id`` within 24 h of its run's first copy removed.
 
@@ -257,6 +270,8 @@ def guard_formula(text):
 
 def format_cell(value):
     """The CSV text of one value (SEMANTICS: Blob export)."""
+    if type(value) is str:  # the common case first; str subclasses take the general path
+        return "'" + value if value.startswith(FORMULA_PREFIXES) else value
     if value is None:
         return ""
     if value is True:
@@ -288,12 +303,25 @@ class _LineEnds:
 
 
 def encode_csv(columns, rows):
-    out = _LineEnds()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(columns)
-    for values in rows:
-        writer.writerow([format_cell(v) for v in values])
-    return "".join(out.parts).encode("utf-8")
+    """The CSV bytes of a header and ``rows`` (lists of raw values), encoded in one call.
+
+    The rows go to one ``csv.writer.writerows`` call with ``\\n`` line ends when no cell holds a
+    CR: then minimal quoting is the same as with ``\\r\\n`` ends (a cell holding a LF is quoted
+    either way), so the bytes are those of :class:`_LineEnds`, which only a file with a CR in a
+    cell needs.
+    """
+    fmt = format_cell
+    cells = [[fmt(v) for v in values] for values in rows]
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows([columns] + cells if cells else [columns])
+    text = out.getvalue()
+    if "\r" in text:
+        ends = _LineEnds()
+        writer = csv.writer(ends, lineterminator="\r\n")
+        writer.writerow(columns)
+        writer.writerows(cells)
+        text = "".join(ends.parts)
+    return text.encode("utf-8")
 
 
 def _parquet_array(pa, values):
@@ -311,7 +339,8 @@ def _parquet_array(pa, values):
 def encode_parquet(columns, rows):
     import pyarrow as pa
     import pyarrow.parquet as pq
-    arrays = [_parquet_array(pa, [r[i] for r in rows]) for i in range(len(columns))]
+    by_column = list(zip(*rows)) if rows else [()] * len(columns)
+    arrays = [_parquet_array(pa, list(values)) for values in by_column]
     table = pa.Table.from_arrays(arrays, names=list(columns))
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="snappy")
@@ -392,8 +421,7 @@ class ExportSpec:
                          start + self.period, self.format)
 
     def encode(self, keyed_rows):
-        rows = sorted(keyed_rows, key=lambda r: row_sort_key(*r))
-        return encode_file(self.columns, [r[2] for r in rows], self.format)
+        return encode_file(self.columns, [r[2] for r in sort_rows(keyed_rows)], self.format)
 
 
 def render_files(records, settings, account_name, work_id, marker_end=None):

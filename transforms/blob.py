@@ -144,6 +144,7 @@ from apache_beam.transforms.display import DisplayDataItem
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteStateSpec, TimerSpec,
                                                on_timer)
+from apache_beam.utils.windowed_value import WindowedValue
 
 from core.export import (CONTENT_TYPES, ExportSpec, advance_marker, dedupe_system_events,
                          leading_gap_warning, marker_bytes, marker_name, parse_marker,
@@ -525,6 +526,41 @@ class _SelectRows(beam.DoFn):
         yield spec.window_of(received_at), spec.keyed_row(record)
 
 
+_GLOBAL = beam_window.GlobalWindow()
+
+
+class _SelectRowBatches(_SelectRows):
+    """Records -> ``(window start, [keyed row, ...])``, one element per window and bundle: the
+    bounded path's rows travel in lists, so the group and write steps handle one element per
+    window and bundle rather than one per row."""
+
+    def start_bundle(self):
+        self._batches = {}
+
+    def process(self, record):
+        spec = self._spec
+        if not spec.accepts(record):
+            return
+        received_at = spec.received_at(record)
+        if spec.before_marker(received_at):
+            self._skipped.inc()
+            return
+        start = spec.window_of(received_at)
+        batch = self._batches.get(start)
+        if batch is None:
+            self._batches[start] = [spec.keyed_row(record)]
+        else:
+            batch.append(spec.keyed_row(record))
+
+    def finish_bundle(self):
+        # The input is in the global window (WriteToBlobExport.expand puts it there), so the
+        # batches are too; not asking for each record's window keeps process() on Beam's fast
+        # call path.
+        for start, rows in self._batches.items():
+            yield WindowedValue((start, rows), _GLOBAL.max_timestamp(), [_GLOBAL])
+        self._batches = {}
+
+
 class _BlobDoFn(beam.DoFn):
     """Base of the steps that write: one client per DoFn instance, made in setup()."""
 
@@ -619,16 +655,17 @@ class _BlobDoFn(beam.DoFn):
 
 
 class _WriteWindowFiles(_BlobDoFn):
-    """(window start, rows) -> the window's file; work events out, and ``(start, written, first
-    (received_at, id), rows)`` to RESULTS (``written`` None: past the run's window limit, the
-    rows went to DEADLETTER instead). ``first_with_data``: ``[the run's first window start]``."""
+    """(window start, [[keyed row, ...], ...]) -> the window's file, from the window's batches
+    (:class:`_SelectRowBatches`); work events out, and ``(start, written, first (received_at,
+    id), rows)`` to RESULTS (``written`` None: past the run's window limit, the rows went to
+    DEADLETTER instead). ``first_with_data``: ``[the run's first window start]``."""
 
     RESULTS = "results"
     DEADLETTER = "deadletter"
 
     def process(self, element, first_with_data):
-        start, keyed_rows = element
-        keyed_rows = list(keyed_rows)
+        start, batches = element
+        keyed_rows = [row for batch in batches for row in batch]
         first = min((r[0], r[1]) for r in keyed_rows)
         # A list side input (its one value, or None): a runner that repeats a side input's
         # contents gives the same minimum, where a singleton would fail.
@@ -954,7 +991,7 @@ class WriteToBlobExport(beam.PTransform):
                        | "GroupCopies" >> beam.GroupByKey()
                        | "DedupeCopies" >> beam.FlatMap(_dedupe_copies))
         windows = (records
-                   | "SelectRows" >> beam.ParDo(_SelectRows(spec))
+                   | "SelectRows" >> beam.ParDo(_SelectRowBatches(spec))
                    | "GroupByWindow" >> beam.GroupByKey())
         first_with_data = (windows
                            | "WindowStarts" >> beam.Keys()

@@ -524,3 +524,52 @@ def test_portable_runner_writes_the_same_files(azurite, tmp_path):
     assert marker_of(azurite, work) == T0 + 6 * H
     events = _COLLECTED.pop(key, [])
     assert sorted(e.verb for e in events) == ["synccomplete"] + ["synced"] * 6
+
+
+# -- rows travel batched (bounded input) -------------------------------------------------------
+
+def many_rows(n=600):
+    """``n`` purchase rows over 3 hours, out of order, two rows per minute, some sharing an id."""
+    rows = [export_row("e-%03d" % (i % (n - 7)), (i * 37) % 180, user="u%d" % (i % 11),
+                       props={"price": i, "campaign": "=c%d" % i if i % 5 == 0 else "c,%d" % i},
+                       attrs={"email": "u%d@example.com" % (i % 11)})
+            for i in range(n)]
+    return rows
+
+
+def test_select_step_emits_lists_per_window_not_rows():
+    work = make_work(None, new_container())
+    spec = export.ExportSpec(work.settings, ACCOUNT, work.id)
+    records = many_rows()
+    key = uuid.uuid4().hex
+    p = BeamTestPipeline(runner="FnApiRunner")
+    (p
+     | beam.Create(records)
+     | beam.ParDo(blob._SelectRowBatches(spec))
+     | beam.Map(_collect, key))
+    p.run().wait_until_finish()
+    elements = _COLLECTED.pop(key, [])
+    assert all(isinstance(rows, list) for _, rows in elements)
+    windows = {start for start, _ in elements}
+    assert len(windows) == 3
+    # One element per window and bundle: far fewer than the 600 rows.
+    assert len(elements) < len(records) // 10
+    got = {}
+    for start, rows in elements:
+        got.setdefault(start, []).extend(rows)
+    expected = {}
+    for r in records:
+        expected.setdefault(spec.window_of(spec.received_at(r)), []).append(spec.keyed_row(r))
+    assert {s: export.sort_rows(v) for s, v in got.items()} == \
+        {s: export.sort_rows(v) for s, v in expected.items()}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "csv.gz", "parquet"])
+def test_many_rows_files_equal_core(tmp_path, fmt):
+    work = make_work(None, new_container(), format=fmt)
+    records = many_rows()
+    expected = export.render_files(records, work.settings, ACCOUNT, work.id)
+    run = run_export(work, records, tmp_path)
+    assert local_files(tmp_path, work) == expected
+    assert run.counters["rows_delivered"] == len(records)
+    assert run.counters["files_delivered"] == len(expected) == 3

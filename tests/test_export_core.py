@@ -11,7 +11,7 @@ import pytest
 from core import export
 from core.config import parse_config
 from core.engine import ExportRow
-from core.records import parse_record
+from core.records import canonical_json, parse_record
 from core.timeutil import MICROS, parse_time
 
 H = 3600 * MICROS
@@ -332,3 +332,56 @@ def test_a_first_window_far_before_the_next_window_with_data_is_warned_about():
     assert export.leading_gap_warning("w", [new - 29 * 24 * H, new], None, H) is None
     assert export.leading_gap_warning("w", [old, new], new - H, H) is None  # catch-up from a marker
     assert export.leading_gap_warning("w", [old], None, H) is None
+
+
+# -- bulk encoding and sorting -----------------------------------------------------------------
+
+def _encode_csv_row_by_row(columns, rows):
+    """The CSV encoder of the contract, one csv.writer call per row: what the bulk one must equal."""
+    parts = []
+
+    class Sink:
+        def write(self, record):
+            parts.append(record[:-2] + "\n")
+
+    writer = csv.writer(Sink(), lineterminator="\r\n")
+    writer.writerow(columns)
+    for values in rows:
+        writer.writerow([export.format_cell(v) for v in values])
+    return "".join(parts).encode("utf-8")
+
+
+_CELLS = [None, "", "plain", "x,y", 'q"q', "line\nbreak", "cr\ronly", "crlf\r\nend", "=1+2", "+x",
+          "-5", "@h", "\ttab", "\rlead", "é", 0, -3, 2 ** 70, 19.99, float("inf"), True, False,
+          {"a": [1, None]}, ["x", 1], " ", '"']
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_bulk_csv_equals_row_by_row_encoder(seed):
+    import random
+    rnd = random.Random(seed)
+    columns = ["c%d" % i for i in range(rnd.randint(1, 5))]
+    pool = _CELLS if seed % 2 else [c for c in _CELLS if not (isinstance(c, str) and "\r" in c)]
+    rows = [[rnd.choice(pool) for _ in columns] for _ in range(rnd.randint(0, 30))]
+    assert export.encode_csv(columns, rows) == _encode_csv_row_by_row(columns, rows)
+
+
+def test_bulk_csv_falls_back_for_a_carriage_return_among_many_rows():
+    rows = [["a%d" % i, i] for i in range(100)] + [["x\ry", 1]]
+    data = export.encode_csv(["s", "n"], rows)
+    assert data == _encode_csv_row_by_row(["s", "n"], rows)
+    assert data.endswith(b'"x\ry",1\n')
+
+
+def test_sort_rows_matches_the_full_key_with_and_without_ties():
+    import random
+    rnd = random.Random(7)
+    for ties in (False, True):
+        keyed = []
+        for i in range(300):
+            ident = "e%d" % (rnd.randrange(40) if ties else i)
+            keyed.append((rnd.randrange(5) * MICROS if ties else rnd.randrange(10 ** 9), ident,
+                          [ident, rnd.choice([1, "b", None, {"k": rnd.randrange(3)}])]))
+        expected = sorted(keyed, key=lambda r: export.row_sort_key(*r))
+        assert [canonical_json(r) for r in export.sort_rows(keyed)] == \
+            [canonical_json(r) for r in expected]

@@ -573,3 +573,19 @@ def test_many_rows_files_equal_core(tmp_path, fmt):
     assert local_files(tmp_path, work) == expected
     assert run.counters["rows_delivered"] == len(records)
     assert run.counters["files_delivered"] == len(expected) == 3
+
+
+def test_select_step_bounds_the_rows_it_holds(tmp_path, monkeypatch):
+    monkeypatch.setattr(blob._SelectRowBatches, "MAX_BATCHED_ROWS", 50)
+    work = make_work(None, new_container())
+    records = many_rows()
+    spec = export.ExportSpec(work.settings, ACCOUNT, work.id)
+    select = blob._SelectRowBatches(spec)
+    select.start_bundle()
+    early = [out for r in records for out in select.process(r)]
+    late = [wv.value for wv in select.finish_bundle()]
+    assert early and all(len(rows) <= 50 for _, rows in early)
+    assert sum(len(rows) for _, rows in early + late) == len(records)
+    expected = export.render_files(records, work.settings, ACCOUNT, work.id)
+    run_export(work, records, tmp_path)
+    assert local_files(tmp_path, work) == expected

@@ -530,12 +530,17 @@ _GLOBAL = beam_window.GlobalWindow()
 
 
 class _SelectRowBatches(_SelectRows):
-    """Records -> ``(window start, [keyed row, ...])``, one element per window and bundle: the
-    bounded path's rows travel in lists, so the group and write steps handle one element per
-    window and bundle rather than one per row."""
+    """Records -> ``(window start, [keyed row, ...])``: the bounded path's rows travel in lists,
+    one element per window and bundle (or per :data:`MAX_BATCHED_ROWS` rows of a bundle, which
+    bounds the memory a large bundle holds), so the group and write steps handle a few elements
+    per window rather than one per row."""
+
+    #: Rows held before the batches are emitted within a bundle.
+    MAX_BATCHED_ROWS = 10_000
 
     def start_bundle(self):
         self._batches = {}
+        self._held = 0
 
     def process(self, record):
         spec = self._spec
@@ -551,6 +556,11 @@ class _SelectRowBatches(_SelectRows):
             self._batches[start] = [spec.keyed_row(record)]
         else:
             batch.append(spec.keyed_row(record))
+        self._held += 1
+        if self._held >= self.MAX_BATCHED_ROWS:
+            yield from self._batches.items()
+            self._batches = {}
+            self._held = 0
 
     def finish_bundle(self):
         # The input is in the global window (WriteToBlobExport.expand puts it there), so the
@@ -559,6 +569,7 @@ class _SelectRowBatches(_SelectRows):
         for start, rows in self._batches.items():
             yield WindowedValue((start, rows), _GLOBAL.max_timestamp(), [_GLOBAL])
         self._batches = {}
+        self._held = 0
 
 
 class _BlobDoFn(beam.DoFn):

@@ -542,7 +542,7 @@ def test_select_step_emits_lists_per_window_not_rows():
     spec = export.ExportSpec(work.settings, ACCOUNT, work.id)
     records = many_rows()
     key = uuid.uuid4().hex
-    p = BeamTestPipeline(runner="FnApiRunner")
+    p = BeamTestPipeline(runner="apache_beam.runners.portability.fn_api_runner.FnApiRunner")
     (p
      | beam.Create(records)
      | beam.ParDo(blob._SelectRowBatches(spec))
@@ -589,3 +589,35 @@ def test_select_step_bounds_the_rows_it_holds(tmp_path, monkeypatch):
     expected = export.render_files(records, work.settings, ACCOUNT, work.id)
     run_export(work, records, tmp_path)
     assert local_files(tmp_path, work) == expected
+
+
+def _labels(pipeline):
+    labels = []
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def enter_composite_transform(self, node):
+            labels.append(node.full_label)
+
+        def visit_transform(self, node):
+            labels.append(node.full_label)
+
+    pipeline.visit(Visitor())
+    return labels
+
+
+@pytest.mark.parametrize("windowed", [False, True])
+def test_global_window_step_only_for_windowed_input(tmp_path, windowed):
+    # Re-windowing is a step per record: skipped when the input is in the global window already.
+    work = make_work(None, new_container())
+    records = many_rows(60)
+    p = BeamTestPipeline(runner="apache_beam.runners.portability.fn_api_runner.FnApiRunner")
+    rows = p | beam.Create(records)
+    if windowed:
+        rows = (rows
+                | beam.Map(lambda r: beam.window.TimestampedValue(r, r.event.received_at / 1e6))
+                | beam.WindowInto(beam.window.FixedWindows(600)))
+    _ = rows | "Export" >> blob.WriteToBlobExport(work, ACCOUNT, AID, str(tmp_path))
+    p.run().wait_until_finish()
+    assert any(label.endswith("Export/GlobalWindow") for label in _labels(p)) == windowed
+    assert local_files(tmp_path, work) == export.render_files(records, work.settings, ACCOUNT,
+                                                              work.id)

@@ -993,7 +993,9 @@ class WriteToBlobExport(beam.PTransform):
             return (p | "Disabled" >> Values([None])
                     | "DisabledEvent" >> beam.Map(_disabled_event, self._aid, work.id, reason))
         spec = ExportSpec(work.settings, self._account_name, work.id, marker_end)
-        records = records | "GlobalWindow" >> beam.WindowInto(beam_window.GlobalWindows())
+        if not records.windowing.is_default():
+            # A step per record: only when the input is not in the global window already.
+            records = records | "GlobalWindow" >> beam.WindowInto(beam_window.GlobalWindows())
         if is_unbounded(records):
             return self._expand_unbounded(records, spec)
         if spec.export_type == "system_events":

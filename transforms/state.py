@@ -25,6 +25,7 @@ from core.records import DEDUPE_HORIZON_US
 from core.snapshot import SnapshotError, read_snapshot, system_event_row, user_row, write_snapshot
 from core.state import decode_document, encode_document
 from transforms.live import Values
+from transforms.outputs import exists
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ USERS, SYSTEM_MEMORY = "users", "system_memory"
 def load_snapshot(uri):
     """The snapshot at ``uri`` (``core.snapshot.Snapshot``), or None if there is none yet.
     Raises ``SnapshotError`` (one line) for a file that is not a snapshot this code reads."""
-    if not FileSystems.exists(uri):
+    if not exists(uri):  # not FileSystems.exists: Beam's azfs raises for a missing blob
         return None
     try:
         with FileSystems.open(uri) as stream:
@@ -50,7 +51,7 @@ def temporary_uri(uri, run_id):
 
 def commit_snapshot(temporary, uri):
     """Moves the run's snapshot over the previous one (a rename: readers see one or the other)."""
-    if FileSystems.exists(uri):
+    if exists(uri):
         try:
             FileSystems.rename([temporary], [uri])
             return

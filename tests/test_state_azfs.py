@@ -38,7 +38,7 @@ def _remote(azurite, *args, check=True):
 
 
 def test_two_daily_runs_with_state_on_azfs_give_the_messages_of_one_run(
-        azurite, container, days, tmp_path):  # noqa: F811
+        azurite, container, tmp_path, days):  # noqa: F811  (the fixture imported above)
     one = str(tmp_path / "one")
     _run("replay", days["config"], days["both"], one)
     one_messages, _, one_summary = _outputs(one)
@@ -65,8 +65,8 @@ def test_two_daily_runs_with_state_on_azfs_give_the_messages_of_one_run(
     assert _per_user(messages1 + messages2) == _per_user(one_messages)
 
 
-def test_a_corrupt_snapshot_blob_is_refused_before_any_data_moves(azurite, container, days,
-                                                                  tmp_path):  # noqa: F811
+def test_a_corrupt_snapshot_blob_is_refused_before_any_data_moves(
+        azurite, container, tmp_path, days):  # noqa: F811  (the fixture imported above)
     blob = "corrupt/state/audiences.parquet"
     state = "azfs://%s/%s/%s" % (ACCOUNT, CONTAINER, blob)
     container.upload_blob(blob, b"not parquet at all")

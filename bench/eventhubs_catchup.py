@@ -17,6 +17,7 @@ Prints one JSON line with the figures. Loopback only; the endpoint's key is a th
 not printed.
 """
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -50,7 +51,8 @@ def _publish(connection_string, events, users):
     from azure.eventhub import EventData, EventHubProducerClient
     from bench.make_data import generate
     by_key = {}
-    for record in generate(events, users, 40):
+    # Exactly ``events`` records, the generator's duplicates and system events among them.
+    for record in itertools.islice(generate(events, users, 40), events):
         record.pop("received_at", None)
         key = record.get("user_id") or record.get("anonymous_id")
         by_key.setdefault(key, []).append(json.dumps(record, separators=(",", ":")).encode())

@@ -18,7 +18,8 @@ TEST = ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "aiosmtpd>=1.4"
         # Azure's own Blob checkpoint store: the tests check that it and the pipeline's
         # checkpoints (clients/checkpoints.py) read each other's positions.
         "azure-eventhub-checkpointstoreblob>=1.2,<2",
-        "ruff>=0.6"]          # the linter the test command runs first (pyproject.toml)
+        "ruff>=0.6",
+        "pillow>=10"]         # the report test reads its Chromium screenshot          # the linter the test command runs first (pyproject.toml)
 
 setuptools.setup(
     name="cdp-activation",

@@ -44,8 +44,27 @@ def _nearest(name, candidates):
     underscored = "--" + name.lstrip("-").replace("-", "_")
     if underscored in candidates:
         return underscored
-    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.75)
-    return close[0] if close else None
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.75)
+    if not close:
+        return None
+    # Among the close ones, the fewest typing mistakes first (a swapped pair of letters counts
+    # one: --strat is --start, not --state), then difflib's order.
+    return min(close, key=lambda c: (_edits(name, c), close.index(c)))
+
+
+def _edits(a, b):
+    """Optimal string alignment distance: insertions, deletions, substitutions and swaps of two
+    neighbouring characters, each one edit."""
+    rows = [list(range(len(b) + 1))]
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            row[j] = min(rows[i - 1][j] + 1, row[j - 1] + 1, rows[i - 1][j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], rows[i - 2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
 
 
 def unknown_option_error(unknown, preferred, others=(), foreign=None):

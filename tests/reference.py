@@ -263,7 +263,7 @@ def dedupe(items, key_fn):
     return kept
 
 
-def parse_lines(lines, with_as_of=False, max_ts_skew=DEFAULT_MAX_TS_SKEW):
+def parse_lines(lines, max_ts_skew=DEFAULT_MAX_TS_SKEW, with_as_of=False):
     """-> (events, system_events, deadletter_lines), after dedupe; with ``with_as_of``, also the
     latest received_at of the records read (copies included; None if there is none), the default
     as-of time of a bounded run (CONTRACT section 1)."""

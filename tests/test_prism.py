@@ -88,6 +88,10 @@ def with_webhook_alerts(config, url):
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("command", ["replay", "stream"])
+@pytest.mark.xfail(reason="open (issue 19): Prism 2.62 refuses the bounded graph, 'prism error "
+                          "building stage stage-001: unknown coder urn key: "
+                          "beam:coder:pickled_python:v1' (a combiner's accumulator coder is the "
+                          "likely cause); it passed on Prism 2.77", strict=False)
 def test_prism_writes_what_the_direct_runner_writes(command, tmp_path, prism_binary, webhook_server):
     """``python -m pipelines.<command> ... --runner=PrismRunner`` (no other option) against
     ``--runner=DirectRunner`` on the same random data set: every file byte for byte, the same

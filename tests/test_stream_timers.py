@@ -21,10 +21,12 @@ AUDIENCES = [
     {"id": "gold", "slug": "gold", "condition": {"trait": "tier", "op": "eq", "value": "gold"}},
 ]
 DAY = 86400
+#: Day numbers count from this day (2025-11-01): the job dead-letters a ts before 2000.
+DAY0 = 20393
 
 
 def _event(user, name, day, **extra):
-    record = {"user_id": user, "event": name, "ts": format_time(int(day * DAY * 1e6)),
+    record = {"user_id": user, "event": name, "ts": format_time(int((DAY0 + day) * DAY * 1e6)),
               "event_id": "%s-%s-%s" % (user, name, day)}
     record.update(extra)
     return record
@@ -45,9 +47,9 @@ def _run(batches, late_counter=None):
         stream = stream.add_elements([
             TimestampedValue(json.dumps(r), parse_time(r["ts"]) / 1e6) for r in records])
         if watermark is not None:
-            stream = stream.advance_watermark_to(watermark * DAY)
+            stream = stream.advance_watermark_to((DAY0 + watermark) * DAY)
     # Past every delayed trigger first, as beam-local.md advises, then to infinity.
-    stream = stream.advance_watermark_to(1000 * DAY).advance_watermark_to_infinity()
+    stream = stream.advance_watermark_to((DAY0 + 1000) * DAY).advance_watermark_to_infinity()
     options = PipelineOptions([])
     options.view_as(StandardOptions).streaming = True
     p = TestPipeline(options=options, argv=[])
@@ -71,10 +73,10 @@ def _collect(batches, expected):
 PURCHASES = [_event("u1", "visit", 1, traits={"tier": "gold"}),
              _event("u1", "purchase", 2), _event("u1", "purchase", 3), _event("u1", "purchase", 4)]
 EXPECTED = sorted([
-    ("u1", format_time(1 * DAY * 10**6), "gold", "enter"),
-    ("u1", format_time(4 * DAY * 10**6), "frequent_buyers", "enter"),
+    ("u1", format_time((DAY0 + 1) * DAY * 10**6), "gold", "enter"),
+    ("u1", format_time((DAY0 + 4) * DAY * 10**6), "frequent_buyers", "enter"),
     # the delayed trigger: the purchase of day 2 leaves the 7-day window on day 9
-    ("u1", format_time(9 * DAY * 10**6), "frequent_buyers", "exit"),
+    ("u1", format_time((DAY0 + 9) * DAY * 10**6), "frequent_buyers", "exit"),
 ])
 
 
@@ -94,7 +96,7 @@ def test_late_event_is_applied_and_counted_not_dropped():
     # (day 9), where its window [3, 10) still covers it, so the count goes 2 -> 3 and the user
     # re-enters at day 9, then exits at day 9.5 when the day-2.5 purchase leaves the window.
     early = [PURCHASES[0], PURCHASES[1], PURCHASES[3], _event("u1", "purchase", 2.5)]
-    t = lambda day: format_time(int(day * DAY * 10**6))
+    t = lambda day: format_time(int((DAY0 + day) * DAY * 10**6))
     expected = [("u1", t(1), "gold", "enter"),
                 ("u1", t(4), "frequent_buyers", "enter"),
                 ("u1", t(9), "frequent_buyers", "exit"),
@@ -110,9 +112,9 @@ def test_microsecond_event_times_do_not_stall_millisecond_timers():
     # Event times with microseconds (runners keep timers in milliseconds): the exit is still at
     # exactly ts + 7d of the purchase that leaves the window.
     us = 654321
-    events = [dict(_event("u2", "purchase", d), ts=format_time(int(d * DAY * 10**6) + us))
+    events = [dict(_event("u2", "purchase", d), ts=format_time(int((DAY0 + d) * DAY * 10**6) + us))
               for d in (2, 3, 4)]
-    t = lambda day: format_time(int(day * DAY * 10**6) + us)
+    t = lambda day: format_time(int((DAY0 + day) * DAY * 10**6) + us)
     _collect([(events, 5)], [("u2", t(4), "frequent_buyers", "enter"),
                              ("u2", t(9), "frequent_buyers", "exit")])
 

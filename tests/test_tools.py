@@ -89,8 +89,9 @@ def test_replay_reads_parquet_like_json_lines(job):
     local = dict(ENV, EH_CS="")
     outputs = []
     for name, source in (("jsonl", "events.jsonl"), ("parquet", "events.parquet")):
+        # An as-of after the delayed exit: the run may state it (CONTRACT section 1).
         result = run("pipelines.replay", "--config", str(job / "config.yaml"), "--input", str(job / source),
-                     "--output_dir", str(job / name), env=local)
+                     "--output_dir", str(job / name), "--as_of", "2026-11-30", env=local)
         assert result.returncode == 0, result.stderr
         outputs.append((job / name / "eventhub" / "w-eh.jsonl").read_text())
     assert outputs[0] == outputs[1] and outputs[0].count("\n") == 2  # enter and exit (day 4, day 9)

@@ -515,15 +515,22 @@ class _SelectRows(beam.DoFn):
         self._spec = spec
         self._skipped = Metrics.counter("work:" + spec.work_id, "skipped_before_marker")
 
-    def process(self, record):
+    def _selected(self, record):
+        """``(window start, keyed row)`` of a record the work exports, else None (counted when it
+        lies before the marker)."""
         spec = self._spec
         if not spec.accepts(record):
-            return
+            return None
         received_at = spec.received_at(record)
         if spec.before_marker(received_at):
             self._skipped.inc()
-            return
-        yield spec.window_of(received_at), spec.keyed_row(record)
+            return None
+        return spec.window_of(received_at), spec.keyed_row(record)
+
+    def process(self, record):
+        selected = self._selected(record)
+        if selected is not None:
+            yield selected
 
 
 _GLOBAL = beam_window.GlobalWindow()
@@ -543,19 +550,15 @@ class _SelectRowBatches(_SelectRows):
         self._held = 0
 
     def process(self, record):
-        spec = self._spec
-        if not spec.accepts(record):
+        selected = self._selected(record)
+        if selected is None:
             return
-        received_at = spec.received_at(record)
-        if spec.before_marker(received_at):
-            self._skipped.inc()
-            return
-        start = spec.window_of(received_at)
+        start, row = selected
         batch = self._batches.get(start)
         if batch is None:
-            self._batches[start] = [spec.keyed_row(record)]
+            self._batches[start] = [row]
         else:
-            batch.append(spec.keyed_row(record))
+            batch.append(row)
         self._held += 1
         if self._held >= self.MAX_BATCHED_ROWS:
             yield from self._batches.items()

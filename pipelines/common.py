@@ -421,14 +421,16 @@ def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming, flush
 def _blob_work(p, job, work, export_rows, system_events, output_dir, disabled, flush_seconds,
                grace_seconds):
     from transforms.blob import WriteToBlobExport
-    if work.settings.export_type == "events":
-        source = export_rows | "Work[%s]Rows" % work.id >> beam.FlatMap(export_rows_from_wire)
+    batched = work.settings.export_type == "events"
+    if batched:
+        # One element per user's batch of rows, as the evaluation emits them.
+        source = export_rows | "Work[%s]Rows" % work.id >> beam.Map(export_rows_from_wire)
     else:
         source = system_events
     return source | "Work[%s]WriteToBlob" % work.id >> WriteToBlobExport(
         work, job.account_name, job.aid, output_dir, marker_end=getattr(work, "marker_end", None),
         disabled_reason=disabled.get(work.id), grace_seconds=grace_seconds,
-        flush_seconds=flush_seconds)
+        flush_seconds=flush_seconds, batched=batched)
 
 
 def _alert_work(job, work, alert_input, output_dir, flush_seconds):

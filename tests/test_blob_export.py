@@ -117,15 +117,19 @@ class Run:
         return [e for e in self.events if e.verb == verb]
 
 
-def run_export(work, records, output_dir, marker_end=None, disabled_reason=None):
-    """Runs one pipeline: Create(records) | WriteToBlobExport; the work's events and counters."""
+def run_export(work, records, output_dir, marker_end=None, disabled_reason=None, batch_size=0):
+    """Runs one pipeline: Create(records) | WriteToBlobExport; the work's events and counters.
+
+    ``batch_size`` above 0: the records go in as lists of that many (``batched=True``)."""
     key = uuid.uuid4().hex
+    if batch_size:
+        records = [records[i:i + batch_size] for i in range(0, len(records), batch_size)]
     # The full name: Beam 2.62 knows the FnApiRunner by no short name.
     p = BeamTestPipeline(runner="apache_beam.runners.portability.fn_api_runner.FnApiRunner")
     (p
      | beam.Create(records)
      | blob.WriteToBlobExport(work, ACCOUNT, AID, str(output_dir), marker_end=marker_end,
-                              disabled_reason=disabled_reason)
+                              disabled_reason=disabled_reason, batched=batch_size > 0)
      | beam.Map(_collect, key))
     result = p.run()
     result.wait_until_finish()
@@ -573,6 +577,25 @@ def test_many_rows_files_equal_core(tmp_path, fmt):
     assert local_files(tmp_path, work) == expected
     assert run.counters["rows_delivered"] == len(records)
     assert run.counters["files_delivered"] == len(expected) == 3
+
+
+@pytest.mark.parametrize("export_type", ["events", "system_events"])
+def test_batched_input_writes_the_files_of_one_record_per_element(tmp_path, export_type):
+    """Lists of records in (the engine's export output) give the bytes and counters of records
+    one by one; system events are unbatched for their dedupe by id."""
+    if export_type == "events":
+        work = make_work(None, new_container(), format="csv")
+        records = many_rows()
+    else:
+        work = make_work(None, new_container(), format="csv", export_type="system_events")
+        records = sample_system_events()
+    expected = export.render_files(records, work.settings, ACCOUNT, work.id)
+    single = run_export(work, records, tmp_path / "single")
+    batched = run_export(work, records, tmp_path / "batched", batch_size=7)
+    assert local_files(tmp_path / "batched", work) == local_files(tmp_path / "single", work) \
+        == expected
+    assert batched.counters == single.counters
+    assert sorted(e.verb for e in batched.events) == sorted(e.verb for e in single.events)
 
 
 def test_select_step_bounds_the_rows_it_holds(tmp_path, monkeypatch):

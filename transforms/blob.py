@@ -509,10 +509,15 @@ def write_marker(destination, work_id, end_us, now_us=None):
 # -- the transform -----------------------------------------------------------------------------
 
 class _SelectRows(beam.DoFn):
-    """Record -> (window start, keyed row); drops what the work does not export."""
+    """Record -> (window start, keyed row); drops what the work does not export.
 
-    def __init__(self, spec):
+    ``batched``: each element is a list of records (the engine's export output, one list per user
+    and bundle) rather than one record.
+    """
+
+    def __init__(self, spec, batched=False):
         self._spec = spec
+        self._batched = batched
         self._skipped = Metrics.counter("work:" + spec.work_id, "skipped_before_marker")
 
     def _selected(self, record):
@@ -527,10 +532,11 @@ class _SelectRows(beam.DoFn):
             return None
         return spec.window_of(received_at), spec.keyed_row(record)
 
-    def process(self, record):
-        selected = self._selected(record)
-        if selected is not None:
-            yield selected
+    def process(self, element):
+        for record in element if self._batched else (element,):
+            selected = self._selected(record)
+            if selected is not None:
+                yield selected
 
 
 _GLOBAL = beam_window.GlobalWindow()
@@ -549,21 +555,22 @@ class _SelectRowBatches(_SelectRows):
         self._batches = {}
         self._held = 0
 
-    def process(self, record):
-        selected = self._selected(record)
-        if selected is None:
-            return
-        start, row = selected
-        batch = self._batches.get(start)
-        if batch is None:
-            self._batches[start] = [row]
-        else:
-            batch.append(row)
-        self._held += 1
-        if self._held >= self.MAX_BATCHED_ROWS:
-            yield from self._batches.items()
-            self._batches = {}
-            self._held = 0
+    def process(self, element):
+        for record in element if self._batched else (element,):
+            selected = self._selected(record)
+            if selected is None:
+                continue
+            start, row = selected
+            batch = self._batches.get(start)
+            if batch is None:
+                self._batches[start] = [row]
+            else:
+                batch.append(row)
+            self._held += 1
+            if self._held >= self.MAX_BATCHED_ROWS:
+                yield from self._batches.items()
+                self._batches = {}
+                self._held = 0
 
     def finish_bundle(self):
         # The input is in the global window (WriteToBlobExport.expand puts it there), so the
@@ -946,13 +953,17 @@ class WriteToBlobExport(beam.PTransform):
     On an unbounded input (a live source) windows are written as they close: ``grace_seconds``
     after their end, in event time (see "Unbounded input" in the module docstring);
     ``flush_seconds`` is the flush period of the late-row dead-letter parts.
+
+    ``batched``: each input element is a list of records rather than one record (the engine's
+    export output is one list per user and bundle), so rows never travel one Beam element each.
     """
 
     def __init__(self, work, account_name, aid, output_dir, marker_end=None, disabled_reason=None,
                  label=None, grace_seconds=DEFAULT_GRACE_SECONDS,
-                 flush_seconds=DEFAULT_FLUSH_SECONDS):
+                 flush_seconds=DEFAULT_FLUSH_SECONDS, batched=False):
         super().__init__(label)
         self._work = work
+        self._batched = batched
         self._account_name = account_name
         self._aid = aid
         self._marker_end = marker_end
@@ -996,18 +1007,23 @@ class WriteToBlobExport(beam.PTransform):
             return (p | "Disabled" >> Values([None])
                     | "DisabledEvent" >> beam.Map(_disabled_event, self._aid, work.id, reason))
         spec = ExportSpec(work.settings, self._account_name, work.id, marker_end)
+        batched = self._batched
+        if batched and spec.export_type == "system_events":
+            # System events are deduplicated by id, one element each; they are few.
+            records = records | "Unbatch" >> beam.FlatMap(_same)
+            batched = False
         if not records.windowing.is_default():
             # A step per record: only when the input is not in the global window already.
             records = records | "GlobalWindow" >> beam.WindowInto(beam_window.GlobalWindows())
         if is_unbounded(records):
-            return self._expand_unbounded(records, spec)
+            return self._expand_unbounded(records, spec, batched)
         if spec.export_type == "system_events":
             records = (records
                        | "KeyById" >> beam.Map(_key_by_id)
                        | "GroupCopies" >> beam.GroupByKey()
                        | "DedupeCopies" >> beam.FlatMap(_dedupe_copies))
         windows = (records
-                   | "SelectRows" >> beam.ParDo(_SelectRowBatches(spec))
+                   | "SelectRows" >> beam.ParDo(_SelectRowBatches(spec, batched))
                    | "GroupByWindow" >> beam.GroupByKey())
         first_with_data = (windows
                            | "WindowStarts" >> beam.Keys()
@@ -1027,7 +1043,7 @@ class WriteToBlobExport(beam.PTransform):
                         beam.pvalue.AsList(written[_WriteWindowFiles.RESULTS])))
         return (written.events, finished) | "WorkEvents" >> beam.Flatten()
 
-    def _expand_unbounded(self, records, spec):
+    def _expand_unbounded(self, records, spec, batched):
         """Windows written as they close, each by its own state key (see
         :class:`_WriteClosedWindow`), the marker moved per work (:class:`_AdvanceMarker`); late
         rows to ``<output_dir>/deadletter/<work id>.jsonl`` (written in parts)."""
@@ -1035,7 +1051,7 @@ class WriteToBlobExport(beam.PTransform):
             records = records | "DedupeCopies" >> DedupeSystemEventsLive()
         grace_us = int(self._grace_seconds * MICROS)
         windows = (records
-                   | "SelectRows" >> beam.ParDo(_SelectRows(spec))
+                   | "SelectRows" >> beam.ParDo(_SelectRows(spec, batched))
                    | "BatchPerWindow" >> BatchPerBundle(
                        _KeyByWindow(spec.work_id), key_type=typing.Tuple[str, int])
                    | "WriteClosedWindows" >> beam.ParDo(_WriteClosedWindow(

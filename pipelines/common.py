@@ -802,13 +802,13 @@ def _choose_runner(options, live_source):
 def _check_live_runner(runner):
     """Refuses or warns about local runners that cannot run a live read faithfully.
 
-    Measured with Beam 2.77 (README "Live (unbounded) runs"): the BundleBasedDirectRunner fails
+    Beam's BundleBasedDirectRunner (measured with 2.77; docs/RUNNERS.md) fails
     on any splittable DoFn under --streaming; the DirectRunner, offline, falls back to the
     FnApiRunner, which reads the hub but ignores the source's watermark.
     """
     name = runner_name(runner)
     if name == "bundlebaseddirect":
-        raise LaunchError("the BundleBasedDirectRunner cannot run a live read: Beam 2.77 fails on "
+        raise LaunchError("the BundleBasedDirectRunner cannot run a live read: it fails on "
                           "any splittable DoFn with --streaming; use the DirectRunner to try "
                           "the wiring, Flink or Dataflow to run it")
     if name in DIRECT_RUNNERS:

@@ -489,7 +489,7 @@ def test_documented_dataflow_tuning_options_parse():
 
 
 def test_beam_adds_runner_v2_and_streaming_engine_on_dataflow():
-    """What the page says Beam 2.77 does by itself (private helpers of the DataflowRunner)."""
+    """What the page says Beam 2.62 does by itself (private helpers of the DataflowRunner)."""
     from apache_beam.runners.dataflow import dataflow_runner
     _, argv = _command(DEPLOY_MD, "dataflow-stream")
     argv = [a for a in argv if not a.startswith("--experiments")] + ["--streaming"]

@@ -1,7 +1,7 @@
 """Unbounded (live) input: the output graph the pipelines build for it, driven by TestStream.
 
-The live Event Hubs source cannot run faithfully on a local runner in Beam 2.77 (README "Live
-(unbounded) runs"), so the output graph is fed by a TestStream of the same input records a live
+The live Event Hubs source cannot run faithfully on the DirectRunner (docs/RUNNERS.md;
+Prism runs it: tests/test_prism_live.py), so the output graph is fed by a TestStream of the same input records a live
 source hands over, on the BundleBasedDirectRunner, which follows the watermark. Its outputs are
 compared with a bounded run of the same records by ``pipelines.stream``.
 """

@@ -9,7 +9,7 @@ when a processing-time clock says so. Why this and not triggers or processing-ti
 
 * Event time makes the outputs a function of the input and the watermark, so TestStream drives
   them step by step (``tests/test_unbounded.py``) without a wall clock in the test.
-* Measured with Beam 2.77: the FnApiRunner (what the DirectRunner runs offline) emits a
+* Measured with Beam 2.77 (before the pin to 2.62): the FnApiRunner (what the DirectRunner runs offline) emits a
   ``GroupByKey``'s output only when its input ends, whatever the trigger, so a trigger-based sink
   would write nothing during a local live run; and one processing-time timer makes the
   DirectRunner pick the BundleBasedDirectRunner, which cannot run a splittable DoFn (the Event

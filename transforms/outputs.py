@@ -140,7 +140,7 @@ def _not_found(exc: BeamIOError) -> bool:
 
 
 def exists(path: str) -> bool:
-    """Whether the file ``path`` exists (by listing: Beam 2.77's ``azfs`` ``exists`` raises for a
+    """Whether the file ``path`` exists (by listing: Beam's ``azfs`` ``exists``, seen with 2.77, raises for a
     missing blob instead of answering False)."""
     if not is_uri(path):
         return FileSystems.exists(path)

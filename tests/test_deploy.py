@@ -40,7 +40,10 @@ METADATA = os.path.join(ROOT, "deploy", "dataflow", "metadata.json")
 DOCKERFILE = os.path.join(ROOT, "deploy", "dataflow", "Dockerfile")
 
 #: The packages the workers need (setup.py's find_packages) and the data file they must carry.
-PACKAGES = ("core", "clients", "pipelines", "transforms", "emulators")
+# The runtime the workers need; the local Event Hubs endpoint (emulators/) and the bench are not
+# installed (test_the_sdist_leaves_out_what_only_a_checkout_runs).
+PACKAGES = ("core", "clients", "pipelines", "transforms")
+CHECKOUT_ONLY = ("emulators", "bench", "tests")
 DATA_FILES = ("examples/config.yaml",)
 
 
@@ -154,6 +157,8 @@ def test_sdist_holds_every_module_and_the_sample_config(tmp_path):
              for d, _, files in os.walk(lib) for f in files}
     modules = {f for f in _expected_sdist_files() if f.endswith(".py") and f != "setup.py"}
     assert not modules - built, sorted(modules - built)
+    # What only a checkout runs (the local endpoint, the bench, the tests) is not installed.
+    assert not {f for f in built if f.split("/")[0] in CHECKOUT_ONLY}, sorted(built)[:20]
 
 
 # -- 2. Flex Template metadata --------------------------------------------------------------

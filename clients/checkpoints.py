@@ -42,7 +42,7 @@ import urllib.parse
 from core.config import EnvRef
 from core.redact import Redactor, reveal, secret_parts
 from core.timeutil import format_time
-from transforms.interrupt import temporary_file
+from core.interrupt import temporary_file
 
 #: The local checkpoint files' format version.
 CHECKPOINT_VERSION = 1
@@ -205,7 +205,7 @@ class LocalCheckpointStore:
             "committed_at": format_time(int(time.time() * 1_000_000)),
         }
         path = self.path(checkpoint.partition)
-        # A Ctrl-C removes the temporary file too (transforms/interrupt.py).
+        # A Ctrl-C removes the temporary file too (core/interrupt.py).
         with temporary_file(self.directory, prefix="." + checkpoint.partition + ".",
                             suffix=".tmp") as (fd, tmp):
             try:

@@ -7,10 +7,10 @@ Starts :class:`emulators.eventhubs.LocalEventHubs` on a free loopback port, give
 ``pipelines.stream``, reads back what arrived and writes it to ``out/eventhub_received.jsonl``, then
 stops the endpoint. Any other argument goes to the pipeline (``--help`` lists them); an option
 neither knows is an error before the endpoint starts. Ctrl-C: ``interrupted``, exit status 130, the
-config copy removed (transforms/interrupt.py).
+config copy removed (core/interrupt.py).
 """
-# Ctrl-C is handled from here on (transforms/interrupt.py).
-from transforms.interrupt import exit_on_interrupt, exit_process
+# Ctrl-C is handled from here on (core/interrupt.py).
+from core.interrupt import exit_on_interrupt, exit_process
 if __name__ == "__main__":
     exit_on_interrupt()
 
@@ -24,7 +24,7 @@ import yaml  # noqa: E402
 
 from emulators.eventhubs import LocalEventHubs  # noqa: E402
 from pipelines.cli import UsageError, wants_help  # noqa: E402
-from transforms.interrupt import temporary_file  # noqa: E402
+from core.interrupt import temporary_file  # noqa: E402
 
 VARIABLE = "LOCAL_EVENTHUB_CONNECTION_STRING"
 USAGE = """usage: python -m emulators.run_with_local_eventhubs --config FILE --input URI [options]

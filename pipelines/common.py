@@ -44,7 +44,7 @@ from pipelines.runners import RunnerMissingError, choose_runner, runner_environm
 from transforms.audiences import EngineSpec, GroupUserEventsPerBundle
 from transforms.live import DedupeSystemEventsLive, Values, is_unbounded
 from transforms import outputs
-from transforms.interrupt import deferred, exit_process
+from core.interrupt import deferred, exit_process
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 from transforms.audiences import export_rows_from_wire
 from transforms._beam_workarounds import shorter_state_sampling_period
@@ -926,7 +926,7 @@ def exit_command(status):
 
     Everything alive is frozen first: the process is ending, and the interpreter's last
     collection would otherwise walk every object the run left behind (measured: 2.5 s after
-    replaying 150k events, a third of the run). Then ``transforms.interrupt.exit_process``: a
+    replaying 150k events, a third of the run). Then ``core.interrupt.exit_process``: a
     Ctrl-C until the very end still gets ``interrupted``.
     """
     gc.freeze()

@@ -9,8 +9,8 @@ value changed at that moment: the cause of the transition. Runs in plain Python 
 (no Beam). A key with no events but found as the other kind of id gets a hint (``--anonymous``).
 ``--help`` lists the options (docs/COMMANDS.md).
 """
-# Ctrl-C is handled from here on (transforms/interrupt.py).
-from transforms.interrupt import exit_on_interrupt, exit_process
+# Ctrl-C is handled from here on (core/interrupt.py).
+from core.interrupt import exit_on_interrupt, exit_process
 if __name__ == "__main__":
     exit_on_interrupt()
 

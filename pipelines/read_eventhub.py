@@ -13,8 +13,8 @@ With the local endpoint (``python -m emulators.eventhubs``) pass the connection 
 Exit status: 0 after the idle timeout, 1 if the hub cannot be read (one line on stderr), 2 on a
 usage error.
 """
-# Ctrl-C is handled from here on (transforms/interrupt.py).
-from transforms.interrupt import exit_on_interrupt, exit_process
+# Ctrl-C is handled from here on (core/interrupt.py).
+from core.interrupt import exit_on_interrupt, exit_process
 if __name__ == "__main__":
     exit_on_interrupt()
 

@@ -7,7 +7,7 @@ there is no per-element state. ``--start``/``--end`` keep records with ``start <
 bound is a date (its UTC midnight), an RFC 3339 time or epoch seconds.
 """
 # Ctrl-C is handled from here on, before Beam's import (seconds long) starts.
-from transforms.interrupt import exit_on_interrupt
+from core.interrupt import exit_on_interrupt
 if __name__ == "__main__":
     exit_on_interrupt()
 

@@ -7,7 +7,7 @@ See README.md and docs/COMMANDS.md (``--help`` lists every option). Bounded file
 the same graph runs on Flink and Dataflow.
 """
 # Ctrl-C is handled from here on, before Beam's import (seconds long) starts.
-from transforms.interrupt import exit_on_interrupt
+from core.interrupt import exit_on_interrupt
 if __name__ == "__main__":
     exit_on_interrupt()
 

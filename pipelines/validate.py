@@ -7,8 +7,8 @@ the one the pipelines do before any data moves: every key known, every value val
 destination one the job would connect to (its host is resolved here; see
 ``core.config.check_destinations``). ``--help`` lists the options (docs/COMMANDS.md).
 """
-# Ctrl-C is handled from here on (transforms/interrupt.py).
-from transforms.interrupt import exit_on_interrupt, exit_process
+# Ctrl-C is handled from here on (core/interrupt.py).
+from core.interrupt import exit_on_interrupt, exit_process
 if __name__ == "__main__":
     exit_on_interrupt()
 

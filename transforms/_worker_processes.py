@@ -35,7 +35,7 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
-from transforms.interrupt import spawning
+from core.interrupt import spawning
 
 _LOGGER = logging.getLogger(__name__)
 _HEADER = struct.Struct("<Q")
@@ -186,7 +186,7 @@ class WorkerProcesses:
         if child is None:
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, env.get("PYTHONPATH")) if p)
-            with spawning():  # a Ctrl-C's clean-up sees every worker (transforms/interrupt.py)
+            with spawning():  # a Ctrl-C's clean-up sees every worker (core/interrupt.py)
                 child = subprocess.Popen([sys.executable, "-m", "transforms._worker_processes"],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
             with self._lock:

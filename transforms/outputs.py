@@ -21,7 +21,7 @@ from typing import Iterable, List, Optional
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.interrupt import tracked_temporary
+from core.interrupt import tracked_temporary
 
 #: Prefix of the temporary names files are written under before their rename.
 TEMPORARY_PREFIX = ".tmp-"
@@ -88,7 +88,7 @@ def write_file(path: str, chunks: Iterable[bytes], mime_type: str = "application
     """
     temporary = join(dirname(path), "%s%s-%s" % (TEMPORARY_PREFIX, uuid.uuid4().hex[:12],
                                                  basename(path)))
-    # A Ctrl-C removes a local temporary file too (transforms/interrupt.py).
+    # A Ctrl-C removes a local temporary file too (core/interrupt.py).
     with contextlib.nullcontext() if is_uri(temporary) else tracked_temporary(temporary):
         _write_then_rename(temporary, path, chunks, mime_type)
 

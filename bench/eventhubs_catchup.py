@@ -74,7 +74,7 @@ def _publish(connection_string, events, users):
 
 def _raw_read(source):
     """Every partition read to its end with the source's reader, sequentially; events/s."""
-    from transforms.eventhubs_source import _record
+    from clients.eventhubs_consumer import event_record
     fn, plan_fn = source.read_fn(), source.plan_fn()
     plan_fn.setup()
     plans = list(plan_fn.process(None))
@@ -94,7 +94,7 @@ def _raw_read(source):
                 for event in events:
                     if event.sequence_number >= plan.stop:
                         break
-                    _record(event, plan.partition)      # the DoFn's per-event work
+                    event_record(event, plan.partition)  # the DoFn's per-event work
                     total += 1
                     position = event.sequence_number + 1
     finally:

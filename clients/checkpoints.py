@@ -28,8 +28,9 @@ next run read again what was delivered) and replace it atomically: the local fil
 the blob's metadata under an ETag condition (a concurrent writer makes the write re-read and
 decide again).
 
-No Beam here: ``transforms/eventhubs_source.py`` plans reads from these stores and commits to
-them. Nothing here logs or raises a credential: errors are one line, scrubbed with
+No Beam here: ``transforms/eventhubs_source.py`` plans reads from these stores (chosen by
+``clients/eventhubs_consumer.make_checkpoint_store``) and ``transforms/eventhubs_checkpoints.py``
+commits to them. Nothing here logs or raises a credential: errors are one line, scrubbed with
 ``core.redact``.
 """
 import json

@@ -90,7 +90,7 @@ def _preflight(job, output_dir):
             continue
         settings = work.settings
         if work.workflow == "eventhub_audience_export" and settings.connection_string:
-            from transforms.eventhubs import EventHubsDeliveryError, verify_connection
+            from clients.eventhubs import EventHubsDeliveryError, verify_connection
             try:
                 verify_connection(settings.connection_string, settings.eventhub_name)
             except EventHubsDeliveryError as exc:
@@ -764,10 +764,11 @@ LIVE_SCHEMES = ("eventhubs://", "kafka://", "pubsub://")
 
 
 def _live_source(uri, options, redactor):
-    """The source of a live ``--input`` URI (None for files); see transforms/eventhubs_source.py."""
+    """The source of a live ``--input`` URI (None for files); see transforms/live_sources.py."""
     if not uri.startswith(LIVE_SCHEMES):
         return None
-    from transforms.eventhubs_source import EventHubsSourceError, build_live_source
+    from clients.eventhubs_consumer import EventHubsSourceError
+    from transforms.live_sources import build_live_source
     try:
         source = build_live_source(uri, os.environ)
     except EventHubsSourceError as exc:

@@ -26,8 +26,8 @@ import threading  # noqa: E402
 import time  # noqa: E402
 
 from pipelines.cli import CommandParser, UsageError  # noqa: E402
-from transforms.eventhubs import (EventHubsDeliveryError, parse_connection_string,  # noqa: E402
-                                  verify_connection)
+from clients.eventhubs import (EventHubsDeliveryError, parse_connection_string,  # noqa: E402
+                               verify_connection)
 
 _LOGGER = logging.getLogger(__name__)
 

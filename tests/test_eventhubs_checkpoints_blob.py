@@ -20,7 +20,8 @@ from azure.storage.blob import ContainerClient
 
 from clients.checkpoints import (BlobStorageCheckpointStore, Checkpoint, CheckpointError,
                                  fully_qualified_namespace)
-from transforms.eventhubs_source import EventHubsSourceError, ReadFromEventHubs
+from clients.eventhubs_consumer import EventHubsSourceError
+from transforms.eventhubs_source import ReadFromEventHubs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = """

@@ -18,8 +18,8 @@ from apache_beam.testing.util import BeamAssertException, assert_that
 from apache_beam.transforms.display import DisplayData
 
 from emulators.eventhubs import LocalEventHubs
-from transforms.eventhubs import (EventHubsDeliveryError, WriteToEventHubs,
-                                  parse_connection_string, verify_connection)
+from clients.eventhubs import EventHubsDeliveryError, parse_connection_string, verify_connection
+from transforms.eventhubs import WriteToEventHubs
 
 pytestmark = pytest.mark.timeout(120)
 WORK = "w-eh"

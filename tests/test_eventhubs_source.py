@@ -27,14 +27,16 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from azure.eventhub import EventData, EventHubProducerClient
 
 from emulators.eventhubs import LocalEventHubs
-from transforms import eventhubs_source as ehs
-from clients.checkpoints import CheckpointError
-from transforms.eventhubs_source import (UNBOUNDED_STOP, Checkpoint, CheckpointStore,
-                                         EventHubRecord, EventHubRecordCoder, EventHubsInput,
-                                         EventHubsSourceError, FileInput, KafkaInput,
-                                         PartitionPlan, PubSubInput, ReadFromEventHubs,
-                                         SequenceRangeTracker, build_live_source,
-                                         parse_eventhubs_uri, parse_input_uri, plan_partition)
+from clients.checkpoints import Checkpoint, CheckpointError, LocalCheckpointStore
+from clients.eventhubs_consumer import (DEFAULT_MAX_READ_SECONDS, LIVE_WATERMARK_DELAY_SECONDS,
+                                        UNBOUNDED_STOP, EventHubRecord, EventHubsSourceError,
+                                        PartitionPlan, plan_partition)
+from clients.input_uri import EventHubsInput, FileInput, KafkaInput, PubSubInput, parse_input_uri
+from transforms.eventhubs_checkpoints import CommitCheckpoints
+from transforms.eventhubs_read import (EventHubRecordCoder, SequenceRangeProvider,
+                                       SequenceRangeTracker)
+from transforms.eventhubs_source import ReadFromEventHubs
+from transforms.live_sources import InputRecord, build_live_source, parse_eventhubs_uri
 
 pytestmark = pytest.mark.timeout(180)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -207,7 +209,9 @@ def test_rejected_credentials_fail_the_run_with_one_line_and_no_secret(local_eve
                                                                        tmp_path, caplog):
     good_key = local_eventhubs.key
     wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk="
-    caplog.set_level(logging.DEBUG, logger="transforms.eventhubs_source")
+    for logger in ("transforms.eventhubs_source", "transforms.eventhubs_read",
+                   "transforms.eventhubs_checkpoints", "clients.eventhubs", "clients.eventhubs_consumer"):
+        caplog.set_level(logging.DEBUG, logger=logger)
     with pytest.raises(Exception) as failure:
         catch_up(local_eventhubs.connection_string_with(key=wrong), str(tmp_path), retry_total=0)
     text = str(failure.value)
@@ -447,7 +451,7 @@ def test_live_ranges_split_only_at_zero_and_stop_on_drain():
     assert progress.fraction_completed == pytest.approx(2 / 3)
     primary, residual = tracker.try_split(0)
     assert primary == OffsetRange(5, 7) and residual == OffsetRange(7, UNBOUNDED_STOP)
-    provider = ehs._SequenceRangeProvider()
+    provider = SequenceRangeProvider()
     plan = PartitionPlan("0", 7, UNBOUNDED_STOP)
     assert provider.truncate(plan, residual) is None            # a drain stops a live read
     assert provider.truncate(plan, OffsetRange(1, 9)) == OffsetRange(1, 9)
@@ -465,7 +469,7 @@ def test_live_output_is_unbounded_and_has_no_file_commit(local_eventhubs, tmp_pa
     assert not records.is_bounded
     assert live.commit_checkpoints(records) is None          # the runner keeps the position
     with pytest.raises(EventHubsSourceError, match="catch-up"):
-        records | ehs.CommitCheckpoints(live.checkpoint_store, after=[records])
+        records | CommitCheckpoints(live.checkpoint_store, after=[records])
     batch = ReadFromEventHubs(cs, checkpoint_dir=str(tmp_path))
     assert (pipeline | "Batch" >> batch).is_bounded
     no_dir = ReadFromEventHubs(cs)
@@ -500,7 +504,7 @@ def test_plans_start_after_the_checkpoint_and_stop_at_the_end_read_at_start(capl
 
 
 def test_checkpoint_store_is_atomic_monotonic_and_refuses_bad_names(tmp_path):
-    store = CheckpointStore(str(tmp_path), "NS.servicebus.windows.net", "Hub", "$Default")
+    store = LocalCheckpointStore(str(tmp_path), "NS.servicebus.windows.net", "Hub", "$Default")
     assert store.path("3") == os.path.join(str(tmp_path), "ns.servicebus.windows.net", "hub",
                                            "$default", "3.json")
     assert store.read("3") is None and store.read_all() == {}
@@ -519,9 +523,9 @@ def test_checkpoint_store_is_atomic_monotonic_and_refuses_bad_names(tmp_path):
     with pytest.raises(CheckpointError):
         store.path("../x")
     with pytest.raises(CheckpointError):
-        CheckpointStore(str(tmp_path), "ns", "../hub", "$Default")
+        LocalCheckpointStore(str(tmp_path), "ns", "../hub", "$Default")
     with pytest.raises(CheckpointError, match="local directories.*checkpoint_container"):
-        CheckpointStore("azfs://acct/container/x", "ns", "hub", "$Default")
+        LocalCheckpointStore("azfs://acct/container/x", "ns", "hub", "$Default")
 
 
 def test_record_coder_round_trips():
@@ -577,22 +581,22 @@ def test_eventhubs_uri_reads_the_connection_string_from_the_environment(tmp_path
                                "&watermark_delay_seconds=60", {"EH_IN": EH_CS}).transform()
     assert not live.bounded and live.eventhub_name == "events"
     assert live.read_fn()._watermark_delay == Duration(seconds=60)
-    assert live.read_fn()._max_read_seconds == ehs.DEFAULT_MAX_READ_SECONDS
+    assert live.read_fn()._max_read_seconds == DEFAULT_MAX_READ_SECONDS
     shorter = parse_eventhubs_uri("eventhubs:///?connection_string_env=EH_IN&mode=live"
                                   "&max_read_seconds=0.5", {"EH_IN": EH_CS}).transform()
     assert shorter.read_fn()._max_read_seconds == 0.5
     with pytest.raises(EventHubsSourceError, match="max_read_seconds must be a positive number"):
         parse_input_uri("eventhubs://h?connection_string_env=X&mode=live&max_read_seconds=0")
     assert parse_input_uri("eventhubs://h?connection_string_env=X&mode=live") \
-        .watermark_delay_seconds == ehs.LIVE_WATERMARK_DELAY_SECONDS
+        .watermark_delay_seconds == LIVE_WATERMARK_DELAY_SECONDS
     assert parse_input_uri("eventhubs://h?connection_string_env=X").watermark_delay_seconds == 0
     assert live.consumer_group == "$Default" and live.checkpoint_store is None
     built = build_live_source("eventhubs://events?connection_string_env=EH_IN", {"EH_IN": EH_CS})
     assert built.kind == "eventhubs" and built.bounded and built.eventhubs is built.transform
     assert SECRET in built.secrets and SECRET not in built.description
     record = EventHubRecord(b"{}", 1_700_000_000_000_000, "2", 17, "900")
-    assert built.to_input_record(record) == ehs.InputRecord(b"{}", 1_700_000_000_000_000,
-                                                             "eventhubs:2:17")
+    assert built.to_input_record(record) == InputRecord(b"{}", 1_700_000_000_000_000,
+                                                         "eventhubs:2:17")
 
 
 @pytest.mark.parametrize("uri,message", [
@@ -675,8 +679,8 @@ def test_kafka_uri_with_sasl_credentials_or_none():
     assert config.timestamp_policy == "CreateTime"
     row = beam.Row(topic="t", partition=1, offset=5, timestamp=1_700_000_000_000,
                    timestampTypeName="LogAppendTime", key=None, value=b"{}", headers=[])
-    assert plain.to_input_record(row) == ehs.InputRecord(b"{}", 1_700_000_000_000_000,
-                                                          "kafka:t:1:5")
+    assert plain.to_input_record(row) == InputRecord(b"{}", 1_700_000_000_000_000,
+                                                      "kafka:t:1:5")
     created = beam.Row(topic="t", partition=1, offset=6, timestamp=1_700_000_000_000,
                        timestampTypeName="CreateTime", key=None, value=b"{}", headers=[])
     assert plain.to_input_record(created).received_at_us is None
@@ -717,8 +721,8 @@ def test_pubsub_uri_builds_read_from_pubsub():
         None, "projects/acme-prod/topics/events")
     published = datetime.datetime(2026, 11, 20, 10, 0, 0, 250000, tzinfo=datetime.timezone.utc)
     message = PubsubMessage(b'{"a":1}', {"ts": "x"}, message_id="m1", publish_time=published)
-    assert live.to_input_record(message) == ehs.InputRecord(b'{"a":1}', micros(published),
-                                                             "pubsub:m1")
+    assert live.to_input_record(message) == InputRecord(b'{"a":1}', micros(published),
+                                                         "pubsub:m1")
     for bad, message in (("pubsub://projects/acme-prod/queues/x", "expected"),
                          ("pubsub://projects/P/subscriptions/s", "expected"),
                          ("pubsub://projects/acme-prod/topics/events?token=abc", "refused"),

@@ -29,7 +29,7 @@ from pipelines import common
 from pipelines.options import ActivationOptions
 from transforms import blob
 from transforms.audiences import EngineSpec, EvaluateAudiencesStateful
-from transforms.eventhubs_source import InputRecord, LiveSource
+from transforms.live_sources import InputRecord, LiveSource
 from transforms.live import DedupeSystemEventsLive
 from transforms.localsink import part_name, write_part
 

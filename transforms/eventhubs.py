@@ -1,26 +1,27 @@
 """Delivery of audience messages to Azure Event Hubs (CONTRACT 5.1): ``WriteToEventHubs``.
 
-Also :func:`verify_connection`, the launcher's pre-flight check of a connection string, and
-:func:`parse_connection_string`.
+The Event Hubs client side (connection strings, failure descriptions, the producer client and
+the launcher's pre-flight check :func:`clients.eventhubs.verify_connection`) is
+``clients/eventhubs.py``.
 """
 import collections
 import hashlib
 import json
 import logging
 import random
-import re
-import threading
 import time
-import urllib.parse
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.display import DisplayDataItem
 from apache_beam.utils.windowed_value import WindowedValue
 
+from clients.eventhubs import (Secret, describe_failure, hub_name, is_auth_error, is_not_found,
+                              is_transient, one_line, parse_connection_string,
+                              producer_client)
 from core.config import EnvRef
 from core.records import dead_letter
-from core.redact import Redactor, reveal
+from core.redact import reveal
 from core.system_events import work_event
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 
@@ -31,234 +32,6 @@ CONTENT_TYPE = "application/json"
 MAX_BUFFERED_MESSAGES = 10000
 #: Attempts of this module's own retry (each re-creates the client) around the SDK's retries.
 MAX_ATTEMPTS = 3
-
-
-class EventHubsDeliveryError(Exception):
-    """A one-line, secret-free description of why Event Hubs cannot be used."""
-
-
-# ------------------------------------------------------------------------------------------------
-# Connection strings
-# ------------------------------------------------------------------------------------------------
-
-
-class ConnectionInfo(dict):
-    """The parts of a connection string; ``repr`` and ``str`` never show the key."""
-
-    _SECRET_FIELDS = ("shared_access_key", "shared_access_signature")
-
-    def __repr__(self):
-        shown = {k: ("***" if k in self._SECRET_FIELDS and v else v) for k, v in self.items()}
-        return "ConnectionInfo(%r)" % (shown,)
-
-    __str__ = __repr__
-
-
-def parse_connection_string(connection_string):
-    """Splits an Event Hubs connection string; raises :class:`EventHubsDeliveryError` if unusable.
-
-    Returns a :class:`ConnectionInfo` with ``endpoint``, ``host``, ``port`` (None: the default),
-    ``namespace`` (``host[:port]``, safe to show), ``shared_access_key_name``,
-    ``shared_access_key``, ``shared_access_signature``, ``eventhub_name`` (``EntityPath``) and
-    ``use_development_emulator``. Error messages name the missing part, never a value.
-    """
-    if not isinstance(connection_string, str) or not connection_string.strip():
-        raise EventHubsDeliveryError("Event Hubs connection string is empty")
-    fields = {}
-    for part in connection_string.strip().split(";"):
-        if not part.strip():
-            continue
-        name, sep, value = part.partition("=")
-        if not sep:
-            raise EventHubsDeliveryError(
-                "Event Hubs connection string is malformed: a part has no '=' (expected "
-                "Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=...)")
-        fields[name.strip().lower()] = value.strip()
-    endpoint = fields.get("endpoint")
-    if not endpoint:
-        raise EventHubsDeliveryError("Event Hubs connection string has no Endpoint")
-    parsed = urllib.parse.urlparse(endpoint if "//" in endpoint else "sb://" + endpoint)
-    try:
-        host, port = parsed.hostname, parsed.port
-    except ValueError:
-        raise EventHubsDeliveryError("Event Hubs connection string has an invalid Endpoint port") \
-            from None
-    if not host:
-        raise EventHubsDeliveryError("Event Hubs connection string has an Endpoint without a host")
-    key_name, key = fields.get("sharedaccesskeyname"), fields.get("sharedaccesskey")
-    signature = fields.get("sharedaccesssignature")
-    if not signature and not (key_name and key):
-        raise EventHubsDeliveryError(
-            "Event Hubs connection string needs SharedAccessKeyName and SharedAccessKey "
-            "(or SharedAccessSignature)")
-    display_host = "[%s]" % host if ":" in host else host
-    return ConnectionInfo(
-        endpoint=endpoint, host=host, port=port,
-        namespace=display_host if port is None else "%s:%d" % (display_host, port),
-        shared_access_key_name=key_name, shared_access_key=key,
-        shared_access_signature=signature, eventhub_name=fields.get("entitypath") or None,
-        use_development_emulator=fields.get("usedevelopmentemulator", "").lower() == "true")
-
-
-class _Secret:
-    """Holds a secret so that repr(), logging and display data cannot show it by accident."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value):
-        self._value = value
-
-    def reveal(self):
-        return self._value
-
-    def __repr__(self):
-        return "<secret>"
-
-    __str__ = __repr__
-
-    def __getstate__(self):
-        return self._value
-
-    def __setstate__(self, state):
-        self._value = state
-
-
-def _redact(text, info=None):
-    """``text`` without the key, signatures or ``SharedAccessKey=`` values (``core.redact``)."""
-    secrets = [info[field] for field in ConnectionInfo._SECRET_FIELDS
-               if info is not None and info.get(field)]
-    return Redactor(secrets)(text)
-
-
-# ------------------------------------------------------------------------------------------------
-# Errors
-# ------------------------------------------------------------------------------------------------
-
-
-def _status_code(exc):
-    match = re.search(r"Status code: (\d{3})", str(exc))
-    return int(match.group(1)) if match else None
-
-
-def _is_not_found(exc):
-    # The service answers a token for a missing event hub with CBS status 404, which the SDK
-    # raises as an AuthenticationError too.
-    return _status_code(exc) == 404 or "amqp:not-found" in str(exc)
-
-
-def _is_auth_error(exc):
-    from azure.core.exceptions import ClientAuthenticationError
-    from azure.eventhub.exceptions import AuthenticationError
-    if _is_not_found(exc):
-        return False
-    return isinstance(exc, (AuthenticationError, ClientAuthenticationError)) or \
-        _status_code(exc) in (401, 403)
-
-
-def _is_transient(exc):
-    """Errors worth another attempt with a fresh client (credentials and bad data are not)."""
-    from azure.eventhub.exceptions import EventDataError, EventHubError
-    if _is_auth_error(exc) or _is_not_found(exc) or isinstance(exc, EventDataError):
-        return False
-    if re.search(r"message-size-exceeded|MessageSizeExceeded", str(exc)):
-        return False                    # the service refused the size: resending cannot help
-    return isinstance(exc, (EventHubError, OSError, TimeoutError))
-
-
-def _is_unreachable(exc):
-    text = str(exc)
-    return isinstance(exc, OSError) or any(marker in text for marker in (
-        "SocketError", "Connection refused", "Failed to initiate the connection",
-        "Name or service not known", "nodename nor servname", "timed out"))
-
-
-def _one_line(exc, info=None):
-    """``ExceptionClass: first line of the message``, redacted and shortened."""
-    first = (str(exc).strip().splitlines() or [""])[0]
-    text = "%s: %s" % (type(exc).__name__, first) if first else type(exc).__name__
-    text = _redact(text, info)
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _describe(exc, info, hub):
-    """The one-line explanation of a failure to use ``hub`` (for users; no secret)."""
-    where = "%s/%s" % (info["namespace"], hub)
-    if _is_auth_error(exc):
-        return "Event Hubs rejected the credentials for %s" % where
-    if _is_not_found(exc):
-        return "Event Hubs has no event hub %s (check EntityPath / eventhub_name)" % where
-    if _is_unreachable(exc):
-        return "Event Hubs endpoint %s is unreachable" % info["namespace"]
-    return "Event Hubs check of %s failed: %s" % (where, _one_line(exc, info))
-
-
-# ------------------------------------------------------------------------------------------------
-# Client
-# ------------------------------------------------------------------------------------------------
-
-
-def _producer(connection_string, eventhub_name, retry_total, retry_backoff_factor,
-              retry_backoff_max, timeout_seconds):
-    from azure.eventhub import EventHubProducerClient
-    kwargs = {"retry_total": retry_total, "retry_backoff_factor": retry_backoff_factor,
-              "retry_backoff_max": retry_backoff_max, "retry_mode": "exponential",
-              # Bounds the CBS handshake too: a silent endpoint must not hang a worker.
-              "auth_timeout": max(1, int(timeout_seconds))}
-    if eventhub_name:
-        kwargs["eventhub_name"] = eventhub_name
-    return EventHubProducerClient.from_connection_string(connection_string, **kwargs)
-
-
-def _hub_name(info, eventhub_name):
-    hub = eventhub_name or info["eventhub_name"]
-    if not hub:
-        raise EventHubsDeliveryError(
-            "Event Hubs event hub name is missing: add EntityPath to the connection string or "
-            "set eventhub_name")
-    return hub
-
-
-def verify_connection(connection_string, eventhub_name=None, timeout_seconds=10):
-    """Checks that the connection string reaches the event hub and is accepted by it.
-
-    Opens a producer and reads the hub's properties (one management call: TCP, SASL, CBS
-    put-token, READ), without the SDK's retries so that a rejected key fails in about a second.
-    Returns the hub's properties (``eventhub_name``, ``created_at``, ``partition_ids``).
-
-    Raises :class:`EventHubsDeliveryError` whose message is one line naming the problem, e.g.
-    ``Event Hubs rejected the credentials for <namespace>/<hub>`` or ``Event Hubs endpoint
-    <host:port> is unreachable``. The message never contains the key or a signature. An endpoint
-    that does not answer within ``timeout_seconds`` is reported as unreachable.
-    """
-    info = parse_connection_string(connection_string)
-    hub = _hub_name(info, eventhub_name)
-    outcome = {}
-
-    def check():
-        client = None
-        try:
-            client = _producer(connection_string, eventhub_name, 0, 0.1, 1, timeout_seconds)
-            outcome["properties"] = client.get_eventhub_properties()
-        except Exception as exc:  # pylint: disable=broad-except
-            outcome["error"] = exc
-        finally:
-            if client is not None:
-                try:
-                    client.close()
-                except Exception:  # pylint: disable=broad-except
-                    pass
-
-    # The SDK blocks without a deadline while an endpoint accepts TCP but stays silent; a daemon
-    # thread bounds the wait.
-    thread = threading.Thread(target=check, name="eventhubs-verify", daemon=True)
-    thread.start()
-    thread.join(timeout_seconds)
-    if thread.is_alive():
-        raise EventHubsDeliveryError("Event Hubs endpoint %s is unreachable (no answer within %s s)"
-                                     % (info["namespace"], timeout_seconds))
-    if "error" in outcome:
-        raise EventHubsDeliveryError(_describe(outcome["error"], info, hub)) from None
-    return outcome["properties"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -316,11 +89,11 @@ class _WriteToEventHubsFn(beam.DoFn):
                  retry_total, retry_backoff_factor, retry_backoff_max, timeout_seconds,
                  max_attempts=MAX_ATTEMPTS, max_buffered=MAX_BUFFERED_MESSAGES):
         info = parse_connection_string(reveal(connection_string))
-        self._hub = _hub_name(info, eventhub_name)
+        self._hub = hub_name(info, eventhub_name)
         self._namespace = info["namespace"]
         # A ${VAR} reference travels as it is and is resolved in setup(), on the worker.
         self._connection_string = (connection_string if isinstance(connection_string, EnvRef)
-                                   else _Secret(connection_string))
+                                   else Secret(connection_string))
         self._resolved = None
         self._eventhub_name = eventhub_name
         self._work_id = work_id
@@ -351,7 +124,7 @@ class _WriteToEventHubsFn(beam.DoFn):
 
     def _secret(self):
         if self._resolved is None:
-            self._resolved = _Secret(reveal(self._connection_string))
+            self._resolved = Secret(reveal(self._connection_string))
         return self._resolved.reveal()
 
     def __getstate__(self):
@@ -504,18 +277,18 @@ class _WriteToEventHubsFn(beam.DoFn):
             except Exception as exc:  # pylint: disable=broad-except
                 info = parse_connection_string(self._secret())
                 where = "%s/%s" % (self._namespace, self._hub)
-                if _is_auth_error(exc) or _is_not_found(exc):
+                if is_auth_error(exc) or is_not_found(exc):
                     self._close_client()
-                    raise _CredentialsRejected(_describe(exc, info, self._hub), unsent) from None
-                if not _is_transient(exc) or attempt >= self._max_attempts:
+                    raise _CredentialsRejected(describe_failure(exc, info, self._hub), unsent) from None
+                if not is_transient(exc) or attempt >= self._max_attempts:
                     self._close_client()
                     raise _DeliveryFailed("Event Hubs delivery to %s failed after %d attempt%s: %s"
                                           % (where, attempt, "" if attempt == 1 else "s",
-                                             _one_line(exc, info)), unsent) from None
+                                             one_line(exc, info)), unsent) from None
                 delay = min(backoff_max, factor * (2 ** (attempt - 1))) * random.uniform(0.5, 1)
                 _LOGGER.warning("Work %s: Event Hubs delivery to %s failed (%s); retrying with "
                                 "a new client in %.1f s (attempt %d of %d)", self._work_id, where,
-                                _one_line(exc, info), delay, attempt + 1, self._max_attempts)
+                                one_line(exc, info), delay, attempt + 1, self._max_attempts)
                 self._close_client()
                 time.sleep(delay)
                 attempt += 1
@@ -523,8 +296,8 @@ class _WriteToEventHubsFn(beam.DoFn):
     def _get_client(self):
         if self._client is None:
             retry_total, factor, backoff_max = self._retry
-            self._client = _producer(self._secret(), self._eventhub_name,
-                                     retry_total, factor, backoff_max, self._timeout)
+            self._client = producer_client(self._secret(), self._eventhub_name,
+                                           retry_total, factor, backoff_max, self._timeout)
         return self._client
 
     def _close_client(self):
@@ -642,7 +415,7 @@ class WriteToEventHubs(beam.PTransform):
         self._flush_seconds = flush_seconds
         # Fails at construction, before any data moves, on an unusable connection string.
         info = parse_connection_string(reveal(connection_string))
-        self._target = "%s/%s" % (info["namespace"], _hub_name(info, eventhub_name))
+        self._target = "%s/%s" % (info["namespace"], hub_name(info, eventhub_name))
         self._fn = _WriteToEventHubsFn(
             connection_string, work_id, deadletter_path, eventhub_name, aid, retry_total,
             retry_backoff_factor, retry_backoff_max, timeout_seconds,

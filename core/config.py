@@ -738,16 +738,3 @@ def _blob(path, cfg, work, audiences):
         max_windows_per_run=_number(cfg, "max_windows_per_run", path, DEFAULT_MAX_WINDOWS,
                                     minimum=1, integer=True),
         allow_more_windows=_bool(cfg, "allow_more_windows", path))
-
-
-def mask_secrets(value, key=None):
-    """A copy of a config value with every secret replaced, for plans and display data."""
-    if key in SECRET_KEYS and value:
-        return "****"
-    if isinstance(value, dict):
-        if key == "headers":  # header values are often tokens
-            return {k: "****" for k in value}
-        return {k: mask_secrets(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask_secrets(v) for v in value]
-    return value

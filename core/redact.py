@@ -1,8 +1,12 @@
-"""Keeps secrets out of everything the pipeline prints or logs.
+"""The one secret scrubber: keeps secrets out of everything the pipeline prints or logs.
 
 ``Redactor`` knows the secret values of a job (connection strings, keys, passwords, header values,
 signing secrets) and also masks secret-looking fragments it was not told about (``AccountKey=``,
-``SharedAccessKey=``, ``sig=``, ``password=``). ``install_log_redaction`` puts it on every log record.
+``SharedAccessKey=``, ``sig=``, ``password=``, ``Authorization:``, ``Bearer <token>``, the password
+of ``scheme://user:password@host``). :func:`scrub` is a one-off ``Redactor``.
+``install_log_redaction`` puts it on every log record. Logs, error texts, dead-letter reasons,
+work-event notes and the run summary all go through it; :func:`redact_url` shows a URL without its
+path and query, :func:`mask_secrets` a config with its secret keys masked.
 
 On workers, credentials arrive as ``${VAR}`` references (:class:`core.config.EnvRef`) and are
 resolved in the DoFns' ``setup()`` with :func:`reveal` / :func:`reveal_settings`, which also add
@@ -11,16 +15,30 @@ the values to this process's log redaction.
 import logging
 import re
 import threading
+import urllib.parse
+from typing import Any, Iterable, List, Optional
 
 from core.config import SECRET_KEYS, EnvRef, resolve_settings
 
-_PATTERNS = [
-    re.compile(r"(?i)(AccountKey|SharedAccessKey|SharedAccessSignature|SharedAccessKeyName)=([^;&\s\"']+)"),
-    re.compile(r"(?i)\b(sig|se|skn|password|passwd|pwd|token|secret)=([^;&\s\"']+)"),
-    re.compile(r"(?i)(Authorization)\s*[:=]\s*((?:Bearer|Basic|SharedAccessSignature)\s+)?([^\s,\"']+)"),
-    re.compile(r"(?i)(X-Signature)\s*[:=]\s*([^\s\"']+)"),
-]
 MASK = "****"
+
+
+def _name_equals_mask(match):
+    return "%s=%s" % (match.group(1), MASK)
+
+
+#: Secret-looking fragments and what replaces them, in this order.
+_PATTERNS = [
+    (re.compile(r"(?i)\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + MASK),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+):[^/\s@]+@"), r"\1:" + MASK + "@"),
+    (re.compile(r"(?i)(AccountKey|SharedAccessKey|SharedAccessSignature|SharedAccessKeyName)=([^;&\s\"']+)"),
+     _name_equals_mask),
+    (re.compile(r"(?i)\b(sig|se|skn|password|passwd|pwd|token|secret)=([^;&\s\"']+)"),
+     _name_equals_mask),
+    (re.compile(r"(?i)(Authorization)\s*[:=]\s*((?:Bearer|Basic|SharedAccessSignature)\s+)?([^\s,\"']+)"),
+     _name_equals_mask),
+    (re.compile(r"(?i)(X-Signature)\s*[:=]\s*([^\s\"']+)"), _name_equals_mask),
+]
 _AUTH_SCHEMES = {"bearer", "basic", "token", "digest", "sharedaccesssignature"}
 
 
@@ -55,21 +73,72 @@ def collect_secrets(raw_config):
 
 
 class Redactor:
-    def __init__(self, secrets=()):
+    """Masks known secret values (longest first) and secret-looking fragments in a text."""
+
+    def __init__(self, secrets: Iterable[str] = ()):
         self._secrets = sorted(set(secrets), key=len, reverse=True)
 
-    def add(self, secrets):
+    def add(self, secrets: Iterable[str]) -> None:
         self._secrets = sorted(set(self._secrets) | set(secrets), key=len, reverse=True)
 
-    def __call__(self, text):
+    def __call__(self, text: Any) -> str:
         if not isinstance(text, str):
             text = str(text)
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
-        for pattern in _PATTERNS:
-            text = pattern.sub(lambda m: "%s=%s" % (m.group(1), MASK), text)
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
         return text
+
+
+def scrub(text: Any, secrets: Iterable[str] = ()) -> str:
+    """``text`` with ``secrets`` and every secret-looking fragment masked."""
+    return Redactor(secrets)(text)
+
+
+def settings_secrets(settings) -> List[str]:
+    """Texts of an alert work's settings to mask in anything quoted from its server: the signing
+    secret, the password, header values and their tokens (``Bearer <token>``), the webhook URL,
+    its path, query and long path segments. Longest first."""
+    values = [getattr(settings, "signing_secret", None), getattr(settings, "password", None),
+              getattr(settings, "webhook_url", None)]
+    for value in (getattr(settings, "headers", None) or {}).values():
+        values.append(str(value))
+        values += [part for part in str(value).split() if len(part) >= 8]
+    url = getattr(settings, "webhook_url", None)
+    if url:
+        parts = urllib.parse.urlsplit(url)
+        values += [parts.path if parts.path.strip("/") else None, parts.query]
+        values += [segment for segment in parts.path.split("/") if len(segment) >= 12]
+    return sorted({str(v) for v in values if v and len(str(v)) >= 4}, key=len, reverse=True)
+
+
+def redact_url(url: Optional[str]) -> str:
+    """``scheme://host[:port]`` of a URL, plus ``/…`` when it has a path or query (not shown)."""
+    try:
+        parts = urllib.parse.urlsplit(url or "")
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<invalid URL>"
+    if ":" in host:
+        host = "[%s]" % host
+    shown = "%s://%s%s" % (parts.scheme or "?", host, ":%d" % port if port else "")
+    return shown + ("/…" if parts.path.strip("/") or parts.query else "")
+
+
+def mask_secrets(value: Any, key: Optional[str] = None) -> Any:
+    """A copy of a config value with every secret replaced, for plans and display data."""
+    if key in SECRET_KEYS and value:
+        return MASK
+    if isinstance(value, dict):
+        if key == "headers":  # header values are often tokens
+            return {k: MASK for k in value}
+        return {k: mask_secrets(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secrets(v) for v in value]
+    return value
 
 
 class _RedactingFilter(logging.Filter):

@@ -1,19 +1,13 @@
 """System events: the alert filter (CONTRACT 5.3) and the pipeline's own work events (5.4)."""
 import hashlib
-import re
 import time
 
 from core.records import SystemEvent
-from core.redact import Redactor
+from core.redact import scrub
 from core.timeutil import MICROS, format_time
 
 #: ``notes`` longer than this are cut (an exception text can be long; alerts need the gist).
 MAX_NOTES_CHARS = 2000
-_scrub = Redactor()  # no known values: masks secret-looking fragments (AccountKey=, sig=, ...)
-_CREDENTIALS = (
-    (re.compile(r"(?i)\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 ****"),
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+):[^/\s@]+@"), r"\1:****@"),  # user:password@
-)
 
 
 def matches(settings, event):
@@ -55,8 +49,5 @@ def work_event(aid, work_id, verb, notes=None, unit=None, ts=None):
 
 def scrub_notes(notes):
     """``notes`` with secret-looking fragments masked, on at most :data:`MAX_NOTES_CHARS`."""
-    text = str(notes)
-    for pattern, replacement in _CREDENTIALS:
-        text = pattern.sub(replacement, text)
-    text = _scrub(text)
+    text = scrub(notes)  # no known values: the secret-looking fragments (AccountKey=, sig=...)
     return text if len(text) <= MAX_NOTES_CHARS else text[:MAX_NOTES_CHARS - 1] + "…"

@@ -15,8 +15,8 @@ if __name__ == "__main__":
 import json  # noqa: E402
 import sys  # noqa: E402
 
-from core.config import ConfigError, check_destinations, load_config, mask_secrets  # noqa: E402
-from core.redact import Redactor, collect_secrets  # noqa: E402
+from core.config import ConfigError, check_destinations, load_config  # noqa: E402
+from core.redact import Redactor, collect_secrets, mask_secrets  # noqa: E402
 from core.timeutil import format_time  # noqa: E402
 from pipelines.cli import CommandParser, run_command  # noqa: E402
 

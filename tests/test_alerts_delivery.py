@@ -1,17 +1,15 @@
-"""WebhookSender without Beam: retry timing, signatures, TLS; and the pure retry helpers."""
-import datetime as _dt
+"""WebhookSender without Beam: retry timing, signatures, TLS; header values; URL display."""
 import hashlib
 import hmac
-import random
 import socket
 import time
 
 import pytest
 
 from tests.fixtures_alerts import Reply, make_work, system_event
-from transforms.alerts import (BASE_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, WebhookSender,
-                               backoff_delay, header_safe, parse_retry_after, redact_url,
-                               verify_webhook_signature)
+from clients.alerting import BASE_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, header_safe
+from clients.webhook import WebhookSender, verify_webhook_signature
+from core.redact import redact_url
 
 
 def sender_for(url, sleep=time.sleep, **config):
@@ -122,25 +120,6 @@ def test_https_with_an_untrusted_certificate_is_not_retried(https_webhook_server
     assert https_webhook_server.requests() == []
     assert not delivery.ok and delivery.attempts == 1
     assert delivery.reason.startswith("TLS certificate verification failed")
-
-
-def test_backoff_is_exponential_with_full_jitter_and_capped():
-    rng = random.Random(7)
-    for attempt in range(1, 12):
-        ceiling = min(MAX_BACKOFF_SECONDS, BASE_BACKOFF_SECONDS * 2 ** (attempt - 1))
-        delays = [backoff_delay(attempt, rng) for _ in range(200)]
-        assert all(0 <= d <= ceiling for d in delays)
-        assert max(delays) > 0.8 * ceiling        # the whole range is used (full jitter)
-    assert backoff_delay(1, rng, retry_after=2.5) == 2.5
-    assert backoff_delay(1, rng, retry_after=1e6) == MAX_BACKOFF_SECONDS
-
-
-def test_parse_retry_after():
-    now = _dt.datetime(2026, 11, 20, 10, 0, 0, tzinfo=_dt.timezone.utc)
-    assert parse_retry_after("7") == 7.0
-    assert parse_retry_after("Fri, 20 Nov 2026 10:00:30 GMT", now=now) == 30.0
-    assert parse_retry_after("Fri, 20 Nov 2026 09:00:00 GMT", now=now) == 0.0
-    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
 
 
 @pytest.mark.parametrize("value, sent", [("se-1", "se-1"), ("a b", "a b"),

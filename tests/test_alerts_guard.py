@@ -9,7 +9,8 @@ import socket
 import pytest
 
 from tests.fixtures_alerts import make_work, system_event
-from transforms.alerts import EmailSender, WebhookSender
+from clients.smtp import EmailSender
+from clients.webhook import WebhookSender
 
 LOOPBACK_SPELLINGS = ["127.0.0.1", "0x7f000001", "2130706433", "127.1", "localhost"]
 

@@ -33,7 +33,7 @@ from emulators.eventhubs import LocalEventHubs
 from tests.fixtures_alerts import (SMTP_PASSWORD, SMTP_USER, Reply, WebhookServer, make_work,
                                    read_jsonl, system_event)
 from tests.test_faults import (PY, ROOT, azure_blob_files, pipeline_command, unique_container)
-from transforms.alerts import WebhookSender
+from clients.webhook import WebhookSender
 
 RUN_TIMEOUT = 180
 

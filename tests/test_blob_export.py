@@ -24,7 +24,12 @@ from core.config import parse_config
 from core.engine import ExportRow
 from core.records import parse_record
 from core.timeutil import MICROS, parse_time
-from transforms import blob
+from clients.blob import (CONNECT_BACKOFF_S, AzureDestination, BlobExportError, LocalDestination,
+                          make_destination)
+from clients.markers import read_marker, verify_credentials
+from clients.retry import RetryPolicy
+from transforms import blob, blob_steps
+from tests.faultproxy import FaultProxy
 from tests.fixtures_azurite import connection_string
 
 T0 = parse_time("2026-11-20T10:00:00Z")
@@ -141,11 +146,11 @@ def run_export(work, records, output_dir, marker_end=None, disabled_reason=None,
 
 def launch(work, records, output_dir):
     """What the launcher does: check the credentials, read the marker, run."""
-    destination = blob.make_destination(work.settings, str(output_dir))
+    destination = make_destination(work.settings, str(output_dir))
     try:
-        blob.verify_credentials(destination, work.id)
-        marker_end, reason = blob.read_marker(destination, work.id), None
-    except blob.BlobExportError as exc:
+        verify_credentials(destination, work.id)
+        marker_end, reason = read_marker(destination, work.id), None
+    except BlobExportError as exc:
         marker_end, reason = None, str(exc)
     finally:
         destination.close()
@@ -171,10 +176,10 @@ def contents(blobs):
 
 
 def marker_of(azurite, work):
-    destination = blob.AzureDestination(azurite.connection_string, work.settings.container,
+    destination = AzureDestination(azurite.connection_string, work.settings.container,
                                         work.settings.prefix)
     try:
-        return blob.read_marker(destination, work.id)
+        return read_marker(destination, work.id)
     finally:
         destination.close()
 
@@ -184,7 +189,7 @@ def window_name(work, start):
 
 
 def local_files(output_dir, work):
-    destination = blob.LocalDestination(str(output_dir), work.settings.container,
+    destination = LocalDestination(str(output_dir), work.settings.container,
                                         work.settings.prefix)
     return {name: destination.get(name) for name in destination.list_names()
             if "_state/" not in name}
@@ -297,23 +302,57 @@ def test_parquet_types(azurite, tmp_path):
 
 def test_verify_credentials_cleans_up(azurite, tmp_path):
     container = new_container()
-    destination = blob.make_destination(make_work(azurite.connection_string, container).settings)
-    blob.verify_credentials(destination, "w-blob")
+    destination = make_destination(make_work(azurite.connection_string, container).settings)
+    verify_credentials(destination, "w-blob")
     assert destination.list_names() == []
     destination.close()
 
 
 def test_verify_credentials_removes_checks_left_by_interrupted_activations(azurite):
     container = new_container()
-    destination = blob.make_destination(make_work(azurite.connection_string, container).settings)
+    destination = make_destination(make_work(azurite.connection_string, container).settings)
     # An earlier activation killed between its write and its delete, and other works' blobs.
     left = ["acme/events/_verify/w-blob_1793491200.txt"]
     others = ["acme/events/_verify/w-blob_x_1793491200.txt", "acme/events/_verify/w-blob2_1.txt",
               "acme/events/w-blob_1793491200.txt"]
     for name in left + others:
         destination.put(name, b"x")
-    blob.verify_credentials(destination, "w-blob")
+    verify_credentials(destination, "w-blob")
     assert destination.list_names() == sorted(others)
+    destination.close()
+
+
+def test_azure_writes_are_retried_by_the_one_policy_counting_attempts(azurite):
+    """Dropped connections are retried with the policy's backoff (waits recorded, not slept);
+    the SDK's own retries are off, so every attempt is one request through the proxy."""
+    container = new_container()
+    container_client(azurite, container).create_container()
+    with FaultProxy(("127.0.0.1", azurite.port), name="blob-retry") as proxy:
+        waits = []
+        destination = AzureDestination(connection_string(proxy.port), container,
+                                       retry=RetryPolicy(4, 2.0, sleep=waits.append))
+        proxy.on_pattern(b"PUT /devstoreaccount1/%s/f.csv" % container.encode(), "reset",
+                         times=2)
+        destination.put("f.csv", b"a,b\n", content_type="text/csv")
+        assert proxy.counters()["resets"] == 2
+        assert len(waits) == 2 and 0 <= waits[0] <= 2.0 and 0 <= waits[1] <= 4.0
+        assert destination.get("f.csv") == b"a,b\n" and len(waits) == 2
+        proxy.on_pattern(b"GET /devstoreaccount1/%s/f.csv" % container.encode(), "reset",
+                         times=4)
+        with pytest.raises(BlobExportError) as info:
+            destination.get("f.csv")
+        assert len(waits) == 5 and proxy.counters()["resets"] == 6    # 4 attempts in all
+        assert str(info.value).startswith("cannot read f.csv in storage account")
+        destination.close()
+
+
+def test_a_dead_endpoint_is_retried_once_after_the_connect_backoff(azurite):
+    waits = []
+    destination = AzureDestination(connection_string(dead_port()), new_container(),
+                                   retry=RetryPolicy(4, 2.0, sleep=waits.append))
+    with pytest.raises(BlobExportError) as info:
+        destination.put("f.csv", b"x")
+    assert waits == [CONNECT_BACKOFF_S] and info.value.kind == "unreachable"
     destination.close()
 
 
@@ -323,9 +362,9 @@ def test_verify_credentials_one_line_error(azurite, case):
     conn = (connection_string(dead_port()) if case == "dead_port"
             else connection_string(azurite.port, key))
     work = make_work(conn, new_container())
-    destination = blob.make_destination(work.settings)
-    with pytest.raises(blob.BlobExportError) as info:
-        blob.verify_credentials(destination, work.id)
+    destination = make_destination(work.settings)
+    with pytest.raises(BlobExportError) as info:
+        verify_credentials(destination, work.id)
     message = str(info.value)
     assert "\n" not in message and "w-blob" in message
     assert conn not in message and "AccountKey" not in message
@@ -346,9 +385,9 @@ def test_verify_blob_that_may_not_be_deleted_is_left_and_logged(azurite, caplog)
                                  expiry=parse_time("2099-01-01T00:00:00Z") // MICROS)
     conn = "BlobEndpoint=http://127.0.0.1:%d/devstoreaccount1;SharedAccessSignature=%s" % (
         azurite.port, sas)
-    destination = blob.make_destination(make_work(conn, container).settings)
-    with caplog.at_level(logging.WARNING, logger="transforms.blob"):
-        blob.verify_credentials(destination, "w-blob")
+    destination = make_destination(make_work(conn, container).settings)
+    with caplog.at_level(logging.WARNING, logger="clients.markers"):
+        verify_credentials(destination, "w-blob")
     left = [b.name for b in container_client(azurite, container).list_blobs()]
     assert len(left) == 1 and left[0].startswith("acme/events/_verify/w-blob_")
     assert left[0] in caplog.text and "left in place" in caplog.text
@@ -549,7 +588,7 @@ def test_select_step_emits_lists_per_window_not_rows():
     p = BeamTestPipeline(runner="apache_beam.runners.portability.fn_api_runner.FnApiRunner")
     (p
      | beam.Create(records)
-     | beam.ParDo(blob._SelectRowBatches(spec))
+     | beam.ParDo(blob_steps._SelectRowBatches(spec))
      | beam.Map(_collect, key))
     p.run().wait_until_finish()
     elements = _COLLECTED.pop(key, [])
@@ -599,11 +638,11 @@ def test_batched_input_writes_the_files_of_one_record_per_element(tmp_path, expo
 
 
 def test_select_step_bounds_the_rows_it_holds(tmp_path, monkeypatch):
-    monkeypatch.setattr(blob._SelectRowBatches, "MAX_BATCHED_ROWS", 50)
+    monkeypatch.setattr(blob_steps._SelectRowBatches, "MAX_BATCHED_ROWS", 50)
     work = make_work(None, new_container())
     records = many_rows()
     spec = export.ExportSpec(work.settings, ACCOUNT, work.id)
-    select = blob._SelectRowBatches(spec)
+    select = blob_steps._SelectRowBatches(spec)
     select.start_bundle()
     early = [out for r in records for out in select.process(r)]
     late = [wv.value for wv in select.finish_bundle()]

@@ -464,8 +464,9 @@ def destinations(local_eventhubs, azurite):
 #: first batch and then ~1.7 MB of batches; a Blob upload of one export file is 1-10 KB (152 files,
 #: ~300 KB on 8 connections); a webhook POST is ~0.4 KB (31 alerts). The cuts are placed inside the
 #: transfers that matter and spaced out in time (``min_interval``) so that they hit different
-#: requests rather than every retry of one: the SDKs' bounded retries (Blob: 3 retries after about 3,
-#: 5 and 9 s) are meant to absorb independent faults, which is what is tested here. A fault that
+#: requests rather than every retry of one: the bounded retries (Blob: 3 retries by clients.retry,
+#: waits drawn up to 2, 4 and 8 s) are meant to absorb independent faults, which is what is tested
+#: here. A fault that
 #: outlasts every retry is the crash/restart and catch-up case (test_crash_restart.py,
 #: test_blob_export.py).
 EH_BATCH = b"\x70\x80\x01\x37\x00"      # TRANSFER with message-format 0x80013700 (a batch)

@@ -27,7 +27,8 @@ from core.export import ExportSpec
 from core.timeutil import MICROS, format_time, parse_time
 from pipelines import common
 from pipelines.options import ActivationOptions
-from transforms import blob
+from clients.blob import BlobExportError, LocalDestination
+from transforms import blob_steps
 from transforms.audiences import EngineSpec, EvaluateAudiencesStateful
 from transforms.live_sources import InputRecord, LiveSource
 from transforms.live import DedupeSystemEventsLive
@@ -337,7 +338,7 @@ def test_live_dedupe_keeps_the_first_copy_to_arrive_for_24_hours(tmp_path):
         ["s " + _at(HOUR), "s " + _at(25 * HOUR), "t " + _at(MICROS)])
 
 
-class _FlakyDestination(blob.LocalDestination):
+class _FlakyDestination(LocalDestination):
     """A local destination whose first ``failures`` puts fail."""
 
     def __init__(self, root, failures, prefix):
@@ -347,7 +348,7 @@ class _FlakyDestination(blob.LocalDestination):
     def put(self, name, data, content_type=None):
         if self.failures:
             self.failures -= 1
-            raise blob.BlobExportError("connection failed: reset", "unreachable")
+            raise BlobExportError("connection failed: reset", "unreachable")
         super().put(name, data, content_type)
 
 
@@ -401,8 +402,8 @@ def test_a_window_file_that_fails_is_written_again_and_holds_the_marker_back(tmp
     work = parse_config(CONFIG).works[1]
     spec = ExportSpec(work.settings, "acme", work.id)
     destination = _FlakyDestination(tmp_path, 1, spec.prefix)
-    windows = blob._WriteClosedWindow(spec, _Recipe(destination), 1234, grace_us=5 * MINUTE)
-    marker = blob._AdvanceMarker(spec, _Recipe(destination), 1234, grace_us=5 * MINUTE)
+    windows = blob_steps._WriteClosedWindow(spec, _Recipe(destination), 1234, grace_us=5 * MINUTE)
+    marker = blob_steps._AdvanceMarker(spec, _Recipe(destination), 1234, grace_us=5 * MINUTE)
     windows.setup()
     marker.setup()
     row = lambda offset, event_id: (T0 + offset, event_id, [event_id, "u", "", "purchase",

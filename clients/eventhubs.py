@@ -19,7 +19,7 @@ import threading
 import typing
 import urllib.parse
 
-from core.redact import Redactor
+from core.redact import scrub
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def _redact(text, info=None):
     """``text`` without the key, signatures or ``SharedAccessKey=`` values (``core.redact``)."""
     secrets = [info[field] for field in ConnectionInfo._SECRET_FIELDS
                if info is not None and info.get(field)]
-    return Redactor(secrets)(text)
+    return scrub(text, secrets)
 
 
 def hub_name(info: ConnectionInfo, eventhub_name: typing.Optional[str]) -> str:

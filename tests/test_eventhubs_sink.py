@@ -319,3 +319,28 @@ def test_verify_connection_reports_unreachable_and_silent_endpoints():
         for connection in accepted:
             connection.close()
         silent.close()
+
+
+def test_an_unreachable_hub_is_retried_by_the_one_policy_counting_waits(tmp_path):
+    """The sink's retry around the SDK is clients.retry: ``max_attempts`` attempts, a wait
+    recorded (not slept) between each, then one secret-free reason naming the attempts."""
+    from transforms.eventhubs import _DeliveryFailed, _WriteToEventHubsFn
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    connection_string = ("Endpoint=sb://127.0.0.1:%d;SharedAccessKeyName=k;SharedAccessKey=%s;"
+                         "EntityPath=hub;UseDevelopmentEmulator=true" % (port, "c2VjcmV0a2V5"))
+    fn = _WriteToEventHubsFn(connection_string, WORK, str(tmp_path / "dl.jsonl"), None, AID,
+                             0, 0.5, 10, 2, max_attempts=3)
+    waits = []
+    fn._sleep = waits.append
+    fn.setup()
+    try:
+        with pytest.raises(_DeliveryFailed) as info:
+            fn._call(lambda client: client.get_eventhub_properties(), [])
+    finally:
+        fn.teardown()
+    assert len(waits) == 2 and all(0 <= w <= 10 for w in waits)
+    assert "failed after 3 attempts" in info.value.reason
+    assert "c2VjcmV0a2V5" not in info.value.reason

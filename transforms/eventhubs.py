@@ -8,7 +8,6 @@ import collections
 import hashlib
 import json
 import logging
-import random
 import time
 
 import apache_beam as beam
@@ -19,6 +18,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from clients.eventhubs import (Secret, describe_failure, hub_name, is_auth_error, is_not_found,
                               is_transient, one_line, parse_connection_string,
                               producer_client)
+from clients.retry import Failure, RetryPolicy
 from core.config import EnvRef
 from core.records import dead_letter
 from core.redact import reveal
@@ -102,6 +102,7 @@ class _WriteToEventHubsFn(beam.DoFn):
         self._retry = (retry_total, retry_backoff_factor, retry_backoff_max)
         self._timeout = timeout_seconds
         self._max_attempts = max(1, max_attempts)
+        self._sleep = time.sleep   # the wait between attempts; tests count instead of waiting
         self._max_buffered = max(1, max_buffered)
         namespace = "work:" + work_id
         self._delivered = Metrics.counter(namespace, "messages_delivered")
@@ -265,33 +266,31 @@ class _WriteToEventHubsFn(beam.DoFn):
         """Runs ``operation(client)``: the SDK retries inside, this retries around it.
 
         A transient failure after the SDK's own retries closes the client and tries again with
-        a new one (a new connection), up to ``max_attempts`` in all, with exponential backoff.
+        a new one (a new connection), up to ``max_attempts`` in all, with the backoff of
+        :mod:`clients.retry` (from ``retry_backoff_factor`` up to ``retry_backoff_max``).
         Rejected credentials or a missing hub raise ``_CredentialsRejected``, anything else that
         persists ``_DeliveryFailed``; both carry the messages not delivered (``unsent``).
         """
-        unused_retry_total, factor, backoff_max = self._retry
-        attempt = 1
-        while True:
-            try:
-                return operation(self._get_client())
-            except Exception as exc:  # pylint: disable=broad-except
-                info = parse_connection_string(self._secret())
-                where = "%s/%s" % (self._namespace, self._hub)
-                if is_auth_error(exc) or is_not_found(exc):
-                    self._close_client()
-                    raise _CredentialsRejected(describe_failure(exc, info, self._hub), unsent) from None
-                if not is_transient(exc) or attempt >= self._max_attempts:
-                    self._close_client()
-                    raise _DeliveryFailed("Event Hubs delivery to %s failed after %d attempt%s: %s"
-                                          % (where, attempt, "" if attempt == 1 else "s",
-                                             one_line(exc, info)), unsent) from None
-                delay = min(backoff_max, factor * (2 ** (attempt - 1))) * random.uniform(0.5, 1)
-                _LOGGER.warning("Work %s: Event Hubs delivery to %s failed (%s); retrying with "
-                                "a new client in %.1f s (attempt %d of %d)", self._work_id, where,
-                                one_line(exc, info), delay, attempt + 1, self._max_attempts)
-                self._close_client()
-                time.sleep(delay)
-                attempt += 1
+        where = "%s/%s" % (self._namespace, self._hub)
+
+        def classify(exc):
+            self._close_client()
+            return Failure(one_line(exc, parse_connection_string(self._secret())),
+                           is_transient(exc))
+
+        _, factor, backoff_max = self._retry
+        policy = RetryPolicy(self._max_attempts, factor, backoff_max, sleep=self._sleep,
+                             log_level=logging.WARNING)
+        result = policy.run(lambda: operation(self._get_client()), classify,
+                            "Work %s: Event Hubs delivery to %s" % (self._work_id, where))
+        if result.ok:
+            return result.value
+        exc, info = result.error, parse_connection_string(self._secret())
+        if is_auth_error(exc) or is_not_found(exc):
+            raise _CredentialsRejected(describe_failure(exc, info, self._hub), unsent) from None
+        raise _DeliveryFailed("Event Hubs delivery to %s failed after %d attempt%s: %s"
+                              % (where, result.attempts, "" if result.attempts == 1 else "s",
+                                 one_line(exc, info)), unsent) from None
 
     def _get_client(self):
         if self._client is None:

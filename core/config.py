@@ -5,6 +5,9 @@ Validation happens before any data moves. Every error names the config path, for
 ``works[0].config.pasued: unknown key (did you mean 'paused'?)``: every mapping has a fixed set of
 keys (below, and docs/CONFIG.md). :func:`parse_config` does no I/O; :func:`check_destinations`
 resolves the alert works' hosts, which the commands call before a run or a plan.
+
+The module is longer than 600 lines because it holds the whole schema: every workflow's keys,
+defaults and checks, so that each key's rule is read next to the others'.
 """
 import dataclasses
 import ipaddress

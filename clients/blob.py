@@ -1,6 +1,7 @@
-"""Destinations of the Blob export (``azure_blob_event_export``): an Azure Storage container, or
-the local sink ``<output_dir>/blob/<container>/`` with the same names and bytes. No Beam
-composites: ``transforms/blob.py`` opens a destination per DoFn in ``setup()``.
+"""The Azure destination of the Blob export (``azure_blob_event_export``): a container of an Azure
+Storage account, and the :class:`Destination` interface it shares with the local sink
+(``transforms.blob.LocalDestination``, written through Beam's ``FileSystems``). No Beam:
+``transforms/blob.py`` opens a destination per DoFn in ``setup()``.
 
 Every operation (``put``, ``get``, ``delete``, ``list_names``) raises :class:`BlobExportError`,
 one line without the connection string, key or SAS (masked by :mod:`core.redact`), with a
@@ -13,18 +14,12 @@ be made is retried :data:`RETRY_CONNECT` time(s) after :data:`CONNECT_BACKOFF_S`
 endpoint fails in well under a second and a run with it goes on to its other windows. Each
 operation is idempotent (a put replaces the blob whole), so a retry after a lost response
 writes the same bytes again.
-
-The local sink goes through Beam's ``FileSystems`` (:mod:`transforms.outputs`: a local path or
-``azfs://``...), under a temporary name and then renamed.
 """
 import re
 from typing import List, Optional
 
-from apache_beam.io.filesystem import BeamIOError
-
 from clients.retry import Failure, RetryPolicy, retryable_status
-from core.redact import Redactor, reveal, secret_parts
-from transforms import outputs
+from core.redact import Redactor, secret_parts
 
 CONNECTION_TIMEOUT_S = 5
 READ_TIMEOUT_S = 60
@@ -74,59 +69,6 @@ class Destination:
 
     def close(self) -> None:
         pass
-
-
-class LocalDestination(Destination):
-    """``<output_dir>/blob/<container>/<blob name>``: the local sink of a work without a connection
-    string. ``output_dir`` is a local path or a Beam file system URI (``azfs://...``); files are
-    written through Beam's ``FileSystems`` and appear complete or not at all (temporary name, then
-    rename; see :mod:`transforms.outputs`)."""
-
-    def __init__(self, output_dir: str, container: str, prefix: str = ""):
-        self.root = outputs.join(output_dir, "blob", container)
-        self.prefix = prefix or ""
-        self.description = "output directory %s" % self.root
-
-    def _path(self, name):
-        return outputs.join(self.root, *name.split("/"))
-
-    def put(self, name: str, data: bytes, content_type: Optional[str] = None) -> None:
-        path = self._path(name)
-        try:
-            outputs.write_file(path, (data,), mime_type=content_type or "application/octet-stream")
-        except (OSError, BeamIOError) as exc:
-            raise BlobExportError("cannot write %s: %s" % (path, _io_reason(exc))) from None
-
-    def get(self, name: str) -> Optional[bytes]:
-        try:
-            return outputs.read_file(self._path(name))
-        except (OSError, BeamIOError) as exc:
-            raise BlobExportError("cannot read %s: %s" % (self._path(name), _io_reason(exc))) \
-                from None
-
-    def delete(self, name: str) -> None:
-        try:
-            outputs.delete_file(self._path(name))
-        except (OSError, BeamIOError) as exc:
-            raise BlobExportError("cannot delete %s: %s" % (self._path(name), _io_reason(exc))) \
-                from None
-
-    def list_names(self, starts_with: str = "") -> List[str]:
-        try:
-            paths = outputs.list_files(self.root)
-        except (OSError, BeamIOError) as exc:
-            raise BlobExportError("cannot list %s: %s" % (self.root, _io_reason(exc))) from None
-        names = (outputs.relative(path, self.root) for path in paths)
-        return sorted(n for n in names if n.startswith(starts_with))
-
-
-def _io_reason(exc):
-    """A short reason for a file system error (one line)."""
-    details = getattr(exc, "exception_details", None)
-    if details:
-        exc = next(iter(details.values()))
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return " ".join(str(text).split())[:300]
 
 
 def _describe(exc):
@@ -260,41 +202,3 @@ class AzureDestination(Destination):
 
     def close(self) -> None:
         self._service.close()
-
-
-def make_destination(settings, output_dir: str = "out") -> Destination:
-    """The destination of a work's :class:`core.config.BlobSettings`: Azure with a connection
-    string, else the local directory ``<output_dir>/blob/<container>/``."""
-    return DestinationRecipe(settings, output_dir).open()
-
-
-class DestinationRecipe:
-    """What a worker needs to open the destination; its repr never shows the connection string.
-
-    A connection string given as a ``${VAR}`` reference (``core.config.EnvRef``, from
-    ``Work.worker_settings``) travels as that reference and is resolved by :meth:`open`, on the
-    worker (in the DoFns' ``setup()``).
-    """
-
-    def __init__(self, settings, output_dir: str):
-        self._connection_string = settings.connection_string
-        self.container = settings.container
-        self.prefix = settings.prefix or ""
-        self.output_dir = output_dir
-
-    @property
-    def kind(self) -> str:
-        return "azure" if self._connection_string else "local"
-
-    def open(self) -> Destination:
-        if self._connection_string:
-            return AzureDestination(reveal(self._connection_string), self.container, self.prefix)
-        return LocalDestination(self.output_dir, self.container, self.prefix)
-
-    def __repr__(self):
-        return "DestinationRecipe(%s, container=%r)" % (self.kind, self.container)
-
-
-def destination_for(work, output_dir: str = "out") -> Destination:
-    """:func:`make_destination` of a :class:`core.config.Work` (as ``pipelines.common`` calls it)."""
-    return make_destination(work.settings, output_dir)

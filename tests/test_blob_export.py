@@ -24,11 +24,11 @@ from core.config import parse_config
 from core.engine import ExportRow
 from core.records import parse_record
 from core.timeutil import MICROS, parse_time
-from clients.blob import (CONNECT_BACKOFF_S, AzureDestination, BlobExportError, LocalDestination,
-                          make_destination)
+from clients.blob import CONNECT_BACKOFF_S, AzureDestination, BlobExportError
 from clients.markers import read_marker, verify_credentials
 from clients.retry import RetryPolicy
 from transforms import blob, blob_steps
+from transforms.blob import LocalDestination, make_destination
 from tests.faultproxy import FaultProxy
 from tests.fixtures_azurite import connection_string
 
@@ -588,7 +588,7 @@ def test_select_step_emits_lists_per_window_not_rows():
     p = BeamTestPipeline(runner="apache_beam.runners.portability.fn_api_runner.FnApiRunner")
     (p
      | beam.Create(records)
-     | beam.ParDo(blob_steps._SelectRowBatches(spec))
+     | beam.ParDo(blob_steps.SelectRowBatches(spec))
      | beam.Map(_collect, key))
     p.run().wait_until_finish()
     elements = _COLLECTED.pop(key, [])
@@ -638,11 +638,11 @@ def test_batched_input_writes_the_files_of_one_record_per_element(tmp_path, expo
 
 
 def test_select_step_bounds_the_rows_it_holds(tmp_path, monkeypatch):
-    monkeypatch.setattr(blob_steps._SelectRowBatches, "MAX_BATCHED_ROWS", 50)
+    monkeypatch.setattr(blob_steps.SelectRowBatches, "MAX_BATCHED_ROWS", 50)
     work = make_work(None, new_container())
     records = many_rows()
     spec = export.ExportSpec(work.settings, ACCOUNT, work.id)
-    select = blob_steps._SelectRowBatches(spec)
+    select = blob_steps.SelectRowBatches(spec)
     select.start_bundle()
     early = [out for r in records for out in select.process(r)]
     late = [wv.value for wv in select.finish_bundle()]

@@ -27,8 +27,9 @@ from core.export import ExportSpec
 from core.timeutil import MICROS, format_time, parse_time
 from pipelines import common
 from pipelines.options import ActivationOptions
-from clients.blob import BlobExportError, LocalDestination
+from clients.blob import BlobExportError
 from transforms import blob_steps
+from transforms.blob import LocalDestination
 from transforms.audiences import EngineSpec, EvaluateAudiencesStateful
 from transforms.live_sources import InputRecord, LiveSource
 from transforms.live import DedupeSystemEventsLive
@@ -402,8 +403,8 @@ def test_a_window_file_that_fails_is_written_again_and_holds_the_marker_back(tmp
     work = parse_config(CONFIG).works[1]
     spec = ExportSpec(work.settings, "acme", work.id)
     destination = _FlakyDestination(tmp_path, 1, spec.prefix)
-    windows = blob_steps._WriteClosedWindow(spec, _Recipe(destination), 1234, grace_us=5 * MINUTE)
-    marker = blob_steps._AdvanceMarker(spec, _Recipe(destination), 1234, grace_us=5 * MINUTE)
+    windows = blob_steps.WriteClosedWindow(spec, _Recipe(destination), 1234, grace_us=5 * MINUTE)
+    marker = blob_steps.AdvanceMarker(spec, _Recipe(destination), 1234, grace_us=5 * MINUTE)
     windows.setup()
     marker.setup()
     row = lambda offset, event_id: (T0 + offset, event_id, [event_id, "u", "", "purchase",
@@ -463,7 +464,7 @@ def test_live_sinks_and_blob_windows_spread_their_state_over_keys(tmp_path):
     class Visitor(beam.pipeline.PipelineVisitor):
         def visit_transform(self, node):
             for suffix in ("Work[w-eh]WriteLocalSink/WriteParts",
-                           "Work[w-blob]WriteToBlob/WriteClosedWindows/ParDo(_WriteClosedWindow)"):
+                           "Work[w-blob]WriteToBlob/WriteClosedWindows/ParDo(WriteClosedWindow)"):
                 if node.full_label.endswith(suffix):
                     inputs[suffix] = node.inputs[0]
 
@@ -480,7 +481,7 @@ def test_live_sinks_and_blob_windows_spread_their_state_over_keys(tmp_path):
         what, key = json.loads(line)
         keys[what].add(json.dumps(key))
     sink_keys = keys["Work[w-eh]WriteLocalSink/WriteParts"]
-    window_keys = {tuple(json.loads(k)) for k in keys["Work[w-blob]WriteToBlob/WriteClosedWindows/ParDo(_WriteClosedWindow)"]}
+    window_keys = {tuple(json.loads(k)) for k in keys["Work[w-blob]WriteToBlob/WriteClosedWindows/ParDo(WriteClosedWindow)"]}
     assert len(sink_keys) > 1
     # the four 1 h windows with rows: 10:00, 11:00, 13:00 (and 12:00 is empty)
     assert window_keys == {("w-blob", T0), ("w-blob", T0 + HOUR), ("w-blob", T0 + 3 * HOUR)}

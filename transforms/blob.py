@@ -3,8 +3,9 @@
 This module writes a work's records as one file per fixed ingestion-time window to an Azure Blob
 Storage container, or, without a connection string, to a local directory with the same names and
 the same bytes. It is the Beam shell around :mod:`core.export`, which computes every name, row and
-byte, and :mod:`clients.blob` / :mod:`clients.markers`, which store them (destinations, the state
-marker, the credential check); its steps are in :mod:`transforms.blob_steps`.
+byte, and of :mod:`clients.blob` (the Azure destination) and :mod:`clients.markers` (the state
+marker, the credential check); its steps are in :mod:`transforms.blob_steps`. The local
+destination (:class:`LocalDestination`) is here: it writes through Beam's ``FileSystems``.
 
 Configuring a work
 ------------------
@@ -32,9 +33,9 @@ Using the transform
 The launcher checks the credentials and reads the state marker before it builds the pipeline, then
 applies one :class:`WriteToBlobExport` per work::
 
-  from clients.blob import BlobExportError, make_destination
+  from clients.blob import BlobExportError
   from clients.markers import read_marker, verify_credentials
-  from transforms.blob import WriteToBlobExport
+  from transforms.blob import WriteToBlobExport, make_destination
 
   destination = make_destination(work.settings, output_dir)
   try:
@@ -136,29 +137,128 @@ later windows are written when they close.
 
 import json
 import typing
+from typing import List, Optional
 
 import apache_beam as beam
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window as beam_window
 from apache_beam.transforms.display import DisplayDataItem
 
-from clients.blob import BlobExportError, DestinationRecipe, destination_for, make_destination
+from clients.blob import AzureDestination, BlobExportError, Destination
 from clients.markers import read_marker, read_marker_end, verify_credentials
 from core.export import ExportSpec, dedupe_system_events
+from core.redact import reveal
 from core.system_events import work_event
 from core.timeutil import MICROS, parse_time
-from transforms.blob_steps import (DEFAULT_GRACE_SECONDS, _AdvanceMarker, _FinishRun,
-                                   _FirstWindow, _KeyByWindow, _SelectRowBatches, _SelectRows,
-                                   _WriteClosedWindow, _WriteWindowFiles)
+from transforms.blob_steps import (DEFAULT_GRACE_SECONDS, AdvanceMarker, FinishRun,
+                                   FirstWindow, KeyByWindow, SelectRowBatches, SelectRows,
+                                   WriteClosedWindow, WriteWindowFiles)
 from transforms.live import BatchPerBundle, DedupeSystemEventsLive, Values, is_unbounded
 from transforms import outputs
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 
-#: The composite, and the client functions the launcher (``pipelines.common``) reaches through
-#: this module.
-__all__ = ["WriteToBlobExport", "DEFAULT_GRACE_SECONDS", "BlobExportError", "destination_for",
-           "make_destination", "read_marker", "read_marker_end", "verify_credentials"]
+#: The composite, the destinations, and the client functions the launcher (``pipelines.common``)
+#: reaches through this module.
+__all__ = ["WriteToBlobExport", "DEFAULT_GRACE_SECONDS", "BlobExportError", "LocalDestination",
+           "DestinationRecipe", "destination_for", "make_destination", "read_marker",
+           "read_marker_end", "verify_credentials"]
 
+
+# -- the local destination, and which destination a work has ----------------------------------
+
+class LocalDestination(Destination):
+    """``<output_dir>/blob/<container>/<blob name>``: the local sink of a work without a connection
+    string. ``output_dir`` is a local path or a Beam file system URI (``azfs://...``); files are
+    written through Beam's ``FileSystems`` and appear complete or not at all (temporary name, then
+    rename; see :mod:`transforms.outputs`)."""
+
+    def __init__(self, output_dir: str, container: str, prefix: str = ""):
+        self.root = outputs.join(output_dir, "blob", container)
+        self.prefix = prefix or ""
+        self.description = "output directory %s" % self.root
+
+    def _path(self, name):
+        return outputs.join(self.root, *name.split("/"))
+
+    def put(self, name: str, data: bytes, content_type: Optional[str] = None) -> None:
+        path = self._path(name)
+        try:
+            outputs.write_file(path, (data,), mime_type=content_type or "application/octet-stream")
+        except (OSError, BeamIOError) as exc:
+            raise BlobExportError("cannot write %s: %s" % (path, _io_reason(exc))) from None
+
+    def get(self, name: str) -> Optional[bytes]:
+        try:
+            return outputs.read_file(self._path(name))
+        except (OSError, BeamIOError) as exc:
+            raise BlobExportError("cannot read %s: %s" % (self._path(name), _io_reason(exc))) \
+                from None
+
+    def delete(self, name: str) -> None:
+        try:
+            outputs.delete_file(self._path(name))
+        except (OSError, BeamIOError) as exc:
+            raise BlobExportError("cannot delete %s: %s" % (self._path(name), _io_reason(exc))) \
+                from None
+
+    def list_names(self, starts_with: str = "") -> List[str]:
+        try:
+            paths = outputs.list_files(self.root)
+        except (OSError, BeamIOError) as exc:
+            raise BlobExportError("cannot list %s: %s" % (self.root, _io_reason(exc))) from None
+        names = (outputs.relative(path, self.root) for path in paths)
+        return sorted(n for n in names if n.startswith(starts_with))
+
+
+def _io_reason(exc):
+    """A short reason for a file system error (one line)."""
+    details = getattr(exc, "exception_details", None)
+    if details:
+        exc = next(iter(details.values()))
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return " ".join(str(text).split())[:300]
+
+
+def make_destination(settings, output_dir: str = "out") -> Destination:
+    """The destination of a work's :class:`core.config.BlobSettings`: Azure with a connection
+    string, else the local directory ``<output_dir>/blob/<container>/``."""
+    return DestinationRecipe(settings, output_dir).open()
+
+
+class DestinationRecipe:
+    """What a worker needs to open the destination; its repr never shows the connection string.
+
+    A connection string given as a ``${VAR}`` reference (``core.config.EnvRef``, from
+    ``Work.worker_settings``) travels as that reference and is resolved by :meth:`open`, on the
+    worker (in the DoFns' ``setup()``).
+    """
+
+    def __init__(self, settings, output_dir: str):
+        self._connection_string = settings.connection_string
+        self.container = settings.container
+        self.prefix = settings.prefix or ""
+        self.output_dir = output_dir
+
+    @property
+    def kind(self) -> str:
+        return "azure" if self._connection_string else "local"
+
+    def open(self) -> Destination:
+        if self._connection_string:
+            return AzureDestination(reveal(self._connection_string), self.container, self.prefix)
+        return LocalDestination(self.output_dir, self.container, self.prefix)
+
+    def __repr__(self):
+        return "DestinationRecipe(%s, container=%r)" % (self.kind, self.container)
+
+
+def destination_for(work, output_dir: str = "out") -> Destination:
+    """:func:`make_destination` of a :class:`core.config.Work` (as ``pipelines.common`` calls it)."""
+    return make_destination(work.settings, output_dir)
+
+
+# -- the transform -----------------------------------------------------------------------------
 
 def _disabled_event(unused, aid, work_id, reason):
     Metrics.counter("work:" + work_id, "failures").inc()
@@ -268,47 +368,47 @@ class WriteToBlobExport(beam.PTransform):
                        | "GroupCopies" >> beam.GroupByKey()
                        | "DedupeCopies" >> beam.FlatMap(_dedupe_copies))
         windows = (records
-                   | "SelectRows" >> beam.ParDo(_SelectRowBatches(spec, batched))
+                   | "SelectRows" >> beam.ParDo(SelectRowBatches(spec, batched))
                    | "GroupByWindow" >> beam.GroupByKey())
         first_with_data = (windows
                            | "WindowStarts" >> beam.Keys()
-                           | "FirstWindow" >> beam.CombineGlobally(_FirstWindow()))
+                           | "FirstWindow" >> beam.CombineGlobally(FirstWindow()))
         written = (windows
-                   | "WriteFiles" >> beam.ParDo(_WriteWindowFiles(spec, self._recipe, self._aid),
+                   | "WriteFiles" >> beam.ParDo(WriteWindowFiles(spec, self._recipe, self._aid),
                                                 beam.pvalue.AsList(first_with_data))
-                   .with_outputs(_WriteWindowFiles.RESULTS, _WriteWindowFiles.DEADLETTER,
+                   .with_outputs(WriteWindowFiles.RESULTS, WriteWindowFiles.DEADLETTER,
                                  main="events"))
-        _ = written[_WriteWindowFiles.DEADLETTER] | "WriteDeadLetters" >> WriteJsonLinesFile(
+        _ = written[WriteWindowFiles.DEADLETTER] | "WriteDeadLetters" >> WriteJsonLinesFile(
             outputs.join(self._output_dir, "deadletter", work.id + ".jsonl"),
             sort_key=_dead_letter_order, write_empty=False)
         finished = (p
                     | "Once" >> Values([None])
                     | "FinishRun" >> beam.ParDo(
-                        _FinishRun(spec, self._recipe, self._aid),
-                        beam.pvalue.AsList(written[_WriteWindowFiles.RESULTS])))
+                        FinishRun(spec, self._recipe, self._aid),
+                        beam.pvalue.AsList(written[WriteWindowFiles.RESULTS])))
         return (written.events, finished) | "WorkEvents" >> beam.Flatten()
 
     def _expand_unbounded(self, records, spec, batched):
         """Windows written as they close, each by its own state key (see
-        :class:`_WriteClosedWindow`), the marker moved per work (:class:`_AdvanceMarker`); late
+        :class:`WriteClosedWindow`), the marker moved per work (:class:`AdvanceMarker`); late
         rows to ``<output_dir>/deadletter/<work id>.jsonl`` (written in parts)."""
         if spec.export_type == "system_events":
             records = records | "DedupeCopies" >> DedupeSystemEventsLive()
         grace_us = int(self._grace_seconds * MICROS)
         windows = (records
-                   | "SelectRows" >> beam.ParDo(_SelectRows(spec, batched))
+                   | "SelectRows" >> beam.ParDo(SelectRows(spec, batched))
                    | "BatchPerWindow" >> BatchPerBundle(
-                       _KeyByWindow(spec.work_id), key_type=typing.Tuple[str, int])
-                   | "WriteClosedWindows" >> beam.ParDo(_WriteClosedWindow(
+                       KeyByWindow(spec.work_id), key_type=typing.Tuple[str, int])
+                   | "WriteClosedWindows" >> beam.ParDo(WriteClosedWindow(
                        spec, self._recipe, self._aid, grace_us))
-                   .with_outputs(_WriteClosedWindow.LATE, _WriteClosedWindow.RESULTS,
+                   .with_outputs(WriteClosedWindow.LATE, WriteClosedWindow.RESULTS,
                                  main="events"))
-        marker = (windows[_WriteClosedWindow.RESULTS]
+        marker = (windows[WriteClosedWindow.RESULTS]
                   | "TypedResults" >> beam.Map(_same).with_output_types(
                       typing.Tuple[str, typing.Tuple[int, bool]])
-                  | "AdvanceMarker" >> beam.ParDo(_AdvanceMarker(
+                  | "AdvanceMarker" >> beam.ParDo(AdvanceMarker(
                       spec, self._recipe, self._aid, grace_us)))
-        _ = windows[_WriteClosedWindow.LATE] | "WriteLateRows" >> WriteJsonLinesFile(
+        _ = windows[WriteClosedWindow.LATE] | "WriteLateRows" >> WriteJsonLinesFile(
             outputs.join(self._output_dir, "deadletter", self._work.id + ".jsonl"),
             flush_seconds=self._flush_seconds)
         return (windows.events, marker) | "WorkEvents" >> beam.Flatten()

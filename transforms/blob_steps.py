@@ -34,7 +34,7 @@ _USER_WARNINGS.setLevel(logging.WARNING)
 DEFAULT_GRACE_SECONDS = 300.0
 
 
-class _SelectRows(beam.DoFn):
+class SelectRows(beam.DoFn):
     """Record -> (window start, keyed row); drops what the work does not export.
 
     ``batched``: each element is a list of records (the engine's export output, one list per user
@@ -68,7 +68,7 @@ class _SelectRows(beam.DoFn):
 _GLOBAL = beam_window.GlobalWindow()
 
 
-class _SelectRowBatches(_SelectRows):
+class SelectRowBatches(SelectRows):
     """Records -> ``(window start, [keyed row, ...])``: the bounded path's rows travel in lists,
     one element per window and bundle (or per :data:`MAX_BATCHED_ROWS` rows of a bundle, which
     bounds the memory a large bundle holds), so the group and write steps handle a few elements
@@ -201,9 +201,9 @@ class _BlobDoFn(beam.DoFn):
         yield self._event("synccomplete", "windows written up to %s" % format_time(end), unit)
 
 
-class _WriteWindowFiles(_BlobDoFn):
+class WriteWindowFiles(_BlobDoFn):
     """(window start, [[keyed row, ...], ...]) -> the window's file, from the window's batches
-    (:class:`_SelectRowBatches`); work events out, and ``(start, written, first (received_at,
+    (:class:`SelectRowBatches`); work events out, and ``(start, written, first (received_at,
     id), rows)`` to RESULTS (``written`` None: past the run's window limit, the rows went to
     DEADLETTER instead). ``first_with_data``: ``[the run's first window start]``."""
 
@@ -226,7 +226,7 @@ class _WriteWindowFiles(_BlobDoFn):
         yield beam.pvalue.TaggedOutput(self.RESULTS, (start, written, first, len(keyed_rows)))
 
 
-class _FinishRun(_BlobDoFn):
+class FinishRun(_BlobDoFn):
     """After every window file: header-only files for the plan's empty windows, then the marker;
     a ``failed`` event for windows past the window limit, a logged warning for a first window far
     before the rest (:func:`core.export.leading_gap_warning`)."""
@@ -258,7 +258,7 @@ class _FinishRun(_BlobDoFn):
         yield from self._move_marker(end)
 
 
-class _FirstWindow(beam.CombineFn):
+class FirstWindow(beam.CombineFn):
     """The smallest window start, or None when there is none."""
 
     def create_accumulator(self):
@@ -275,7 +275,7 @@ class _FirstWindow(beam.CombineFn):
         return accumulator
 
 
-class _KeyByWindow:
+class KeyByWindow:
     def __init__(self, work_id):
         self._work_id = work_id
 
@@ -283,7 +283,7 @@ class _KeyByWindow:
         return self._work_id, item[0]
 
 
-class _WriteClosedWindow(_BlobDoFn):
+class WriteClosedWindow(_BlobDoFn):
     """The unbounded path, one state key per (work, window): buffers the window's rows and writes
     its file once the window is closed.
 
@@ -293,7 +293,7 @@ class _WriteClosedWindow(_BlobDoFn):
     before that time, and ``ts <= received_at`` but for clock skew of less than ``grace``. The
     close timer reads this window's rows only, writes its file, drops the rows and keeps one
     small ``written`` mark for the window; it reports ``(work id, (start, written))`` on
-    ``RESULTS`` for :class:`_AdvanceMarker`, timestamped with the close time (the timer's time,
+    ``RESULTS`` for :class:`AdvanceMarker`, timestamped with the close time (the timer's time,
     which the runner holds the output watermark at until it fires).
 
     A row that arrives after its window's file was written is not added to any file: it goes to
@@ -352,10 +352,10 @@ class _WriteClosedWindow(_BlobDoFn):
         yield beam.pvalue.TaggedOutput(self.RESULTS, (work_id, (start, written)))
 
 
-class _AdvanceMarker(_BlobDoFn):
+class AdvanceMarker(_BlobDoFn):
     """The unbounded path, one state key per work: header-only files and the state marker.
 
-    Input: ``(work id, (window start, written))`` from :class:`_WriteClosedWindow`, one per
+    Input: ``(work id, (window start, written))`` from :class:`WriteClosedWindow`, one per
     attempt at a window with data, timestamped with the window's close (or retry) time. State:
     those results (window starts and flags, never rows) and the marker end as this run knows it.
     A timer at each result's time runs when the watermark has passed it, hence when the result of

@@ -29,7 +29,8 @@ Options:
                      the run (out/eventhub_received.jsonl holds what arrived), e.g. --eventhub local
   --help             Print this help and exit; nothing is created or removed.
   Any other option goes to pipelines.stream (listed below once .venv exists; docs/COMMANDS.md
-  lists them all), e.g. --worker_processes 0 or --runner=FlinkRunner.
+  lists them all), e.g. --progress_seconds 1 or --runner=FlinkRunner (embedded Flink, one
+  worker per core: the fast way to run a large batch locally).
 
 Examples:
   ./run_local.sh

@@ -5,10 +5,7 @@
 Runs the command in-process (the DirectRunner's FnApiRunner executes bundles in this process, so the
 profile sees the DoFns) and prints the share of self time per component: the engine, input parsing,
 message building, the output sinks, the Beam SDK (coders, bundle processing, state) and the rest,
-then the top functions by self time. What the worker processes do (``--worker_processes``: parsing,
-local message lines, the replay's evaluation) is not in this process's profile: the pipeline's
-wait for them shows as "threads (waiting)". ``--in-process`` runs with ``--worker_processes 0``,
-so that every step is profiled. ``--json`` writes the buckets for ``bench.run``. Profiling
+then the top functions by self time. ``--json`` writes the buckets for ``bench.run``. Profiling
 slows function-call-heavy Python code more than C code, so shares are indicative, not exact.
 """
 import argparse
@@ -37,7 +34,7 @@ COMPONENTS = (
     ("beam sdk", ("apache_beam",)),
     ("start-up (imports, pipeline construction)", ("importlib", "inspect.py", "argparse.py", "dis.py",
                                                    "enum.py", "gettext.py", "ssl.py", "typing.py")),
-    ("threads (waiting)", ("threading.py", "concurrent/futures", "transforms/_worker_processes.py")),
+    ("threads (waiting)", ("threading.py", "concurrent/futures")),
 )
 
 
@@ -81,15 +78,12 @@ def main(argv=None):
     parser.add_argument("--config", default=os.path.join(HERE, "config.yaml"))
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--json", help="write the buckets here")
-    parser.add_argument("--in-process", action="store_true",
-                        help="no worker processes (--worker_processes 0): profile every step")
     args = parser.parse_args(argv)
     run = importlib.import_module(args.module).run
     with tempfile.TemporaryDirectory() as out:
         profiler = cProfile.Profile()
         status = profiler.runcall(run, ["--config", args.config, "--input", args.input,
-                                        "--output_dir", out, "--progress_seconds", "0"]
-                                  + (["--worker_processes", "0"] if args.in_process else []))
+                                        "--output_dir", out, "--progress_seconds", "0"])
     if status:
         raise SystemExit("%s exited %s" % (args.module, status))
     stats = pstats.Stats(profiler)

@@ -257,8 +257,8 @@ def _per_size(runs_by_size, estimate):
 
 def summarise(walls, n, cpus=None):
     """A path's figures from its runs' wall times (``{size: [seconds, ...]}``, N events at size N)
-    and, when given, their CPU times (``cpus``, the same shape: user and system time, workers
-    included).
+    and, when given, their CPU times (``cpus``, the same shape: user and system time, child
+    processes included).
 
     The figures use each size's fastest run: on a shared host other work only ever adds time, so the
     fastest run is the closest to what the code costs (the rule of Python's ``timeit``). The same
@@ -276,20 +276,11 @@ def summarise(walls, n, cpus=None):
     return figures
 
 
-#: The parts of a run's CPU time in ``cpu_per_event``, by the worker task that is each part.
-CPU_PARTS = (("parse", "parse_block"), ("evaluation", "evaluate_histories"),
-             ("message lines", "message_line_runs"))
-
-
 def _cpu_parts(run):
-    """One run's CPU seconds by part: the worker tasks, the rest of the workers' time (their
-    start-up, replies), and the pipeline's own process."""
-    tasks = run.get("worker_task_cpu_seconds") or {}
+    """One run's CPU seconds by part: the pipeline's own process, and the processes it started
+    and waited for (a runner's job server and SDK workers)."""
     own = run.get("self_cpu_seconds", run["cpu_seconds"])
-    parts = {name: tasks.get(task, 0.0) for name, task in CPU_PARTS}
-    parts["workers, other"] = max(run["cpu_seconds"] - own - sum(tasks.values()), 0.0)
-    parts["pipeline's process"] = own
-    return parts
+    return {"pipeline's process": own, "child processes": max(run["cpu_seconds"] - own, 0.0)}
 
 
 def cpu_per_event(runs_by_size, n):
@@ -330,7 +321,7 @@ def format_table(results):
                 kinds["replay"]["marginal_events_per_second"], kinds["replay"]["ratio_to_baseline"]))
         lines.append("")
     lines += [
-             "t(4N)/t(N) after start-up in CPU time (user and system, workers included): " + ", ".join(
+             "t(4N)/t(N) after start-up in CPU time (user and system, child processes included): " + ", ".join(
                  "%s %.2f (medians %.2f)" % (kind, results["paths"][kind]["cpu_linearity"],
                                              results["paths"][kind]["median"]["cpu_linearity"])
                  for kind in ("baseline", "stream", "replay")),

@@ -4,12 +4,12 @@
 
 Runs the command, samples the CPU time (user + system) of it and of its child processes every
 0.1 s, and prints one row per ``--step`` seconds: the share of one core each process used in that
-step (100% is a core kept busy), the command's own process first. A pipeline with worker processes
-shows its phases this way: parsing (the workers busy), the steps only the pipeline's process does
-(one core idle), evaluation. Example::
+step (100% is a core kept busy), the command's own process first. A run on embedded Flink shows
+its phases this way: which of the job server and the SDK worker processes are busy, and when.
+Example::
 
     python -m bench.timeline -- .venv/bin/python -m pipelines.stream --config bench/config.yaml \\
-        --input bench/data/4n.jsonl --output_dir /tmp/out --progress_seconds 0
+        --input bench/data/4n.jsonl --output_dir /tmp/out --progress_seconds 0 --runner=FlinkRunner
 
 The command's output goes to ``/dev/null`` except its last 2,000 characters of stderr on failure.
 """

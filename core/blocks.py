@@ -9,8 +9,8 @@ and the number of its first line. :func:`parse_block` turns one block into what 
 * the counts of lines read, dead-lettered and outside the time range.
 
 A block's result depends on nothing but its bytes, its first line number, the path, the time
-range and the allowed ``ts`` skew, so blocks can be parsed in any process, in any order, and put back in file order
-(``transforms.read`` does, with worker processes on local runners). Lines end at ``"\\n"`` only:
+range and the allowed ``ts`` skew, so the ranges of a file can be parsed by different workers of a
+runner (``transforms.read``). Lines end at ``"\\n"`` only:
 a bare CR is JSON whitespace and may sit inside a record. Blank lines (JSON whitespace only) are
 skipped; anything else is a record or a dead letter. A line that is not UTF-8 is dead-lettered as
 such, with its bytes kept.
@@ -126,6 +126,15 @@ def parse_rows(rows, path, time_range=None, max_ts_skew=DEFAULT_MAX_TS_SKEW_US):
             system.append(record)
     return ParsedBlock([(key, earliest, pack_rows(rows)) for key, (earliest, rows) in groups.items()],
                        system, dead, events, (read, deadlettered, outside), latest)
+
+
+def renumbered(dead, path, lines):
+    """Dead letters of a block of ``path`` with ``lines`` added to their line numbers: for a block
+    parsed with its lines counted from a point ``lines`` lines into the file (a range of the file
+    whose earlier lines were not counted when it was parsed)."""
+    prefix = len(path) + 1
+    return [dict(letter, source="%s:%d" % (path, int(letter["source"][prefix:]) + lines))
+            for letter in dead]
 
 
 def pack_rows(rows):

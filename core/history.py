@@ -1,8 +1,7 @@
-"""Whole-history evaluation of a batch of users: the replay's evaluate step, in any process.
+"""Whole-history evaluation of a batch of users: the replay's evaluate step.
 
-:func:`evaluate_histories` is what ``transforms.audiences`` runs per user in the pipeline's process,
-or hands to worker processes (``transforms._worker_processes``) a batch at a time: the same engine
-over each user's whole history, with the results in plain values (changes packed by
+:func:`evaluate_histories` is what ``transforms.audiences`` runs per user: the same engine over
+each user's whole history, with the results in plain values (changes packed by
 :func:`pack_changes`, export rows packed by ``core.blocks.pack_rows``) and the metrics summed over
 the batch.
 """
@@ -77,9 +76,8 @@ _engines = {}  # the engines a process has built, by their spec's pickle (a work
 def pack_changes(changes):
     """A user's changes (``UserChange``) as one bytes value of their plain tuples.
 
-    The wire form of a batch evaluation's changes: the pipeline's process only passes them on
-    (to a worker that builds messages, say), and a bytes value crosses a pipe and Beam's coders
-    by being copied, where tuples, lists and trait dicts are encoded one object at a time.
+    The wire form of a batch evaluation's changes: the evaluating step only passes them on (to
+    the step that builds messages, say), and a bytes value crosses Beam's coders by being copied, where tuples, lists and trait dicts are encoded one object at a time.
     ``marshal`` covers what a change holds (numbers, strings, JSON values) and is read back by
     the same Python, within one pipeline.
     """

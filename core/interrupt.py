@@ -8,11 +8,10 @@ the process itself:
 
 1. writes ``interrupted`` to stderr, its last line (stderr goes to /dev/null after it);
 2. removes the temporary files being written (:func:`temporary_file`);
-3. ends every process this one started, found in ``/proc`` (worker processes, a runner's job
-   server, a template evaluator): SIGTERM, then SIGKILL for any still there after
-   :data:`TERM_SECONDS`, and reaps its own children. Threads go on meanwhile, and one whose
-   worker was just ended may start another: starts go through :func:`spawning`, which lets none
-   begin once the clean-up has;
+3. ends every process this one started, found in ``/proc`` (a runner's job server and SDK
+   workers, a template evaluator): SIGTERM, then SIGKILL for any still there after
+   :data:`TERM_SECONDS`, and reaps its own children. Threads go on meanwhile: a process one of
+   them starts during the clean-up is found at its next look and ended too;
 4. leaves with ``os._exit(130)``: no interpreter teardown, where Beam's and the SDKs' threads
    would still run and print.
 
@@ -43,8 +42,6 @@ _temporary = set()
 _deferring = 0
 _pending = False
 _installed = False
-_spawn_lock = threading.RLock()
-_stopping = False
 
 
 def exit_on_interrupt():
@@ -133,33 +130,15 @@ def tracked_temporary(path):
             _temporary.discard(path)
 
 
-@contextlib.contextmanager
-def spawning():
-    """Around the start of a child process: once an interrupt is being handled no new one
-    starts (the calling thread waits for the end), and one being started is finished first, so
-    the clean-up sees it."""
-    _spawn_lock.acquire()
-    if _stopping:
-        _spawn_lock.release()
-        threading.Event().wait()  # os._exit ends the process, this thread with it
-    try:
-        yield
-    finally:
-        _spawn_lock.release()
-
-
 def _finish():
-    global _stopping
     try:
         os.write(2, b"interrupted\n")
-        # The last line: threads that go on while processes end (a DoFn whose worker is gone)
-        # would log their errors after it.
+        # The last line: threads that go on while processes end (a step whose job server is
+        # gone) would log their errors after it.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
     except OSError:
         pass
-    _stopping = True
-    _spawn_lock.acquire(timeout=TERM_SECONDS)  # kept: no process starts from here on
     with _lock:
         paths = list(_temporary)
     for path in paths:

@@ -1,4 +1,4 @@
-"""JSON Lines encoding shared by the local sinks and the worker processes that build their lines."""
+"""JSON Lines encoding shared by the local sinks and the steps that build their lines."""
 import json
 
 import orjson

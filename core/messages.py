@@ -147,7 +147,7 @@ def pack_message_lines(pairs):
     ``marshal`` is enough: it is read back by the same Python, within one pipeline. The run is
     zstd-compressed: Beam's data plane copies each element several times on its way to the sink,
     one process doing it while the others wait, and 110 MB of lines (600k events) are 12 MB
-    compressed; compressing costs the worker that builds the run about 1 ms per MB.
+    compressed; compressing costs the step that builds the run about 1 ms per MB.
     """
     pairs = sorted(pairs, key=_key_of)
     users, user, lines = [], None, []

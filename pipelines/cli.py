@@ -267,7 +267,7 @@ def beam_parse_known(argv):
 
     Taken from ``get_all_options``'s own parser (``add_extra_args_fn`` receives it once every
     class has added its options), so it follows what this Beam version registers. A value Beam
-    cannot parse (``--worker_processes=two``) is a :class:`UsageError`.
+    cannot parse (``--progress_seconds=soon``) is a :class:`UsageError`.
     """
     from apache_beam.options.pipeline_options import PipelineOptions
     found = {}

@@ -11,7 +11,6 @@ activity and the Blob export keep state and write as the watermark moves, and th
 """
 import contextlib
 import dataclasses
-import gc
 import json
 import logging
 import os
@@ -40,16 +39,14 @@ from core.snapshot import SnapshotError
 from core.timeutil import TimeFormatError, format_time
 from pipelines.cli import UsageError, check_pipeline_arguments, pipeline_help, wants_help
 from pipelines.options import COMMAND_OPTIONS, REQUIRED_OPTIONS, ActivationOptions, flag_value
-from pipelines.runners import RunnerMissingError, choose_runner, runner_environment
+from pipelines.runners import (DIRECT_RUNNERS, RunnerMissingError, choose_runner, runner_environment,
+                               runner_name)
 from transforms.audiences import EngineSpec, GroupUserEventsPerBundle
 from transforms.live import DedupeSystemEventsLive, Values, is_unbounded
 from transforms import outputs
 from core.interrupt import deferred, exit_process
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 from transforms.audiences import export_rows_from_wire
-from transforms._beam_workarounds import shorter_state_sampling_period
-from transforms._worker_processes import (DIRECT_RUNNERS, OrderedBatches, acquire_workers,
-                                          release_workers, resolve_worker_processes, runner_name)
 from transforms.read import (DEADLETTER, LATEST, PROFILE, SYSTEM, InputMissingError, ParseLines,
                              ReadRecords, check_input_exists)
 from transforms.state import (SYSTEM_MEMORY, USERS as STATE_USERS, ReadStateSnapshot,
@@ -190,32 +187,20 @@ class _BuildMessageLines(beam.DoFn):
     (``core.messages.message_line_runs``), which ``WriteJsonLinesFile`` merges
     (``core.messages.merge_message_line_runs``).
 
-    With worker processes (``--worker_processes``) the batches are built by the workers while the
-    pipeline goes on evaluating, and all of a bundle's are emitted by its end; without, here. The
-    runs differ only in how users are batched, and the merged file is the same. A run keeps the
-    window of its users (a new window starts a new batch) and the earliest of their timestamps.
+    The runs differ only in how users are batched, and the merged file is the same whatever the
+    bundles. A run keeps the window of its users (a new window starts a new batch) and the
+    earliest of their timestamps.
     """
 
     BATCH = 256
 
-    def __init__(self, settings, audience_list, worker_processes=0):
+    def __init__(self, settings, audience_list):
         # Only what the messages need travels to the workers: no connection string, no conditions.
         self._settings = dataclasses.replace(settings, connection_string=None)
         self._audience_names = audience_names(audience_list)
-        self._worker_processes = worker_processes
-
-    def setup(self):
-        self._workers = acquire_workers(self._worker_processes) if self._worker_processes else None
-
-    def teardown(self):
-        if self._workers is not None:
-            release_workers(self._workers)
-            self._workers = None
 
     def start_bundle(self):
         self._users, self._earliest, self._window = [], None, None
-        self._in_flight = None if self._workers is None else OrderedBatches(
-            self._workers, "message_line_runs", 1, self._settings, self._audience_names)
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         (key_field, key), changes = element
@@ -232,25 +217,13 @@ class _BuildMessageLines(beam.DoFn):
     def finish_bundle(self):
         if self._users:
             yield from self._send()
-        if self._in_flight is not None:
-            yield from self._emit(self._in_flight.finish())
 
     def _send(self):
-        users, place = self._users, (self._earliest, self._window)
+        users, timestamp, window = self._users, self._earliest, self._window
         self._users = []
-        if self._in_flight is None:
-            yield from self._emit([(message_line_runs(self._settings, self._audience_names, [users]),
-                                    [place])])
-        else:
-            # A batch of users is one item: OrderedBatches bounds what is in flight.
-            yield from self._emit(self._in_flight.add(users, place))
-
-    @staticmethod
-    def _emit(replies):
-        for runs, places in replies:
-            for run, (timestamp, window) in zip(runs, places):
-                if run is not None:
-                    yield WindowedValue(run, timestamp, [window])
+        for run in message_line_runs(self._settings, self._audience_names, [users]):
+            if run is not None:
+                yield WindowedValue(run, timestamp, [window])
 
 
 class _DailyActivity(beam.DoFn):
@@ -361,17 +334,16 @@ class _PreflightFailed(beam.DoFn):
         yield work_event(self._aid, self._work_id, "failed", reason, unit="preflight")
 
 
-def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming, flush_seconds,
-                   worker_processes=0):
+def _eventhub_work(p, job, work, changes, output_dir, disabled, streaming, flush_seconds):
     settings = work.settings
     label = "Work[%s]" % work.id
     local = work.id not in disabled and not settings.connection_string
     if local and not is_unbounded(changes):
-        # Built and encoded in one step, by worker processes when there are any: the sink's single
-        # group holds a sorted run of lines per batch of users (core.messages.pack_message_lines).
+        # Built and encoded in one step: the sink's single group holds a sorted run of lines per
+        # batch of users (core.messages.pack_message_lines).
         return (changes
                 | label + "BuildMessageLines" >> beam.ParDo(_BuildMessageLines(
-                    settings, job.audiences.audiences, worker_processes))
+                    settings, job.audiences.audiences))
                 | label + "WriteLocalSink" >> WriteJsonLinesFile(
                     outputs.join(output_dir, "eventhub", work.id + ".jsonl"), sort_key=message_sort_key,
                     flush_seconds=flush_seconds, encoded=merge_message_line_runs)
@@ -475,10 +447,9 @@ class _Latest:
 
 
 def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, live_source=None,
-                worker_processes=None, run_state=None):
+                run_state=None):
     """Reads, evaluates with ``evaluate`` (a PTransform), and wires every work's output.
 
-    ``worker_processes``: ``--worker_processes`` as resolved by the caller; None resolves it here.
     ``run_state``: a :class:`RunState` (bounded runs): the as-of time and the ``--state``
     snapshot to read and write. A bounded run without one evaluates up to the latest
     ``received_at`` it reads.
@@ -491,13 +462,9 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, li
     flush_seconds = float(_option(options, "flush_seconds", DEFAULT_FLUSH_SECONDS))
     from transforms.blob import DEFAULT_GRACE_SECONDS
     grace_seconds = float(_option(options, "blob_grace_seconds", DEFAULT_GRACE_SECONDS))
-    if worker_processes is None:
-        worker_processes = resolve_worker_processes(_option(options, "worker_processes", "auto"),
-                                                    p.options.view_as(StandardOptions).runner)
     if live_source is None:
         records = p | "ReadRecords" >> ReadRecords(
-            options.input, time_range, options.progress_seconds,
-            worker_processes=worker_processes, max_ts_skew=job.max_ts_skew)
+            options.input, time_range, options.progress_seconds, max_ts_skew=job.max_ts_skew)
         profile = records[PROFILE]
     else:
         elements = p | "ReadLive" >> live_source.transform
@@ -569,7 +536,7 @@ def build_graph(p, job, evaluate, options, run_id, disabled, time_range=None, li
             if work.paused:
                 continue
             events = _eventhub_work(p, job, work, changes, output_dir, disabled, streaming,
-                                    flush_seconds, worker_processes)
+                                    flush_seconds)
         elif work.workflow == "azure_blob_event_export":
             events = _blob_work(p, job, work, export_rows, system_events, output_dir, disabled,
                                 flush_seconds, grace_seconds)
@@ -836,8 +803,7 @@ def _verbose_requested(argv):
 def main(argv, mode, make_evaluate, time_range_of=None, help_text=None):
     """Runs one pipeline command; returns the process exit status.
 
-    ``make_evaluate(spec, worker_processes)`` gives the command's evaluate PTransform
-    (``worker_processes``: ``--worker_processes`` resolved for the runner). ``help_text``:
+    ``make_evaluate(spec)`` gives the command's evaluate PTransform. ``help_text``:
     ``(usage, description, examples)`` for ``--help`` (pipelines/cli.py).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -894,43 +860,9 @@ def private_temp_directory():
         shutil.rmtree(path, ignore_errors=True)
 
 
-#: Allocations between young-generation collections while a pipeline runs in this process (the
-#: interpreter's default is 700).
-GC_YOUNG_THRESHOLD = 50_000
-
-
-@contextlib.contextmanager
-def relaxed_garbage_collection():
-    """Fewer cyclic garbage collections while the pipeline runs (in this process: the DirectRunner).
-
-    The run allocates millions of short-lived tuples and dicts that reference counting frees;
-    with the default threshold the collector walks the young generation every 700 allocations
-    and promotes survivors, and it cost about 8% of a 600k-event ``pipelines.stream`` run (27.8 s
-    against 25.4 s with collection off; README "Performance"). The objects of imports and
-    pipeline construction are frozen first, so later full collections do not walk them again.
-    Cycles are still collected, only less often; on leaving, the threshold is restored and the
-    frozen objects are collectable again (tests run many pipelines in one process).
-    """
-    threshold = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *threshold[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
-
-
 def exit_command(status):
-    """Ends a pipeline command's process with ``status``.
-
-    Everything alive is frozen first: the process is ending, and the interpreter's last
-    collection would otherwise walk every object the run left behind (measured: 2.5 s after
-    replaying 150k events, a third of the run). Then ``core.interrupt.exit_process``: a
-    Ctrl-C until the very end still gets ``interrupted``.
-    """
-    gc.freeze()
+    """Ends a pipeline command's process with ``status`` (``core.interrupt.exit_process``: a
+    Ctrl-C until the very end still gets ``interrupted``)."""
     exit_process(status)
 
 
@@ -1028,20 +960,15 @@ def _run(argv, mode, make_evaluate, redactor, time_range_of):
     started = time.time()
     with runner_environment(options):
         pipeline = beam.Pipeline(options=options)
-        workers = resolve_worker_processes(_option(act, "worker_processes", "auto"),
-                                           options.view_as(StandardOptions).runner)
-        build_graph(pipeline, job, make_evaluate(spec, workers), act, run_id, disabled,
-                    time_range, live_source, workers, run_state)
-        # Only bundles run in this process (the DirectRunner's) have their sampler here.
-        shorter_state_sampling_period()
-        with relaxed_garbage_collection():
-            result = pipeline.run()
-            if options.view_as(StandardOptions).no_wait_until_finish:
-                # A launcher (e.g. a Dataflow Flex Template) submits and returns; the job
-                # reports through its runner's counters and its works' system events.
-                sys.stdout.write("submitted: %s\n" % getattr(result, "state", "running"))
-                return 0
-            state = result.wait_until_finish()
+        build_graph(pipeline, job, make_evaluate(spec), act, run_id, disabled, time_range,
+                    live_source, run_state)
+        result = pipeline.run()
+        if options.view_as(StandardOptions).no_wait_until_finish:
+            # A launcher (e.g. a Dataflow Flex Template) submits and returns; the job reports
+            # through its runner's counters and its works' system events.
+            sys.stdout.write("submitted: %s\n" % getattr(result, "state", "running"))
+            return 0
+        state = result.wait_until_finish()
     seconds = time.time() - started
     if run_state is not None and run_state.uri is not None:
         if str(state).upper().endswith("DONE") or state is None:

@@ -28,19 +28,6 @@ def flag_value(text):
     raise OptionValueError("expected true or false, got %r" % text)
 
 
-def worker_processes_value(text):
-    """``--worker_processes``: ``auto`` or a count of 0 or more."""
-    if str(text).strip().lower() == "auto":
-        return "auto"
-    try:
-        count = int(text)
-    except (TypeError, ValueError):
-        raise OptionValueError("expected auto or a number of processes, got %r" % text) from None
-    if count < 0:
-        raise OptionValueError("expected auto or a number of processes (0 or more), got %r" % text)
-    return count
-
-
 class ActivationOptions(PipelineOptions):
     """Options shared by ``pipelines.stream`` and ``pipelines.replay``.
 
@@ -73,10 +60,6 @@ class ActivationOptions(PipelineOptions):
             "--progress_seconds", type=float, default=5.0, metavar="S",
             help="How often a local run prints progress to stderr (default 5; 0: never), e.g. "
                  "--progress_seconds 1")
-        parser.add_argument(
-            "--worker_processes", type=worker_processes_value, default="auto", metavar="N",
-            help="Processes that parse, evaluate and build lines beside a local run (auto: one per "
-                 "CPU on the DirectRunner, 0 elsewhere), e.g. --worker_processes 0")
         parser.add_argument(
             "--as_of", default=None, metavar="T",
             help="Bounded runs: evaluate audiences up to T (RFC 3339 or epoch seconds; default "

@@ -46,6 +46,18 @@ def prism_binary(version: str = None, root: str = ROOT) -> str:
     return os.path.join(root, ".tools", "prism", "v" + (version or beam_version()), "prism")
 
 
+#: Runner names (lower case, without "runner": :func:`runner_name`) that run the whole pipeline
+#: in the launching process: Beam's DirectRunner and what it picks.
+DIRECT_RUNNERS = ("", "direct", "switchingdirect", "fnapi")
+
+
+def runner_name(runner) -> str:
+    """``--runner``'s value (a name, a dotted path or a runner object; None: Beam's default) in
+    lower case without "runner", e.g. ``direct`` for ``DirectRunner``."""
+    name = (runner if isinstance(runner, str) else type(runner).__name__ if runner else "")
+    return name.lower().rsplit(".", 1)[-1].replace("runner", "")
+
+
 def is_prism(runner) -> bool:
     name = runner if isinstance(runner, str) else type(runner).__name__ if runner else ""
     return name.lower().rsplit(".", 1)[-1] in ("prismrunner", "prism")

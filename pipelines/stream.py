@@ -26,13 +26,8 @@ HELP = (
      "'eventhubs://events?connection_string_env=EVENTHUB_IN&mode=live' --streaming"))
 
 
-def _evaluate(spec, worker_processes):
-    # Worker processes evaluate users only in batch execution, where each user wakes up once.
-    return EvaluateAudiencesStateful(spec, worker_processes)
-
-
 def run(argv=None):
-    return main(argv, "stream", _evaluate, help_text=HELP)
+    return main(argv, "stream", EvaluateAudiencesStateful, help_text=HELP)
 
 
 if __name__ == "__main__":

@@ -81,21 +81,14 @@ def test_cpu_linearity_is_taken_off_start_up_like_the_wall_figure():
 def test_cpu_per_event_splits_the_least_cpu_run_of_each_size_into_parts_that_add_up():
     from bench.run import cpu_per_event
 
-    def run(total, own, parse, evaluate, messages):
-        return {"cpu_seconds": total, "self_cpu_seconds": own, "worker_task_cpu_seconds": {
-            "parse_block": parse, "evaluate_histories": evaluate, "message_line_runs": messages}}
+    def run(total, own):
+        return {"cpu_seconds": total, "self_cpu_seconds": own}
 
-    runs = {"N": [run(6.0, 3.0, 1.0, 0.8, 0.7), run(5.0, 2.8, 0.9, 0.7, 0.6)],
-            "4N": [run(14.0, 5.2, 4.2, 2.4, 2.2), run(15.0, 4.0, 5.0, 3.0, 2.5)]}
+    runs = {"N": [run(6.0, 3.0), run(5.0, 2.8)], "4N": [run(14.0, 5.2), run(15.0, 4.0)]}
     per_event = cpu_per_event(runs, 100000)
     # N takes its 5.0 s run, 4N its 14.0 s run; microseconds = seconds / 300k events * 1e6.
-    assert per_event == {"parse": 11.0, "evaluation": 5.67, "message lines": 5.33,
-                         "workers, other": 0.0, "pipeline's process": 8.0, "total": 30.0}
-    # Worker time outside the tasks (their start-up, replies) is its own part.
-    runs["4N"][0]["cpu_seconds"] = 14.3
-    assert cpu_per_event(runs, 100000)["workers, other"] == 1.0
-    # A run without workers (the baseline) is all the pipeline's process.
+    assert per_event == {"pipeline's process": 8.0, "child processes": 22.0, "total": 30.0}
+    # A run that reports no child's time (the baseline's measure) is all the pipeline's process.
     alone = {"N": [{"cpu_seconds": 3.0}], "4N": [{"cpu_seconds": 9.0}]}
-    assert cpu_per_event(alone, 100000) == {"parse": 0.0, "evaluation": 0.0, "message lines": 0.0,
-                                             "workers, other": 0.0, "pipeline's process": 20.0,
+    assert cpu_per_event(alone, 100000) == {"pipeline's process": 20.0, "child processes": 0.0,
                                              "total": 20.0}

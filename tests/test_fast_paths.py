@@ -470,8 +470,14 @@ def _read_file(text, time_range=None, chunk_lines=None, monkeypatch=None, progre
     data = text.encode("utf-8")
     readable = types.SimpleNamespace(metadata=types.SimpleNamespace(path="/in/f.jsonl", size_in_bytes=len(data)),
                                      open=lambda: io.BytesIO(data))
-    outputs = list(fn.process(readable))
+    outputs = list(_process(fn, readable))
     return outputs, counters
+
+
+def _process(fn, readable):
+    """The DoFn over the whole file, one range."""
+    from apache_beam.io.restriction_trackers import OffsetRestrictionTracker
+    return fn.process(readable, OffsetRestrictionTracker(fn.initial_restriction(readable)))
 
 
 @pytest.mark.parametrize("chunk_lines", [None, 1, 2, 3])
@@ -490,7 +496,7 @@ def test_parse_file_counts_every_line_once(chunk_lines, monkeypatch):
     events = sum(len(unpack_rows(o.value[1])) for o in outputs if not hasattr(o, "tag"))
     assert events == 4
     if chunk_lines is None:
-        assert (read_.calls, dead.calls, outside.calls) == (1, 1, 1)  # once per file, not per line
+        assert (read_.calls, dead.calls, outside.calls) == (1, 1, 1)  # once per range, not per line
 
 
 def test_parse_file_of_no_lines_counts_nothing():
@@ -514,7 +520,7 @@ def test_parse_file_counts_the_blocks_it_read_before_a_failure(monkeypatch):
         metadata=types.SimpleNamespace(path="/in/f.jsonl", size_in_bytes=67),
         open=lambda: io.BytesIO(b'{"user_id":"u","event":"e","ts":1795000001}\nnot json\nboom\nnever\n'))
     with pytest.raises(RuntimeError):
-        list(fn.process(readable))
+        list(_process(fn, readable))
     assert (fn._records_read.total, fn._deadlettered.total) == (2, 1)
 
 

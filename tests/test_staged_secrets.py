@@ -181,7 +181,7 @@ def test_the_staged_pipeline_holds_no_secret_and_workers_resolve_them(
     monkeypatch.setattr(beam.Pipeline, "run", capture_and_run)
     from pipelines import stream
     status = stream.run([
-        "--config", str(config), "--output_dir", str(tmp_path / "out"), "--worker_processes=0",
+        "--config", str(config), "--output_dir", str(tmp_path / "out"),
         "--input", "eventhubs://hub?connection_string_env=IN_CS&checkpoint_container=%s"
                    "&checkpoint_connection_string_env=CKPT_CS&mode=catchup" % checkpoints,
         *runner])

@@ -2,7 +2,6 @@
 import json
 
 import apache_beam as beam
-import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
@@ -156,20 +155,16 @@ class _Timer:
         self.at = None
 
 
-@pytest.mark.parametrize("worker_processes", [0, 1])
-def test_batch_wake_up_keeps_state_in_the_bag_and_a_group_after_it_is_late(worker_processes):
-    """Batch execution: one wake-up evaluates everything without reading USER, here or in a
-    worker process (its results by the end of the bundle); a group that still comes after it (no
-    runner does this, but nothing may be lost) is applied as late."""
-    from apache_beam.transforms.window import GlobalWindow
+def test_batch_wake_up_keeps_state_in_the_bag_and_a_group_after_it_is_late():
+    """Batch execution: one wake-up evaluates everything without reading USER; a group that still
+    comes after it (no runner does this, but nothing may be lost) is applied as late."""
     from apache_beam.utils.timestamp import Timestamp
 
     from core.blocks import pack_rows
     from core.records import parse_record
     from transforms.audiences import _EvaluateStatefulFn
     job = parse_config({"account": {"name": "t"}, "audiences": AUDIENCES, "works": []})
-    fn = _EvaluateStatefulFn(EngineSpec.from_job(job, AUDIENCES), complete_when_timers_fire=True,
-                             worker_processes=worker_processes)
+    fn = _EvaluateStatefulFn(EngineSpec.from_job(job, AUDIENCES), complete_when_timers_fire=True)
     fn.setup()
     late = []
     fn._metrics._late = type("Counter", (), {"inc": lambda self, n=1: late.append(n)})()
@@ -188,9 +183,8 @@ def test_batch_wake_up_keeps_state_in_the_bag_and_a_group_after_it_is_late(worke
 
     def wake():
         fn.start_bundle()
-        out = list(fn.wake_up(key, Timestamp(micros=timer.at.micros), user_state, bag, timer,
-                              GlobalWindow()))
-        return changes(out + list(fn.finish_bundle() or []))
+        out = list(fn.wake_up(key, Timestamp(micros=timer.at.micros), user_state, bag, timer))
+        return changes(out)
 
     try:
         feed(PURCHASES[:2])
@@ -199,10 +193,7 @@ def test_batch_wake_up_keeps_state_in_the_bag_and_a_group_after_it_is_late(worke
         first = wake()
         assert sorted(first) == EXPECTED
         assert user_state.reads == 0 and user_state.value is None
-        if worker_processes:  # the groups wait in the bag, marked as evaluated
-            assert [b[:1] for b in bag.items][-1:] == [b"e"] and len(bag.items) == 3
-        else:  # only the user's state waits in the bag
-            assert [b[:1] for b in bag.items] == [b"s"]
+        assert [b[:1] for b in bag.items] == [b"s"]  # only the user's state waits in the bag
         feed([_event("u1", "visit", 20, traits={"tier": "silver"})])
         second = wake()
         assert late == [1]

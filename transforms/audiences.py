@@ -15,16 +15,15 @@ Two composites, one engine, the same transitions:
     group is appended to a bag of pending events without reading it, and the small engine state
     is rewritten and the timer reset only when they change. In batch execution (no timer fires
     before all input is read) a group is only appended and the timer set, without any state
-    read, and each user is evaluated once, at its one wake-up: in a worker process, in batches of
-    users, when there are any (``worker_processes``), else here, keeping the user's state in the
-    bag it reads anyway.
+    read, and each user is evaluated once, at its one wake-up, keeping the user's state in the bag
+    it reads anyway.
     Timers fire once per user and flush (the latest event time of the group) and once per expiry
     that actually crosses a threshold; they are set with ``transforms.live.timer_at`` (rounded up
     to the millisecond, the runners' unit).
 
 ``EvaluateAudiencesBatch`` (``pipelines.replay``)
     ``GroupByKey`` by user, then the engine over each user's whole history in one call
-    (``core.history``), in batches of users in worker processes when there are any.
+    (``core.history``).
 
 Both emit ``((key_field, key), [UserChange, ...])`` on the main output and ``[ExportRow, ...]`` on
 ``export``: one element per user and evaluation, not per change, because per-element overhead is
@@ -56,8 +55,6 @@ from core.history import (RESTORED, BatchTotals,  # noqa: F401 (EngineSpec: the 
                           EngineSpec, advance_user, count_transitions, evaluate_histories,
                           unpack_changes)
 from core.records import ProfileEvent
-from transforms._beam_workarounds import cheaper_state_cache_sizing
-from transforms._worker_processes import OrderedBatches, acquire_workers, release_workers
 from transforms.live import timer_at
 from transforms.read import TS_INDEX, events_from_wire, to_wire
 
@@ -140,29 +137,18 @@ def _emit_histories(metrics, reply, places):
 
 
 class _EvaluatesHistories(beam.DoFn):
-    """What the two evaluating DoFns share: the engine and its metrics, and, with
-    ``_worker_processes``, batches of ``BATCH`` users' whole histories sent to the workers
-    (``core.history.evaluate_histories``) during a bundle, all of them emitted by its end.
+    """What the two evaluating DoFns share: the engine and its metrics.
 
     ``spec.as_of`` bounds the evaluation when the run's as-of is known when the pipeline is built
     (``--as_of``, ``--end``); otherwise a bounded run passes it as a side input (the latest
     ``received_at`` read) and :meth:`_spec_for` gives the spec bounded by it.
     """
 
-    BATCH = 64
-
     def setup(self):
         self._engine = self._spec.build()
         self._metrics = _EngineMetrics(self._engine)
-        self._workers = acquire_workers(self._worker_processes) if self._worker_processes else None
-
-    def teardown(self):
-        if getattr(self, "_workers", None) is not None:
-            release_workers(self._workers)
-            self._workers = None
 
     def start_bundle(self):
-        self._batches = None
         self._run_spec = self._spec
 
     def _spec_for(self, as_of):
@@ -170,19 +156,6 @@ class _EvaluatesHistories(beam.DoFn):
         if as_of is not None and as_of != self._run_spec.as_of:
             self._run_spec = self._spec.for_run(as_of)
         return self._run_spec
-
-    def _add_to_batch(self, spec, item, place):
-        """Sends a user to the workers (a bundle's users share one as-of, so one spec)."""
-        if self._batches is None:
-            self._batches = OrderedBatches(self._workers, "evaluate_histories", self.BATCH, spec)
-        for batch in self._batches.add(item, place):
-            yield from _emit_histories(self._metrics, *batch)
-
-    def finish_bundle(self):
-        if self._batches is not None:
-            for batch in self._batches.finish():
-                yield from _emit_histories(self._metrics, *batch)
-            self._batches = None
 
 
 class _GroupPerBundle(beam.DoFn):
@@ -230,14 +203,9 @@ class _EvaluateStatefulFn(_EvaluatesHistories):
     PENDING = BagStateSpec("pending", BytesCoder())
     WAKE = TimerSpec("wake", TimeDomain.WATERMARK)
 
-    def __init__(self, spec, complete_when_timers_fire=False, worker_processes=0):
+    def __init__(self, spec, complete_when_timers_fire=False):
         self._spec = spec
         self._complete_when_timers_fire = complete_when_timers_fire
-        self._worker_processes = worker_processes if complete_when_timers_fire else 0
-
-    def setup(self):
-        cheaper_state_cache_sizing()
-        super().setup()
 
     def start_bundle(self):
         super().start_bundle()
@@ -321,9 +289,9 @@ class _EvaluateStatefulFn(_EvaluatesHistories):
     @on_timer(WAKE)
     def wake_up(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
                 state=beam.DoFn.StateParam(USER_STATE), pending=beam.DoFn.StateParam(PENDING),
-                wake=beam.DoFn.TimerParam(WAKE), window=beam.DoFn.WindowParam):
+                wake=beam.DoFn.TimerParam(WAKE)):
         if self._complete_when_timers_fire:
-            yield from self._wake_up_at_the_end(key, pending, fired, window)
+            yield from self._wake_up_at_the_end(key, pending)
             return
         now = fired.micros
         user, _, as_of, _ = self._load(state)
@@ -346,24 +314,18 @@ class _EvaluateStatefulFn(_EvaluatesHistories):
         self._save(state, wake, user, max(r[TS_INDEX] for r in rest) if rest else None, as_of,
                    done=last)
 
-    def _wake_up_at_the_end(self, key, pending, fired, window):
+    def _wake_up_at_the_end(self, key, pending):
         """Batch execution: the watermark jumps from -inf to +inf once all input is read, so the
         first timer of a user proves that all its events are here, and one wake-up does it all:
         from the user's saved state if a ``--state`` snapshot had one, up to the as-of time.
 
-        With worker processes, the user's groups go to a worker in a batch of users
-        (``core.history.evaluate_histories``, as in the replay) and its results are emitted when
-        the batch is back, by the end of the bundle at the latest, stamped as this callback's
-        output would be. The bag keeps the groups, marked as evaluated (``_EVALUATED``): the
-        state they lead to can be rebuilt from them, should a group still come.
+        The user's state then lives in the bag (one ``_STATE_ENTRY``, and the events dated after
+        the as-of time), not in ``USER``: the bag is read anyway, and a ``USER`` read that misses
+        the cache was a twentieth of a batch run.
 
-        Without, the user is evaluated here and its state then lives in the bag (one
-        ``_STATE_ENTRY``, and the events dated after the as-of time), not in ``USER``: the bag is
-        read anyway, and a ``USER`` read that misses the cache was a twentieth of a batch run.
-
-        Either way, a group that still came after this wake-up is late at the next one (the clock
-        is at the as-of time): counted and applied, nothing lost. No timer is set: the run's
-        evaluation ends at its as-of time.
+        A group that still came after this wake-up is late at the next one (the clock is at the
+        as-of time): counted and applied, nothing lost. No timer is set: the run's evaluation
+        ends at its as-of time.
         """
         entries, as_of = [], None
         for entry in pending.read():
@@ -372,18 +334,10 @@ class _EvaluateStatefulFn(_EvaluatesHistories):
             else:
                 entries.append(entry)
         spec = self._spec_for(as_of)
-        if self._workers is not None and not any(e[:1] in _EVALUATION_MARKS for e in entries):
-            pending.add(_EVALUATED)
-            yield from self._add_to_batch(spec, (key, entries), (key, fired, window))
-            return
         user, groups = None, []
         for packed in entries:
             if packed[:1] == _STATE_ENTRY:
                 user, groups = self._engine.load_state(packed[1:]), []
-            elif packed == _EVALUATED:
-                # What a worker evaluated: the same engine call again, its changes already out.
-                user = advance_user(self._engine, groups, spec.as_of, Stats(), [0, 0])[0]
-                groups = []
             else:
                 groups.append(packed)
         pending.clear()
@@ -416,25 +370,19 @@ class _EvaluateStatefulAsOfFn(_EvaluateStatefulFn):
 #: Marks the user's engine state in the PENDING bag in batch execution (packed groups start with
 #: another byte: see ``core.blocks.pack_rows``).
 _STATE_ENTRY = b"s"
-#: Marks, in the PENDING bag, that a worker evaluated the groups before it (batch execution).
-_EVALUATED = b"e"
-_EVALUATION_MARKS = (_STATE_ENTRY, _EVALUATED)
 
 
 class EvaluateAudiencesStateful(beam.PTransform):
     """Streaming evaluation: ``(key, [events])`` groups in, changes and export rows out (and, with
     ``spec.keep_state``, each user's saved state on ``state``).
 
-    ``worker_processes``: in batch execution, worker processes that evaluate users at their
-    wake-up (0: in the DoFn); a streaming run evaluates in the DoFn.
     ``as_of``: a singleton PCollection of the run's as-of time when it comes from the data (see
     ``pipelines.common``); None when ``spec.as_of`` says it or there is none (an unbounded run).
     """
 
-    def __init__(self, spec, worker_processes=0, label=None, as_of=None):
+    def __init__(self, spec, label=None, as_of=None):
         super().__init__(label)
         self._spec = spec
-        self._worker_processes = worker_processes
         self.as_of = as_of
 
     def expand(self, groups):
@@ -445,8 +393,7 @@ class EvaluateAudiencesStateful(beam.PTransform):
         fn = _EvaluateStatefulFn if self.as_of is None else _EvaluateStatefulAsOfFn
         return (groups
                 | "IntoGlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
-                | "EvaluatePerUser" >> beam.ParDo(fn(self._spec, batch, self._worker_processes),
-                                                  *side)
+                | "EvaluatePerUser" >> beam.ParDo(fn(self._spec, batch), *side)
                 .with_input_types(typing.Tuple[typing.Tuple[str, str], typing.Any])
                 .with_outputs(EXPORT, STATE, main=CHANGES))
 
@@ -454,16 +401,10 @@ class EvaluateAudiencesStateful(beam.PTransform):
 class _EvaluateHistoryFn(_EvaluatesHistories):
     """``(user, groups)`` after the GroupByKey to the user's changes and export rows
     (``core.history.evaluate_histories``), and its saved state with ``spec.keep_state``.
-
-    With worker processes, a bundle's users go to the workers in batches of ``BATCH`` while the
-    pipeline goes on grouping; each batch's results are emitted in order, with their elements'
-    timestamps and windows, once it is back, and all of them by the end of the bundle. Without,
-    each user is evaluated here. Either way the results are the same.
     """
 
-    def __init__(self, spec, worker_processes=0):
+    def __init__(self, spec):
         self._spec = spec
-        self._worker_processes = worker_processes
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         return self._process(element, None, timestamp, window)
@@ -471,12 +412,9 @@ class _EvaluateHistoryFn(_EvaluatesHistories):
     def _process(self, element, as_of, timestamp, window):
         key, groups = element
         spec = self._spec_for(as_of)
-        if self._workers is None:
-            yield from _emit_histories(
-                self._metrics, evaluate_histories(spec, [(key, groups)], self._engine),
-                [(key, timestamp, window)])
-            return
-        yield from self._add_to_batch(spec, (key, list(groups)), (key, timestamp, window))
+        yield from _emit_histories(
+            self._metrics, evaluate_histories(spec, [(key, groups)], self._engine),
+            [(key, timestamp, window)])
 
 
 class _EvaluateHistoryAsOfFn(_EvaluateHistoryFn):
@@ -490,14 +428,12 @@ class _EvaluateHistoryAsOfFn(_EvaluateHistoryFn):
 class EvaluateAudiencesBatch(beam.PTransform):
     """Batch evaluation: all of a user's events at once, the same engine, no per-element state.
 
-    ``worker_processes``: worker processes that evaluate batches of users (0: in the DoFn).
     ``as_of``: as for :class:`EvaluateAudiencesStateful`.
     """
 
-    def __init__(self, spec, worker_processes=0, label=None, as_of=None):
+    def __init__(self, spec, label=None, as_of=None):
         super().__init__(label)
         self._spec = spec
-        self._worker_processes = worker_processes
         self.as_of = as_of
 
     def expand(self, groups):
@@ -507,5 +443,5 @@ class EvaluateAudiencesBatch(beam.PTransform):
                 | "GroupByUser" >> beam.GroupByKey()
                 | "EvaluateHistory" >> beam.ParDo(
                     (_EvaluateHistoryFn if self.as_of is None else _EvaluateHistoryAsOfFn)(
-                        self._spec, self._worker_processes), *side).with_outputs(
+                        self._spec), *side).with_outputs(
                     EXPORT, STATE, main=CHANGES))

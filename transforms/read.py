@@ -9,17 +9,21 @@ Output is a ``beam.pvalue.DoOutputsTuple`` with four tagged PCollections:
   what makes both pipelines cheap per event (one state access per user and chunk, not per event).
 * ``system``: :class:`core.records.SystemEvent`.
 * ``deadletter``: ``{"raw", "error", "source"}`` for every line that could not be processed.
-* ``latest_received``: the latest ``received_at`` of the records kept, one value per file (per
-  bundle for ``ParseLines`` with ``track_latest``): their maximum is a bounded run's default as-of
+* ``latest_received``: the latest ``received_at`` of the records kept, one value per range of a
+  file (per bundle for ``ParseLines`` with ``track_latest``): their maximum is a bounded run's default as-of
   time (docs/STATE.md).
 
 Every element is timestamped with its event time. Nothing is dropped: a line is either a record or a
 dead letter, and both are counted (``input:records_read``, ``input:deadlettered``).
 
-Files are read in blocks of whole lines (``core.blocks``). With ``worker_processes`` above 0, a file
-of more than one block is parsed by that many worker processes (``transforms._worker_processes``) and
-put back in file order: the elements are the same as parsing in this process, and on a local runner
-the parse uses the machine's other cores.
+A file is read in byte ranges, which a runner may process in parallel: ``_ParseFile`` is a
+splittable DoFn whose restrictions are offset ranges over the file's bytes (``_FileRanges``). A
+line belongs to the range its first byte lies in, as in Beam's textio: a range starts at its first
+line that starts inside it and reads its last line to the end, past the range if it must. A
+compressed or Parquet file cannot be read from the middle and is one range. Within a range, the
+lines are read in blocks of whole lines (``core.blocks``). A dead letter's ``source`` is
+``path:line`` whatever the ranges: the lines before a range are counted once, and only when one of
+its lines is a dead letter.
 """
 import itertools
 import logging
@@ -29,23 +33,25 @@ import time
 
 import apache_beam as beam
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from core.blocks import BLOCK_BYTES, join_packed, parse_block, parse_rows, read_blocks
+from core.blocks import BLOCK_BYTES, join_packed, parse_block, parse_rows, read_blocks, renumbered
 from core.records import (DEFAULT_MAX_TS_SKEW_US, InputError, ProfileEvent, dead_letter, parse_record,
                           time_bounds_error)
-from transforms._worker_processes import acquire_workers, release_workers
 
 _LOGGER = logging.getLogger(__name__)
 
 PROFILE, SYSTEM, DEADLETTER = "profile", "system", "deadletter"
-#: Tagged output: the latest ``received_at`` of the records read (one value per file, or per
-#: bundle of lines), whose maximum is a bounded run's default as-of time (docs/STATE.md).
+#: Tagged output: the latest ``received_at`` of the records read (one value per range of a file,
+#: or per bundle of lines), whose maximum is a bounded run's default as-of time (docs/STATE.md).
 LATEST = "latest_received"
 #: Bytes of packed events (``core.blocks.pack_rows``, about 120 per event) collected before a chunk's
 #: per-user groups are emitted. Each group is one element and one state access downstream, and a
@@ -55,19 +61,31 @@ LATEST = "latest_received"
 #: events, bounds the memory as the former 200k parsed events did, now that parsed events wait
 #: packed.
 CHUNK_BYTES = 128 << 20
-#: A file is read in about this many blocks, of BLOCK_BYTES to MAX_BLOCK_BYTES each. A parsed block
-#: holds a group per user in it, and the read merges them per user: with blocks of a fixed size the
-#: merges grew as users x blocks (13x for 4x the benchmark's data, the users growing with it); with
-#: a fixed number of blocks they grow with the users, up to files of 8 x MAX_BLOCK_BYTES.
+#: A range of a file is read in about this many blocks, of BLOCK_BYTES to MAX_BLOCK_BYTES each. A
+#: parsed block holds a group per user in it, and the read merges them per user: with blocks of a
+#: fixed size the merges grew as users x blocks (13x for 4x the benchmark's data, the users growing
+#: with it); with a fixed number of blocks they grow with the users, up to ranges of
+#: 8 x MAX_BLOCK_BYTES.
 BLOCKS_PER_FILE = 8
 MAX_BLOCK_BYTES = 16 << 20
 #: Parquet rows parsed per block (a Parquet file is read whole; its rows are parsed in blocks).
 CHUNK_LINES = 200000
+#: Bytes per range a JSON Lines file is split into before it is read (Beam's textio splits at the
+#: same size): a runner reads the ranges in parallel, and each range is one more group per user
+#: downstream, so a range is large enough that its groups stay few.
+SPLIT_BYTES = 64 << 20
 
 
-def block_bytes(file_size):
-    """Bytes per block for a file of ``file_size`` bytes (see BLOCKS_PER_FILE)."""
-    return min(max(file_size // BLOCKS_PER_FILE + 1, BLOCK_BYTES), MAX_BLOCK_BYTES)
+def block_bytes(range_size):
+    """Bytes per block for a range of ``range_size`` bytes (see BLOCKS_PER_FILE)."""
+    return min(max(range_size // BLOCKS_PER_FILE + 1, BLOCK_BYTES), MAX_BLOCK_BYTES)
+
+
+def read_whole(path):
+    """Whether a file is read whole, as one range: Parquet, and compressed files (by their name's
+    suffix, as Beam's file systems tell them), cannot be read from the middle."""
+    return (path.endswith(".parquet")
+            or CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED)
 
 
 def user_key(event):
@@ -135,40 +153,63 @@ class _Progress:
             sys.stderr.write("progress: %s: %d records read in %.1f s\n" % (self._path, self._count, elapsed))
 
 
-class _ParseFile(beam.DoFn):
-    """Parses one file in blocks (``core.blocks``), emitting a user's events as one group per
-    CHUNK_BYTES of packed events; blocks go to ``worker_processes`` worker processes when there
-    are any and the file has more than one block."""
+class _FileRanges(RestrictionProvider):
+    """The restrictions of ``_ParseFile``: offset ranges over an input file's bytes.
 
-    def __init__(self, time_range=None, progress_seconds=0.0, worker_processes=0,
-                 max_ts_skew=DEFAULT_MAX_TS_SKEW_US):
+    A file read by ranges (``read_whole`` says which are not) starts as ``[0, size)`` and is split
+    into ranges of about ``split_bytes``; a runner may split a range further while it is read
+    (``OffsetRestrictionTracker``). A file read whole is the one position ``[0, 1)``, claimed
+    before it is read; its size for the runner is still the file's.
+    """
+
+    def __init__(self, split_bytes=SPLIT_BYTES):
+        self._split_bytes = split_bytes
+
+    def initial_restriction(self, readable_file):
+        if read_whole(readable_file.metadata.path):
+            return OffsetRange(0, 1)
+        return OffsetRange(0, readable_file.metadata.size_in_bytes or 0)
+
+    def create_tracker(self, restriction):
+        return OffsetRestrictionTracker(restriction)
+
+    def split(self, readable_file, restriction):
+        if read_whole(readable_file.metadata.path) or restriction.size() <= self._split_bytes:
+            yield restriction
+            return
+        yield from restriction.split(self._split_bytes)
+
+    def restriction_size(self, readable_file, restriction):
+        if read_whole(readable_file.metadata.path):
+            return (readable_file.metadata.size_in_bytes or 0) if restriction.size() else 0
+        return restriction.size()
+
+
+class _ParseFile(beam.DoFn, _FileRanges):
+    """Parses a range of a file in blocks (``core.blocks``), emitting a user's events as one group
+    per CHUNK_BYTES of packed events (a splittable DoFn: its restrictions are ``_FileRanges``)."""
+
+    def __init__(self, time_range=None, progress_seconds=0.0, max_ts_skew=DEFAULT_MAX_TS_SKEW_US,
+                 split_bytes=SPLIT_BYTES):
+        _FileRanges.__init__(self, split_bytes)
         self._time_range = time_range
         self._max_ts_skew = max_ts_skew
         self._progress_seconds = progress_seconds
-        self._worker_processes = worker_processes
         self._records_read = Metrics.counter("input", "records_read")
         self._deadlettered = Metrics.counter("input", "deadlettered")
         self._out_of_range = Metrics.counter("input", "outside_time_range")
 
-    def setup(self):
-        self._workers = None  # started at the first file that has more than one block
-
-    def teardown(self):
-        if getattr(self, "_workers", None) is not None:
-            release_workers(self._workers)
-            self._workers = None
-
-    def process(self, readable_file):
+    def process(self, readable_file, tracker=beam.DoFn.RestrictionParam()):
         path = readable_file.metadata.path
         progress = _Progress(path, self._progress_seconds)
         # Counted per block and added to the Beam counters once per chunk: an update per line is a
-        # sizeable share of the cost of a line. ``finally``: a failing file still counts the blocks
-        # it read before the failure.
+        # sizeable share of the cost of a line. ``finally``: a failing range still counts the
+        # blocks it read before the failure.
         counts = [0, 0, 0]  # records read, dead-lettered, outside the time range
         merged, pending = {}, 0  # user: [earliest ts, [packed parts]]; bytes in them
         latest = None
         try:
-            for block in self._parsed_blocks(readable_file, path):
+            for block in self._parsed_blocks(readable_file, path, tracker):
                 if block.latest_received is not None and (latest is None
                                                           or block.latest_received > latest):
                     latest = block.latest_received
@@ -199,29 +240,74 @@ class _ParseFile(beam.DoFn):
             yield beam.pvalue.TaggedOutput(LATEST, latest)
         progress.done()
 
-    def _parsed_blocks(self, readable_file, path):
+    def _parsed_blocks(self, readable_file, path, tracker):
         time_range, max_ts_skew = self._time_range, self._max_ts_skew
-        if path.endswith(".parquet"):
-            rows = iter(self._parquet_rows(readable_file))
-            while True:
-                block = parse_rows(itertools.islice(rows, CHUNK_LINES), path, time_range,
-                                   max_ts_skew)
-                if not block.counts[0]:
-                    return
-                yield block
+        if read_whole(path):
+            if not tracker.try_claim(tracker.current_restriction().start):
+                return  # split off before it was read: another restriction reads the file
+            if path.endswith(".parquet"):
+                rows = iter(self._parquet_rows(readable_file))
+                while True:
+                    block = parse_rows(itertools.islice(rows, CHUNK_LINES), path, time_range,
+                                       max_ts_skew)
+                    if not block.counts[0]:
+                        return
+                    yield block
+            with readable_file.open() as raw:
+                blocks = read_blocks(raw, block_bytes(readable_file.metadata.size_in_bytes or 0))
+                for first_lineno, data in blocks:
+                    yield parse_block(data, first_lineno, path, time_range, max_ts_skew)
+            return
+        lines_before = None  # lines of the file before the range's first line, counted if needed
+        for first_line, lineno, data in self._range_blocks(readable_file, tracker):
+            if first_line == 0:
+                lines_before = 0
+            block = parse_block(data, lineno + (lines_before or 0), path, time_range, max_ts_skew)
+            if block.dead and lines_before is None:
+                lines_before = _lines_before(readable_file, first_line)
+                block = block._replace(dead=renumbered(block.dead, path, lines_before))
+            yield block
+
+    @staticmethod
+    def _range_blocks(readable_file, tracker):
+        """``(offset of the range's first line, number of the block's first line counted from the
+        range's first line, block)`` of the blocks of whole lines that start in the tracker's range.
+
+        Each block claims the offset of its last line: once that succeeds, the range can only be
+        split after it, so every line of the block is the range's; when it fails, the range ends
+        before that line and the block keeps the lines that start before the end.
+        """
+        restriction = tracker.current_restriction()
         with readable_file.open() as raw:
-            size = readable_file.metadata.size_in_bytes or 0
-            block = block_bytes(size)
-            blocks = read_blocks(raw, block)
-            if self._worker_processes and size > block:
-                if getattr(self, "_workers", None) is None:
-                    self._workers = acquire_workers(self._worker_processes)
-                yield from self._workers.map_ordered(
-                    "parse_block", ((data, first_lineno, path, time_range, max_ts_skew)
-                                    for first_lineno, data in blocks))
-                return
-            for first_lineno, data in blocks:
-                yield parse_block(data, first_lineno, path, time_range, max_ts_skew)
+            position = restriction.start
+            if position > 0:
+                # The range's first line starts after the first newline at or after its start - 1:
+                # a line that starts before the range is the previous range's.
+                raw.seek(position - 1)
+                position += len(raw.readline()) - 1
+            first_line, lineno = position, 1
+            size = block_bytes(restriction.size())
+            while True:
+                stop = tracker.current_restriction().stop
+                if position >= stop:
+                    break
+                data = raw.read(min(size, stop - position))
+                if not data:
+                    break
+                if not data.endswith(b"\n"):
+                    data += raw.readline()  # the last line, to its end
+                last = position + data.rfind(b"\n", 0, len(data) - 1) + 1
+                if not tracker.try_claim(last):
+                    stop = tracker.current_restriction().stop
+                    if stop > position:
+                        yield first_line, lineno, data[:data.find(b"\n", stop - 1 - position) + 1]
+                    return
+                yield first_line, lineno, data
+                lineno += data.count(b"\n")
+                position += len(data)
+        # No line starts in what is left of the range (the next one starts at or after its end,
+        # or the file ended): claiming the end says so.
+        tracker.try_claim(tracker.current_restriction().stop)
 
     def _publish(self, counts):
         for counter, count in zip((self._records_read, self._deadlettered, self._out_of_range), counts):
@@ -243,24 +329,38 @@ class _ParseFile(beam.DoFn):
             yield lineno, {k: v for k, v in row.items() if v is not None}
 
 
+def _lines_before(readable_file, offset):
+    """The number of lines of the file that end before byte ``offset`` (a line's start)."""
+    lines, left = 0, offset
+    with readable_file.open() as raw:
+        while left > 0:
+            data = raw.read(min(left, 8 << 20))
+            if not data:
+                break
+            lines += data.count(b"\n")
+            left -= len(data)
+    return lines
+
+
 class ReadRecords(beam.PTransform):
     """Reads JSON Lines (``.parquet`` files as Parquet) matching ``pattern`` into tagged records.
 
     ``time_range``: optional ``(start, end)`` in microseconds; records whose ``ts`` falls outside
     ``[start, end)`` are skipped and counted (``input:outside_time_range``).
-    ``worker_processes``: worker processes that parse a file's blocks (0: parse in the DoFn).
     ``max_ts_skew``: microseconds ``ts`` may lie after ``received_at``; a record further ahead, or
     dated before 2000, is a dead letter (:func:`core.records.time_bounds_error`).
+    ``split_bytes``: the size of the ranges a JSON Lines file is split into before it is read
+    (the runner may split them further); the records and dead letters are the same whatever it is.
     """
 
-    def __init__(self, pattern, time_range=None, progress_seconds=0.0, worker_processes=0,
-                 label=None, max_ts_skew=DEFAULT_MAX_TS_SKEW_US):
+    def __init__(self, pattern, time_range=None, progress_seconds=0.0, label=None,
+                 max_ts_skew=DEFAULT_MAX_TS_SKEW_US, split_bytes=SPLIT_BYTES):
         super().__init__(label)
         self._max_ts_skew = max_ts_skew
         self._pattern = pattern
         self._time_range = time_range
         self._progress_seconds = progress_seconds
-        self._worker_processes = worker_processes
+        self._split_bytes = split_bytes
 
     def expand(self, pbegin):
         return (pbegin
@@ -268,8 +368,8 @@ class ReadRecords(beam.PTransform):
                 | "ReadMatches" >> fileio.ReadMatches()
                 | "Reshuffle" >> beam.Reshuffle()
                 | "ParseRecords" >> beam.ParDo(_ParseFile(
-                    self._time_range, self._progress_seconds, self._worker_processes,
-                    self._max_ts_skew)).with_outputs(
+                    self._time_range, self._progress_seconds, self._max_ts_skew,
+                    self._split_bytes)).with_outputs(
                     DEADLETTER, SYSTEM, LATEST, main=PROFILE))
 
 

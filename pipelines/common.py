@@ -9,6 +9,7 @@ output graph has no GroupByKey: local sinks write parts, the system-event dedupe
 activity and the Blob export keep state and write as the watermark moves, and there is no
 ``completed`` event (README "Live (unbounded) runs", docs/SEMANTICS.md, ``transforms/live.py``).
 """
+import atexit
 import contextlib
 import dataclasses
 import json
@@ -844,9 +845,16 @@ def private_temp_directory():
     Beam's local runners make temporary folders (staging, artifacts, a requirements cache) in
     the system's temporary directory and leave them there, empty, after every run; they are made
     here instead (``tempfile.tempdir``, and ``TMPDIR`` for processes the run starts), and go.
+
+    The folder goes at the interpreter's exit, not when the block ends: Beam stops a job server
+    it started (Flink's) from an exit handler, which first removes the server's folder inside
+    this one and stops the server only if that worked; removed earlier, the server (a ``java``
+    process with the embedded Flink and the job) would run on after the command. Registered
+    before the run, this removal runs after Beam's handlers (exit handlers run last first).
     """
     previous_tempdir, previous_env = tempfile.tempdir, os.environ.get("TMPDIR")
     path = tempfile.mkdtemp(prefix="activation-run-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
     tempfile.tempdir = path
     os.environ["TMPDIR"] = path
     try:
@@ -857,7 +865,6 @@ def private_temp_directory():
             os.environ.pop("TMPDIR", None)
         else:
             os.environ["TMPDIR"] = previous_env
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def exit_command(status):

@@ -94,6 +94,70 @@ class ReplayOptions(PipelineOptions):
             help="Replay only records with ts < T, as --start, e.g. --end 2026-11-21T06:00:00Z")
 
 
+def _positive_millis(text):
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise OptionValueError("expected milliseconds (a whole number), got %r" % text) from None
+    if value < 1:
+        raise OptionValueError("expected milliseconds above 0, got %r" % text)
+    return value
+
+
+class FlinkCheckpointOptions(PipelineOptions):
+    """Flink's checkpoint and restore options, as Beam's Flink job server reads them
+    (``FlinkPipelineOptions`` of the Java runner).
+
+    Beam's Python SDK 2.62 declares none of them: its FlinkRunner learns them from the job server
+    when it submits, which is after this project's launcher has refused unknown options. They are
+    declared here so that the commands accept them and pass them on under Beam's names; each
+    value goes to the job server as given, and Flink applies it (docs/RUNNERS.md, "Flink live").
+    """
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--checkpointing_interval", type=_positive_millis, default=None, metavar="MS",
+            help="Flink streaming: take a checkpoint every MS milliseconds (default: none), e.g. "
+                 "--checkpointing_interval=2000")
+        parser.add_argument(
+            "--shutdown_sources_after_idle_ms", type=int, default=None, metavar="MS",
+            help="Flink streaming: end a source task that has had nothing to emit for MS "
+                 "milliseconds (Beam's default with checkpoints: never), e.g. "
+                 "--shutdown_sources_after_idle_ms=1000")
+        parser.add_argument(
+            "--state_backend", choices=("filesystem", "rocksdb"), default=None,
+            help="Flink streaming: where Beam's state lives and how checkpoints are written "
+                 "(with --state_backend_storage_path), e.g. --state_backend=filesystem")
+        parser.add_argument(
+            "--state_backend_storage_path", default=None, metavar="URI",
+            help="Flink streaming: the directory checkpoints go to, one folder per job and "
+                 "checkpoint (JOB_ID/chk-N), e.g. --state_backend_storage_path=file:///var/ck")
+        parser.add_argument(
+            "--externalized_checkpoints_enabled", nargs="?", const=True, default=None,
+            type=flag_value, metavar="BOOL",
+            help="Flink streaming: keep the latest checkpoint when the job ends, so a new job "
+                 "can start from it, e.g. --externalized_checkpoints_enabled")
+        parser.add_argument(
+            "--retain_externalized_checkpoints_on_cancellation", nargs="?", const=True,
+            default=None, type=flag_value, metavar="BOOL",
+            help="Flink streaming: keep it on a cancel too, e.g. "
+                 "--retain_externalized_checkpoints_on_cancellation")
+        parser.add_argument(
+            "--savepoint_path", default=None, metavar="PATH",
+            help="Flink streaming: start the job from this savepoint or retained checkpoint "
+                 "(a chk-N directory), e.g. --savepoint_path=/var/ck/JOB_ID/chk-42")
+        parser.add_argument(
+            "--flink_conf_dir", default=None, metavar="DIR",
+            help="Flink: a directory with Flink's configuration file (config.yaml or "
+                 "flink-conf.yaml) for the job's Flink, e.g. --flink_conf_dir=/etc/flink")
+        parser.add_argument(
+            "--allow_non_restored_state", nargs="?", const=True, default=None,
+            type=flag_value, metavar="BOOL",
+            help="Flink streaming: start from a savepoint even if a step of it is no longer in "
+                 "the pipeline (its state is dropped), e.g. --allow_non_restored_state")
+
+
 #: The options classes of each pipeline command; an option of another command is an error.
 COMMAND_OPTIONS = {
     "pipelines.stream": (ActivationOptions,),

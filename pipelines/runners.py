@@ -98,6 +98,8 @@ LOCAL_FLINK_MASTERS = ("[auto]", "[local]")
 ENVIRONMENT_CACHE_MILLIS = 10 * 60 * 1000
 #: How long the worker pool may take to listen.
 POOL_START_SECONDS = 60
+#: With checkpoints on: how long an idle Beam source task (an Impulse) runs before it ends.
+SOURCE_IDLE_SHUTDOWN_MS = 1000
 #: The pool's environment variable naming the process that started it.
 _PARENT_ENV = "CDP_WORKER_POOL_PARENT"
 _PR_SET_PDEATHSIG = 1
@@ -196,6 +198,62 @@ class WorkerPool:
             os.unlink(self._log.name)
 
 
+#: The file Flink writes last into a checkpoint's or savepoint's directory: it is complete then.
+_CHECKPOINT_METADATA = "_metadata"
+
+
+def _local_directory(uri):
+    """The local path of ``uri`` (a path or a ``file://`` URI); None for another file system."""
+    if uri.startswith("file://"):
+        return uri[len("file://"):] or "/"
+    return None if "://" in uri else uri
+
+
+def latest_flink_checkpoint(storage_path: str):
+    """The newest complete checkpoint under a ``--state_backend_storage_path`` on a local disk.
+
+    Flink writes a job's checkpoints to ``<storage path>/<job id>/chk-<n>/``, the ``_metadata``
+    file last; with retained (externalized) checkpoints the newest complete one stays after the
+    job ends, however it ends. Returns that ``chk-<n>`` directory, the newest by its
+    ``_metadata``'s time over every job folder (a restored job writes to a folder of its own),
+    for ``--savepoint_path``; None when there is none.
+    """
+    top = _local_directory(storage_path)
+    if top is None:
+        raise ValueError("%s: only a local directory (a path or file://) can be searched"
+                         % storage_path)
+    found = []
+    for job in (os.listdir(top) if os.path.isdir(top) else ()):
+        folder = os.path.join(top, job)
+        for name in (os.listdir(folder) if os.path.isdir(folder) else ()):
+            metadata = os.path.join(folder, name, _CHECKPOINT_METADATA)
+            if name.startswith("chk-") and name[4:].isdigit():
+                try:
+                    found.append((os.stat(metadata).st_mtime_ns, int(name[4:]),
+                                  os.path.dirname(metadata)))
+                except OSError:
+                    continue           # in progress (no _metadata yet), or just discarded
+    return max(found)[2] if found else None
+
+
+class FlinkRestoreError(RunnerMissingError):
+    """``--savepoint_path`` names no savepoint or checkpoint that Flink could start from."""
+
+
+def _check_restore_path(path):
+    """Refuses a local ``--savepoint_path`` without Flink's ``_metadata`` before Beam starts the
+    job server (Flink would fail the job after submitting it, deep in its log)."""
+    local = _local_directory(path)
+    if local is None:
+        return
+    if os.path.isfile(local) and os.path.basename(local) == _CHECKPOINT_METADATA:
+        return
+    if not os.path.isfile(os.path.join(local, _CHECKPOINT_METADATA)):
+        raise FlinkRestoreError(
+            "--savepoint_path %s: no savepoint or complete checkpoint there (no %s file); "
+            "name a chk-N or savepoint-... directory" % (path, _CHECKPOINT_METADATA))
+
+
 def apply_flink_defaults(options) -> bool:
     """Fills in the Flink options the user left out; True when a worker pool is needed.
 
@@ -203,6 +261,17 @@ def apply_flink_defaults(options) -> bool:
     """
     from apache_beam.options.pipeline_options import FlinkRunnerOptions, PortableOptions
     given = options.get_all_options(drop_default=True)
+    if given.get("savepoint_path"):
+        _check_restore_path(given["savepoint_path"])
+    if given.get("checkpointing_interval") and "shutdown_sources_after_idle_ms" not in given:
+        # With checkpoints on, Beam keeps its Impulse sources running for ever, and the one
+        # element an Impulse emits (what starts every read) stayed in the source's output and
+        # reached nothing (measured with Beam 2.62 on Flink 1.19: no read started in 150 s);
+        # once the source has ended, it arrives. Flink takes checkpoints after sources ended,
+        # and a restored job does not run an ended source again.
+        from pipelines.options import FlinkCheckpointOptions
+        options.view_as(FlinkCheckpointOptions).shutdown_sources_after_idle_ms = \
+            SOURCE_IDLE_SHUTDOWN_MS
     flink = options.view_as(FlinkRunnerOptions)
     portable = options.view_as(PortableOptions)
     if not flink.flink_job_server_jar:
@@ -228,17 +297,84 @@ def apply_flink_defaults(options) -> bool:
     return True
 
 
+#: Flink's configuration files in a configuration directory: the 1.19+ YAML file, then the legacy.
+_FLINK_CONFIG_FILES = ("config.yaml", "flink-conf.yaml")
+
+
+@contextlib.contextmanager
+def local_flink_restore(options):
+    """Makes an embedded Flink start the job from ``--savepoint_path``, until the block ends.
+
+    Beam 2.62's job server applies ``--savepoint_path`` only when it submits to a Flink cluster
+    (``FlinkExecutionEnvironments`` passes it to the remote environment alone); the embedded
+    Flink of ``--flink_master`` ``[auto]``/``[local]`` ignores it and starts from nothing. That
+    Flink does read the configuration directory of ``--flink_conf_dir``, and Flink's own
+    ``execution.savepoint.path`` there restores the job. So, for a local master with a savepoint
+    path, this writes a configuration directory holding that key (and
+    ``execution.savepoint.ignore-unclaimed-state`` from ``--allow_non_restored_state``), after a
+    copy of the user's ``--flink_conf_dir`` files if one is given, and points
+    ``--flink_conf_dir`` at it; the directory is removed when the block ends.
+    """
+    from apache_beam.options.pipeline_options import FlinkRunnerOptions
+
+    from pipelines.options import FlinkCheckpointOptions
+    given = options.get_all_options(drop_default=True)
+    path = given.get("savepoint_path")
+    master = (options.view_as(FlinkRunnerOptions).flink_master or "[auto]").strip()
+    if not path or master not in LOCAL_FLINK_MASTERS:
+        yield None
+        return
+    if "\n" in path or ": " in path:
+        raise FlinkRestoreError("--savepoint_path %r: a path with a line break or ': ' cannot "
+                                "be written into Flink's configuration" % path)
+    directory = tempfile.mkdtemp(prefix="flink-conf-")
+    try:
+        base = given.get("flink_conf_dir")
+        target = os.path.join(directory, _FLINK_CONFIG_FILES[1])
+        if base:
+            for name in os.listdir(base):
+                source = os.path.join(base, name)
+                if os.path.isfile(source):
+                    with open(source, "rb") as src, \
+                            open(os.path.join(directory, name), "wb") as dst:
+                        dst.write(src.read())
+            present = [n for n in _FLINK_CONFIG_FILES if os.path.exists(os.path.join(directory, n))]
+            if present:
+                target = os.path.join(directory, present[0])
+        with open(target, "a", encoding="utf-8") as fh:
+            fh.write("\nexecution.savepoint.path: %s\n" % path)
+            fh.write("execution.savepoint.ignore-unclaimed-state: %s\n"
+                     % ("true" if given.get("allow_non_restored_state") else "false"))
+        options.view_as(FlinkCheckpointOptions).flink_conf_dir = directory
+        sys.stderr.write("flink: starting from %s\n" % path)
+        yield directory
+    finally:
+        for name in os.listdir(directory):
+            os.unlink(os.path.join(directory, name))
+        os.rmdir(directory)
+
+
 @contextlib.contextmanager
 def runner_environment(options):
     """Applies the runner's defaults to ``options`` and runs what the runner needs beside the
-    pipeline (Flink: Beam's worker pool) until the block ends."""
-    from apache_beam.options.pipeline_options import PortableOptions, StandardOptions
+    pipeline (Flink: Beam's worker pool; a restore's configuration) until the block ends."""
+    from apache_beam.options.pipeline_options import StandardOptions
     if not is_flink(options.view_as(StandardOptions).runner):
         yield
         return
-    if not apply_flink_defaults(options):
-        yield
-        return
+    pool_needed = apply_flink_defaults(options)
+    interrupt_stops_the_job_server()
+    with local_flink_restore(options):
+        if pool_needed:
+            with _worker_pool(options):
+                yield
+        else:
+            yield
+
+
+@contextlib.contextmanager
+def _worker_pool(options):
+    from apache_beam.options.pipeline_options import PortableOptions
     pool = WorkerPool()
     options.view_as(PortableOptions).environment_config = pool.address
     failed = False
@@ -255,6 +391,33 @@ def runner_environment(options):
         pool.stop(keep_log=failed)
         if failed:
             sys.stderr.write("Python workers' log: %s\n" % pool.log_path)
+
+
+def interrupt_stops_the_job_server():
+    """Makes Ctrl-C stop Beam's Flink job server and end the command as an interrupt.
+
+    Beam 2.62 installs the job server's ``stop`` as the SIGINT handler when it starts the server,
+    but ``stop`` takes no signal arguments: Ctrl-C raised a TypeError there, before anything was
+    stopped. Wrapped, the handler stops the server (its Flink and the job with it) and raises
+    KeyboardInterrupt, which the commands report as ``interrupted``. Called directly (at exit),
+    it stops as before. Nothing is patched if Beam's class is not as expected.
+    """
+    try:
+        from apache_beam.runners.portability.job_server import StopOnExitJobServer
+    except ImportError:
+        return False
+    stop = StopOnExitJobServer.stop
+    if getattr(stop, "_interrupt_aware", False):
+        return True
+
+    def stop_then_interrupt(self, *signal_arguments):
+        stop(self)
+        if signal_arguments:
+            raise KeyboardInterrupt("signal %s" % signal_arguments[0])
+
+    stop_then_interrupt._interrupt_aware = True
+    StopOnExitJobServer.stop = stop_then_interrupt
+    return True
 
 
 def _terminated(signum, _frame):

@@ -101,3 +101,140 @@ def test_stop_ends_the_pool():
     pid = pool._proc.pid
     pool.stop()
     assert not _alive(pid) and not os.path.exists(pool.log_path)
+
+
+# -- Flink checkpoints and restore ---------------------------------------------------------------
+
+def test_the_flink_checkpoint_options_pass_the_launcher_and_reach_beam():
+    # Beam 2.62's Python SDK declares none of them (its FlinkRunner learns them from the job
+    # server at submission); the launcher refused them as unknown options before it got there.
+    from pipelines.cli import check_pipeline_arguments
+    from pipelines.options import COMMAND_OPTIONS
+    argv = ["--runner=FlinkRunner", "--streaming", "--checkpointing_interval=2000",
+            "--state_backend=filesystem", "--state_backend_storage_path=file:///var/ck",
+            "--externalized_checkpoints_enabled",
+            "--retain_externalized_checkpoints_on_cancellation",
+            "--savepoint_path=/var/ck/job/chk-3", "--allow_non_restored_state"]
+    for command in ("pipelines.stream", "pipelines.replay"):
+        check_pipeline_arguments(argv, command, COMMAND_OPTIONS)       # raises if refused
+    given = PipelineOptions(argv).get_all_options(drop_default=True)
+    assert {k: given[k] for k in ("checkpointing_interval", "state_backend",
+                                  "state_backend_storage_path", "externalized_checkpoints_enabled",
+                                  "retain_externalized_checkpoints_on_cancellation",
+                                  "savepoint_path", "allow_non_restored_state")} == {
+        "checkpointing_interval": 2000, "state_backend": "filesystem",
+        "state_backend_storage_path": "file:///var/ck", "externalized_checkpoints_enabled": True,
+        "retain_externalized_checkpoints_on_cancellation": True,
+        "savepoint_path": "/var/ck/job/chk-3", "allow_non_restored_state": True}
+
+
+def test_bad_checkpoint_option_values_are_one_line_errors():
+    from pipelines.cli import UsageError, check_pipeline_arguments
+    from pipelines.options import COMMAND_OPTIONS
+    for argv, words in ((["--checkpointing_interval=0"], "above 0"),
+                        (["--checkpointing_interval=1s"], "milliseconds"),
+                        (["--state_backend=memory"], "invalid choice")):
+        with pytest.raises(UsageError, match=words):
+            check_pipeline_arguments(argv, "pipelines.stream", COMMAND_OPTIONS)
+
+
+def _checkpoint(top, job, n, mtime, complete=True):
+    folder = top / job / ("chk-%d" % n)
+    folder.mkdir(parents=True)
+    if complete:
+        (folder / "_metadata").write_bytes(b"x")
+        os.utime(folder / "_metadata", (mtime, mtime))
+    return str(folder)
+
+
+def test_the_latest_flink_checkpoint_is_the_newest_complete_one_of_any_job(tmp_path):
+    top = tmp_path / "ck"
+    assert runners.latest_flink_checkpoint(str(top)) is None
+    _checkpoint(top, "job-a", 7, 1000)
+    newest = _checkpoint(top, "job-b", 2, 2000)        # a restored job: a folder of its own
+    _checkpoint(top, "job-b", 3, 3000, complete=False)  # in progress: no _metadata yet
+    (top / "job-b" / "shared").mkdir()
+    assert runners.latest_flink_checkpoint(str(top)) == newest
+    assert runners.latest_flink_checkpoint("file://%s" % top) == newest
+    with pytest.raises(ValueError, match="local directory"):
+        runners.latest_flink_checkpoint("s3://bucket/ck")
+
+
+def test_a_restore_path_without_a_checkpoint_is_refused_before_the_job_server_starts(
+        tools, tmp_path):
+    import pipelines.options  # noqa: F401  (registers the Flink checkpoint options)
+    complete = _checkpoint(tmp_path, "job", 4, 1000)
+    partial = _checkpoint(tmp_path, "job", 5, 1000, complete=False)
+    for path in (complete, "file://" + complete, os.path.join(complete, "_metadata"),
+                 "s3://bucket/savepoint-1"):     # other file systems are Flink's to check
+        runners.apply_flink_defaults(PipelineOptions(["--savepoint_path=" + path]))
+    for path in (partial, str(tmp_path / "nowhere")):
+        with pytest.raises(runners.FlinkRestoreError, match="no savepoint or complete checkpoint"):
+            runners.apply_flink_defaults(PipelineOptions(["--savepoint_path=" + path]))
+
+
+def test_a_local_restore_goes_to_the_embedded_flink_as_its_savepoint_path(tools, tmp_path):
+    # Beam 2.62's job server hands --savepoint_path to a Flink cluster only; the embedded Flink
+    # reads Flink's execution.savepoint.path from the configuration directory it is given.
+    from pipelines.options import FlinkCheckpointOptions
+    restore = _checkpoint(tmp_path, "job", 9, 1000)
+    mine = tmp_path / "conf"
+    mine.mkdir()
+    (mine / "flink-conf.yaml").write_text("taskmanager.numberOfTaskSlots: 4\n")
+    options = PipelineOptions(["--runner=FlinkRunner", "--savepoint_path=" + restore,
+                               "--flink_conf_dir=%s" % mine])
+    runners.apply_flink_defaults(options)
+    with runners.local_flink_restore(options) as directory:
+        given = options.view_as(FlinkCheckpointOptions).flink_conf_dir
+        assert given == directory and given != str(mine)
+        with open(os.path.join(directory, "flink-conf.yaml")) as fh:
+            assert fh.read().split("\n") == [
+                "taskmanager.numberOfTaskSlots: 4", "", "execution.savepoint.path: " + restore,
+                "execution.savepoint.ignore-unclaimed-state: false", ""]
+    assert not os.path.exists(directory)
+    # A cluster gets --savepoint_path from Beam itself; nothing is written for it.
+    cluster = PipelineOptions(["--savepoint_path=" + restore, "--flink_master=host:8081"])
+    with runners.local_flink_restore(cluster) as directory:
+        assert directory is None
+
+
+def test_checkpoints_on_end_idle_sources(tools):
+    import pipelines.options  # noqa: F401  (registers the Flink checkpoint options)
+    options = PipelineOptions(["--checkpointing_interval=1000"])
+    runners.apply_flink_defaults(options)
+    assert options.get_all_options()["shutdown_sources_after_idle_ms"] == \
+        runners.SOURCE_IDLE_SHUTDOWN_MS
+    mine = PipelineOptions(["--checkpointing_interval=1000",
+                            "--shutdown_sources_after_idle_ms=60000"])
+    runners.apply_flink_defaults(mine)
+    assert mine.get_all_options()["shutdown_sources_after_idle_ms"] == 60000
+    plain = PipelineOptions([])
+    runners.apply_flink_defaults(plain)
+    assert plain.get_all_options()["shutdown_sources_after_idle_ms"] is None
+
+
+def test_ctrl_c_stops_beams_job_server_and_ends_as_an_interrupt():
+    from apache_beam.runners.portability.job_server import StopOnExitJobServer
+
+    class Server:
+        stopped = 0
+
+        def start(self):
+            return "localhost:1"
+
+        def stop(self):
+            Server.stopped += 1
+
+    assert runners.interrupt_stops_the_job_server()
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        wrapped = StopOnExitJobServer(Server())
+        wrapped.start()                      # installs its stop as the SIGINT handler
+        handler = signal.getsignal(signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            handler(signal.SIGINT, None)
+        assert Server.stopped == 1
+        wrapped.stop()                       # at exit: already stopped, nothing more
+        assert Server.stopped == 1
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -942,6 +942,7 @@ class _Connection:
                     expression = value.value if isinstance(value, Described) else value
                     selector = _parse_selector(expression)
             link.cursor = self.hub.start_index(partition, selector)
+            self.server._note_consumer_start(self.hub.partition_ids[partition], link.cursor)
         if client_sends:
             link.credit = _LINK_CREDIT
             self._send_link_flow(session, link)
@@ -1230,6 +1231,7 @@ class LocalEventHubs:
         self._failures = collections.deque()
         self.connections_accepted = 0
         self.auth_failures = 0
+        self._consumer_starts = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -1349,6 +1351,16 @@ class LocalEventHubs:
             if len(events) >= count or time.monotonic() >= deadline:
                 return events
             time.sleep(0.02)
+
+    def consumer_starts(self):
+        """``(partition id, sequence number)`` of every consumer link opened so far, in order:
+        where each reader asked to start (its selector filter resolved against the partition)."""
+        with self._lock:
+            return list(self._consumer_starts)
+
+    def _note_consumer_start(self, partition, sequence_number):
+        with self._lock:
+            self._consumer_starts.append((partition, sequence_number))
 
     def drop_connections(self):
         """Drops every client connection now (no AMQP close); returns how many were dropped."""

@@ -1,0 +1,488 @@
+"""Flink, live: a streaming job killed mid-run and restored from its last checkpoint loses nothing.
+
+A counted set of events (profiles, purchases, page views, system events, a few malformed lines)
+is published to the input hub of the project's local Event Hubs endpoint. Then:
+
+1. the reference: ``pipelines.stream`` reads the same hub once (``mode=catchup``) on the
+   DirectRunner and delivers to an output hub, an Azurite container and a loopback webhook;
+2. the live job: ``pipelines.stream --streaming --runner=FlinkRunner`` reads the hub live
+   (``mode=live``) on embedded Flink with checkpoints every second, retained in a temporary
+   directory (``--state_backend=filesystem``), and delivers to another output hub, container and
+   webhook path;
+3. once half of the reference's audience messages have arrived in the output hub and a checkpoint
+   taken after the first of them is complete (both counted, never timed), the Flink job server
+   (the ``java`` process that runs the embedded Flink) is killed with SIGKILL;
+4. a new job starts from that checkpoint (``--savepoint_path`` = its ``chk-N`` directory) and runs
+   until every expected message, file, alert and dead letter has arrived (waiting on the
+   destinations, bounded by the test's timeout), then is stopped with Ctrl-C.
+
+Then: every reference message arrived, no other; a message that arrived twice is the same message
+(id and bytes); the container holds exactly the reference's export files, byte for byte; every
+reference alert arrived, a repeated one with the same X-Event-Id and body; every malformed line
+is dead-lettered. And the restored job started each partition's read where the checkpoint left it
+(the endpoint records where each reader starts), not from the beginning: what was read before the
+checkpoint came back from Flink's state, not from the hub.
+"""
+import datetime
+import glob
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from emulators.eventhubs import LocalEventHubs
+from pipelines import runners
+from tests.test_faults import azure_blob_files, split_markers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV_PY = os.path.join(ROOT, ".venv", "bin", "python")
+PY = VENV_PY if os.path.exists(VENV_PY) else sys.executable
+
+pytestmark = [pytest.mark.flink, pytest.mark.slow]
+
+SEED = 20261202
+USERS = 40
+PARTITIONS = 2
+#: Alerts on input system events only: the pipeline's own work events carry run times and ids.
+INPUT_SOURCES = {"segment": [], "user": [], "stream": []}
+#: How long a stopped or killed launcher may take to exit (it stops its job server and workers).
+EXIT_WAIT_SECONDS = 60
+
+CONFIG = """
+account: {name: acme, aid: 1234}
+audiences:
+  - {id: a-buyers, slug: buyers, condition: {event: purchase}}
+  - {id: a-frequent, slug: frequent_buyers, condition: {event: purchase, min_count: 3}}
+  - {id: a-us, slug: us_users, condition: {trait: country, op: eq, value: US}}
+  - {id: a-us-buyers, slug: us_buyers, condition: {and: [{audience: buyers}, {audience: us_users}]}}
+  - {id: a-viewers, slug: viewers, condition: {event: page_view, min_count: 2}}
+works:
+  - id: w-eh
+    workflow: eventhub_audience_export
+    config: {connection_string: "${OUT_CS}"}
+  - id: w-blob
+    workflow: azure_blob_event_export
+    config:
+      connection_string: "${AZ_CS}"
+      container: %(container)s
+      prefix: ev/
+      export_type: events
+      period_hours: 1
+      anchor: "%(anchor)s"
+      format: csv
+  - id: w-hook
+    workflow: webhook_system_events
+    config:
+      system_event_sources: %(sources)s
+      webhook_url: "%(hook)s"
+      allow_private_network: true
+"""
+
+
+def _rfc(seconds):
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _events(now):
+    """The counted input: ``[(partition key or None, JSON line)]``, dated from ``now`` on.
+
+    Each user's events keep their order (one partition key); the users are interleaved.
+    """
+    rng = random.Random(SEED)
+    per_user = []
+    for u in range(USERS):
+        user = "u%03d" % u
+        events = [{"event": "profile", "traits": {"country": rng.choice(["US", "DE", "FR"])}}]
+        for _ in range(rng.randrange(0, 5)):
+            events.append({"event": "purchase", "properties": {"price": rng.choice([9.5, 120])}})
+        for _ in range(rng.randrange(0, 4)):
+            events.append({"event": "page_view", "properties": {"url": "/p/%d" % rng.randrange(9)}})
+        if rng.random() < 0.4:        # a move: us_users and us_buyers change on an event
+            events.append({"event": "profile", "traits": {"country": rng.choice(["US", "DE"])}})
+        rng.shuffle(events[1:])
+        per_user.append([user, events])
+    lines, n = [], 0
+    while any(events for _, events in per_user):
+        user, events = rng.choice([p for p in per_user if p[1]])
+        event = dict(events.pop(0), event_id="e-%04d" % n, user_id=user)
+        event["ts"] = _rfc(now + n / 1000.0)
+        lines.append((user, json.dumps(event, sort_keys=True)))
+        n += 1
+    for k in range(6):
+        system = {"kind": "system", "id": "se-%d" % k, "ts": _rfc(now + (n + k) / 1000.0),
+                  "data": {"aid": 1234, "subject_type": ["segment", "user", "stream"][k % 3],
+                           "subject_id": "s-%d" % k, "verb": ["failed", "updated"][k % 2],
+                           "notes": "note %d" % k}}
+        lines.append(("system", json.dumps(system, sort_keys=True)))
+    lines += [(None, "not json %d" % k) for k in range(3)]
+    return lines
+
+
+def _publish(connection_string, lines):
+    from azure.eventhub import EventData, EventHubProducerClient
+    producer = EventHubProducerClient.from_connection_string(connection_string, retry_total=2)
+    with producer:
+        for key, line in lines:
+            batch = producer.create_batch(partition_key=key) if key else producer.create_batch()
+            batch.add(EventData(line))
+            producer.send_batch(batch)
+
+
+def _children(pid):
+    """``[(pid, command line)]`` of the processes whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry, encoding="utf-8", errors="replace") as fh:
+                parent = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open("/proc/%s/cmdline" % entry, "rb") as fh:
+                command = fh.read().replace(b"\0", b" ").decode("utf-8", "replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == pid:
+            found.append((int(entry), command))
+    return found
+
+
+def _job_server(launcher):
+    """The pid of the Flink job server (``java -jar ...job-server...``) the launcher started."""
+    for pid, command in _children(launcher.pid):
+        if command.startswith("java ") and "job-server" in command:
+            return pid
+    return None
+
+
+def _stop(proc, sig=signal.SIGINT):
+    """Stops a launcher (its own session) and waits; SIGKILL to its group if it lingers."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(EXIT_WAIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            pass
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(30)
+    return proc.returncode
+
+
+def _messages(hub):
+    """``{message_id: [body bytes, ...]}`` of what an output hub received."""
+    found = {}
+    for event in hub.events():
+        body = json.loads(event.body)
+        assert event.message_id == body["message_id"]
+        found.setdefault(body["message_id"], []).append(event.body)
+    return found
+
+
+def _alerts(webhook_server, path):
+    found = {}
+    for request in webhook_server.requests(path):
+        found.setdefault(request.headers.get("x-event-id"), []).append(request.body)
+    return found
+
+
+def _dead_letters(out):
+    """The raw lines of the input dead letters under ``out``: a bounded run's file or a live
+    run's parts."""
+    lines = []
+    for path in glob.glob(os.path.join(out, "deadletter", "input.jsonl")) + glob.glob(
+            os.path.join(out, "deadletter", "input", "part-*.jsonl")):
+        with open(path, encoding="utf-8") as fh:
+            lines += [json.loads(line)["raw"] for line in fh if line.strip()]
+    return lines
+
+
+def _wait(what, done, proc, log):
+    """Polls ``done()`` until true; fails at once if the launcher exits (the test's timeout bounds
+    the wait)."""
+    while not done():
+        if proc.poll() is not None:
+            with open(log, encoding="utf-8", errors="replace") as fh:
+                pytest.fail("the pipeline exited (%s) before %s:\n%s" % (
+                    proc.returncode, what, fh.read()[-4000:]))
+        time.sleep(0.2)
+
+
+class _Job:
+    """The published input, its reference outputs and what the live runs need."""
+
+
+def _prepare(tmp_path, azurite, webhook_server, source, reference_hub):
+    """Publishes the counted input to ``source`` and runs the reference: one bounded read of the
+    same hub on the DirectRunner. Returns a :class:`_Job`."""
+    job = _Job()
+    job.lines = _events(time.time())
+    _publish(source.connection_string, job.lines)
+    stored = source.events()
+    assert len(stored) == len(job.lines)
+    # One hourly export window holds every event: it ends just after the last one arrived.
+    anchor = math.ceil(max(e.enqueued_time.timestamp() for e in stored)) + 1
+
+    def config(name):
+        path = tmp_path / (name + ".yaml")
+        path.write_text(CONFIG % {"container": "live-" + name, "anchor": _rfc(anchor),
+                                  "sources": json.dumps(INPUT_SOURCES),
+                                  "hook": webhook_server.url("/" + name)})
+        return str(path)
+
+    def env(hub):
+        environ = {k: v for k, v in os.environ.items()
+                   if k not in ("EVENTHUB_CONNECTION_STRING", "AZURE_STORAGE_CONNECTION_STRING")}
+        environ.update(PYTHONPATH=ROOT, IN_CS=source.connection_string,
+                       OUT_CS=hub.connection_string, AZ_CS=azurite.connection_string)
+        return environ
+
+    job.config, job.env = config, env
+    reference = subprocess.run(
+        [PY, "-m", "pipelines.stream", "--config", config("ref"), "--runner=DirectRunner",
+         "--output_dir", str(tmp_path / "ref"), "--progress_seconds", "0",
+         "--input", "eventhubs://in?connection_string_env=IN_CS&mode=catchup"],
+        cwd=ROOT, env=env(reference_hub), capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr[-4000:]
+    job.expected = {k: v[0] for k, v in _messages(reference_hub).items()}
+    job.files = split_markers(azure_blob_files(azurite.connection_string, "live-ref"))[0]
+    job.alerts = {k: v[0] for k, v in _alerts(webhook_server, "/ref").items()}
+    job.dead = sorted(_dead_letters(str(tmp_path / "ref")))
+    # Every branch delivered something, so equal outputs are not equally empty ones.
+    assert len(job.expected) > 40 and len(job.files) == 1 and len(job.alerts) == 6
+    assert len(job.dead) == 3
+    return job
+
+
+def _live_command(config, out, *extra):
+    return [PY, "-m", "pipelines.stream", "--config", config, "--streaming",
+            "--runner=FlinkRunner", "--output_dir", out, "--flush_seconds", "1",
+            "--blob_grace_seconds", "2",
+            "--input", "eventhubs://in?connection_string_env=IN_CS&mode=live"
+                       "&watermark_delay_seconds=2&max_read_seconds=1"] + list(extra)
+
+
+def _complete(job, hub, azurite, webhook_server, out, name):
+    """Whether every expected message, file, alert and dead letter has arrived."""
+    return (set(job.expected) <= set(_messages(hub))
+            and set(job.files) <= set(azure_blob_files(azurite.connection_string, "live-" + name))
+            and set(job.alerts) <= set(_alerts(webhook_server, "/" + name))
+            and len(_dead_letters(out)) >= len(job.dead))
+
+
+def _check_outputs(job, hub, azurite, webhook_server, out, name):
+    received = _messages(hub)
+    assert set(received) == set(job.expected), "missing %d, extra %d" % (
+        len(set(job.expected) - set(received)), len(set(received) - set(job.expected)))
+    for message_id, copies in received.items():
+        assert all(copy == job.expected[message_id] for copy in copies), message_id
+    files = split_markers(azure_blob_files(azurite.connection_string, "live-" + name))[0]
+    assert sorted(files) == sorted(job.files)
+    for blob, data in files.items():
+        assert data == job.files[blob], blob
+    alerts = _alerts(webhook_server, "/" + name)
+    assert set(alerts) == set(job.alerts)
+    for event_id, copies in alerts.items():
+        assert all(copy == job.alerts[event_id] for copy in copies), event_id
+    assert sorted(set(_dead_letters(out))) == sorted(set(job.dead))
+    return received, alerts
+
+
+def _running(pid):
+    try:
+        with open("/proc/%d/stat" % pid, encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.timeout(600)
+def test_flink_live_delivers_what_a_bounded_read_of_the_same_hub_delivers(
+        tmp_path, azurite, webhook_server):
+    if not os.path.exists(runners.flink_job_server_jar()):
+        pytest.fail("the Flink job server is not installed: run %s" % runners.INSTALL_FLINK,
+                    pytrace=False)
+    out = str(tmp_path / "live")
+    with LocalEventHubs(hub="in", partitions=PARTITIONS) as source, \
+            LocalEventHubs(hub="out", partitions=PARTITIONS) as reference_hub, \
+            LocalEventHubs(hub="out", partitions=PARTITIONS) as live_hub:
+        job = _prepare(tmp_path, azurite, webhook_server, source, reference_hub)
+        log_path = tmp_path / "live.log"
+        with open(log_path, "w", encoding="utf-8") as log:
+            proc = subprocess.Popen(_live_command(job.config("live"), out), cwd=ROOT,
+                                    env=job.env(live_hub), stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        job_server = None
+        try:
+            _wait("every message, file, alert and dead letter",
+                  lambda: _complete(job, live_hub, azurite, webhook_server, out, "live"),
+                  proc, log_path)
+            job_server = _job_server(proc)
+        finally:
+            exit_status = _stop(proc)          # Ctrl-C, as a person stops a live run
+        received, alerts = _check_outputs(job, live_hub, azurite, webhook_server, out, "live")
+    print("\nFLINK_LIVE %s" % json.dumps({
+        "events": len(job.lines), "messages": len(job.expected),
+        "received": sum(len(v) for v in received.values()),
+        "alerts": sum(len(v) for v in alerts.values()), "exit": exit_status}))
+    # Ctrl-C ends the command as an interrupt, and the job server (the embedded Flink, the
+    # job) with it: nothing runs on after the command.
+    log_text = log_path.read_text(encoding="utf-8", errors="replace")
+    assert exit_status == 130 and "interrupted" in log_text, log_text[-3000:]
+    assert job_server is not None
+    for _ in range(100):
+        if not _running(job_server):
+            break
+        time.sleep(0.1)
+    assert not _running(job_server), "the job server runs on after the command"
+
+
+@pytest.mark.xfail(run=False, strict=True, reason=(
+    "Beam 2.62 on Flink 1.19 (embedded): with --checkpointing_interval the live job's first "
+    "checkpoint never completes once the Event Hubs read has started (one subtask of the read's "
+    "stage never acknowledges it; docs/RUNNERS.md, 'Flink live'), so there is no checkpoint to "
+    "restore from; not run, as it would wait until its timeout"))
+@pytest.mark.timeout(600)
+def test_flink_live_killed_then_restored_from_a_checkpoint_loses_nothing(
+        tmp_path, azurite, webhook_server):
+    jar = runners.flink_job_server_jar()
+    if not os.path.exists(jar):
+        pytest.fail("the Flink job server is not installed: run %s" % runners.INSTALL_FLINK,
+                    pytrace=False)
+    checkpoints = tmp_path / "checkpoints"
+    with LocalEventHubs(hub="in", partitions=PARTITIONS) as source, \
+            LocalEventHubs(hub="out", partitions=PARTITIONS) as reference_hub, \
+            LocalEventHubs(hub="out", partitions=PARTITIONS) as live_hub:
+        lines = _events(time.time())
+        _publish(source.connection_string, lines)
+        stored = source.events()
+        assert len(stored) == len(lines)
+        # One hourly export window holds every event: it ends just after the last one arrived.
+        anchor = math.ceil(max(e.enqueued_time.timestamp() for e in stored)) + 1
+
+        def config(name):
+            path = tmp_path / (name + ".yaml")
+            path.write_text(CONFIG % {"container": "live-" + name, "anchor": _rfc(anchor),
+                                      "sources": json.dumps(INPUT_SOURCES),
+                                      "hook": webhook_server.url("/" + name)})
+            return str(path)
+
+        def env(hub):
+            environ = {k: v for k, v in os.environ.items()
+                       if k not in ("EVENTHUB_CONNECTION_STRING", "AZURE_STORAGE_CONNECTION_STRING")}
+            environ.update(PYTHONPATH=ROOT, IN_CS=source.connection_string,
+                           OUT_CS=hub.connection_string, AZ_CS=azurite.connection_string)
+            return environ
+
+        # 1. The reference: one bounded read of the same hub, on the DirectRunner.
+        reference = subprocess.run(
+            [PY, "-m", "pipelines.stream", "--config", config("ref"), "--runner=DirectRunner",
+             "--output_dir", str(tmp_path / "ref"), "--progress_seconds", "0",
+             "--input", "eventhubs://in?connection_string_env=IN_CS&mode=catchup"],
+            cwd=ROOT, env=env(reference_hub), capture_output=True, text=True, timeout=300)
+        assert reference.returncode == 0, reference.stderr[-4000:]
+        expected = {k: v[0] for k, v in _messages(reference_hub).items()}
+        expected_files = split_markers(azure_blob_files(azurite.connection_string, "live-ref"))[0]
+        expected_alerts = {k: v[0] for k, v in _alerts(webhook_server, "/ref").items()}
+        expected_dead = sorted(_dead_letters(str(tmp_path / "ref")))
+        # Every branch delivered something, so equal outputs are not equally empty ones.
+        assert len(expected) > 40 and len(expected_files) == 1 and len(expected_alerts) == 6
+        assert len(expected_dead) == 3
+        reads_before = len(source.consumer_starts())
+
+        # 2. The live job on embedded Flink, checkpointing every second into a directory.
+        live_config = config("flink")
+        command = [
+            PY, "-m", "pipelines.stream", "--config", live_config, "--streaming",
+            "--runner=FlinkRunner", "--output_dir", str(tmp_path / "flink"),
+            "--flush_seconds", "1", "--blob_grace_seconds", "2",
+            "--checkpointing_interval=1000", "--state_backend=filesystem",
+            "--state_backend_storage_path=file://%s" % checkpoints,
+            "--externalized_checkpoints_enabled", "--retain_externalized_checkpoints_on_cancellation",
+            "--input", "eventhubs://in?connection_string_env=IN_CS&mode=live"
+                       "&watermark_delay_seconds=2&max_read_seconds=1"]
+        first_log = tmp_path / "first.log"
+        with open(first_log, "w", encoding="utf-8") as log:
+            first = subprocess.Popen(command, cwd=ROOT, env=env(live_hub), stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait("the first message", lambda: live_hub.events(), first, first_log)
+            before = runners.latest_flink_checkpoint(str(checkpoints))
+            half = len(expected) // 2
+            _wait("half of the messages and a later checkpoint",
+                  lambda: (len(_messages(live_hub)) >= half and runners.latest_flink_checkpoint(
+                      str(checkpoints)) not in (None, before)), first, first_log)
+            job_server = _job_server(first)
+            assert job_server, _children(first.pid)
+            # 3. The job server dies: no cleanup, no last checkpoint, no cancel.
+            os.kill(job_server, signal.SIGKILL)
+            at_kill = {"messages": len(_messages(live_hub)),
+                       "files": len(split_markers(azure_blob_files(
+                           azurite.connection_string, "live-flink"))[0]),
+                       "alerts": len(_alerts(webhook_server, "/flink"))}
+            try:                      # the launcher notices that its job server is gone
+                first_exit = first.wait(EXIT_WAIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                first_exit = "still running %d s after the kill" % EXIT_WAIT_SECONDS
+        finally:
+            _stop(first)
+        restore = runners.latest_flink_checkpoint(str(checkpoints))
+        assert restore and os.path.basename(restore).startswith("chk-")
+        reads_first = len(source.consumer_starts())
+
+        # 4. A new job from the retained checkpoint, until everything has arrived.
+        second_log = tmp_path / "second.log"
+        with open(second_log, "w", encoding="utf-8") as log:
+            second = subprocess.Popen(command + ["--savepoint_path=" + restore], cwd=ROOT,
+                                      env=env(live_hub), stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        try:
+            def complete():
+                return (set(expected) <= set(_messages(live_hub))
+                        and set(expected_files) <= set(azure_blob_files(
+                            azurite.connection_string, "live-flink"))
+                        and set(expected_alerts) <= set(_alerts(webhook_server, "/flink"))
+                        and len(_dead_letters(str(tmp_path / "flink"))) >= len(expected_dead))
+            _wait("every message, file, alert and dead letter", complete, second, second_log)
+        finally:
+            second_exit = _stop(second)
+
+    received = _messages(live_hub)
+    files = split_markers(azure_blob_files(azurite.connection_string, "live-flink"))[0]
+    alerts = _alerts(webhook_server, "/flink")
+    restarted_reads = source.consumer_starts()[reads_first:]
+    report = {"events": len(lines), "messages": len(expected), "at_kill": at_kill,
+              "first_exit": first_exit, "second_exit": second_exit, "restored_from": restore,
+              "received": sum(len(v) for v in received.values()),
+              "duplicate_messages": sum(len(v) - 1 for v in received.values()),
+              "duplicate_alerts": sum(len(v) - 1 for v in alerts.values()),
+              "reads_first_run": source.consumer_starts()[reads_before:reads_first],
+              "reads_after_restore": restarted_reads}
+    print("\nFLINK_LIVE %s" % json.dumps(report))
+
+    # The kill landed mid-run: some messages had arrived, not all.
+    assert 0 < at_kill["messages"] < len(expected)
+    # Nothing lost, nothing else; a message delivered twice is the same message.
+    assert set(received) == set(expected), "missing %d, extra %d" % (
+        len(set(expected) - set(received)), len(set(received) - set(expected)))
+    for message_id, copies in received.items():
+        assert all(copy == expected[message_id] for copy in copies), message_id
+    assert sorted(files) == sorted(expected_files)
+    for name, data in files.items():
+        assert data == expected_files[name], name
+    assert set(alerts) == set(expected_alerts)
+    for event_id, copies in alerts.items():
+        assert all(copy == expected_alerts[event_id] for copy in copies), event_id
+    assert sorted(set(_dead_letters(str(tmp_path / "flink")))) == sorted(set(expected_dead))
+    # The restored job read on from the checkpoint's positions: no partition from the beginning.
+    assert restarted_reads and all(position > 0 for _, position in restarted_reads), \
+        restarted_reads

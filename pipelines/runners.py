@@ -98,8 +98,6 @@ LOCAL_FLINK_MASTERS = ("[auto]", "[local]")
 ENVIRONMENT_CACHE_MILLIS = 10 * 60 * 1000
 #: How long the worker pool may take to listen.
 POOL_START_SECONDS = 60
-#: With checkpoints on: how long an idle Beam source task (an Impulse) runs before it ends.
-SOURCE_IDLE_SHUTDOWN_MS = 1000
 #: The pool's environment variable naming the process that started it.
 _PARENT_ENV = "CDP_WORKER_POOL_PARENT"
 _PR_SET_PDEATHSIG = 1
@@ -263,15 +261,6 @@ def apply_flink_defaults(options) -> bool:
     given = options.get_all_options(drop_default=True)
     if given.get("savepoint_path"):
         _check_restore_path(given["savepoint_path"])
-    if given.get("checkpointing_interval") and "shutdown_sources_after_idle_ms" not in given:
-        # With checkpoints on, Beam keeps its Impulse sources running for ever, and the one
-        # element an Impulse emits (what starts every read) stayed in the source's output and
-        # reached nothing (measured with Beam 2.62 on Flink 1.19: no read started in 150 s);
-        # once the source has ended, it arrives. Flink takes checkpoints after sources ended,
-        # and a restored job does not run an ended source again.
-        from pipelines.options import FlinkCheckpointOptions
-        options.view_as(FlinkCheckpointOptions).shutdown_sources_after_idle_ms = \
-            SOURCE_IDLE_SHUTDOWN_MS
     flink = options.view_as(FlinkRunnerOptions)
     portable = options.view_as(PortableOptions)
     if not flink.flink_job_server_jar:

@@ -198,21 +198,6 @@ def test_a_local_restore_goes_to_the_embedded_flink_as_its_savepoint_path(tools,
         assert directory is None
 
 
-def test_checkpoints_on_end_idle_sources(tools):
-    import pipelines.options  # noqa: F401  (registers the Flink checkpoint options)
-    options = PipelineOptions(["--checkpointing_interval=1000"])
-    runners.apply_flink_defaults(options)
-    assert options.get_all_options()["shutdown_sources_after_idle_ms"] == \
-        runners.SOURCE_IDLE_SHUTDOWN_MS
-    mine = PipelineOptions(["--checkpointing_interval=1000",
-                            "--shutdown_sources_after_idle_ms=60000"])
-    runners.apply_flink_defaults(mine)
-    assert mine.get_all_options()["shutdown_sources_after_idle_ms"] == 60000
-    plain = PipelineOptions([])
-    runners.apply_flink_defaults(plain)
-    assert plain.get_all_options()["shutdown_sources_after_idle_ms"] is None
-
-
 def test_ctrl_c_stops_beams_job_server_and_ends_as_an_interrupt():
     from apache_beam.runners.portability.job_server import StopOnExitJobServer
 

@@ -33,6 +33,8 @@ No Beam here: ``transforms/eventhubs_source.py`` plans reads from these stores (
 commits to them. Nothing here logs or raises a credential: errors are one line, scrubbed with
 ``core.redact``.
 """
+from __future__ import annotations
+
 import json
 import os
 import re
@@ -122,7 +124,8 @@ class LocalCheckpointStore:
     :class:`BlobStorageCheckpointStore`.
     """
 
-    def __init__(self, checkpoint_dir, namespace, eventhub_name, consumer_group):
+    def __init__(self, checkpoint_dir: str, namespace: str, eventhub_name: str,
+                 consumer_group: str) -> None:
         if not checkpoint_dir or not isinstance(checkpoint_dir, str):
             raise CheckpointError("checkpoint_dir must be a directory path")
         if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", checkpoint_dir):
@@ -139,14 +142,14 @@ class LocalCheckpointStore:
                                       self.eventhub_name, self.consumer_group)
 
     @property
-    def description(self):
+    def description(self) -> str:
         """Where the checkpoints are, for messages."""
         return self.directory
 
-    def path(self, partition):
+    def path(self, partition: str) -> str:
         return os.path.join(self.directory, _partition(partition) + ".json")
 
-    def read(self, partition):
+    def read(self, partition: str) -> Checkpoint | None:
         """The partition's checkpoint, or None when it has none.
 
         An unreadable file raises :class:`CheckpointError`: guessing a position would either
@@ -172,7 +175,7 @@ class LocalCheckpointStore:
         return Checkpoint(partition, sequence_number, str(data.get("offset", "")),
                           enqueued if isinstance(enqueued, int) else None)
 
-    def read_all(self):
+    def read_all(self) -> dict[str, Checkpoint]:
         """Every checkpoint in the store, by partition id."""
         found = {}
         try:
@@ -186,7 +189,7 @@ class LocalCheckpointStore:
                     found[checkpoint.partition] = checkpoint
         return found
 
-    def write(self, checkpoint):
+    def write(self, checkpoint: Checkpoint) -> Checkpoint:
         """Stores ``checkpoint`` atomically; never moves a partition's checkpoint backwards.
 
         Returns the checkpoint now stored: the existing one when it is already as far or further.
@@ -226,11 +229,11 @@ class LocalCheckpointStore:
         _fsync_directory(self.directory)
         return checkpoint
 
-    def live_owners(self, now=None):
+    def live_owners(self, now: float | None = None) -> dict[str, str]:
         """Processors reading partitions now: none are recorded in local files."""
         return {}
 
-    def close(self):
+    def close(self) -> None:
         pass
 
     def __repr__(self):
@@ -277,7 +280,7 @@ class _Held:
         return "<secret>"
 
 
-def fully_qualified_namespace(endpoint):
+def fully_qualified_namespace(endpoint: str) -> str:
     """The event processor's name for a namespace: the endpoint's ``host[:port]``, lower case.
 
     ``endpoint``: the connection string's ``Endpoint`` (``sb://NS.servicebus.windows.net/``).
@@ -316,7 +319,8 @@ class BlobStorageCheckpointStore:
     The client is made on first use and never pickled.
     """
 
-    def __init__(self, connection_string, container, namespace, eventhub_name, consumer_group):
+    def __init__(self, connection_string: str | EnvRef, container: str, namespace: str,
+                 eventhub_name: str, consumer_group: str) -> None:
         if not isinstance(container, str) or not _CONTAINER.match(container):
             raise CheckpointError(
                 "checkpoint container %r is not a container name (3-63 lower-case letters, "
@@ -334,15 +338,15 @@ class BlobStorageCheckpointStore:
         self._redact = None
 
     @property
-    def description(self):
+    def description(self) -> str:
         """Where the checkpoints are, for messages (no credential)."""
         return "Azure Blob container %r, %scheckpoint/" % (self.container, self.prefix)
 
-    def blob_name(self, partition):
+    def blob_name(self, partition: str) -> str:
         """The checkpoint blob of ``partition`` (Azure's layout, lower case)."""
         return (self.prefix + "checkpoint/" + _partition(partition)).lower()
 
-    def ownership_blob_name(self, partition):
+    def ownership_blob_name(self, partition: str) -> str:
         return (self.prefix + "ownership/" + _partition(partition)).lower()
 
     # -- the client --------------------------------------------------------------------------
@@ -367,7 +371,7 @@ class BlobStorageCheckpointStore:
         text = "cannot %s in %s: %s" % (doing, self.description, _describe(exc))
         return CheckpointError(self._redact(text) if self._redact else text)
 
-    def close(self):
+    def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             try:
@@ -410,11 +414,11 @@ class BlobStorageCheckpointStore:
             raise self._error("read the checkpoint of partition %s" % partition, exc) from None
         return self._checkpoint(partition, properties.metadata), properties.etag
 
-    def read(self, partition):
+    def read(self, partition: str) -> Checkpoint | None:
         """The partition's checkpoint, or None when it has none."""
         return self._properties(partition)[0]
 
-    def read_all(self):
+    def read_all(self) -> dict[str, Checkpoint]:
         """Every checkpoint in the store, by partition id (what ``list_checkpoints`` of Azure's
         store lists)."""
         from azure.core.exceptions import ResourceNotFoundError
@@ -432,7 +436,7 @@ class BlobStorageCheckpointStore:
                 found[partition] = self._checkpoint(partition, blob.metadata)
         return found
 
-    def write(self, checkpoint):
+    def write(self, checkpoint: Checkpoint) -> Checkpoint:
         """Stores ``checkpoint``; never moves a partition's checkpoint backwards.
 
         The blob's metadata is replaced under the ETag just read (or the blob is created only if
@@ -487,7 +491,7 @@ class BlobStorageCheckpointStore:
 
     # -- ownership ---------------------------------------------------------------------------
 
-    def live_owners(self, now=None):
+    def live_owners(self, now: float | None = None) -> dict[str, str]:
         """``{partition id: owner id}`` of the partitions an event processor claimed less than
         :data:`OWNERSHIP_EXPIRY_SECONDS` ago (a processor that stops gives its claims up with an
         empty owner id, which is not counted)."""

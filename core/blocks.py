@@ -15,12 +15,15 @@ a bare CR is JSON whitespace and may sit inside a record. Blank lines (JSON whit
 skipped; anything else is a record or a dead letter. A line that is not UTF-8 is dead-lettered as
 such, with its bytes kept.
 """
+from __future__ import annotations
+
 import marshal
 import pickle
-from typing import NamedTuple
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple, Protocol
 
-from core.records import (DEFAULT_MAX_TS_SKEW_US, MIN_TS, InputError, ProfileEvent, dead_letter,
-                          parse_record, time_bounds_error)
+from core.records import (DEFAULT_MAX_TS_SKEW_US, MIN_TS, InputError, ProfileEvent, SystemEvent,
+                          dead_letter, parse_record, time_bounds_error)
 
 #: The smallest block read (``transforms.read`` sizes them by file): large enough that a block's
 #: parse dwarfs passing it between processes (1 MiB is about 7.5k events of the benchmark).
@@ -28,15 +31,26 @@ BLOCK_BYTES = 1 << 20
 
 
 class ParsedBlock(NamedTuple):
-    groups: list     # [((key_field, key), earliest ts, packed rows)], users in order of first line
-    system: list     # SystemEvent, in line order
-    dead: list       # dead-letter dicts, in line order
-    events: int      # profile events in the groups
-    counts: tuple    # (lines read, dead-lettered, outside the time range)
-    latest_received: int = None  # the latest received_at of the records kept (None: none)
+    #: ((key_field, key), earliest ts, packed rows), users in order of first line
+    groups: list[tuple[tuple[str, str], int, bytes]]
+    system: list[SystemEvent]    # in line order
+    dead: list[dict[str, Any]]   # dead-letter records, in line order
+    events: int                  # profile events in the groups
+    counts: tuple[int, int, int]  # (lines read, dead-lettered, outside the time range)
+    latest_received: int | None = None  # the latest received_at of the records kept (None: none)
 
 
-def read_blocks(stream, block_bytes=BLOCK_BYTES):
+#: ``(start, end)`` microseconds of ``ts``, either end None for no bound.
+TimeRange = tuple[int | None, int | None]
+
+
+class ByteStream(Protocol):
+    """What :func:`read_blocks` reads: a binary file, or what ``apache_beam.io.filesystems`` opens."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
+def read_blocks(stream: ByteStream, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, bytes]]:
     """``(first line number, bytes)`` of consecutive blocks of whole lines of a binary stream.
 
     A line longer than ``block_bytes`` makes a longer block; nothing is split inside a line.
@@ -59,7 +73,7 @@ def read_blocks(stream, block_bytes=BLOCK_BYTES):
         yield lineno, carry
 
 
-def block_lines(block, first_lineno):
+def block_lines(block: bytes, first_lineno: int) -> Iterator[tuple[int, str | bytes]]:
     """``(line number, line)`` of a block's non-blank lines: ``str``, or the original ``bytes`` of
     a line that is not UTF-8 (so its dead letter says so)."""
     # One decode for the block: "\n" never occurs inside a UTF-8 sequence, and surrogateescape
@@ -76,12 +90,14 @@ def block_lines(block, first_lineno):
         yield lineno, line
 
 
-def parse_block(block, first_lineno, path, time_range=None, max_ts_skew=DEFAULT_MAX_TS_SKEW_US):
+def parse_block(block: bytes, first_lineno: int, path: str, time_range: TimeRange | None = None,
+                max_ts_skew: int = DEFAULT_MAX_TS_SKEW_US) -> ParsedBlock:
     """One block of a file, parsed (see the module docstring)."""
     return parse_rows(block_lines(block, first_lineno), path, time_range, max_ts_skew)
 
 
-def parse_rows(rows, path, time_range=None, max_ts_skew=DEFAULT_MAX_TS_SKEW_US):
+def parse_rows(rows: Iterable[tuple[int, Any]], path: str, time_range: TimeRange | None = None,
+               max_ts_skew: int = DEFAULT_MAX_TS_SKEW_US) -> ParsedBlock:
     """``(line number, raw)`` rows (lines, or decoded objects such as Parquet rows) parsed into a
     :class:`ParsedBlock`.
 
@@ -128,7 +144,7 @@ def parse_rows(rows, path, time_range=None, max_ts_skew=DEFAULT_MAX_TS_SKEW_US):
                        system, dead, events, (read, deadlettered, outside), latest)
 
 
-def renumbered(dead, path, lines):
+def renumbered(dead: list[dict[str, Any]], path: str, lines: int) -> list[dict[str, Any]]:
     """Dead letters of a block of ``path`` with ``lines`` added to their line numbers: for a block
     parsed with its lines counted from a point ``lines`` lines into the file (a range of the file
     whose earlier lines were not counted when it was parsed)."""
@@ -137,7 +153,7 @@ def renumbered(dead, path, lines):
             for letter in dead]
 
 
-def pack_rows(rows):
+def pack_rows(rows: list[Any]) -> bytes:
     """A group of event tuples as one bytes value: what crosses Beam boundaries and sits in state.
 
     One bytes element per group instead of a list of tuples: ``marshal`` encodes and decodes
@@ -150,12 +166,12 @@ def pack_rows(rows):
         return b"p" + pickle.dumps(rows, protocol=5)
 
 
-def join_packed(parts):
+def join_packed(parts: list[bytes]) -> bytes:
     """Packed groups of one user (in order) as one packed group, without unpacking them."""
     return parts[0] if len(parts) == 1 else b"M" + marshal.dumps(parts)
 
 
-def unpack_rows(group):
+def unpack_rows(group: bytes | list[Any]) -> list[Any]:
     """The event tuples of a group: packed bytes (``pack_rows``, ``join_packed``) or a plain list."""
     if not isinstance(group, bytes):
         return group

@@ -36,13 +36,26 @@ Parquet typing
     written by pyarrow with snappy compression and no wall-clock metadata, so the same rows give
     the same bytes.
 """
+from __future__ import annotations
+
 import csv
 import gzip
 import io
 import json
+from collections.abc import Collection, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Union
 
-from core.records import canonical_json, dedupe_first_copies
+from core.records import SystemEvent, canonical_json, dedupe_first_copies
 from core.timeutil import MICROS, format_time, parse_time, to_unix_seconds
+
+if TYPE_CHECKING:
+    from core.config import BlobSettings
+    from core.engine import ExportRow
+
+#: What a work exports: an event with its user's attributes (``events``) or a system event.
+ExportRecord = Union["ExportRow", SystemEvent]
+#: ``(received_at, event_id or id, row values)``: a row with its sort key.
+KeyedRow = tuple[int, str, list[Any]]
 
 EVENT_COLUMNS = ("event_id", "user_id", "anonymous_id", "event", "timestamp", "received_at")
 SYSTEM_EVENT_COLUMNS = ("id", "timestamp", "received_at", "aid", "subject_type", "subject_id", "verb",
@@ -58,11 +71,12 @@ DEFAULT_MAX_WINDOWS = 10_000
 
 # -- windows -----------------------------------------------------------------------------------
 
-def period_micros(period_hours):
+def period_micros(period_hours: int) -> int:
     return int(period_hours) * 3600 * MICROS
 
 
-def resolve_anchor(marker_end=None, anchor=None, start=None):
+def resolve_anchor(marker_end: int | None = None, anchor: int | None = None,
+                   start: int | None = None) -> int:
     """The window anchor: the state marker's end, else config ``anchor``, else ``start``, else 0."""
     for value in (marker_end, anchor, start):
         if value is not None:
@@ -70,12 +84,13 @@ def resolve_anchor(marker_end=None, anchor=None, start=None):
     return 0
 
 
-def window_start(received_at, anchor, period):
+def window_start(received_at: int, anchor: int, period: int) -> int:
     """Start of the window ``[s, s + period)`` holding ``received_at`` on the grid of ``anchor``."""
     return anchor + ((received_at - anchor) // period) * period
 
 
-def window_limit(first_with_data, marker_end, period, max_windows):
+def window_limit(first_with_data: int | None, marker_end: int | None, period: int,
+                 max_windows: int | None) -> int | None:
     """The start of the first window past a run's plan, or None (no limit, or no data).
 
     A run plans at most ``max_windows`` windows (None: any number) from the marker's end, else
@@ -89,7 +104,7 @@ def window_limit(first_with_data, marker_end, period, max_windows):
     return first + max_windows * period
 
 
-def beyond_limit_reason(start, first, limit, period):
+def beyond_limit_reason(start: int, first: int, limit: int, period: int) -> str:
     """The dead-letter reason of a record in window ``start``, past the run's ``limit``."""
     return ("window %s is %d windows after the run's first window %s: more than "
             "max_windows_per_run (%d) header-only and data files in one run; set "
@@ -103,7 +118,8 @@ def beyond_limit_reason(start, first, limit, period):
 FAR_BEFORE_US = 30 * 24 * 3600 * MICROS
 
 
-def leading_gap_warning(work_id, window_starts_with_data, marker_end, period, first_record=None):
+def leading_gap_warning(work_id: str, window_starts_with_data: Iterable[int], marker_end: int | None,
+                        period: int, first_record: tuple[int, str] | None = None) -> str | None:
     """A warning (one line) when a run's first window lies far before the rest of its data, else
     None. Not an error: old records are valid; the tip is to set the work's ``start``.
 
@@ -127,7 +143,8 @@ def leading_gap_warning(work_id, window_starts_with_data, marker_end, period, fi
                format_time(following)))
 
 
-def plan_windows(window_starts_with_data, marker_end, period, limit=None):
+def plan_windows(window_starts_with_data: Iterable[int], marker_end: int | None, period: int,
+                 limit: int | None = None) -> list[int]:
     """The window starts a run writes, in order.
 
     From the marker's end (if any, else the first window with data) to the last window with data,
@@ -145,7 +162,8 @@ def plan_windows(window_starts_with_data, marker_end, period, limit=None):
     return list(range(first, starts[-1] + 1, period))
 
 
-def advance_marker(plan, written, marker_end, period):
+def advance_marker(plan: Iterable[int], written: Collection[int], marker_end: int | None,
+                   period: int) -> int | None:
     """The new marker end: the end of the last planned window that, with every window before it,
     was written (``written``: a set of window starts). ``marker_end`` when nothing advanced."""
     end = marker_end
@@ -158,28 +176,29 @@ def advance_marker(plan, written, marker_end, period):
 
 # -- names and the state marker ----------------------------------------------------------------
 
-def file_name(prefix, account, export_type, work_id, start_us, end_us, fmt):
+def file_name(prefix: str | None, account: str, export_type: str, work_id: str, start_us: int,
+              end_us: int, fmt: str) -> str:
     """``<prefix><account>_<export_type>_<work id>_<start_unix>_<end_unix>.<fmt>``."""
     return "%s%s_%s_%s_%d_%d.%s" % (prefix or "", account, export_type, work_id,
                                     to_unix_seconds(start_us), to_unix_seconds(end_us), fmt)
 
 
-def marker_name(prefix, work_id):
+def marker_name(prefix: str | None, work_id: str) -> str:
     return "%s_state/%s.json" % (prefix or "", work_id)
 
 
-def verify_name(prefix, work_id, unix_seconds):
+def verify_name(prefix: str | None, work_id: str, unix_seconds: int) -> str:
     return "%s_verify/%s_%d.txt" % (prefix or "", work_id, unix_seconds)
 
 
-def marker_bytes(work_id, end_us, updated_at_us):
+def marker_bytes(work_id: str, end_us: int, updated_at_us: int) -> bytes:
     """The state marker: where the next run starts (the end of the last window written)."""
     body = {"work_id": work_id, "last_window_end": format_time(end_us),
             "last_window_end_unix": to_unix_seconds(end_us), "updated_at": format_time(updated_at_us)}
     return (json.dumps(body, indent=2) + "\n").encode("utf-8")
 
 
-def parse_marker(data):
+def parse_marker(data: bytes | str) -> int:
     """The marker's window end in microseconds; ValueError when it is not a marker."""
     try:
         body = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
@@ -195,18 +214,19 @@ def parse_marker(data):
 
 # -- rows --------------------------------------------------------------------------------------
 
-def event_columns(event_parameters=(), attributes=()):
+def event_columns(event_parameters: Iterable[str] = (), attributes: Iterable[str] = ()) -> list[str]:
     return (list(EVENT_COLUMNS) + ["properties." + p for p in event_parameters]
             + ["traits." + a for a in attributes])
 
 
-def columns_for(settings):
+def columns_for(settings: BlobSettings) -> list[str]:
     if settings.export_type == "system_events":
         return list(SYSTEM_EVENT_COLUMNS)
     return event_columns(settings.event_parameters, settings.attributes)
 
 
-def event_row(export_row, event_parameters=(), attributes=()):
+def event_row(export_row: ExportRow, event_parameters: Iterable[str] = (),
+              attributes: Iterable[str] = ()) -> list[Any]:
     """The raw values of one ``events`` row from an :class:`core.engine.ExportRow`."""
     e = export_row.event
     values = [e.event_id, e.user_id, e.anonymous_id, e.event, format_time(e.ts),
@@ -219,7 +239,7 @@ def event_row(export_row, event_parameters=(), attributes=()):
     return values
 
 
-def system_event_row(event):
+def system_event_row(event: SystemEvent) -> list[Any]:
     """The raw values of one ``system_events`` row from a :class:`core.records.SystemEvent`."""
     data = event.data
     return [event.id, format_time(event.ts), format_time(event.received_at), data.get("aid"),
@@ -227,12 +247,12 @@ def system_event_row(event):
             data]
 
 
-def row_sort_key(received_at, record_id, values):
+def row_sort_key(received_at: int, record_id: str, values: Sequence[Any]) -> tuple[int, str, str]:
     """Rows are ordered by (received_at, event_id / id); the values break any remaining tie."""
     return (received_at, record_id, canonical_json(values))
 
 
-def sort_rows(keyed_rows):
+def sort_rows(keyed_rows: Sequence[KeyedRow]) -> list[KeyedRow]:
     """``(received_at, id, values)`` rows in :func:`row_sort_key` order.
 
     Sorted by (received_at, id) alone when no two rows share both (the canonical JSON of the
@@ -245,7 +265,7 @@ def sort_rows(keyed_rows):
     return sorted(keyed_rows, key=lambda r: row_sort_key(*r))
 
 
-def dedupe_system_events(events):
+def dedupe_system_events(events: Iterable[SystemEvent]) -> list[SystemEvent]:
     """System events with copies of one ``id`` within 24 h of its run's first copy removed.
 
     The kept copy is the earliest by ``received_at`` (SEMANTICS: Input); the result is ordered.
@@ -263,12 +283,12 @@ def dedupe_system_events(events):
 
 # -- cells and encoders ------------------------------------------------------------------------
 
-def guard_formula(text):
+def guard_formula(text: str) -> str:
     """A leading ``'`` on a string a spreadsheet would run as a formula."""
     return "'" + text if text.startswith(FORMULA_PREFIXES) else text
 
 
-def format_cell(value):
+def format_cell(value: Any) -> str:
     """The CSV text of one value (SEMANTICS: Blob export)."""
     if type(value) is str:  # the common case first; str subclasses take the general path
         return "'" + value if value.startswith(FORMULA_PREFIXES) else value
@@ -302,7 +322,7 @@ class _LineEnds:
         self.parts.append(record[:-2] + "\n")
 
 
-def encode_csv(columns, rows):
+def encode_csv(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
     """The CSV bytes of a header and ``rows`` (lists of raw values), encoded in one call.
 
     The rows go to one ``csv.writer.writerows`` call with ``\\n`` line ends when no cell holds a
@@ -336,7 +356,7 @@ def _parquet_array(pa, values):
     return pa.array([None if v is None else format_cell(v) for v in values], pa.string())
 
 
-def encode_parquet(columns, rows):
+def encode_parquet(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
     by_column = list(zip(*rows)) if rows else [()] * len(columns)
@@ -347,7 +367,7 @@ def encode_parquet(columns, rows):
     return buf.getvalue()
 
 
-def encode_file(columns, rows, fmt):
+def encode_file(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> bytes:
     """The bytes of one file: ``rows`` are lists of raw values, already in file order."""
     if fmt == "csv":
         return encode_csv(columns, rows)
@@ -366,7 +386,8 @@ class ExportSpec:
     ``marker_end``: the end of the last window already written (None: no marker yet).
     """
 
-    def __init__(self, settings, account_name, work_id, marker_end=None):
+    def __init__(self, settings: BlobSettings, account_name: str, work_id: str,
+                 marker_end: int | None = None) -> None:
         self.account_name = account_name
         self.work_id = work_id
         self.export_type = settings.export_type
@@ -384,31 +405,31 @@ class ExportSpec:
         self.max_windows = (None if getattr(settings, "allow_more_windows", False)
                             else getattr(settings, "max_windows_per_run", DEFAULT_MAX_WINDOWS))
 
-    def received_at(self, record):
+    def received_at(self, record: ExportRecord) -> int:
         return record.event.received_at if self.export_type == "events" else record.received_at
 
-    def accepts(self, record):
+    def accepts(self, record: ExportRecord) -> bool:
         """Whether the work exports this record: its event filter and ``start``."""
         if self.export_type == "events" and self.events and record.event.event not in self.events:
             return False
         return self.start is None or self.received_at(record) >= self.start
 
-    def before_marker(self, received_at):
+    def before_marker(self, received_at: int) -> bool:
         """Whether a record belongs to a window written by an earlier run (it is skipped)."""
         return self.marker_end is not None and received_at < self.marker_end
 
-    def window_of(self, received_at):
+    def window_of(self, received_at: int) -> int:
         return window_start(received_at, self.anchor, self.period)
 
-    def limit(self, first_with_data):
+    def limit(self, first_with_data: int | None) -> int | None:
         """The first window start past this run's plan (:func:`window_limit`), or None."""
         return window_limit(first_with_data, self.marker_end, self.period, self.max_windows)
 
-    def beyond_limit_reason(self, start, limit):
+    def beyond_limit_reason(self, start: int, limit: int) -> str:
         first = limit - self.max_windows * self.period
         return beyond_limit_reason(start, first, limit, self.period)
 
-    def keyed_row(self, record):
+    def keyed_row(self, record: ExportRecord) -> KeyedRow:
         """``(received_at, id, values)`` of one record: what :meth:`encode` sorts and writes."""
         if self.export_type == "events":
             e = record.event
@@ -416,15 +437,16 @@ class ExportSpec:
                     event_row(record, self.event_parameters, self.attributes))
         return record.received_at, record.id, system_event_row(record)
 
-    def file_name(self, start):
+    def file_name(self, start: int) -> str:
         return file_name(self.prefix, self.account_name, self.export_type, self.work_id, start,
                          start + self.period, self.format)
 
-    def encode(self, keyed_rows):
+    def encode(self, keyed_rows: Sequence[KeyedRow]) -> bytes:
         return encode_file(self.columns, [r[2] for r in sort_rows(keyed_rows)], self.format)
 
 
-def render_files(records, settings, account_name, work_id, marker_end=None):
+def render_files(records: Iterable[ExportRecord], settings: BlobSettings, account_name: str,
+                 work_id: str, marker_end: int | None = None) -> dict[str, bytes]:
     """Every file one run writes, ``{name: bytes}``, computed in one process.
 
     ``records``: ExportRow (``events``) or SystemEvent (``system_events``, deduplicated here), as

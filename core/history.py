@@ -5,18 +5,28 @@ each user's whole history, with the results in plain values (changes packed by
 :func:`pack_changes`, export rows packed by ``core.blocks.pack_rows``) and the metrics summed over
 the batch.
 """
+from __future__ import annotations
+
 import marshal
 import pickle
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from core.blocks import pack_rows, unpack_rows
 from core.conditions import AudienceSet
-from core.engine import Engine, Stats
+from core.engine import Engine, ExportRow, Stats, UserChange, UserState
 from core.records import ProfileEvent
 from core.timeutil import MAX_TIME
+
+if TYPE_CHECKING:
+    from core.config import JobConfig
 
 
 #: Marks a user's saved state among its groups: the tag, then ``core.state`` document bytes.
 RESTORED = b"r"
+#: What :func:`evaluate_histories` gives per user: packed changes, packed export rows and the saved
+#: ``(state bytes, packed waiting events or None)``, each None when there is none.
+UserResult = tuple[bytes | None, bytes | None, tuple[bytes, bytes | None] | None]
 
 
 class EngineSpec:
@@ -24,24 +34,26 @@ class EngineSpec:
     and what a bounded run evaluates: up to ``as_of`` (None: no bound, every wake-up is taken),
     keeping each user's final state when ``keep_state`` (``--state``)."""
 
-    def __init__(self, audience_defs, backfill_starts=(), export_attributes=None, as_of=None,
-                 keep_state=False):
+    def __init__(self, audience_defs: list[Any], backfill_starts: Iterable[int] = (),
+                 export_attributes: Iterable[str] | None = None, as_of: int | None = None,
+                 keep_state: bool = False) -> None:
+        # audience_defs: the config's raw ``audiences`` list, validated by AudienceSet
         self.audience_defs = audience_defs
         self.backfill_starts = list(backfill_starts)
         self.export_attributes = export_attributes
         self.as_of = as_of
         self.keep_state = keep_state
 
-    def for_run(self, as_of, keep_state=None):
+    def for_run(self, as_of: int | None, keep_state: bool | None = None) -> EngineSpec:
         """A copy bounded by ``as_of`` (and keeping state if ``keep_state``, unchanged if None)."""
         return EngineSpec(self.audience_defs, self.backfill_starts, self.export_attributes, as_of,
                           self.keep_state if keep_state is None else keep_state)
 
     @classmethod
-    def from_job(cls, job, raw_audiences):
+    def from_job(cls, job: JobConfig, raw_audiences: list[Any]) -> EngineSpec:
         return cls(raw_audiences, job.backfill_starts, job.export_attributes)
 
-    def build(self):
+    def build(self) -> Engine:
         return Engine(AudienceSet(self.audience_defs), self.backfill_starts, self.export_attributes)
 
 
@@ -51,8 +63,8 @@ class BatchTotals:
     __slots__ = ("events", "duplicates", "late", "enters", "exits", "pending_wakeups",
                  "pending_events")
 
-    def __init__(self, events, duplicates, late, enters, exits, pending_wakeups=0,
-                 pending_events=0):
+    def __init__(self, events: int, duplicates: int, late: int, enters: list[int], exits: list[int],
+                 pending_wakeups: int = 0, pending_events: int = 0) -> None:
         self.events, self.duplicates, self.late = events, duplicates, late
         self.enters, self.exits = enters, exits
         self.pending_wakeups, self.pending_events = pending_wakeups, pending_events
@@ -62,7 +74,7 @@ class BatchTotals:
                              self.pending_wakeups, self.pending_events)
 
 
-def count_transitions(changes, enters, exits):
+def count_transitions(changes: Iterable[UserChange], enters: list[int], exits: list[int]) -> None:
     """Adds ``changes``' enters and exits (backfill snapshots aside) to the per-audience counts."""
     for change in changes:
         if not change.backfill:
@@ -70,10 +82,11 @@ def count_transitions(changes, enters, exits):
                 (enters if kind == "enter" else exits)[audience_index] += 1
 
 
-_engines = {}  # the engines a process has built, by their spec's pickle (a worker sees one or two)
+#: The engines a process has built, by their spec's pickle (a worker sees one or two).
+_engines: dict[bytes, Engine] = {}
 
 
-def pack_changes(changes):
+def pack_changes(changes: Iterable[UserChange]) -> bytes:
     """A user's changes (``UserChange``) as one bytes value of their plain tuples.
 
     The wire form of a batch evaluation's changes: the evaluating step only passes them on (to
@@ -84,7 +97,7 @@ def pack_changes(changes):
     return marshal.dumps([tuple(c) for c in changes], 4)
 
 
-def unpack_changes(wire):
+def unpack_changes(wire: bytes | Sequence[tuple[Any, ...]]) -> Sequence[tuple[Any, ...]]:
     """A user's changes as plain tuples, from :func:`pack_changes` bytes or a list of tuples (the
     stateful evaluation's wire form)."""
     return marshal.loads(wire) if isinstance(wire, bytes) else wire
@@ -98,7 +111,8 @@ def _engine_for(spec):
     return engine
 
 
-def evaluate_histories(spec, users, engine=None):
+def evaluate_histories(spec: EngineSpec, users: Iterable[tuple[Any, Iterable[bytes]]],
+                       engine: Engine | None = None) -> tuple[list[UserResult], BatchTotals]:
     """``users``: ``[(key, [groups])]``, a group being packed event tuples (``pack_rows``) or a
     saved state (:data:`RESTORED` and ``core.state`` bytes, from a ``--state`` snapshot). Returns
     ``([(packed changes or None, packed export rows or None, saved or None)], BatchTotals)``, a
@@ -120,7 +134,9 @@ def evaluate_histories(spec, users, engine=None):
     return results, BatchTotals(stats.events, stats.duplicates, stats.late, enters, exits, *totals)
 
 
-def evaluate_user(engine, groups, as_of, keep_state, stats, totals):
+def evaluate_user(engine: Engine, groups: Iterable[bytes], as_of: int | None, keep_state: bool,
+                  stats: Stats, totals: list[int]
+                  ) -> tuple[list[UserChange], list[ExportRow], tuple[bytes, bytes | None] | None]:
     """One user's groups (see :func:`evaluate_histories`) evaluated from its saved state, if any,
     up to ``as_of`` (None: no bound). Returns ``(changes, export rows, saved)``; ``saved`` is
     ``(state bytes, packed waiting events or None)`` when ``keep_state``, else None."""
@@ -131,7 +147,9 @@ def evaluate_user(engine, groups, as_of, keep_state, stats, totals):
     return changes, exported, saved
 
 
-def advance_user(engine, groups, as_of, stats, totals, state=None):
+def advance_user(engine: Engine, groups: Iterable[bytes], as_of: int | None, stats: Stats,
+                 totals: list[int], state: UserState | None = None
+                 ) -> tuple[UserState, list[UserChange], list[ExportRow], list[tuple[Any, ...]]]:
     """Applies a user's groups to its saved state among them (else ``state``, else a new one) up
     to ``as_of`` (None: no bound). Returns ``(state, changes, export rows, waiting rows)``.
 

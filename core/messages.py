@@ -1,8 +1,11 @@
 """Event Hub audience messages in the Lytics format (CONTRACT 5.1), built from engine changes."""
+from __future__ import annotations
+
 import json
 import marshal
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from hashlib import sha256
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 import zstandard
 
@@ -11,6 +14,21 @@ from core.jsonlines import encode_sorted_lines
 from core.records import canonical_json_bytes, json_agrees
 from core.timeutil import OPEN_EXIT, format_time
 
+if TYPE_CHECKING:
+    from core.conditions import Audience
+    from core.config import EventHubSettings
+    from core.engine import UserChange
+
+#: A message: the JSON object of CONTRACT 5.1.
+Message = dict[str, Any]
+#: A change as the engine makes it, or as its plain tuple (``core.history.pack_changes``).
+Change = Union["UserChange", tuple[Any, ...]]
+#: What :func:`message_sort_key` gives: user id, anonymous id, time, backfill first, message id.
+MessageSortKey = tuple[str, str, tuple[str, str], int, str]
+#: The changes of one user on a local sink's way: ``(key_field, key, changes)``, the changes as
+#: :data:`Change` tuples or packed by ``core.history.pack_changes``.
+UserChanges = tuple[str, str, Union[bytes, Sequence[Change]]]
+
 
 class AudienceName(NamedTuple):
     """What a message says of an audience: enough for :class:`MessageBuilder`, cheap to send."""
@@ -18,11 +36,11 @@ class AudienceName(NamedTuple):
     slug: str
 
 
-def audience_names(audience_list):
+def audience_names(audience_list: Iterable[Audience]) -> list[AudienceName]:
     return [AudienceName(a.id, a.slug) for a in audience_list]
 
 
-def message_id(message, agrees=None):
+def message_id(message: Mapping[str, Any], agrees: bool | None = None) -> str:
     """Deterministic id: a hash of the whole message without its id (subscription, user, T, changes).
 
     ``agrees``: see ``canonical_json_bytes`` (a caller that built the message knows).
@@ -33,7 +51,8 @@ def message_id(message, agrees=None):
     return sha256(canonical_json_bytes(body, agrees)).hexdigest()[:32]
 
 
-def build_message(change, key_field, key, settings, audience_list):
+def build_message(change: Change, key_field: str, key: str, settings: EventHubSettings,
+                  audience_list: Iterable[Audience | AudienceName]) -> Message | None:
     """The message of one work for one :class:`core.engine.UserChange`, or None.
 
     ``settings`` is the work's EventHubSettings; ``audience_list`` the AudienceSet's audiences.
@@ -47,7 +66,8 @@ class MessageBuilder:
     """``build_message`` for one work, with what depends only on the work looked up once: a
     pipeline builds hundreds of thousands of messages per work."""
 
-    def __init__(self, settings, audience_list):
+    def __init__(self, settings: EventHubSettings,
+                 audience_list: Iterable[Audience | AudienceName]) -> None:
         self._start = settings.start
         self._existing_users = settings.existing_users
         self._exported = frozenset(settings.audiences)
@@ -59,7 +79,7 @@ class MessageBuilder:
                            for a in audience_list]
         self._subscription_agrees = type(subscription_id) is str
 
-    def build(self, change, key_field, key):
+    def build(self, change: Change, key_field: str, key: str) -> Message | None:
         time, audience_changes, traits, first_ts, last_ts, backfill = change
         start = self._start
         if start is not None:
@@ -104,12 +124,14 @@ class MessageBuilder:
         return message
 
 
-def user_messages(build, key_field, key, changes):
+def user_messages(build: Callable[[Change, str, str], Message | None], key_field: str, key: str,
+                  changes: Iterable[Change]) -> list[Message]:
     """The messages of one user's changes (``build``: a :meth:`MessageBuilder.build`), in order."""
     return [m for m in (build(c, key_field, key) for c in changes) if m is not None]
 
 
-def message_lines(settings, audience_list, users):
+def message_lines(settings: EventHubSettings, audience_list: Iterable[Audience | AudienceName],
+                  users: Iterable[UserChanges]) -> list[list[tuple[MessageSortKey, bytes]]]:
     """A local sink's lines of one work for a batch of users: for each ``(key_field, key,
     changes)`` (changes as :class:`core.engine.UserChange` tuples, or packed by
     ``core.history.pack_changes``), the ``(sort key, JSON line)``
@@ -122,7 +144,8 @@ def message_lines(settings, audience_list, users):
     return lines
 
 
-def message_line_runs(settings, audience_list, batches):
+def message_line_runs(settings: EventHubSettings, audience_list: Iterable[Audience | AudienceName],
+                      batches: Iterable[Iterable[UserChanges]]) -> list[bytes | None]:
     """For each batch of users (each a list like :func:`message_lines`'s ``users``), their lines as
     one sorted run (:func:`pack_message_lines`), or None when none of them has a message: what a
     bounded local Event Hub sink's group holds, merged by :func:`merge_message_line_runs`."""
@@ -137,7 +160,7 @@ def message_line_runs(settings, audience_list, batches):
 RUN_COMPRESSION_LEVEL = 1
 
 
-def pack_message_lines(pairs):
+def pack_message_lines(pairs: Iterable[tuple[MessageSortKey, bytes]]) -> bytes:
     """``(message_sort_key, line)`` pairs as one sorted *run* (bytes): the lines in key order, joined
     per user (the key's first two parts), with the user's part of the key.
 
@@ -162,7 +185,7 @@ def pack_message_lines(pairs):
     return zstandard.ZstdCompressor(level=RUN_COMPRESSION_LEVEL).compress(marshal.dumps(users, 4))
 
 
-def merge_message_line_runs(runs):
+def merge_message_line_runs(runs: Iterable[bytes]) -> list[bytes]:
     """The lines of runs made by :func:`pack_message_lines`, in ``message_sort_key`` order, as
     chunks of whole lines (a user's lines, or one line).
 
@@ -200,14 +223,14 @@ def _audience_index(audience_change):
     return audience_change[0]
 
 
-def message_sort_key(message):
+def message_sort_key(message: Mapping[str, Any]) -> MessageSortKey:
     """Local-sink order: by user, then time, a backfill before a transition at the same time."""
     data = message["data"]
     return (data.get("user_id", ""), data.get("anonymous_id", ""), time_sort_key(message["timestamp"]),
             0 if message.get("backfill") else 1, message["message_id"])
 
 
-def time_sort_key(text):
+def time_sort_key(text: str) -> tuple[str, str]:
     """Orders ``format_time`` strings by time without parsing them: the first 19 characters are
     fixed-width, and the fraction (absent, 3 or 6 digits) is padded to microseconds."""
     return text[:19], text[20:-1].ljust(6, "0")

@@ -22,8 +22,14 @@ Refused (the reason names the class):
 - any of those embedded in IPv6: IPv4-mapped ``::ffff:a.b.c.d``, IPv4-compatible ``::a.b.c.d``,
   NAT64 ``64:ff9b::/96`` and 6to4 ``2002::/16``.
 """
+from __future__ import annotations
+
 import ipaddress
-from typing import Optional
+from collections.abc import Sequence
+from typing import Any, Union
+
+#: An address as ``ipaddress`` gives it.
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 _CLASSES = (
     ("unspecified address", ("0.0.0.0/8", "::/128")),
@@ -46,14 +52,14 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 class AddressRefused(ValueError):
     """A destination resolved to an address that is not publicly routable."""
 
-    def __init__(self, host, address, reason):
+    def __init__(self, host: str, address: str | IPAddress, reason: str) -> None:
         self.host, self.address, self.reason = host, str(address), reason
         shown = host if str(host) == str(address) else "%s (%s)" % (host, address)
         super().__init__("refused to connect to %s: %s; set allow_private_network: true to allow it"
                          % (shown, reason))
 
 
-def parse_address(address):
+def parse_address(address: str | IPAddress) -> IPAddress:
     """An ``ipaddress`` object from a str (an IPv6 zone ``%eth0`` is dropped) or address."""
     if isinstance(address, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         return address
@@ -71,7 +77,7 @@ def _embedded_ipv4(ip):
     return ip.sixtofour
 
 
-def refusal_reason(address) -> Optional[str]:
+def refusal_reason(address: str | IPAddress) -> str | None:
     """Why ``address`` may not be reached, or None when it is a public address."""
     ip = parse_address(address)
     suffix = ""
@@ -87,7 +93,7 @@ def refusal_reason(address) -> Optional[str]:
     return None
 
 
-def check_address(address, host=None):
+def check_address(address: str | IPAddress, host: str | None = None) -> IPAddress:
     """Raises :class:`AddressRefused` unless ``address`` is public; returns the address object."""
     ip = parse_address(address)
     reason = refusal_reason(ip)
@@ -96,7 +102,7 @@ def check_address(address, host=None):
     return ip
 
 
-def check_addrinfo(host, infos):
+def check_addrinfo(host: str, infos: Sequence[tuple[Any, ...]]) -> list[IPAddress]:
     """Checks every address of a ``socket.getaddrinfo`` result; one refused address refuses all.
 
     Refusing the whole answer (rather than skipping the bad entries) keeps a host that mixes public

@@ -4,11 +4,14 @@
 :class:`ProfileEvent` or a :class:`SystemEvent`, or raises :class:`InputError` whose message is the
 dead-letter reason.
 """
+from __future__ import annotations
+
 import base64
 import hashlib
 import json
 import re
-from typing import NamedTuple, Optional
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, Optional, Protocol, TypeVar
 
 from core.timeutil import (EPOCH_SECONDS_LIMIT, MICROS, TimeFormatError, format_duration, format_time,
                            parse_time)
@@ -51,6 +54,19 @@ class InputError(ValueError):
     """A record that cannot be processed; the message is the dead-letter reason."""
 
 
+class Timed(Protocol):
+    """A record with event and arrival times (microseconds): what :func:`dedupe_batch` orders."""
+
+    @property
+    def ts(self) -> int: ...
+
+    @property
+    def received_at(self) -> int: ...
+
+
+_Timed = TypeVar("_Timed", bound=Timed)
+
+
 class ProfileEvent(NamedTuple):
     key: str                 # the user key: user_id, else anonymous_id
     event_id: str            # given, else a hash of the canonical JSON without received_at
@@ -63,7 +79,7 @@ class ProfileEvent(NamedTuple):
     traits: Optional[dict]
 
     @property
-    def key_field(self):
+    def key_field(self) -> str:
         return "user_id" if self.user_id else "anonymous_id"
 
 
@@ -75,23 +91,23 @@ class SystemEvent(NamedTuple):
     record: dict             # the object as received: the default webhook body
 
     @property
-    def subject_type(self):
+    def subject_type(self) -> str | None:
         return self.data.get("subject_type")
 
     @property
-    def subject_id(self):
+    def subject_id(self) -> str | int | None:
         return self.data.get("subject_id")
 
     @property
-    def verb(self):
+    def verb(self) -> str | None:
         return self.data.get("verb")
 
 
-def canonical_json(obj):
+def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def canonical_json_bytes(obj, agrees=None):
+def canonical_json_bytes(obj: Any, agrees: bool | None = None) -> bytes:
     """``canonical_json(obj).encode("utf-8")``, through orjson where the two cannot differ.
 
     They differ on floats (``1e-07`` against ``1e-7``), NaN, integers beyond 64 bits, non-string
@@ -110,7 +126,7 @@ def canonical_json_bytes(obj, agrees=None):
     return canonical_json(obj).encode("utf-8")
 
 
-def json_agrees(value, depth=0):
+def json_agrees(value: dict[Any, Any] | list[Any] | tuple[Any, ...], depth: int = 0) -> bool:
     """True when ``value`` (a dict or list) holds only what orjson and the json module read and
     write alike: plain strings, integers, booleans, None, dicts and lists, not nested too deeply.
 
@@ -133,13 +149,13 @@ def json_agrees(value, depth=0):
     return True
 
 
-def content_hash(obj):
+def content_hash(obj: Mapping[str, Any]) -> str:
     """Dedupe key of a record without ``event_id``: its canonical JSON minus ``received_at``."""
     body = {k: v for k, v in obj.items() if k != "received_at"}
     return hashlib.sha256(canonical_json_bytes(body)).hexdigest()
 
 
-def decode_line(line):
+def decode_line(line: str | bytes) -> dict[str, Any]:
     """JSON text (str or bytes) to a dict, or InputError.
 
     The standard library defines what is accepted (orjson is stricter on NaN, huge integers and
@@ -189,7 +205,8 @@ def _stdlib_loads(line):
     return obj
 
 
-def parse_record(line, default_received_at=None):
+def parse_record(line: str | bytes | dict[str, Any], default_received_at: int | None = None
+                 ) -> ProfileEvent | SystemEvent:
     """Parses and validates one record.
 
     ``default_received_at`` is the arrival time of live sources; ``None`` (file input) uses ``ts``.
@@ -348,7 +365,8 @@ def _system_event(obj, default_received_at):
     return SystemEvent(str(event_id), ts, received_at, data, obj)
 
 
-def time_bounds_error(record, max_ts_skew=DEFAULT_MAX_TS_SKEW_US):
+def time_bounds_error(record: ProfileEvent | SystemEvent, max_ts_skew: int = DEFAULT_MAX_TS_SKEW_US
+                      ) -> str | None:
     """The dead-letter reason of a parsed record whose time is out of bounds, else None.
 
     Out of bounds: ``ts`` before 2000-01-01 (:data:`MIN_TS`), or more than ``max_ts_skew``
@@ -364,7 +382,7 @@ def time_bounds_error(record, max_ts_skew=DEFAULT_MAX_TS_SKEW_US):
     return None
 
 
-def dead_letter(raw, error, source):
+def dead_letter(raw: Any, error: object, source: str) -> dict[str, Any]:
     """The dead-letter record of CONTRACT section 2: ``{"raw", "error", "source"}``.
 
     ``raw`` of bytes that are not UTF-8 is the text with each invalid byte written as ``\\xNN``
@@ -381,7 +399,7 @@ def dead_letter(raw, error, source):
     return {"raw": raw, "error": str(error), "source": source}
 
 
-def dedupe_first_copies(received_ats):
+def dedupe_first_copies(received_ats: Sequence[int]) -> list[int]:
     """Indices of the copies that are applied, given the copies' received_at values.
 
     The copies are taken in received_at order; a copy within 24 hours of the first received_at of
@@ -396,7 +414,8 @@ def dedupe_first_copies(received_ats):
     return kept
 
 
-def dedupe_batch(records, key, received_at=lambda r: r.received_at):
+def dedupe_batch(records: Iterable[_Timed], key: Callable[[_Timed], Hashable],
+                 received_at: Callable[[_Timed], int] = lambda r: r.received_at) -> list[_Timed]:
     """The records that are applied, from a complete batch: per ``key(record)``, the copies in
     ``received_at`` order, keeping the first copy of each 24-hour run (``dedupe_first_copies``)."""
     groups = {}

@@ -12,13 +12,19 @@ On workers, credentials arrive as ``${VAR}`` references (:class:`core.config.Env
 resolved in the DoFns' ``setup()`` with :func:`reveal` / :func:`reveal_settings`, which also add
 the values to this process's log redaction.
 """
+from __future__ import annotations
+
 import logging
 import re
 import threading
 import urllib.parse
-from typing import Any, Iterable, List, Optional
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Protocol, TypeVar, overload
 
 from core.config import SECRET_KEYS, EnvRef, resolve_settings
+
+if TYPE_CHECKING:
+    from core.config import AlertSettings
 
 MASK = "****"
 
@@ -40,9 +46,16 @@ _PATTERNS = [
     (re.compile(r"(?i)(X-Signature)\s*[:=]\s*([^\s\"']+)"), _name_equals_mask),
 ]
 _AUTH_SCHEMES = {"bearer", "basic", "token", "digest", "sharedaccesssignature"}
+_Settings = TypeVar("_Settings")
 
 
-def collect_secrets(raw_config):
+class Revealable(Protocol):
+    """A credential held so that ``repr`` never shows it; ``reveal()`` gives its text."""
+
+    def reveal(self) -> str: ...
+
+
+def collect_secrets(raw_config: Any) -> set[str]:
     """Every secret value in a (substituted) raw config: secret keys and header values."""
     found = set()
 
@@ -75,7 +88,7 @@ def collect_secrets(raw_config):
 class Redactor:
     """Masks known secret values (longest first) and secret-looking fragments in a text."""
 
-    def __init__(self, secrets: Iterable[str] = ()):
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets = sorted(set(secrets), key=len, reverse=True)
 
     def add(self, secrets: Iterable[str]) -> None:
@@ -97,7 +110,7 @@ def scrub(text: Any, secrets: Iterable[str] = ()) -> str:
     return Redactor(secrets)(text)
 
 
-def settings_secrets(settings) -> List[str]:
+def settings_secrets(settings: AlertSettings) -> List[str]:
     """Texts of an alert work's settings to mask in anything quoted from its server: the signing
     secret, the password, header values and their tokens (``Bearer <token>``), the webhook URL,
     its path, query and long path segments. Longest first."""
@@ -159,7 +172,7 @@ class _RedactingFilter(logging.Filter):
         return True
 
 
-def install_log_redaction(redactor):
+def install_log_redaction(redactor: Redactor) -> logging.Filter:
     """Redacts every record reaching the root logger's handlers (and any added later to root)."""
     root = logging.getLogger()
     flt = _RedactingFilter(redactor)
@@ -185,7 +198,7 @@ _PROCESS_LOCK = threading.Lock()
 _process_installed = False
 
 
-def secret_parts(value):
+def secret_parts(value: object) -> set[str]:
     """A secret and the parts of it that are secrets on their own (a connection string's key,
     a header's token), as :func:`collect_secrets` counts them."""
     if not isinstance(value, str) or not value:
@@ -193,7 +206,7 @@ def secret_parts(value):
     return collect_secrets({"connection_string": value, "headers": {"v": value}})
 
 
-def protect(secrets):
+def protect(secrets: Iterable[object]) -> None:
     """Masks ``secrets`` (and their parts) in every later log record of this process.
 
     Installs the process-wide redaction once (a worker has no launcher to do it)."""
@@ -210,7 +223,16 @@ def protect(secrets):
             _process_installed = True
 
 
-def reveal(value, environ=None):
+@overload
+def reveal(value: None, environ: Mapping[str, str] | None = None) -> None: ...
+
+
+@overload
+def reveal(value: str | EnvRef | Revealable, environ: Mapping[str, str] | None = None) -> str: ...
+
+
+def reveal(value: str | EnvRef | Revealable | None, environ: Mapping[str, str] | None = None
+           ) -> str | None:
     """The plain text of a credential: an :class:`EnvRef` resolved from ``environ`` (default
     this process's environment), an object with ``reveal()``, or a string (None stays None).
 
@@ -229,7 +251,7 @@ def reveal(value, environ=None):
     return text
 
 
-def reveal_settings(settings, environ=None):
+def reveal_settings(settings: _Settings, environ: Mapping[str, str] | None = None) -> _Settings:
     """A work's settings with every :class:`EnvRef` resolved (``core.config.resolve_settings``),
     the resolved credentials added to this process's log redaction."""
     resolved = resolve_settings(settings, environ)

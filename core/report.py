@@ -13,12 +13,16 @@ and the local export directory. Pure: the launcher reads those and writes the pa
 * dead letters: per file, how many and why (the reasons counted, with the first record's source);
 * export files: one row per window with its start and end (UTC), rows and bytes.
 """
+from __future__ import annotations
+
 import csv
 import datetime
 import gzip
 import html
 import io
 import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypedDict, Union
 
 from core.timeutil import _civil_from_days
 
@@ -34,23 +38,38 @@ OPEN_WINDOW_ROWS = 48
 _WINDOW_NAME = re.compile(r"_(\d+)_(\d+)\.(csv|csv\.gz|parquet)$")
 
 
-def audience_sizes(daily):
+class DailyCount(TypedDict):
+    """A row of ``audiences_daily.jsonl``: enters or exits of one audience on one day (UTC)."""
+    day: str        # YYYY-MM-DD
+    audience: str
+    event: str      # "enter" | "exit"
+    count: int
+
+
+#: ``(days, {audience: [(day, members at the end of that day)]})``, the days in order.
+Sizes = tuple[list[str], dict[str, list[tuple[str, int]]]]
+#: An export file's row in the page: file, window start, window end (UTC), rows ("" if unknown),
+#: bytes.
+ExportWindow = tuple[str, str, str, Union[int, str], int]
+
+
+def audience_sizes(daily: Sequence[DailyCount]) -> Sizes:
     """{audience: [(day, members at the end of that day)]} from daily enter/exit counts."""
     seen = sorted({r["day"] for r in daily})
     days = []
     if seen:  # every day from the first to the last, so the time axis is proportional
-        day = datetime.date.fromisoformat(seen[0])
+        date = datetime.date.fromisoformat(seen[0])
         last = datetime.date.fromisoformat(seen[-1])
         # Bounded: extreme but valid dates (year 1, year 9999) must not make the report walk or
         # overflow; beyond ten years only the days with activity are plotted.
-        if (last - day).days > 3660:
+        if (last - date).days > 3660:
             days = list(seen)
         else:
-            while day <= last:
-                days.append(day.isoformat())
-                if day == datetime.date.max:
+            while date <= last:
+                days.append(date.isoformat())
+                if date == datetime.date.max:
                     break
-                day += datetime.timedelta(days=1)
+                date += datetime.timedelta(days=1)
     net = {}
     for r in daily:
         sign = 1 if r["event"] == "enter" else -1
@@ -66,7 +85,8 @@ def audience_sizes(daily):
     return days, series
 
 
-def split_outlier_days(daily, gap_days=OUTLIER_GAP_DAYS):
+def split_outlier_days(daily: Iterable[DailyCount], gap_days: int = OUTLIER_GAP_DAYS
+                       ) -> tuple[str | None, str | None, list[tuple[str, list[tuple[str, int, int]]]]]:
     """``(first day, last day, outliers)`` of the chart's time axis.
 
     The days with activity are cut into runs wherever two of them are more than ``gap_days``
@@ -114,7 +134,7 @@ def _day_number(day):
     return era * 146097 + doe - 719468
 
 
-def clipped_sizes(daily, first, last):
+def clipped_sizes(daily: Iterable[DailyCount], first: str, last: str) -> Sizes:
     """Audience sizes (as :func:`audience_sizes`) for every day from ``first`` to ``last``;
     activity before ``first`` counts in the sizes, activity after ``last`` does not show."""
     days = ["%04d-%02d-%02d" % _civil_from_days(n)
@@ -230,7 +250,7 @@ def _table(headers, rows, table_id=None, numeric=()):
 
 # -- what the run wrote, as the launcher read it ----------------------------------------------------
 
-def export_files(listing):
+def export_files(listing: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
     """[(container-relative name, size in bytes)] of local export files, data files only.
 
     ``listing``: ``(name relative to DIR/blob, size)`` of every file there, ``/``-separated.
@@ -244,7 +264,7 @@ def export_files(listing):
     return sorted(found)
 
 
-def count_rows(name, data):
+def count_rows(name: str, data: bytes) -> int | None:
     """Data rows of an export file's bytes (CSV without its header, or Parquet); None if unreadable."""
     try:
         if name.endswith(".parquet"):
@@ -266,7 +286,7 @@ def _utc(unix):
         return str(unix)
 
 
-def export_windows(files):
+def export_windows(files: Iterable[tuple[str, int, int | None]]) -> list[ExportWindow]:
     """``[(file, window start, window end, rows, bytes)]`` (times UTC) of ``[(name, size, rows)]``,
     in window order per folder."""
     windows = []
@@ -348,7 +368,10 @@ details summary{cursor:pointer;margin:.4em 0}
 """
 
 
-def build_report(summary, daily, files=None, dead_letters=(), windows=None):
+def build_report(summary: Mapping[str, Any], daily: Sequence[DailyCount],
+                 files: Iterable[tuple[str, int]] | None = None,
+                 dead_letters: Iterable[tuple[str, Sequence[Mapping[str, Any]]]] = (),
+                 windows: Sequence[ExportWindow] | None = None) -> str:
     """The page (see the module docstring). ``files``: :func:`export_files` (used when
     ``windows`` is not given: then window rows have no row counts); ``dead_letters``: ``[(name
     under DIR/deadletter, [records])]``; ``windows``: :func:`export_windows`."""

@@ -9,14 +9,18 @@ reader can inspect a snapshot.
 
 Pure (pyarrow, no Beam): the pipeline reads and writes the bytes through Beam's file systems.
 """
+from __future__ import annotations
+
 import io
 import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.records import ProfileEvent
-from core.state import STATE_VERSION, StateFormatError, check_document
+from core.state import STATE_VERSION, StateDocument, StateFormatError, check_document
 
 FORMAT = "activation-audience-state"
 #: The snapshot layout's version; a reader refuses any other.
@@ -58,7 +62,8 @@ def _seen_from(text):
     return bytes.fromhex(text[2:]) if text.startswith("h:") else text[2:]
 
 
-def user_row(key_field, key, document, pending_rows=None):
+def user_row(key_field: str, key: str, document: StateDocument,
+             pending_rows: Sequence[Sequence[Any]] | None = None) -> dict[str, Any]:
     """A snapshot row of one user: its ``core.state`` document and its waiting event tuples."""
     row = {"kind": USER, "key_field": key_field, "key": key, "state_version": document["version"],
            "traits": _json(document["traits"]), "members": _json(document["members"]),
@@ -66,17 +71,19 @@ def user_row(key_field, key, document, pending_rows=None):
            "seen": _json({_seen_key(k): v for k, v in document["seen"].items()}),
            "pending": _json([dict(zip(ProfileEvent._fields, r)) for r in pending_rows])
            if pending_rows else None}
+    fields: Mapping[str, Any] = document  # read by the names in _USER_FIELDS
     for name in _USER_FIELDS:
-        row[name] = document[name]
+        row[name] = fields[name]
     return row
 
 
-def system_event_row(event_id, received_at):
+def system_event_row(event_id: str, received_at: int) -> dict[str, Any]:
     """A snapshot row of the system-event dedupe memory: the id and its run's first received_at."""
     return {"kind": SYSTEM_EVENT, "key": event_id, "max_received": received_at}
 
 
-def write_snapshot(stream, rows, account, as_of):
+def write_snapshot(stream: BinaryIO, rows: Iterable[Mapping[str, Any]], account: str,
+                   as_of: int | None) -> None:
     """Writes ``rows`` (:func:`user_row`, :func:`system_event_row`) as a Parquet snapshot to the
     binary ``stream``, sorted by (kind, key field, key) so that equal states give equal files."""
     rows = sorted(rows, key=lambda r: (r["kind"], r.get("key_field") or "", r["key"]))
@@ -90,14 +97,16 @@ def write_snapshot(stream, rows, account, as_of):
 class Snapshot:
     """A snapshot read back: its as-of time, account, user rows and system-event memory."""
 
-    def __init__(self, as_of, account, users, system_events):
+    def __init__(self, as_of: int | None, account: str | None,
+                 users: list[tuple[tuple[str, str], StateDocument, list[tuple[Any, ...]]]],
+                 system_events: list[tuple[str, int]]) -> None:
         self.as_of = as_of                  # int or None
         self.account = account
         self.users = users                  # [((key_field, key), document, [event tuples])]
         self.system_events = system_events  # [(id, received_at)]
 
 
-def read_snapshot(data):
+def read_snapshot(data: bytes) -> Snapshot:
     """A :class:`Snapshot` from a file's bytes; :class:`SnapshotError` with one line if the bytes
     are not a snapshot this code reads. Every row is checked, so nothing half-read goes on."""
     try:

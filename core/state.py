@@ -15,10 +15,14 @@ A saved state is a :data:`STATE_VERSION` document (a plain dict of JSON-like val
 translate between it and the engine's positional state under the engine's configuration;
 :func:`encode_document` / :func:`decode_document` give its bytes for Beam state.
 """
+from __future__ import annotations
+
 import hashlib
 import json
 import marshal
 import pickle
+from collections.abc import Mapping
+from typing import Any, TypedDict, cast
 
 #: The version of the saved state's layout; a reader refuses any other.
 STATE_VERSION = 1
@@ -32,6 +36,20 @@ class StateFormatError(ValueError):
     """A saved state this code cannot read (corrupt, or of another version)."""
 
 
+class StateDocument(TypedDict):
+    """A saved user state (version :data:`STATE_VERSION`): plain, JSON-like values keyed by ids."""
+    version: int
+    clock: int                         # microseconds; every event up to here has been applied
+    first_ts: int | None
+    last_ts: int | None
+    max_received: int
+    traits: dict[str, Any]
+    members: dict[str, int]            # audience id -> enter time
+    audiences: dict[str, str]          # audience id -> condition key it was evaluated under
+    counts: dict[str, int | list[int]]  # spec id -> count (all time) or event times (window)
+    seen: dict[str | bytes, int]       # dedupe key -> received_at
+
+
 def _canonical(value):
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
@@ -40,23 +58,24 @@ def _hash(text):
     return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
 
-def spec_id(event, where_key, within):
+def spec_id(event: str, where_key: str, within: int | None) -> str:
     """The stable id of a counter spec: the same event name, ``where`` tree (its canonical JSON,
     ``CounterSpec.where_key``) and ``within`` (microseconds, None for all time) give the same id
     in any config and at any position."""
     return _hash(_canonical(["spec", event, where_key, within]))
 
 
-def condition_key(condition):
+def condition_key(condition: Any) -> str:
     """A hash of an audience condition's canonical JSON (key order and spacing do not matter)."""
     return _hash(_canonical(["condition", condition]))
 
 
-def encode_document(document):
+def encode_document(document: StateDocument) -> bytes:
     """A state document as bytes: ``b"S"``, the version byte, then ``m`` and the fields in
     :data:`_FIELDS` order marshalled (plain values), or ``p`` and a pickle when a trait holds a
     value marshal cannot write (e.g. a date from a Parquet input)."""
-    values = tuple(document[f] for f in _FIELDS)
+    fields: Mapping[str, Any] = document  # read by the names in _FIELDS
+    values = tuple(fields[f] for f in _FIELDS)
     try:
         body = b"m" + marshal.dumps(values, 2)  # 2: no references, so equal states give equal bytes
     except ValueError:
@@ -64,7 +83,7 @@ def encode_document(document):
     return _MAGIC + bytes((STATE_VERSION,)) + body
 
 
-def decode_document(data):
+def decode_document(data: bytes) -> StateDocument:
     """The document of :func:`encode_document` bytes; :class:`StateFormatError` if they are not."""
     if len(data) < 3 or data[:1] != _MAGIC:
         raise StateFormatError("not a saved user state")
@@ -78,10 +97,10 @@ def decode_document(data):
         raise StateFormatError("corrupt user state: %s" % exc) from None
     if not isinstance(values, tuple) or len(values) != len(_FIELDS):
         raise StateFormatError("corrupt user state")
-    return dict(zip(_FIELDS, values))
+    return cast(StateDocument, dict(zip(_FIELDS, values)))
 
 
-def check_document(document):
+def check_document(document: object) -> None:
     """Raises :class:`StateFormatError` unless ``document`` has the shape of a version-1 state."""
     if not isinstance(document, dict):
         raise StateFormatError("a user state must be an object")

@@ -1,16 +1,22 @@
 """System events: the alert filter (CONTRACT 5.3) and the pipeline's own work events (5.4)."""
+from __future__ import annotations
+
 import hashlib
 import time
+from typing import TYPE_CHECKING
 
 from core.records import SystemEvent
 from core.redact import scrub
 from core.timeutil import MICROS, format_time
 
+if TYPE_CHECKING:
+    from core.config import AlertSettings
+
 #: ``notes`` longer than this are cut (an exception text can be long; alerts need the gist).
 MAX_NOTES_CHARS = 2000
 
 
-def matches(settings, event):
+def matches(settings: AlertSettings, event: SystemEvent) -> bool:
     """Whether a system event matches an alert work's filter.
 
     ``settings.verbs`` None matches every verb; ``settings.sources`` None matches every subject,
@@ -27,7 +33,8 @@ def matches(settings, event):
     return True
 
 
-def work_event(aid, work_id, verb, notes=None, unit=None, ts=None):
+def work_event(aid: int | None, work_id: str, verb: str, notes: str | None = None, unit: str | None = None,
+               ts: int | None = None) -> SystemEvent:
     """A system event about one of the pipeline's own works (CONTRACT 5.4).
 
     ``unit`` names what the event is about (a file name, a batch id); with it the event id is
@@ -47,7 +54,7 @@ def work_event(aid, work_id, verb, notes=None, unit=None, ts=None):
     return SystemEvent(event_id, now, now, data, record)
 
 
-def scrub_notes(notes):
+def scrub_notes(notes: object) -> str:
     """``notes`` with secret-looking fragments masked, on at most :data:`MAX_NOTES_CHARS`."""
     text = scrub(notes)  # no known values: the secret-looking fragments (AccountKey=, sig=...)
     return text if len(text) <= MAX_NOTES_CHARS else text[:MAX_NOTES_CHARS - 1] + "…"

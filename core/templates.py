@@ -25,6 +25,8 @@ Sandbox
 
 Every failure raises :class:`TemplateError`, whose message is one line without the event's content.
 """
+from __future__ import annotations
+
 import json
 import os
 import re
@@ -35,6 +37,8 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Mapping
+from typing import Any
 
 MAX_STACK = 200
 MAX_TRACE = 5
@@ -141,15 +145,16 @@ class TemplateRenderer:
     renderer per DoFn instance (create it in ``setup()``, :meth:`close` it in ``teardown()``).
     """
 
-    def __init__(self, timeout=TIMEOUT_SECONDS, max_output=MAX_OUTPUT_BYTES):
+    def __init__(self, timeout: float = TIMEOUT_SECONDS, max_output: int = MAX_OUTPUT_BYTES) -> None:
         self.timeout = timeout
         self.max_output = max_output
         self._lock = threading.Lock()
         self._proc = None
         self._finalizer = None
 
-    def render(self, template, event_record):
-        """The JSON value of ``template`` with ``event`` bound to ``event_record``."""
+    def render(self, template: str, event_record: Mapping[str, Any]) -> Any:
+        """The JSON value of ``template`` with ``event`` bound to ``event_record`` (any JSON value:
+        an object for a webhook body, but a template may give a list, a string...)."""
         _check_template_size(template)
         request = json.dumps({"template": template, "event": json.dumps(event_record),
                               "timeout": self.timeout, "max_output": self.max_output})
@@ -159,14 +164,14 @@ class TemplateRenderer:
             raise TemplateError(_one_line(reply["error"]))
         return json.loads(reply["ok"])
 
-    def close(self):
+    def close(self) -> None:
         with self._lock:
             self._stop()
 
-    def __enter__(self):
+    def __enter__(self) -> TemplateRenderer:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def _exchange(self, request):
@@ -283,12 +288,12 @@ def _shared_renderer():
         return _shared
 
 
-def render(template, event_record):
+def render(template: str, event_record: Mapping[str, Any]) -> Any:
     """Evaluates ``template`` with ``event`` bound to ``event_record`` (a shared worker)."""
     return _shared_renderer().render(template, event_record)
 
 
-def validate_template(template):
+def validate_template(template: str) -> None:
     """Config-time check: the template compiles and evaluates against a sample failed-work event.
 
     Raises :class:`TemplateError` on a syntax error, an unknown variable, an import, an error

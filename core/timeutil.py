@@ -3,6 +3,8 @@
 Integers keep window arithmetic exact (``ts + within`` must equal the expiry to the microsecond) and
 match Beam's own timestamp resolution.
 """
+from __future__ import annotations
+
 import datetime as _dt
 import functools
 import re
@@ -28,7 +30,7 @@ class TimeFormatError(ValueError):
     pass
 
 
-def parse_time(value):
+def parse_time(value: object) -> int:
     """Parses an RFC 3339 string or an epoch number (seconds; milliseconds if > 1e11)."""
     if type(value) is int and -EPOCH_SECONDS_LIMIT <= value <= EPOCH_SECONDS_LIMIT:
         return value * MICROS  # the common case first: whole epoch seconds
@@ -83,7 +85,7 @@ def _common_shape(value):
             and value[11:13].isdigit() and value[14:16].isdigit() and value[17:19].isdigit())
 
 
-def parse_rfc3339_strict(value):
+def parse_rfc3339_strict(value: str) -> int:
     """The full RFC 3339 parser (any separator case, leap seconds, offsets without a colon, up to
     nine fractional digits, truncated to microseconds); ``parse_time`` tries a faster path first
     for the common forms, and the property tests check that both agree."""
@@ -137,7 +139,7 @@ def _days_seconds_micros(delta):
 
 
 @functools.lru_cache(maxsize=65536)
-def format_time(micros):
+def format_time(micros: int) -> str:
     """RFC 3339 UTC with ``Z``; fractional digits only when the value has them.
 
     Cached: a user's messages repeat the same times (``_created``, ``enter``) many times over.
@@ -180,7 +182,7 @@ def _civil_from_days(z):
     return (y + 1 if m <= 2 else y), m, d
 
 
-def parse_duration(text):
+def parse_duration(text: object) -> int:
     """``30m``, ``7d``, ... to microseconds. Raises ValueError on anything else."""
     if not isinstance(text, str):
         raise ValueError("a duration is an integer and a unit s, m, h, d or w, e.g. 7d")
@@ -191,11 +193,11 @@ def parse_duration(text):
     return int(m.group(1)) * _UNIT_MICROS[m.group(2)]
 
 
-def to_unix_seconds(micros):
+def to_unix_seconds(micros: int) -> int:
     return int(micros // MICROS)
 
 
-def format_duration(micros):
+def format_duration(micros: int) -> str:
     """A duration in the largest unit of ``s m h d`` that divides it, e.g. ``7d``; the inverse
     of :func:`parse_duration` for whole seconds."""
     for unit in "dhms":

@@ -25,7 +25,6 @@ from tests.datagen import generate
 from tests.fixtures_alerts import Reply
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN_TIMEOUT = 900
 
 pytestmark = [pytest.mark.flink, pytest.mark.timeout(3600)]
 
@@ -100,10 +99,31 @@ def _run(command, runner, workdir, name, config, lines):
            if k not in ("EVENTHUB_CONNECTION_STRING", "AZURE_STORAGE_CONNECTION_STRING")}
     argv = [sys.executable, "-m", "pipelines." + command, "--config", cfg, "--input", events,
             "--output_dir", out, "--runner=" + runner]
-    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=RUN_TIMEOUT)
+    log = os.path.join(workdir, name, "log")
+    with open(log + ".out", "w+") as stdout, open(log + ".err", "w+") as stderr:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=stdout, stderr=stderr, text=True)
+        java = set()   # the job server(s) the run started: Beam must stop them when it ends
+        try:
+            while proc.poll() is None:
+                java.update(pid for pid, args in _children(proc.pid) if args.startswith("java "))
+                try:
+                    proc.wait(0.5)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        stdout.seek(0)
+        stderr.seek(0)
+        proc.stdout, proc.stderr = stdout.read(), stderr.read()
     assert proc.returncode == 0, "%s exited %d\n%s\n%s" % (
         " ".join(argv), proc.returncode, proc.stdout[-2000:], proc.stderr[-6000:])
+    if runner == "FlinkRunner":
+        assert java, "no job server seen"
+    left = [pid for pid in java if not _ended(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "the job server outlived the run: %s" % proc.stderr[-3000:]
     return out, proc
 
 

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import traceback
+import typing
 import uuid
 
 import apache_beam as beam
@@ -137,6 +138,12 @@ def _keep_first_copies_remembering(element):
 
 
 MEMORY = "memory"
+#: ``(system event id, event or remembered run)``: ids are strings or integers.
+_BY_ID = typing.Tuple[typing.Any, typing.Any]
+
+
+def _by_id(event):
+    return event.id, event
 
 
 class DedupeSystemEvents(beam.PTransform):
@@ -155,13 +162,15 @@ class DedupeSystemEvents(beam.PTransform):
     def expand(self, system_events):
         if is_unbounded(system_events):
             return system_events | "FirstCopies" >> DedupeSystemEventsLive()
-        keyed = system_events | "KeyById" >> beam.Map(lambda e: (e.id, e))
+        keyed = system_events | "KeyById" >> beam.Map(_by_id).with_output_types(_BY_ID)
         if self._memory is None:
             return (keyed
                     | "GroupById" >> beam.GroupByKey()
                     | "KeepFirstCopies" >> beam.FlatMap(_keep_first_copies))
+        # Typed as KeyById: a Flatten's inputs share its output's coder (see transforms.live.Values).
         remembered = self._memory | "Remembered" >> beam.MapTuple(
-            lambda event_id, received: (event_id, _Remembered((received,))))
+            lambda event_id, received: (event_id, _Remembered((received,)))).with_output_types(
+            _BY_ID)
         return ((keyed, remembered)
                 | "WithMemory" >> beam.Flatten()
                 | "IntoGlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())

@@ -88,10 +88,6 @@ def with_webhook_alerts(config, url):
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("command", ["replay", "stream"])
-@pytest.mark.xfail(reason="open (issue 19): Prism 2.62 refuses the bounded graph, 'prism error "
-                          "building stage stage-001: unknown coder urn key: "
-                          "beam:coder:pickled_python:v1' (a combiner's accumulator coder is the "
-                          "likely cause); it passed on Prism 2.77", strict=False)
 def test_prism_writes_what_the_direct_runner_writes(command, tmp_path, prism_binary, webhook_server):
     """``python -m pipelines.<command> ... --runner=PrismRunner`` (no other option) against
     ``--runner=DirectRunner`` on the same random data set: every file byte for byte, the same
@@ -130,6 +126,50 @@ def test_prism_writes_what_the_direct_runner_writes(command, tmp_path, prism_bin
     assert direct_files[os.path.join("deadletter", "input.jsonl")]
     assert direct_alerts and direct_summary["works"]["w-hook"]["alerts"] == len(direct_alerts)
     assert direct_summary["events_applied"] > 0
+
+
+class _Built(Exception):
+    """Raised instead of running a pipeline: its graph was captured."""
+
+
+def test_every_flatten_has_one_coder_for_its_inputs_and_output(tmp_path, monkeypatch):
+    """Prism 2.62 runs a Flatten itself and gives each input PCollection the Flatten's output
+    coder by rewriting that input's coder id, for every PCollection sharing it. An input coded
+    as "any" (FastPrimitivesCoder) flattened into ``(key, any)`` redefined the shared "any" coder
+    as a KV holding itself, and the bounded graph failed with "unknown coder urn key:
+    beam:coder:pickled_python:v1". So every Flatten of the commands' graphs has its inputs and
+    output in one coder (checked on the graph, which is what Prism receives). The graph is
+    ``replay --state``'s: the output side is ``stream``'s too, and ``--state`` adds the system
+    events' dedupe with the snapshot's memory."""
+    import apache_beam as beam
+    from pipelines import replay
+    config, lines = generate(11, n_users=20, days=6)
+    config = with_webhook_alerts(config, "http://127.0.0.1:9/hook")
+    config_path, input_path = tmp_path / "config.yaml", tmp_path / "events.jsonl"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True),
+                           encoding="utf-8")
+    input_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    graphs = []
+
+    def capture(pipeline, *args, **kwargs):
+        graphs.append(pipeline.to_runner_api())
+        raise _Built()
+
+    monkeypatch.setattr(beam.Pipeline, "run", capture)
+    replay.run(["--config", str(config_path), "--input", str(input_path), "--output_dir",
+                str(tmp_path / "out"), "--progress_seconds", "0", "--state",
+                str(tmp_path / "state.parquet")])
+    assert len(graphs) == 1
+    components = graphs[0].components
+    coder = {pid: p.coder_id for pid, p in components.pcollections.items()}
+    flattens = [t for t in components.transforms.values()
+                if t.spec.urn == "beam:transform:flatten:v1"]
+    mixed = [(t.unique_name, coder[next(iter(t.outputs.values()))],
+              sorted({coder[i] for i in t.inputs.values()})) for t in flattens
+             if {coder[i] for i in t.inputs.values()} != {coder[next(iter(t.outputs.values()))]}]
+    assert any(t.unique_name.endswith("WithMemory") for t in flattens)
+    assert any(t.unique_name.endswith("WriteSystemEventLog/Merge") for t in flattens)
+    assert not mixed
 
 
 # -- which runner ---------------------------------------------------------------------------------

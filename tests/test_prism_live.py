@@ -133,8 +133,6 @@ def _wait_for(what, found, proc, publisher):
         time.sleep(0.25)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(400)
 def _running(pid):
     """Whether ``pid`` is a process that has not ended (a zombie has)."""
     try:
@@ -144,6 +142,8 @@ def _running(pid):
         return False
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(400)
 def test_on_prism_a_delayed_exit_and_a_blob_window_close_arrive_while_input_flows(
         tmp_path, azurite):
     if not os.access(runners.prism_binary(), os.X_OK):

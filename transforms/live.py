@@ -79,16 +79,24 @@ class Values(beam.PTransform):
     pickled Python transform, which Prism cannot run ("unsupported feature ... pickled_python").
     The pipelines' own one-off elements (works started, a disabled work's event, sentinels) need
     no reshuffle: there are a few of them.
+
+    ``element_type``: the type hint of the values (default: any), hence their coder; a
+    PCollection flattened with others must have their coder (Prism gives a Flatten's inputs
+    its output's coder).
     """
 
-    def __init__(self, values, label=None):
+    def __init__(self, values, label=None, element_type=None):
         super().__init__(label)
         self._values = list(values)
+        self._element_type = element_type
 
     def expand(self, pbegin):
+        values = beam.FlatMap(_Values(self._values))
+        if self._element_type is not None:
+            values = values.with_output_types(self._element_type)
         return (pbegin
                 | "Impulse" >> beam.Impulse()
-                | "Values" >> beam.FlatMap(_Values(self._values)))
+                | "Values" >> values)
 
 
 class _BatchPerBundle(beam.DoFn):

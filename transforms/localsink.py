@@ -33,6 +33,7 @@ triggered GroupByKey.
 import hashlib
 import json
 import os
+import typing
 import zlib
 
 import apache_beam as beam
@@ -53,6 +54,14 @@ DEFAULT_SHARDS = 8
 
 #: Marks the group of an empty PCollection; compared by value because elements are re-decoded.
 _SENTINEL_VALUE = "__localsink_sentinel__"
+
+
+#: The elements of a bounded sink's GroupByKey: every record under the key 0.
+_KEYED = typing.Tuple[int, typing.Any]
+
+
+def _key_all(record):
+    return 0, record
 
 
 def _default_sort_key(record):
@@ -217,8 +226,11 @@ class WriteJsonLinesFile(beam.PTransform):
         # A GroupByKey on one key rather than a side input: the FnApiRunner repeats side-input
         # contents in pipelines whose timers make it loop over stages. The sentinel makes the
         # group (and so the file) exist when no record arrives.
-        keyed = records | "KeyAll" >> beam.Map(lambda r: (0, r))
-        sentinel = records.pipeline | "Sentinel" >> Values([(0, _SENTINEL_VALUE)])
+        # Both inputs of the Flatten have its output's type, so one coder: Prism's Flatten gives
+        # its inputs the output's coder by coder id, which breaks a shared coder (issue 19).
+        keyed = records | "KeyAll" >> beam.Map(_key_all).with_output_types(_KEYED)
+        sentinel = records.pipeline | "Sentinel" >> Values([(0, _SENTINEL_VALUE)],
+                                                           element_type=_KEYED)
         return ((keyed, sentinel)
                 | "Merge" >> beam.Flatten()
                 | "GroupAll" >> beam.GroupByKey()

@@ -3,6 +3,8 @@
 * A live (unbounded) input with no ``--runner`` runs on Prism, Beam's local portable runner, which
   follows the source's watermark: delayed exits, Blob window closes and the 24 h dedupe happen
   while input still flows. Any other input with no ``--runner`` stays on Beam's default.
+* On Prism, ``--job_server_timeout`` is ten years unless given: Beam 2.62 uses it as the deadline
+  of the job's state and message streams, so its default (60 s) ends any run after a minute.
 * Prism is the binary ``scripts/install_runners.sh prism`` builds from Beam's Go module at the
   installed apache-beam's version, in ``.tools/prism/v<version>/prism``. When Prism is the runner
   and ``--prism_location`` is not given, that binary is passed as ``--prism_location``; when it is
@@ -30,6 +32,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRISM_RUNNER = "PrismRunner"
 INSTALL_PRISM = "scripts/install_runners.sh prism"
 INSTALL_FLINK = "scripts/install_runners.sh flink"
+#: ``--job_server_timeout`` on Prism unless given: the job's streams last as long as the job
+#: (ten years, in seconds).
+PRISM_JOB_SERVER_TIMEOUT = 10 * 365 * 24 * 3600
 
 
 class RunnerMissingError(RuntimeError):
@@ -74,6 +79,12 @@ def choose_runner(options, live: bool, binary: str = None) -> str:
     if standard.runner is None and live:
         standard.runner = PRISM_RUNNER
     if is_prism(standard.runner):
+        from apache_beam.options.pipeline_options import PortableOptions
+        if "job_server_timeout" not in options.get_all_options(drop_default=True):
+            # Beam 2.62 opens the job's state and message streams with this timeout as their
+            # deadline: with its default (60 s) every Prism run longer than a minute, live or
+            # not, fails with DEADLINE_EXCEEDED.
+            options.view_as(PortableOptions).job_server_timeout = PRISM_JOB_SERVER_TIMEOUT
         prism = options.view_as(PrismRunnerOptions)
         if not prism.prism_location:
             binary = binary or prism_binary()

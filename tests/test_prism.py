@@ -210,6 +210,25 @@ def test_a_live_input_with_no_runner_runs_on_the_projects_prism(tmp_path):
     assert _view(options) == ("PrismRunner", "/elsewhere/prism")
 
 
+def test_on_prism_the_job_streams_outlive_beams_one_minute_default(tmp_path):
+    """Beam 2.62 opens a job's state and message streams with ``--job_server_timeout`` (60 s by
+    default) as their deadline: a live run on Prism ended after a minute with DEADLINE_EXCEEDED.
+    On Prism the commands make it ten years unless it is given; other runners keep Beam's."""
+    from apache_beam.options.pipeline_options import PortableOptions
+    binary = tmp_path / "prism"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    options = _options("--streaming")
+    runners.choose_runner(options, live=True, binary=str(binary))
+    assert options.view_as(PortableOptions).job_server_timeout == 10 * 365 * 24 * 3600
+    options = _options("--runner=PrismRunner", "--job_server_timeout=90")
+    runners.choose_runner(options, live=False, binary=str(binary))
+    assert options.view_as(PortableOptions).job_server_timeout == 90
+    options = _options("--runner=DirectRunner")
+    runners.choose_runner(options, live=True, binary=str(binary))
+    assert options.view_as(PortableOptions).job_server_timeout == 60
+
+
 def test_the_prism_binary_is_the_one_install_runners_builds_for_the_installed_beam():
     import apache_beam
     assert runners.prism_binary() == os.path.join(

@@ -27,8 +27,9 @@ time in the output hub and from its receipt by the SDK:
   (apache/beam#35090, fixed in later Prism), so there most delayed exits arrive early.
 
 The publisher goes on after the window until the output has passed it (:func:`past_window`), or
-for at most ``--max_tail`` seconds: ``kept_up`` false says it had not. ``sustained_rate`` is the
-rate the publisher reached over the window.
+for at most ``--max_tail`` seconds (``passed_window`` false). ``published_rate`` is the rate the
+publisher reached over the window; ``sustained`` (:func:`sustained`) says whether the pipeline
+kept up with it.
 
 Writes ``<workdir>/prism_latency.json`` and prints a summary. Loopback only; not a test.
 """
@@ -47,6 +48,7 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from emulators.eventhubs import partition_for_key  # noqa: E402
 from emulators.run_live import (INPUT_HUB, INPUT_VARIABLE, OUTPUT_HUB, OUTPUT_VARIABLE,  # noqa: E402
                                 PARTITIONS, WATERMARK_DELAY_SECONDS, _rfc, _seconds,
                                 percentile)
@@ -54,6 +56,9 @@ from emulators.run_live import (INPUT_HUB, INPUT_VARIABLE, OUTPUT_HUB, OUTPUT_VA
 TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 #: How far past the window's end a change must be due before the window counts as complete.
 COMPLETE_MARGIN_SECONDS = 2.0
+#: How much the enter latency's p50 may grow from the window's first half to its second for the
+#: rate to count as sustained (a pipeline falling behind adds about half the window).
+GROWTH_TOLERANCE_SECONDS = 2.0
 
 
 # -- the pure part: figures from what was enqueued and what arrived --------------------------------
@@ -87,6 +92,8 @@ def figures(enqueued, arrivals, window_start, window_end):
     """
     caused = {"enter": ([], []), "exit": ([], [])}
     delayed = {"enter": ([], []), "exit": ([], [])}
+    halves = ([], [])
+    middle = (window_start + window_end) / 2
     messages = 0
     for body, arrived, received in arrivals:
         messages += 1
@@ -97,6 +104,8 @@ def figures(enqueued, arrivals, window_start, window_end):
             if cause is not None:
                 caused[kind][0].append(arrived - cause)
                 caused[kind][1].append(received - cause)
+                if kind == "enter":
+                    halves[due >= middle].append(arrived - cause)
             else:
                 delayed[kind][0].append(arrived - due)
                 delayed[kind][1].append(received - due)
@@ -107,18 +116,24 @@ def figures(enqueued, arrivals, window_start, window_end):
             result[name + "_s"] = _stats(at_hub)
             result[name + "_at_receipt_s"] = _stats(at_receipt)
         result["delayed_%s_lateness_s" % kind]["early"] = sum(1 for v in delayed[kind][0] if v < 0)
+    # A pipeline that keeps up has the same enter latency in both halves of the window; one
+    # that falls behind has it growing.
+    result["enter_latency_p50_by_half_s"] = [percentile(h, 50) for h in halves]
     return result
 
 
-def past_window(seen, window_end):
-    """Whether the pipeline's output has passed the window: an enter caused
-    ``COMPLETE_MARGIN_SECONDS`` or more after its end (so its input up to there was read; an
-    enter received before its time was fired early and says nothing), and an exit due that late
-    (a runner that fires timers on time has then fired every exit due in the window).
-    ``seen``: ``{"enter"|"exit": [(due, receipt time), ...]}``."""
+def past_window(seen, window_end, partitions=PARTITIONS):
+    """Whether the pipeline's output has passed the window: in every input partition, an enter
+    caused ``COMPLETE_MARGIN_SECONDS`` or more after its end (so that partition was read up to
+    there; an enter received before its time was fired early and says nothing), and an exit due
+    that late (a runner that fires timers on time has then fired every exit due in the window).
+    ``seen``: ``{"enter"|"exit": [(user, due, receipt time), ...]}``; the publisher routes a
+    user's events to one partition (:func:`emulators.eventhubs.partition_for_key`)."""
     bound = window_end + COMPLETE_MARGIN_SECONDS
-    return (any(bound <= due <= received for due, received in seen["enter"])
-            and any(bound <= due for due, _ in seen["exit"]))
+    read = {partition_for_key(user, partitions) for user, due, received in seen["enter"]
+            if bound <= due <= received}
+    return (len(read) == partitions
+            and any(bound <= due for _, due, _ in seen["exit"]))
 
 
 # -- the processes -------------------------------------------------------------------------------
@@ -162,7 +177,7 @@ class OutputReader:
         self._client = EventHubConsumerClient.from_connection_string(
             connection_string, consumer_group="$Default")
         self.arrivals = []
-        self.seen = {"enter": [], "exit": []}   # (due, receipt time) of each change
+        self.seen = {"enter": [], "exit": []}   # (user, due, receipt time) of each change
         self.error = None
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._client.receive_batch, daemon=True, kwargs={
@@ -179,8 +194,8 @@ class OutputReader:
             for event in events:
                 body = event.body_as_str(encoding="UTF-8")
                 self.arrivals.append((body, event.enqueued_time.timestamp(), received))
-                for _user, _slug, kind, due in changes_of(body):
-                    self.seen[kind].append((due, received))
+                for user, _slug, kind, due in changes_of(body):
+                    self.seen[kind].append((user, due, received))
 
     def _on_error(self, _context, error):
         self.error = error
@@ -267,7 +282,7 @@ def main(argv=None):
     publisher = spawn.Process(target=_publish, args=(input_cs, args.rate, args.users, stopping,
                                                      published, failure), daemon=True)
     publisher.start()
-    problem, published_at, kept_up = None, {}, False
+    problem, published_at, passed = None, {}, False
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -290,7 +305,7 @@ def main(argv=None):
                     with reader._lock:
                         done = past_window(reader.seen, window_end)
                     if done or now >= window_end + args.max_tail:
-                        kept_up = done
+                        passed = done
                         break
                 time.sleep(0.5)
         finally:
@@ -321,12 +336,14 @@ def main(argv=None):
     if "window_start" in published_at and "window_end" in published_at:
         (n0, t0), (n1, t1) = published_at["window_start"], published_at["window_end"]
         in_window = round((n1 - n0) / (t1 - t0), 1) if t1 > t0 else None
+    first, second = result["enter_latency_p50_by_half_s"]
     summary = {
         "rate_asked": args.rate, "seconds": args.seconds, "warmup": args.warmup,
         "window": [_rfc(window_start), _rfc(window_end)],
-        "published": published.value, "sustained_rate": in_window,
+        "published": published.value, "published_rate": in_window,
         "run_seconds": round(stopped - started, 1),
-        "kept_up": kept_up, "tail_seconds": round(max(0.0, stopped - window_end), 1),
+        "passed_window": passed, "tail_seconds": round(max(0.0, stopped - window_end), 1),
+        "sustained": sustained(args.rate, in_window, passed, first, second),
         "cpu_s": {"pipeline_and_prism": round(cpu["pipeline_and_prism"], 1)},
         "load_avg_before": load_before, "load_avg_after": load_after,
         "cores": os.cpu_count(), "command": command[1:3] + ["..."] + pipeline_args,
@@ -343,18 +360,35 @@ def main(argv=None):
     return 0
 
 
+def sustained(rate, published_rate, passed, first_half_p50, second_half_p50):
+    """Whether the pipeline kept up with ``rate``: the publisher reached 95% of it, the output
+    passed the window, and the enter latency did not grow by more than
+    ``GROWTH_TOLERANCE_SECONDS`` from the window's first half to its second."""
+    return bool(published_rate is not None and published_rate >= 0.95 * rate and passed
+                and first_half_p50 is not None and second_half_p50 is not None
+                and second_half_p50 <= first_half_p50 + GROWTH_TOLERANCE_SECONDS)
+
+
+def _fmt(value):
+    return "-" if value is None else "%.2f" % value
+
+
 def print_summary(summary, stream=sys.stdout):
     w = stream.write
-    w("Prism live latency: %g events/s asked, %s reached over the %g s window (%s .. %s)\n"
-      % (summary["rate_asked"], summary["sustained_rate"], summary["seconds"],
+    w("Prism live latency: %g events/s asked, %s published per second over the %g s window "
+      "(%s .. %s)\n"
+      % (summary["rate_asked"], summary["published_rate"], summary["seconds"],
          summary["window"][0], summary["window"][1]))
     w("  published %d, audience messages %d, pipeline + Prism CPU %.1f s, load %s -> %s\n"
       % (summary["published"], summary["messages"], summary["cpu_s"]["pipeline_and_prism"],
          summary["load_avg_before"], summary["load_avg_after"]))
-    w("  %s (%.1f s of publishing after the window)\n"
-      % ("kept up: every change due in the window arrived" if summary["kept_up"] else
-         "DID NOT keep up: no change due after the window arrived within --max_tail",
-         summary["tail_seconds"]))
+    w("  the output %s (%.1f s of publishing after the window); enter latency p50 %s s in the "
+      "window's first half, %s s in its second: the rate was %s\n"
+      % ("passed the window" if summary["passed_window"] else
+         "had NOT passed the window by --max_tail", summary["tail_seconds"],
+         _fmt(summary["enter_latency_p50_by_half_s"][0]),
+         _fmt(summary["enter_latency_p50_by_half_s"][1]),
+         "sustained" if summary["sustained"] else "NOT sustained"))
     for label, key in (
             ("enter latency (cause enqueued -> output enqueue)", "enter_latency_s"),
             ("enter latency (cause enqueued -> receipt)", "enter_latency_at_receipt_s"),

@@ -2,7 +2,8 @@
 itself starts Prism and runs for minutes, so it is not run here)."""
 import json
 
-from bench.prism_latency import figures, past_window
+from bench.prism_latency import figures, past_window, sustained
+from emulators.eventhubs import partition_for_key
 from emulators.run_live import _rfc
 
 T0 = 1796000000.0     # 2026-12-01T...: a window [T0, T0 + 60)
@@ -40,14 +41,32 @@ def test_enters_and_event_exits_count_from_their_cause_delayed_exits_from_their_
     assert delayed["count"] == 2 and delayed["early"] == 1
     assert round(delayed["p50"], 6) == -20.0 and round(delayed["max"], 6) == 3.0
     assert result["delayed_enter_lateness_s"]["count"] == 0
+    # both enters are in the window's first half (2.0 and 1.0 s), none in its second
+    first, second = result["enter_latency_p50_by_half_s"]
+    assert round(first, 6) == 1.0 and second is None
 
 
-def test_the_window_is_past_once_a_later_enter_arrived_on_time_and_a_later_exit_arrived():
+def _user_in(partition):
+    return next("cust-%d" % n for n in range(1000) if partition_for_key("cust-%d" % n, 4) == partition)
+
+
+def test_the_window_is_past_once_every_partition_has_a_later_enter_on_time_and_an_exit_came():
     end = T0 + 60
     assert not past_window({"enter": [], "exit": []}, end)
-    seen = {"enter": [(end + 3, end + 5)], "exit": []}
-    assert not past_window(seen, end)
-    seen["exit"].append((end + 30, end + 6))
+    seen = {"enter": [(_user_in(p), end + 3, end + 5) for p in range(3)], "exit": []}
+    seen["exit"].append(("u9", end + 30, end + 6))
+    assert not past_window(seen, end)           # partition 3 not read past the window yet
+    seen["enter"].append((_user_in(3), end + 4, end + 7))
     assert past_window(seen, end)
     # An enter received before its time (a timer fired early) does not show the input was read.
-    assert not past_window({"enter": [(end + 3, end - 1)], "exit": seen["exit"]}, end)
+    early = dict(seen, enter=seen["enter"][:3] + [(_user_in(3), end + 4, end - 1)])
+    assert not past_window(early, end)
+    assert not past_window(dict(seen, exit=[]), end)
+
+
+def test_a_rate_is_sustained_when_reached_and_the_latency_does_not_grow_over_the_window():
+    assert sustained(1000, 990.0, True, 2.1, 2.5)
+    assert not sustained(1000, 900.0, True, 2.1, 2.5)     # the publisher fell short
+    assert not sustained(1000, 990.0, False, 2.1, 2.5)    # the output never passed the window
+    assert not sustained(1000, 990.0, True, 10.0, 25.0)   # falling behind
+    assert not sustained(1000, 990.0, True, None, None)

@@ -36,6 +36,7 @@ from core.records import SystemEvent, dedupe_batch, dedupe_first_copies
 from core.report import build_report, count_rows, export_files, export_windows
 from core.redact import Redactor, collect_secrets, install_log_redaction
 from core.system_events import work_event
+from core.workflows import WORKFLOWS
 from core.snapshot import SnapshotError
 from core.timeutil import TimeFormatError, format_time
 from pipelines.cli import UsageError, check_pipeline_arguments, pipeline_help, wants_help
@@ -619,10 +620,6 @@ def build_summary(job, totals, output_dir, mode, seconds):
         "output_dir": output_dir,
         "seconds": round(seconds, 3),
     }
-    names = {"eventhub_audience_export": ("messages_delivered", "batches_delivered"),
-             "azure_blob_event_export": ("files_delivered", "rows_delivered", "skipped_before_marker"),
-             "webhook_system_events": ("alerts_delivered",),
-             "email_system_events": ("alerts_delivered",)}
     for work in job.works:
         ns = "work:" + work.id
         entry = {"workflow": work.workflow}
@@ -630,7 +627,7 @@ def build_summary(job, totals, output_dir, mode, seconds):
             entry["label"] = work.label
         if work.paused:
             entry["paused"] = True
-        for name in names[work.workflow] + ("deadlettered", "failures"):
+        for name in WORKFLOWS[work.workflow].summary_counters + ("deadlettered", "failures"):
             entry[name.replace("_delivered", "")] = get(ns, name)
         summary["works"][work.id] = entry
     if totals is None:

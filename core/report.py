@@ -2,7 +2,7 @@
 
 Built from what the run wrote: ``summary.json``, ``audiences_daily.jsonl``, the dead-letter files
 and the local export directory. Pure: the launcher reads those and writes the page
-(``pipelines.common.write_report``), on whatever file system ``--output_dir`` is. The page holds:
+(``pipelines.summary.write_report``), on whatever file system ``--output_dir`` is. The page holds:
 
 * the run's figures;
 * audience sizes over time: a line chart (inline SVG, as wide as the page) with axis titles, a

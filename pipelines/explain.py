@@ -19,10 +19,11 @@ import glob  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+from typing import List  # noqa: E402
 
-from core.conditions import ANY_EVENT  # noqa: E402
+from core.conditions import ANY_EVENT, NodeTrace  # noqa: E402
 from core.config import ConfigError, load_config  # noqa: E402
-from core.engine import Engine  # noqa: E402
+from core.engine import Engine, Evaluation  # noqa: E402
 from core.records import (DEFAULT_MAX_TS_SKEW_US, InputError, ProfileEvent,  # noqa: E402
                           dedupe_batch, parse_record, time_bounds_error)
 from core.timeutil import MAX_TIME, format_time  # noqa: E402
@@ -109,7 +110,7 @@ class TransitionTrace:
         self._last = {}
         self.at = {}  # (time, audience index) -> (tree at the point, tree just before)
 
-    def __call__(self, evaluation):
+    def __call__(self, evaluation: Evaluation) -> None:
         before = self._last.get(evaluation.audience)
         if before is None:
             before = self.engine.trace(self.engine.new_state(), evaluation.audience)
@@ -118,7 +119,7 @@ class TransitionTrace:
         self._last[evaluation.audience] = evaluation.tree
 
 
-def tree_lines(now, before, audiences):
+def tree_lines(now: NodeTrace, before: NodeTrace, audiences: list) -> List[str]:
     """The condition tree, one line per node: ``*`` marks a node whose value differs from just
     before (the cause of a transition), then its value, then what it is."""
     out = []

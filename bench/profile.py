@@ -30,7 +30,7 @@ COMPONENTS = (
                "clients/blob.py",
                "core/export.py")),
     ("audience DoFns", ("transforms/audiences.py",)),
-    ("output glue (pipelines/common.py)", ("pipelines/common.py",)),
+    ("output glue (pipelines/wiring.py, workflows.py)", ("pipelines/wiring.py", "pipelines/workflows.py")),
     ("beam sdk", ("apache_beam",)),
     ("start-up (imports, pipeline construction)", ("importlib", "inspect.py", "argparse.py", "dis.py",
                                                    "enum.py", "gettext.py", "ssl.py", "typing.py")),

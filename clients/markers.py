@@ -76,7 +76,7 @@ def read_marker(destination: Destination, work_id: str) -> Optional[int]:
 
 
 def read_marker_end(destination: Destination, work) -> Optional[int]:
-    """:func:`read_marker` of a :class:`core.config.Work` (as ``pipelines.common`` calls it)."""
+    """:func:`read_marker` of a :class:`core.config.Work` (as ``pipelines.workflows`` calls it)."""
     return read_marker(destination, work.id)
 
 

@@ -157,7 +157,7 @@ class WebhookSender:
     """Delivers the alerts of one ``webhook_system_events`` work with the retry policy of the
     module docstring (``max_attempts`` in all). Usable without Beam; close it when done.
 
-    ``settings``: the work's :class:`core.config.AlertSettings`; ``${VAR}`` references are
+    ``settings``: the work's :class:`core.workflows.AlertSettings`; ``${VAR}`` references are
     resolved here (on a worker: in the DoFn's ``setup()``). ``sleep``: the wait between attempts
     (tests pass a recorder).
     """

@@ -17,10 +17,13 @@ specs.
 
 The engine itself evaluates :attr:`AudienceSet.state_holds`: the same conditions, each generated as
 one Python function over the engine's own state (see :meth:`AudienceSet._compile_on_state`).
+:meth:`AudienceSet.trace` evaluates a condition over that same state node by node, with the value,
+count or trait behind each node (:class:`NodeTrace`): what a traced engine reports
+(``core.engine.Evaluation``) and ``pipelines.explain`` prints.
 """
 import json
 import re
-from typing import Callable, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
 from core.keys import did_you_mean, unknown_key
 from core.timeutil import parse_duration
@@ -272,6 +275,22 @@ class CounterSpec(NamedTuple):
     within: Optional[int]        # microseconds; None is all time
 
 
+class NodeTrace(NamedTuple):
+    """One node of a condition evaluated at one time, with its children (:meth:`AudienceSet.trace`).
+
+    ``kind`` is the key that names the node's kind (``and``, ``or``, ``not``, ``trait``, ``event``,
+    ``audience``); ``node`` the node as configured. ``detail`` is what the value was computed
+    from: a ``trait`` node's trait value (None when absent), an ``event`` node's count of matching
+    events (in its window when it has one), an ``audience`` node's audience index; None for
+    ``and``, ``or`` and ``not``.
+    """
+    kind: str
+    node: dict
+    value: bool
+    detail: Any
+    children: Tuple["NodeTrace", ...]
+
+
 class Audience(NamedTuple):
     index: int
     id: str
@@ -321,6 +340,11 @@ class AudienceSet:
         #: Per audience, a hash of its condition (``core.state.condition_key``): a saved state
         #: records which condition each membership was evaluated under.
         self.condition_keys: List[str] = [condition_key(c) for _, _, _, _, c in pending]
+        #: Per audience, its condition as configured.
+        self.conditions: List[dict] = [c for _, _, _, _, c in pending]
+        self._path = path
+        self._by_ref = by_ref
+        self._tracers = {}  # audience index -> traced condition, compiled on first use
         for i, (apath, aid, slug, name, condition) in enumerate(pending):
             deps = set()
             self._reading = (set(), set())
@@ -339,6 +363,18 @@ class AudienceSet:
     def inputs_of(self, index):
         """(spec indices, trait names) that audience ``index`` reads directly."""
         return self._inputs[index]
+
+    def trace(self, index: int, traits: dict, counts: list, members: list) -> NodeTrace:
+        """Audience ``index``'s condition evaluated node by node over the engine's own state (as
+        :attr:`state_holds` reads it: ``counts[i]`` the sorted timestamps of a windowed spec or the
+        count of an all-time one, ``members[j]`` an enter time or None). The root's value is what
+        :attr:`state_holds` returns for the same state; the counts are as large as the state
+        holds (at most the spec's cap, unless the engine keeps exact counts)."""
+        tracer = self._tracers.get(index)
+        if tracer is None:
+            path = "%s[%d].condition" % (self._path, index)
+            tracer = self._tracers[index] = self._compile_trace(self.conditions[index], path)
+        return tracer(traits, counts, members)
 
     def by_ref(self, ref):
         for a in self.audiences:
@@ -457,6 +493,48 @@ class AudienceSet:
                 return "(%s >= %d)" % (count, min_count)
             return "(%d <= %s <= %d)" % (min_count, count, max_count)
         return "(members[%d] is not None)" % by_ref[node["audience"]]
+
+    def _compile_trace(self, node, path):
+        """The traced form of a condition that compiled already (so it is valid): a function of
+        the engine's state to a :class:`NodeTrace`, built from the same leaves as :meth:`_compile`
+        (the same predicates and trait lookup, the same spec indices and thresholds)."""
+        if "and" in node or "or" in node:
+            kind = "and" if "and" in node else "or"
+            fns = [self._compile_trace(c, "%s.%s[%d]" % (path, kind, i))
+                   for i, c in enumerate(node[kind])]
+            combine = all if kind == "and" else any
+
+            def trace_combined(traits, counts, members):
+                children = tuple(f(traits, counts, members) for f in fns)
+                return NodeTrace(kind, node, combine(c.value for c in children), None, children)
+            return trace_combined
+        if "not" in node:
+            fn = self._compile_trace(node["not"], path + ".not")
+
+            def trace_not(traits, counts, members):
+                child = fn(traits, counts, members)
+                return NodeTrace("not", node, not child.value, None, (child,))
+            return trace_not
+        if "trait" in node:
+            name, pred = _comparison(node, "trait", path)
+
+            def trace_trait(traits, counts, members):
+                value = _lookup(traits, name)
+                return NodeTrace("trait", node, pred(value), value, ())
+            return trace_trait
+        if "event" in node:
+            i, within, min_count, max_count = self._event_leaf(node, path)
+
+            def trace_event(traits, counts, members):
+                count = len(counts[i]) if within is not None else counts[i]
+                holds = count >= min_count and (max_count is None or count <= max_count)
+                return NodeTrace("event", node, holds, count, ())
+            return trace_event
+        target = self._by_ref[node["audience"]]
+
+        def trace_audience(traits, counts, members):
+            return NodeTrace("audience", node, members[target] is not None, target, ())
+        return trace_audience
 
     def _topological_order(self, path):
         order, state = [], {}

@@ -3,36 +3,29 @@
 Validation happens before any data moves. Every error names the config path, for example
 ``works[3].config.period_hours: must be one of 1, 2, 4, 6, 12, 24`` or
 ``works[0].config.pasued: unknown key (did you mean 'paused'?)``: every mapping has a fixed set of
-keys (below, and docs/CONFIG.md). :func:`parse_config` does no I/O; :func:`check_destinations`
-resolves the alert works' hosts, which the commands call before a run or a plan.
-
-The module is longer than 600 lines because it holds the whole schema: every workflow's keys,
-defaults and checks, so that each key's rule is read next to the others'.
+keys (below; a work's ``config``, per workflow, in ``core.workflows``; docs/CONFIG.md describes
+each). :func:`parse_config` does no I/O; :func:`check_destinations` resolves the alert works' hosts,
+which the commands call before a run or a plan.
 """
 import dataclasses
-import ipaddress
 import json
 import os
 import re
 import socket
-import urllib.parse
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import yaml
 
+from core import workflows
 from core.conditions import AudienceSet, ConditionError
-from core.export import DEFAULT_MAX_WINDOWS
-from core.keys import did_you_mean, unknown_key
+from core.keys import did_you_mean
 from core.netguard import refusal_reason
-from core.records import DEFAULT_MAX_TS_SKEW_US, SUBJECT_TYPES, VERBS
-from core.timeutil import TimeFormatError, parse_duration, parse_time
+from core.records import DEFAULT_MAX_TS_SKEW_US
+from core.timeutil import parse_duration
+from core.values import ConfigError, check_keys, read_bool
+from core.workflows import WORKFLOWS
 
-WORKFLOWS = ("eventhub_audience_export", "webhook_system_events", "email_system_events",
-             "azure_blob_event_export")
-PERIOD_HOURS = (1, 2, 4, 6, 12, 24)
-FORMATS = ("csv", "csv.gz", "parquet")
-EXPORT_TYPES = ("events", "system_events")
 #: Config keys whose values are secrets: never printed, logged or put in display data.
 SECRET_KEYS = frozenset(("connection_string", "password", "signing_secret", "account_key",
                          "sas_token"))
@@ -45,33 +38,6 @@ TOP_LEVEL_KEYS = ("account", "audiences", "works", "input")
 INPUT_KEYS = ("max_ts_skew",)
 ACCOUNT_KEYS = ("name", "aid")
 WORK_KEYS = ("id", "workflow", "config", "label", "description", "paused")
-_ALERT_FILTER_KEYS = ("system_event_type", "system_event_multiple_types", "system_event_sources")
-WORK_CONFIG_KEYS = {
-    "eventhub_audience_export": (
-        "connection_string", "subscription_id", "audiences", "existing_users", "start",
-        "user_fields", "eventhub_name", "paused"),
-    "webhook_system_events": _ALERT_FILTER_KEYS + (
-        "webhook_url", "headers", "json_template", "allow_private_network", "signing_secret",
-        "timeout_seconds", "max_attempts", "paused"),
-    "email_system_events": _ALERT_FILTER_KEYS + (
-        "smtp_host", "smtp_port", "from", "to", "username", "password", "allow_private_network",
-        "timeout_seconds", "max_attempts", "paused"),
-    "azure_blob_event_export": (
-        "connection_string", "container", "prefix", "export_type", "period_hours", "events",
-        "event_parameters", "attributes", "format", "anchor", "start", "max_windows_per_run",
-        "allow_more_windows", "paused"),
-}
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; ``str()`` is the one line shown to the user."""
-
-
-def check_keys(mapping, known, path):
-    """Raises :class:`ConfigError` for the first key of ``mapping`` that is not in ``known``."""
-    unknown = unknown_key(mapping, known, path)
-    if unknown is not None:
-        raise ConfigError("%s: %s" % unknown)
 
 
 @dataclass
@@ -94,53 +60,6 @@ class Work:
 
 
 @dataclass
-class EventHubSettings:
-    connection_string: Optional[str]
-    subscription_id: str
-    audiences: List[int]                 # audience indices exported by this work
-    existing_users: bool
-    start: Optional[int]                 # microseconds; None: no lower bound
-    user_fields: Optional[List[str]]     # None: all traits
-    eventhub_name: Optional[str] = None
-
-
-@dataclass
-class AlertSettings:
-    verbs: Optional[frozenset]           # None: every verb
-    sources: Optional[Dict[str, frozenset]]  # None: every subject; {} for a type = every id
-    webhook_url: Optional[str] = None
-    headers: Dict[str, str] = field(default_factory=dict)
-    json_template: Optional[str] = None
-    allow_private_network: bool = False
-    signing_secret: Optional[str] = None
-    timeout_seconds: float = 10.0
-    max_attempts: int = 5
-    smtp_host: Optional[str] = None
-    smtp_port: int = 587
-    sender: Optional[str] = None
-    recipients: List[str] = field(default_factory=list)
-    username: Optional[str] = None
-    password: Optional[str] = None
-
-
-@dataclass
-class BlobSettings:
-    connection_string: Optional[str]
-    container: str
-    prefix: str
-    export_type: str
-    period_hours: int
-    events: Optional[frozenset]          # None: all events
-    event_parameters: List[str]
-    attributes: List[str]
-    format: str
-    anchor: Optional[int]
-    start: Optional[int]
-    max_windows_per_run: int = DEFAULT_MAX_WINDOWS
-    allow_more_windows: bool = False
-
-
-@dataclass
 class JobConfig:
     account_name: str
     aid: Optional[int]
@@ -157,17 +76,11 @@ class JobConfig:
     @property
     def export_attributes(self):
         """Trait names any events export needs as of each event (None when no events export)."""
-        names, any_export = [], False
-        for w in self.works_of("azure_blob_event_export"):
-            if w.settings.export_type == "events":
-                any_export = True
-                names.extend(a for a in w.settings.attributes if a not in names)
-        return names if any_export else None
+        return workflows.export_attributes(self.works)
 
     @property
     def backfill_starts(self):
-        return sorted({w.settings.start for w in self.works_of("eventhub_audience_export")
-                       if w.settings.existing_users and w.settings.start is not None})
+        return workflows.backfill_starts(self.works)
 
 
 class EnvRef:
@@ -420,265 +333,36 @@ def _parse_work(i, item, audiences):
         raise ConfigError(path + ": must be a mapping with workflow and config")
     check_keys(item, WORK_KEYS, path)
     workflow = item.get("workflow")
-    if workflow not in WORKFLOWS:
+    if not isinstance(workflow, str) or workflow not in WORKFLOWS:
+        names = list(WORKFLOWS)
         raise ConfigError("%s.workflow: unknown workflow %r%s; one of %s"
-                          % (path, workflow, did_you_mean(workflow, WORKFLOWS), ", ".join(WORKFLOWS)))
+                          % (path, workflow, did_you_mean(workflow, names), ", ".join(names)))
     work_id = item.get("id") or "%s-%d" % (workflow, i + 1)
     if not isinstance(work_id, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", work_id):
         raise ConfigError(path + ".id: must be letters, digits, '.', '_' or '-'")
     config = item.get("config") or {}
     if not isinstance(config, dict):
         raise ConfigError(path + ".config: must be a mapping")
-    check_keys(config, WORK_CONFIG_KEYS[workflow], path + ".config")
+    check_keys(config, WORKFLOWS[workflow].config_keys, path + ".config")
     # ``paused`` belongs to the work; it is also taken inside ``config``, where it is easily put.
-    paused = _bool(item, "paused", path)
+    paused = read_bool(item, "paused", path)
     if "paused" in config:
-        in_config = _bool(config, "paused", path + ".config")
+        in_config = read_bool(config, "paused", path + ".config")
         if "paused" in item and in_config != paused:
             raise ConfigError("%s.config.paused: differs from %s.paused; set it in one place"
                               % (path, path))
         paused = in_config
     work = Work(i, work_id, workflow, config, item.get("label"), item.get("description"), paused)
-    parser = {"eventhub_audience_export": _eventhub, "webhook_system_events": _webhook,
-              "email_system_events": _email, "azure_blob_event_export": _blob}[workflow]
-    work.settings = parser(path + ".config", config, work, audiences)
+    work.settings = WORKFLOWS[workflow].parse(path + ".config", config, work, audiences)
     return work
-
-
-def _string(cfg, key, path, required=False, default=None):
-    value = cfg.get(key, default)
-    if value is None or value == "":
-        if required:
-            raise ConfigError("%s.%s: required" % (path, key))
-        return default if value is None else (value or default)
-    if not isinstance(value, str):
-        raise ConfigError("%s.%s: must be a string" % (path, key))
-    return value
-
-
-def _string_list(cfg, key, path):
-    value = cfg.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError("%s.%s: must be a list of strings" % (path, key))
-    return list(value)
-
-
-def _bool(cfg, key, path, default=False):
-    value = cfg.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError("%s.%s: must be true or false" % (path, key))
-    return value
-
-
-def _number(cfg, key, path, default, minimum=0, integer=False):
-    value = cfg.get(key, default)
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if not ok or isinstance(value, bool) or value < minimum:
-        raise ConfigError("%s.%s: must be a%s number >= %s"
-                          % (path, key, "n integer" if integer else "", minimum))
-    return value
-
-
-def _time(cfg, key, path):
-    value = cfg.get(key)
-    if value is None or value == "":
-        return None
-    try:
-        return parse_time(value)
-    except TimeFormatError as exc:
-        raise ConfigError("%s.%s: %s" % (path, key, exc)) from None
-
-
-def _eventhub(path, cfg, work, audiences):
-    refs = _string_list(cfg, "audiences", path)
-    if refs is None:
-        indices = [a.index for a in audiences.audiences]
-    else:
-        indices = []
-        for j, ref in enumerate(refs):
-            audience = audiences.by_ref(ref)
-            if audience is None:
-                raise ConfigError("%s.audiences[%d]: unknown audience %r" % (path, j, ref))
-            if audience.index not in indices:
-                indices.append(audience.index)
-    subscription = cfg.get("subscription_id", work.id)
-    if not isinstance(subscription, (str, int)) or isinstance(subscription, bool):
-        raise ConfigError(path + ".subscription_id: must be a string")
-    return EventHubSettings(
-        connection_string=_string(cfg, "connection_string", path),
-        subscription_id=str(subscription) or work.id,
-        audiences=indices,
-        existing_users=_bool(cfg, "existing_users", path),
-        start=_time(cfg, "start", path),
-        user_fields=_string_list(cfg, "user_fields", path),
-        eventhub_name=_string(cfg, "eventhub_name", path))
-
-
-def _alert_filter(path, cfg):
-    single = cfg.get("system_event_type")
-    multiple = cfg.get("system_event_multiple_types")
-    verbs = None
-    if single not in (None, ""):
-        _check_member(single, VERBS, "verb", path + ".system_event_type")
-        verbs = {single}
-    if multiple is not None:
-        if not isinstance(multiple, list):
-            raise ConfigError("%s.system_event_multiple_types: must be a list of verbs (%s)"
-                              % (path, ", ".join(sorted(VERBS))))
-        for j, verb in enumerate(multiple):
-            _check_member(verb, VERBS, "verb", "%s.system_event_multiple_types[%d]" % (path, j))
-        verbs = (verbs or set()) | set(multiple)
-    sources_raw = cfg.get("system_event_sources")
-    sources = None
-    if sources_raw is not None:
-        if not isinstance(sources_raw, dict):
-            raise ConfigError(path + ".system_event_sources: must map subject types to id lists")
-        sources = {}
-        for subject_type, ids in sources_raw.items():
-            _check_member(subject_type, SUBJECT_TYPES, "subject type",
-                          "%s.system_event_sources.%s" % (path, subject_type))
-            if ids is None:
-                ids = []
-            if not isinstance(ids, list):
-                raise ConfigError("%s.system_event_sources.%s: must be a list of ids"
-                                  % (path, subject_type))
-            sources[subject_type] = frozenset(str(x) for x in ids)
-    return (frozenset(verbs) if verbs is not None else None), sources
-
-
-def _check_member(value, allowed, what, path):
-    """An unknown verb or subject type names the value, the nearest one and every allowed one."""
-    if not isinstance(value, str) or value not in allowed:
-        raise ConfigError("%s: unknown %s %r%s; one of %s" % (
-            path, what, value, did_you_mean(value, sorted(allowed)), ", ".join(sorted(allowed))))
-
-
-def _webhook(path, cfg, work, audiences):
-    verbs, sources = _alert_filter(path, cfg)
-    headers = cfg.get("headers") or {}
-    if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float))
-                                                and not isinstance(v, bool)
-                                                for k, v in headers.items()):
-        raise ConfigError(path + ".headers: must map header names to string values")
-    template = _string(cfg, "json_template", path)
-    if template is not None:
-        from core import templates
-        try:
-            templates.validate_template(template)
-        except templates.TemplateError as exc:
-            raise ConfigError("%s.json_template: %s" % (path, exc)) from None
-    url = _string(cfg, "webhook_url", path)
-    if url is not None:
-        problem = _url_problem(url)
-        if problem:
-            # The URL itself is not shown: its path and query are often a credential (Slack).
-            raise ConfigError("%s.webhook_url: not a usable URL: %s; write it as "
-                              "https://host[:port]/path" % (path, problem))
-    return AlertSettings(
-        verbs, sources, webhook_url=url, headers={k: str(v) for k, v in headers.items()},
-        json_template=template,
-        allow_private_network=_bool(cfg, "allow_private_network", path),
-        signing_secret=_string(cfg, "signing_secret", path),
-        timeout_seconds=_number(cfg, "timeout_seconds", path, 10.0, minimum=0.1),
-        max_attempts=_number(cfg, "max_attempts", path, 5, minimum=1, integer=True))
-
-
-def _email(path, cfg, work, audiences):
-    verbs, sources = _alert_filter(path, cfg)
-    recipients = cfg.get("to") or []
-    if isinstance(recipients, str):
-        recipients = [recipients]
-    if not isinstance(recipients, list) or not all(isinstance(r, str) and "@" in r for r in recipients):
-        raise ConfigError(path + ".to: must be a list of email addresses")
-    host = _string(cfg, "smtp_host", path)
-    problem = _host_problem(host) if host is not None else None
-    if problem:
-        raise ConfigError("%s.smtp_host: %r is not a host name (%s); write the host alone, e.g. "
-                          "smtp.example.com, and the port in smtp_port" % (path, host, problem))
-    if host and not recipients:
-        raise ConfigError(path + ".to: at least one recipient is required with smtp_host")
-    sender = _string(cfg, "from", path)
-    if host and not sender:
-        raise ConfigError(path + ".from: required with smtp_host")
-    return AlertSettings(
-        verbs, sources, smtp_host=host,
-        smtp_port=_number(cfg, "smtp_port", path, 587, minimum=1, integer=True),
-        sender=sender, recipients=recipients, username=_string(cfg, "username", path),
-        password=_string(cfg, "password", path),
-        timeout_seconds=_number(cfg, "timeout_seconds", path, 10.0, minimum=0.1),
-        max_attempts=_number(cfg, "max_attempts", path, 3, minimum=1, integer=True),
-        allow_private_network=_bool(cfg, "allow_private_network", path))
-
-
-_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
-
-
-def _host_problem(host):
-    """Why ``host`` is neither a host name nor an IP address, or None."""
-    try:
-        ipaddress.ip_address(host)
-        return None
-    except ValueError:
-        pass
-    if "://" in host:
-        return "it has a scheme"
-    if ":" in host:
-        return "it has a port or is not an IP address"
-    if "/" in host or "@" in host or any(c.isspace() for c in host):
-        return "it has '/', '@' or a space"
-    try:
-        ascii_host = host if host.isascii() else host.encode("idna").decode("ascii")
-    except UnicodeError:
-        return "it is not a valid international domain name"
-    labels = ascii_host[:-1].split(".") if ascii_host.endswith(".") else ascii_host.split(".")
-    if len(ascii_host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
-        return "each dot-separated part must be 1-63 letters, digits or hyphens"
-    return None
-
-
-def _url_problem(url):
-    """Why the job could not send to ``url``, or None."""
-    if any(c.isspace() or ord(c) < 32 for c in url):
-        return "it has a space or a control character (percent-encode it, e.g. %20)"
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        if "Port" in str(exc) or "port" in str(exc):
-            return "the port is not a number from 1 to 65535"
-        return "it cannot be parsed (%s)" % exc
-    if parts.scheme not in ("http", "https"):
-        return "it must start with https:// or http://"
-    if not parts.hostname:
-        return "it has no host"
-    if "@" in parts.netloc:
-        return ("it has user:password@ before the host, which is never sent; put credentials "
-                "in headers (e.g. Authorization)")
-    if port == 0:
-        return "the port is not a number from 1 to 65535"
-    problem = _host_problem(parts.hostname)
-    if problem:
-        return "its host %r is not a host name (%s)" % (parts.hostname, problem)
-    return None
 
 
 def destinations(job):
     """(config path, host, port, allow_private_network) of every network destination of the job's
-    alert works (paused ones too: they send once resumed)."""
-    out = []
-    for work in job.works:
-        s = work.settings
-        if work.workflow == "webhook_system_events" and s.webhook_url:
-            parts = urllib.parse.urlsplit(s.webhook_url)
-            out.append((work.path + ".config.webhook_url", parts.hostname,
-                        parts.port or (443 if parts.scheme == "https" else 80),
-                        s.allow_private_network))
-        elif work.workflow == "email_system_events" and s.smtp_host:
-            out.append((work.path + ".config.smtp_host", s.smtp_host, s.smtp_port,
-                        s.allow_private_network))
-    return out
+    works (paused ones too: they send once resumed), as each workflow names it
+    (``core.workflows.Workflow.destination``)."""
+    found = (WORKFLOWS[work.workflow].destination(work) for work in job.works)
+    return [d for d in found if d is not None]
 
 
 def check_destinations(job, resolve=socket.getaddrinfo):
@@ -711,33 +395,3 @@ def check_destinations(job, resolve=socket.getaddrinfo):
                     "in this work's config to allow it (local runs and tests only)"
                     % (path, shown, reason))
     return warnings
-
-
-def _blob(path, cfg, work, audiences):
-    period = cfg.get("period_hours", 1)
-    if period not in PERIOD_HOURS or isinstance(period, bool):
-        raise ConfigError(path + ".period_hours: must be one of 1, 2, 4, 6, 12, 24")
-    fmt = cfg.get("format", "csv")
-    if fmt not in FORMATS:
-        raise ConfigError(path + ".format: must be one of csv, csv.gz, parquet")
-    export_type = cfg.get("export_type", "events")
-    if export_type not in EXPORT_TYPES:
-        raise ConfigError(path + ".export_type: must be one of events, system_events")
-    container = _string(cfg, "container", path, required=True)
-    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])?", container) or "--" in container:
-        raise ConfigError(path + ".container: must be 3-63 lower-case letters, digits and single "
-                                 "hyphens (an Azure container name)")
-    prefix = _string(cfg, "prefix", path, default="") or ""
-    if prefix.startswith("/") or ".." in prefix.split("/"):
-        raise ConfigError(path + ".prefix: must be a relative blob path")
-    events = _string_list(cfg, "events", path)
-    return BlobSettings(
-        connection_string=_string(cfg, "connection_string", path),
-        container=container, prefix=prefix, export_type=export_type, period_hours=period,
-        events=frozenset(events) if events else None,
-        event_parameters=_string_list(cfg, "event_parameters", path) or [],
-        attributes=_string_list(cfg, "attributes", path) or [],
-        format=fmt, anchor=_time(cfg, "anchor", path), start=_time(cfg, "start", path),
-        max_windows_per_run=_number(cfg, "max_windows_per_run", path, DEFAULT_MAX_WINDOWS,
-                                    minimum=1, integer=True),
-        allow_more_windows=_bool(cfg, "allow_more_windows", path))

@@ -23,13 +23,23 @@ Semantics (CONTRACT section 4), for one user:
   the last :meth:`Engine.advance`; in the stream, a timer's firing time, which the watermark has
   passed). An event whose ``ts`` is not after the clock is late: it is applied at the clock and its
   transitions are stamped with the clock.
+
+An engine made with an ``observer`` reports every evaluation of an audience (:class:`Evaluation`:
+the time, the audience, the condition node by node with the counts and traits behind it, and the
+transition it makes) and keeps exact counts (no cap) so that the counts it reports are the true
+ones; transitions are the same either way. Without an observer nothing of this runs: the traced
+evaluation order is chosen once per :meth:`Engine.advance` call, never per point.
+
+The module is longer than 600 lines on purpose: the per-configuration tables built in
+:class:`Engine` and the loop in :meth:`Engine._run` that reads them are one design (the loop reads
+the tables as locals, for speed), and apart they would reach into each other's private names.
 """
 import bisect
 import hashlib
 import operator
-from typing import NamedTuple, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
-from core.conditions import ANY_EVENT
+from core.conditions import ANY_EVENT, NodeTrace
 from core.records import DEDUPE_HORIZON_US, ProfileEvent
 from core.state import (STATE_VERSION, StateFormatError, check_document, decode_document,
                         encode_document, spec_id)
@@ -44,6 +54,16 @@ class UserChange(NamedTuple):
     first_ts: int
     last_ts: int
     backfill: bool = False
+
+
+class Evaluation(NamedTuple):
+    """One evaluation of one audience at one point, as a traced engine reports it."""
+    time: int
+    audience: int                 # the audience index
+    audience_id: str
+    value: bool                   # what the condition gave
+    transition: Optional[str]     # "enter", "exit", or None when the membership stays
+    tree: NodeTrace               # the condition node by node (core.conditions.NodeTrace)
 
 
 class ExportRow(NamedTuple):
@@ -191,10 +211,14 @@ class Engine:
     next threshold crossing lies for each count) is computed here, once.
     """
 
-    def __init__(self, audience_set, backfill_starts=(), export_attributes=None):
+    def __init__(self, audience_set, backfill_starts=(), export_attributes=None,
+                 observer: Optional[Callable[[Evaluation], None]] = None):
         self.audiences = audience_set
         self.specs = audience_set.specs
-        self.caps = audience_set.caps
+        self._observer = observer
+        # A traced engine counts every event (see the module docstring); a cap changes no answer.
+        self.caps = (audience_set.caps if observer is None
+                     else [_UNCAPPED] * len(audience_set.caps))
         self.specs_by_event = audience_set.specs_by_event
         self.backfill_starts = sorted(set(backfill_starts))
         self.export_attributes = None if export_attributes is None else list(export_attributes)
@@ -275,6 +299,29 @@ class Engine:
 
     def new_state(self):
         return UserState(self._windowed_flags, len(self.audiences.audiences))
+
+    def trace(self, state: UserState, index: int) -> NodeTrace:
+        """Audience ``index``'s condition node by node over ``state`` as it stands (for a fresh
+        state: before the user's first event)."""
+        return self.audiences.trace(index, state.traits, state.counts, state.members)
+
+    def _traced_visits(self, state):
+        """:class:`_Visits` over the evaluation order with each condition wrapped to report its
+        evaluation to the observer. The loop sets ``state.clock`` to a point's time before it
+        evaluates, and a membership is updated after its condition returns."""
+        observer, ids, audiences = self._observer, self._audience_ids, self.audiences
+        order = []
+        for a, bit, holds, readers in self._order:
+            def traced(traits, counts, members, a=a, holds=holds):
+                value = holds(traits, counts, members)
+                member = members[a] is not None
+                transition = ("enter" if value and not member
+                              else "exit" if member and not value else None)
+                observer(Evaluation(state.clock, a, ids[a], value, transition,
+                                    audiences.trace(a, traits, counts, members)))
+                return value
+            order.append((a, bit, traced, readers))
+        return _Visits(tuple(order))
 
     # -- saving and restoring (core.state, docs/STATE.md) ---------------------------------------
 
@@ -448,7 +495,7 @@ class Engine:
         counting_any = self._counting_any
         trait_readers = self._trait_readers
         export_attributes = self.export_attributes
-        visits = self._visits
+        visits = self._visits if self._observer is None else self._traced_visits(state)
         expiring = self._expiring
         seen, traits, counts, members = state.seen, state.traits, state.counts, state.members
         wakes, expiries = due.wakes, due.expiries
@@ -647,6 +694,8 @@ class Engine:
 _ABSENT = object()
 _MAX_VISITS = 4096  # dirty masks remembered per engine
 _TABULATED_CAP = 4096  # per-count tables of larger caps are filled on first use
+#: The cap of every spec of a traced engine: more than any count a user reaches.
+_UNCAPPED = 1 << 62
 #: A time after every time (wakes and expiries that never come); comparisons with ints are exact.
 _NEVER = float("inf")
 #: The order of the events of one point (see the module docstring), as a C-level key.

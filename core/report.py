@@ -2,7 +2,7 @@
 
 Built from what the run wrote: ``summary.json``, ``audiences_daily.jsonl``, the dead-letter files
 and the local export directory. Pure: the launcher reads those and writes the page
-(``pipelines.common.write_report``), on whatever file system ``--output_dir`` is. The page holds:
+(``pipelines.summary.write_report``), on whatever file system ``--output_dir`` is. The page holds:
 
 * the run's figures;
 * audience sizes over time: a line chart (inline SVG, as wide as the page) with axis titles, a
@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypedDict, Union
 
-from core.timeutil import _civil_from_days
+from core.timeutil import civil_from_days
 
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
           "#bcbd22", "#17becf"]
@@ -137,7 +137,7 @@ def _day_number(day):
 def clipped_sizes(daily: Iterable[DailyCount], first: str, last: str) -> Sizes:
     """Audience sizes (as :func:`audience_sizes`) for every day from ``first`` to ``last``;
     activity before ``first`` counts in the sizes, activity after ``last`` does not show."""
-    days = ["%04d-%02d-%02d" % _civil_from_days(n)
+    days = ["%04d-%02d-%02d" % civil_from_days(n)
             for n in range(_day_number(first), _day_number(last) + 1)]
     carried, net = {}, {}
     for r in daily:

@@ -162,10 +162,10 @@ _TWO_DIGITS = ["%02d" % i for i in range(60)]
 @functools.lru_cache(maxsize=4096)
 def _date_text(days):
     # Cached apart from format_time: times that miss its cache still mostly fall on a known day.
-    return "%04d-%02d-%02d" % _civil_from_days(days)
+    return "%04d-%02d-%02d" % civil_from_days(days)
 
 
-def _civil_from_days(z):
+def civil_from_days(z: int) -> tuple:
     """Proleptic Gregorian (year, month, day) of a day number (days since 1970-01-01).
 
     Howard Hinnant's algorithm: pure integer arithmetic, several times faster than datetime.

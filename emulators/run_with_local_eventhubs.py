@@ -22,6 +22,7 @@ import tempfile  # noqa: E402
 
 import yaml  # noqa: E402
 
+from core.workflows import EVENTHUB_AUDIENCE_EXPORT  # noqa: E402
 from emulators.eventhubs import LocalEventHubs  # noqa: E402
 from pipelines.cli import UsageError, wants_help  # noqa: E402
 from core.interrupt import temporary_file  # noqa: E402
@@ -44,7 +45,7 @@ def _with_local_hub(config_path, local_config):
     with open(config_path, encoding="utf-8") as fh:
         raw = yaml.safe_load(fh)
     for work in raw.get("works") or []:
-        if work.get("workflow") == "eventhub_audience_export":
+        if work.get("workflow") == EVENTHUB_AUDIENCE_EXPORT:
             config = work.setdefault("config", {})
             if not config.get("connection_string"):
                 config["connection_string"] = "${%s}" % VARIABLE

@@ -2,10 +2,11 @@
 
     python -m pipelines.explain --config FILE --input GLOB --user KEY [--anonymous]
 
-Prints each of the user's events and each audience transition (from the same engine the pipelines
-run), and for each transition the condition as a tree (``and``, ``or``, ``not`` and the leaves),
-each node with its value, the counts and trait values behind it, and a ``*`` on the nodes whose
-value changed at that moment: the cause of the transition. Runs in plain Python on the local files
+Prints each of the user's events and each audience transition, and for each transition the
+condition as a tree (``and``, ``or``, ``not`` and the leaves), each node with its value, the counts
+and trait values behind it, and a ``*`` on the nodes whose value changed at that moment: the cause
+of the transition. Transitions and trees come from the engine the pipelines run, traced
+(``core.engine.Evaluation``): nothing here evaluates a condition. Runs in plain Python on the local files
 (no Beam). A key with no events but found as the other kind of id gets a hint (``--anonymous``).
 ``--help`` lists the options (docs/COMMANDS.md).
 """
@@ -18,13 +19,14 @@ import glob  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+from typing import List  # noqa: E402
 
-from core.conditions import ANY_EVENT, _lookup, _make_predicate, compile_where  # noqa: E402
+from core.conditions import ANY_EVENT, NodeTrace  # noqa: E402
 from core.config import ConfigError, load_config  # noqa: E402
-from core.engine import Engine  # noqa: E402
+from core.engine import Engine, Evaluation  # noqa: E402
 from core.records import (DEFAULT_MAX_TS_SKEW_US, InputError, ProfileEvent,  # noqa: E402
                           dedupe_batch, parse_record, time_bounds_error)
-from core.timeutil import MAX_TIME, format_time, parse_duration  # noqa: E402
+from core.timeutil import MAX_TIME, format_time  # noqa: E402
 from pipelines.cli import CommandParser, run_command  # noqa: E402
 
 
@@ -80,80 +82,57 @@ def _describe_event(node, count):
                                       count, bounds)
 
 
-class Explainer:
-    """Evaluates a condition tree node by node at a time T over one user's (deduplicated) events.
+def _describe(node_trace, audiences):
+    """What one node of a condition is, with the trait value or count behind it."""
+    kind, node, detail = node_trace.kind, node_trace.node, node_trace.detail
+    if kind in ("and", "or", "not"):
+        return kind
+    if kind == "trait":
+        return "trait %s %s %s (is %s)" % (node["trait"], node["op"], json.dumps(node.get("value")),
+                                          json.dumps(detail))
+    if kind == "event":
+        return _describe_event(node, detail)
+    return "member of %s" % audiences[detail].slug
 
-    ``memberships``: per audience index, the engine's enter and exit times for this user, which give
-    ``{audience: ...}`` nodes their value.
+
+class TransitionTrace:
+    """The engine's observer (``core.engine.Evaluation``) that keeps, for each transition, the
+    condition as the engine evaluated it at that point and as it stood just before.
+
+    Just before a point, a condition's nodes have the values of the audience's previous
+    evaluation: the engine re-evaluates an audience at every point where one of its nodes can
+    change, so none changes between two evaluations. Before the first one, they are the values
+    over a fresh state (no events yet).
     """
 
-    def __init__(self, job, events, memberships=None):
-        self.job = job
-        self.events = sorted(events, key=lambda e: (e.ts, e.event_id))
-        self.memberships = memberships or {}
+    def __init__(self):
+        self.engine = None
+        self._last = {}
+        self.at = {}  # (time, audience index) -> (tree at the point, tree just before)
 
-    def traits_at(self, t):
-        traits = {}
-        for e in self.events:
-            if e.ts > t:
-                break
-            for k, v in (e.traits or {}).items():
-                if v is None:
-                    traits.pop(k, None)
-                else:
-                    traits[k] = v
-        return traits
+    def __call__(self, evaluation: Evaluation) -> None:
+        before = self._last.get(evaluation.audience)
+        if before is None:
+            before = self.engine.trace(self.engine.new_state(), evaluation.audience)
+        if evaluation.transition is not None:
+            self.at[(evaluation.time, evaluation.audience)] = (evaluation.tree, before)
+        self._last[evaluation.audience] = evaluation.tree
 
-    def member_at(self, index, t):
-        inside = False
-        for time, what in self.memberships.get(index, ()):
-            if time > t:
-                break
-            inside = what == "enter"
-        return inside
 
-    def evaluate(self, node, t):
-        """(value, description, children) of ``node`` at time t; children are the same triples."""
-        if "and" in node or "or" in node:
-            kind = "and" if "and" in node else "or"
-            children = [self.evaluate(c, t) for c in node[kind]]
-            values = [c[0] for c in children]
-            return (all(values) if kind == "and" else any(values)), kind, children
-        if "not" in node:
-            child = self.evaluate(node["not"], t)
-            return not child[0], "not", [child]
-        if "trait" in node:
-            value = _lookup(self.traits_at(t), node["trait"])
-            holds = _make_predicate(node["op"], node.get("value"), "condition")(value)
-            return holds, "trait %s %s %s (is %s)" % (
-                node["trait"], node["op"], json.dumps(node.get("value")), json.dumps(value)), []
-        if "event" in node:
-            within = parse_duration(node["within"]) if node.get("within") else None
-            where = compile_where(node["where"], "condition") if node.get("where") else None
-            count = sum(1 for e in self.events
-                        if (node["event"] == ANY_EVENT or e.event == node["event"]) and e.ts <= t
-                        and (within is None or t < e.ts + within)
-                        and (where is None or where(e.properties)))
-            lo, hi = node.get("min_count", 1), node.get("max_count")
-            return count >= lo and (hi is None or count <= hi), _describe_event(node, count), []
-        audience = self.job.audiences.by_ref(node["audience"])
-        return self.member_at(audience.index, t), "member of %s" % audience.slug, []
+def tree_lines(now: NodeTrace, before: NodeTrace, audiences: list) -> List[str]:
+    """The condition tree, one line per node: ``*`` marks a node whose value differs from just
+    before (the cause of a transition), then its value, then what it is."""
+    out = []
 
-    def lines(self, node, t):
-        """The tree at t, one line per node: ``*`` marks a node whose value differs from just
-        before t (the cause of a transition at t), then its value, then what it is."""
-        out = []
+    def walk(now, before, depth):
+        mark = "*" if now.value != before.value else " "
+        out.append("%s %s %s%s" % (mark, "true " if now.value else "false", "  " * depth,
+                                   _describe(now, audiences)))
+        for child_now, child_before in zip(now.children, before.children):
+            walk(child_now, child_before, depth + 1)
 
-        def walk(now, before, depth):
-            value, description, children = now
-            mark = "*" if value != before[0] else " "
-            out.append("%s %s %s%s" % (mark, "true " if value else "false", "  " * depth,
-                                       description))
-            for child_now, child_before in zip(children, before[2]):
-                walk(child_now, child_before, depth + 1)
-
-        walk(self.evaluate(node, t), self.evaluate(node, t - 1), 0)
-        return out
+    walk(now, before, 0)
+    return out
 
 
 def parser():
@@ -196,18 +175,13 @@ def _explain(args):
     if not events:
         sys.stderr.write("error: %s\n" % _no_events_message(args.user, field, found, args.input))
         return 2
-    engine = Engine(job.audiences, job.backfill_starts)
+    trace = TransitionTrace()
+    engine = trace.engine = Engine(job.audiences, job.backfill_starts, observer=trace)
     changes, _ = engine.advance(engine.new_state(), events, MAX_TIME)
-    kept = dedupe_batch(events, key=lambda e: e.event_id)
-    memberships = {}
-    for change in changes:
-        if not change.backfill:
-            for audience_index, what, _ in change.changes:
-                memberships.setdefault(audience_index, []).append((change.time, what))
-    explainer = Explainer(job, kept, memberships)
-    first_ts = explainer.events[0].ts
-    raw = {a.get("slug") or a.get("id"): a["condition"] for a in job.raw.get("audiences", [])}
-    timeline = [(e.ts, 0, e) for e in explainer.events] + [(c.time, 1, c) for c in changes]
+    kept = sorted(dedupe_batch(events, key=lambda e: e.event_id), key=lambda e: (e.ts, e.event_id))
+    first_ts = kept[0].ts
+    audiences = job.audiences.audiences
+    timeline = [(e.ts, 0, e) for e in kept] + [(c.time, 1, c) for c in changes]
     out = sys.stdout
     for t, kind, item in sorted(timeline, key=lambda x: (x[0], x[1])):
         if kind == 0:
@@ -219,13 +193,13 @@ def _explain(args):
             out.write("%s  event %-14s%s\n" % (format_time(t), item.event, extra))
             continue
         for audience_index, what, entered in item.changes:
-            audience = job.audiences.audiences[audience_index]
+            audience = audiences[audience_index]
             label = "BACKFILL" if item.backfill else what.upper()
             out.write("%s  %-5s %s\n" % (format_time(t), label, audience.slug))
             if item.backfill:
                 out.write("      member since %s\n" % format_time(entered))
                 continue
-            lines = explainer.lines(raw[audience.slug], t)
+            lines = tree_lines(*trace.at[(t, audience_index)], audiences)
             for line in lines:
                 out.write("      %s\n" % line)
             if t == first_ts and not lines[0].startswith("*"):

@@ -15,7 +15,7 @@ import re  # noqa: E402
 
 from core.config import ConfigError  # noqa: E402
 from core.timeutil import TimeFormatError, parse_time  # noqa: E402
-from pipelines.common import exit_command, main  # noqa: E402
+from pipelines.launch import exit_command, main  # noqa: E402
 from pipelines.options import ReplayOptions  # noqa: E402
 from transforms.audiences import EvaluateAudiencesBatch  # noqa: E402
 

@@ -11,7 +11,7 @@ from core.interrupt import exit_on_interrupt
 if __name__ == "__main__":
     exit_on_interrupt()
 
-from pipelines.common import exit_command, main  # noqa: E402
+from pipelines.launch import exit_command, main  # noqa: E402
 from transforms.audiences import EvaluateAudiencesStateful  # noqa: E402
 
 HELP = (

@@ -15,9 +15,9 @@ if __name__ == "__main__":
 import json  # noqa: E402
 import sys  # noqa: E402
 
-from core.config import ConfigError, check_destinations, load_config  # noqa: E402
+from core.config import ConfigError, JobConfig, check_destinations, load_config  # noqa: E402
 from core.redact import Redactor, collect_secrets, mask_secrets  # noqa: E402
-from core.timeutil import format_time  # noqa: E402
+from core.workflows import WORKFLOWS  # noqa: E402
 from pipelines.cli import CommandParser, run_command  # noqa: E402
 
 
@@ -28,7 +28,10 @@ def _duration(micros):
     return "%dus" % micros
 
 
-def plan(job):
+def plan(job: JobConfig) -> dict:
+    """The job as ``--json`` prints it: the account, the input checks, each audience with what it
+    reads, and each work with its destination (each workflow's fields from its
+    ``core.workflows.Workflow.plan``) and its config, secrets masked."""
     audiences = []
     for a in job.audiences.audiences:
         specs, traits = job.audiences.inputs_of(a.index)
@@ -40,33 +43,12 @@ def plan(job):
                           "depends_on": [job.audiences.audiences[d].slug for d in a.depends_on]})
     works = []
     for w in job.works:
-        s = w.settings
         entry = {"id": w.id, "workflow": w.workflow, "paused": w.paused}
         if w.label:
             entry["label"] = w.label
         if w.description:
             entry["description"] = w.description
-        if w.workflow == "eventhub_audience_export":
-            entry["destination"] = "Event Hubs" if s.connection_string else "local file eventhub/%s.jsonl" % w.id
-            entry["audiences"] = [job.audiences.audiences[i].slug for i in s.audiences]
-            entry["start"] = format_time(s.start) if s.start is not None else None
-            entry["backfill"] = s.existing_users
-        elif w.workflow == "azure_blob_event_export":
-            entry["destination"] = ("Azure Blob container %s" % s.container if s.connection_string
-                                    else "local dir blob/%s/" % s.container)
-            entry["files"] = "%s%s_%s_%s_<start>_<end>.%s" % (s.prefix, job.account_name, s.export_type,
-                                                            w.id, s.format)
-            entry["period_hours"] = s.period_hours
-            entry["max_windows_per_run"] = (None if s.allow_more_windows
-                                            else s.max_windows_per_run)  # None: no limit
-        elif w.workflow == "webhook_system_events":
-            entry["destination"] = s.webhook_url or "local file alerts/%s.jsonl" % w.id
-            entry["verbs"] = sorted(s.verbs) if s.verbs else "all"
-            entry["sources"] = {k: sorted(v) or "all" for k, v in s.sources.items()} if s.sources else "all"
-        else:
-            entry["destination"] = ("SMTP %s:%d to %s" % (s.smtp_host, s.smtp_port, ", ".join(s.recipients))
-                                    if s.smtp_host else "local file alerts/%s.jsonl" % w.id)
-            entry["verbs"] = sorted(s.verbs) if s.verbs else "all"
+        entry.update(WORKFLOWS[w.workflow].plan(job, w))
         entry["config"] = mask_secrets(w.config)
         works.append(entry)
     return {"account": {"name": job.account_name, "aid": job.aid},

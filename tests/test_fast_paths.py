@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import core.records as records
 from core.conditions import Audience
-from core.config import EventHubSettings
+from core.workflows import EventHubSettings
 from core.engine import UserChange
 from core.messages import build_message, message_id
 from core.records import (InputError, canonical_json_bytes, json_agrees,

@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 
 def test_message_lines_are_the_built_messages_encoded_and_sorted():
-    from core.config import EventHubSettings
+    from core.workflows import EventHubSettings
     from core.jsonlines import encode_sorted_lines
     from core.messages import audience_names, build_message, message_lines, message_sort_key
     audiences = [types.SimpleNamespace(id="a%d" % i, slug="s%d" % i) for i in range(3)]

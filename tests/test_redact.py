@@ -29,7 +29,7 @@ def test_the_one_scrubber_masks_bearer_tokens_and_url_passwords_anywhere():
 
 
 def test_alert_settings_secrets_and_url_display():
-    from core.config import AlertSettings
+    from core.workflows import AlertSettings
     from core.redact import redact_url, settings_secrets
     settings = AlertSettings(None, None,
                              webhook_url="https://hooks.example/services/T0AAAAAAAAAA/B0?x=12345",

@@ -419,15 +419,15 @@ def test_formula_cells_are_guarded_and_numbers_stay_numbers(azurite, tmp_path, f
 #: (after the pipeline's own logging set-up, which --verbose puts at INFO).
 _DEBUG_WRAPPER = r"""
 import logging, sys
-import pipelines.common as common
-_configure = common._configure_logging
+import pipelines.launch as launch
+_configure = launch._configure_logging
 def _debug_logging(verbose, redactor):
     _configure(verbose, redactor)
     logging.getLogger().setLevel(logging.DEBUG)
     for name in ("azure", "azure.core", "azure.eventhub", "azure.storage", "uamqp", "urllib3",
                  "apache_beam", "pipelines", "transforms", "core", "emulators"):
         logging.getLogger(name).setLevel(logging.DEBUG)
-common._configure_logging = _debug_logging
+launch._configure_logging = _debug_logging
 from pipelines import stream
 sys.exit(stream.run(sys.argv[1:]))
 """

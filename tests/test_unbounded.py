@@ -25,7 +25,7 @@ from apache_beam.transforms.window import TimestampedValue
 from core.config import load_config, parse_config
 from core.export import ExportSpec
 from core.timeutil import MICROS, format_time, parse_time
-from pipelines import common
+from pipelines import launch, wiring, workflows
 from pipelines.options import ActivationOptions
 from clients.blob import BlobExportError
 from transforms import blob_steps
@@ -142,13 +142,13 @@ def _live_pipeline(config_path, out):
     """The graph ``pipelines.stream`` builds, with a TestStream as the live source."""
     job = load_config(str(config_path))
     os.makedirs(out, exist_ok=True)
-    disabled = common._preflight(job, out)
+    disabled = workflows.preflight(job, out)
     spec = EngineSpec.from_job(job, job.raw.get("audiences") or [])
     options = _options(out)
     p = beam.Pipeline(options=options)
     source = LiveSource("teststream", _test_stream(), False, _identity, "test stream",
                         frozenset())
-    common.build_graph(p, job, EvaluateAudiencesStateful(spec), options.view_as(ActivationOptions),
+    wiring.build_graph(p, job, EvaluateAudiencesStateful(spec), options.view_as(ActivationOptions),
                        "run-live", disabled, live_source=source)
     return p
 
@@ -488,13 +488,13 @@ def test_live_sinks_and_blob_windows_spread_their_state_over_keys(tmp_path):
 
 
 def test_local_runners_that_cannot_run_a_live_read_are_refused_or_warned_about(capsys):
-    with pytest.raises(common.LaunchError, match="cannot run a live read"):
-        common._check_live_runner("BundleBasedDirectRunner")
+    with pytest.raises(launch.LaunchError, match="cannot run a live read"):
+        launch.check_live_runner("BundleBasedDirectRunner")
     for runner in (None, "DirectRunner", "direct"):
-        common._check_live_runner(runner)
+        launch.check_live_runner(runner)
         assert "does not follow the source's watermark" in capsys.readouterr().err
     for runner in ("FlinkRunner", "DataflowRunner", "PortableRunner", "PrismRunner"):
-        common._check_live_runner(runner)
+        launch.check_live_runner(runner)
         assert capsys.readouterr().err == ""
 
 

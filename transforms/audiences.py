@@ -377,7 +377,7 @@ class EvaluateAudiencesStateful(beam.PTransform):
     ``spec.keep_state``, each user's saved state on ``state``).
 
     ``as_of``: a singleton PCollection of the run's as-of time when it comes from the data (see
-    ``pipelines.common``); None when ``spec.as_of`` says it or there is none (an unbounded run).
+    ``pipelines.wiring.build_graph``); None when ``spec.as_of`` says it or there is none (an unbounded run).
     """
 
     def __init__(self, spec, label=None, as_of=None):

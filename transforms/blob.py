@@ -158,7 +158,7 @@ from transforms.live import BatchPerBundle, DedupeSystemEventsLive, Values, is_u
 from transforms import outputs
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 
-#: The composite, the destinations, and the client functions the launcher (``pipelines.common``)
+#: The composite, the destinations, and the client functions the launcher (``pipelines.workflows``)
 #: reaches through this module.
 __all__ = ["WriteToBlobExport", "DEFAULT_GRACE_SECONDS", "BlobExportError", "LocalDestination",
            "DestinationRecipe", "destination_for", "make_destination", "read_marker",
@@ -221,7 +221,7 @@ def _io_reason(exc):
 
 
 def make_destination(settings, output_dir: str = "out") -> Destination:
-    """The destination of a work's :class:`core.config.BlobSettings`: Azure with a connection
+    """The destination of a work's :class:`core.workflows.BlobSettings`: Azure with a connection
     string, else the local directory ``<output_dir>/blob/<container>/``."""
     return DestinationRecipe(settings, output_dir).open()
 
@@ -254,7 +254,7 @@ class DestinationRecipe:
 
 
 def destination_for(work, output_dir: str = "out") -> Destination:
-    """:func:`make_destination` of a :class:`core.config.Work` (as ``pipelines.common`` calls it)."""
+    """:func:`make_destination` of a :class:`core.config.Work` (as ``pipelines.workflows`` calls it)."""
     return make_destination(work.settings, output_dir)
 
 

@@ -3,7 +3,7 @@
 A bounded run groups with ``GroupByKey`` and writes each output once, at the end of the data. On an
 unbounded input that cannot work: Beam refuses a ``GroupByKey`` in the global window with the
 default trigger, since it would never fire. The unbounded branches of ``transforms/localsink.py``,
-``transforms/blob.py`` and ``pipelines/common.py`` therefore collect in Beam state and write from
+``transforms/blob.py`` and ``pipelines/wiring.py`` therefore collect in Beam state and write from
 event-time timers, as the audience engine already does: when the watermark passes a time, not
 when a processing-time clock says so. Why this and not triggers or processing-time timers:
 

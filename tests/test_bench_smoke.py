@@ -204,3 +204,22 @@ def test_flink_figures_compare_with_both_baselines_scale_p1_to_p2_and_check_outp
     assert "p1 yes, p2 **no**" in table
     assert "Flink p2 replay wrote other outputs than the DirectRunner: 4N: eventhub/w-eh.jsonl" in table
     assert "\n".join(format_flink(flink)) in table
+
+
+def test_flink_tasks_gives_each_subtask_s_running_time_longest_task_first():
+    from bench.flink_tasks import format_tasks, subtask_times
+
+    def line(task, sub, old, new):
+        return ("INFO apache_beam.utils.subprocess_server: [flink-pekko.actor.default-dispatcher-5] INFO "
+                "org.apache.flink.runtime.executiongraph.ExecutionGraph - %s (%d/2) (8f59_0c5b_%d_0) "
+                "switched from %s to %s." % (task, sub, sub, old, new))
+    parse = "MapPartition (MapPartition at [7]{ReadRecords, EvaluateAudiences})"
+    group = "GroupReduce (GroupReduce at EvaluateAudiences/GroupByUser)"
+    stamped = [(100.0, line(parse, 1, "INITIALIZING", "RUNNING")), (100.5, line(parse, 2, "INITIALIZING", "RUNNING")),
+               (101.0, "an unrelated line (1/2) switched from A to B."),
+               (101.0, line(parse, 1, "RUNNING", "FINISHED")), (113.0, line(parse, 2, "RUNNING", "FINISHED")),
+               (113.0, line(group, 1, "INITIALIZING", "RUNNING")), (113.0, line(group, 2, "INITIALIZING", "RUNNING")),
+               (120.0, line(group, 1, "RUNNING", "FINISHED")), (120.0, line(group, 2, "RUNNING", "FINISHED"))]
+    tasks = subtask_times(stamped)
+    assert tasks == {parse: {1: (0.0, 1.0), 2: (0.5, 12.5)}, group: {1: (13.0, 7.0), 2: (13.0, 7.0)}}
+    assert format_tasks(tasks, 1) == ["sub 1: +0.0 s, 1.0 s  sub 2: +0.5 s, 12.5 s | " + parse]

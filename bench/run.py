@@ -59,7 +59,10 @@ def _measure(module, args, label, tree=False):
     measured = json.loads(lines[-1])
     measured["wall_seconds"] = wall
     measured["extra"] = json.loads(lines[-2]) if len(lines) > 1 else None
-    sys.stderr.write("  %-28s %7.2f s  peak %7.1f MB\n" % (label, wall, measured["peak_rss_mb"]))
+    # With --tree, the whole tree's peak (a Flink run's JVM and SDK workers); else this process's
+    # and its own worker processes'.
+    sys.stderr.write("  %-28s %7.2f s  peak %7.1f MB\n" % (
+        label, wall, measured.get("tree_peak_rss_mb", measured["peak_rss_mb"])))
     return measured
 
 

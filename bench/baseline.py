@@ -1,5 +1,9 @@
 """The naive Beam baseline: parse, key by user, one ReadModifyWrite state read and write plus one
-event-time timer set per event, nothing else. ``python -m bench.baseline --input F``."""
+event-time timer set per event, nothing else. ``python -m bench.baseline --input F [BEAM OPTIONS]``.
+
+Beam options go to the pipeline, and the runner gets the defaults the pipeline commands give it
+(``pipelines.runners.runner_environment``): ``--runner=FlinkRunner`` runs on the same embedded
+Flink, job server, worker pool and parallelism as ``pipelines.stream`` and ``pipelines.replay``."""
 import argparse
 import datetime
 import json
@@ -11,6 +15,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
+
+from pipelines.runners import runner_environment
 
 
 class _CountPerUser(beam.DoFn):
@@ -43,10 +49,12 @@ def run(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--input", required=True)
     known, beam_args = parser.parse_known_args(argv)
-    with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
-        (p | "Read" >> beam.io.ReadFromText(known.input)
-           | "Parse" >> beam.FlatMap(_key)
-           | "StatePerEvent" >> beam.ParDo(_CountPerUser()))
+    options = PipelineOptions(beam_args)
+    with runner_environment(options):
+        with beam.Pipeline(options=options) as p:
+            (p | "Read" >> beam.io.ReadFromText(known.input)
+               | "Parse" >> beam.FlatMap(_key)
+               | "StatePerEvent" >> beam.ParDo(_CountPerUser()))
     return 0
 
 

@@ -1,7 +1,7 @@
 """The benchmark: one command, one data set, every path side by side.
 
     python -m bench.run [--events 150000] [--users 3000] [--days 40] [--repeat 3] [--skip-1m]
-        [--skip-profile] [--eventhubs-events 100000]
+        [--skip-profile] [--eventhubs-events 100000] [--flink [--flink-parallelism 1,2]]
 
 Times, on the same files in one run: the naive Beam baseline (one state read+write and one timer per
 event), ``pipelines.stream``, ``pipelines.replay`` and the pure core in a plain loop. The job is the
@@ -16,6 +16,13 @@ other work only ever adds time, and one run can be a quarter slower than the nex
 from the medians are in ``results.json`` too.
 Writes ``bench/results.json`` and prints a table. Also checks that stream and replay wrote the
 same messages, and (unless ``--skip-1m``) replays 1M events for peak RSS.
+With ``--flink`` the same run also times the baseline, ``stream`` and ``replay`` on embedded Flink
+(``--runner=FlinkRunner``, set up by ``pipelines.runners``: the installed job server, Beam's worker
+pool with one SDK worker process per slot) at each ``--flink-parallelism``, on the same files and in
+the same rounds. Their figures compare with the DirectRunner's baseline and with Flink's baseline at
+the same parallelism; their outputs are compared byte for byte with the DirectRunner's; their CPU,
+memory and SDK worker processes are sampled over the whole process tree (``bench._tree``), since
+the work runs in the job server's JVM and the SDK workers, not in the launching process.
 Then (unless skipped) it profiles ``replay`` and ``stream`` at N (``bench.profile``: the share of
 time per component, to show what limits them) and times a catch-up read of 100k events from the
 bundled Event Hubs endpoint (``bench.eventhubs_catchup``; ``--eventhubs-events 0`` skips it).
@@ -40,8 +47,8 @@ CONFIG = os.path.join(HERE, "config.yaml")
 SIZES = ("tiny", "N", "4N")
 
 
-def _measure(module, args, label):
-    command = [sys.executable, "-m", "bench._measure", module] + args
+def _measure(module, args, label, tree=False):
+    command = [sys.executable, "-m", "bench._measure"] + (["--tree"] if tree else []) + [module] + args
     started = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -52,7 +59,10 @@ def _measure(module, args, label):
     measured = json.loads(lines[-1])
     measured["wall_seconds"] = wall
     measured["extra"] = json.loads(lines[-2]) if len(lines) > 1 else None
-    sys.stderr.write("  %-28s %7.2f s  peak %7.1f MB\n" % (label, wall, measured["peak_rss_mb"]))
+    # With --tree, the whole tree's peak (a Flink run's JVM and SDK workers); else this process's
+    # and its own worker processes'.
+    sys.stderr.write("  %-28s %7.2f s  peak %7.1f MB\n" % (
+        label, wall, measured.get("tree_peak_rss_mb", measured["peak_rss_mb"])))
     return measured
 
 
@@ -71,11 +81,30 @@ BRANCHES = {"audiences": ("eventhub_audience_export",), "blob": ("azure_blob_eve
             "alerts": ("webhook_system_events",)}
 
 
-def _pipeline_args(kind, path, out, config=CONFIG):
+#: The paths timed on every runner.
+KINDS = ("baseline", "stream", "replay")
+
+
+def _pipeline_args(kind, path, out, config=CONFIG, runner_args=()):
+    """``(module, argv)`` of one path's run; ``runner_args`` (e.g. :func:`flink_args`) go last."""
     if kind == "baseline":
-        return "bench.baseline", ["--input", path]
+        return "bench.baseline", ["--input", path] + list(runner_args)
     module = "pipelines." + kind
-    return module, ["--config", config, "--input", path, "--output_dir", out, "--progress_seconds", "0"]
+    return module, (["--config", config, "--input", path, "--output_dir", out, "--progress_seconds", "0"]
+                    + list(runner_args))
+
+
+def flink_args(parallelism):
+    """The options of a run on embedded Flink: everything else (job server, worker pool, one SDK
+    worker process per slot) is ``pipelines.runners``' default, as for a user."""
+    return ["--runner=FlinkRunner", "--parallelism=%d" % parallelism]
+
+
+def _parallelisms(text):
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("a comma-separated list of parallelisms of 1 or more")
+    return sorted(set(values))
 
 
 def branch_config(branch, directory):
@@ -129,18 +158,38 @@ def main(argv=None):
     parser.add_argument("--branches", type=int, default=2,
                         help="runs of replay and stream at each size for each single-branch job "
                              "(0: skip them)")
+    parser.add_argument("--flink", action="store_true",
+                        help="also time the baseline, stream and replay on embedded Flink "
+                             "(--runner=FlinkRunner) at each --flink-parallelism, in the same rounds")
+    parser.add_argument("--flink-parallelism", type=_parallelisms, default=[1, 2],
+                        help="comma-separated Flink parallelisms (slots and SDK worker processes) "
+                             "for --flink (default 1,2)")
     parser.add_argument("--out", default=os.path.join(HERE, "results.json"))
     parser.add_argument("--data", default=os.path.join(HERE, "data"),
                         help="where the data sets and the runs' outputs go")
     args = parser.parse_args(argv)
+    if args.flink:
+        from pipelines.runners import INSTALL_FLINK, flink_job_server_jar
+        if not os.path.exists(flink_job_server_jar()):
+            parser.error("--flink: the Flink job server is not installed (%s): run %s"
+                         % (flink_job_server_jar(), INSTALL_FLINK))
+    load_before = _load()
     with webhook_receiver() as receiver:
         results = _bench(args)
         results["webhook_posts"] = receiver.posts
+    # Other work on the host only ever adds time: the load averages say how much there was.
+    results["machine"]["load_average_before"], results["machine"]["load_average_after"] = load_before, _load()
     with open(args.out, "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=2)
         fh.write("\n")
     print(format_table(results))
-    return 0 if results["stream_equals_replay"] else 1
+    flink_equal = all(same for by_p in results.get("flink", {}).get("equal_to_direct", {}).values()
+                      for same in by_p.values())
+    return 0 if results["stream_equals_replay"] and flink_equal else 1
+
+
+def _load():
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def _bench(args):
@@ -157,8 +206,10 @@ def _bench(args):
                            "cpus": os.cpu_count()},
                "events": {"N": n, "4N": 4 * n, "users_N": users}, "paths": {}}
     results["repeats"] = args.repeat
-    kinds = ("baseline", "stream", "replay")
+    kinds = KINDS
     measured = {kind: {size: [] for size in SIZES} for kind in kinds}  # bench._measure's results
+    parallelisms = args.flink_parallelism if args.flink else []
+    flink_measured = {p: {kind: {size: [] for size in SIZES} for kind in kinds} for p in parallelisms}
     for round_ in range(args.repeat):
         # Rounds over every path and size: a slow spell of the machine does not fall on one alone.
         sys.stderr.write("round %d of %d\n" % (round_ + 1, args.repeat))
@@ -166,6 +217,13 @@ def _bench(args):
             for size in SIZES:
                 module, margs = _pipeline_args(kind, files[size], os.path.join(data, "out-%s-%s" % (kind, size)))
                 measured[kind][size].append(_measure(module, margs, "%s %s" % (kind, size)))
+        for p in parallelisms:
+            for kind in kinds:
+                for size in SIZES:
+                    module, margs = _pipeline_args(kind, files[size], flink_out(data, kind, size, p),
+                                                   runner_args=flink_args(p))
+                    flink_measured[p][kind][size].append(
+                        _measure(module, margs, "flink p%d %s %s" % (p, kind, size), tree=True))
     for kind in kinds:
         runs = measured[kind]
         results["paths"][kind] = summarise(_field(runs, "wall_seconds"), n, _field(runs, "cpu_seconds"))
@@ -196,6 +254,8 @@ def _bench(args):
                == _outputs(os.path.join(data, "out-replay-%s" % s)) for s in ("N", "4N"))
     results["stream_equals_replay"] = same
     results["output_files_N"] = len(_outputs(os.path.join(data, "out-replay-N")))
+    if parallelisms:
+        results["flink"] = flink_results(flink_measured, n, results["paths"]["baseline"], data)
     if args.branches:
         results["branches"] = {}
         for branch in BRANCHES:
@@ -232,6 +292,82 @@ def _bench(args):
                                str(args.eventhubs_events), "--skip-raw"], "eventhubs catch-up")
         results["eventhubs_catchup"] = json.loads([l for l in output.splitlines() if l.startswith("{")][-1])
     return results
+
+
+def flink_out(data, kind, size, parallelism):
+    return os.path.join(data, "out-%s-%s-flink-p%d" % (kind, size, parallelism))
+
+
+def _ratio(rate, base):
+    return round(rate / base, 2) if base else None
+
+
+def differing_outputs(reference, other):
+    """Relative paths of the files ``other`` lacks, adds or holds other bytes in (``_outputs``)."""
+    return sorted(name for name in set(reference) | set(other) if reference.get(name) != other.get(name))
+
+
+def flink_results(measured, n, direct_baseline, data):
+    """The Flink part of ``results.json``: per parallelism and path, the figures of ``summarise``
+    from the wall times and the whole tree's CPU, ratios to the DirectRunner's baseline and to
+    Flink's own baseline at that parallelism, peak memory and CPU by role over the tree, the SDK
+    worker processes seen; each command's rate at the highest parallelism over its rate at 1;
+    whether ``stream`` and ``replay`` wrote the DirectRunner's bytes."""
+    out = {"parallelisms": sorted(measured), "paths": {}, "equal_to_direct": {}, "differing_files": {}}
+    for p, by_kind in sorted(measured.items()):
+        key = "p%d" % p
+        for kind, runs in by_kind.items():
+            figures = summarise(_field(runs, "wall_seconds"), n, _field(runs, "tree_cpu_seconds"))
+            figures["peak_rss_mb_4N"] = max(_field(runs, "tree_peak_rss_mb")["4N"])
+            every = [run for size in SIZES for run in runs[size]]
+            figures["sdk_workers_started"] = max(run["sdk_workers_started"] for run in every)
+            figures["sdk_workers_at_once"] = max(run["sdk_workers_at_once"] for run in every)
+            figures["cpu_us_per_event_by_role"] = role_cpu_per_event(runs, n)
+            fastest = min(runs["4N"], key=lambda run: run["wall_seconds"])
+            figures["cpu_seconds_by_role_4N"] = fastest["tree_cpu_by_role"]
+            figures["sdk_worker_cpu_seconds_4N"] = fastest["sdk_worker_cpu_seconds"]
+            out["paths"].setdefault(kind, {})[key] = figures
+        base = out["paths"]["baseline"][key]
+        for kind in KINDS:
+            figures = out["paths"][kind][key]
+            rate, median = figures["marginal_events_per_second"], figures["median"]["marginal_events_per_second"]
+            figures["ratio_to_direct_baseline"] = _ratio(rate, direct_baseline["marginal_events_per_second"])
+            figures["ratio_to_flink_baseline"] = _ratio(rate, base["marginal_events_per_second"])
+            figures["median"]["ratio_to_direct_baseline"] = _ratio(
+                median, direct_baseline["median"]["marginal_events_per_second"])
+            figures["median"]["ratio_to_flink_baseline"] = _ratio(
+                median, base["median"]["marginal_events_per_second"])
+        for kind in ("stream", "replay"):
+            differing = []
+            for size in ("N", "4N"):
+                direct = _outputs(os.path.join(data, "out-%s-%s" % (kind, size)))
+                flink = _outputs(flink_out(data, kind, size, p))
+                differing += [size + ": " + name for name in differing_outputs(direct, flink)]
+            out["equal_to_direct"].setdefault(kind, {})[key] = not differing
+            out["differing_files"].setdefault(kind, {})[key] = differing[:10]
+    low, high = min(measured), max(measured)
+    if high > low:
+        out["scaling"] = {"from": low, "to": high, "target": 1.7, "ratio": {
+            kind: _ratio(out["paths"][kind]["p%d" % high]["marginal_events_per_second"],
+                         out["paths"][kind]["p%d" % low]["marginal_events_per_second"]) for kind in KINDS},
+            "median_ratio": {
+            kind: _ratio(out["paths"][kind]["p%d" % high]["median"]["marginal_events_per_second"],
+                         out["paths"][kind]["p%d" % low]["median"]["marginal_events_per_second"])
+            for kind in KINDS}}
+    return out
+
+
+def role_cpu_per_event(runs_by_size, n):
+    """Marginal CPU microseconds per event by role of the process tree (``bench._tree``: the
+    launcher, the job server's JVM, the worker pool, the SDK workers) and their ``total``, from
+    each size's run of least tree CPU time, as :func:`cpu_per_event` does."""
+    least = {size: min(runs_by_size[size], key=lambda run: run["tree_cpu_seconds"]) for size in ("N", "4N")}
+    small, large = least["N"]["tree_cpu_by_role"], least["4N"]["tree_cpu_by_role"]
+    per_event = {name: round((large.get(name, 0.0) - small.get(name, 0.0)) / (3 * n) * 1e6, 2)
+                 for name in sorted(set(small) | set(large))}
+    per_event["total"] = round((least["4N"]["tree_cpu_seconds"] - least["N"]["tree_cpu_seconds"])
+                               / (3 * n) * 1e6, 2)
+    return per_event
 
 
 def _linearity(t):
@@ -298,18 +434,33 @@ def cpu_per_event(runs_by_size, n):
 
 
 def format_table(results):
-    rows = ["| path | marginal ev/s | x baseline | start-up s | t(N) s | t(4N) s | linearity "
-            "| medians: x baseline, linearity | peak RSS MB (4N) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for kind in ("baseline", "stream", "replay"):
+    rows = ["| path | runner | marginal ev/s | x baseline (DirectRunner) | x baseline (same runner) "
+            "| start-up s | t(N) s | t(4N) s | linearity | medians: x baseline (DirectRunner), linearity "
+            "| peak RSS MB (4N) | outputs |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    row = "| %s | %s | %d | %s | %s | %.1f | %.1f | %.1f | %.2f | %s, %.2f | %.0f | %s |"
+    for kind in KINDS:
         r = results["paths"][kind]
         m = r["median"]
-        rows.append("| %s | %d | %s | %.1f | %.1f | %.1f | %.2f | %s, %.2f | %.0f |" % (
-            kind, r["marginal_events_per_second"], r.get("ratio_to_baseline", 1.0), r["startup_seconds"],
+        ratio = r.get("ratio_to_baseline", 1.0)
+        rows.append(row % (
+            kind, "direct", r["marginal_events_per_second"], ratio, ratio, r["startup_seconds"],
             r["seconds_N"], r["seconds_4N"], r["linearity"], m.get("ratio_to_baseline", 1.0), m["linearity"],
-            r["peak_rss_mb_4N"]))
+            r["peak_rss_mb_4N"], "reference" if kind != "baseline" else "-"))
+    flink = results.get("flink")
+    for p in (flink or {}).get("parallelisms", ()):
+        key = "p%d" % p
+        for kind in KINDS:
+            r = flink["paths"][kind][key]
+            m = r["median"]
+            same = flink["equal_to_direct"].get(kind, {}).get(key)
+            rows.append(row % (
+                kind, "flink " + key, r["marginal_events_per_second"], r["ratio_to_direct_baseline"],
+                r["ratio_to_flink_baseline"], r["startup_seconds"], r["seconds_N"], r["seconds_4N"],
+                r["linearity"], m["ratio_to_direct_baseline"], m["linearity"], r["peak_rss_mb_4N"],
+                "-" if same is None else "= direct" if same else "**differ**"))
     c = results["paths"]["core"]
-    rows.append("| core (plain loop, engine only) | %d | %s | - | - | - | - | - | %.0f |" % (
+    rows.append("| core (plain loop, engine only) | - | %d | %s | - | - | - | - | - | - | %.0f | - |" % (
         c["engine_events_per_second"], c["ratio_to_baseline"], c["peak_rss_mb_4N"]))
     lines = ["\n".join(rows), "", "each time is the fastest of %d runs" % results["repeats"]]
     if results.get("branches"):
@@ -348,9 +499,58 @@ def format_table(results):
         lines.append("Event Hubs catch-up (bundled endpoint, %d partitions): %d events in %.1f s, %d ev/s "
                      "(start-up included)" % (e["partitions"], e["events"], e["pipeline_seconds"],
                                               e["pipeline_events_per_second"]))
-    lines.append("machine: %s, Python %s, %d CPUs" % (results["machine"]["platform"],
-                                                     results["machine"]["python"], results["machine"]["cpus"]))
+    if flink:
+        lines += [""] + format_flink(flink)
+    machine = results["machine"]
+    lines.append("machine: %s, Python %s, %d CPUs" % (machine["platform"], machine["python"], machine["cpus"])
+                 + "".join("; load average (1, 5, 15 min) %s: %s" % (when, ", ".join("%.2f" % v for v in load))
+                           for when, load in (("before", machine.get("load_average_before")),
+                                              ("after", machine.get("load_average_after"))) if load))
     return "\n".join(lines)
+
+
+def format_flink(flink):
+    """The Flink lines under the table: per command, the rate at each parallelism, the scaling
+    from the lowest to the highest, start-up, SDK worker processes and output equality; then where
+    the CPU went by process."""
+    ps = flink["parallelisms"]
+    keys = ["p%d" % p for p in ps]
+    scaling = flink.get("scaling")
+    head = "| Flink (embedded) | " + " | ".join("%s ev/s" % k for k in keys)
+    if scaling:
+        head += " | p%d/p%d (target >= %.1f), medians" % (scaling["to"], scaling["from"], scaling["target"])
+    head += " | start-up s (%s) | SDK worker processes started, at once (%s) | outputs = DirectRunner |" % (
+        ", ".join(keys), ", ".join(keys))
+    lines = [head, "| --- |" + " ---: |" * (len(keys) + (1 if scaling else 0) + 2) + " --- |"]
+    for kind in KINDS:
+        by_p = flink["paths"][kind]
+        cells = ["%d" % by_p[k]["marginal_events_per_second"] for k in keys]
+        if scaling:
+            cells.append("%sx, %sx" % (scaling["ratio"][kind], scaling["median_ratio"][kind]))
+        cells.append(", ".join("%.1f" % by_p[k]["startup_seconds"] for k in keys))
+        cells.append(", ".join("%d/%d" % (by_p[k]["sdk_workers_started"], by_p[k]["sdk_workers_at_once"])
+                               for k in keys))
+        equal = flink["equal_to_direct"].get(kind)
+        cells.append(", ".join("%s %s" % (k, "yes" if equal[k] else "**no**") for k in keys) if equal else "-")
+        lines.append("| %s | %s |" % (kind, " | ".join(cells)))
+    lines.append("")
+    lines.append("Flink start-up is the tiny run's wall time (the job server's JVM, the worker pool and "
+                 "its SDK workers, the job's submission); marginal rates leave it out. Peak RSS and CPU "
+                 "are sampled over the whole process tree (JVM and SDK workers included).")
+    for kind in KINDS:
+        for k in keys:
+            r = flink["paths"][kind][k]
+            lines.append("Flink %s %s: marginal CPU per event, microseconds, by process: %s; SDK workers' "
+                         "CPU s at 4N, each: %s" % (
+                             k, kind, ", ".join("%s %.1f" % (name, us)
+                                                for name, us in r["cpu_us_per_event_by_role"].items()),
+                             ", ".join("%.1f" % cpu for cpu in r["sdk_worker_cpu_seconds_4N"]) or "-"))
+    for kind, by_p in flink.get("differing_files", {}).items():
+        for k, names in by_p.items():
+            if names:
+                lines.append("Flink %s %s wrote other outputs than the DirectRunner: %s" % (
+                    k, kind, ", ".join(names)))
+    return lines
 
 
 if __name__ == "__main__":

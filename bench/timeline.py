@@ -2,11 +2,12 @@
 
     python -m bench.timeline [--step 0.5] [--json FILE] -- COMMAND [ARGS...]
 
-Runs the command, samples the CPU time (user + system) of it and of its child processes every
-0.1 s, and prints one row per ``--step`` seconds: the share of one core each process used in that
-step (100% is a core kept busy), the command's own process first. A run on embedded Flink shows
-its phases this way: which of the job server and the SDK worker processes are busy, and when.
-Example::
+Runs the command, samples the CPU time (user + system) of it and of all its descendants (Beam's
+SDK workers are children of its worker pool) every 0.1 s, and prints one row per ``--step``
+seconds: the share of one core each process used in that step (100% is a core kept busy), the
+command's own process first, then each process's role (``bench._tree.role``). A run on embedded
+Flink shows its phases this way: which of the job server and the SDK worker processes are busy,
+and when. Example::
 
     python -m bench.timeline -- .venv/bin/python -m pipelines.stream --config bench/config.yaml \\
         --input bench/data/4n.jsonl --output_dir /tmp/out --progress_seconds 0 --runner=FlinkRunner
@@ -21,34 +22,24 @@ import sys
 import tempfile
 import time
 
-from bench.soak import child_pids
+from bench._tree import classify, tree_stats
 
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 SAMPLE_SECONDS = 0.1
 
 
-def _cpu_seconds(pid):
-    try:
-        with open("/proc/%d/stat" % pid, encoding="ascii", errors="replace") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
-
-
-def sample(command):
+def sample(command, roles=None):
     """Runs ``command``; returns ``(its pid, exit code, wall seconds, [(seconds, {pid: cpu seconds})],
-    stderr)``."""
+    stderr)``. ``roles``, a dict, gets each process's role (``bench._tree.role``)."""
+    roles = {} if roles is None else roles
     with tempfile.TemporaryFile() as err:
         started = time.monotonic()
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
         samples = []
         while proc.poll() is None:
             snapshot = {}
-            for pid in [proc.pid] + child_pids(proc.pid):
-                seconds = _cpu_seconds(pid)
-                if seconds is not None:
-                    snapshot[pid] = seconds
+            for pid, (seconds, _) in tree_stats(proc.pid).items():
+                snapshot[pid] = seconds
+                classify(roles, pid, proc.pid)
             samples.append((time.monotonic() - started, snapshot))
             time.sleep(SAMPLE_SECONDS)
         wall = time.monotonic() - started
@@ -87,7 +78,8 @@ def main(argv=None):
         parser.error("no command given")
     if not os.path.isdir("/proc/self"):
         parser.error("needs Linux /proc")
-    main_pid, status, wall, samples, stderr = sample(command)
+    roles = {}
+    main_pid, status, wall, samples, stderr = sample(command, roles)
     pids, rows = timeline(samples, main_pid, args.step)
     totals = {pid: max((s.get(pid, 0.0) for _, s in samples), default=0.0) for pid in pids}
     print("wall %.2f s, exit %d; share of a core per %.1f s, the command's process first:" % (wall, status, args.step))
@@ -95,11 +87,13 @@ def main(argv=None):
     for seconds, shares in rows:
         print("%5.1f  " % seconds + "  ".join("%6.0f%%" % (100 * share) for share in shares))
     print("CPU seconds: " + ", ".join("%d: %.2f" % (pid, totals[pid]) for pid in pids))
+    print("processes: " + ", ".join("%d: %s" % (pid, roles.get(pid, "?")) for pid in pids))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"wall_seconds": wall, "exit": status, "pids": pids,
                        "rows": [[seconds] + shares for seconds, shares in rows],
-                       "cpu_seconds": [totals[pid] for pid in pids]}, fh)
+                       "cpu_seconds": [totals[pid] for pid in pids],
+                       "roles": [roles.get(pid) for pid in pids]}, fh)
     if status:
         sys.stderr.write(stderr[-2000:])
     return status

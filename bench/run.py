@@ -26,6 +26,8 @@ the work runs in the job server's JVM and the SDK workers, not in the launching 
 Then (unless skipped) it profiles ``replay`` and ``stream`` at N (``bench.profile``: the share of
 time per component, to show what limits them) and times a catch-up read of 100k events from the
 bundled Event Hubs endpoint (``bench.eventhubs_catchup``; ``--eventhubs-events 0`` skips it).
+Last, the targets (``bench.targets``): each one met, missed or not measured, and for each missed one
+what the run's own CPU figures and profile say about why.
 """
 import argparse
 import json
@@ -40,6 +42,7 @@ import yaml
 
 from bench.make_data import write
 from bench.receiver import webhook_receiver
+from bench.targets import format_targets
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -501,6 +504,8 @@ def format_table(results):
                                               e["pipeline_events_per_second"]))
     if flink:
         lines += [""] + format_flink(flink)
+    lines += ["", "targets (issue 21; `python -m bench.targets` prints them again from results.json):"]
+    lines += format_targets(results)
     machine = results["machine"]
     lines.append("machine: %s, Python %s, %d CPUs" % (machine["platform"], machine["python"], machine["cpus"])
                  + "".join("; load average (1, 5, 15 min) %s: %s" % (when, ", ".join("%.2f" % v for v in load))

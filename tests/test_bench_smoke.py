@@ -52,6 +52,9 @@ def test_bench_runs_on_a_tiny_data_set_and_stream_equals_replay(tmp_path):
     assert messages
     assert "| replay |" in result.stdout and "stream == replay: True" in result.stdout
     assert "marginal CPU per event" in result.stdout
+    # Every target is listed, each met, missed (with why) or not measured.
+    assert "| replay speed | >= 10x the baseline (DirectRunner) |" in result.stdout
+    assert "| 1M events | peak RSS <= 2048 MB | not measured (--skip-1m) | not measured |" in result.stdout
 
 
 def test_figures_use_each_size_s_fastest_run_and_keep_the_medians():

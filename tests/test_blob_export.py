@@ -1,216 +1,28 @@
-"""The azure_blob_event_export work against Azurite, through real Beam pipelines.
+"""The azure_blob_event_export work against Azurite, through real Beam pipelines: the files, failures
+and catch-up, and rows travelling batched (credentials: ``test_blob_credentials.py``).
 
 Every run's files are compared with :func:`core.export.render_files` over the same records and with
 the local sink's files, byte for byte.
 """
-import csv
-import gzip
 import io
-import logging
 import re
-import socket
 import uuid
 
 import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
-from apache_beam.transforms.display import DisplayData
-from azure.storage.blob import BlobServiceClient
 
 from core import export
-from core.config import parse_config
-from core.engine import ExportRow
-from core.records import parse_record
-from core.timeutil import MICROS, parse_time
-from clients.blob import CONNECT_BACKOFF_S, AzureDestination, BlobExportError
-from clients.markers import read_marker, verify_credentials
-from clients.retry import RetryPolicy
 from transforms import blob, blob_steps
-from transforms.blob import LocalDestination, make_destination
-from tests.faultproxy import FaultProxy
+from tests.blob_runs import (ACCOUNT, AID, COLLECTED, H, T0, collect, container_client,
+                             contents, data_blobs, dead_port, export_row, launch, local_files,
+                             make_work, marker_of, new_container, read_cells, run_export,
+                             sample_rows, sample_system_events, window_name)
 from tests.fixtures_azurite import connection_string
 
-T0 = parse_time("2026-11-20T10:00:00Z")
-H = 3600 * MICROS
-ACCOUNT, AID = "acme", 1234
 FORMULAS = ("=", "+", "-", "@", "\t", "\r")
 NUMBER = re.compile(r"^-?\d+(\.\d+)?([eE][+-]?\d+)?$")   # a number cell is not a formula
-
-
-# -- records -----------------------------------------------------------------------------------
-
-def export_row(event_id, minutes, event="purchase", user="u1", anonymous=None, props=None,
-               attrs=None):
-    obj = {"event": event, "ts": (T0 + minutes * 60 * MICROS - 90 * MICROS) // MICROS,
-           "received_at": (T0 + minutes * 60 * MICROS) // MICROS, "properties": props or {}}
-    if event_id is not None:
-        obj["event_id"] = event_id
-    if user:
-        obj["user_id"] = user
-    if anonymous:
-        obj["anonymous_id"] = anonymous
-    return ExportRow(parse_record(obj), attrs or {})
-
-
-def sample_rows():
-    """Rows in hours 0, 1, 3 and 5 from T0 (2 and 4 are empty), with every kind of cell."""
-    return [
-        export_row("e-01", 5, props={"price": 19.99, "campaign": "=HYPERLINK(\"http://x\")"},
-                   attrs={"email": "a@example.com", "score": 3}),
-        export_row("e-02", 5, props={"price": 42, "campaign": "+33 1 23"},
-                   attrs={"email": "@handle", "score": None}),
-        export_row(None, 20, user=None, anonymous="anon-7", props={"price": -5, "campaign": "-x"},
-                   attrs={"email": "\tz"}),
-        export_row("e-04", 65, event="email_open", props={"campaign": "spring, \"sale\"\nline 2"},
-                   attrs={"email": "\rcr", "score": 2.5}),
-        export_row("e-05", 70, event="view", props={"price": 1}),   # not in the work's events
-        export_row("e-06", 190, props={"price": True, "campaign": {"a": [1, {"b": None}]}},
-                   attrs={"email": "é@example.com"}),
-        export_row("e-07", 190, props={"price": "12", "campaign": ["x", 1]}, user="u2"),
-        export_row("e-08", 301, props={"price": 0.1}, attrs={"email": "=1+2"}),
-    ]
-
-
-def system_event(id_, minutes, verb="failed", notes=None):
-    data = {"aid": AID, "subject_type": "work", "subject_id": "w-1", "verb": verb}
-    if notes is not None:
-        data["notes"] = notes
-    return parse_record({"kind": "system", "id": id_, "ts": "2026-11-20T09:00:00Z",
-                         "received_at": (T0 + minutes * 60 * MICROS) // MICROS, "data": data})
-
-
-def sample_system_events():
-    return [system_event("se-1", 1, notes="=danger"), system_event("se-1", 30, notes="=danger"),
-            system_event("se-2", 2, verb="synced", notes="ok"), system_event(17, 130, notes="-x"),
-            system_event("se-3", 61, verb="created")]
-
-
-# -- config, runs, inspection ------------------------------------------------------------------
-
-def make_work(conn, container, paused=False, **config):
-    cfg = {"container": container, "prefix": "acme/events/", "export_type": "events",
-           "period_hours": 1, "format": "csv", "events": ["purchase", "email_open"],
-           "event_parameters": ["price", "campaign"], "attributes": ["email", "score"]}
-    if conn:
-        cfg["connection_string"] = conn
-    cfg.update(config)
-    job = parse_config({"account": {"name": ACCOUNT, "aid": AID},
-                        "works": [{"id": "w-blob", "workflow": "azure_blob_event_export",
-                                   "paused": paused, "config": cfg}]})
-    return job.works[0]
-
-
-def new_container():
-    return "t-" + uuid.uuid4().hex[:12]
-
-
-_COLLECTED = {}
-
-
-def _collect(event, key):
-    _COLLECTED.setdefault(key, []).append(event)
-
-
-class Run:
-    def __init__(self, events, counters):
-        self.events = events
-        self.counters = counters
-
-    def verbs(self, verb):
-        return [e for e in self.events if e.verb == verb]
-
-
-def run_export(work, records, output_dir, marker_end=None, disabled_reason=None, batch_size=0):
-    """Runs one pipeline: Create(records) | WriteToBlobExport; the work's events and counters.
-
-    ``batch_size`` above 0: the records go in as lists of that many (``batched=True``)."""
-    key = uuid.uuid4().hex
-    if batch_size:
-        records = [records[i:i + batch_size] for i in range(0, len(records), batch_size)]
-    # The full name: Beam 2.62 knows the FnApiRunner by no short name.
-    p = BeamTestPipeline(runner="apache_beam.runners.portability.fn_api_runner.FnApiRunner")
-    (p
-     | beam.Create(records)
-     | blob.WriteToBlobExport(work, ACCOUNT, AID, str(output_dir), marker_end=marker_end,
-                              disabled_reason=disabled_reason, batched=batch_size > 0)
-     | beam.Map(_collect, key))
-    result = p.run()
-    result.wait_until_finish()
-    counters = {}   # one result per step: sum them
-    for c in result.metrics().query(MetricsFilter().with_namespace("work:" + work.id))["counters"]:
-        counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + c.committed
-    return Run(_COLLECTED.pop(key, []), counters)
-
-
-def launch(work, records, output_dir):
-    """What the launcher does: check the credentials, read the marker, run."""
-    destination = make_destination(work.settings, str(output_dir))
-    try:
-        verify_credentials(destination, work.id)
-        marker_end, reason = read_marker(destination, work.id), None
-    except BlobExportError as exc:
-        marker_end, reason = None, str(exc)
-    finally:
-        destination.close()
-    return run_export(work, records, output_dir, marker_end, reason), marker_end
-
-
-def container_client(azurite, container):
-    return BlobServiceClient.from_connection_string(
-        azurite.connection_string).get_container_client(container)
-
-
-def data_blobs(azurite, container):
-    """{name: (bytes, etag)} of the export files (not the marker) in a container."""
-    client = container_client(azurite, container)
-    if not client.exists():
-        return {}
-    return {b.name: (client.download_blob(b.name).readall(), b.etag)
-            for b in client.list_blobs() if "_state/" not in b.name}
-
-
-def contents(blobs):
-    return {name: data for name, (data, _) in blobs.items()}
-
-
-def marker_of(azurite, work):
-    destination = AzureDestination(azurite.connection_string, work.settings.container,
-                                        work.settings.prefix)
-    try:
-        return read_marker(destination, work.id)
-    finally:
-        destination.close()
-
-
-def window_name(work, start):
-    return export.ExportSpec(work.settings, ACCOUNT, work.id).file_name(start)
-
-
-def local_files(output_dir, work):
-    destination = LocalDestination(str(output_dir), work.settings.container,
-                                        work.settings.prefix)
-    return {name: destination.get(name) for name in destination.list_names()
-            if "_state/" not in name}
-
-
-def read_cells(name, data):
-    """The cells of a file as strings, opened with csv, gzip or pyarrow."""
-    if name.endswith(".parquet"):
-        table = pq.read_table(io.BytesIO(data))
-        return table.column_names, [[v for v in r.values()] for r in table.to_pylist()]
-    text = gzip.decompress(data).decode("utf-8") if name.endswith(".gz") else data.decode("utf-8")
-    rows = list(csv.reader(io.StringIO(text)))
-    return rows[0], rows[1:]
-
-
-def dead_port():
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -296,146 +108,6 @@ def test_parquet_types(azurite, tmp_path):
     assert types["properties.price"] == "double" and types["traits.score"] == "int64"
     assert types["timestamp"] == "string" and types["properties.campaign"] == "string"
     assert table.column("properties.price").to_pylist() == [19.99, 42.0, -5.0]
-
-
-# -- credentials -------------------------------------------------------------------------------
-
-def test_verify_credentials_cleans_up(azurite, tmp_path):
-    container = new_container()
-    destination = make_destination(make_work(azurite.connection_string, container).settings)
-    verify_credentials(destination, "w-blob")
-    assert destination.list_names() == []
-    destination.close()
-
-
-def test_verify_credentials_removes_checks_left_by_interrupted_activations(azurite):
-    container = new_container()
-    destination = make_destination(make_work(azurite.connection_string, container).settings)
-    # An earlier activation killed between its write and its delete, and other works' blobs.
-    left = ["acme/events/_verify/w-blob_1793491200.txt"]
-    others = ["acme/events/_verify/w-blob_x_1793491200.txt", "acme/events/_verify/w-blob2_1.txt",
-              "acme/events/w-blob_1793491200.txt"]
-    for name in left + others:
-        destination.put(name, b"x")
-    verify_credentials(destination, "w-blob")
-    assert destination.list_names() == sorted(others)
-    destination.close()
-
-
-def test_azure_writes_are_retried_by_the_one_policy_counting_attempts(azurite):
-    """Dropped connections are retried with the policy's backoff (waits recorded, not slept);
-    the SDK's own retries are off, so every attempt is one request through the proxy."""
-    container = new_container()
-    container_client(azurite, container).create_container()
-    with FaultProxy(("127.0.0.1", azurite.port), name="blob-retry") as proxy:
-        waits = []
-        destination = AzureDestination(connection_string(proxy.port), container,
-                                       retry=RetryPolicy(4, 2.0, sleep=waits.append))
-        proxy.on_pattern(b"PUT /devstoreaccount1/%s/f.csv" % container.encode(), "reset",
-                         times=2)
-        destination.put("f.csv", b"a,b\n", content_type="text/csv")
-        assert proxy.counters()["resets"] == 2
-        assert len(waits) == 2 and 0 <= waits[0] <= 2.0 and 0 <= waits[1] <= 4.0
-        assert destination.get("f.csv") == b"a,b\n" and len(waits) == 2
-        proxy.on_pattern(b"GET /devstoreaccount1/%s/f.csv" % container.encode(), "reset",
-                         times=4)
-        with pytest.raises(BlobExportError) as info:
-            destination.get("f.csv")
-        assert len(waits) == 5 and proxy.counters()["resets"] == 6    # 4 attempts in all
-        assert str(info.value).startswith("cannot read f.csv in storage account")
-        destination.close()
-
-
-def test_a_dead_endpoint_is_retried_once_after_the_connect_backoff(azurite):
-    waits = []
-    destination = AzureDestination(connection_string(dead_port()), new_container(),
-                                   retry=RetryPolicy(4, 2.0, sleep=waits.append))
-    with pytest.raises(BlobExportError) as info:
-        destination.put("f.csv", b"x")
-    assert waits == [CONNECT_BACKOFF_S] and info.value.kind == "unreachable"
-    destination.close()
-
-
-@pytest.mark.parametrize("case", ["wrong_key", "not_base64", "dead_port"])
-def test_verify_credentials_one_line_error(azurite, case):
-    key = {"wrong_key": azurite.wrong_key, "not_base64": "not-base64!*", "dead_port": None}[case]
-    conn = (connection_string(dead_port()) if case == "dead_port"
-            else connection_string(azurite.port, key))
-    work = make_work(conn, new_container())
-    destination = make_destination(work.settings)
-    with pytest.raises(BlobExportError) as info:
-        verify_credentials(destination, work.id)
-    message = str(info.value)
-    assert "\n" not in message and "w-blob" in message
-    assert conn not in message and "AccountKey" not in message
-    assert (key or azurite.account_key) not in message and azurite.account_key not in message
-    if case == "dead_port":
-        assert info.value.kind == "unreachable" and "unreachable" in message
-    else:
-        assert info.value.kind == "credentials" and "credentials rejected" in message
-
-
-def test_verify_blob_that_may_not_be_deleted_is_left_and_logged(azurite, caplog):
-    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
-    container = new_container()
-    container_client(azurite, container).create_container()
-    sas = generate_container_sas("devstoreaccount1", container, account_key=azurite.account_key,
-                                 permission=ContainerSasPermissions(write=True, create=True,
-                                                                    read=True),
-                                 expiry=parse_time("2099-01-01T00:00:00Z") // MICROS)
-    conn = "BlobEndpoint=http://127.0.0.1:%d/devstoreaccount1;SharedAccessSignature=%s" % (
-        azurite.port, sas)
-    destination = make_destination(make_work(conn, container).settings)
-    with caplog.at_level(logging.WARNING, logger="clients.markers"):
-        verify_credentials(destination, "w-blob")
-    left = [b.name for b in container_client(azurite, container).list_blobs()]
-    assert len(left) == 1 and left[0].startswith("acme/events/_verify/w-blob_")
-    assert left[0] in caplog.text and "left in place" in caplog.text
-    assert sas not in caplog.text and "sig=" not in caplog.text
-
-
-def test_wrong_key_then_right_key_then_rerun(azurite, tmp_path, caplog):
-    container = new_container()
-    records = sample_rows()
-    expected = export.render_files(records, make_work(None, container).settings, ACCOUNT, "w-blob")
-
-    # 1. Wrong key: the check fails, nothing is written, one failed event, no secret anywhere.
-    bad = make_work(azurite.wrong_key_connection_string, container)
-    with caplog.at_level(logging.DEBUG):
-        run, _ = launch(bad, records, tmp_path)
-    assert [e.verb for e in run.events] == ["failed"]
-    notes = run.events[0].data["notes"]
-    assert "credentials rejected" in notes
-    for secret in (azurite.wrong_key, azurite.wrong_key_connection_string, azurite.account_key):
-        assert secret not in notes and secret not in caplog.text
-    assert data_blobs(azurite, container) == {}
-    assert run.counters["failures"] == 1
-
-    # 2. The right key: every window, then the marker.
-    good = make_work(azurite.connection_string, container)
-    run, marker = launch(good, records, tmp_path)
-    assert marker is None
-    first = data_blobs(azurite, container)
-    assert contents(first) == expected
-    assert len(run.verbs("synced")) == len(expected) and len(run.verbs("synccomplete")) == 1
-
-    # 3. Again: the marker holds the place; no window is written twice.
-    run, marker = launch(good, records, tmp_path)
-    assert marker == T0 + 6 * H
-    assert run.events == []
-    assert data_blobs(azurite, container) == first       # same bytes and same etags
-    assert run.counters["skipped_before_marker"] == 7    # every exported row was before it
-    assert run.counters.get("files_delivered", 0) == 0
-
-
-def test_display_data_has_no_secret(azurite):
-    work = make_work(azurite.connection_string, new_container())
-    transform = blob.WriteToBlobExport(work, ACCOUNT, AID, "out", marker_end=T0)
-    items = DisplayData.create_from(transform).items
-    text = repr([(i.key, i.value) for i in items]) + repr(transform._recipe)
-    assert azurite.account_key not in text and "AccountKey" not in text
-    assert {"work_id": "w-blob", "destination": "azure"}.items() <= {i.key: i.value
-                                                                     for i in items}.items()
 
 
 # -- failures and catch-up ---------------------------------------------------------------------
@@ -561,11 +233,11 @@ def test_portable_runner_writes_the_same_files(azurite, tmp_path):
         (p
          | beam.Create(records)
          | blob.WriteToBlobExport(work, ACCOUNT, AID, str(tmp_path))
-         | beam.Map(_collect, key))
+         | beam.Map(collect, key))
     assert contents(data_blobs(azurite, container)) == \
         export.render_files(records, work.settings, ACCOUNT, work.id)
     assert marker_of(azurite, work) == T0 + 6 * H
-    events = _COLLECTED.pop(key, [])
+    events = COLLECTED.pop(key, [])
     assert sorted(e.verb for e in events) == ["synccomplete"] + ["synced"] * 6
 
 
@@ -589,9 +261,9 @@ def test_select_step_emits_lists_per_window_not_rows():
     (p
      | beam.Create(records)
      | beam.ParDo(blob_steps.SelectRowBatches(spec))
-     | beam.Map(_collect, key))
+     | beam.Map(collect, key))
     p.run().wait_until_finish()
-    elements = _COLLECTED.pop(key, [])
+    elements = COLLECTED.pop(key, [])
     assert all(isinstance(rows, list) for _, rows in elements)
     windows = {start for start, _ in elements}
     assert len(windows) == 3

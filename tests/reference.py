@@ -2,6 +2,8 @@
 
 Derived only from docs/CONTRACT.md (sections 2, 3, 4, 5.1, 5.2) and docs/SEMANTICS.md.
 It shares no code with the engine on purpose: it is slow and simple so that it is obviously right.
+It is longer than 600 lines because it is meant to be read in one place, from the contract's
+rules to the outputs it predicts, independently of the engine.
 
     reference_outputs(config, lines, environ={}) -> {
         "eventhub":   {work_id: [message dict, ...]},           # per user in time order

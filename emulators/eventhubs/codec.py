@@ -6,7 +6,7 @@ binary, uuid.UUID uuid, list list, dict map); the wrapper classes below select t
 """
 import struct
 import uuid
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Tuple, Union
 
 
 class Symbol(str):
@@ -88,7 +88,7 @@ def _encode_variable(out, small_code, large_code, data):
     out += data
 
 
-def encode_value(value, out):
+def encode_value(value: Any, out: bytearray) -> bytearray:
     """Appends the AMQP encoding of ``value`` to the bytearray ``out``.
 
     Python types map to AMQP types as follows: None null, bool boolean, int long, float double,
@@ -244,7 +244,7 @@ _FIXED = {
 _RAW_WIDTH = {0x73: 4, 0x74: 4, 0x84: 8, 0x94: 16}
 
 
-def decode_value(buf, pos=0):
+def decode_value(buf: Union[bytes, bytearray, memoryview], pos: int = 0) -> Tuple[Any, int]:
     """Decodes one AMQP value from ``buf`` at ``pos``; returns ``(value, next position)``."""
     try:
         code = buf[pos]

@@ -12,6 +12,7 @@ import socket
 import struct
 import time
 import urllib.parse
+from typing import TYPE_CHECKING
 
 from emulators.eventhubs.codec import (AmqpDecodeError, Array, Described, Symbol, UByte, UInt,
                                        ULong, UShort, decode_value)
@@ -22,6 +23,9 @@ from emulators.eventhubs.frames import (ACCEPTED, AMQP_HEADER, ATTACH, BATCH_FOR
                                         TARGET, TRANSFER, Message, amqp_error, frame)
 from emulators.eventhubs.hub import parse_selector
 from emulators.eventhubs.nodes import put_token, read_management, reply_bytes
+
+if TYPE_CHECKING:    # the server imports this module
+    from emulators.eventhubs.server import LocalEventHubs
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -64,7 +68,7 @@ _LINK_CREDIT = 1000
 class Connection:
     """One client connection, served on its own thread."""
 
-    def __init__(self, server, sock, peer):
+    def __init__(self, server: "LocalEventHubs", sock: socket.socket, peer: str) -> None:
         self.server = server
         self.hub = server._hub
         self.sock = sock
@@ -84,13 +88,14 @@ class Connection:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def wake(self):
+    def wake(self) -> None:
+        """Wakes the connection's thread: new events may be waiting for its consumers."""
         try:
             self._wake_w.send(b"\0")
         except OSError:
             pass
 
-    def abort(self):
+    def abort(self) -> None:
         """Drops the connection without an AMQP close, as a network failure would."""
         self._closed = True
         try:
@@ -99,7 +104,8 @@ class Connection:
             pass
         self.wake()
 
-    def run(self):
+    def run(self) -> None:
+        """Serves the connection until it closes, fails or is aborted."""
         selector = selectors.DefaultSelector()
         try:
             selector.register(self.sock, selectors.EVENT_READ, "socket")

@@ -7,7 +7,7 @@ import itertools
 import re
 import threading
 import time
-from typing import Any, NamedTuple, Optional
+from typing import Any, List, NamedTuple, Optional
 
 from emulators.eventhubs.codec import Described, Timestamp, ULong, encode_value
 from emulators.eventhubs.frames import (DELIVERY_ANNOTATIONS, ENQUEUED_TIME, HEADER,
@@ -49,7 +49,7 @@ def partition_for_key(partition_key: str, partition_count: int) -> int:
 class Hub:
     """Events of one event hub; thread-safe (connections run on their own threads)."""
 
-    def __init__(self, name, partition_count):
+    def __init__(self, name: str, partition_count: int) -> None:
         self.name = name
         self.partition_ids = [str(i) for i in range(partition_count)]
         self.created_ms = int(time.time() * 1000)
@@ -63,12 +63,13 @@ class Hub:
         """The index of the partition with this id, or None if the hub has no such partition."""
         return int(partition_id) if partition_id in self.partition_ids else None
 
-    def route(self, partition_key):
+    def route(self, partition_key: Optional[str]) -> int:
+        """The partition index for a delivery to the hub: by key, else round robin."""
         if partition_key is not None:
             return partition_for_key(partition_key, len(self.partitions))
         return next(self._round_robin) % len(self.partitions)
 
-    def append(self, partition, messages, partition_key):
+    def append(self, partition: int, messages: List[bytes], partition_key: Optional[str]) -> None:
         """Stores the encoded events of one delivery in one partition, in order."""
         with self.lock:
             for raw in messages:
@@ -114,11 +115,12 @@ class Hub:
         events.append(_StoredEvent(event, next(self._arrival), enqueued_ms, offset_value,
                                    bytes(wire)))
 
-    def read(self, partition, start, limit):
+    def read(self, partition: int, start: int, limit: int) -> List["_StoredEvent"]:
+        """At most ``limit`` stored events of a partition from index ``start``."""
         with self.lock:
             return self.partitions[partition][start:start + limit]
 
-    def start_index(self, partition, selector):
+    def start_index(self, partition: int, selector: Optional[tuple]) -> int:
         """Index of the first event a consumer with this selector filter receives."""
         with self.lock:
             events = self.partitions[partition]
@@ -138,7 +140,8 @@ class Hub:
                     return index
             return len(events)
 
-    def partition_info(self, partition):
+    def partition_info(self, partition: int) -> dict:
+        """The ``$management`` READ answer for a partition."""
         with self.lock:
             events = self.partitions[partition]
             last = events[-1] if events else None
@@ -153,7 +156,8 @@ class Hub:
                 "is_partition_empty": not events,
             }
 
-    def snapshot(self, partition=None):
+    def snapshot(self, partition: Optional[int] = None) -> List[ReceivedEvent]:
+        """The stored events of one partition, or of all in arrival order."""
         with self.lock:
             if partition is not None:
                 return [stored.event for stored in self.partitions[partition]]

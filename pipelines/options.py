@@ -121,6 +121,12 @@ class FlinkCheckpointOptions(PipelineOptions):
             help="Flink streaming: take a checkpoint every MS milliseconds (default: none), e.g. "
                  "--checkpointing_interval=2000")
         parser.add_argument(
+            "--finish_bundle_before_checkpointing", nargs="?", const=True, default=None,
+            type=flag_value, metavar="BOOL",
+            help="Flink streaming: end each step's bundle before it takes part in a checkpoint "
+                 "(on by default with --checkpointing_interval: without it a live Event Hubs "
+                 "read never starts), e.g. --finish_bundle_before_checkpointing=false")
+        parser.add_argument(
             "--shutdown_sources_after_idle_ms", type=int, default=None, metavar="MS",
             help="Flink streaming: end a source task that has had nothing to emit for MS "
                  "milliseconds (Beam's default with checkpoints: never), e.g. "

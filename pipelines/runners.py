@@ -274,6 +274,13 @@ def apply_flink_defaults(options) -> bool:
         _check_restore_path(given["savepoint_path"])
     flink = options.view_as(FlinkRunnerOptions)
     portable = options.view_as(PortableOptions)
+    if given.get("checkpointing_interval") and "finish_bundle_before_checkpointing" not in given:
+        # Beam's Flink operators keep what a step emitted in an unfinished bundle inside the
+        # checkpoint and let it go only with the step's next element or watermark. The step
+        # after the read's Impulse (PlanPartitions) never gets another one: its partitions stayed
+        # in the checkpoint, no partition was ever read, and the checkpoints stalled.
+        from pipelines.options import FlinkCheckpointOptions
+        options.view_as(FlinkCheckpointOptions).finish_bundle_before_checkpointing = True
     if not flink.flink_job_server_jar:
         jar = flink_job_server_jar()
         if not os.path.exists(jar):

@@ -223,3 +223,25 @@ def test_ctrl_c_stops_beams_job_server_and_ends_as_an_interrupt():
         assert Server.stopped == 1
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_checkpoints_finish_each_bundle_before_the_barrier_unless_the_user_says_otherwise(tools):
+    # Beam keeps what a step emitted in an open bundle inside the checkpoint until the step's next
+    # element or watermark; the read's PlanPartitions step gets neither, so no partition was read.
+    from pipelines.options import FlinkCheckpointOptions
+
+    def finish(argv):
+        options = PipelineOptions(["--runner=FlinkRunner"] + argv)
+        runners.apply_flink_defaults(options)
+        return options.view_as(FlinkCheckpointOptions).finish_bundle_before_checkpointing
+
+    assert finish([]) is None                          # no checkpoints: Beam's default
+    assert finish(["--checkpointing_interval=1000"]) is True
+    assert finish(["--checkpointing_interval=1000", "--flink_master=flink:8081"]) is True
+    assert finish(["--checkpointing_interval=1000",
+                   "--finish_bundle_before_checkpointing=false"]) is False
+    assert finish(["--finish_bundle_before_checkpointing"]) is True
+    # It reaches the job server under Beam's name, as the Java FlinkPipelineOptions reads it.
+    options = PipelineOptions(["--runner=FlinkRunner", "--checkpointing_interval=1000"])
+    runners.apply_flink_defaults(options)
+    assert options.get_all_options()["finish_bundle_before_checkpointing"] is True

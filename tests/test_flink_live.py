@@ -1,27 +1,37 @@
 """Flink, live: a streaming job killed mid-run and restored from its last checkpoint loses nothing.
 
-A counted set of events (profiles, purchases, page views, system events, a few malformed lines)
-is published to the input hub of the project's local Event Hubs endpoint. Then:
+A counted random set of events (profiles, purchases, page views, system events, a few malformed
+lines) is made, and its first half is published to the input hub of the project's local Event
+Hubs endpoint. Then:
 
-1. the reference: ``pipelines.stream`` reads the same hub once (``mode=catchup``) on the
-   DirectRunner and delivers to an output hub, an Azurite container and a loopback webhook;
-2. the live job: ``pipelines.stream --streaming --runner=FlinkRunner`` reads the hub live
-   (``mode=live``) on embedded Flink with checkpoints every second, retained in a temporary
-   directory (``--state_backend=filesystem``), and delivers to another output hub, container and
-   webhook path;
-3. once half of the reference's audience messages have arrived in the output hub and a checkpoint
-   taken after the first of them is complete (both counted, never timed), the Flink job server
-   (the ``java`` process that runs the embedded Flink) is killed with SIGKILL;
-4. a new job starts from that checkpoint (``--savepoint_path`` = its ``chk-N`` directory) and runs
-   until every expected message, file, alert and dead letter has arrived (waiting on the
-   destinations, bounded by the test's timeout), then is stopped with Ctrl-C.
+1. the live job: ``pipelines.stream --streaming --runner=FlinkRunner`` reads the hub live
+   (``mode=live``) on embedded Flink with a checkpoint every second, retained in a temporary
+   directory (``--state_backend=filesystem``), and delivers to an output hub, an Azurite
+   container and a loopback webhook;
+2. once the first half's alerts and dead letters and some audience messages have arrived and a
+   checkpoint triggered after that is complete (all counted, never timed), the Flink job server
+   (the ``java`` process that runs the embedded Flink) and the Python SDK workers are killed with
+   SIGKILL: no cleanup, no last checkpoint, no cancel;
+3. the second half is published, and the reference is made: ``pipelines.stream`` reads the whole
+   hub once (``mode=catchup``) on the DirectRunner and delivers to another output hub, container
+   and webhook path;
+4. a new job starts from the newest retained checkpoint (``--savepoint_path`` = its ``chk-N``
+   directory) and runs until every reference message, file, alert and dead letter has arrived
+   (waiting on the destinations, bounded by the test's timeout), then is stopped with Ctrl-C.
 
 Then: every reference message arrived, no other; a message that arrived twice is the same message
 (id and bytes); the container holds exactly the reference's export files, byte for byte; every
 reference alert arrived, a repeated one with the same X-Event-Id and body; every malformed line
-is dead-lettered. And the restored job started each partition's read where the checkpoint left it
+is dead-lettered. The restored job started each partition's read where the checkpoint left it
 (the endpoint records where each reader starts), not from the beginning: what was read before the
-checkpoint came back from Flink's state, not from the hub.
+checkpoint came back from Flink's state, not from the hub. Ctrl-C ends the restored command as an
+interrupt, with its job server.
+
+The Blob export's one window must close in the restored job only, after the second half is in the
+hub: its end is ``WINDOW_MARGIN_SECONDS`` after the first half is published. The live watermark
+follows the wall clock while the hub is idle, so a first job that ran past that end would close
+the window with the first half alone; the test then fails saying so (it checks that the second
+half was enqueued before the window's end) rather than comparing different windows.
 """
 import datetime
 import glob
@@ -51,8 +61,14 @@ USERS = 40
 PARTITIONS = 2
 #: Alerts on input system events only: the pipeline's own work events carry run times and ids.
 INPUT_SOURCES = {"segment": [], "user": [], "stream": []}
+SYSTEM_EVENTS = 6
+MALFORMED_LINES = 4
 #: How long a stopped or killed launcher may take to exit (it stops its job server and workers).
 EXIT_WAIT_SECONDS = 60
+#: From the first half's publication to the end of the export window: an upper bound on the first
+#: job's start, its run to a checkpoint, and the kill (the second half must be enqueued before
+#: the window ends; the test checks it).
+WINDOW_MARGIN_SECONDS = 120
 
 CONFIG = """
 account: {name: acme, aid: 1234}
@@ -93,7 +109,8 @@ def _rfc(seconds):
 def _events(now):
     """The counted input: ``[(partition key or None, JSON line)]``, dated from ``now`` on.
 
-    Each user's events keep their order (one partition key); the users are interleaved.
+    Each user's events keep their order (one partition key); the users, the system events and the
+    malformed lines are interleaved at random.
     """
     rng = random.Random(SEED)
     per_user = []
@@ -108,20 +125,27 @@ def _events(now):
             events.append({"event": "profile", "traits": {"country": rng.choice(["US", "DE"])}})
         rng.shuffle(events[1:])
         per_user.append([user, events])
+    others = [("system", k) for k in range(SYSTEM_EVENTS)] + [
+        (None, k) for k in range(MALFORMED_LINES)]
     lines, n = [], 0
-    while any(events for _, events in per_user):
-        user, events = rng.choice([p for p in per_user if p[1]])
-        event = dict(events.pop(0), event_id="e-%04d" % n, user_id=user)
-        event["ts"] = _rfc(now + n / 1000.0)
-        lines.append((user, json.dumps(event, sort_keys=True)))
+    while any(events for _, events in per_user) or others:
+        pending = [p for p in per_user if p[1]]
+        if others and (not pending or rng.random() < 0.05):
+            key, k = others.pop(rng.randrange(len(others)))
+            if key is None:
+                lines.append((None, "not json %d" % k))
+                continue
+            system = {"kind": "system", "id": "se-%d" % k, "ts": _rfc(now + n / 1000.0),
+                      "data": {"aid": 1234, "subject_type": ["segment", "user", "stream"][k % 3],
+                               "subject_id": "s-%d" % k, "verb": ["failed", "updated"][k % 2],
+                               "notes": "note %d" % k}}
+            lines.append((key, json.dumps(system, sort_keys=True)))
+        else:
+            user, events = rng.choice(pending)
+            event = dict(events.pop(0), event_id="e-%04d" % n, user_id=user)
+            event["ts"] = _rfc(now + n / 1000.0)
+            lines.append((user, json.dumps(event, sort_keys=True)))
         n += 1
-    for k in range(6):
-        system = {"kind": "system", "id": "se-%d" % k, "ts": _rfc(now + (n + k) / 1000.0),
-                  "data": {"aid": 1234, "subject_type": ["segment", "user", "stream"][k % 3],
-                           "subject_id": "s-%d" % k, "verb": ["failed", "updated"][k % 2],
-                           "notes": "note %d" % k}}
-        lines.append(("system", json.dumps(system, sort_keys=True)))
-    lines += [(None, "not json %d" % k) for k in range(3)]
     return lines
 
 
@@ -217,84 +241,31 @@ def _wait(what, done, proc, log):
         time.sleep(0.2)
 
 
-class _Job:
-    """The published input, its reference outputs and what the live runs need."""
 
 
-def _prepare(tmp_path, azurite, webhook_server, source, reference_hub):
-    """Publishes the counted input to ``source`` and runs the reference: one bounded read of the
-    same hub on the DirectRunner. Returns a :class:`_Job`."""
-    job = _Job()
-    job.lines = _events(time.time())
-    _publish(source.connection_string, job.lines)
-    stored = source.events()
-    assert len(stored) == len(job.lines)
-    # One hourly export window holds every event: it ends just after the last one arrived.
-    anchor = math.ceil(max(e.enqueued_time.timestamp() for e in stored)) + 1
-
-    def config(name):
-        path = tmp_path / (name + ".yaml")
-        path.write_text(CONFIG % {"container": "live-" + name, "anchor": _rfc(anchor),
-                                  "sources": json.dumps(INPUT_SOURCES),
-                                  "hook": webhook_server.url("/" + name)})
-        return str(path)
-
-    def env(hub):
-        environ = {k: v for k, v in os.environ.items()
-                   if k not in ("EVENTHUB_CONNECTION_STRING", "AZURE_STORAGE_CONNECTION_STRING")}
-        environ.update(PYTHONPATH=ROOT, IN_CS=source.connection_string,
-                       OUT_CS=hub.connection_string, AZ_CS=azurite.connection_string)
-        return environ
-
-    job.config, job.env = config, env
-    reference = subprocess.run(
-        [PY, "-m", "pipelines.stream", "--config", config("ref"), "--runner=DirectRunner",
-         "--output_dir", str(tmp_path / "ref"), "--progress_seconds", "0",
-         "--input", "eventhubs://in?connection_string_env=IN_CS&mode=catchup"],
-        cwd=ROOT, env=env(reference_hub), capture_output=True, text=True, timeout=300)
-    assert reference.returncode == 0, reference.stderr[-4000:]
-    job.expected = {k: v[0] for k, v in _messages(reference_hub).items()}
-    job.files = split_markers(azure_blob_files(azurite.connection_string, "live-ref"))[0]
-    job.alerts = {k: v[0] for k, v in _alerts(webhook_server, "/ref").items()}
-    job.dead = sorted(_dead_letters(str(tmp_path / "ref")))
-    # Every branch delivered something, so equal outputs are not equally empty ones.
-    assert len(job.expected) > 40 and len(job.files) == 1 and len(job.alerts) == 6
-    assert len(job.dead) == 3
-    return job
+def _worker_pool(launcher):
+    """The pid of Beam's Python worker pool (``pipelines.runners --service_port``) the launcher
+    started: the leader of a process group that holds the SDK workers."""
+    for pid, command in _children(launcher.pid):
+        if "pipelines.runners" in command and "--service_port" in command:
+            return pid
+    return None
 
 
-def _live_command(config, out, *extra):
+def _checkpoint_number(path):
+    return int(os.path.basename(path)[len("chk-"):]) if path else 0
+
+
+def _live_command(config, out, checkpoints, *extra):
     return [PY, "-m", "pipelines.stream", "--config", config, "--streaming",
             "--runner=FlinkRunner", "--output_dir", out, "--flush_seconds", "1",
             "--blob_grace_seconds", "2",
+            "--checkpointing_interval=1000", "--state_backend=filesystem",
+            "--state_backend_storage_path=file://%s" % checkpoints,
+            "--externalized_checkpoints_enabled",
+            "--retain_externalized_checkpoints_on_cancellation",
             "--input", "eventhubs://in?connection_string_env=IN_CS&mode=live"
                        "&watermark_delay_seconds=2&max_read_seconds=1"] + list(extra)
-
-
-def _complete(job, hub, azurite, webhook_server, out, name):
-    """Whether every expected message, file, alert and dead letter has arrived."""
-    return (set(job.expected) <= set(_messages(hub))
-            and set(job.files) <= set(azure_blob_files(azurite.connection_string, "live-" + name))
-            and set(job.alerts) <= set(_alerts(webhook_server, "/" + name))
-            and len(_dead_letters(out)) >= len(job.dead))
-
-
-def _check_outputs(job, hub, azurite, webhook_server, out, name):
-    received = _messages(hub)
-    assert set(received) == set(job.expected), "missing %d, extra %d" % (
-        len(set(job.expected) - set(received)), len(set(received) - set(job.expected)))
-    for message_id, copies in received.items():
-        assert all(copy == job.expected[message_id] for copy in copies), message_id
-    files = split_markers(azure_blob_files(azurite.connection_string, "live-" + name))[0]
-    assert sorted(files) == sorted(job.files)
-    for blob, data in files.items():
-        assert data == job.files[blob], blob
-    alerts = _alerts(webhook_server, "/" + name)
-    assert set(alerts) == set(job.alerts)
-    for event_id, copies in alerts.items():
-        assert all(copy == job.alerts[event_id] for copy in copies), event_id
-    assert sorted(set(_dead_letters(out))) == sorted(set(job.dead))
-    return received, alerts
 
 
 def _running(pid):
@@ -305,74 +276,31 @@ def _running(pid):
         return False
 
 
+
+
 @pytest.mark.timeout(600)
-def test_flink_live_delivers_what_a_bounded_read_of_the_same_hub_delivers(
+def test_flink_live_killed_then_restored_from_a_checkpoint_loses_nothing(
         tmp_path, azurite, webhook_server):
     if not os.path.exists(runners.flink_job_server_jar()):
         pytest.fail("the Flink job server is not installed: run %s" % runners.INSTALL_FLINK,
                     pytrace=False)
-    out = str(tmp_path / "live")
+    checkpoints, out = tmp_path / "checkpoints", str(tmp_path / "flink")
+    lines = _events(time.time())
+    half = len(lines) // 2
+    first_half, second_half = lines[:half], lines[half:]
+    first_alerts = sum(1 for key, _ in first_half if key == "system")
+    first_dead = sum(1 for key, _ in first_half if key is None)
+    assert 0 < first_alerts < SYSTEM_EVENTS and 0 < first_dead < MALFORMED_LINES
     with LocalEventHubs(hub="in", partitions=PARTITIONS) as source, \
             LocalEventHubs(hub="out", partitions=PARTITIONS) as reference_hub, \
             LocalEventHubs(hub="out", partitions=PARTITIONS) as live_hub:
-        job = _prepare(tmp_path, azurite, webhook_server, source, reference_hub)
-        log_path = tmp_path / "live.log"
-        with open(log_path, "w", encoding="utf-8") as log:
-            proc = subprocess.Popen(_live_command(job.config("live"), out), cwd=ROOT,
-                                    env=job.env(live_hub), stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        job_server = None
-        try:
-            _wait("every message, file, alert and dead letter",
-                  lambda: _complete(job, live_hub, azurite, webhook_server, out, "live"),
-                  proc, log_path)
-            job_server = _job_server(proc)
-        finally:
-            exit_status = _stop(proc)          # Ctrl-C, as a person stops a live run
-        received, alerts = _check_outputs(job, live_hub, azurite, webhook_server, out, "live")
-    print("\nFLINK_LIVE %s" % json.dumps({
-        "events": len(job.lines), "messages": len(job.expected),
-        "received": sum(len(v) for v in received.values()),
-        "alerts": sum(len(v) for v in alerts.values()), "exit": exit_status}))
-    # Ctrl-C ends the command as an interrupt, and the job server (the embedded Flink, the
-    # job) with it: nothing runs on after the command.
-    log_text = log_path.read_text(encoding="utf-8", errors="replace")
-    assert exit_status == 130 and "interrupted" in log_text, log_text[-3000:]
-    assert job_server is not None
-    for _ in range(100):
-        if not _running(job_server):
-            break
-        time.sleep(0.1)
-    assert not _running(job_server), "the job server runs on after the command"
-
-
-@pytest.mark.xfail(run=False, strict=True, reason=(
-    "Beam 2.62 on Flink 1.19 (embedded), with --checkpointing_interval: either nothing is read "
-    "(Beam's default: the Impulse's element never reaches the read) or, with "
-    "--shutdown_sources_after_idle_ms, the read's stage blocks checkpoint 1 for ever "
-    "(docs/RUNNERS.md, 'Flink live'): no checkpoint to restore from; not run, as it would wait "
-    "until its timeout"))
-@pytest.mark.timeout(600)
-def test_flink_live_killed_then_restored_from_a_checkpoint_loses_nothing(
-        tmp_path, azurite, webhook_server):
-    jar = runners.flink_job_server_jar()
-    if not os.path.exists(jar):
-        pytest.fail("the Flink job server is not installed: run %s" % runners.INSTALL_FLINK,
-                    pytrace=False)
-    checkpoints = tmp_path / "checkpoints"
-    with LocalEventHubs(hub="in", partitions=PARTITIONS) as source, \
-            LocalEventHubs(hub="out", partitions=PARTITIONS) as reference_hub, \
-            LocalEventHubs(hub="out", partitions=PARTITIONS) as live_hub:
-        lines = _events(time.time())
-        _publish(source.connection_string, lines)
-        stored = source.events()
-        assert len(stored) == len(lines)
-        # One hourly export window holds every event: it ends just after the last one arrived.
-        anchor = math.ceil(max(e.enqueued_time.timestamp() for e in stored)) + 1
+        _publish(source.connection_string, first_half)
+        # One hourly export window holds every event; it ends WINDOW_MARGIN_SECONDS from now.
+        window_end = math.ceil(time.time()) + WINDOW_MARGIN_SECONDS
 
         def config(name):
             path = tmp_path / (name + ".yaml")
-            path.write_text(CONFIG % {"container": "live-" + name, "anchor": _rfc(anchor),
+            path.write_text(CONFIG % {"container": "live-" + name, "anchor": _rfc(window_end),
                                       "sources": json.dumps(INPUT_SOURCES),
                                       "hook": webhook_server.url("/" + name)})
             return str(path)
@@ -384,7 +312,50 @@ def test_flink_live_killed_then_restored_from_a_checkpoint_loses_nothing(
                            OUT_CS=hub.connection_string, AZ_CS=azurite.connection_string)
             return environ
 
-        # 1. The reference: one bounded read of the same hub, on the DirectRunner.
+        # 1. The live job on embedded Flink, checkpointing every second into a directory.
+        command = _live_command(config("flink"), out, checkpoints)
+        first_log = tmp_path / "first.log"
+        with open(first_log, "w", encoding="utf-8") as log:
+            first = subprocess.Popen(command, cwd=ROOT, env=env(live_hub), stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            # 2. The first half's alerts and dead letters, some messages, then a checkpoint
+            # triggered after them (checkpoint n + 2 starts after n + 1, in progress or not yet
+            # started now, completes), then the kill.
+            _wait("the first half's alerts, dead letters and a message",
+                  lambda: (len(_alerts(webhook_server, "/flink")) >= first_alerts
+                           and len(_dead_letters(out)) >= first_dead
+                           and len(_messages(live_hub)) > 0), first, first_log)
+            seen = _checkpoint_number(runners.latest_flink_checkpoint(str(checkpoints)))
+            _wait("a checkpoint after them", lambda: _checkpoint_number(
+                runners.latest_flink_checkpoint(str(checkpoints))) >= seen + 2, first, first_log)
+            job_server, pool = _job_server(first), _worker_pool(first)
+            assert job_server and pool, _children(first.pid)
+            os.kill(job_server, signal.SIGKILL)
+            os.killpg(pool, signal.SIGKILL)       # the pool and every SDK worker it started
+            at_kill = {"messages": len(_messages(live_hub)),
+                       "files": len(split_markers(azure_blob_files(
+                           azurite.connection_string, "live-flink"))[0]),
+                       "alerts": len(_alerts(webhook_server, "/flink"))}
+            # 3. The rest of the input arrives while no job runs.
+            _publish(source.connection_string, second_half)
+            try:                      # the launcher notices that its job server is gone
+                first_exit = first.wait(EXIT_WAIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                first_exit = "still running %d s after the kill" % EXIT_WAIT_SECONDS
+        finally:
+            _stop(first)
+        stored = source.events()
+        assert len(stored) == len(lines)
+        last_enqueued = max(e.enqueued_time.timestamp() for e in stored)
+        if last_enqueued >= window_end:
+            pytest.fail("the first job took longer than WINDOW_MARGIN_SECONDS (%d) from the first "
+                        "half's publication to the kill: the export window could close before "
+                        "the second half" % WINDOW_MARGIN_SECONDS)
+        restore = runners.latest_flink_checkpoint(str(checkpoints))
+        assert restore and os.path.basename(restore).startswith("chk-")
+
+        # The reference: one bounded read of the whole hub on the DirectRunner.
         reference = subprocess.run(
             [PY, "-m", "pipelines.stream", "--config", config("ref"), "--runner=DirectRunner",
              "--output_dir", str(tmp_path / "ref"), "--progress_seconds", "0",
@@ -396,49 +367,9 @@ def test_flink_live_killed_then_restored_from_a_checkpoint_loses_nothing(
         expected_alerts = {k: v[0] for k, v in _alerts(webhook_server, "/ref").items()}
         expected_dead = sorted(_dead_letters(str(tmp_path / "ref")))
         # Every branch delivered something, so equal outputs are not equally empty ones.
-        assert len(expected) > 40 and len(expected_files) == 1 and len(expected_alerts) == 6
-        assert len(expected_dead) == 3
-        reads_before = len(source.consumer_starts())
-
-        # 2. The live job on embedded Flink, checkpointing every second into a directory.
-        live_config = config("flink")
-        command = [
-            PY, "-m", "pipelines.stream", "--config", live_config, "--streaming",
-            "--runner=FlinkRunner", "--output_dir", str(tmp_path / "flink"),
-            "--flush_seconds", "1", "--blob_grace_seconds", "2",
-            "--checkpointing_interval=1000", "--state_backend=filesystem",
-            "--state_backend_storage_path=file://%s" % checkpoints,
-            "--externalized_checkpoints_enabled", "--retain_externalized_checkpoints_on_cancellation",
-            "--input", "eventhubs://in?connection_string_env=IN_CS&mode=live"
-                       "&watermark_delay_seconds=2&max_read_seconds=1"]
-        first_log = tmp_path / "first.log"
-        with open(first_log, "w", encoding="utf-8") as log:
-            first = subprocess.Popen(command, cwd=ROOT, env=env(live_hub), stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            _wait("the first message", lambda: live_hub.events(), first, first_log)
-            before = runners.latest_flink_checkpoint(str(checkpoints))
-            half = len(expected) // 2
-            _wait("half of the messages and a later checkpoint",
-                  lambda: (len(_messages(live_hub)) >= half and runners.latest_flink_checkpoint(
-                      str(checkpoints)) not in (None, before)), first, first_log)
-            job_server = _job_server(first)
-            assert job_server, _children(first.pid)
-            # 3. The job server dies: no cleanup, no last checkpoint, no cancel.
-            os.kill(job_server, signal.SIGKILL)
-            at_kill = {"messages": len(_messages(live_hub)),
-                       "files": len(split_markers(azure_blob_files(
-                           azurite.connection_string, "live-flink"))[0]),
-                       "alerts": len(_alerts(webhook_server, "/flink"))}
-            try:                      # the launcher notices that its job server is gone
-                first_exit = first.wait(EXIT_WAIT_SECONDS)
-            except subprocess.TimeoutExpired:
-                first_exit = "still running %d s after the kill" % EXIT_WAIT_SECONDS
-        finally:
-            _stop(first)
-        restore = runners.latest_flink_checkpoint(str(checkpoints))
-        assert restore and os.path.basename(restore).startswith("chk-")
-        reads_first = len(source.consumer_starts())
+        assert len(expected) > 40 and len(expected_files) == 1
+        assert len(expected_alerts) == SYSTEM_EVENTS and len(expected_dead) == MALFORMED_LINES
+        reads_reference = len(source.consumer_starts())
 
         # 4. A new job from the retained checkpoint, until everything has arrived.
         second_log = tmp_path / "second.log"
@@ -446,32 +377,35 @@ def test_flink_live_killed_then_restored_from_a_checkpoint_loses_nothing(
             second = subprocess.Popen(command + ["--savepoint_path=" + restore], cwd=ROOT,
                                       env=env(live_hub), stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
+        second_job_server = None
         try:
             def complete():
                 return (set(expected) <= set(_messages(live_hub))
                         and set(expected_files) <= set(azure_blob_files(
                             azurite.connection_string, "live-flink"))
                         and set(expected_alerts) <= set(_alerts(webhook_server, "/flink"))
-                        and len(_dead_letters(str(tmp_path / "flink"))) >= len(expected_dead))
+                        and len(_dead_letters(out)) >= len(expected_dead))
             _wait("every message, file, alert and dead letter", complete, second, second_log)
+            second_job_server = _job_server(second)
         finally:
-            second_exit = _stop(second)
+            second_exit = _stop(second)       # Ctrl-C, as a person stops a live run
+        restarted_reads = source.consumer_starts()[reads_reference:]
 
     received = _messages(live_hub)
     files = split_markers(azure_blob_files(azurite.connection_string, "live-flink"))[0]
     alerts = _alerts(webhook_server, "/flink")
-    restarted_reads = source.consumer_starts()[reads_first:]
     report = {"events": len(lines), "messages": len(expected), "at_kill": at_kill,
-              "first_exit": first_exit, "second_exit": second_exit, "restored_from": restore,
+              "first_exit": first_exit, "second_exit": second_exit,
+              "restored_from": os.path.basename(restore),
               "received": sum(len(v) for v in received.values()),
               "duplicate_messages": sum(len(v) - 1 for v in received.values()),
               "duplicate_alerts": sum(len(v) - 1 for v in alerts.values()),
-              "reads_first_run": source.consumer_starts()[reads_before:reads_first],
+              "dead_letters": len(_dead_letters(out)),
               "reads_after_restore": restarted_reads}
     print("\nFLINK_LIVE %s" % json.dumps(report))
 
-    # The kill landed mid-run: some messages had arrived, not all.
-    assert 0 < at_kill["messages"] < len(expected)
+    # The kill landed mid-run: some messages had arrived, not all; no file yet.
+    assert 0 < at_kill["messages"] < len(expected) and at_kill["files"] == 0
     # Nothing lost, nothing else; a message delivered twice is the same message.
     assert set(received) == set(expected), "missing %d, extra %d" % (
         len(set(expected) - set(received)), len(set(received) - set(expected)))
@@ -483,7 +417,17 @@ def test_flink_live_killed_then_restored_from_a_checkpoint_loses_nothing(
     assert set(alerts) == set(expected_alerts)
     for event_id, copies in alerts.items():
         assert all(copy == expected_alerts[event_id] for copy in copies), event_id
-    assert sorted(set(_dead_letters(str(tmp_path / "flink")))) == sorted(set(expected_dead))
+    assert sorted(set(_dead_letters(out))) == sorted(set(expected_dead))
     # The restored job read on from the checkpoint's positions: no partition from the beginning.
     assert restarted_reads and all(position > 0 for _, position in restarted_reads), \
         restarted_reads
+    # Ctrl-C ends the restored command as an interrupt, and its job server (the embedded Flink,
+    # the job) with it: nothing runs on after the command.
+    log_text = second_log.read_text(encoding="utf-8", errors="replace")
+    assert second_exit == 130 and "interrupted" in log_text, log_text[-3000:]
+    assert second_job_server is not None
+    for _ in range(100):
+        if not _running(second_job_server):
+            break
+        time.sleep(0.1)
+    assert not _running(second_job_server), "the job server runs on after the command"

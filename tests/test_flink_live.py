@@ -401,6 +401,7 @@ def test_flink_live_killed_then_restored_from_a_checkpoint_loses_nothing(
               "duplicate_messages": sum(len(v) - 1 for v in received.values()),
               "duplicate_alerts": sum(len(v) - 1 for v in alerts.values()),
               "dead_letters": len(_dead_letters(out)),
+              "window_end_after_last_event_s": round(window_end - last_enqueued, 1),
               "reads_after_restore": restarted_reads}
     print("\nFLINK_LIVE %s" % json.dumps(report))
 
@@ -431,3 +432,138 @@ def test_flink_live_killed_then_restored_from_a_checkpoint_loses_nothing(
             break
         time.sleep(0.1)
     assert not _running(second_job_server), "the job server runs on after the command"
+
+
+#: Issue 20 point 1 on Flink: the audiences before and after a config edit between a checkpoint
+#: and the restore (reordered, ``a-viewers`` removed, ``a-twice`` added). ``a-probe`` marks the
+#: end of each user's first half: its enter shows that the user's events up to it were evaluated.
+AUDIENCES_BEFORE = """
+  - {id: a-buyers, slug: buyers, condition: {event: purchase}}
+  - {id: a-frequent, slug: frequent_buyers, condition: {event: purchase, min_count: 3}}
+  - {id: a-us, slug: us_users, condition: {trait: country, op: eq, value: US}}
+  - {id: a-us-buyers, slug: us_buyers, condition: {and: [{audience: buyers}, {audience: us_users}]}}
+  - {id: a-viewers, slug: viewers, condition: {event: page_view, min_count: 2}}
+  - {id: a-probe, slug: probed, condition: {event: probe}}
+"""
+AUDIENCES_AFTER = """
+  - {id: a-probe, slug: probed, condition: {event: probe}}
+  - {id: a-us-buyers, slug: us_buyers, condition: {and: [{audience: buyers}, {audience: us_users}]}}
+  - {id: a-us, slug: us_users, condition: {trait: country, op: eq, value: US}}
+  - {id: a-twice, slug: twice_buyers, condition: {event: purchase, min_count: 2}}
+  - {id: a-frequent, slug: frequent_buyers, condition: {event: purchase, min_count: 3}}
+  - {id: a-buyers, slug: buyers, condition: {event: purchase}}
+"""
+EDIT_CONFIG = """
+account: {name: acme, aid: 1234}
+audiences: %s
+works:
+  - id: w-eh
+    workflow: eventhub_audience_export
+    config: {connection_string: "${OUT_CS}"}
+"""
+
+
+def _dated(lines, start):
+    """``lines`` (key, JSON) with ``ts`` from ``start`` on, a millisecond apart, in order."""
+    dated = []
+    for n, (key, line) in enumerate(lines):
+        event = json.loads(line)
+        event["ts"] = _rfc(start + n / 1000.0)
+        dated.append((key, json.dumps(event, sort_keys=True)))
+    return dated
+
+
+def _write_lines(path, lines):
+    path.write_text("".join(line + "\n" for _, line in lines), encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.timeout(600)
+def test_flink_restore_under_an_edited_config_equals_direct_runs_with_state(tmp_path):
+    """A checkpoint taken under one config, restored under an edited one (audiences reordered,
+    one removed, one added), sends what two DirectRunner runs with ``--state`` send: the first
+    half under the first config, the second half under the edited one from the saved state."""
+    if not os.path.exists(runners.flink_job_server_jar()):
+        pytest.fail("the Flink job server is not installed: run %s" % runners.INSTALL_FLINK,
+                    pytrace=False)
+    users = [(key, line) for key, line in _events(time.time()) if key not in (None, "system")]
+    half = len(users) // 2
+    first = users[:half] + [
+        (user, json.dumps({"event": "probe", "event_id": "probe-" + user, "user_id": user}))
+        for user in sorted({key for key, _ in users[:half]})]
+    checkpoints, out = tmp_path / "checkpoints", str(tmp_path / "flink")
+    before, after = tmp_path / "before.yaml", tmp_path / "after.yaml"
+    before.write_text(EDIT_CONFIG % AUDIENCES_BEFORE)
+    after.write_text(EDIT_CONFIG % AUDIENCES_AFTER)
+    with LocalEventHubs(hub="in", partitions=PARTITIONS) as source, \
+            LocalEventHubs(hub="out", partitions=PARTITIONS) as reference_hub, \
+            LocalEventHubs(hub="out", partitions=PARTITIONS) as live_hub:
+        def env(hub):
+            environ = {k: v for k, v in os.environ.items() if k != "EVENTHUB_CONNECTION_STRING"}
+            environ.update(PYTHONPATH=ROOT, IN_CS=source.connection_string,
+                           OUT_CS=hub.connection_string)
+            return environ
+
+        def reference(config, lines, name):
+            """A DirectRunner run over ``lines`` with the saved state; its new messages."""
+            seen = set(_messages(reference_hub))
+            run = subprocess.run(
+                [PY, "-m", "pipelines.stream", "--config", str(config), "--runner=DirectRunner",
+                 "--input", _write_lines(tmp_path / (name + ".jsonl"), lines),
+                 "--state", str(tmp_path / "state.parquet"), "--output_dir",
+                 str(tmp_path / "ref"), "--progress_seconds", "0"],
+                cwd=ROOT, env=env(reference_hub), capture_output=True, text=True, timeout=300)
+            assert run.returncode == 0, run.stderr[-4000:]
+            return {k: v[0] for k, v in _messages(reference_hub).items() if k not in seen}
+
+        first = _dated(first, time.time() - 1)
+        _publish(source.connection_string, first)
+        expected_first = reference(before, first, "first")
+        command = _live_command(str(before), out, checkpoints)
+        log_one = tmp_path / "first.log"
+        with open(log_one, "w", encoding="utf-8") as log:
+            proc = subprocess.Popen(command, cwd=ROOT, env=env(live_hub), stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait("the first half's messages", lambda: set(expected_first) <= set(
+                _messages(live_hub)), proc, log_one)
+            seen = _checkpoint_number(runners.latest_flink_checkpoint(str(checkpoints)))
+            _wait("a checkpoint after them", lambda: _checkpoint_number(
+                runners.latest_flink_checkpoint(str(checkpoints))) >= seen + 2, proc, log_one)
+        finally:
+            _stop(proc)
+        restore = runners.latest_flink_checkpoint(str(checkpoints))
+        at_stop = len(_messages(live_hub))
+
+        second = _dated(users[half:], time.time() - 1)
+        _publish(source.connection_string, second)
+        expected_second = reference(after, second, "second")
+        log_two = tmp_path / "second.log"
+        with open(log_two, "w", encoding="utf-8") as log:
+            proc = subprocess.Popen(command[:command.index("--config") + 1] + [str(after)]
+                                    + command[command.index("--config") + 2:]
+                                    + ["--savepoint_path=" + restore], cwd=ROOT,
+                                    env=env(live_hub), stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        try:
+            _wait("the second half's messages", lambda: set(expected_second) <= set(
+                _messages(live_hub)), proc, log_two)
+        finally:
+            _stop(proc)
+    received = _messages(live_hub)
+    expected = dict(expected_first, **expected_second)
+    edited = [json.loads(body)["data"]["segment_events"] for body in expected_second.values()]
+    print("\nFLINK_EDIT %s" % json.dumps({
+        "messages_first": len(expected_first), "messages_second": len(expected_second),
+        "at_stop": at_stop, "restored_from": os.path.basename(restore),
+        "received": sum(len(v) for v in received.values())}))
+    # The edit shows in the second half: the added audience enters, the removed one is gone.
+    assert any(s["id"] == "a-twice" for events in edited for s in events)
+    assert not any(s["id"] == "a-viewers" for events in edited for s in events)
+    assert any(s["id"] == "a-viewers" for body in expected_first.values()
+               for s in json.loads(body)["data"]["segment_events"])
+    assert at_stop == len(expected_first) and len(expected_second) > 10
+    assert set(received) == set(expected), "missing %d, extra %d" % (
+        len(set(expected) - set(received)), len(set(received) - set(expected)))
+    for message_id, copies in received.items():
+        assert all(copy == expected[message_id] for copy in copies), message_id

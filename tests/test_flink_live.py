@@ -27,6 +27,12 @@ is dead-lettered. The restored job started each partition's read where the check
 checkpoint came back from Flink's state, not from the hub. Ctrl-C ends the restored command as an
 interrupt, with its job server.
 
+A second test restores a checkpoint under an edited config (issue 20 point 1 on Flink): the
+first half read under one config, the job stopped once its messages arrived and a checkpoint
+followed, the second half read by a job restored under the config with audiences reordered, one
+removed and one added; its messages equal, id and bytes, those of two DirectRunner runs with
+``--state`` under the same configs.
+
 The Blob export's one window must close in the restored job only, after the second half is in the
 hub: its end is ``WINDOW_MARGIN_SECONDS`` after the first half is published. The live watermark
 follows the wall clock while the hub is idle, so a first job that ran past that end would close

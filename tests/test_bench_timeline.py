@@ -8,9 +8,11 @@ from bench.timeline import main, timeline
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux /proc")
 
-# A parent that waits while its child spins for about a second.
+# A parent that waits while its child spins for one second of CPU, then sleeps: the pause lets a
+# sample see the child's total before it ends (samples come every 0.1 s).
 BUSY_CHILD = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
-              "'import time\\nt = time.process_time()\\nwhile time.process_time() - t < 1.0: pass'])")
+              "'import time\\nt = time.process_time()\\nwhile time.process_time() - t < 1.0: pass\\n"
+              "time.sleep(1.0)'])")
 
 
 def test_the_busy_child_shows_and_the_waiting_parent_does_not(tmp_path, capsys):
@@ -19,8 +21,14 @@ def test_the_busy_child_shows_and_the_waiting_parent_does_not(tmp_path, capsys):
     figures = json.loads(out.read_text())
     assert len(figures["pids"]) == 2  # the command's process first, then its child
     parent_cpu, child_cpu = figures["cpu_seconds"]
+    # CPU time, counted by the kernel: a busy machine stretches the child's second of CPU over more
+    # wall time, it does not change these figures.
     assert child_cpu >= 0.9 and parent_cpu < child_cpu
-    assert max(row[2] for row in figures["rows"]) > 0.3  # steps where the child is busy
+    # The rows account for the child's CPU: shares times their steps add up to its CPU seconds.
+    ends = [row[0] for row in figures["rows"]]
+    steps = [end - start for start, end in zip([0.0] + ends, ends)]
+    assert sum(row[2] * step for row, step in zip(figures["rows"], steps)) == pytest.approx(
+        child_cpu, abs=0.02)
     assert "CPU seconds" in capsys.readouterr().out
 
 

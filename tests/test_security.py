@@ -58,10 +58,8 @@ def _run(cfg, inp, out, env=None, extra=(), argv_prefix=None, timeout=RUN_TIMEOU
     command = pipeline_command("stream", cfg, inp, out, *extra)
     if argv_prefix is not None:
         command = argv_prefix + command[3:]      # replace "python -m pipelines.stream"
-    started = time.monotonic()
-    result = subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True,
-                            timeout=timeout)
-    return result, time.monotonic() - started
+    return subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def _failed(event_id, subject_id="w-1", notes=None):
@@ -192,7 +190,7 @@ def test_ssrf_destinations_fail_validation_before_any_data_moves(canaries, tmp_p
     config = {"account": {"name": "acme", "aid": 1234}, "audiences": [], "works": works}
     cfg, inp = _write(str(tmp_path / "in"), config, [_failed("se-1"), _profile(1)])
     out = str(tmp_path / "out")
-    result, _ = _run(cfg, inp, out)
+    result = _run(cfg, inp, out)
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1].startswith(
         "error: works[0].config.webhook_url: the job refuses to connect to 127.0.0.1, a loopback "
@@ -225,7 +223,7 @@ def test_redirects_to_internal_addresses_are_dead_lettered_and_never_followed(ca
         cfg, inp = _write(str(tmp_path / "in"), config,
                           [_failed("se-1"), _profile(1)])
         out = str(tmp_path / "out")
-        result, _ = _run(cfg, inp, out)
+        result = _run(cfg, inp, out)
         assert result.returncode == 0, result.stderr[-3000:]
         for path in ("/to-metadata", "/to-internal", "/to-internal-hex"):
             [record] = read_jsonl(os.path.join(
@@ -260,7 +258,7 @@ else if s == "w-relative" then {leak: importstr "../../../../../../../../etc/pas
 else if s == "w-extvar" then {leak: std.extVar("HOME")}
 else if s == "w-deep" then (local f(n) = 1 + f(n + 1); {depth: f(0)})
 else if s == "w-huge" then {size: std.length(std.range(1, 1e9))}
-else if s == "w-wide" then {wide: std.repeat(["0123456789"], 300000)}
+else if s == "w-wide" then (local d(t, n) = if n == 0 then t else d(t + t, n - 1); {wide: d("0123456789abcdef", 17)})
 else if s == "w-slow" then (local f(n) = if n == 0 then 0 else f(n - 1) tailstrict; {n: f(1e12)})
 else {text: event.id}
 """
@@ -289,10 +287,12 @@ def test_hostile_templates_fail_their_alert_only_within_a_bound(tmp_path):
             _failed("se-%s" % s, s) for s in _BAD_SUBJECTS] + [_failed("se-ok-2", "w-ok-2")]
         cfg, inp = _write(str(tmp_path / "in"), config, events)
         out = str(tmp_path / "out")
-        result, _ = _run(cfg, inp, out, env={"LEAK_CANARY": ENV_CANARY})
+        result = _run(cfg, inp, out, env={"LEAK_CANARY": ENV_CANARY})
         assert result.returncode == 0, result.stderr[-3000:]
         # Each runaway template is stopped by its bound (2 s wall clock, stack, memory, size): the
-        # dead letters below name the bound; pytest-timeout guards the test as a whole.
+        # dead letters below name the bound; pytest-timeout guards the test as a whole. "w-wide"
+        # reaches the output bound (2 MiB, built by 17 doublings of a string) with milliseconds of
+        # work, so the time bound cannot stop it first on a busy machine.
 
         bodies = sorted(json.loads(r.body)["text"] for r in server.requests())
         assert bodies == ["se-ok-1", "se-ok-2"]
@@ -331,7 +331,7 @@ def test_templates_that_always_fail_are_refused_at_config_time(tmp_path, templat
          "config": {"system_event_type": "failed", "webhook_url": "http://127.0.0.1:9/x",
                     "allow_private_network": True, "json_template": template}}]}
     cfg, inp = _write(str(tmp_path / "in"), config, [_failed("se-1")])
-    result, _ = _run(cfg, inp, str(tmp_path / "out"), env={"LEAK_CANARY": ENV_CANARY})
+    result = _run(cfg, inp, str(tmp_path / "out"), env={"LEAK_CANARY": ENV_CANARY})
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: works[0].config.json_template: "), \
@@ -373,7 +373,7 @@ def test_formula_cells_are_guarded_and_numbers_stay_numbers(azurite, tmp_path, f
     sys_event = _failed("=se-1", "-w-1", notes="=cmd|' /C calc'!A0")
     cfg, inp = _write(str(tmp_path / "in"), config, [record, sys_event])
     container = unique_container("guard")
-    result, _ = _run(cfg, inp, str(tmp_path / "out"), env={"CONTAINER": container})
+    result = _run(cfg, inp, str(tmp_path / "out"), env={"CONTAINER": container})
     assert result.returncode == 0, result.stderr[-3000:]
     files = {n: d for n, d in azure_blob_files(azurite.connection_string, container).items()
              if "/_" not in "/" + n}
@@ -552,7 +552,7 @@ def test_no_secret_in_any_output_at_debug_level(tmp_path, smtp_tls_server, test_
             lines = [_profile(i) for i in range(12)] + [_failed("se-1")]
             cfg, inp = _write(str(tmp_path / "in"), config, lines)
             out = str(tmp_path / "out")
-            result, _ = _run(cfg, inp, out, env=env, extra=["--verbose"],
+            result = _run(cfg, inp, out, env=env, extra=["--verbose"],
                              argv_prefix=[PY, "-c", _DEBUG_WRAPPER])
             received = hubs.events()
             exported = azure_blob_files(blob_cs, "exports")

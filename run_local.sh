@@ -50,7 +50,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "creating .venv" >&2
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import apache_beam, core, yaml" >/dev/null 2>&1 || [ setup.py -nt .venv/.installed ] || [ constraints.txt -nt .venv/.installed ]; then
+if ! .venv/bin/python -c "import apache_beam, core, yaml" >/dev/null 2>&1 || [ setup.py -nt .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ] || [ constraints.txt -nt .venv/.installed ]; then
   echo "installing the project into .venv (the first time takes a few minutes; log: .venv/install.log)" >&2
   if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -c constraints.txt -e . ; } \
       > .venv/install.log 2>&1; then

@@ -8,6 +8,7 @@ Flink cluster allows (the commands and template parameters: ``test_deploy_option
 
 See docs/DEPLOY.md, section 7.
 """
+import ast
 import os
 import re
 import shutil
@@ -15,6 +16,10 @@ import subprocess
 import sys
 import tarfile
 
+try:
+    import tomllib
+except ImportError:          # Python 3.10: pytest's own TOML reader
+    import tomli as tomllib
 import apache_beam
 import pytest
 from packaging.specifiers import SpecifierSet
@@ -22,7 +27,7 @@ from packaging.specifiers import SpecifierSet
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCKERFILE = os.path.join(ROOT, "deploy", "dataflow", "Dockerfile")
 
-#: The packages the workers need (setup.py's find_packages) and the data file they must carry.
+#: The packages the workers need (pyproject.toml's packages.find) and the data file they must carry.
 # The runtime the workers need; the local Event Hubs endpoint (emulators/) and the bench are not
 # installed (test_the_sdist_leaves_out_what_only_a_checkout_runs).
 PACKAGES = ("core", "clients", "pipelines", "transforms")
@@ -38,7 +43,7 @@ def _read(path):
 # -- 1. the sdist the workers install -------------------------------------------------------
 
 def _expected_sdist_files():
-    expected = set(DATA_FILES) | {"setup.py"}
+    expected = set(DATA_FILES) | {"setup.py", "pyproject.toml"}
     for package in PACKAGES:
         for directory, subdirs, files in os.walk(os.path.join(ROOT, package)):
             subdirs[:] = [d for d in subdirs if d != "__pycache__"]
@@ -90,9 +95,10 @@ def test_sdist_holds_every_module_and_the_sample_config(tmp_path):
 
     Built as Beam's stager builds it (``python -m build --sdist --no-isolation`` when ``build`` is
     installed, else ``python setup.py sdist``), from a copy of the repository. If this fails,
-    setup.py must list the missing files: a new package in ``packages=find_packages(include=[...])``
-    (and an ``__init__.py`` in every package folder), data inside a package in ``package_data``,
-    data outside the packages in ``data_files``.
+    pyproject.toml must list the missing files: a new package in
+    ``[tool.setuptools.packages.find] include`` (and an ``__init__.py`` in every package folder),
+    data inside a package in ``[tool.setuptools.package-data]``, data outside the packages in
+    ``[tool.setuptools.data-files]``.
     """
     source, out = tmp_path / "src", tmp_path / "dist"
     _copy_repository(source)
@@ -106,12 +112,12 @@ def test_sdist_holds_every_module_and_the_sample_config(tmp_path):
         top = members[0].split("/")[0]
         held = {m.split("/", 1)[1] for m in members if "/" in m}
         missing = sorted(_expected_sdist_files() - held)
-        assert not missing, "the sdist lacks %s: see this test's docstring for the setup.py fix" \
+        assert not missing, "the sdist lacks %s: see this test's docstring for the fix" \
             % missing
         archive.extractall(tmp_path / "unpacked")
 
-    # A worker's `pip install` runs setup.py from the unpacked sdist: it must build every package
-    # from what the sdist holds alone.
+    # A worker's `pip install` builds the unpacked sdist (setup.py reads pyproject.toml): it must
+    # build every package from what the sdist holds alone.
     unpacked, lib = tmp_path / "unpacked" / top, tmp_path / "lib"
     result = subprocess.run([sys.executable, "setup.py", "-q", "build", "--build-base",
                              str(tmp_path / "b"), "--build-lib", str(lib)],
@@ -152,8 +158,45 @@ def _dockerfile(build_args=None):
     return instructions, variables
 
 
-def _setup_text():
-    return _read(os.path.join(ROOT, "setup.py"))
+def _pyproject():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
+        return tomllib.load(fh)
+
+
+def _requirement(name):
+    """The version specifier pyproject.toml gives dependency ``name``."""
+    for requirement in _pyproject()["project"]["dependencies"]:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*(.*)", requirement)
+        if match.group(1).lower() == name:
+            return match.group(2)
+    raise AssertionError("pyproject.toml does not depend on %s" % name)
+
+
+#: Import name of each runtime dependency whose distribution name differs from it.
+_IMPORT_NAMES = {"apache-beam": "apache_beam", "azure-eventhub": "azure.eventhub",
+                 "azure-storage-blob": "azure.storage.blob", "pyyaml": "yaml",
+                 "jsonnet": "_jsonnet"}
+
+
+def test_every_declared_dependency_is_imported_by_the_installed_packages():
+    imported = set()
+    for package in PACKAGES:
+        for directory, _, files in os.walk(os.path.join(ROOT, package)):
+            for name in files:
+                if name.endswith(".py"):
+                    tree = ast.parse(_read(os.path.join(directory, name)))
+                    for node in ast.walk(tree):
+                        if isinstance(node, ast.Import):
+                            imported.update(alias.name for alias in node.names)
+                        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                            imported.add(node.module)
+    unused = []
+    for requirement in _pyproject()["project"]["dependencies"]:
+        name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower()
+        module = _IMPORT_NAMES.get(name, name)
+        if not any(m == module or m.startswith(module + ".") for m in imported):
+            unused.append(name)
+    assert not unused, "declared in pyproject.toml, imported by no installed module: %s" % unused
 
 
 def test_dockerfile_uses_the_python_flex_template_launcher_base():
@@ -163,7 +206,7 @@ def test_dockerfile_uses_the_python_flex_template_launcher_base():
     match = re.fullmatch(r"gcr\.io/dataflow-templates-base/python3(\d+)-template-launcher-base"
                          r"(:[\w.-]+|@sha256:[0-9a-f]{64})?", froms[0])
     assert match, froms[0]
-    requires = re.search(r"python_requires\s*=\s*['\"]([^'\"]+)", _setup_text()).group(1)
+    requires = _pyproject()["project"]["requires-python"]
     assert "3.%s" % match.group(1) in SpecifierSet(requires), (froms[0], requires)
     assert instructions[-1] == ("ENTRYPOINT", '["/opt/google/dataflow/python_template_launcher"]')
 
@@ -173,7 +216,7 @@ def test_dockerfile_installs_the_tested_beam_and_the_project():
     assert variables["BEAM_VERSION"] == apache_beam.__version__, \
         "the image launches with Beam %s, the tests run %s" % (variables["BEAM_VERSION"],
                                                               apache_beam.__version__)
-    spec = re.search(r"['\"]apache-beam([^'\"]*)['\"]", _setup_text()).group(1)
+    spec = _requirement("apache-beam")
     assert variables["BEAM_VERSION"] in SpecifierSet(spec), spec
     runs = " ".join(rest for instruction, rest in instructions if instruction == "RUN")
     assert 'apache-beam[gcp]==%s' % apache_beam.__version__ in runs
@@ -199,10 +242,10 @@ def test_dockerfile_copies_what_exists_and_what_the_package_needs():
     for source, _ in copies:
         assert source not in (".", "./"), "COPY . would ship .venv and out/: list the paths"
         assert os.path.exists(os.path.join(ROOT, source)), "COPY %s: no such path" % source
-    include = re.search(r"include\s*=\s*\[([^\]]*)\]", _setup_text()).group(1)
-    packages = {p.split(".")[0] for p in re.findall(r"['\"]([\w.*]+)['\"]", include)}
+    include = _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {p.split(".")[0] for p in include}
     assert packages == set(PACKAGES), packages
-    assert {"setup.py", *PACKAGES, *DATA_FILES} <= {s for s, _ in copies}
+    assert {"setup.py", "pyproject.toml", *PACKAGES, *DATA_FILES} <= {s for s, _ in copies}
 
 
 @pytest.mark.parametrize("pipeline", [None, "replay"])

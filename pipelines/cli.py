@@ -16,16 +16,55 @@ Two kinds of parser:
   not an ignored filter), although Beam registers every options class of the process.
 
 Errors are :class:`UsageError`; the commands print them as one ``error:`` line and exit with 2.
+Both parsers also refuse to run when another installed distribution provides one of the project's
+top-level package names (:func:`check_installed_names`, docs/decisions/0005-package-names.md).
 """
 import argparse
 import difflib
+import re
 import sys
+from importlib.metadata import packages_distributions
+from typing import Dict, Iterable, List, Mapping, Optional
 
 HELP_FLAGS = ("-h", "--help")
 
 
 class UsageError(ValueError):
     """A command line the command cannot run: one line naming the problem."""
+
+
+#: The top-level packages this project installs (pyproject.toml), and its distribution's name.
+TOP_LEVEL_NAMES = ("core", "clients", "pipelines", "transforms")
+DISTRIBUTION = "cdp-activation"
+
+
+def _normalized(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def name_clashes(providers: Optional[Mapping[str, Iterable[str]]] = None) -> Dict[str, List[str]]:
+    """``{top-level name: [other distributions that install it]}`` for the project's names, from
+    ``providers`` (default: ``importlib.metadata.packages_distributions()``, every distribution
+    installed on ``sys.path``)."""
+    if providers is None:
+        providers = packages_distributions()
+    clashes = {}
+    for name in TOP_LEVEL_NAMES:
+        others = sorted({d for d in providers.get(name, ()) if _normalized(d) != DISTRIBUTION})
+        if others:
+            clashes[name] = others
+    return clashes
+
+
+def check_installed_names() -> None:
+    """Raises :class:`UsageError` when another installed distribution provides a top-level name
+    of this project: one of the two would import the other's modules."""
+    clashes = name_clashes()
+    if clashes:
+        name, others = sorted(clashes.items())[0]
+        raise UsageError("the installed distribution %s also provides the top-level package '%s'; "
+                         "install this project in a virtualenv of its own"
+                         % (", ".join(others), name))
 
 
 def wants_help(argv):
@@ -132,6 +171,7 @@ class CommandParser(argparse.ArgumentParser):
         if wants_help(argv):
             sys.stdout.write(self.format_help())
             return None
+        check_installed_names()
         # An unknown option is named before a missing one: "--inptu" must not read "--input is
         # required".
         required = [a for a in self._actions if a.required]
@@ -287,7 +327,9 @@ def beam_parse_known(argv):
 
 def check_pipeline_arguments(argv, command, command_options):
     """Raises :class:`UsageError` for the first argument of ``argv`` that is neither an option of
-    ``command`` (its classes: ``command_options[command]``) nor one of Beam's."""
+    ``command`` (its classes: ``command_options[command]``) nor one of Beam's, or when the
+    project's package names clash (:func:`check_installed_names`)."""
+    check_installed_names()
     own = [s for cls in command_options[command] for s in option_strings(_declared(cls))]
     foreign = {}
     for other, classes in command_options.items():

@@ -116,52 +116,52 @@ class FlinkCheckpointOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument(
-            "--checkpointing_interval", type=_positive_millis, default=None, metavar="MS",
-            help="Flink streaming: take a checkpoint every MS milliseconds (default: none), e.g. "
-                 "--checkpointing_interval=2000")
-        parser.add_argument(
-            "--finish_bundle_before_checkpointing", nargs="?", const=True, default=None,
-            type=flag_value, metavar="BOOL",
-            help="Flink streaming: end each step's bundle before it takes part in a checkpoint "
-                 "(on by default with --checkpointing_interval: without it a live Event Hubs "
-                 "read never starts), e.g. --finish_bundle_before_checkpointing=false")
-        parser.add_argument(
-            "--shutdown_sources_after_idle_ms", type=int, default=None, metavar="MS",
-            help="Flink streaming: end a source task that has had nothing to emit for MS "
-                 "milliseconds (Beam's default with checkpoints: never), e.g. "
-                 "--shutdown_sources_after_idle_ms=1000")
-        parser.add_argument(
-            "--state_backend", choices=("filesystem", "rocksdb"), default=None,
-            help="Flink streaming: where Beam's state lives and how checkpoints are written "
-                 "(with --state_backend_storage_path), e.g. --state_backend=filesystem")
-        parser.add_argument(
-            "--state_backend_storage_path", default=None, metavar="URI",
-            help="Flink streaming: the directory checkpoints go to, one folder per job and "
-                 "checkpoint (JOB_ID/chk-N), e.g. --state_backend_storage_path=file:///var/ck")
-        parser.add_argument(
-            "--externalized_checkpoints_enabled", nargs="?", const=True, default=None,
-            type=flag_value, metavar="BOOL",
-            help="Flink streaming: keep the latest checkpoint when the job ends, so a new job "
-                 "can start from it, e.g. --externalized_checkpoints_enabled")
-        parser.add_argument(
-            "--retain_externalized_checkpoints_on_cancellation", nargs="?", const=True,
-            default=None, type=flag_value, metavar="BOOL",
-            help="Flink streaming: keep it on a cancel too, e.g. "
-                 "--retain_externalized_checkpoints_on_cancellation")
-        parser.add_argument(
-            "--savepoint_path", default=None, metavar="PATH",
-            help="Flink streaming: start the job from this savepoint or retained checkpoint "
-                 "(a chk-N directory), e.g. --savepoint_path=/var/ck/JOB_ID/chk-42")
-        parser.add_argument(
-            "--flink_conf_dir", default=None, metavar="DIR",
-            help="Flink: a directory with Flink's configuration file (config.yaml or "
-                 "flink-conf.yaml) for the job's Flink, e.g. --flink_conf_dir=/etc/flink")
-        parser.add_argument(
-            "--allow_non_restored_state", nargs="?", const=True, default=None,
-            type=flag_value, metavar="BOOL",
-            help="Flink streaming: start from a savepoint even if a step of it is no longer in "
-                 "the pipeline (its state is dropped), e.g. --allow_non_restored_state")
+        for flag, kind, default, metavar, help_text in FLINK_CHECKPOINT_OPTIONS:
+            if kind is bool:      # --flag alone, or --flag=true|false
+                parser.add_argument(flag, nargs="?", const=True, default=default, type=flag_value,
+                                    metavar="BOOL", help=help_text)
+            elif isinstance(kind, tuple):     # one of these words
+                parser.add_argument(flag, choices=kind, default=default, help=help_text)
+            else:
+                parser.add_argument(flag, type=kind, default=default, metavar=metavar,
+                                    help=help_text)
+
+
+#: Flink's checkpoint and restore options: ``(flag, type, default, metavar, help)``. The type is
+#: ``bool`` for a boolean flag, a tuple of words for a choice, else a function of the text.
+FLINK_CHECKPOINT_OPTIONS = (
+    ("--checkpointing_interval", _positive_millis, None, "MS",
+     "Flink streaming: take a checkpoint every MS milliseconds (default: none), e.g. "
+     "--checkpointing_interval=2000"),
+    ("--finish_bundle_before_checkpointing", bool, None, None,
+     "Flink streaming: end each step's bundle before it takes part in a checkpoint (on by default "
+     "with --checkpointing_interval: without it a live Event Hubs read never starts), e.g. "
+     "--finish_bundle_before_checkpointing=false"),
+    ("--shutdown_sources_after_idle_ms", int, None, "MS",
+     "Flink streaming: end a source task that has had nothing to emit for MS milliseconds (Beam's "
+     "default with checkpoints: never), e.g. --shutdown_sources_after_idle_ms=1000"),
+    ("--state_backend", ("filesystem", "rocksdb"), None, None,
+     "Flink streaming: where Beam's state lives and how checkpoints are written (with "
+     "--state_backend_storage_path), e.g. --state_backend=filesystem"),
+    ("--state_backend_storage_path", str, None, "URI",
+     "Flink streaming: the directory checkpoints go to, one folder per job and checkpoint "
+     "(JOB_ID/chk-N), e.g. --state_backend_storage_path=file:///var/ck"),
+    ("--externalized_checkpoints_enabled", bool, None, None,
+     "Flink streaming: keep the latest checkpoint when the job ends, so a new job can start from "
+     "it, e.g. --externalized_checkpoints_enabled"),
+    ("--retain_externalized_checkpoints_on_cancellation", bool, None, None,
+     "Flink streaming: keep it on a cancel too, e.g. "
+     "--retain_externalized_checkpoints_on_cancellation"),
+    ("--savepoint_path", str, None, "PATH",
+     "Flink streaming: start the job from this savepoint or retained checkpoint (a chk-N "
+     "directory), e.g. --savepoint_path=/var/ck/JOB_ID/chk-42"),
+    ("--flink_conf_dir", str, None, "DIR",
+     "Flink: a directory with Flink's configuration file (config.yaml or flink-conf.yaml) for the "
+     "job's Flink, e.g. --flink_conf_dir=/etc/flink"),
+    ("--allow_non_restored_state", bool, None, None,
+     "Flink streaming: start from a savepoint even if a step of it is no longer in the pipeline "
+     "(its state is dropped), e.g. --allow_non_restored_state"),
+)
 
 
 #: The options classes of each pipeline command; an option of another command is an error.

@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+from bench.timeline import parse_with_command
+
 _TRANSITION = re.compile(r"ExecutionGraph\s+-\s+(?P<task>.*) \((?P<sub>\d+)/(?P<of>\d+)\) \(\S+\) "
                          r"switched from (?P<old>[A-Z_]+) to (?P<new>[A-Z_]+)\.")
 
@@ -54,11 +56,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--top", type=int, default=25, help="tasks shown, longest first")
     parser.add_argument("--log", help="also write the stamped stderr to this file")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
-    args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("no command given")
+    args, command = parse_with_command(parser, argv)
     stamped = []
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             errors="replace")

@@ -37,7 +37,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -51,9 +50,9 @@ if ROOT not in sys.path:
 from emulators.eventhubs import partition_for_key  # noqa: E402
 from emulators.run_live import (INPUT_HUB, INPUT_VARIABLE, OUTPUT_HUB, OUTPUT_VARIABLE,  # noqa: E402
                                 PARTITIONS, WATERMARK_DELAY_SECONDS, _rfc, _seconds,
-                                percentile)
+                                percentile, stop)
+from bench._tree import tree_stats  # noqa: E402
 
-TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 #: How far past the window's end a change must be due before the window counts as complete.
 COMPLETE_MARGIN_SECONDS = 2.0
 
@@ -208,23 +207,7 @@ class OutputReader:
 
 def _tree_cpu_seconds(pid):
     """User + system CPU seconds of ``pid`` and its descendants so far (from /proc)."""
-    parents, stats = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry, "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry)] = int(fields[1])
-        stats[int(entry)] = (int(fields[11]) + int(fields[12])) / TICKS
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        total += stats.get(current, 0.0)
-        todo.extend(child for child, parent in parents.items() if parent == current)
-    return total
+    return sum(cpu for cpu, _ in tree_stats(pid).values())
 
 
 def _load():
@@ -311,13 +294,7 @@ def main(argv=None):
             stopped = time.time()
             stopping.set()
             publisher.join(15)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(proc)
     load_after = _load()
     time.sleep(1.0)   # the last deliveries in flight
     reader.stop()

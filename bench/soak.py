@@ -39,45 +39,15 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from bench._tree import tree_stats  # noqa: E402
 from bench.make_data import write as write_data  # noqa: E402
-
-PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 # -- process tree RSS --------------------------------------------------------------------------
 
-def child_pids(pid):
-    """The direct children of ``pid``, from ``/proc/*/stat`` (every Linux kernel has it; the
-    ``/proc/PID/task/TID/children`` files need a kernel option)."""
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry, "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-            if int(fields[1]) == pid:
-                kids.append(int(entry))
-        except (OSError, IndexError, ValueError):
-            continue
-    return kids
-
-
 def tree_rss_mb(pid):
     """Resident memory of ``pid`` and all its descendants, in MB (0 when it is gone)."""
-    total, todo, seen = 0, [pid], set()
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        try:
-            with open("/proc/%d/statm" % current) as fh:
-                total += int(fh.read().split()[1]) * PAGE
-        except (OSError, ValueError, IndexError):
-            continue
-        todo.extend(child_pids(current))
-    return total / (1024 * 1024)
+    return sum(rss for _, rss in tree_stats(pid).values()) / (1024 * 1024)
 
 
 class RssSampler:

@@ -67,15 +67,22 @@ def timeline(samples, main_pid, step):
     return pids, rows
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--step", type=float, default=0.5, help="seconds per row")
-    parser.add_argument("--json", help="also write the rows and totals to this file")
+def parse_with_command(parser, argv):
+    """``(args, command)``: the options of ``parser`` and the command given after ``--`` (an
+    error when there is none)."""
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given")
+    return args, command
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--step", type=float, default=0.5, help="seconds per row")
+    parser.add_argument("--json", help="also write the rows and totals to this file")
+    args, command = parse_with_command(parser, argv)
     if not os.path.isdir("/proc/self"):
         parser.error("needs Linux /proc")
     roles = {}

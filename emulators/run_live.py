@@ -224,6 +224,19 @@ def _watch(destination, proc, generator, args, deadline):
         time.sleep(0.2)
 
 
+def stop(proc: subprocess.Popen, grace_seconds: float = 60) -> None:
+    """Stops a pipeline started in a session of its own as Ctrl-C would (SIGINT: it ends its runner
+    and prints its summary), and kills it if it has not ended after ``grace_seconds``."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(grace_seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m emulators.run_live", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -278,13 +291,7 @@ def main(argv=None):
             stopped_at = time.time()
             generator.stopping.set()
             generator.join(10)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(proc)
     seconds = time.monotonic() - started
     summary = summarize(source, destination, generator.published, seconds, args.rate,
                         since=started_at + args.warmup, ended=stopped_at)

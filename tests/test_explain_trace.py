@@ -20,6 +20,7 @@ from core.engine import Engine, Evaluation
 from core.records import ProfileEvent, parse_record
 from core.timeutil import MAX_TIME, parse_time
 from tests.datagen import generate
+from tests.engine_audiences import AUDIENCES as AUDIENCES_OF_ALL_KINDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DAY = 86_400_000_000
@@ -103,20 +104,6 @@ def _leaves(tree):
         yield from _leaves(child)
 
 
-ENGINE_AUDIENCES = [
-    {"id": "a1", "slug": "buyers3", "condition": {"event": "purchase", "within": "30m", "min_count": 3}},
-    {"id": "a2", "slug": "one_or_two_views",
-     "condition": {"event": "view", "within": "10m", "min_count": 1, "max_count": 2}},
-    {"id": "a3", "slug": "gold_no_cheap",
-     "condition": {"and": [{"trait": "tier", "op": "in", "value": ["gold", "platinum"]},
-                           {"not": {"event": "purchase", "within": "20m",
-                                    "where": {"property": "price", "op": "lt", "value": 10}}}]}},
-    {"id": "a4", "slug": "buyer_or_opener",
-     "condition": {"or": [{"event": "email_open"}, {"audience": "buyers3"}]}},
-    {"id": "a5", "slug": "inactive", "condition": {"not": {"event": "*", "within": "40m"}}},
-]
-
-
 def test_tracing_changes_no_transition_and_reports_true_counts_on_random_histories():
     rnd = random.Random(7)
     for _ in range(60):
@@ -127,9 +114,9 @@ def test_tracing_changes_no_transition_and_reports_true_counts_on_random_histori
             traits = {"tier": rnd.choice(["gold", "silver", None])} if rnd.random() < 0.3 else None
             events.append(ProfileEvent("u", "e%d" % k, name, ts, ts, "u", None,
                                        {"price": rnd.choice([5, 50])}, traits))
-        plain = Engine(AudienceSet(ENGINE_AUDIENCES))
+        plain = Engine(AudienceSet(AUDIENCES_OF_ALL_KINDS))
         expected, _ = plain.advance(plain.new_state(), list(events), MAX_TIME)
-        changes, evaluations = _traced(ENGINE_AUDIENCES, list(events))
+        changes, evaluations = _traced(AUDIENCES_OF_ALL_KINDS, list(events))
         assert changes == expected
         assert sorted((e.time, e.audience, e.transition) for e in evaluations if e.transition) == \
             sorted((c.time, a, kind) for c in changes for a, kind, _ in c.changes)

@@ -1,20 +1,10 @@
 """The two commands as a user runs them: exit codes, one-line errors, outputs, no secrets."""
 import json
-import os
-import subprocess
-import sys
-
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = """
-account: {name: acme, aid: 1234}
-audiences:
-  - {id: fb1, slug: frequent_buyers, condition: {event: purchase, within: 7d, min_count: 3}}
-  - {id: gold1, slug: gold, condition: {trait: tier, op: eq, value: gold}}
-works:
-  - {id: w-eh, workflow: eventhub_audience_export, config: {user_fields: [email]}}
-"""
+from tests.commands import EVENTHUB_WORK, FREQUENT_BUYERS, GOLD, job_config, run_module
+
+CONFIG = job_config([FREQUENT_BUYERS, GOLD], [EVENTHUB_WORK])
 EVENTS = [
     {"user_id": "u1", "event": "visit", "ts": "2026-11-01T00:00:00Z", "traits": {"tier": "gold", "email": "a@x"}},
     {"user_id": "u1", "event": "purchase", "ts": "2026-11-02T00:00:00Z"},
@@ -26,9 +16,7 @@ EVENTS = [
 
 
 def run(command, *args, env=None):
-    full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "pipelines." + command] + list(args), cwd=ROOT,
-                          capture_output=True, text=True, env=full_env, timeout=300)
+    return run_module("pipelines." + command, *args, env=env)
 
 
 @pytest.fixture
@@ -179,12 +167,12 @@ def test_a_directory_as_input_is_one_line(job, command):
 
 @pytest.mark.parametrize("text,expected", [
     (CONFIG.replace("works:\n", "works:\n\t"),
-     "not valid YAML: line 7, column 1: found character '\\t' that cannot start any token "
+     "not valid YAML: line 6, column 1: found character '\\t' that cannot start any token "
      "(while scanning for the next token); YAML indents with spaces, not tabs"),
     (CONFIG.replace("condition: {trait: tier, op: eq, value: gold}}",
                     "condition: {trait: tier, op: eq, value: gold}"),
-     "not valid YAML: line 6, column 1: expected ',' or '}', but got '<scalar>' "
-     "(while parsing a flow mapping that starts at line 5, column 5)"),
+     "not valid YAML: line 5, column 1: expected ',' or '}', but got '<scalar>' "
+     "(while parsing a flow mapping that starts at line 4, column 5)"),
 ])
 def test_yaml_syntax_error_is_one_line_with_line_and_column(job, text, expected):
     (job / "bad.yaml").write_text(text)

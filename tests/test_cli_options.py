@@ -3,18 +3,12 @@ import argparse
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = """
-account: {name: acme, aid: 1234}
-audiences:
-  - {id: fb1, slug: frequent_buyers, condition: {event: purchase, within: 7d, min_count: 3}}
-works:
-  - {id: w-eh, workflow: eventhub_audience_export, config: {user_fields: [email]}}
-"""
+from tests.commands import EVENTHUB_WORK, FREQUENT_BUYERS, ROOT, job_config, run_module
+
+CONFIG = job_config([FREQUENT_BUYERS], [EVENTHUB_WORK])
 EVENT = '{"user_id": "u1", "event": "purchase", "ts": "2026-11-20T10:00:00Z"}\n'
 #: Every command with a main, as ``python -m`` runs it.
 COMMANDS = ("pipelines.stream", "pipelines.replay", "pipelines.validate", "pipelines.explain",
@@ -22,8 +16,7 @@ COMMANDS = ("pipelines.stream", "pipelines.replay", "pipelines.validate", "pipel
 
 
 def run(module, *args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", module] + list(args), cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return run_module(module, *args, cwd=cwd)
 
 
 @pytest.fixture
@@ -37,11 +30,9 @@ def test_a_misspelt_option_is_an_error_that_names_it_and_nothing_is_written(job)
     # The issue's example: --output-dir and --strat were ignored; ./out was written, exit 0.
     workdir = job / "cwd"
     workdir.mkdir()
-    result = subprocess.run(
-        [sys.executable, "-m", "pipelines.replay", "--config", str(job / "config.yaml"),
-         "--input", str(job / "events.jsonl"), "--output-dir", str(job / "x"), "--strat",
-         "2026-11-20"], cwd=str(workdir), capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, PYTHONPATH=ROOT))
+    result = run_module("pipelines.replay", "--config", job / "config.yaml", "--input",
+                        job / "events.jsonl", "--output-dir", job / "x", "--strat", "2026-11-20",
+                        cwd=workdir, env={"PYTHONPATH": ROOT})
     assert result.returncode == 2
     assert result.stderr == "error: unknown option --output-dir (did you mean --output_dir?)\n"
     assert not (workdir / "out").exists() and not (job / "x").exists()

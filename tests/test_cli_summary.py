@@ -1,34 +1,23 @@
 """The run summary tells the truth: counts that match the files, every figure printed, plain dates."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from bench.make_data import write
+from tests.commands import FREQUENT_BUYERS, HIGH_VALUE, job_config, run_pipeline
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = """
-account: {name: acme, aid: 1234}
-audiences:
-  - {id: fb, slug: frequent_buyers, condition: {event: purchase, within: 7d, min_count: 3}}
-  - {id: hv, slug: high_value, condition: {trait: ltv, op: gte, value: 500}}
-works:
+CONFIG = job_config([FREQUENT_BUYERS, HIGH_VALUE], ["""\
   - id: w-eh
     workflow: eventhub_audience_export
     config: {connection_string: "${EH_CS}", user_fields: [email]}
   - id: w-blob
     workflow: azure_blob_event_export
     config: {connection_string: "${BLOB_CS}", container: exports, period_hours: 24}
-"""
+"""])
 
 
 def run(command, tmp_path, name, env, *extra):
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines." + command, "--config", str(tmp_path / "config.yaml"),
-         "--input", str(tmp_path / "events.jsonl"), "--output_dir", str(tmp_path / name), *extra],
-        cwd=ROOT, env=dict(os.environ, **env), capture_output=True, text=True, timeout=600)
+    return run_pipeline(command, tmp_path, name, *extra, env=env)
 
 
 def dead_letter_lines(path):

@@ -1,14 +1,11 @@
 """The whole pipeline into the project's local Event Hubs endpoint, through the real SDK."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from bench.make_data import write
+from tests.commands import run_pipeline
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = """
 account: {name: acme, aid: 1234}
 audiences:
@@ -29,11 +26,7 @@ works:
 
 
 def run_stream(tmp_path, name, cs, command="stream"):
-    env = dict(os.environ, EH_CS=cs)
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines." + command, "--config", str(tmp_path / "config.yaml"),
-         "--input", str(tmp_path / "events.jsonl"), "--output_dir", str(tmp_path / name)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return run_pipeline(command, tmp_path, name, env={"EH_CS": cs})
 
 
 @pytest.fixture

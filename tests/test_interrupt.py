@@ -17,17 +17,12 @@ import time
 import pytest
 
 from bench.make_data import write
+from tests.commands import (EVENTHUB_WORK, FREQUENT_BUYERS, HIGH_VALUE, ROOT, job_config,
+                            run_pipeline)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = """
-account: {name: acme, aid: 1234}
-audiences:
-  - {id: fb, slug: frequent_buyers, condition: {event: purchase, within: 7d, min_count: 3}}
-  - {id: hv, slug: high_value, condition: {trait: ltv, op: gte, value: 500}}
-works:
-  - {id: w-eh, workflow: eventhub_audience_export, config: {user_fields: [email]}}
-  - {id: w-blob, workflow: azure_blob_event_export, config: {container: exports, period_hours: 1}}
-"""
+CONFIG = job_config([FREQUENT_BUYERS, HIGH_VALUE], [
+    EVENTHUB_WORK,
+    "  - {id: w-blob, workflow: azure_blob_event_export, config: {container: exports, period_hours: 1}}\n"])
 #: Seconds a case may take at most; a bound on a hang, never a point in the run.
 LIMIT = 240
 
@@ -44,10 +39,7 @@ def job(tmp_path_factory):
 def complete(job):
     """The files of an uninterrupted run, to compare what an interrupted one left."""
     out = job / "complete"
-    result = subprocess.run(
-        [sys.executable, "-m", "pipelines.replay", "--config", str(job / "config.yaml"),
-         "--input", str(job / "events.jsonl"), "--output_dir", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=LIMIT)
+    result = run_pipeline("replay", job, "complete", timeout=LIMIT)
     assert result.returncode == 0, result.stderr
     return out
 

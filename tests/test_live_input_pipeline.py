@@ -1,22 +1,12 @@
 """--input eventhubs://...: the whole pipeline reads the hub like a file, and catches up once."""
 import json
-import os
-import subprocess
-import sys
 
 from azure.eventhub import EventData, EventHubProducerClient
 
 from bench.make_data import generate
+from tests.commands import EVENTHUB_WORK, FREQUENT_BUYERS, HIGH_VALUE, job_config, run_pipeline
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = """
-account: {name: acme, aid: 1234}
-audiences:
-  - {id: fb, slug: frequent_buyers, condition: {event: purchase, within: 7d, min_count: 3}}
-  - {id: hv, slug: high_value, condition: {trait: ltv, op: gte, value: 500}}
-works:
-  - {id: w-eh, workflow: eventhub_audience_export, config: {user_fields: [email]}}
-"""
+CONFIG = job_config([FREQUENT_BUYERS, HIGH_VALUE], [EVENTHUB_WORK])
 
 
 def publish(hub, records):
@@ -32,10 +22,8 @@ def publish(hub, records):
             producer.send_batch(batch)
 
 
-def run(tmp_path, name, source, env):
-    return subprocess.run([sys.executable, "-m", "pipelines.stream", "--config", str(tmp_path / "config.yaml"),
-                           "--input", source, "--output_dir", str(tmp_path / name)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ, **env))
+def run(tmp_path, name, source, env, *extra):
+    return run_pipeline("stream", tmp_path, name, *extra, source=source, env=env)
 
 
 def messages(tmp_path, name):
@@ -90,16 +78,10 @@ def test_catch_up_runs_with_state_give_the_messages_of_one_run_over_everything(t
     state = str(tmp_path / "state" / "audiences.parquet")
 
     publish(local_eventhubs, first)
-    day1 = subprocess.run(
-        [sys.executable, "-m", "pipelines.stream", "--config", str(tmp_path / "config.yaml"),
-         "--input", uri, "--output_dir", str(tmp_path / "hub1"), "--state", state],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ, **env))
+    day1 = run(tmp_path, "hub1", uri, env, "--state", state)
     assert day1.returncode == 0, day1.stderr[-3000:]
     publish(local_eventhubs, second)
-    day2 = subprocess.run(
-        [sys.executable, "-m", "pipelines.stream", "--config", str(tmp_path / "config.yaml"),
-         "--input", uri, "--output_dir", str(tmp_path / "hub2"), "--state", state],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ, **env))
+    day2 = run(tmp_path, "hub2", uri, env, "--state", state)
     assert day2.returncode == 0, day2.stderr[-3000:]
     summaries = [json.loads((tmp_path / name / "summary.json").read_text())
                  for name in ("hub1", "hub2")]

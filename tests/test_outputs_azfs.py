@@ -9,8 +9,6 @@ local run, and nothing is written to the local disk instead; once on the Portabl
 import hashlib
 import json
 import os
-import subprocess
-import sys
 
 import apache_beam as beam
 import pytest
@@ -18,24 +16,18 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from emulators.eventhubs import LocalEventHubs
+from tests.commands import EVENTHUB_WORK, FREQUENT_BUYERS, GOLD, ROOT, job_config, run_module
 from transforms.eventhubs import WriteToEventHubs
 
 pytestmark = pytest.mark.timeout(600)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACCOUNT = "devstoreaccount1"
-CONFIG = """
-account: {name: acme, aid: 1234}
-audiences:
-  - {id: fb1, slug: frequent_buyers, condition: {event: purchase, within: 7d, min_count: 3}}
-  - {id: gold1, slug: gold, condition: {trait: tier, op: eq, value: gold}}
-works:
-  - {id: w-eh, workflow: eventhub_audience_export, config: {user_fields: [email]}}
+CONFIG = job_config([FREQUENT_BUYERS, GOLD], [EVENTHUB_WORK, """\
   - id: w-blob
     workflow: azure_blob_event_export
     config: {container: exports, prefix: ev/, period_hours: 24, format: csv.gz,
              event_parameters: [price], attributes: [email]}
   - {id: w-alerts, workflow: webhook_system_events, config: {system_event_type: failed}}
-"""
+"""])
 EVENTS = [
     {"user_id": "u1", "event": "visit", "ts": "2026-11-01T00:00:00Z",
      "traits": {"tier": "gold", "email": "a@x"}},
@@ -71,9 +63,7 @@ def job(tmp_path):
 
 
 def _run(command, cwd, *args):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", "pipelines." + command] + list(args), cwd=cwd,
-                          capture_output=True, text=True, env=env, timeout=300)
+    return run_module("pipelines." + command, *args, cwd=cwd, env={"PYTHONPATH": ROOT})
 
 
 def _local_files(root):

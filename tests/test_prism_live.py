@@ -22,7 +22,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -30,10 +29,8 @@ import pytest
 
 from emulators.eventhubs import LocalEventHubs
 from pipelines import runners
+from tests.commands import PY, ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VENV_PY = os.path.join(ROOT, ".venv", "bin", "python")
-PY = VENV_PY if os.path.exists(VENV_PY) else sys.executable
 
 CONFIG = """
 account: {name: acme, aid: 1234}

@@ -4,16 +4,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 
 from emulators import run_live
 from pipelines import runners
+from tests.commands import PY, ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VENV_PY = os.path.join(ROOT, ".venv", "bin", "python")
-PY = VENV_PY if os.path.exists(VENV_PY) else sys.executable
 
 SHORT = """
 account: {name: acme, aid: 1234}

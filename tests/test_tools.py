@@ -1,14 +1,12 @@
 """validate, explain, and replay over Parquet, as a user runs them."""
 import json
-import os
-import subprocess
-import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.commands import run_module
+
 CONFIG = """
 account: {name: acme, aid: 1234}
 audiences:
@@ -35,8 +33,7 @@ ENV = {"EH_CS": "Endpoint=sb://x.example/;SharedAccessKeyName=k;SharedAccessKey=
 
 
 def run(module, *args, env=None):
-    return subprocess.run([sys.executable, "-m", module] + list(args), cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, **(env or {})))
+    return run_module(module, *args, env=env)
 
 
 @pytest.fixture

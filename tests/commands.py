@@ -1,0 +1,40 @@
+"""Running the project's commands as a user runs them, and the job-config pieces the command
+tests share."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_VENV_PY = os.path.join(ROOT, ".venv", "bin", "python")
+#: The project's virtualenv interpreter when there is one (what ./run_local.sh runs), else this one.
+PY = _VENV_PY if os.path.exists(_VENV_PY) else sys.executable
+
+ACCOUNT = "account: {name: acme, aid: 1234}\n"
+#: Audience lines: three purchases within 7 days; a trait threshold; a trait value.
+FREQUENT_BUYERS = ("  - {id: fb, slug: frequent_buyers, "
+                   "condition: {event: purchase, within: 7d, min_count: 3}}\n")
+HIGH_VALUE = "  - {id: hv, slug: high_value, condition: {trait: ltv, op: gte, value: 500}}\n"
+GOLD = "  - {id: gold, slug: gold, condition: {trait: tier, op: eq, value: gold}}\n"
+#: The Event Hub work with the local sink (no connection string), sending users' emails.
+EVENTHUB_WORK = "  - {id: w-eh, workflow: eventhub_audience_export, config: {user_fields: [email]}}\n"
+
+
+def job_config(audiences, works):
+    """A job config's YAML from audience and work lines (``FREQUENT_BUYERS``, ``EVENTHUB_WORK``...)."""
+    return ACCOUNT + "audiences:\n" + "".join(audiences) + "works:\n" + "".join(works)
+
+
+def run_module(module, *args, env=None, cwd=ROOT, timeout=300):
+    """``python -m MODULE ARGS`` to its end, output captured as text; ``env`` adds to this
+    process's environment."""
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=str(cwd),
+                          env=dict(os.environ, **(env or {})), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def run_pipeline(command, job, output, *extra, source=None, env=None, timeout=600):
+    """``python -m pipelines.COMMAND`` on ``job``'s config.yaml and events.jsonl (or ``source``)
+    with ``--output_dir job/output``."""
+    return run_module("pipelines." + command, "--config", job / "config.yaml", "--input",
+                      job / "events.jsonl" if source is None else source, "--output_dir",
+                      job / output, *extra, env=env, timeout=timeout)

@@ -1,8 +1,11 @@
 """Running the project's commands as a user runs them, and the job-config pieces the command
 tests share."""
+import json
 import os
 import subprocess
 import sys
+
+import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _VENV_PY = os.path.join(ROOT, ".venv", "bin", "python")
@@ -22,6 +25,20 @@ EVENTHUB_WORK = "  - {id: w-eh, workflow: eventhub_audience_export, config: {use
 def job_config(audiences, works):
     """A job config's YAML from audience and work lines (``FREQUENT_BUYERS``, ``EVENTHUB_WORK``...)."""
     return ACCOUNT + "audiences:\n" + "".join(audiences) + "works:\n" + "".join(works)
+
+
+def write_job(directory, config, lines):
+    """Writes ``directory``/config.yaml (``config``, a dict, as YAML) and events.jsonl (``lines``:
+    strings as they are, dicts as JSON); returns their two paths."""
+    os.makedirs(directory, exist_ok=True)
+    config_path = os.path.join(directory, "config.yaml")
+    input_path = os.path.join(directory, "events.jsonl")
+    with open(config_path, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(config, fh, sort_keys=False, allow_unicode=True)
+    with open(input_path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines)
+                 + "\n")
+    return config_path, input_path
 
 
 def run_module(module, *args, env=None, cwd=ROOT, timeout=300):

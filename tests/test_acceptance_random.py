@@ -16,9 +16,9 @@ import sys
 from collections import Counter, defaultdict
 
 import pytest
-import yaml
 
 from tests import reference as R
+from tests.commands import write_job
 from tests.datagen import generate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,17 +39,6 @@ CASES = [
 
 # ------------------------------------------------------------------------------ running
 
-def write_inputs(directory, config, lines):
-    os.makedirs(directory, exist_ok=True)
-    cfg_path = os.path.join(directory, "config.yaml")
-    in_path = os.path.join(directory, "events.jsonl")
-    with open(cfg_path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(config, f, sort_keys=False, allow_unicode=True)
-    with open(in_path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    return cfg_path, in_path
-
-
 def run_pipeline(kind, cfg_path, in_path, out_dir, *extra):
     cmd = [PY, "-m", "pipelines.%s" % kind, "--config", cfg_path, "--input", in_path,
            "--output_dir", out_dir] + list(extra)
@@ -69,7 +58,7 @@ class Run:
     def __init__(self, base, seed, n_users):
         self.base = str(base)
         self.config, self.lines = generate(seed, n_users=n_users)
-        self.cfg_path, self.in_path = write_inputs(os.path.join(self.base, "in"), self.config,
+        self.cfg_path, self.in_path = write_job(os.path.join(self.base, "in"), self.config,
                                                    self.lines)
         self.expected = R.reference_outputs(self.config, self.lines)
         self.outputs = {}
@@ -380,7 +369,7 @@ def _tiny():
 @pytest.mark.parametrize("kind", PIPELINES)
 def test_exit_from_window_expiry_alone_carries_ts_plus_within(tmp_path, kind):
     config, lines = _tiny()
-    cfg_path, in_path = write_inputs(str(tmp_path / "in"), config, lines)
+    cfg_path, in_path = write_job(str(tmp_path / "in"), config, lines)
     out = str(tmp_path / "out")
     as_of = "2026-11-27T00:00:00.500Z"  # exactly u3's exit: a transition at the as-of is sent
     run_pipeline(kind, cfg_path, in_path, out, "--as_of", as_of)
@@ -409,7 +398,7 @@ def test_exit_from_window_expiry_alone_carries_ts_plus_within(tmp_path, kind):
 @pytest.mark.parametrize("kind", PIPELINES)
 def test_default_as_of_sends_nothing_after_the_latest_received_at(tmp_path, kind):
     config, lines = _tiny()
-    cfg_path, in_path = write_inputs(str(tmp_path / "in"), config, lines)
+    cfg_path, in_path = write_job(str(tmp_path / "in"), config, lines)
     out = str(tmp_path / "out")
     proc = run_pipeline(kind, cfg_path, in_path, out)
     msgs = read_eventhub(out, "w-eh")

@@ -27,27 +27,15 @@ import time
 import urllib.parse
 
 import pytest
-import yaml
 
 from emulators.eventhubs import LocalEventHubs
+from tests.commands import write_job
 from tests.fixtures_alerts import (SMTP_PASSWORD, SMTP_USER, Reply, WebhookServer, make_work,
                                    read_jsonl, system_event)
 from tests.test_faults import (PY, ROOT, azure_blob_files, pipeline_command, unique_container)
 from clients.webhook import WebhookSender
 
 RUN_TIMEOUT = 180
-
-
-def _write(directory, config, lines):
-    os.makedirs(directory, exist_ok=True)
-    cfg = os.path.join(directory, "config.yaml")
-    inp = os.path.join(directory, "events.jsonl")
-    with open(cfg, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(config, fh, sort_keys=False, allow_unicode=True)
-    with open(inp, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(json.dumps(line) if isinstance(line, dict) else line
-                           for line in lines) + "\n")
-    return cfg, inp
 
 
 def _run(cfg, inp, out, env=None, extra=(), argv_prefix=None, timeout=RUN_TIMEOUT):
@@ -188,7 +176,7 @@ def test_ssrf_destinations_fail_validation_before_any_data_moves(canaries, tmp_p
         assert reason in message and "set allow_private_network: true" in message, (url, message)
     # The run command refuses the same config in one line, exit 2, before reading any input.
     config = {"account": {"name": "acme", "aid": 1234}, "audiences": [], "works": works}
-    cfg, inp = _write(str(tmp_path / "in"), config, [_failed("se-1"), _profile(1)])
+    cfg, inp = write_job(str(tmp_path / "in"), config, [_failed("se-1"), _profile(1)])
     out = str(tmp_path / "out")
     result = _run(cfg, inp, out)
     assert result.returncode == 2, result.stderr[-3000:]
@@ -220,7 +208,7 @@ def test_redirects_to_internal_addresses_are_dead_lettered_and_never_followed(ca
                                      "allow_private_network": True, "max_attempts": 3,
                                      "timeout_seconds": 2}})
         config = {"account": {"name": "acme", "aid": 1234}, "audiences": [], "works": works}
-        cfg, inp = _write(str(tmp_path / "in"), config,
+        cfg, inp = write_job(str(tmp_path / "in"), config,
                           [_failed("se-1"), _profile(1)])
         out = str(tmp_path / "out")
         result = _run(cfg, inp, out)
@@ -285,7 +273,7 @@ def test_hostile_templates_fail_their_alert_only_within_a_bound(tmp_path):
                         "allow_private_network": True, "json_template": _RUNTIME_TEMPLATE}}]}
         events = [_failed("se-ok-1", "w-ok-1")] + [
             _failed("se-%s" % s, s) for s in _BAD_SUBJECTS] + [_failed("se-ok-2", "w-ok-2")]
-        cfg, inp = _write(str(tmp_path / "in"), config, events)
+        cfg, inp = write_job(str(tmp_path / "in"), config, events)
         out = str(tmp_path / "out")
         result = _run(cfg, inp, out, env={"LEAK_CANARY": ENV_CANARY})
         assert result.returncode == 0, result.stderr[-3000:]
@@ -330,7 +318,7 @@ def test_templates_that_always_fail_are_refused_at_config_time(tmp_path, templat
         {"workflow": "webhook_system_events",
          "config": {"system_event_type": "failed", "webhook_url": "http://127.0.0.1:9/x",
                     "allow_private_network": True, "json_template": template}}]}
-    cfg, inp = _write(str(tmp_path / "in"), config, [_failed("se-1")])
+    cfg, inp = write_job(str(tmp_path / "in"), config, [_failed("se-1")])
     result = _run(cfg, inp, str(tmp_path / "out"), env={"LEAK_CANARY": ENV_CANARY})
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -371,7 +359,7 @@ def test_formula_cells_are_guarded_and_numbers_stay_numbers(azurite, tmp_path, f
               "event": "+purchase", "ts": "2026-11-20T10:00:00Z",
               "properties": properties, "traits": {"email": "=x@example.com", "score": -3}}
     sys_event = _failed("=se-1", "-w-1", notes="=cmd|' /C calc'!A0")
-    cfg, inp = _write(str(tmp_path / "in"), config, [record, sys_event])
+    cfg, inp = write_job(str(tmp_path / "in"), config, [record, sys_event])
     container = unique_container("guard")
     result = _run(cfg, inp, str(tmp_path / "out"), env={"CONTAINER": container})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -550,7 +538,7 @@ def test_no_secret_in_any_output_at_debug_level(tmp_path, smtp_tls_server, test_
                                       "username": SMTP_USER, "password": "${SMTP_PASSWORD}",
                                       "allow_private_network": True}}]}
             lines = [_profile(i) for i in range(12)] + [_failed("se-1")]
-            cfg, inp = _write(str(tmp_path / "in"), config, lines)
+            cfg, inp = write_job(str(tmp_path / "in"), config, lines)
             out = str(tmp_path / "out")
             result = _run(cfg, inp, out, env=env, extra=["--verbose"],
                              argv_prefix=[PY, "-c", _DEBUG_WRAPPER])

@@ -2,6 +2,7 @@
 tests share."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -47,6 +48,17 @@ def run_module(module, *args, env=None, cwd=ROOT, timeout=300):
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=str(cwd),
                           env=dict(os.environ, **(env or {})), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def interrupt(proc, grace_seconds=60):
+    """Ctrl-C for a command started with its output piped: SIGINT, then its ``(stdout, stderr)``
+    once it ends; killed if it has not ended after ``grace_seconds`` (a bound on a hang)."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()
 
 
 def run_pipeline(command, job, output, *extra, source=None, env=None, timeout=600):

@@ -20,7 +20,6 @@ import datetime
 import json
 import os
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -29,7 +28,7 @@ import pytest
 
 from emulators.eventhubs import LocalEventHubs
 from pipelines import runners
-from tests.commands import PY, ROOT
+from tests.commands import PY, ROOT, interrupt
 
 
 CONFIG = """
@@ -190,12 +189,7 @@ def test_on_prism_a_delayed_exit_and_a_blob_window_close_arrive_while_input_flow
             publisher.stopping.set()
             publisher.join(10)
             # SIGINT: the command ends as on Ctrl-C, and Beam stops the Prism process it started.
-            proc.send_signal(signal.SIGINT)
-            try:
-                _, stderr = proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                _, stderr = proc.communicate()
+            _, stderr = interrupt(proc)
     assert "live input: running on PrismRunner" in stderr
     # It ran on the project's Prism, which ended with the command (Ctrl-C).
     # An ended process may stay a zombie until the init process reaps it: count the running ones,

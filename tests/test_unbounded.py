@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from transforms.blob import LocalDestination
 from transforms.audiences import EngineSpec, EvaluateAudiencesStateful
 from transforms.live_sources import InputRecord, LiveSource
 from transforms.live import DedupeSystemEventsLive
+from tests.commands import interrupt
 from transforms.localsink import part_name, write_part
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -534,12 +534,7 @@ def test_the_live_command_builds_reads_the_hub_and_stops_on_ctrl_c(tmp_path, loc
         running = proc.poll() is None
         connected = local_eventhubs.connections_accepted - before
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            stdout, stderr = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            stdout, stderr = proc.communicate()
+        stdout, stderr = interrupt(proc)
     assert running and connected >= 3, (connected, stderr[-3000:])
     assert proc.returncode == 130 and "interrupted" in stderr, stderr[-3000:]
     assert "GroupByKey" not in stderr and "does not follow the source's watermark" in stderr

@@ -29,13 +29,16 @@ def job_config(audiences, works):
 
 
 def write_job(directory, config, lines):
-    """Writes ``directory``/config.yaml (``config``, a dict, as YAML) and events.jsonl (``lines``:
-    strings as they are, dicts as JSON); returns their two paths."""
+    """Writes ``directory``/config.yaml (``config``: a string as it is, a dict as YAML) and
+    events.jsonl (``lines``: strings as they are, dicts as JSON); returns their two paths."""
     os.makedirs(directory, exist_ok=True)
     config_path = os.path.join(directory, "config.yaml")
     input_path = os.path.join(directory, "events.jsonl")
     with open(config_path, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(config, fh, sort_keys=False, allow_unicode=True)
+        if isinstance(config, str):
+            fh.write(config)
+        else:
+            yaml.safe_dump(config, fh, sort_keys=False, allow_unicode=True)
     with open(input_path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines)
                  + "\n")

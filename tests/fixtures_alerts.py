@@ -164,6 +164,21 @@ def webhook_server():
     server.close()
 
 
+@pytest.fixture
+def socket_connects(monkeypatch):
+    """Every address a socket of this process connects to while the test runs (the connections
+    go ahead)."""
+    connects = []
+    real_connect = socket.socket.connect
+
+    def recorded_connect(sock, address):
+        connects.append(address)
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", recorded_connect)
+    return connects
+
+
 @pytest.fixture(scope="session")
 def test_cert(tmp_path_factory):
     """``(cert_path, key_path)`` of a fresh self-signed certificate (EC P-256)."""

@@ -4,7 +4,6 @@ Every refused URL either points at the loopback test server itself (so a connect
 succeed and be recorded if the guard let it through) or at an internal range that is never
 connected to (the refusal comes before any packet, hence in milliseconds). No internet needed.
 """
-import socket
 
 import pytest
 
@@ -47,17 +46,9 @@ def test_loopback_spellings_of_the_test_server_are_refused(webhook_server, host)
     ("http://[fc00::1]/hook", "unique-local address"),
     ("https://192.168.1.20/hook", "private address"),
 ])
-def test_internal_destinations_are_refused_before_connecting(url, reason, monkeypatch):
-    connects = []
-    real_connect = socket.socket.connect
-
-    def recorded_connect(sock, address):
-        connects.append(address)
-        return real_connect(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", recorded_connect)
+def test_internal_destinations_are_refused_before_connecting(url, reason, socket_connects):
     refused = send_webhook(url)
-    assert connects == []                   # refused before any socket connected
+    assert socket_connects == []            # refused before any socket connected
     assert not refused.ok and refused.attempts == 1
     assert reason in refused.reason
 

@@ -2,7 +2,8 @@
 import json
 import pytest
 
-from tests.commands import EVENTHUB_WORK, FREQUENT_BUYERS, GOLD, job_config, run_module
+from tests.commands import (EVENTHUB_WORK, FREQUENT_BUYERS, GOLD, job_config, run_module,
+                            write_job)
 
 CONFIG = job_config([FREQUENT_BUYERS, GOLD], [EVENTHUB_WORK])
 EVENTS = [
@@ -21,9 +22,7 @@ def run(command, *args, env=None):
 
 @pytest.fixture
 def job(tmp_path):
-    (tmp_path / "config.yaml").write_text(CONFIG)
-    lines = [json.dumps(e) for e in EVENTS] + ["not json", '{"user_id": "u2"}']
-    (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
+    write_job(str(tmp_path), CONFIG, EVENTS + ["not json", '{"user_id": "u2"}'])
     return tmp_path
 
 

@@ -16,7 +16,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from emulators.eventhubs import LocalEventHubs
-from tests.commands import EVENTHUB_WORK, FREQUENT_BUYERS, GOLD, ROOT, job_config, run_module
+from tests.commands import (EVENTHUB_WORK, FREQUENT_BUYERS, GOLD, ROOT, job_config, run_module,
+                            write_job)
 from transforms.eventhubs import WriteToEventHubs
 
 pytestmark = pytest.mark.timeout(600)
@@ -56,9 +57,7 @@ def container(azurite):
 
 @pytest.fixture
 def job(tmp_path):
-    (tmp_path / "config.yaml").write_text(CONFIG)
-    lines = [json.dumps(e) for e in EVENTS] + ["not json", '{"user_id": "u2"}']
-    (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
+    write_job(str(tmp_path), CONFIG, EVENTS + ["not json", '{"user_id": "u2"}'])
     return tmp_path
 
 

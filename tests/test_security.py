@@ -132,16 +132,8 @@ def _ssrf_urls(v4_port, v6_port):
     return urls
 
 
-def test_ssrf_spellings_are_refused_without_any_connect(canaries, monkeypatch):
+def test_ssrf_spellings_are_refused_without_any_connect(canaries, socket_connects):
     v4, v6 = canaries
-    connects = []
-    original_connect = socket.socket.connect
-
-    def recording_connect(self, address):
-        connects.append(address)
-        return original_connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", recording_connect)
     for url, reason in _ssrf_urls(v4.port, v6.port if v6 else None):
         work = make_work("webhook_system_events",
                          {"webhook_url": url, "max_attempts": 3, "timeout_seconds": 2})
@@ -154,7 +146,7 @@ def test_ssrf_spellings_are_refused_without_any_connect(canaries, monkeypatch):
         assert delivery.attempts == 1, (url, delivery)      # refused: never retried
         assert "refused to connect" in delivery.reason and reason in delivery.reason, (
             url, delivery.reason)
-        assert connects == [], "%s: connect() was called: %s" % (url, connects)
+        assert socket_connects == [], "%s: connect() was called: %s" % (url, socket_connects)
     assert v4.poll() == 0 and (v6 is None or v6.poll() == 0)
 
 

@@ -21,6 +21,7 @@ top-level package names (:func:`check_installed_names`, docs/decisions/0005-pack
 """
 import argparse
 import difflib
+import functools
 import re
 import sys
 from importlib.metadata import packages_distributions
@@ -56,10 +57,16 @@ def name_clashes(providers: Optional[Mapping[str, Iterable[str]]] = None) -> Dic
     return clashes
 
 
+@functools.lru_cache(maxsize=1)
+def _installed_clashes() -> Dict[str, List[str]]:
+    return name_clashes()
+
+
 def check_installed_names() -> None:
     """Raises :class:`UsageError` when another installed distribution provides a top-level name
-    of this project: one of the two would import the other's modules."""
-    clashes = name_clashes()
+    of this project: one of the two would import the other's modules. The installed distributions
+    are read once per process (about 0.1 s)."""
+    clashes = _installed_clashes()
     if clashes:
         name, others = sorted(clashes.items())[0]
         raise UsageError("the installed distribution %s also provides the top-level package '%s'; "

@@ -90,6 +90,11 @@ def claim_order(claim: Claim) -> tuple[int, str]:
     return claim.ts, claim.event_id
 
 
+def identify_order(event: ProfileEvent) -> tuple[int, str, int]:
+    """The order of identifies: their claims' order, then the first copy received."""
+    return event.ts, event.event_id, event.received_at
+
+
 def winning_claim(claims: Iterable[Claim]) -> Optional[Claim]:
     """The earliest claim (None if there is none)."""
     return min(claims, key=claim_order, default=None)
@@ -218,7 +223,7 @@ def resolve_claims(events: Iterable[ProfileEvent]
             claims.setdefault(e.anonymous_id, []).append((claim_of(e), e))
     winners, identifies, conflicts = {}, {}, []
     for anon, made in claims.items():
-        claim, event = min(made, key=lambda ce: (claim_order(ce[0]), ce[1].received_at))
+        claim, event = min(made, key=lambda ce: identify_order(ce[1]))
         winners[anon], identifies[anon] = claim, event
         seen = set()
         for other, _ in sorted(made, key=lambda ce: claim_order(ce[0])):

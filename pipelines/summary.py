@@ -58,6 +58,9 @@ def build_summary(job: JobConfig, totals: Optional[Dict[Tuple[str, str], int]], 
         "output_dir": output_dir,
         "seconds": round(seconds, 3),
     }
+    if job.identity.stitch:
+        summary["identity"] = {name: get("identity", name) for name in
+                               ("merges", "conflicting_claims", "forwarded_events")}
     for work in job.works:
         ns = "work:" + work.id
         entry = {"workflow": work.workflow}

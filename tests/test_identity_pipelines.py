@@ -96,6 +96,20 @@ def test_both_commands_match_the_reference(data, kind):
         assert _by_key(read_eventhub(out, work)) == _by_key(expected["eventhub"][work]), work
     want = sorted(tuple(r) for rows in expected["blob"]["rows"].values() for r in rows[1:])
     assert read_rows(out) == want
+    with open(os.path.join(out, "summary.json"), encoding="utf-8") as f:
+        identity = json.load(f)["identity"]
+    # one merge per anonymous id with a claim; conflicts once per (anonymous id, user, event_id)
+    claimed = {json.loads(x)["anonymous_id"] for x in lines
+               if "user_id" in json.loads(x) and "anonymous_id" in json.loads(x)}
+    assert identity["merges"] == len(claimed)
+    assert identity["conflicting_claims"] == len(expected["conflicts"])
+
+
+def test_validate_shows_stitching(data):
+    from core.config import load_config
+    from pipelines.validate import plan
+    _base, _config, _lines, cfg_path, _in_path = data
+    assert plan(load_config(cfg_path))["identity"] == {"stitch": True}
 
 
 def test_stitching_refuses_streaming(data):

@@ -274,6 +274,13 @@ def build_graph(p: beam.Pipeline, job: JobConfig, evaluate: beam.PTransform, opt
                          | "WriteState" >> WriteStateSnapshot(run_state.temporary, job.account_name,
                                                               as_of))
     changes, export_rows = evaluated.changes, evaluated.export
+    identity_dead = getattr(evaluated, "deadletter", None)  # transforms.identity's conflicts
+    if identity_dead is not None:
+        from transforms.identity import DEADLETTER_PATH
+        terminals.append(identity_dead
+             | "WriteIdentityDeadLetters" >> WriteJsonLinesFile(
+                 outputs.join(output_dir, *DEADLETTER_PATH), sort_key=lambda r: r["raw"],
+                 flush_seconds=flush_seconds, write_empty=False))
     daily = (changes
              | "DailyActivity" >> beam.ParDo(_DailyActivity(
                  [a.slug for a in job.audiences.audiences])))

@@ -103,6 +103,12 @@ def test_both_commands_match_the_reference(data, kind):
                if "user_id" in json.loads(x) and "anonymous_id" in json.loads(x)}
     assert identity["merges"] == len(claimed)
     assert identity["conflicting_claims"] == len(expected["conflicts"])
+    with open(os.path.join(out, "deadletter", "identity.jsonl"), encoding="utf-8") as f:
+        dead = [json.loads(x) for x in f]
+    got = sorted((json.loads(d["raw"])["anonymous_id"], json.loads(d["raw"])["user_id"],
+                  json.loads(d["raw"])["event_id"]) for d in dead)
+    assert got == sorted(expected["conflicts"])
+    assert all(d["error"].startswith("anonymous_id '") and d["source"] == "identity" for d in dead)
 
 
 def test_validate_shows_stitching(data):

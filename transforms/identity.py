@@ -13,13 +13,15 @@ takes the same ``((key_field, key), group)`` elements and gives the same outputs
 2. **By user id** (``GroupByUser``): each known user's events, forwarded events and merges, in one
    call of ``core.identity.advance_with_merges``.
 
-Records with a ``user_id`` and no ``anonymous_id`` skip stage 1. Both commands run this graph (a
+Records with a ``user_id`` and no ``anonymous_id`` skip stage 1. Conflicting claims also go to
+``deadletter`` (``DIR/deadletter/identity.jsonl``). Both commands run this graph (a
 bounded run evaluates each profile once, up to its as-of time), so they give the same results.
 Not built: the incremental form for timers that fire as the watermark moves (``--streaming``,
 unbounded input) and ``--state``; ``pipelines.launch`` refuses them with stitching on.
 Metrics: those of ``transforms.audiences``, and ``identity:merges``,
 ``identity:conflicting_claims``, ``identity:forwarded_events``.
 """
+import json
 import typing
 
 import apache_beam as beam
@@ -29,14 +31,16 @@ from core.blocks import unpack_rows
 from core.engine import Stats
 from core.identity import Claim, Merge, advance_with_merges, close_anonymous, identify_order
 from core.records import ProfileEvent
-from core.timeutil import MAX_TIME
+from core.timeutil import MAX_TIME, format_time
 from transforms.audiences import CHANGES, EXPORT, EngineMetrics
 from transforms.read import TS_INDEX, events_from_wire, to_wire
 
 _USER_ID = ProfileEvent._fields.index("user_id")
 _ANONYMOUS_ID = ProfileEvent._fields.index("anonymous_id")
 _EVENTS, _MERGE = "e", "m"
-ANONYMOUS = "anonymous"
+ANONYMOUS, DEADLETTER = "anonymous", "deadletter"
+#: Where ``pipelines.wiring`` writes the conflicting claims, under ``--output_dir``.
+DEADLETTER_PATH = ("deadletter", "identity.jsonl")
 
 
 def _route(element):
@@ -53,6 +57,17 @@ def _route(element):
         yield key, (_EVENTS, known)
     for anon, rows in anonymous.items():
         yield beam.pvalue.TaggedOutput(ANONYMOUS, (anon, rows))
+
+
+def conflict_dead_letter(winner: Claim, row: tuple) -> dict:
+    """The dead letter of an identify whose claim lost to ``winner`` (another user's)."""
+    event = ProfileEvent._make(row)
+    raw = {"event_id": event.event_id, "event": event.event, "ts": format_time(event.ts),
+           "user_id": event.user_id, "anonymous_id": event.anonymous_id}
+    return {"raw": json.dumps(raw, sort_keys=True, ensure_ascii=False),
+            "error": "anonymous_id %r already merged into %r at %s" % (
+                winner.anonymous_id, winner.user_id, format_time(winner.ts)),
+            "source": "identity"}
 
 
 class _Evaluates(beam.DoFn):
@@ -119,8 +134,9 @@ class _AnonymousFn(_Evaluates):
         for row in identifies:
             if row is winner:
                 continue
-            if row[_USER_ID] != user:
+            if row[_USER_ID] != user and (row[_USER_ID], row[1]) not in conflicts:
                 conflicts.add((row[_USER_ID], row[1]))
+                yield beam.pvalue.TaggedOutput(DEADLETTER, conflict_dead_letter(claim, row))
             yield beam.pvalue.TaggedOutput("to_user", (("user_id", row[_USER_ID]),
                                                        (_EVENTS, [row])))
         if conflicts:
@@ -151,6 +167,7 @@ class _KnownFn(_Evaluates):
 class _Evaluated(typing.NamedTuple):
     changes: beam.PCollection
     export: beam.PCollection
+    deadletter: beam.PCollection   # conflicting claims (``conflict_dead_letter``)
 
 
 class StitchAndEvaluate(beam.PTransform):
@@ -174,7 +191,7 @@ class StitchAndEvaluate(beam.PTransform):
         anonymous = (routed[ANONYMOUS]
                      | "GroupByAnonymousId" >> beam.GroupByKey()
                      | "EvaluateAnonymous" >> beam.ParDo(_AnonymousFn(self._spec), *side)
-                     .with_outputs(EXPORT, "to_user", main=CHANGES))
+                     .with_outputs(EXPORT, "to_user", DEADLETTER, main=CHANGES))
         known = ((routed.known, anonymous.to_user)
                  | "WithForwarded" >> beam.Flatten()
                  | "GroupByUser" >> beam.GroupByKey()
@@ -184,5 +201,5 @@ class StitchAndEvaluate(beam.PTransform):
                    | "AllChanges" >> beam.Flatten())
         export = ((anonymous[EXPORT], known[EXPORT])
                   | "AllExportRows" >> beam.Flatten())
-        return _Evaluated(changes, export)
+        return _Evaluated(changes, export, anonymous[DEADLETTER])
 

@@ -27,6 +27,7 @@ from core.timeutil import format_time
 from pipelines.workflows import ALERTS, BEAM_WORKFLOWS, DELIVERY, WorkInputs
 from transforms import outputs
 from transforms.audiences import GroupUserEventsPerBundle
+from transforms.identity import DEADLETTER_PATH, StitchAndEvaluate
 from transforms.live import DedupeSystemEventsLive, Values, is_unbounded
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 from transforms.read import DEADLETTER, LATEST, PROFILE, SYSTEM, ParseLines, ReadRecords
@@ -274,10 +275,8 @@ def build_graph(p: beam.Pipeline, job: JobConfig, evaluate: beam.PTransform, opt
                          | "WriteState" >> WriteStateSnapshot(run_state.temporary, job.account_name,
                                                               as_of))
     changes, export_rows = evaluated.changes, evaluated.export
-    identity_dead = getattr(evaluated, "deadletter", None)  # transforms.identity's conflicts
-    if identity_dead is not None:
-        from transforms.identity import DEADLETTER_PATH
-        terminals.append(identity_dead
+    if isinstance(evaluate, StitchAndEvaluate):  # its conflicting claims
+        terminals.append(evaluated.deadletter
              | "WriteIdentityDeadLetters" >> WriteJsonLinesFile(
                  outputs.join(output_dir, *DEADLETTER_PATH), sort_key=lambda r: r["raw"],
                  flush_seconds=flush_seconds, write_empty=False))

@@ -111,6 +111,17 @@ def test_both_commands_match_the_reference(data, kind):
     assert all(d["error"].startswith("anonymous_id '") and d["source"] == "identity" for d in dead)
 
 
+def test_stream_on_prism(data):
+    """The stitching graph on Prism (typed keys and Flattens: Prism knows no pickled coder)."""
+    base, config, lines, cfg_path, in_path = data
+    out = str(base / "out-prism")
+    run_pipeline("stream", cfg_path, in_path, out, "--runner=PrismRunner")
+    expected = reference_stitched_outputs(config, lines)
+    assert _by_key(read_eventhub(out, "hub")) == _by_key(expected["eventhub"]["hub"])
+    want = sorted(tuple(r) for rows in expected["blob"]["rows"].values() for r in rows[1:])
+    assert read_rows(out) == want
+
+
 def test_validate_shows_stitching(data):
     from core.config import load_config
     from pipelines.validate import plan

@@ -39,8 +39,15 @@ _USER_ID = ProfileEvent._fields.index("user_id")
 _ANONYMOUS_ID = ProfileEvent._fields.index("anonymous_id")
 _EVENTS, _MERGE = "e", "m"
 ANONYMOUS, DEADLETTER = "anonymous", "deadletter"
+#: Element types of the keyed steps: by anonymous id, and by ``(key field, key)``.
+_BY_ANONYMOUS_ID = typing.Tuple[str, typing.Any]
+_BY_USER = typing.Tuple[typing.Tuple[str, str], typing.Any]
 #: Where ``pipelines.wiring`` writes the conflicting claims, under ``--output_dir``.
 DEADLETTER_PATH = ("deadletter", "identity.jsonl")
+
+
+def _same(element):
+    return element
 
 
 def _route(element):
@@ -184,20 +191,29 @@ class StitchAndEvaluate(beam.PTransform):
 
     def expand(self, groups):
         side = () if self.as_of is None else (beam.pvalue.AsSingleton(self.as_of),)
+        # Typed keys: a GroupByKey on an untyped key gets the pickled coder, which Prism does
+        # not know; and each Flatten has one coder for its inputs and output (see
+        # transforms.localsink.WriteJsonLinesFile).
         routed = (groups
                   | "IntoGlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
                   | "RouteIdentities" >> beam.FlatMap(_route).with_outputs(ANONYMOUS,
                                                                             main="known"))
         anonymous = (routed[ANONYMOUS]
+                     | "TypedAnonymous" >> beam.Map(_same).with_output_types(_BY_ANONYMOUS_ID)
                      | "GroupByAnonymousId" >> beam.GroupByKey()
                      | "EvaluateAnonymous" >> beam.ParDo(_AnonymousFn(self._spec), *side)
                      .with_outputs(EXPORT, "to_user", DEADLETTER, main=CHANGES))
-        known = ((routed.known, anonymous.to_user)
+        known = ((routed.known | "TypedKnown" >> beam.Map(_same).with_output_types(_BY_USER),
+                  anonymous.to_user | "TypedForwarded" >> beam.Map(_same).with_output_types(
+                      _BY_USER))
                  | "WithForwarded" >> beam.Flatten()
                  | "GroupByUser" >> beam.GroupByKey()
                  | "EvaluateKnown" >> beam.ParDo(_KnownFn(self._spec), *side)
                  .with_outputs(EXPORT, main=CHANGES))
-        changes = ((anonymous[CHANGES], known[CHANGES])
+        changes = ((anonymous[CHANGES]
+                    | "TypedAnonymousChanges" >> beam.Map(_same).with_output_types(_BY_USER),
+                    known[CHANGES]
+                    | "TypedKnownChanges" >> beam.Map(_same).with_output_types(_BY_USER))
                    | "AllChanges" >> beam.Flatten())
         export = ((anonymous[EXPORT], known[EXPORT])
                   | "AllExportRows" >> beam.Flatten())

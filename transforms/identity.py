@@ -37,20 +37,20 @@ from transforms.read import TS_INDEX, events_from_wire, to_wire
 
 _USER_ID = ProfileEvent._fields.index("user_id")
 _ANONYMOUS_ID = ProfileEvent._fields.index("anonymous_id")
-_EVENTS, _MERGE = "e", "m"
+EVENTS, MERGE = "e", "m"
 ANONYMOUS, DEADLETTER = "anonymous", "deadletter"
 #: Element types of the keyed steps: by anonymous id, and by ``(key field, key)``.
-_BY_ANONYMOUS_ID = typing.Tuple[str, typing.Any]
-_BY_USER = typing.Tuple[typing.Tuple[str, str], typing.Any]
+BY_ANONYMOUS_ID = typing.Tuple[str, typing.Any]
+BY_USER = typing.Tuple[typing.Tuple[str, str], typing.Any]
 #: Where ``pipelines.wiring`` writes the conflicting claims, under ``--output_dir``.
 DEADLETTER_PATH = ("deadletter", "identity.jsonl")
 
 
-def _same(element):
+def same_element(element):
     return element
 
 
-def _route(element):
+def route(element):
     """A user's group split: records with an ``anonymous_id`` (anonymous-only events and
     identifies) to that anonymous id (tagged ``anonymous``), the others to the user, as events."""
     key, group = element
@@ -61,7 +61,7 @@ def _route(element):
         else:
             known.append(tuple(row))
     if known:
-        yield key, (_EVENTS, known)
+        yield key, (EVENTS, known)
     for anon, rows in anonymous.items():
         yield beam.pvalue.TaggedOutput(ANONYMOUS, (anon, rows))
 
@@ -132,10 +132,10 @@ class _AnonymousFn(_Evaluates):
         self._merges.inc()
         user_key = ("user_id", user)
         yield beam.pvalue.TaggedOutput("to_user", (user_key, (
-            _MERGE, (claim.ts, anon, engine.dump_state(state), tuple(winner)))))
+            MERGE, (claim.ts, anon, engine.dump_state(state), tuple(winner)))))
         if after:
             self._forwarded.inc(len(after))
-            yield beam.pvalue.TaggedOutput("to_user", (user_key, (_EVENTS,
+            yield beam.pvalue.TaggedOutput("to_user", (user_key, (EVENTS,
                                                                   [tuple(e) for e in after])))
         conflicts = set()
         for row in identifies:
@@ -145,7 +145,7 @@ class _AnonymousFn(_Evaluates):
                 conflicts.add((row[_USER_ID], row[1]))
                 yield beam.pvalue.TaggedOutput(DEADLETTER, conflict_dead_letter(claim, row))
             yield beam.pvalue.TaggedOutput("to_user", (("user_id", row[_USER_ID]),
-                                                       (_EVENTS, [row])))
+                                                       (EVENTS, [row])))
         if conflicts:
             self._conflicts.inc(len(conflicts))
 
@@ -158,7 +158,7 @@ class _KnownFn(_Evaluates):
         engine = self._engine
         rows, merges = [], []
         for kind, body in items:
-            if kind == _EVENTS:
+            if kind == EVENTS:
                 rows.extend(body)
             else:
                 at, anon, state_bytes, identify = body
@@ -196,24 +196,24 @@ class StitchAndEvaluate(beam.PTransform):
         # transforms.localsink.WriteJsonLinesFile).
         routed = (groups
                   | "IntoGlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
-                  | "RouteIdentities" >> beam.FlatMap(_route).with_outputs(ANONYMOUS,
+                  | "RouteIdentities" >> beam.FlatMap(route).with_outputs(ANONYMOUS,
                                                                             main="known"))
         anonymous = (routed[ANONYMOUS]
-                     | "TypedAnonymous" >> beam.Map(_same).with_output_types(_BY_ANONYMOUS_ID)
+                     | "TypedAnonymous" >> beam.Map(same_element).with_output_types(BY_ANONYMOUS_ID)
                      | "GroupByAnonymousId" >> beam.GroupByKey()
                      | "EvaluateAnonymous" >> beam.ParDo(_AnonymousFn(self._spec), *side)
                      .with_outputs(EXPORT, "to_user", DEADLETTER, main=CHANGES))
-        known = ((routed.known | "TypedKnown" >> beam.Map(_same).with_output_types(_BY_USER),
-                  anonymous.to_user | "TypedForwarded" >> beam.Map(_same).with_output_types(
-                      _BY_USER))
+        known = ((routed.known | "TypedKnown" >> beam.Map(same_element).with_output_types(BY_USER),
+                  anonymous.to_user | "TypedForwarded" >> beam.Map(same_element).with_output_types(
+                      BY_USER))
                  | "WithForwarded" >> beam.Flatten()
                  | "GroupByUser" >> beam.GroupByKey()
                  | "EvaluateKnown" >> beam.ParDo(_KnownFn(self._spec), *side)
                  .with_outputs(EXPORT, main=CHANGES))
         changes = ((anonymous[CHANGES]
-                    | "TypedAnonymousChanges" >> beam.Map(_same).with_output_types(_BY_USER),
+                    | "TypedAnonymousChanges" >> beam.Map(same_element).with_output_types(BY_USER),
                     known[CHANGES]
-                    | "TypedKnownChanges" >> beam.Map(_same).with_output_types(_BY_USER))
+                    | "TypedKnownChanges" >> beam.Map(same_element).with_output_types(BY_USER))
                    | "AllChanges" >> beam.Flatten())
         export = ((anonymous[EXPORT], known[EXPORT])
                   | "AllExportRows" >> beam.Flatten())

@@ -19,6 +19,7 @@ import yaml
 
 from core import workflows
 from core.conditions import AudienceSet, ConditionError
+from core.identity import IdentitySettings, parse_identity
 from core.keys import did_you_mean
 from core.netguard import refusal_reason
 from core.records import DEFAULT_MAX_TS_SKEW_US
@@ -33,7 +34,7 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 # Every key of the config, per mapping (CONTRACT section 3; docs/CONFIG.md describes each). A key
 # outside these is an error naming its path and the nearest known key.
-TOP_LEVEL_KEYS = ("account", "audiences", "works", "input")
+TOP_LEVEL_KEYS = ("account", "audiences", "works", "input", "identity")
 #: ``input``: how records are checked (``max_ts_skew``: how far ``ts`` may lie after received_at).
 INPUT_KEYS = ("max_ts_skew",)
 ACCOUNT_KEYS = ("name", "aid")
@@ -69,6 +70,8 @@ class JobConfig:
     raw: dict = field(default_factory=dict)   # after ${VAR} substitution: holds secrets
     #: microseconds a record's ts may lie after its received_at (``input.max_ts_skew``)
     max_ts_skew: int = DEFAULT_MAX_TS_SKEW_US
+    #: ``identity``: identity stitching (``core.identity``), off unless ``stitch: true``
+    identity: IdentitySettings = IdentitySettings()
 
     def works_of(self, workflow, include_paused=True):
         return [w for w in self.works if w.workflow == workflow and (include_paused or not w.paused)]
@@ -307,7 +310,8 @@ def parse_config(raw, environ=None):
         seen_ids.add(work.id)
         works.append(work)
     max_ts_skew = _input_section(raw.get("input"))
-    return JobConfig(name, aid, audiences, works, raw=raw, max_ts_skew=max_ts_skew)
+    return JobConfig(name, aid, audiences, works, raw=raw, max_ts_skew=max_ts_skew,
+                     identity=parse_identity(raw.get("identity")))
 
 
 def _input_section(section):

@@ -80,7 +80,8 @@ class MessageBuilder:
         self._subscription_agrees = type(subscription_id) is str
 
     def build(self, change: Change, key_field: str, key: str) -> Message | None:
-        time, audience_changes, traits, first_ts, last_ts, backfill = change
+        # A change of six fields, or seven: ``core.identity.MergeExit`` ends with ``merged_into``.
+        time, audience_changes, traits, first_ts, last_ts, backfill = change[:6]
         start = self._start
         if start is not None:
             if backfill:
@@ -116,6 +117,8 @@ class MessageBuilder:
                 if type(value) is not str and agrees:
                     agrees = json_agrees((value,))
         data[key_field] = key
+        if len(change) > 6:
+            data["merged_into"] = change[6]
         data["segment_events"] = segment_events
         message = {"data": data, "subscription_id": self._subscription_id, "timestamp": t}
         if backfill:

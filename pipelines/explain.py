@@ -175,6 +175,9 @@ def _explain(args):
     if not events:
         sys.stderr.write("error: %s\n" % _no_events_message(args.user, field, found, args.input))
         return 2
+    if job.identity.stitch:
+        sys.stderr.write("note: identity.stitch is on; explain shows this profile's own events "
+                         "only (merged anonymous histories are not followed yet)\n")
     trace = TransitionTrace()
     engine = trace.engine = Engine(job.audiences, job.backfill_starts, observer=trace)
     changes, _ = engine.advance(engine.new_state(), events, MAX_TIME)

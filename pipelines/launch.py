@@ -265,6 +265,21 @@ def _run_state(act, options, live_source, time_range, run_id, job):
     return RunState(as_of, uri, temporary_uri(uri, run_id), snapshot_as_of)
 
 
+def _stitching(options, live_source, run_state) -> Callable:
+    """The evaluate PTransform's maker with ``identity: {stitch: true}`` (``transforms.identity``),
+    after refusing what it does not do yet: timers that fire as the watermark moves (unbounded
+    input, ``--streaming``) and ``--state``."""
+    if live_source is not None and not live_source.bounded:
+        raise LaunchError("identity.stitch: not available on an unbounded input yet "
+                          "(docs/decisions/0004-identity-stitching.md)")
+    if options.view_as(StandardOptions).streaming:
+        raise LaunchError("identity.stitch: not available with --streaming yet")
+    if run_state is not None and run_state.uri is not None:
+        raise LaunchError("identity.stitch: not available with --state yet")
+    from transforms.identity import StitchAndEvaluate
+    return StitchAndEvaluate
+
+
 def _run(argv, mode, make_evaluate, redactor, time_range_of):
     options = PipelineOptions(argv)
     act = options.view_as(ActivationOptions)
@@ -295,6 +310,8 @@ def _run(argv, mode, make_evaluate, redactor, time_range_of):
     spec = EngineSpec.from_job(job, job.raw.get("audiences") or [])
     if run_state is not None:
         spec = spec.for_run(run_state.as_of, keep_state=run_state.uri is not None)
+    if job.identity.stitch:
+        make_evaluate = _stitching(options, live_source, run_state)
     started = time.time()
     with runner_environment(options):
         pipeline = beam.Pipeline(options=options)

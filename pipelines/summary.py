@@ -58,6 +58,9 @@ def build_summary(job: JobConfig, totals: Optional[Dict[Tuple[str, str], int]], 
         "output_dir": output_dir,
         "seconds": round(seconds, 3),
     }
+    if job.identity.stitch:
+        summary["identity"] = {name: get("identity", name) for name in
+                               ("merges", "conflicting_claims", "forwarded_events")}
     for work in job.works:
         ns = "work:" + work.id
         entry = {"workflow": work.workflow}
@@ -84,6 +87,9 @@ def print_summary(summary: dict, stream=None) -> None:
     if summary.get("as_of") is not None:
         w("  as of %s: pending wake-ups %d, pending events %d\n"
           % (summary["as_of"], summary["pending_wakeups"], summary["pending_events"]))
+    if "identity" in summary:
+        w("  identity: merges %(merges)d, conflicting claims %(conflicting_claims)d, "
+          "forwarded events %(forwarded_events)d\n" % summary["identity"])
     w("  audiences:\n")
     for slug, figures in summary["audiences"].items():
         w("    %-28s enters %6d  exits %6d\n" % (slug, figures["enters"], figures["exits"]))

@@ -53,11 +53,15 @@ def plan(job: JobConfig) -> dict:
         works.append(entry)
     return {"account": {"name": job.account_name, "aid": job.aid},
             "input": {"max_ts_skew": _duration(job.max_ts_skew)},
+            "identity": {"stitch": job.identity.stitch},
             "audiences": audiences, "works": works}
 
 
 def print_plan(p, out):
     out.write("account %s (aid %s)\n" % (p["account"]["name"], p["account"]["aid"]))
+    if p["identity"]["stitch"]:
+        out.write("identity: stitching on (an identify merges its anonymous id into its user; "
+                  "the earliest claim wins)\n")
     out.write("audiences:\n")
     for a in p["audiences"]:
         out.write("  %-24s events %s, windows %s, traits %s%s\n" % (

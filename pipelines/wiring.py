@@ -27,6 +27,7 @@ from core.timeutil import format_time
 from pipelines.workflows import ALERTS, BEAM_WORKFLOWS, DELIVERY, WorkInputs
 from transforms import outputs
 from transforms.audiences import GroupUserEventsPerBundle
+from transforms.identity import DEADLETTER_PATH, StitchAndEvaluate
 from transforms.live import DedupeSystemEventsLive, Values, is_unbounded
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 from transforms.read import DEADLETTER, LATEST, PROFILE, SYSTEM, ParseLines, ReadRecords
@@ -129,9 +130,10 @@ class _DailyActivity(beam.DoFn):
         elif timestamp < entry[0]:
             entry[0] = timestamp
         counts = entry[1]
-        # The wire tuples as they come (UserChange field order): this runs once per change, and
-        # day numbers become dates once per bundle, in finish_bundle.
-        for at, changes, _, _, _, backfill in unpack_changes(element[1]):
+        # The wire tuples as they come (UserChange field order; a MergeExit has a seventh, its
+        # merged_into): this runs once per change, and day numbers become dates once per bundle,
+        # in finish_bundle.
+        for at, changes, _, _, _, backfill, *_ in unpack_changes(element[1]):
             if backfill:
                 continue
             day = at // _DAY_MICROS
@@ -273,6 +275,11 @@ def build_graph(p: beam.Pipeline, job: JobConfig, evaluate: beam.PTransform, opt
                          | "WriteState" >> WriteStateSnapshot(run_state.temporary, job.account_name,
                                                               as_of))
     changes, export_rows = evaluated.changes, evaluated.export
+    if isinstance(evaluate, StitchAndEvaluate):  # its conflicting claims
+        terminals.append(evaluated.deadletter
+             | "WriteIdentityDeadLetters" >> WriteJsonLinesFile(
+                 outputs.join(output_dir, *DEADLETTER_PATH), sort_key=lambda r: r["raw"],
+                 flush_seconds=flush_seconds, write_empty=False))
     daily = (changes
              | "DailyActivity" >> beam.ParDo(_DailyActivity(
                  [a.slug for a in job.audiences.audiences])))

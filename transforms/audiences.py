@@ -105,6 +105,10 @@ class _EngineMetrics:
         self.record_totals(BatchTotals(stats.events, stats.duplicates, stats.late, enters, exits))
 
 
+#: The engine's Beam counters, for other evaluating transforms (``transforms.identity``).
+EngineMetrics = _EngineMetrics
+
+
 def changes_from_wire(rows):
     return [UserChange._make(r) for r in unpack_changes(rows)]
 

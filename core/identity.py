@@ -1,0 +1,289 @@
+"""Identity stitching: an anonymous profile merged into a known user (docs/decisions/0004).
+
+Pure (no Beam): the rules and the state operations that the stream's two stages and the replay
+share, so that both give the same results.
+
+* An *identify* is a profile event with both ``anonymous_id`` and ``user_id``; it claims the
+  anonymous id for its user at its ``ts``. The earliest claim by (``ts``, ``event_id``) wins
+  (:func:`winning_claim`); a later claim by another user is a *conflict*, ignored for linking.
+* The anonymous profile A is evaluated on its events before the merge time M
+  (:func:`close_anonymous`): its state is advanced to ``M - 1`` and every membership it holds exits
+  at M in one :class:`MergeExit` naming the user it merged into. Its events dated at or after M are
+  the known user's.
+* The known user K takes A's engine state at M (:func:`merge_state`: windowed timestamps united
+  and cut to the cap, all-time counts added and saturated, traits A has and K lacks added, first
+  and last times, dedupe keys), and every audience of K is evaluated again at M
+  (:func:`advance_with_merges`).
+* :func:`stitch_histories` applies all of it to whole histories: the replay's evaluation, and the
+  shape the stream's stages follow element by element.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple, Optional
+
+from core.engine import Engine, ExportRow, Stats, UserChange, UserState
+from core.records import ProfileEvent
+from core.values import ConfigError, check_keys, read_bool
+
+#: The keys of the config's ``identity`` section.
+IDENTITY_KEYS = ("stitch",)
+
+
+class IdentitySettings(NamedTuple):
+    """The config's ``identity`` section: ``stitch`` turns stitching on (off by default)."""
+    stitch: bool = False
+
+
+def parse_identity(raw: Any, path: str = "identity") -> IdentitySettings:
+    """The ``identity`` section of a job config (None: absent). Unknown keys are errors."""
+    if raw is None:
+        return IdentitySettings()
+    if not isinstance(raw, dict):
+        raise ConfigError("%s: must be a mapping" % path)
+    check_keys(raw, IDENTITY_KEYS, path)
+    return IdentitySettings(stitch=read_bool(raw, "stitch", path))
+
+
+class Claim(NamedTuple):
+    """An identify's claim of an anonymous id for a user at ``ts``."""
+    ts: int
+    event_id: str
+    user_id: str
+    anonymous_id: str
+
+
+class MergeExit(NamedTuple):
+    """The anonymous profile's memberships exiting at the merge time: a
+    :class:`core.engine.UserChange` (same first six fields) plus the user it merged into."""
+    time: int
+    changes: tuple[tuple[int, str, int], ...]   # (audience index, "exit", enter time)
+    traits: dict
+    first_ts: int
+    last_ts: int
+    backfill: bool
+    merged_into: str
+
+
+class Merge(NamedTuple):
+    """What the known user receives at a merge: the time, the anonymous id, the anonymous
+    profile's engine state as of ``at - 1`` and the winning identify (an event of the known
+    user at ``at``)."""
+    at: int
+    anonymous_id: str
+    state: UserState
+    identify: ProfileEvent
+
+
+def is_identify(event: ProfileEvent) -> bool:
+    """Whether ``event`` carries both ids (an identify)."""
+    return bool(event.user_id) and bool(event.anonymous_id)
+
+
+def claim_of(event: ProfileEvent) -> Claim:
+    """The claim an identify makes."""
+    return Claim(event.ts, event.event_id, event.user_id, event.anonymous_id)
+
+
+def claim_order(claim: Claim) -> tuple[int, str]:
+    """Claims of one anonymous id are ordered by (``ts``, ``event_id``); the first wins."""
+    return claim.ts, claim.event_id
+
+
+def identify_order(event: ProfileEvent) -> tuple[int, str, int]:
+    """The order of identifies: their claims' order, then the first copy received."""
+    return event.ts, event.event_id, event.received_at
+
+
+def winning_claim(claims: Iterable[Claim]) -> Optional[Claim]:
+    """The earliest claim (None if there is none)."""
+    return min(claims, key=claim_order, default=None)
+
+
+def is_conflict(claim: Claim, winner: Optional[Claim]) -> bool:
+    """Whether ``claim`` is a later claim of the winner's anonymous id by another user."""
+    return winner is not None and claim.user_id != winner.user_id
+
+
+def merge_state(engine: Engine, known: UserState, anon: UserState) -> None:
+    """Adds ``anon``'s engine state to ``known``'s, as of ``known.clock``, and marks every
+    audience of ``known`` for evaluation at its next point.
+
+    Windowed counts: the two sorted timestamp lists united, without entries whose window closed by
+    ``known``'s clock, cut to the newest ``cap`` (the newest ``cap`` entries give every node the
+    same answer, see ``core.engine._Due``). All-time counts: added, saturated at ``cap``. Traits:
+    those ``anon`` has and ``known`` lacks. First and last times: the earlier and the later. Dedupe
+    keys: united (a key both hold keeps ``known``'s run). Memberships are ``known``'s.
+    """
+    clock = known.clock
+    for i, spec in enumerate(engine.specs):
+        mine, theirs = known.counts[i], anon.counts[i]
+        cap = engine.caps[i]
+        if spec.within is not None:
+            if not theirs:
+                continue
+            within = spec.within
+            united = sorted(t for t in list(mine) + list(theirs) if t + within > clock)
+            if len(united) > cap:
+                del united[:len(united) - cap]
+            known.counts[i] = united
+        elif theirs:
+            known.counts[i] = min(cap, mine + theirs)
+    for name, value in anon.traits.items():
+        if name not in known.traits:
+            known.traits[name] = value
+    if anon.first_ts is not None:
+        known.first_ts = anon.first_ts if known.first_ts is None else min(known.first_ts,
+                                                                          anon.first_ts)
+        known.last_ts = anon.last_ts if known.last_ts is None else max(known.last_ts, anon.last_ts)
+    for key, received in anon.seen.items():
+        known.seen.setdefault(key, received)
+    known.max_received = max(known.max_received, anon.max_received)
+    known.reevaluate |= (1 << len(known.members)) - 1
+
+
+def merge_exit(anon: UserState, at: int, merged_into: str) -> Optional[MergeExit]:
+    """Ends every membership of the anonymous profile at ``at``; the exits in one
+    :class:`MergeExit`, or None when it was a member of nothing."""
+    exits = tuple((a, "exit", entered) for a, entered in enumerate(anon.members)
+                  if entered is not None)
+    anon.members = [None] * len(anon.members)
+    if not exits:
+        return None
+    return MergeExit(at, exits, dict(anon.traits), anon.first_ts, anon.last_ts, False, merged_into)
+
+
+def split_at(events: Iterable[ProfileEvent], at: int
+             ) -> tuple[list[ProfileEvent], list[ProfileEvent]]:
+    """Events before ``at``, and those at or after it."""
+    before, after = [], []
+    for e in events:
+        (before if e.ts < at else after).append(e)
+    return before, after
+
+
+def close_anonymous(engine: Engine, state: UserState, events: Sequence[ProfileEvent], at: int,
+                    merged_into: str, stats: Optional[Stats] = None
+                    ) -> tuple[list[UserChange], list[ExportRow], Optional[MergeExit],
+                               list[ProfileEvent]]:
+    """The anonymous profile up to its merge at ``at``: its events before ``at`` applied up to
+    ``at - 1`` (later than the clock, else at the clock, as late events), then its exits.
+
+    Returns ``(changes, export rows, merge exit or None, events from ``at`` on)``: the last are
+    the known user's. ``state`` is left as the merge hands it on (no membership).
+    """
+    before, after = split_at(events, at)
+    changes, rows = engine.advance(state, before, max(at - 1, state.clock), stats)
+    return changes, rows, merge_exit(state, at, merged_into), after
+
+
+def advance_with_merges(engine: Engine, state: UserState, events: Sequence[ProfileEvent],
+                        merges: Sequence[Merge], until: int, stats: Optional[Stats] = None
+                        ) -> tuple[list[UserChange], list[ExportRow]]:
+    """The known user's events and merges applied up to ``until`` (every merge at or before it).
+
+    Merges are taken in (``at``, anonymous id) order: the events before ``at`` up to ``at - 1``,
+    then the anonymous state merged in, then the identify joins the events, so the point ``at``
+    evaluates every audience over the merged state. A merge at or before the clock is late: merged
+    at the clock, its identify applied there as a late event.
+    """
+    stats = stats if stats is not None else Stats()
+    changes, rows = [], []
+    rest = list(events)
+    for merge in sorted(merges, key=lambda m: (m.at, m.anonymous_id)):
+        if merge.at > until:
+            raise ValueError("a merge at %d lies after the evaluation's end %d" % (merge.at, until))
+        before, rest = split_at(rest, merge.at)
+        c, r = engine.advance(state, before, max(merge.at - 1, state.clock), stats)
+        changes += c
+        rows += r
+        merge_state(engine, state, merge.state)
+        rest.append(merge.identify)
+    c, r = engine.advance(state, rest, until, stats)
+    return changes + c, rows + r
+
+
+class StitchResult(NamedTuple):
+    """:func:`stitch_histories`' result: per profile ``(key field, key)`` its changes
+    (:class:`core.engine.UserChange` and :class:`MergeExit`, in time order) and export rows, the
+    final states, and the conflicting claims."""
+    changes: dict
+    rows: dict
+    states: dict
+    conflicts: list
+
+
+def resolve_claims(events: Iterable[ProfileEvent]
+                   ) -> tuple[dict[str, Claim], dict[str, ProfileEvent], list[Claim]]:
+    """Per anonymous id its winning claim and the identify that made it, and the conflicting
+    claims (once per anonymous id, user and ``event_id``)."""
+    claims: dict[str, list[tuple[Claim, ProfileEvent]]] = {}
+    for e in events:
+        if is_identify(e):
+            claims.setdefault(e.anonymous_id, []).append((claim_of(e), e))
+    winners, identifies, conflicts = {}, {}, []
+    for anon, made in claims.items():
+        claim, event = min(made, key=lambda ce: identify_order(ce[1]))
+        winners[anon], identifies[anon] = claim, event
+        seen = set()
+        for other, _ in sorted(made, key=lambda ce: claim_order(ce[0])):
+            if is_conflict(other, claim) and other not in seen:
+                seen.add(other)
+                conflicts.append(other)
+    return winners, identifies, conflicts
+
+
+def stitch_histories(engine: Engine, events: Iterable[ProfileEvent], until: int,
+                     stats: Optional[Stats] = None) -> StitchResult:
+    """Every profile of ``events`` (all dated at or before ``until``) evaluated with stitching.
+
+    Anonymous profiles with a winning claim close at its time; the known users then take their
+    own events, the anonymous events from the merge on, and the merges.
+    """
+    stats = stats if stats is not None else Stats()
+    events = list(events)
+    winners, identifies, conflicts = resolve_claims(events)
+    winning = {id(e) for e in identifies.values()}
+    own: dict[tuple[str, str], list[ProfileEvent]] = {}
+    anonymous: dict[str, list[ProfileEvent]] = {}
+    for e in events:
+        if e.user_id:
+            if id(e) not in winning:
+                own.setdefault(("user_id", e.user_id), []).append(e)
+        else:
+            anonymous.setdefault(e.anonymous_id, []).append(e)
+    changes: dict[tuple[str, str], list[Any]] = {}
+    rows: dict[tuple[str, str], list[ExportRow]] = {}
+    states: dict[tuple[str, str], UserState] = {}
+    merges: dict[tuple[str, str], list[Merge]] = {}
+    for anon in sorted(set(anonymous) | set(winners)):
+        key = ("anonymous_id", anon)
+        state = engine.new_state()
+        history = anonymous.get(anon, [])
+        claim = winners.get(anon)
+        if claim is None:
+            c, r = engine.advance(state, history, until, stats)
+            exit_change = None
+        else:
+            known = ("user_id", claim.user_id)
+            c, r, exit_change, after = close_anonymous(engine, state, history, claim.ts,
+                                                       claim.user_id, stats)
+            own.setdefault(known, []).extend(after)
+            merges.setdefault(known, []).append(Merge(claim.ts, anon, state, identifies[anon]))
+        if exit_change is not None:
+            c = c + [exit_change]
+        if c:
+            changes[key] = c
+        if r:
+            rows[key] = r
+        states[key] = state
+    for key in sorted(set(own) | set(merges)):
+        state = engine.new_state()
+        c, r = advance_with_merges(engine, state, own.get(key, []), merges.get(key, []), until,
+                                   stats)
+        if c:
+            changes[key] = c
+        if r:
+            rows[key] = r
+        states[key] = state
+    return StitchResult(changes, rows, states, conflicts)

@@ -10,7 +10,8 @@ import pytest
 
 from tests import reference as ref
 from tests.reference_identity import reference_stitched_outputs
-from tests.test_acceptance_random import read_eventhub, run_pipeline, write_inputs
+from tests.commands import write_job
+from tests.test_acceptance_random import read_eventhub, run_pipeline
 from tests.test_identity_random import AUDIENCES, BASE, MIN
 
 pytestmark = pytest.mark.timeout(1200)
@@ -80,7 +81,7 @@ def data(tmp_path_factory):
     config = {"account": {"name": "acme"}, "identity": {"stitch": True}, "audiences": AUDIENCES,
               "works": WORKS}
     lines = lines_for(7)
-    cfg_path, in_path = write_inputs(str(base / "in"), config, lines)
+    cfg_path, in_path = write_job(str(base / "in"), config, lines)
     return base, config, lines, cfg_path, in_path
 
 

@@ -124,7 +124,8 @@ def test_proxy_latency_stall_and_reset_mid_transfer(echo):
             assert _recv_exactly(again, 2000) == b"c" * 2000
         counters = proxy.counters()
     assert counters["resets"] == 1 and counters["stalls"] == 1
-    assert counters["stalled_seconds"] == pytest.approx(1.0, abs=0.05)
+    # The stall the proxy planned (one 1 s stall, none overlapping), not a measured duration.
+    assert counters["stalled_seconds"] == pytest.approx(1.0)
     assert counters["delayed_chunks"] >= 2
 
 

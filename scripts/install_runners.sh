@@ -5,12 +5,18 @@
 #           where the pipeline commands look for it (pipelines/runners.py).
 #   flink   Beam's Flink job server (embedded Flink), assembled with Maven into
 #           .tools/flink/<version>/, where the pipeline commands look for it (pipelines/runners.py).
-# Usage: scripts/install_runners.sh [prism|flink ...]   (no argument: every runner)
+#   kafka   a Kafka broker for the tests of the kafka:// input (not a runner): the broker's and its
+#           command-line tools' jars, assembled with Maven into .tools/kafka/<kafka version>/libs/,
+#           where emulators/kafka.py looks for them.
+# Usage: scripts/install_runners.sh [prism|flink|kafka ...]   (no argument: all three)
 # Idempotent and cached: a runner already installed at that version is not fetched or built again.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-$root/.venv/bin/python}"
 CDP_CACHE="${CDP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cdp-activation}"
+# Where the Flink job server and the Kafka broker go: .tools in the checkout, or CDP_TOOLS_DIR
+# (pipelines/runners.py and emulators/kafka.py look there too). Prism always goes to .tools.
+tools="${CDP_TOOLS_DIR:-$root/.tools}"
 
 beam_version() {
     "$PYTHON" -c 'import apache_beam; print(apache_beam.__version__)' 2>/dev/null \
@@ -95,13 +101,45 @@ install_flink() {
   echo "flink job server $version: $jar"
 }
 
+# --- Kafka broker -----------------------------------------------------------------------------
+# A single-node KRaft broker started from its jars by emulators/kafka.py (tests/test_kafka_flink.py):
+# Maven copies org.apache.kafka:kafka_2.13 and kafka-tools at KAFKA_VERSION, with their
+# dependencies, into .tools/kafka/<version>/libs/ (scripts/kafka-broker/pom.xml). Kafka 4 brokers
+# run on Java 17. The version is the project's choice, not Beam's: Beam's KafkaIO talks to it
+# with its own kafka-clients (scripts/flink-job-server/pom.xml).
+KAFKA_VERSION="${KAFKA_VERSION:-4.4.0}"
+install_kafka() {
+  local dir build
+  dir="$tools/kafka/$KAFKA_VERSION"
+  if [ -f "$dir/.installed" ] && [ -d "$dir/libs" ]; then
+    echo "kafka broker $KAFKA_VERSION: $dir/libs (installed)"
+    return 0
+  fi
+  command -v java >/dev/null || { echo "error: the Kafka broker needs java (a JDK 17) on PATH" >&2; return 1; }
+  command -v mvn >/dev/null || { echo "error: installing the Kafka broker needs mvn (Maven) on PATH" >&2; return 1; }
+  echo "installing the Kafka $KAFKA_VERSION broker (Maven) into $dir" >&2
+  build="$dir.build.$$"
+  rm -rf "$build"
+  if ! mvn -B -q -Dstyle.color=never -f "$root/scripts/kafka-broker/pom.xml" dependency:copy-dependencies \
+      -Dkafka.version="$KAFKA_VERSION" -DincludeScope=runtime -DoutputDirectory="$build/libs" >&2; then
+    rm -rf "$build"
+    echo "error: Maven could not resolve org.apache.kafka:kafka_2.13:$KAFKA_VERSION and its dependencies" >&2
+    return 1
+  fi
+  rm -rf "$dir"
+  mv "$build" "$dir"
+  touch "$dir/.installed"
+  echo "kafka broker $KAFKA_VERSION: $dir/libs"
+}
+
 # --- main -----------------------------------------------------------------------------------
 runners=("$@")
-[ ${#runners[@]} -gt 0 ] || runners=(prism flink)
+[ ${#runners[@]} -gt 0 ] || runners=(prism flink kafka)
 for runner in "${runners[@]}"; do
     case "$runner" in
         prism) install_prism ;;
         flink) install_flink ;;
-        *) echo "install_runners.sh: unknown runner '$runner' (known: prism, flink)" >&2; exit 2 ;;
+        kafka) install_kafka ;;
+        *) echo "install_runners.sh: unknown runner '$runner' (known: prism, flink, kafka)" >&2; exit 2 ;;
     esac
 done

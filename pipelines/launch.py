@@ -25,8 +25,8 @@ from core.snapshot import SnapshotError
 from core.timeutil import TimeFormatError, format_time
 from pipelines.cli import UsageError, check_pipeline_arguments, pipeline_help, wants_help
 from pipelines.options import COMMAND_OPTIONS, REQUIRED_OPTIONS, ActivationOptions, flag_value
-from pipelines.runners import (DIRECT_RUNNERS, RunnerMissingError, choose_runner, runner_environment,
-                               runner_name)
+from pipelines.runners import (DIRECT_RUNNERS, RunnerMissingError, choose_runner,
+                               kafka_expansion_service, runner_environment, runner_name)
 from pipelines.summary import (build_summary, counter_totals, failed_work_events, print_summary,
                                summary_as_of, write_report, write_summary)
 from pipelines.wiring import RunState, build_graph, option_value
@@ -96,6 +96,17 @@ def _live_source(uri, options, redactor):
         raise LaunchError("input %s: a live read never ends: add --streaming (or mode=catchup "
                           "for a bounded catch-up run)" % uri.split("?", 1)[0])
     return source
+
+
+def _kafka_source(uri, options, source):
+    """A ``kafka://`` source whose ReadFromKafka is expanded where this run's runner can run it
+    (``pipelines.runners.kafka_expansion_service``); ``source`` itself when Beam's default is."""
+    from transforms.live_sources import build_live_source
+    try:
+        service = kafka_expansion_service(options)
+    except RunnerMissingError as exc:
+        raise LaunchError(str(exc)) from None
+    return source if service is None else build_live_source(uri, os.environ, service)
 
 
 def _choose_runner(options, live_source):
@@ -299,6 +310,8 @@ def _run(argv, mode, make_evaluate, redactor, time_range_of):
     if live_source is None:
         check_input_exists(act.input)
     _choose_runner(options, live_source)
+    if live_source is not None and live_source.kind == "kafka":
+        live_source = _kafka_source(act.input, options, live_source)
     time_range = time_range_of(options) if time_range_of else None
     outputs.use_options(options)  # before the snapshot is read: --state may be on azfs://
     run_id = uuid.uuid4().hex[:12]

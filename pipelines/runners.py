@@ -127,6 +127,43 @@ def flink_job_server_jar(version: str = None, flink_minor: str = FLINK_MINOR) ->
                         "beam-runners-flink-%s-job-server-%s.jar" % (flink_minor, version))
 
 
+def flink_expansion_service_jar(version: str = None) -> str:
+    """The path install_runners.sh gives Beam's Java expansion service (with KafkaIO), beside the
+    Flink job server of apache-beam ``version`` and on the same ``lib/``."""
+    version = version or beam_version()
+    return os.path.join(tools_dir(), "flink", version, "beam-expansion-service-%s.jar" % version)
+
+
+def kafka_expansion_service(options):
+    """The expansion service of a ``kafka://`` input's ReadFromKafka on this run's runner.
+
+    On the embedded Flink with the project's job server (``--runner=FlinkRunner``, no
+    ``--flink_master`` or ``[auto]``/``[local]``, no ``--flink_job_server_jar``): Beam's Java
+    expansion service that install_runners.sh puts beside the job server, on the same ``lib/``
+    (KafkaIO and kafka-clients included), started by Beam for the expansion only. It gives the
+    Kafka read an EMBEDDED Java environment: the Flink job server runs Beam's Java SDK harness in
+    its own JVM, with no Docker and no Java worker process. Anywhere else, None: Beam's default
+    (its expansion-service jar from Maven, a Docker Java environment), for a Flink cluster or
+    Dataflow, unless the URI names a service (``expansion_service=HOST:PORT``).
+
+    Raises RunnerMissingError when that expansion service is not installed.
+    """
+    from apache_beam.options.pipeline_options import FlinkRunnerOptions, StandardOptions
+    if not is_flink(options.view_as(StandardOptions).runner):
+        return None
+    flink = options.view_as(FlinkRunnerOptions)
+    if flink.flink_job_server_jar or (flink.flink_master or "[auto]").strip() not in \
+            LOCAL_FLINK_MASTERS:
+        return None
+    jar = flink_expansion_service_jar()
+    if not os.path.exists(jar):
+        raise RunnerMissingError(
+            "Beam's Java expansion service for the kafka:// input is not installed (%s): run %s"
+            % (jar, INSTALL_FLINK))
+    from apache_beam.transforms.external import JavaJarExpansionService
+    return JavaJarExpansionService(jar, append_args=["--defaultEnvironmentType=EMBEDDED"])
+
+
 def is_flink(runner) -> bool:
     name = runner if isinstance(runner, str) else type(runner).__name__ if runner else ""
     return name.rsplit(".", 1)[-1].lower() in ("flinkrunner", "flink")

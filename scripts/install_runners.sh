@@ -68,14 +68,19 @@ install_prism() {
 # starts FlinkJobServerDriver, and lib/ with the runner and its dependencies. The layout and name
 # are the ones pipelines/runners.py looks for:
 #   .tools/flink/<beam version>/beam-runners-flink-<flink>-job-server-<beam version>.jar
+#   .tools/flink/<beam version>/beam-expansion-service-<beam version>.jar  (Beam's Java expansion
+#       service on the same lib/, which holds KafkaIO: the kafka:// input is expanded there)
 #   .tools/flink/<beam version>/lib/*.jar
+# .installed records the pom's checksum: an install made from another pom is made again.
 FLINK_MINOR="${FLINK_MINOR:-1.19}"
 install_flink() {
-  local version dir jar build
+  local version dir jar expansion build recipe
   version="$(beam_version)"
-  dir="$root/.tools/flink/$version"
+  dir="$tools/flink/$version"
   jar="$dir/beam-runners-flink-$FLINK_MINOR-job-server-$version.jar"
-  if [ -f "$dir/.installed" ] && [ -f "$jar" ]; then
+  expansion="$dir/beam-expansion-service-$version.jar"
+  recipe="$(sha256sum "$root/scripts/flink-job-server/pom.xml" | cut -d' ' -f1)"
+  if [ -f "$jar" ] && [ -f "$expansion" ] && [ "$(cat "$dir/.installed" 2>/dev/null)" = "$recipe" ]; then
     echo "flink job server $version: $jar (installed)"
     return 0
   fi
@@ -95,10 +100,12 @@ install_flink() {
   rm -rf "$dir"
   mkdir -p "$dir"
   mv "$build/$(basename "$jar")" "$jar"
+  mv "$build/$(basename "$jar" .jar)-expansion-service.jar" "$expansion"
   mv "$build/lib" "$dir/lib"
   rm -rf "$build"
-  touch "$dir/.installed"
+  echo "$recipe" > "$dir/.installed"
   echo "flink job server $version: $jar"
+  echo "java expansion service $version (KafkaIO): $expansion"
 }
 
 # --- Kafka broker -----------------------------------------------------------------------------

@@ -155,6 +155,17 @@ def test_kafka_uri_with_sasl_credentials_or_none():
     assert plain.to_input_record(created).received_at_us is None
 
 
+def test_kafka_expansion_service_given_by_the_command_or_by_the_uri():
+    # The commands pass one for the embedded Flink (pipelines.runners.kafka_expansion_service);
+    # an expansion_service= in the URI wins over it.
+    given = object()
+    live = build_live_source("kafka://localhost:9092/t", {}, expansion_service=given)
+    assert live.transform._expansion_service is given
+    named = build_live_source("kafka://localhost:9092/t?expansion_service=localhost:8097", {},
+                              expansion_service=given)
+    assert named.transform._expansion_service == "localhost:8097"
+
+
 @pytest.mark.parametrize("uri,message", [
     ("kafka://b:9092/t?password=" + SECRET, "refused"),
     ("kafka://b:9092/t?sasl.jaas.config=x", "refused"),

@@ -55,6 +55,25 @@ def test_what_the_user_gives_wins(tools):
     assert cluster.view_as(PortableOptions).environment_type is None
 
 
+def test_kafka_is_expanded_beside_the_embedded_flinks_job_server_only(tools):
+    jar = runners.flink_expansion_service_jar()
+    assert jar == os.path.join(os.path.dirname(tools),
+                               "beam-expansion-service-%s.jar" % apache_beam.__version__)
+    with pytest.raises(runners.RunnerMissingError, match="run scripts/install_runners.sh flink"):
+        runners.kafka_expansion_service(PipelineOptions(["--runner=FlinkRunner"]))
+    open(jar, "wb").close()
+    from apache_beam.transforms.external import JavaJarExpansionService
+    for argv in (["--runner=FlinkRunner"], ["--runner=FlinkRunner", "--flink_master=[local]"]):
+        service = runners.kafka_expansion_service(PipelineOptions(argv))
+        assert isinstance(service, JavaJarExpansionService) and service.path_to_jar == jar
+        assert "--defaultEnvironmentType=EMBEDDED" in service._append_args
+    # Beam's default elsewhere: a Flink cluster, another job server, another runner.
+    for argv in (["--runner=FlinkRunner", "--flink_master=flink:8081"],
+                 ["--runner=FlinkRunner", "--flink_job_server_jar=/x.jar"],
+                 ["--runner=PrismRunner"], []):
+        assert runners.kafka_expansion_service(PipelineOptions(argv)) is None, argv
+
+
 def test_a_missing_job_server_is_one_line_naming_the_install_script(tmp_path, monkeypatch):
     monkeypatch.setenv("CDP_TOOLS_DIR", str(tmp_path))
     with pytest.raises(runners.RunnerMissingError, match="run scripts/install_runners.sh flink"):

@@ -27,18 +27,19 @@ Which to use when:
   catch-up run of 100k events from the local endpoint read 6,500-6,900 events/s on a 2-core
   machine, start-up included (4,000-5,100 while other jobs shared its cores;
   ``python -m bench.eventhubs_catchup``).
-* ``kafka://`` uses Java's KafkaIO through a cross-language expansion service: on Flink (the job
-  server's expansion service, ``expansion_service=localhost:8097``) and on Dataflow it is the
-  mature high-throughput choice for a live stream from an Event Hubs namespace of the Standard tier
-  or above (its offsets are committed to the Kafka consumer group at bundle finalization). It needs
-  Java and Beam's expansion-service jar from Maven.
+* ``kafka://`` uses Java's KafkaIO through a cross-language expansion service: on Flink and on
+  Dataflow it is the mature high-throughput choice for a live stream from an Event Hubs namespace
+  of the Standard tier or above (its offsets are committed to the Kafka consumer group at bundle
+  finalization). On the embedded Flink the commands expand it with the Java expansion service that
+  ``scripts/install_runners.sh flink`` installs beside the job server, and the job server runs it
+  in its own JVM (``pipelines.runners.kafka_expansion_service``; tested against a local broker in
+  ``tests/test_kafka_flink.py``); elsewhere Beam's default expansion service (its jar from Maven)
+  or ``expansion_service=HOST:PORT`` (e.g. a Flink job server's, port 8097) expands it.
 * ``pubsub://`` is for events mirrored to Google Pub/Sub, read by Dataflow's native Pub/Sub source
   (streaming only; ``timestamp_attribute`` takes event times from a message attribute).
 
-What cannot run on this machine: ``kafka://`` (Beam's Java expansion-service jar comes from Maven,
-which is out of reach here, and there is no Kafka broker) and ``pubsub://`` (no GCP project);
-:func:`build_live_source` still builds their transforms, without expanding or running them, so
-tests check their configuration.
+``pubsub://`` cannot run on the project's machines (no GCP project): :func:`build_live_source`
+still builds its transform, without expanding or running it, so tests check its configuration.
 
 Secrets never appear on the command line: an ``eventhubs://`` or ``kafka://`` URI names the
 environment variable that holds the connection string or password (``connection_string_env=``,
@@ -299,8 +300,8 @@ def kafka_consumer_config(spec: KafkaInput,
     return config, secrets
 
 
-def build_live_source(uri: str, environ: typing.Optional[typing.Mapping[str, str]] = None
-                      ) -> "LiveSource":
+def build_live_source(uri: str, environ: typing.Optional[typing.Mapping[str, str]] = None,
+                      expansion_service: typing.Any = None) -> "LiveSource":
     """Builds the source PTransform for a live ``--input`` URI without running it.
 
     ``eventhubs://`` gives :class:`ReadFromEventHubs`; ``kafka://`` gives
@@ -309,6 +310,9 @@ def build_live_source(uri: str, environ: typing.Optional[typing.Mapping[str, str
     ``commit_offsets=false``); ``pubsub://`` gives ``apache_beam.io.gcp.pubsub.ReadFromPubSub``
     (``with_attributes=True``, so the publish time is there for ``received_at``). Nothing is
     expanded or contacted: ReadFromKafka starts its Java expansion service only when applied.
+    ``expansion_service`` (an address or a Beam expansion service object) expands ReadFromKafka
+    when the URI names none (``expansion_service=HOST:PORT`` wins); None leaves Beam's default
+    (it fetches Beam's expansion-service jar from Maven when applied).
 
     Returns a :class:`LiveSource`. Raises :class:`EventHubsSourceError` for a file input, a bad
     URI, a refused secret or a missing environment variable (one line, secret-free).
@@ -335,8 +339,8 @@ def build_live_source(uri: str, environ: typing.Optional[typing.Mapping[str, str
             kwargs["max_num_records"] = spec.max_num_records
         if spec.max_read_time is not None:
             kwargs["max_read_time"] = spec.max_read_time
-        if spec.expansion_service:
-            kwargs["expansion_service"] = spec.expansion_service
+        if spec.expansion_service or expansion_service is not None:
+            kwargs["expansion_service"] = spec.expansion_service or expansion_service
         transform = ReadFromKafka(**kwargs)
         bounded = spec.max_num_records is not None or spec.max_read_time is not None
         return LiveSource("kafka", transform, bounded, kafka_input_record,

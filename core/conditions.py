@@ -23,7 +23,7 @@ count or trait behind each node (:class:`NodeTrace`): what a traced engine repor
 """
 import json
 import re
-from typing import Any, Callable, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from core.keys import did_you_mean, unknown_key
 from core.timeutil import parse_duration
@@ -46,7 +46,7 @@ AUDIENCE_KEYS = ("id", "slug", "name", "condition")
 class ConditionError(ValueError):
     """A condition that does not compile; ``str()`` starts with the config path."""
 
-    def __init__(self, path, message):
+    def __init__(self, path: str, message: str) -> None:
         super().__init__("%s: %s" % (path, message))
         self.path = path
 
@@ -58,7 +58,7 @@ def _is_number(x):
     return isinstance(x, _NUMBER) and not isinstance(x, bool)
 
 
-def values_equal(a, b):
+def values_equal(a: Any, b: Any) -> bool:
     """Equality where a type mismatch is simply false (1 == 1.0, but True != 1)."""
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
@@ -173,7 +173,8 @@ def _expect_mapping(node, path):
         raise ConditionError(path, "a condition node must be an object")
 
 
-def node_kind(node, path, kinds, what="condition"):
+def node_kind(node: Dict[str, Any], path: str, kinds: Dict[str, Tuple[str, ...]],
+              what: str = "condition") -> str:
     """The kind of a condition or ``where`` node (a key of ``kinds``), once its keys are checked:
     exactly one kind per node, and no key that kind does not have."""
     present = [k for k in kinds if k in node]
@@ -253,7 +254,7 @@ def _comparison(node, field, path):
     return name, _make_predicate(node["op"], node.get("value"), path)
 
 
-def compile_where(node, path):
+def compile_where(node: Any, path: str) -> Callable[[Dict[str, Any]], bool]:
     """A ``where`` tree to ``predicate(properties) -> bool``."""
     _expect_mapping(node, path)
     node_kind(node, path, WHERE_NODES, "where")
@@ -303,7 +304,7 @@ class Audience(NamedTuple):
 class AudienceSet:
     """All audiences of a job compiled together (specs are shared across audiences)."""
 
-    def __init__(self, audience_defs, path="audiences"):
+    def __init__(self, audience_defs: List[Dict[str, Any]], path: str = "audiences") -> None:
         self.specs: List[CounterSpec] = []
         self.caps: List[int] = []
         # thresholds[i]: set of (min_count, max_count or None) asked of spec i
@@ -360,7 +361,7 @@ class AudienceSet:
             self.specs_by_event.setdefault(spec.event, []).append(i)
         self.windows = sorted({s.within for s in self.specs if s.within is not None})
 
-    def inputs_of(self, index):
+    def inputs_of(self, index: int) -> Tuple[Set[int], Set[str]]:
         """(spec indices, trait names) that audience ``index`` reads directly."""
         return self._inputs[index]
 
@@ -376,7 +377,7 @@ class AudienceSet:
             tracer = self._tracers[index] = self._compile_trace(self.conditions[index], path)
         return tracer(traits, counts, members)
 
-    def by_ref(self, ref):
+    def by_ref(self, ref: str) -> Optional[Audience]:
         for a in self.audiences:
             if ref in (a.slug, a.id):
                 return a

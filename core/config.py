@@ -13,7 +13,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 import yaml
 
@@ -56,7 +56,7 @@ class Work:
     worker_settings: object = None
 
     @property
-    def path(self):
+    def path(self) -> str:
         return "works[%d]" % self.index
 
 
@@ -73,16 +73,16 @@ class JobConfig:
     #: ``identity``: identity stitching (``core.identity``), off unless ``stitch: true``
     identity: IdentitySettings = IdentitySettings()
 
-    def works_of(self, workflow, include_paused=True):
+    def works_of(self, workflow: str, include_paused: bool = True) -> List[Work]:
         return [w for w in self.works if w.workflow == workflow and (include_paused or not w.paused)]
 
     @property
-    def export_attributes(self):
+    def export_attributes(self) -> Optional[List[str]]:
         """Trait names any events export needs as of each event (None when no events export)."""
         return workflows.export_attributes(self.works)
 
     @property
-    def backfill_starts(self):
+    def backfill_starts(self) -> List[int]:
         return workflows.backfill_starts(self.works)
 
 
@@ -97,18 +97,18 @@ class EnvRef:
 
     __slots__ = ("template", "path")
 
-    def __init__(self, template, path=""):
+    def __init__(self, template: str, path: str = "") -> None:
         if not isinstance(template, str) or not _VAR.search(template):
             raise ValueError("EnvRef needs a string with a ${VAR} reference")
         self.template = template
         self.path = path
 
     @property
-    def names(self):
+    def names(self) -> Tuple[str, ...]:
         """The environment variables this value is made of."""
         return tuple(_VAR.findall(self.template))
 
-    def resolve(self, environ=None):
+    def resolve(self, environ: Optional[Mapping[str, str]] = None) -> str:
         """The value with every ``${VAR}`` replaced from ``environ`` (default ``os.environ``).
 
         Raises :class:`ConfigError` naming the config path and the variable when one is unset.
@@ -162,7 +162,7 @@ def _deferred_settings(settings, unresolved, path):
     return dataclasses.replace(settings, **changes) if changes else settings
 
 
-def resolve_settings(settings, environ=None):
+def resolve_settings(settings: Any, environ: Optional[Mapping[str, str]] = None) -> Any:
     """A copy of a work's settings with every :class:`EnvRef` resolved (``settings`` itself when
     it holds none). Raises :class:`ConfigError` naming the variable when one is unset."""
     if settings is None or not dataclasses.is_dataclass(settings):
@@ -178,7 +178,7 @@ def resolve_settings(settings, environ=None):
     return dataclasses.replace(settings, **changes) if changes else settings
 
 
-def substitute_env(value, path, environ=None):
+def substitute_env(value: Any, path: str, environ: Optional[Mapping[str, str]] = None) -> Any:
     """Replaces ``${VAR}`` in every string; an unset variable is an error naming it."""
     environ = os.environ if environ is None else environ
     if isinstance(value, str):
@@ -196,7 +196,7 @@ def substitute_env(value, path, environ=None):
     return value
 
 
-def load_config(path, environ=None):
+def load_config(path: str, environ: Optional[Mapping[str, str]] = None) -> JobConfig:
     """Reads, substitutes and validates a YAML or JSON config file."""
     try:
         with open(path, "r", encoding="utf-8") as fh:
@@ -273,7 +273,7 @@ def _yaml_problem(exc):
     return where + problem
 
 
-def parse_config(raw, environ=None):
+def parse_config(raw: Any, environ: Optional[Mapping[str, str]] = None) -> JobConfig:
     if not isinstance(raw, dict):
         raise ConfigError("config: must be a mapping with account, audiences and works")
     check_keys(raw, TOP_LEVEL_KEYS, "")
@@ -361,7 +361,7 @@ def _parse_work(i, item, audiences):
     return work
 
 
-def destinations(job):
+def destinations(job: JobConfig) -> List[Tuple[str, str, int, bool]]:
     """(config path, host, port, allow_private_network) of every network destination of the job's
     works (paused ones too: they send once resumed), as each workflow names it
     (``core.workflows.Workflow.destination``)."""
@@ -369,7 +369,7 @@ def destinations(job):
     return [d for d in found if d is not None]
 
 
-def check_destinations(job, resolve=socket.getaddrinfo):
+def check_destinations(job: JobConfig, resolve: Callable[..., Any] = socket.getaddrinfo) -> List[str]:
     """Refuses, before any data moves, a destination the alert works would refuse at connect time
     (core.netguard): a host that resolves to a loopback, private, link-local or other non-public
     address, unless the work sets ``allow_private_network: true``.

@@ -37,11 +37,12 @@ the tables as locals, for speed), and apart they would reach into each other's p
 import bisect
 import hashlib
 import operator
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from core.conditions import ANY_EVENT, NodeTrace
+from core.conditions import ANY_EVENT, AudienceSet, NodeTrace
 from core.records import DEDUPE_HORIZON_US, ProfileEvent
-from core.state import (STATE_VERSION, StateFormatError, check_document, decode_document,
+from core.state import (STATE_VERSION, StateDocument, StateFormatError, check_document,
+                        decode_document,
                         encode_document, spec_id)
 from core.timeutil import MIN_TIME
 
@@ -79,7 +80,7 @@ class UserState:
     __slots__ = ("clock", "first_ts", "last_ts", "traits", "counts", "members", "seen",
                  "max_received", "seen_pruned_at", "reevaluate")
 
-    def __init__(self, windowed_flags, n_audiences):
+    def __init__(self, windowed_flags: Iterable[bool], n_audiences: int) -> None:
         self.clock = MIN_TIME          # every event up to here has been applied
         self.first_ts = None
         self.last_ts = None
@@ -94,7 +95,7 @@ class UserState:
         # state had not evaluated under their current condition (added or edited audiences).
         self.reevaluate = 0
 
-    def prune_seen(self):
+    def prune_seen(self) -> None:
         """Forgets dedupe keys whose 24-hour horizon has passed (no copy can still match them)."""
         horizon = self.max_received - DEDUPE_HORIZON_US
         if any(v <= horizon for v in self.seen.values()):
@@ -179,7 +180,7 @@ class _CountTable(dict):
         return value
 
 
-def dedupe_hash(event):
+def dedupe_hash(event: ProfileEvent) -> Union[str, bytes]:
     """The key the dedupe map stores: short ids as they are, long ones as an 8-byte hash."""
     event_id = event.event_id
     if len(event_id) <= 16:
@@ -191,7 +192,7 @@ class Stats:
     """Counters the shells turn into Beam metrics and the run summary."""
     __slots__ = ("events", "duplicates", "late", "points")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.events = self.duplicates = self.late = self.points = 0
 
 
@@ -211,8 +212,9 @@ class Engine:
     next threshold crossing lies for each count) is computed here, once.
     """
 
-    def __init__(self, audience_set, backfill_starts=(), export_attributes=None,
-                 observer: Optional[Callable[[Evaluation], None]] = None):
+    def __init__(self, audience_set: AudienceSet, backfill_starts: Sequence[int] = (),
+                 export_attributes: Optional[Sequence[str]] = None,
+                 observer: Optional[Callable[[Evaluation], None]] = None) -> None:
         self.audiences = audience_set
         self.specs = audience_set.specs
         self._observer = observer
@@ -297,7 +299,7 @@ class Engine:
         self._counting = {name: specs + self._counting_any for name, specs in counting.items()
                           if specs + self._counting_any}
 
-    def new_state(self):
+    def new_state(self) -> UserState:
         return UserState(self._windowed_flags, len(self.audiences.audiences))
 
     def trace(self, state: UserState, index: int) -> NodeTrace:
@@ -325,7 +327,7 @@ class Engine:
 
     # -- saving and restoring (core.state, docs/STATE.md) ---------------------------------------
 
-    def state_document(self, state):
+    def state_document(self, state: UserState) -> StateDocument:
         """``state`` in its keyed, versioned form (``core.state``): memberships and conditions by
         audience id, counts by spec id. Prunes the dedupe map first (only live keys are kept)."""
         state.prune_seen()
@@ -348,7 +350,7 @@ class Engine:
             "seen": dict(state.seen),
         }
 
-    def state_from_document(self, document):
+    def state_from_document(self, document: StateDocument) -> UserState:
         """A :class:`UserState` for this engine's configuration from a saved document.
 
         Audiences are matched by id and counts by spec id, never by position: a kept audience
@@ -390,20 +392,20 @@ class Engine:
         state.seen_pruned_at = len(state.seen)
         return state
 
-    def dump_state(self, state):
+    def dump_state(self, state: UserState) -> bytes:
         """``state`` as bytes of its keyed document (what Beam state holds)."""
         return encode_document(self.state_document(state))
 
-    def load_state(self, data):
+    def load_state(self, data: bytes) -> UserState:
         """The state of :meth:`dump_state` bytes, under this engine's configuration."""
         return self.state_from_document(decode_document(data))
 
     # -- reading state -------------------------------------------------------------------------
 
-    def is_member_anywhere(self, state):
+    def is_member_anywhere(self, state: UserState) -> bool:
         return any(m is not None for m in state.members)
 
-    def next_wake(self, state):
+    def next_wake(self, state: UserState) -> Optional[int]:
         """The next time after the clock at which membership can change with no new event.
 
         That is the earliest expiry that crosses a threshold of some node, or a backfill start
@@ -433,7 +435,8 @@ class Engine:
 
     # -- advancing -----------------------------------------------------------------------------
 
-    def advance(self, state, events, until, stats=None):
+    def advance(self, state: UserState, events: Iterable[ProfileEvent], until: int,
+                stats: Optional[Stats] = None) -> Tuple[List[UserChange], List[ExportRow]]:
         """Applies ``events`` (this user's, every ``ts <= until``) and every point up to ``until``.
 
         Events with ``ts`` not after the clock are applied late, at the clock. Returns

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Dict, Iterator, List, NoReturn, Optional, Tuple
 
 #: Seconds the processes this one started get to end after SIGTERM before SIGKILL.
 TERM_SECONDS = 3.0
@@ -44,14 +45,14 @@ _pending = False
 _installed = False
 
 
-def exit_on_interrupt():
+def exit_on_interrupt() -> None:
     """Makes SIGINT end the process as the module docstring says (call from the main thread)."""
     global _installed
     signal.signal(signal.SIGINT, _on_interrupt)
     _installed = True
 
 
-def exit_process(status):
+def exit_process(status: int) -> NoReturn:
     """Ends a command's process with ``status``.
 
     With the handler installed: flushes stdout and stderr, runs the ``atexit`` functions (Beam's
@@ -87,7 +88,7 @@ def _on_interrupt(signum, frame):
 
 
 @contextlib.contextmanager
-def deferred():
+def deferred() -> Iterator[None]:
     """A short stretch that an interrupt does not cut: the process ends as it finishes."""
     global _deferring
     with _lock:
@@ -103,7 +104,8 @@ def deferred():
 
 
 @contextlib.contextmanager
-def temporary_file(directory, prefix=".tmp-", suffix=""):
+def temporary_file(directory: str, prefix: str = ".tmp-",
+                   suffix: str = "") -> Iterator[Tuple[int, str]]:
     """``(fd, path)`` of a new temporary file in ``directory``, removed by an interrupt until the
     block ends (the block renames it or removes it)."""
     with deferred():
@@ -118,7 +120,7 @@ def temporary_file(directory, prefix=".tmp-", suffix=""):
 
 
 @contextlib.contextmanager
-def tracked_temporary(path):
+def tracked_temporary(path: str) -> Iterator[str]:
     """Around the writing of a temporary local file ``path`` (not yet created): an interrupt until
     the block ends removes it (the block renames it or removes it)."""
     with _lock:
@@ -176,7 +178,7 @@ def _parents():
     return parents
 
 
-def descendants(pid, parents=None):
+def descendants(pid: int, parents: Optional[Dict[int, int]] = None) -> List[int]:
     """Every process started by ``pid``, its children's too (Linux ``/proc``)."""
     children = {}
     for child, parent in (_parents() if parents is None else parents).items():
@@ -205,7 +207,7 @@ def _reap(pid):
         pass
 
 
-def end_descendants(pid, term_seconds=TERM_SECONDS):
+def end_descendants(pid: int, term_seconds: float = TERM_SECONDS) -> None:
     """Ends every descendant of ``pid`` (SIGTERM, then SIGKILL) and reaps ``pid``'s children."""
     parents = _parents()
     found = descendants(pid, parents)

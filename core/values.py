@@ -7,7 +7,7 @@ Each reader takes the mapping, the key and the mapping's config path, and raises
 import ipaddress
 import re
 import urllib.parse
-from typing import List, Optional, Union
+from typing import Iterable, List, Optional, Union
 
 from core.keys import unknown_key
 from core.timeutil import TimeFormatError, parse_time
@@ -17,7 +17,7 @@ class ConfigError(ValueError):
     """A config that cannot run; ``str()`` is the one line shown to the user."""
 
 
-def check_keys(mapping: dict, known, path: str) -> None:
+def check_keys(mapping: dict, known: Iterable[str], path: str) -> None:
     """Raises :class:`ConfigError` for the first key of ``mapping`` that is not in ``known``."""
     unknown = unknown_key(mapping, known, path)
     if unknown is not None:
@@ -55,7 +55,7 @@ def read_bool(cfg: dict, key: str, path: str, default: bool = False) -> bool:
     return value
 
 
-def read_number(cfg: dict, key: str, path: str, default: Union[int, float], minimum=0,
+def read_number(cfg: dict, key: str, path: str, default: Union[int, float], minimum: Union[int, float] = 0,
                 integer: bool = False) -> Union[int, float]:
     """``cfg[key]`` as a number (an int when ``integer``) of at least ``minimum``."""
     value = cfg.get(key, default)

@@ -40,7 +40,7 @@ class BlobExportError(Exception):
     ``kind``: ``credentials`` (rejected), ``unreachable`` or ``error``.
     """
 
-    def __init__(self, message: str, kind: str = "error"):
+    def __init__(self, message: str, kind: str = "error") -> None:
         super().__init__(" ".join(str(message).split()))
         self.kind = kind
 
@@ -101,7 +101,7 @@ class AzureDestination(Destination):
 
     def __init__(self, connection_string: str, container: str, prefix: str = "",
                  connection_timeout: float = CONNECTION_TIMEOUT_S,
-                 read_timeout: float = READ_TIMEOUT_S, retry: RetryPolicy = AZURE_RETRY):
+                 read_timeout: float = READ_TIMEOUT_S, retry: RetryPolicy = AZURE_RETRY) -> None:
         from azure.storage.blob import BlobServiceClient
         self.prefix = prefix or ""
         self.container = container

@@ -113,7 +113,8 @@ class ClientSettings:
 
     def __init__(self, connection_string: typing.Union[str, EnvRef],
                  eventhub_name: typing.Optional[str], consumer_group: str, retry_total: int,
-                 retry_backoff_factor: float, retry_backoff_max: float, timeout_seconds: float):
+                 retry_backoff_factor: float, retry_backoff_max: float,
+                 timeout_seconds: float) -> None:
         try:
             # An EnvRef (a ${VAR} reference) is resolved here, where the graph is built, to
             # check it; only the reference is kept and pickled, and workers resolve it again.
@@ -340,7 +341,7 @@ class PartitionReader:
     """
 
     def __init__(self, client: typing.Any, consumer_group: str, partition: str, position: int,
-                 prefetch: int, redelivered_counter: typing.Any = None):
+                 prefetch: int, redelivered_counter: typing.Any = None) -> None:
         self.partition = partition
         self.position = position
         self.redelivered = 0               # copies the SDK delivered again after a reconnect

@@ -14,6 +14,7 @@ import time
 from typing import Optional
 
 from clients.blob import BlobExportError, Destination
+from core.config import Work
 from core.export import marker_bytes, marker_name, parse_marker, verify_name
 from core.timeutil import MICROS
 
@@ -75,7 +76,7 @@ def read_marker(destination: Destination, work_id: str) -> Optional[int]:
             from None
 
 
-def read_marker_end(destination: Destination, work) -> Optional[int]:
+def read_marker_end(destination: Destination, work: Work) -> Optional[int]:
     """:func:`read_marker` of a :class:`core.config.Work` (as ``pipelines.workflows`` calls it)."""
     return read_marker(destination, work.id)
 

@@ -52,7 +52,8 @@ class Failure(Exception):
     """One failed attempt: a secret-free one-line ``reason``, whether another attempt may help,
     and how long the server asked to wait (seconds, or None)."""
 
-    def __init__(self, reason: str, retryable: bool = False, retry_after: Optional[float] = None):
+    def __init__(self, reason: str, retryable: bool = False,
+                 retry_after: Optional[float] = None) -> None:
         super().__init__(reason)
         self.reason, self.retryable, self.retry_after = reason, retryable, retry_after
 

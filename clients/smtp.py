@@ -26,12 +26,14 @@ from clients.alerting import (AlertError, alert_policy, clean_line, describe_err
                               header_safe, open_guarded_socket)
 from clients.retry import Failure, Result
 from core import netguard
+from core.records import SystemEvent
 from core.redact import Redactor, reveal_settings, settings_secrets
+from core.workflows import AlertSettings
 
 log = logging.getLogger(__name__)
 
 
-def email_subject(event, account_name: Optional[str] = None) -> str:
+def email_subject(event: SystemEvent, account_name: Optional[str] = None) -> str:
     """``[acme] work w-1 failed``: account, subject type and id, verb."""
     data = event.data or {}
     if account_name:
@@ -45,7 +47,7 @@ def email_subject(event, account_name: Optional[str] = None) -> str:
     return clean_line(prefix + subject)
 
 
-def email_text(event) -> str:
+def email_text(event: SystemEvent) -> str:
     """The plain-text body: a summary line, the notes, and the event as JSON."""
     data = event.data or {}
     lines = ["System event %s at %s: %s %s %s." % (
@@ -89,8 +91,8 @@ class EmailSender:
     references in ``settings`` are resolved here (on a worker: in the DoFn's ``setup()``).
     """
 
-    def __init__(self, work_id: str, settings, account_name: Optional[str] = None,
-                 sleep: Callable[[float], Any] = time.sleep):
+    def __init__(self, work_id: str, settings: AlertSettings, account_name: Optional[str] = None,
+                 sleep: Callable[[float], Any] = time.sleep) -> None:
         settings = reveal_settings(settings)
         self.work_id, self.settings, self.account_name = work_id, settings, account_name
         self._policy = alert_policy(settings.max_attempts, sleep)
@@ -103,12 +105,12 @@ class EmailSender:
             self.settings.smtp_host, self.settings.smtp_port, len(self.settings.recipients),
             "yes" if self.settings.username else "no")
 
-    def preview(self, event) -> Dict[str, Any]:
+    def preview(self, event: SystemEvent) -> Dict[str, Any]:
         """The message as the local sink records it: ``{"to", "subject", "body"}``."""
         return {"to": list(self.settings.recipients),
                 "subject": email_subject(event, self.account_name), "body": email_text(event)}
 
-    def message(self, event) -> EmailMessage:
+    def message(self, event: SystemEvent) -> EmailMessage:
         """The ``EmailMessage`` for ``event``; AlertError when a header cannot be encoded."""
         preview = self.preview(event)
         sender = self.settings.sender or ""
@@ -127,7 +129,7 @@ class EmailSender:
         msg.set_content(preview["body"])
         return msg
 
-    def send(self, event) -> Result:
+    def send(self, event: SystemEvent) -> Result:
         """Delivers one alert (a :class:`core.records.SystemEvent`), retrying as documented."""
         try:
             message = self.message(event)

@@ -31,8 +31,10 @@ from clients.alerting import (AlertError, alert_policy, describe_error, header_s
                               open_guarded_socket, snippet)
 from clients.retry import Failure, Result, parse_retry_after, retryable_status
 from core import netguard
+from core.records import SystemEvent
 from core.redact import Redactor, redact_url, reveal_settings, settings_secrets
 from core.templates import TemplateError, TemplateRenderer
+from core.workflows import AlertSettings
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,7 @@ class HttpClient:
     Constructing it parses the URL: a URL that is not http(s) with a host raises ValueError.
     """
 
-    def __init__(self, url: str, timeout: float, allow_private: bool):
+    def __init__(self, url: str, timeout: float, allow_private: bool) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("webhook_url must be an http:// or https:// URL")
@@ -162,7 +164,8 @@ class WebhookSender:
     (tests pass a recorder).
     """
 
-    def __init__(self, work_id: str, settings, sleep: Callable[[float], Any] = time.sleep):
+    def __init__(self, work_id: str, settings: AlertSettings,
+                 sleep: Callable[[float], Any] = time.sleep) -> None:
         settings = reveal_settings(settings)
         check_headers(settings.headers)
         self.work_id, self.settings = work_id, settings
@@ -179,7 +182,7 @@ class WebhookSender:
             redact_url(self.settings.webhook_url), ", ".join(names) or "none",
             "yes" if self.settings.signing_secret else "no")
 
-    def preview(self, event) -> Any:
+    def preview(self, event: SystemEvent) -> Any:
         """The body value that would be sent for ``event``; AlertError on a template error."""
         if self._renderer is None:
             return event.record
@@ -188,7 +191,7 @@ class WebhookSender:
         except TemplateError as exc:
             raise AlertError("template error: %s" % exc) from None
 
-    def send(self, event) -> Result:
+    def send(self, event: SystemEvent) -> Result:
         """Delivers one alert (a :class:`core.records.SystemEvent`), retrying as documented."""
         try:
             body = _json_bytes(self.preview(event))

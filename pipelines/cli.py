@@ -25,7 +25,11 @@ import functools
 import re
 import sys
 from importlib.metadata import packages_distributions
-from typing import Dict, Iterable, List, Mapping, Optional
+from typing import (TYPE_CHECKING, Callable, Dict, Iterable, List, Mapping, NoReturn, Optional,
+                    Sequence, Tuple, Type)
+
+if TYPE_CHECKING:  # at run time Beam is imported where it is used (beam_parse_known)
+    from apache_beam.options.pipeline_options import PipelineOptions
 
 HELP_FLAGS = ("-h", "--help")
 
@@ -74,7 +78,7 @@ def check_installed_names() -> None:
                          % (", ".join(others), name))
 
 
-def wants_help(argv):
+def wants_help(argv: Iterable[str]) -> bool:
     """True when ``argv`` asks for help (before a ``--`` that ends the options)."""
     for arg in argv:
         if arg == "--":
@@ -113,7 +117,8 @@ def _edits(a, b):
     return rows[-1][-1]
 
 
-def unknown_option_error(unknown, preferred, others=(), foreign=None):
+def unknown_option_error(unknown: Iterable[str], preferred: Sequence[str], others: Sequence[str] = (),
+                         foreign: Optional[Mapping[str, str]] = None) -> Optional[UsageError]:
     """The error for the first unknown argument of ``unknown`` (as ``parse_known_args`` left them).
 
     The nearest option is looked for among ``preferred`` (the command's own options) first, then
@@ -163,15 +168,16 @@ class CommandParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are :class:`UsageError` and whose help is one line per
     option with examples; see the module docstring."""
 
-    def __init__(self, prog, description, examples, usage=None):
+    def __init__(self, prog: str, description: Optional[str], examples: Iterable[str],
+                 usage: Optional[str] = None) -> None:
         super().__init__(prog=prog, description=description, allow_abbrev=False, add_help=False,
                          usage=usage)
         self.examples = list(examples)
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         raise UsageError(_usage_message(message))
 
-    def parse(self, argv):
+    def parse(self, argv: Optional[Sequence[str]]) -> Optional[argparse.Namespace]:
         """The parsed options of ``argv`` (None: ``sys.argv[1:]``); None when help was asked for
         and printed. Raises :class:`UsageError`."""
         argv = list(sys.argv[1:] if argv is None else argv)
@@ -197,12 +203,12 @@ class CommandParser(argparse.ArgumentParser):
                 raise UsageError("%s is required (see --help)" % _display_name(action).split()[0])
         return args
 
-    def format_help(self):
+    def format_help(self) -> str:
         return format_command_help(self.prog, self.usage or _usage_line(self), self.description,
                                    [("Options", option_lines(self))], self.examples)
 
 
-def option_strings(parser):
+def option_strings(parser: argparse.ArgumentParser) -> List[str]:
     """Every option string a parser knows (``--config``, ``-h``...)."""
     return [s for action in parser._actions for s in action.option_strings]  # noqa: SLF001
 
@@ -226,7 +232,7 @@ def _display_name(action):
     return "%s [%s]" % (name, metavar) if action.nargs == "?" else "%s %s" % (name, metavar)
 
 
-def option_lines(parser):
+def option_lines(parser: argparse.ArgumentParser) -> List[Tuple[str, str]]:
     """``[(option with its value, one line of help)]`` for every option of ``parser``."""
     lines = []
     for action in parser._actions:  # noqa: SLF001
@@ -240,7 +246,9 @@ def option_lines(parser):
     return lines
 
 
-def format_command_help(prog, usage, description, sections, examples):
+def format_command_help(prog: str, usage: str, description: Optional[str],
+                        sections: Sequence[Tuple[str, Sequence[Tuple[str, str]]]],
+                        examples: Sequence[str]) -> str:
     """The help text: usage, description, sections of ``(option, help)`` lines, examples."""
     out = ["usage: %s" % usage, ""]
     if description:
@@ -261,7 +269,8 @@ def format_command_help(prog, usage, description, sections, examples):
     return "\n".join(out)
 
 
-def run_command(parse, body):
+def run_command(parse: Callable[[], Optional[argparse.Namespace]],
+                body: Callable[[argparse.Namespace], int]) -> int:
     """Runs ``body(args)`` after ``parse()``; a :class:`UsageError` is one line and status 2."""
     try:
         args = parse()
@@ -308,7 +317,7 @@ class _Captured(Exception):
     pass
 
 
-def beam_parse_known(argv):
+def beam_parse_known(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
     """``(known option strings, unknown arguments)`` of ``argv`` for the parser Beam builds from
     every registered ``PipelineOptions`` class, the one ``PipelineOptions(argv)`` parses with.
 
@@ -332,7 +341,8 @@ def beam_parse_known(argv):
     return found["known"], found["unknown"]
 
 
-def check_pipeline_arguments(argv, command, command_options):
+def check_pipeline_arguments(argv: Sequence[str], command: str,
+                             command_options: Mapping[str, Sequence[Type["PipelineOptions"]]]) -> None:
     """Raises :class:`UsageError` for the first argument of ``argv`` that is neither an option of
     ``command`` (its classes: ``command_options[command]``) nor one of Beam's, or when the
     project's package names clash (:func:`check_installed_names`)."""
@@ -359,7 +369,9 @@ def check_pipeline_arguments(argv, command, command_options):
         raise error
 
 
-def pipeline_help(command, usage, description, command_options, examples):
+def pipeline_help(command: str, usage: str, description: str,
+                  command_options: Mapping[str, Sequence[Type["PipelineOptions"]]],
+                  examples: Sequence[str]) -> str:
     """``--help`` of a pipeline command: its own options, then the common Beam options."""
     parser = argparse.ArgumentParser(add_help=False)
     for cls in command_options[command]:

@@ -19,7 +19,7 @@ import glob  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
-from typing import List  # noqa: E402
+from typing import List, Optional  # noqa: E402
 
 from core.conditions import ANY_EVENT, NodeTrace  # noqa: E402
 from core.config import ConfigError, load_config  # noqa: E402
@@ -105,7 +105,7 @@ class TransitionTrace:
     over a fresh state (no events yet).
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.engine = None
         self._last = {}
         self.at = {}  # (time, audience index) -> (tree at the point, tree just before)
@@ -135,7 +135,7 @@ def tree_lines(now: NodeTrace, before: NodeTrace, audiences: list) -> List[str]:
     return out
 
 
-def parser():
+def parser() -> CommandParser:
     p = CommandParser(
         "python -m pipelines.explain",
         "Why did this user enter or exit? Prints the user's events and audience transitions (from\n"
@@ -159,7 +159,7 @@ def parser():
     return p
 
 
-def run(argv=None):
+def run(argv: Optional[List[str]] = None) -> int:
     return run_command(lambda: parser().parse(argv), _explain)
 
 

@@ -14,7 +14,7 @@ import tempfile
 import time
 import traceback
 import uuid
-from typing import Callable, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import AzureOptions, PipelineOptions, StandardOptions
@@ -124,7 +124,7 @@ def _choose_runner(options, live_source):
         check_live_runner(options.view_as(StandardOptions).runner)
 
 
-def check_live_runner(runner) -> None:
+def check_live_runner(runner: str) -> None:
     """Refuses or warns about local runners that cannot run a live read faithfully.
 
     Beam's BundleBasedDirectRunner (measured with 2.77; docs/RUNNERS.md) fails
@@ -196,7 +196,7 @@ def main(argv: Optional[List[str]], mode: str, make_evaluate: Callable,
 
 
 @contextlib.contextmanager
-def private_temp_directory():
+def private_temp_directory() -> Iterator[str]:
     """Temporary files of the run in one folder of its own, removed when the run ends.
 
     Beam's local runners make temporary folders (staging, artifacts, a requirements cache) in

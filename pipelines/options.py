@@ -3,6 +3,7 @@
 Every standard Beam option (``--runner``, ``--streaming``, ``--flink_master``, ...) is accepted too.
 """
 import argparse
+from typing import Union
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -15,7 +16,7 @@ class OptionValueError(argparse.ArgumentTypeError, ValueError):
     """A value an option does not take; argparse shows its message after the option's name."""
 
 
-def flag_value(text):
+def flag_value(text: Union[str, bool]) -> bool:
     """A boolean flag's value: ``--verbose`` alone, or ``--verbose=true|false`` (Flex Templates
     pass every parameter with a value)."""
     if isinstance(text, bool):

@@ -24,6 +24,7 @@ import os  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from typing import List, Optional, TextIO  # noqa: E402
 
 from pipelines.cli import CommandParser, UsageError  # noqa: E402
 from clients.eventhubs import (EventHubsDeliveryError, parse_connection_string,  # noqa: E402
@@ -40,8 +41,9 @@ def _line(body_text):
         return json.dumps(body_text, ensure_ascii=False)
 
 
-def read_events(connection_string, eventhub_name=None, consumer_group="$Default",
-                from_start=False, timeout=5.0, out=None):
+def read_events(connection_string: str, eventhub_name: Optional[str] = None,
+                consumer_group: str = "$Default", from_start: bool = False, timeout: float = 5.0,
+                out: Optional[TextIO] = None) -> int:
     """Writes event bodies to ``out`` (stdout) until ``timeout`` seconds pass without one.
 
     Returns the number of events written. Raises :class:`EventHubsDeliveryError` (one line, no
@@ -103,7 +105,7 @@ def read_events(connection_string, eventhub_name=None, consumer_group="$Default"
     return state["count"]
 
 
-def parser():
+def parser() -> CommandParser:
     p = CommandParser(
         "python -m pipelines.read_eventhub",
         "Prints an event hub's events as JSON Lines until no new event has arrived for --timeout\n"
@@ -133,7 +135,7 @@ def parser():
     return p
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
     try:
         args = parser().parse(argv)
     except UsageError as exc:

@@ -12,6 +12,7 @@ if __name__ == "__main__":
     exit_on_interrupt()
 
 import re  # noqa: E402
+from typing import List, Optional  # noqa: E402
 
 from core.config import ConfigError  # noqa: E402
 from core.timeutil import TimeFormatError, parse_time  # noqa: E402
@@ -33,7 +34,7 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _EPOCH = re.compile(r"^\d+(\.\d+)?$")
 
 
-def parse_bound(value):
+def parse_bound(value: str) -> int:
     """A ``--start``/``--end`` value in microseconds: ``2026-11-20`` (UTC midnight), RFC 3339,
     or epoch seconds. Raises ``TimeFormatError``."""
     text = value.strip()
@@ -64,7 +65,7 @@ def _time_range(options):
     return tuple(bounds)
 
 
-def run(argv=None):
+def run(argv: Optional[List[str]] = None) -> int:
     return main(argv, "replay", EvaluateAudiencesBatch, time_range_of=_time_range, help_text=HELP)
 
 

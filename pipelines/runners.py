@@ -27,6 +27,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import TYPE_CHECKING, Any, Iterator, Optional
+
+if TYPE_CHECKING:  # at run time Beam is imported where it is used
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.transforms.external import JavaJarExpansionService
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRISM_RUNNER = "PrismRunner"
@@ -46,7 +51,7 @@ def beam_version() -> str:
     return __version__
 
 
-def prism_binary(version: str = None, root: str = ROOT) -> str:
+def prism_binary(version: Optional[str] = None, root: str = ROOT) -> str:
     """Where ``scripts/install_runners.sh prism`` puts Prism for apache-beam ``version``."""
     return os.path.join(root, ".tools", "prism", "v" + (version or beam_version()), "prism")
 
@@ -56,19 +61,19 @@ def prism_binary(version: str = None, root: str = ROOT) -> str:
 DIRECT_RUNNERS = ("", "direct", "switchingdirect", "fnapi")
 
 
-def runner_name(runner) -> str:
+def runner_name(runner: Any) -> str:
     """``--runner``'s value (a name, a dotted path or a runner object; None: Beam's default) in
     lower case without "runner", e.g. ``direct`` for ``DirectRunner``."""
     name = (runner if isinstance(runner, str) else type(runner).__name__ if runner else "")
     return name.lower().rsplit(".", 1)[-1].replace("runner", "")
 
 
-def is_prism(runner) -> bool:
+def is_prism(runner: Any) -> bool:
     name = runner if isinstance(runner, str) else type(runner).__name__ if runner else ""
     return name.lower().rsplit(".", 1)[-1] in ("prismrunner", "prism")
 
 
-def choose_runner(options, live: bool, binary: str = None) -> str:
+def choose_runner(options: "PipelineOptions", live: bool, binary: Optional[str] = None) -> str:
     """Sets the runner of ``options`` (Beam ``PipelineOptions``) for this run and returns its name.
 
     ``live``: the input is unbounded. Raises :class:`RunnerMissingError` when Prism is the runner,
@@ -120,21 +125,21 @@ def tools_dir() -> str:
     return os.environ.get("CDP_TOOLS_DIR") or os.path.join(ROOT, ".tools")
 
 
-def flink_job_server_jar(version: str = None, flink_minor: str = FLINK_MINOR) -> str:
+def flink_job_server_jar(version: Optional[str] = None, flink_minor: str = FLINK_MINOR) -> str:
     """The path install_runners.sh gives the Flink job server of apache-beam ``version``."""
     version = version or beam_version()
     return os.path.join(tools_dir(), "flink", version,
                         "beam-runners-flink-%s-job-server-%s.jar" % (flink_minor, version))
 
 
-def flink_expansion_service_jar(version: str = None) -> str:
+def flink_expansion_service_jar(version: Optional[str] = None) -> str:
     """The path install_runners.sh gives Beam's Java expansion service (with KafkaIO), beside the
     Flink job server of apache-beam ``version`` and on the same ``lib/``."""
     version = version or beam_version()
     return os.path.join(tools_dir(), "flink", version, "beam-expansion-service-%s.jar" % version)
 
 
-def kafka_expansion_service(options):
+def kafka_expansion_service(options: "PipelineOptions") -> Optional["JavaJarExpansionService"]:
     """The expansion service of a ``kafka://`` input's ReadFromKafka on this run's runner.
 
     On the embedded Flink with the project's job server (``--runner=FlinkRunner``, no
@@ -164,7 +169,7 @@ def kafka_expansion_service(options):
     return JavaJarExpansionService(jar, append_args=["--defaultEnvironmentType=EMBEDDED"])
 
 
-def is_flink(runner) -> bool:
+def is_flink(runner: Any) -> bool:
     name = runner if isinstance(runner, str) else type(runner).__name__ if runner else ""
     return name.rsplit(".", 1)[-1].lower() in ("flinkrunner", "flink")
 
@@ -181,7 +186,7 @@ class WorkerPool:
     interpreter's directory goes first on the pool's PATH (its apache-beam and this project).
     The pool and its workers end with this process, however it ends (see :func:`_pool_main`)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.port = _free_port()
         self._log = tempfile.NamedTemporaryFile(prefix="beam-worker-pool-", suffix=".log",
                                                 delete=False)
@@ -217,12 +222,12 @@ class WorkerPool:
     def log_path(self) -> str:
         return self._log.name
 
-    def log_tail(self, chars=2000) -> str:
+    def log_tail(self, chars: int = 2000) -> str:
         self._log.flush()
         with open(self._log.name, encoding="utf-8", errors="replace") as fh:
             return fh.read()[-chars:].strip()
 
-    def stop(self, keep_log=False):
+    def stop(self, keep_log: bool = False) -> None:
         """Ends the pool and the workers it started (its process group)."""
         if self._proc.poll() is None:
             for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
@@ -255,7 +260,7 @@ def _local_directory(uri):
     return None if "://" in uri else uri
 
 
-def latest_flink_checkpoint(storage_path: str):
+def latest_flink_checkpoint(storage_path: str) -> Optional[str]:
     """The newest complete checkpoint under a ``--state_backend_storage_path`` on a local disk.
 
     Flink writes a job's checkpoints to ``<storage path>/<job id>/chk-<n>/``, the ``_metadata``
@@ -300,7 +305,7 @@ def _check_restore_path(path):
             "name a chk-N or savepoint-... directory" % (path, _CHECKPOINT_METADATA))
 
 
-def apply_flink_defaults(options) -> bool:
+def apply_flink_defaults(options: "PipelineOptions") -> bool:
     """Fills in the Flink options the user left out; True when a worker pool is needed.
 
     Raises RunnerMissingError when the job server is not installed.
@@ -346,7 +351,7 @@ _FLINK_CONFIG_FILES = ("config.yaml", "flink-conf.yaml")
 
 
 @contextlib.contextmanager
-def local_flink_restore(options):
+def local_flink_restore(options: "PipelineOptions") -> Iterator[Optional[str]]:
     """Makes an embedded Flink start the job from ``--savepoint_path``, until the block ends.
 
     Beam 2.62's job server applies ``--savepoint_path`` only when it submits to a Flink cluster
@@ -399,7 +404,7 @@ def local_flink_restore(options):
 
 
 @contextlib.contextmanager
-def runner_environment(options):
+def runner_environment(options: "PipelineOptions") -> Iterator[None]:
     """Applies the runner's defaults to ``options`` and runs what the runner needs beside the
     pipeline (Flink: Beam's worker pool; a restore's configuration) until the block ends."""
     from apache_beam.options.pipeline_options import StandardOptions
@@ -437,7 +442,7 @@ def _worker_pool(options):
             sys.stderr.write("Python workers' log: %s\n" % pool.log_path)
 
 
-def interrupt_stops_the_job_server():
+def interrupt_stops_the_job_server() -> bool:
     """Makes Ctrl-C stop Beam's Flink job server and end the command as an interrupt.
 
     Beam 2.62 installs the job server's ``stop`` as the SIGINT handler when it starts the server,

@@ -11,6 +11,8 @@ from core.interrupt import exit_on_interrupt
 if __name__ == "__main__":
     exit_on_interrupt()
 
+from typing import List, Optional  # noqa: E402
+
 from pipelines.launch import exit_command, main  # noqa: E402
 from transforms.audiences import EvaluateAudiencesStateful  # noqa: E402
 
@@ -26,7 +28,7 @@ HELP = (
      "'eventhubs://events?connection_string_env=EVENTHUB_IN&mode=live' --streaming"))
 
 
-def run(argv=None):
+def run(argv: Optional[List[str]] = None) -> int:
     return main(argv, "stream", EvaluateAudiencesStateful, help_text=HELP)
 
 

@@ -3,9 +3,10 @@ lines the commands print (docs/OUTPUTS.md)."""
 import json
 import logging
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, TextIO, Tuple
 
 from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.runners.runner import PipelineResult
 
 from core.config import JobConfig
 from core.report import build_report, count_rows, export_files, export_windows
@@ -13,10 +14,13 @@ from core.timeutil import format_time
 from core.workflows import WORKFLOWS
 from transforms import outputs
 
+if TYPE_CHECKING:  # pipelines.wiring builds the graph; the summary only reads its RunState
+    from pipelines.wiring import RunState
+
 _LOGGER = logging.getLogger(__name__)
 
 
-def counter_totals(result) -> Optional[Dict[Tuple[str, str], int]]:
+def counter_totals(result: PipelineResult) -> Optional[Dict[Tuple[str, str], int]]:
     """The run's counters summed per (namespace, name); None when the runner reports none."""
     totals = {}
     try:
@@ -76,7 +80,7 @@ def build_summary(job: JobConfig, totals: Optional[Dict[Tuple[str, str], int]], 
     return summary
 
 
-def print_summary(summary: dict, stream=None) -> None:
+def print_summary(summary: dict, stream: Optional[TextIO] = None) -> None:
     """The summary as the commands print it (to stdout by default)."""
     stream = stream or sys.stdout
     w = stream.write
@@ -156,7 +160,7 @@ def _dead_letter_files(output_dir):
     return sorted(found.items())
 
 
-def summary_as_of(result, run_state) -> Optional[str]:
+def summary_as_of(result: PipelineResult, run_state: Optional["RunState"]) -> Optional[str]:
     """The run's as-of time for the summary (RFC 3339), None for an unbounded run."""
     if run_state is None:
         return None

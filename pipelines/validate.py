@@ -14,6 +14,7 @@ if __name__ == "__main__":
 
 import json  # noqa: E402
 import sys  # noqa: E402
+from typing import List, Optional, TextIO  # noqa: E402
 
 from core.config import ConfigError, JobConfig, check_destinations, load_config  # noqa: E402
 from core.redact import Redactor, collect_secrets, mask_secrets  # noqa: E402
@@ -57,7 +58,7 @@ def plan(job: JobConfig) -> dict:
             "audiences": audiences, "works": works}
 
 
-def print_plan(p, out):
+def print_plan(p: dict, out: TextIO) -> None:
     out.write("account %s (aid %s)\n" % (p["account"]["name"], p["account"]["aid"]))
     if p["identity"]["stitch"]:
         out.write("identity: stitching on (an identify merges its anonymous id into its user; "
@@ -74,7 +75,7 @@ def print_plan(p, out):
                                                " (paused)" if w["paused"] else ""))
 
 
-def parser():
+def parser() -> CommandParser:
     p = CommandParser(
         "python -m pipelines.validate",
         "Checks a job config as the pipelines do, before any data moves (every key known, every\n"
@@ -89,7 +90,7 @@ def parser():
     return p
 
 
-def run(argv=None):
+def run(argv: Optional[List[str]] = None) -> int:
     return run_command(lambda: parser().parse(argv), _validate)
 
 

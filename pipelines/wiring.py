@@ -12,11 +12,13 @@ activity and the Blob export keep state and write as the watermark moves, and th
 ``completed`` event (docs/LIVE.md, docs/SEMANTICS.md, ``transforms/live.py``).
 """
 import logging
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.pvalue import DoOutputsTuple
+from apache_beam.typehints.decorators import no_annotations
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.config import JobConfig
@@ -29,6 +31,7 @@ from transforms import outputs
 from transforms.audiences import GroupUserEventsPerBundle
 from transforms.identity import DEADLETTER_PATH, StitchAndEvaluate
 from transforms.live import DedupeSystemEventsLive, Values, is_unbounded
+from transforms.live_sources import LiveSource
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 from transforms.read import DEADLETTER, LATEST, PROFILE, SYSTEM, ParseLines, ReadRecords
 from transforms.state import (SYSTEM_MEMORY, USERS as STATE_USERS, ReadStateSnapshot,
@@ -81,11 +84,14 @@ class DedupeSystemEvents(beam.PTransform):
     On an unbounded input the first copy to arrive wins (:class:`DedupeSystemEventsLive`).
     """
 
-    def __init__(self, memory=None, label=None):
+    def __init__(self, memory: Optional[beam.PCollection[Tuple[Any, int]]] = None,
+                 label: Optional[str] = None) -> None:
         super().__init__(label)
         self._memory = memory
 
-    def expand(self, system_events):
+    @no_annotations
+    def expand(self, system_events: beam.PCollection[SystemEvent]
+               ) -> Union[beam.PCollection[SystemEvent], DoOutputsTuple]:
         if is_unbounded(system_events):
             return system_events | "FirstCopies" >> DedupeSystemEventsLive()
         keyed = system_events | "KeyById" >> beam.Map(_by_id).with_output_types(_BY_ID)
@@ -174,7 +180,7 @@ def _sum_daily_records(records):
 
 # -- the graph -----------------------------------------------------------------------------------
 
-def option_value(options, name: str, default):
+def option_value(options: PipelineOptions, name: str, default: Any) -> Any:
     """An optional tuning flag: its value when the options define it and it is set, else
     ``default`` (the flags of the unbounded path are not declared by every options class)."""
     value = getattr(options, name, None)
@@ -190,7 +196,8 @@ class RunState:
     ``snapshot_as_of``: the loaded snapshot's as-of (the run's as-of if it reads no record).
     """
 
-    def __init__(self, as_of=None, uri=None, temporary=None, snapshot_as_of=None):
+    def __init__(self, as_of: Optional[int] = None, uri: Optional[str] = None,
+                 temporary: Optional[str] = None, snapshot_as_of: Optional[int] = None) -> None:
         self.as_of, self.uri, self.temporary = as_of, uri, temporary
         self.snapshot_as_of = snapshot_as_of
 
@@ -205,8 +212,9 @@ class _Latest:
         return max(values, default=self._fallback)
 
 
-def build_graph(p: beam.Pipeline, job: JobConfig, evaluate: beam.PTransform, options, run_id: str,
-                disabled: Dict[str, str], time_range: Optional[Tuple] = None, live_source=None,
+def build_graph(p: beam.Pipeline, job: JobConfig, evaluate: beam.PTransform, options: PipelineOptions,
+                run_id: str, disabled: Dict[str, str], time_range: Optional[Tuple] = None,
+                live_source: Optional[LiveSource] = None,
                 run_state: Optional[RunState] = None) -> None:
     """Reads, evaluates with ``evaluate`` (a PTransform), and wires every work's output: each
     work by its workflow's Beam side (``pipelines.workflows.BEAM_WORKFLOWS``), the deliveries

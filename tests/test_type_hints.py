@@ -188,3 +188,135 @@ def outer(a: int) -> int:
     assert "complete" in names and "Public.annotated" in names and "outer" in names
     assert not {"_private", "Public._private", "Public.__repr__", "_Private.method",
                 "inner"} & set(names)
+
+
+# -- hints are for readers and type checkers, not for Beam ------------------------------------------
+
+#: The methods Beam reads annotations from when it builds a graph: a DoFn's ``process`` (and
+#: ``process_batch``) for its element types, a PTransform's ``expand`` for its output's type.
+BEAM_READ_METHODS = frozenset(("process", "process_batch", "expand"))
+
+
+def beam_read_methods_without_the_decorator(source, filename="<source>"):
+    """``[Class.method]`` of every annotated ``process``/``process_batch``/``expand`` of a class in
+    ``source`` that lacks ``@no_annotations`` (``apache_beam.typehints.decorators``)."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for fn in node.body:
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            args = fn.args
+            annotated = fn.returns is not None or any(
+                a.annotation is not None for a in args.posonlyargs + args.args + args.kwonlyargs)
+            if (fn.name in BEAM_READ_METHODS and annotated
+                    and "no_annotations" not in _decorator_names(fn)):
+                found.append("%s.%s" % (node.name, fn.name))
+    return found
+
+
+@pytest.mark.parametrize("module", [m for m in COVERED if m.startswith(("transforms/", "pipelines/"))])
+def test_beam_does_not_read_the_hints_of_process_and_expand(module):
+    """Every annotated ``DoFn.process`` and ``PTransform.expand`` carries Beam's
+    ``@no_annotations``.
+
+    Beam 2.62 reads these annotations when it builds a graph (``DoFn.default_type_hints``,
+    ``PTransform.default_type_hints``): an element type there picks the coders of the outputs (a
+    ``Tuple[str, bytes]`` becomes a tuple coder instead of the pickling "any" coder) and is
+    checked against the producer's type at construction. Coders are what Flink's savepoints and
+    Dataflow's update compatibility hold, and what Prism's Flatten handling depends on
+    (``tests/test_prism.py``): a hint written for a reader must not change them. So the hints
+    document the code and feed a type checker; the types Beam uses are the ones the shells give
+    it explicitly (``with_output_types``, typed coders). Checked on the source, so transforms
+    that no sample graph builds (the Event Hubs, Kafka and Pub/Sub reads) are held too; the
+    functions given to ``beam.Map`` and friends are held by the graph test below.
+    """
+    path = ROOT / module
+    missing = beam_read_methods_without_the_decorator(path.read_text(encoding="utf-8"), str(path))
+    assert not missing, "%s: annotated without @no_annotations: %s" % (module, ", ".join(missing))
+
+
+def test_the_decorator_check_names_what_lacks_it():
+    source = '''
+from apache_beam.typehints.decorators import no_annotations
+
+class Typed:
+    def process(self, element: int) -> None:
+        pass
+
+    @no_annotations
+    def expand(self, pcoll: int) -> int:
+        return pcoll
+
+class Bare:
+    def process(self, element):
+        pass
+
+    def helper(self, element: int) -> int:
+        return element
+
+class Batched:
+    def process_batch(self, batch) -> None:
+        pass
+'''
+    assert beam_read_methods_without_the_decorator(source) == ["Typed.process",
+                                                              "Batched.process_batch"]
+
+
+class _Built(Exception):
+    """Raised instead of running a pipeline: its graph was captured."""
+
+
+def _coders_by_pcollection(proto):
+    """``{PCollection unique name: its coder}`` of a Runner API pipeline proto."""
+    from apache_beam.runners import pipeline_context
+    context = pipeline_context.PipelineContext(proto.components)
+    return {p.unique_name: context.coders.get_by_id(p.coder_id)
+            for p in proto.components.pcollections.values()}
+
+
+@pytest.mark.parametrize("command", ["stream", "replay"])
+def test_the_graphs_coders_are_the_same_with_beams_annotation_reading_off(command, tmp_path,
+                                                                          monkeypatch):
+    """The stream and replay graphs of a sample job (every workflow, alerts, ``--state`` for
+    replay) have the same coder on every PCollection whether Beam reads Python annotations or
+    not (``apache_beam.typehints.decorators._disable_from_callable``, which
+    ``disable_type_annotations()`` sets for the whole process): no hint in the project, on a
+    ``process``, an ``expand`` or a function given to ``beam.Map``, changes what Beam encodes.
+    Why that matters: see the test above."""
+    import importlib
+
+    import apache_beam as beam
+    import yaml
+    from apache_beam.typehints import decorators
+
+    from tests.datagen import generate
+    from tests.test_prism import with_webhook_alerts
+    config, lines = generate(5, n_users=10, days=3)
+    config = with_webhook_alerts(config, "http://127.0.0.1:9/hook")
+    config_path, input_path = tmp_path / "config.yaml", tmp_path / "events.jsonl"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True),
+                           encoding="utf-8")
+    input_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    graphs = []
+
+    def capture(pipeline, *args, **kwargs):
+        graphs.append(pipeline.to_runner_api())
+        raise _Built()
+
+    monkeypatch.setattr(beam.Pipeline, "run", capture)
+    argv = ["--config", str(config_path), "--input", str(input_path), "--output_dir",
+            str(tmp_path / "out"), "--progress_seconds", "0"]
+    if command == "replay":
+        argv += ["--state", str(tmp_path / "state.parquet")]
+    run = importlib.import_module("pipelines." + command).run
+    run(argv)
+    monkeypatch.setattr(decorators, "_disable_from_callable", True)
+    run(argv)
+    assert len(graphs) == 2
+    read, ignored = (_coders_by_pcollection(g) for g in graphs)
+    assert len(read) > 50 and set(read) == set(ignored)
+    changed = ["%s: %r, without annotations %r" % (name, read[name], ignored[name])
+               for name in sorted(read) if read[name] != ignored[name]]
+    assert not changed, "\n".join(changed)

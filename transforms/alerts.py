@@ -98,6 +98,7 @@ Outputs of both composites
 import dataclasses
 import functools
 import logging
+from typing import Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -105,6 +106,7 @@ from apache_beam.metrics import Metrics
 from clients.alerting import AlertError
 from clients.smtp import EmailSender
 from clients.webhook import HttpClient, WebhookSender, check_headers
+from core.config import Work
 from core.records import SystemEvent, dead_letter
 from core.system_events import matches
 from transforms import outputs
@@ -221,7 +223,8 @@ class _SendAlerts(beam.PTransform):
     _default_label = "Alerts"
     _delivery_fn_class = _DeliverFn
 
-    def __init__(self, work, output_dir, label=None, flush_seconds=DEFAULT_FLUSH_SECONDS):
+    def __init__(self, work: Work, output_dir: str, label: Optional[str] = None,
+                 flush_seconds: float = DEFAULT_FLUSH_SECONDS) -> None:
         super().__init__(label or "%s[%s]" % (self._default_label, work.id))
         # Checked here, on the launcher, with the credentials resolved; the DoFns get
         # ``worker_settings``, whose ${VAR} references are resolved on the worker.
@@ -261,7 +264,8 @@ class SendWebhookAlerts(_SendAlerts):
     _default_label = "WebhookAlerts"
     _delivery_fn_class = _WebhookDeliveryFn
 
-    def __init__(self, work, output_dir, label=None, flush_seconds=DEFAULT_FLUSH_SECONDS):
+    def __init__(self, work: Work, output_dir: str, label: Optional[str] = None,
+                 flush_seconds: float = DEFAULT_FLUSH_SECONDS) -> None:
         super().__init__(work, output_dir, label, flush_seconds)
         check_headers(self._settings.headers)
         if self._settings.webhook_url:  # parses the URL now: a bad one fails at construction
@@ -279,8 +283,9 @@ class SendEmailAlerts(_SendAlerts):
     _default_label = "EmailAlerts"
     _delivery_fn_class = _EmailDeliveryFn
 
-    def __init__(self, work, output_dir, label=None, account_name=None,
-                 flush_seconds=DEFAULT_FLUSH_SECONDS):
+    def __init__(self, work: Work, output_dir: str, label: Optional[str] = None,
+                 account_name: Optional[str] = None,
+                 flush_seconds: float = DEFAULT_FLUSH_SECONDS) -> None:
         super().__init__(work, output_dir, label, flush_seconds)
         self._account_name = account_name
 

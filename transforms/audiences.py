@@ -43,7 +43,9 @@ import apache_beam as beam
 from apache_beam.coders import BytesCoder
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.metrics import Metrics
+from apache_beam.pvalue import DoOutputsTuple
 from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.typehints.decorators import no_annotations
 from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteStateSpec, TimerSpec,
                                                on_timer)
 from apache_beam.utils.timestamp import Timestamp
@@ -109,11 +111,11 @@ class _EngineMetrics:
 EngineMetrics = _EngineMetrics
 
 
-def changes_from_wire(rows):
+def changes_from_wire(rows: typing.Union[bytes, typing.Sequence[tuple]]) -> typing.List[UserChange]:
     return [UserChange._make(r) for r in unpack_changes(rows)]
 
 
-def export_rows_from_wire(rows):
+def export_rows_from_wire(rows: typing.Union[bytes, typing.List[typing.Any]]) -> typing.List[ExportRow]:
     """Export rows from their wire form: a list of ``(event tuple, attributes)``, or that list
     packed (``core.blocks.pack_rows``, as the batch evaluation emits it)."""
     return [ExportRow(ProfileEvent._make(event), attributes) for event, attributes in unpack_rows(rows)]
@@ -182,7 +184,9 @@ class _GroupPerBundle(beam.DoFn):
 class GroupUserEventsPerBundle(beam.PTransform):
     """``(key, event)`` elements to ``(key, [events])`` per bundle (for unbounded sources)."""
 
-    def expand(self, pcoll):
+    @no_annotations
+    def expand(self, pcoll: beam.PCollection[typing.Tuple[typing.Any, tuple]]
+               ) -> beam.PCollection[typing.Tuple[typing.Any, typing.List[tuple]]]:
         return pcoll | "GroupPerBundle" >> beam.ParDo(_GroupPerBundle())
 
 
@@ -384,12 +388,15 @@ class EvaluateAudiencesStateful(beam.PTransform):
     ``pipelines.wiring.build_graph``); None when ``spec.as_of`` says it or there is none (an unbounded run).
     """
 
-    def __init__(self, spec, label=None, as_of=None):
+    def __init__(self, spec: EngineSpec, label: typing.Optional[str] = None,
+                 as_of: typing.Optional[beam.PCollection[int]] = None) -> None:
         super().__init__(label)
         self._spec = spec
         self.as_of = as_of
 
-    def expand(self, groups):
+    @no_annotations
+    def expand(self, groups: beam.PCollection[typing.Tuple[typing.Tuple[str, str], typing.Any]]
+               ) -> DoOutputsTuple:
         options = groups.pipeline.options
         batch = options is not None and not options.view_as(StandardOptions).streaming \
             and groups.is_bounded
@@ -435,12 +442,15 @@ class EvaluateAudiencesBatch(beam.PTransform):
     ``as_of``: as for :class:`EvaluateAudiencesStateful`.
     """
 
-    def __init__(self, spec, label=None, as_of=None):
+    def __init__(self, spec: EngineSpec, label: typing.Optional[str] = None,
+                 as_of: typing.Optional[beam.PCollection[int]] = None) -> None:
         super().__init__(label)
         self._spec = spec
         self.as_of = as_of
 
-    def expand(self, groups):
+    @no_annotations
+    def expand(self, groups: beam.PCollection[typing.Tuple[typing.Tuple[str, str], typing.Any]]
+               ) -> DoOutputsTuple:
         side = () if self.as_of is None else (beam.pvalue.AsSingleton(self.as_of),)
         return (groups
                 | "IntoGlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())

@@ -137,20 +137,24 @@ later windows are written when they close.
 
 import json
 import typing
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window as beam_window
 from apache_beam.transforms.display import DisplayDataItem
+from apache_beam.typehints.decorators import no_annotations
 
 from clients.blob import AzureDestination, BlobExportError, Destination
 from clients.markers import read_marker, read_marker_end, verify_credentials
+from core.config import Work
 from core.export import ExportSpec, dedupe_system_events
+from core.records import SystemEvent
 from core.redact import reveal
 from core.system_events import work_event
 from core.timeutil import MICROS, parse_time
+from core.workflows import BlobSettings
 from transforms.blob_steps import (DEFAULT_GRACE_SECONDS, AdvanceMarker, FinishRun,
                                    FirstWindow, KeyByWindow, SelectRowBatches, SelectRows,
                                    WriteClosedWindow, WriteWindowFiles)
@@ -173,7 +177,7 @@ class LocalDestination(Destination):
     written through Beam's ``FileSystems`` and appear complete or not at all (temporary name, then
     rename; see :mod:`transforms.outputs`)."""
 
-    def __init__(self, output_dir: str, container: str, prefix: str = ""):
+    def __init__(self, output_dir: str, container: str, prefix: str = "") -> None:
         self.root = outputs.join(output_dir, "blob", container)
         self.prefix = prefix or ""
         self.description = "output directory %s" % self.root
@@ -220,7 +224,7 @@ def _io_reason(exc):
     return " ".join(str(text).split())[:300]
 
 
-def make_destination(settings, output_dir: str = "out") -> Destination:
+def make_destination(settings: BlobSettings, output_dir: str = "out") -> Destination:
     """The destination of a work's :class:`core.workflows.BlobSettings`: Azure with a connection
     string, else the local directory ``<output_dir>/blob/<container>/``."""
     return DestinationRecipe(settings, output_dir).open()
@@ -234,7 +238,7 @@ class DestinationRecipe:
     worker (in the DoFns' ``setup()``).
     """
 
-    def __init__(self, settings, output_dir: str):
+    def __init__(self, settings: BlobSettings, output_dir: str) -> None:
         self._connection_string = settings.connection_string
         self.container = settings.container
         self.prefix = settings.prefix or ""
@@ -253,7 +257,7 @@ class DestinationRecipe:
         return "DestinationRecipe(%s, container=%r)" % (self.kind, self.container)
 
 
-def destination_for(work, output_dir: str = "out") -> Destination:
+def destination_for(work: Work, output_dir: str = "out") -> Destination:
     """:func:`make_destination` of a :class:`core.config.Work` (as ``pipelines.workflows`` calls it)."""
     return make_destination(work.settings, output_dir)
 
@@ -303,9 +307,10 @@ class WriteToBlobExport(beam.PTransform):
     export output is one list per user and bundle), so rows never travel one Beam element each.
     """
 
-    def __init__(self, work, account_name, aid, output_dir, marker_end=None, disabled_reason=None,
-                 label=None, grace_seconds=DEFAULT_GRACE_SECONDS,
-                 flush_seconds=DEFAULT_FLUSH_SECONDS, batched=False):
+    def __init__(self, work: Work, account_name: str, aid: Optional[int], output_dir: str,
+                 marker_end: Optional[int] = None, disabled_reason: Optional[str] = None,
+                 label: Optional[str] = None, grace_seconds: float = DEFAULT_GRACE_SECONDS,
+                 flush_seconds: float = DEFAULT_FLUSH_SECONDS, batched: bool = False) -> None:
         super().__init__(label)
         self._work = work
         self._batched = batched
@@ -320,7 +325,7 @@ class WriteToBlobExport(beam.PTransform):
         if not self._grace_seconds >= 0:
             raise ValueError("grace_seconds must not be negative")
 
-    def display_data(self):
+    def display_data(self) -> Dict[str, Any]:
         s = self._work.settings
         return {"work_id": self._work.id,
                 "destination": DisplayDataItem(self._recipe.kind, label="Destination"),
@@ -342,7 +347,8 @@ class WriteToBlobExport(beam.PTransform):
             if destination is not None:
                 destination.close()
 
-    def expand(self, records):
+    @no_annotations
+    def expand(self, records: beam.PCollection[Any]) -> beam.PCollection[SystemEvent]:
         p = records.pipeline
         work = self._work
         if work.paused:

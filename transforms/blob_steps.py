@@ -4,24 +4,31 @@ what they do together): selecting rows, writing window files through a destinati
 (:mod:`clients.markers`); on an unbounded input, one state key per window and one per work.
 """
 import logging
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window as beam_window
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteStateSpec, TimerSpec,
-                                               on_timer)
+from apache_beam.transforms.userstate import (BagRuntimeState, BagStateSpec,
+                                               ReadModifyWriteRuntimeState, ReadModifyWriteStateSpec,
+                                               RuntimeTimer, TimerSpec, on_timer)
+from apache_beam.typehints.decorators import no_annotations
+from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from clients.blob import BlobExportError
 from clients.markers import write_marker
-from core.export import (CONTENT_TYPES, advance_marker, leading_gap_warning, marker_name,
-                         plan_windows, row_sort_key, window_limit)
-from core.records import dead_letter
+from core.export import (CONTENT_TYPES, ExportRecord, ExportSpec, KeyedRow, advance_marker,
+                         leading_gap_warning, marker_name, plan_windows, row_sort_key, window_limit)
+from core.records import SystemEvent, dead_letter
 from core.system_events import work_event
 from core.timeutil import MICROS, format_time
 from transforms.live import timer_at
+
+if TYPE_CHECKING:  # transforms.blob imports this module
+    from transforms.blob import DestinationRecipe
 
 _LOG = logging.getLogger(__name__)
 #: Warnings for the user about the data (not the machinery): its own level, so they show on a
@@ -41,7 +48,7 @@ class SelectRows(beam.DoFn):
     and bundle) rather than one record.
     """
 
-    def __init__(self, spec, batched=False):
+    def __init__(self, spec: ExportSpec, batched: bool = False) -> None:
         self._spec = spec
         self._batched = batched
         self._skipped = Metrics.counter("work:" + spec.work_id, "skipped_before_marker")
@@ -58,7 +65,8 @@ class SelectRows(beam.DoFn):
             return None
         return spec.window_of(received_at), spec.keyed_row(record)
 
-    def process(self, element):
+    @no_annotations
+    def process(self, element: Union[ExportRecord, List[ExportRecord]]) -> Iterator[Tuple[int, KeyedRow]]:
         for record in element if self._batched else (element,):
             selected = self._selected(record)
             if selected is not None:
@@ -77,11 +85,13 @@ class SelectRowBatches(SelectRows):
     #: Rows held before the batches are emitted within a bundle.
     MAX_BATCHED_ROWS = 10_000
 
-    def start_bundle(self):
+    def start_bundle(self) -> None:
         self._batches = {}
         self._held = 0
 
-    def process(self, element):
+    @no_annotations
+    def process(self, element: Union[ExportRecord, List[ExportRecord]]
+                ) -> Iterator[Tuple[int, List[KeyedRow]]]:
         for record in element if self._batched else (element,):
             selected = self._selected(record)
             if selected is None:
@@ -98,7 +108,7 @@ class SelectRowBatches(SelectRows):
                 self._batches = {}
                 self._held = 0
 
-    def finish_bundle(self):
+    def finish_bundle(self) -> Iterator[WindowedValue]:
         # The input is in the global window (WriteToBlobExport.expand puts it there), so the
         # batches are too; not asking for each record's window keeps process() on Beam's fast
         # call path.
@@ -210,7 +220,9 @@ class WriteWindowFiles(_BlobDoFn):
     RESULTS = "results"
     DEADLETTER = "deadletter"
 
-    def process(self, element, first_with_data):
+    @no_annotations
+    def process(self, element: Tuple[int, List[List[KeyedRow]]], first_with_data: List[Optional[int]]
+                ) -> Iterator[Any]:
         start, batches = element
         keyed_rows = [row for batch in batches for row in batch]
         first = min((r[0], r[1]) for r in keyed_rows)
@@ -231,7 +243,9 @@ class FinishRun(_BlobDoFn):
     a ``failed`` event for windows past the window limit, a logged warning for a first window far
     before the rest (:func:`core.export.leading_gap_warning`)."""
 
-    def process(self, unused_trigger, results):
+    @no_annotations
+    def process(self, unused_trigger: Any, results: Iterable[Tuple[int, Optional[bool], Any, int]]
+                ) -> Iterator[SystemEvent]:
         spec = self._spec
         with_data = {start for start, ok, _, _ in results if ok is not None}
         written = {start for start, ok, _, _ in results if ok}
@@ -261,25 +275,25 @@ class FinishRun(_BlobDoFn):
 class FirstWindow(beam.CombineFn):
     """The smallest window start, or None when there is none."""
 
-    def create_accumulator(self):
+    def create_accumulator(self) -> Optional[int]:
         return None
 
-    def add_input(self, accumulator, start):
+    def add_input(self, accumulator: Optional[int], start: int) -> Optional[int]:
         return start if accumulator is None or start < accumulator else accumulator
 
-    def merge_accumulators(self, accumulators):
+    def merge_accumulators(self, accumulators: Iterable[Optional[int]]) -> Optional[int]:
         present = [a for a in accumulators if a is not None]
         return min(present) if present else None
 
-    def extract_output(self, accumulator):
+    def extract_output(self, accumulator: Optional[int]) -> Optional[int]:
         return accumulator
 
 
 class KeyByWindow:
-    def __init__(self, work_id):
+    def __init__(self, work_id: str) -> None:
         self._work_id = work_id
 
-    def __call__(self, item):
+    def __call__(self, item: Tuple[int, Any]) -> Tuple[str, int]:
         return self._work_id, item[0]
 
 
@@ -308,7 +322,8 @@ class WriteClosedWindow(_BlobDoFn):
     CLOSE = TimerSpec("close", TimeDomain.WATERMARK)
     _WRITTEN, _WAITING = "written", "waiting"
 
-    def __init__(self, spec, recipe, aid, grace_us):
+    def __init__(self, spec: ExportSpec, recipe: "DestinationRecipe", aid: Optional[int],
+                 grace_us: int) -> None:
         super().__init__(spec, recipe, aid)
         self._grace = grace_us
         self._retry = max(grace_us, 60 * MICROS)
@@ -323,8 +338,11 @@ class WriteClosedWindow(_BlobDoFn):
         return beam.pvalue.TaggedOutput(
             self.LATE, dead_letter(dict(zip(spec.columns, keyed_row[2])), reason, spec.work_id))
 
-    def process(self, element, rows=beam.DoFn.StateParam(ROWS),
-                status=beam.DoFn.StateParam(STATUS), close=beam.DoFn.TimerParam(CLOSE)):
+    @no_annotations
+    def process(self, element: Tuple[Tuple[str, int], List[Tuple[int, KeyedRow]]],
+                rows: BagRuntimeState = beam.DoFn.StateParam(ROWS),
+                status: ReadModifyWriteRuntimeState = beam.DoFn.StateParam(STATUS),
+                close: RuntimeTimer = beam.DoFn.TimerParam(CLOSE)) -> Iterator[Any]:
         (_, start), group = element
         state = status.read()
         if state == self._WRITTEN:
@@ -337,9 +355,11 @@ class WriteClosedWindow(_BlobDoFn):
             status.write(self._WAITING)
 
     @on_timer(CLOSE)
-    def write_closed(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
-                     rows=beam.DoFn.StateParam(ROWS), status=beam.DoFn.StateParam(STATUS),
-                     close=beam.DoFn.TimerParam(CLOSE)):
+    def write_closed(self, key: Tuple[str, int] = beam.DoFn.KeyParam,
+                     fired: Timestamp = beam.DoFn.TimestampParam,
+                     rows: BagRuntimeState = beam.DoFn.StateParam(ROWS),
+                     status: ReadModifyWriteRuntimeState = beam.DoFn.StateParam(STATUS),
+                     close: RuntimeTimer = beam.DoFn.TimerParam(CLOSE)) -> Iterator[Any]:
         work_id, start = key
         keyed_rows = [row for group in rows.read() for row in group]
         written, event = self._deliver(start, keyed_rows)
@@ -375,7 +395,8 @@ class AdvanceMarker(_BlobDoFn):
     PROGRESS = ReadModifyWriteStateSpec("progress", PickleCoder())
     PLAN = TimerSpec("plan", TimeDomain.WATERMARK)
 
-    def __init__(self, spec, recipe, aid, grace_us):
+    def __init__(self, spec: ExportSpec, recipe: "DestinationRecipe", aid: Optional[int],
+                 grace_us: int) -> None:
         super().__init__(spec, recipe, aid)
         self._grace = grace_us
         self._retry = max(grace_us, 60 * MICROS)
@@ -383,9 +404,12 @@ class AdvanceMarker(_BlobDoFn):
     def _closes_at(self, start):
         return start + self._spec.period + self._grace
 
-    def process(self, element, timestamp=beam.DoFn.TimestampParam,
-                results=beam.DoFn.StateParam(RESULTS), progress=beam.DoFn.StateParam(PROGRESS),
-                plan_timer=beam.DoFn.TimerParam(PLAN)):
+    @no_annotations
+    def process(self, element: Tuple[str, Tuple[int, bool]],
+                timestamp: Timestamp = beam.DoFn.TimestampParam,
+                results: BagRuntimeState = beam.DoFn.StateParam(RESULTS),
+                progress: ReadModifyWriteRuntimeState = beam.DoFn.StateParam(PROGRESS),
+                plan_timer: RuntimeTimer = beam.DoFn.TimerParam(PLAN)) -> None:
         _, result = element
         results.add(result)
         marker_end, due = progress.read() or (self._spec.marker_end, None)
@@ -395,8 +419,10 @@ class AdvanceMarker(_BlobDoFn):
             progress.write((marker_end, at))
 
     @on_timer(PLAN)
-    def plan(self, fired=beam.DoFn.TimestampParam, results=beam.DoFn.StateParam(RESULTS),
-             progress=beam.DoFn.StateParam(PROGRESS), plan_timer=beam.DoFn.TimerParam(PLAN)):
+    def plan(self, fired: Timestamp = beam.DoFn.TimestampParam,
+             results: BagRuntimeState = beam.DoFn.StateParam(RESULTS),
+             progress: ReadModifyWriteRuntimeState = beam.DoFn.StateParam(PROGRESS),
+             plan_timer: RuntimeTimer = beam.DoFn.TimerParam(PLAN)) -> Iterator[SystemEvent]:
         spec = self._spec
         now = fired.micros
         marker_end, _ = progress.read() or (spec.marker_end, None)

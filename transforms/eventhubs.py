@@ -9,10 +9,12 @@ import hashlib
 import json
 import logging
 import time
+from typing import Any, Dict, Optional, Union
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.display import DisplayDataItem
+from apache_beam.typehints.decorators import no_annotations
 from apache_beam.utils.windowed_value import WindowedValue
 
 from clients.eventhubs import (Secret, describe_failure, hub_name, is_auth_error, is_not_found,
@@ -20,7 +22,7 @@ from clients.eventhubs import (Secret, describe_failure, hub_name, is_auth_error
                               producer_client)
 from clients.retry import Failure, RetryPolicy
 from core.config import EnvRef
-from core.records import dead_letter
+from core.records import SystemEvent, dead_letter
 from core.redact import reveal
 from core.system_events import work_event
 from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
@@ -406,10 +408,12 @@ class WriteToEventHubs(beam.PTransform):
     :param flush_seconds: live (unbounded) input only: the flush period of the dead-letter parts.
     """
 
-    def __init__(self, connection_string, work_id, deadletter_path, eventhub_name=None, aid=None,
-                 retry_total=3, retry_backoff_factor=0.8, retry_backoff_max=10,
-                 timeout_seconds=10, max_buffered_messages=MAX_BUFFERED_MESSAGES,
-                 flush_seconds=DEFAULT_FLUSH_SECONDS):
+    def __init__(self, connection_string: Union[str, EnvRef], work_id: str, deadletter_path: str,
+                 eventhub_name: Optional[str] = None, aid: Optional[int] = None,
+                 retry_total: int = 3, retry_backoff_factor: float = 0.8,
+                 retry_backoff_max: float = 10, timeout_seconds: float = 10,
+                 max_buffered_messages: int = MAX_BUFFERED_MESSAGES,
+                 flush_seconds: float = DEFAULT_FLUSH_SECONDS) -> None:
         super().__init__()
         self._flush_seconds = flush_seconds
         # Fails at construction, before any data moves, on an unusable connection string.
@@ -422,14 +426,15 @@ class WriteToEventHubs(beam.PTransform):
         self._work_id = work_id
         self._deadletter_path = deadletter_path
 
-    def expand(self, messages):
+    @no_annotations
+    def expand(self, messages: beam.PCollection[Any]) -> beam.PCollection[SystemEvent]:
         sent = messages | "SendBatches" >> beam.ParDo(self._fn).with_outputs(DEADLETTER,
                                                                              main="events")
         _ = sent[DEADLETTER] | "WriteDeadLetters" >> WriteJsonLinesFile(
             self._deadletter_path, flush_seconds=self._flush_seconds)
         return sent.events
 
-    def display_data(self):
+    def display_data(self) -> Dict[str, Any]:
         return {"work_id": self._work_id,
                 "eventhub": DisplayDataItem(self._target, label="Event Hub"),
                 "deadletter_path": DisplayDataItem(self._deadletter_path,

@@ -51,9 +51,10 @@ import typing
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.typehints.decorators import no_annotations
 
 from clients.checkpoints import BlobStorageCheckpointStore, Checkpoint, LocalCheckpointStore
-from clients.eventhubs_consumer import EventHubsSourceError, checked_call
+from clients.eventhubs_consumer import EventHubRecord, EventHubsSourceError, checked_call
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -100,7 +101,8 @@ class CommitCheckpoints(beam.PTransform):
     """
 
     def __init__(self, store: typing.Union[LocalCheckpointStore, BlobStorageCheckpointStore],
-                 after: typing.Iterable[beam.PCollection] = (), label: typing.Optional[str] = None):
+                 after: typing.Iterable[beam.PCollection] = (),
+                 label: typing.Optional[str] = None) -> None:
         super().__init__(label)
         if store is None:
             raise EventHubsSourceError("CommitCheckpoints needs a checkpoint store "
@@ -112,7 +114,8 @@ class CommitCheckpoints(beam.PTransform):
             _LOGGER.warning("CommitCheckpoints without after=: checkpoints move once the read is "
                             "done, not once the sinks have delivered")
 
-    def expand(self, records):
+    @no_annotations
+    def expand(self, records: beam.PCollection[EventHubRecord]) -> beam.PCollection[Checkpoint]:
         if not records.is_bounded:
             raise EventHubsSourceError(
                 "CommitCheckpoints is for catch-up (bounded) reads: a live read's position is kept "

@@ -43,13 +43,14 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
 from apache_beam.transforms.window import TimestampedValue
+from apache_beam.typehints.decorators import no_annotations
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from clients.eventhubs import close_quietly
 from clients.eventhubs_consumer import (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_READ_SECONDS,
                                         DEFAULT_MAX_WAIT_SECONDS, UNBOUNDED_STOP, ClientSettings,
-                                        EventHubRecord, EventHubsSourceError, PartitionReader,
-                                        event_record)
+                                        EventHubRecord, EventHubsSourceError, PartitionPlan,
+                                        PartitionReader, event_record)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -61,16 +62,16 @@ class EventHubRecordCoder(coders.Coder):
     _TUPLE = coders.TupleCoder([coders.BytesCoder(), coders.VarIntCoder(), coders.StrUtf8Coder(),
                                 coders.VarIntCoder(), coders.StrUtf8Coder()])
 
-    def encode(self, value):
+    def encode(self, value: EventHubRecord) -> bytes:
         return self._TUPLE.encode(tuple(value))
 
-    def decode(self, encoded):
+    def decode(self, encoded: bytes) -> EventHubRecord:
         return EventHubRecord._make(self._TUPLE.decode(encoded))
 
-    def is_deterministic(self):
+    def is_deterministic(self) -> bool:
         return True
 
-    def to_type_hint(self):
+    def to_type_hint(self) -> type:
         return EventHubRecord
 
     def __eq__(self, other):
@@ -90,15 +91,16 @@ class SequenceRangeTracker(OffsetRestrictionTracker):
     (a checkpoint; see the module docstring) and reports progress as work done and "some" left.
     """
 
-    def is_bounded(self):
+    def is_bounded(self) -> bool:
         return self._range.stop != UNBOUNDED_STOP
 
-    def try_split(self, fraction_of_remainder):
+    def try_split(self, fraction_of_remainder: float
+                  ) -> typing.Optional[typing.Tuple[OffsetRange, OffsetRange]]:
         if not self.is_bounded() and fraction_of_remainder > 0:
             return None
         return super().try_split(fraction_of_remainder)
 
-    def current_progress(self):
+    def current_progress(self) -> RestrictionProgress:
         if self.is_bounded():
             return super().current_progress()
         done = 0 if self._current_position is None else \
@@ -112,13 +114,13 @@ class SequenceRangeTracker(OffsetRestrictionTracker):
 class SequenceRangeProvider(RestrictionProvider):
     """Restrictions of a partition plan: ``OffsetRange(start, stop)`` of sequence numbers."""
 
-    def initial_restriction(self, plan):
+    def initial_restriction(self, plan: PartitionPlan) -> OffsetRange:
         return OffsetRange(plan.start, plan.stop)
 
-    def create_tracker(self, restriction):
+    def create_tracker(self, restriction: OffsetRange) -> SequenceRangeTracker:
         return SequenceRangeTracker(restriction)
 
-    def restriction_size(self, plan, restriction):
+    def restriction_size(self, plan: PartitionPlan, restriction: OffsetRange) -> int:
         if restriction.stop == UNBOUNDED_STOP:
             return 1              # unknown: the runner only needs a positive number
         return max(0, restriction.stop - restriction.start)
@@ -127,12 +129,14 @@ class SequenceRangeProvider(RestrictionProvider):
 class EnqueuedTimeWatermarks(WatermarkEstimatorProvider):
     """A manual watermark that the reader moves to the enqueued time of what it emitted."""
 
-    def initial_estimator_state(self, plan, restriction):
+    def initial_estimator_state(self, plan: PartitionPlan, restriction: OffsetRange
+                                ) -> typing.Optional[Timestamp]:
         if plan.watermark_us is None:
             return None
         return Timestamp(micros=plan.watermark_us)
 
-    def create_watermark_estimator(self, estimator_state):
+    def create_watermark_estimator(self, estimator_state: typing.Optional[Timestamp]
+                                   ) -> ManualWatermarkEstimator:
         return ManualWatermarkEstimator(estimator_state)
 
 
@@ -168,7 +172,7 @@ class ReadPartitionFn(beam.DoFn):
                  prefetch: typing.Optional[int] = None, idle_watermark_lag_seconds: float = 5.0,
                  watermark_delay_seconds: float = 0.0,
                  max_read_seconds: float = DEFAULT_MAX_READ_SECONDS,
-                 stall_seconds: typing.Optional[float] = None):
+                 stall_seconds: typing.Optional[float] = None) -> None:
         self._settings = settings
         self._max_batch_size = int(max_batch_size)
         self._max_wait_seconds = float(max_wait_seconds)
@@ -188,10 +192,10 @@ class ReadPartitionFn(beam.DoFn):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def setup(self):
+    def setup(self) -> None:
         self._client = self._settings.consumer_client()
 
-    def teardown(self):
+    def teardown(self) -> None:
         readers = list(self._readers.values())
         self._readers.clear()
         if len(readers) > 1:
@@ -205,8 +209,11 @@ class ReadPartitionFn(beam.DoFn):
 
     # -- reading -----------------------------------------------------------------------------
 
-    def process(self, plan, tracker=beam.DoFn.RestrictionParam(_RESTRICTIONS),
-                watermark_estimator=beam.DoFn.WatermarkEstimatorParam(_WATERMARKS)):
+    @no_annotations
+    def process(self, plan: PartitionPlan,
+                tracker: SequenceRangeTracker = beam.DoFn.RestrictionParam(_RESTRICTIONS),
+                watermark_estimator: ManualWatermarkEstimator = beam.DoFn.WatermarkEstimatorParam(
+                    _WATERMARKS)) -> typing.Iterator[TimestampedValue]:
         yield from self._read(plan, tracker, watermark_estimator, bounded=True)
 
     def _reader(self, partition, position):
@@ -325,8 +332,11 @@ class ReadPartitionLiveFn(ReadPartitionFn):
     """The live variant: unbounded output, deferred while idle, watermark by enqueued time."""
 
     @beam.DoFn.unbounded_per_element()
-    def process(self, plan, tracker=beam.DoFn.RestrictionParam(_RESTRICTIONS),
-                watermark_estimator=beam.DoFn.WatermarkEstimatorParam(_WATERMARKS)):
+    @no_annotations
+    def process(self, plan: PartitionPlan,
+                tracker: SequenceRangeTracker = beam.DoFn.RestrictionParam(_RESTRICTIONS),
+                watermark_estimator: ManualWatermarkEstimator = beam.DoFn.WatermarkEstimatorParam(
+                    _WATERMARKS)) -> typing.Iterator[TimestampedValue]:
         yield from self._read(plan, tracker, watermark_estimator, bounded=False)
 
 

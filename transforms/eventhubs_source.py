@@ -71,6 +71,7 @@ import typing
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.display import DisplayDataItem
+from apache_beam.typehints.decorators import no_annotations
 
 from clients.checkpoints import OWNERSHIP_EXPIRY_SECONDS
 from clients.eventhubs import close_quietly
@@ -214,7 +215,7 @@ class ReadFromEventHubs(beam.PTransform):
                  max_read_seconds: float = DEFAULT_MAX_READ_SECONDS,
                  checkpoint_container: typing.Optional[str] = None,
                  checkpoint_connection_string: typing.Union[str, EnvRef, None] = None,
-                 label: typing.Optional[str] = None):
+                 label: typing.Optional[str] = None) -> None:
         super().__init__(label)
         if int(max_batch_size) < 1:
             raise EventHubsSourceError("max_batch_size must be at least 1")
@@ -259,7 +260,8 @@ class ReadFromEventHubs(beam.PTransform):
         return _PlanPartitions(self._settings, self.checkpoint_store, self.bounded,
                                self._read_options["watermark_delay_seconds"])
 
-    def expand(self, pbegin):
+    @no_annotations
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[EventHubRecord]:
         return (pbegin
                 | "Impulse" >> beam.Impulse()
                 | "PlanPartitions" >> beam.ParDo(self.plan_fn())
@@ -307,7 +309,7 @@ class ReadFromEventHubs(beam.PTransform):
             return None
         return records | label >> CommitCheckpoints(self.checkpoint_store, after=after)
 
-    def display_data(self):
+    def display_data(self) -> typing.Dict[str, typing.Any]:
         data = {"eventhub": DisplayDataItem("%s/%s" % (self._settings.namespace,
                                                        self._settings.eventhub_name),
                                             label="Event Hub"),

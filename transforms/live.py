@@ -30,10 +30,11 @@ from apache_beam.coders import VarIntCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow
+from apache_beam.typehints.decorators import no_annotations
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from core.records import DEDUPE_HORIZON_US
+from core.records import DEDUPE_HORIZON_US, SystemEvent
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -42,12 +43,12 @@ _LAST_TIMER_US = GlobalWindow().max_timestamp().micros // 1000 * 1000
 _FIRST_TIMER_US = MIN_TIMESTAMP.micros // 1000 * 1000 + 1000
 
 
-def is_unbounded(pcoll):
+def is_unbounded(pcoll: beam.PCollection) -> bool:
     """Whether ``pcoll`` never ends (a live source, TestStream); its consumers must not group."""
     return not pcoll.is_bounded
 
 
-def timer_at(micros):
+def timer_at(micros: int) -> Timestamp:
     """A timer timestamp for ``micros``: rounded up to the millisecond and kept inside the global
     window.
 
@@ -85,12 +86,14 @@ class Values(beam.PTransform):
     its output's coder).
     """
 
-    def __init__(self, values, label=None, element_type=None):
+    def __init__(self, values: typing.Iterable[typing.Any], label: typing.Optional[str] = None,
+                 element_type: typing.Any = None) -> None:
         super().__init__(label)
         self._values = list(values)
         self._element_type = element_type
 
-    def expand(self, pbegin):
+    @no_annotations
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[typing.Any]:
         values = beam.FlatMap(_Values(self._values))
         if self._element_type is not None:
             values = values.with_output_types(self._element_type)
@@ -145,7 +148,8 @@ class BatchPerBundle(beam.PTransform):
     keys), or one constant key for every element.
     """
 
-    def __init__(self, key, key_type=None, label=None):
+    def __init__(self, key: typing.Any, key_type: typing.Any = None,
+                 label: typing.Optional[str] = None) -> None:
         super().__init__(label)
         if callable(key):
             if key_type is None:
@@ -154,7 +158,9 @@ class BatchPerBundle(beam.PTransform):
         else:
             self._key_of, self._key_type = _Constant(key), type(key)
 
-    def expand(self, pcoll):
+    @no_annotations
+    def expand(self, pcoll: beam.PCollection[typing.Any]
+               ) -> beam.PCollection[typing.Tuple[typing.Any, typing.List[typing.Any]]]:
         # Typed, so the stateful step after it gets a deterministic key coder.
         return pcoll | "Batch" >> beam.ParDo(_BatchPerBundle(self._key_of)).with_output_types(
             typing.Tuple[self._key_type, typing.Any])
@@ -199,7 +205,8 @@ class DedupeSystemEventsLive(beam.PTransform):
     ``received_at``. The two agree whenever copies arrive in ``received_at`` order.
     """
 
-    def expand(self, events):
+    @no_annotations
+    def expand(self, events: beam.PCollection[SystemEvent]) -> beam.PCollection[SystemEvent]:
         return (events
                 | "KeyById" >> beam.Map(_key_by_id).with_output_types(typing.Tuple[str, typing.Any])
                 | "FirstCopyPerId" >> beam.ParDo(_FirstCopyPerId()))

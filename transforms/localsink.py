@@ -39,6 +39,7 @@ import zlib
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.typehints.decorators import no_annotations
 from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteStateSpec, TimerSpec,
                                                on_timer)
 
@@ -95,26 +96,27 @@ class _WriteSortedLines(beam.DoFn):
         yield self._path, count
 
 
-def replace_file(path, chunks):
+def replace_file(path: str, chunks: typing.Iterable[bytes]) -> None:
     """Writes ``chunks`` (bytes) as the file ``path`` (a local path or a Beam file system URI)
     through a temporary name and a rename: a reader never sees a half-written file, and a retry
     replaces the same name whole."""
     outputs.write_file(path, chunks)
 
 
-def parts_directory(path):
+def parts_directory(path: str) -> str:
     """Where an unbounded sink writes the parts of ``path``: ``DIR/x.jsonl`` -> ``DIR/x``."""
     stem, ext = os.path.splitext(path)
     return stem if ext == ".jsonl" else path + ".parts"
 
 
-def part_name(index, data, shard=0):
+def part_name(index: int, data: bytes, shard: int = 0) -> str:
     """``part-<index>-<shard>-<hash>.jsonl``: the same index, shard and bytes always give the
     same name."""
     return "part-%06d-%03d-%s.jsonl" % (index, shard, hashlib.sha256(data).hexdigest()[:8])
 
 
-def write_part(directory, index, records, sort_key, shard=0):
+def write_part(directory: str, index: int, records: typing.Iterable[typing.Any],
+               sort_key: typing.Callable[[typing.Any], typing.Any], shard: int = 0) -> str:
     """Writes one part (records sorted by ``sort_key``); returns its path.
 
     Through ``replace_file``: a reader never sees a half-written part, and a retry replaces the
@@ -126,7 +128,7 @@ def write_part(directory, index, records, sort_key, shard=0):
     return path
 
 
-def shard_of(record, shards):
+def shard_of(record: typing.Any, shards: int) -> int:
     """The shard of an unbounded sink's record: the same record always goes to the same shard."""
     return zlib.crc32(json_line(record)) % shards
 
@@ -200,9 +202,14 @@ class WriteJsonLinesFile(beam.PTransform):
     ``write_empty=False``: no file when no record arrives (see the module docstring).
     """
 
-    def __init__(self, path, sort_key=None, batched=False, label=None,
-                 flush_seconds=DEFAULT_FLUSH_SECONDS, merge=None, encoded=None,
-                 shards=DEFAULT_SHARDS, write_empty=True):
+    def __init__(self, path: str,
+                 sort_key: typing.Optional[typing.Callable[[typing.Any], typing.Any]] = None,
+                 batched: bool = False, label: typing.Optional[str] = None,
+                 flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+                 merge: typing.Optional[typing.Callable[[list], list]] = None,
+                 encoded: typing.Optional[typing.Callable[[typing.Iterable[typing.Any]],
+                                                          typing.Sequence[bytes]]] = None,
+                 shards: int = DEFAULT_SHARDS, write_empty: bool = True) -> None:
         super().__init__(label)
         if not (isinstance(shards, int) and shards >= 1):
             raise ValueError("shards must be a whole number of 1 or more")
@@ -217,7 +224,9 @@ class WriteJsonLinesFile(beam.PTransform):
         if not self._flush_seconds >= 0:
             raise ValueError("flush_seconds must not be negative")
 
-    def expand(self, records):
+    @no_annotations
+    def expand(self, records: beam.PCollection[typing.Any]
+               ) -> beam.PCollection[typing.Tuple[str, int]]:
         if is_unbounded(records):
             if self._encoded is not None:
                 raise ValueError("encoded records are for bounded input; an unbounded sink "

@@ -20,6 +20,7 @@ from typing import Iterable, List, Optional
 
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from core.interrupt import tracked_temporary
 
@@ -32,7 +33,7 @@ def is_uri(path: str) -> bool:
     return "://" in path
 
 
-def use_options(options) -> None:
+def use_options(options: PipelineOptions) -> None:
     """Gives Beam's file systems the pipeline options (credentials of ``azfs://`` and the like)."""
     FileSystems.set_options(options)
 

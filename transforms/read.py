@@ -30,6 +30,7 @@ import logging
 import os
 import sys
 import time
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -41,6 +42,8 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
+from apache_beam.pvalue import DoOutputsTuple, PBegin
+from apache_beam.typehints.decorators import no_annotations
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.blocks import BLOCK_BYTES, join_packed, parse_block, parse_rows, read_blocks, renumbered
@@ -76,29 +79,29 @@ CHUNK_LINES = 200000
 SPLIT_BYTES = 64 << 20
 
 
-def block_bytes(range_size):
+def block_bytes(range_size: int) -> int:
     """Bytes per block for a range of ``range_size`` bytes (see BLOCKS_PER_FILE)."""
     return min(max(range_size // BLOCKS_PER_FILE + 1, BLOCK_BYTES), MAX_BLOCK_BYTES)
 
 
-def read_whole(path):
+def read_whole(path: str) -> bool:
     """Whether a file is read whole, as one range: Parquet, and compressed files (by their name's
     suffix, as Beam's file systems tell them), cannot be read from the middle."""
     return (path.endswith(".parquet")
             or CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED)
 
 
-def user_key(event):
+def user_key(event: ProfileEvent) -> Tuple[str, str]:
     return (event.key_field, event.key)
 
 
-def to_wire(records):
+def to_wire(records: Iterable[tuple]) -> List[tuple]:
     """Records as plain tuples: Beam's fast coder encodes those natively, named tuples one by one
     through pickle (several times slower)."""
     return [tuple(r) for r in records]
 
 
-def events_from_wire(rows):
+def events_from_wire(rows: Iterable[Sequence]) -> List[ProfileEvent]:
     return [ProfileEvent._make(r) for r in rows]
 
 
@@ -114,7 +117,7 @@ class InputMissingError(ValueError):
     pass
 
 
-def check_input_exists(pattern):
+def check_input_exists(pattern: str) -> List[str]:
     """Raises InputMissingError with one line when the glob matches no file."""
     try:
         matches = FileSystems.match([pattern])[0].metadata_list
@@ -353,8 +356,9 @@ class ReadRecords(beam.PTransform):
     (the runner may split them further); the records and dead letters are the same whatever it is.
     """
 
-    def __init__(self, pattern, time_range=None, progress_seconds=0.0, label=None,
-                 max_ts_skew=DEFAULT_MAX_TS_SKEW_US, split_bytes=SPLIT_BYTES):
+    def __init__(self, pattern: str, time_range: Optional[Tuple[Optional[int], Optional[int]]] = None,
+                 progress_seconds: float = 0.0, label: Optional[str] = None,
+                 max_ts_skew: int = DEFAULT_MAX_TS_SKEW_US, split_bytes: int = SPLIT_BYTES) -> None:
         super().__init__(label)
         self._max_ts_skew = max_ts_skew
         self._pattern = pattern
@@ -362,7 +366,8 @@ class ReadRecords(beam.PTransform):
         self._progress_seconds = progress_seconds
         self._split_bytes = split_bytes
 
-    def expand(self, pbegin):
+    @no_annotations
+    def expand(self, pbegin: PBegin) -> DoOutputsTuple:
         return (pbegin
                 | "MatchFiles" >> fileio.MatchFiles(self._pattern)
                 | "ReadMatches" >> fileio.ReadMatches()
@@ -419,14 +424,15 @@ class ParseLines(beam.PTransform):
     source): profile events come out one per element, keyed by user; a record without
     ``received_at`` gets the source's arrival time. ``max_ts_skew``: as for :class:`ReadRecords`."""
 
-    def __init__(self, source="stream", track_latest=False, label=None,
-                 max_ts_skew=DEFAULT_MAX_TS_SKEW_US):
+    def __init__(self, source: str = "stream", track_latest: bool = False,
+                 label: Optional[str] = None, max_ts_skew: int = DEFAULT_MAX_TS_SKEW_US) -> None:
         super().__init__(label)
         self._source = source
         self._track_latest = track_latest
         self._max_ts_skew = max_ts_skew
 
-    def expand(self, lines):
+    @no_annotations
+    def expand(self, lines: beam.PCollection) -> DoOutputsTuple:
         return lines | "Parse" >> beam.ParDo(_ParseLine(
             self._source, self._track_latest, self._max_ts_skew)).with_outputs(
             DEADLETTER, SYSTEM, LATEST, main=PROFILE)

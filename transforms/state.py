@@ -11,18 +11,21 @@ local path or any Beam file system (``azfs://``, ``gs://``...).
 """
 import io
 import logging
+from typing import Any, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.pvalue import DoOutputsTuple
 from apache_beam.transforms.window import GlobalWindow
+from apache_beam.typehints.decorators import no_annotations
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.blocks import pack_rows, unpack_rows
 from core.history import RESTORED
 from core.records import DEDUPE_HORIZON_US
-from core.snapshot import SnapshotError, read_snapshot, system_event_row, user_row, write_snapshot
+from core.snapshot import Snapshot, SnapshotError, read_snapshot, system_event_row, user_row, write_snapshot
 from core.state import decode_document, encode_document
 from transforms.live import Values
 from transforms.outputs import exists
@@ -32,7 +35,7 @@ _LOGGER = logging.getLogger(__name__)
 USERS, SYSTEM_MEMORY = "users", "system_memory"
 
 
-def load_snapshot(uri):
+def load_snapshot(uri: str) -> Optional[Snapshot]:
     """The snapshot at ``uri`` (``core.snapshot.Snapshot``), or None if there is none yet.
     Raises ``SnapshotError`` (one line) for a file that is not a snapshot this code reads."""
     if not exists(uri):  # not FileSystems.exists: Beam's azfs raises for a missing blob
@@ -45,11 +48,11 @@ def load_snapshot(uri):
     return read_snapshot(data)
 
 
-def temporary_uri(uri, run_id):
+def temporary_uri(uri: str, run_id: str) -> str:
     return "%s.tmp-%s" % (uri, run_id)
 
 
-def commit_snapshot(temporary, uri):
+def commit_snapshot(temporary: str, uri: str) -> None:
     """Moves the run's snapshot over the previous one (a rename: readers see one or the other)."""
     if exists(uri):
         try:
@@ -85,11 +88,12 @@ class ReadStateSnapshot(beam.PTransform):
     """The snapshot at ``uri`` as ``users`` (groups for the evaluation) and ``system_memory``
     (``(system event id, received_at)``); both empty if there is no snapshot yet."""
 
-    def __init__(self, uri, label=None):
+    def __init__(self, uri: str, label: Optional[str] = None) -> None:
         super().__init__(label)
         self._uri = uri
 
-    def expand(self, pbegin):
+    @no_annotations
+    def expand(self, pbegin: beam.pvalue.PBegin) -> DoOutputsTuple:
         return (pbegin
                 | "Uri" >> Values([self._uri])
                 | "Read" >> beam.ParDo(_ReadSnapshotFn(self._uri)).with_outputs(
@@ -130,13 +134,17 @@ class WriteStateSnapshot(beam.PTransform):
     ``as_of``: the run's as-of time (it drops the memory no later copy can match): an int,
     None, or a singleton PCollection of it."""
 
-    def __init__(self, temporary, account, as_of, label=None):
+    def __init__(self, temporary: str, account: str,
+                 as_of: Union[int, None, beam.PCollection[Optional[int]]],
+                 label: Optional[str] = None) -> None:
         super().__init__(label)
         self._temporary = temporary
         self._account = account
         self._as_of = as_of
 
-    def expand(self, inputs):
+    @no_annotations
+    def expand(self, inputs: Tuple[beam.PCollection[Tuple[Tuple[str, str], Tuple[bytes, Any]]],
+                                   beam.PCollection[Tuple[Any, int]]]) -> beam.PCollection[str]:
         states, memory = inputs
         as_of = self._as_of
         if not isinstance(as_of, beam.PCollection):

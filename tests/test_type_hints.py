@@ -284,7 +284,11 @@ def test_the_graphs_coders_are_the_same_with_beams_annotation_reading_off(comman
     not (``apache_beam.typehints.decorators._disable_from_callable``, which
     ``disable_type_annotations()`` sets for the whole process): no hint in the project, on a
     ``process``, an ``expand`` or a function given to ``beam.Map``, changes what Beam encodes.
-    Why that matters: see the test above."""
+    Why that matters: see the test above. A function given to ``beam.Map`` may keep its hints
+    when they say what Beam infers from its bytecode anyway (``export_rows_from_wire`` returns a
+    list either way); a hint that says more or other is a failure here, naming the PCollection.
+    The unbounded graphs (live sources) are not built here; their ``process`` and ``expand``
+    are held by the test above."""
     import importlib
 
     import apache_beam as beam

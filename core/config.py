@@ -50,10 +50,10 @@ class Work:
     label: Optional[str] = None
     description: Optional[str] = None
     paused: bool = False
-    settings: object = None
+    settings: Any = None
     #: ``settings`` as the workers get them: a credential the config gives as a ``${VAR}``
     #: reference is an :class:`EnvRef` here, resolved on the worker (:func:`resolve_settings`).
-    worker_settings: object = None
+    worker_settings: Any = None
 
     @property
     def path(self) -> str:

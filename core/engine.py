@@ -213,7 +213,7 @@ class Engine:
     """
 
     def __init__(self, audience_set: AudienceSet, backfill_starts: Sequence[int] = (),
-                 export_attributes: Optional[Sequence[str]] = None,
+                 export_attributes: Optional[Iterable[str]] = None,
                  observer: Optional[Callable[[Evaluation], None]] = None) -> None:
         self.audiences = audience_set
         self.specs = audience_set.specs

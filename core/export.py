@@ -49,7 +49,7 @@ from core.records import SystemEvent, canonical_json, dedupe_first_copies
 from core.timeutil import MICROS, format_time, parse_time, to_unix_seconds
 
 if TYPE_CHECKING:
-    from core.config import BlobSettings
+    from core.workflows import BlobSettings
     from core.engine import ExportRow
 
 #: What a work exports: an event with its user's attributes (``events``) or a system event.

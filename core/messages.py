@@ -16,7 +16,7 @@ from core.timeutil import OPEN_EXIT, format_time
 
 if TYPE_CHECKING:
     from core.conditions import Audience
-    from core.config import EventHubSettings
+    from core.workflows import EventHubSettings
     from core.engine import UserChange
 
 #: A message: the JSON object of CONTRACT 5.1.

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Protocol, TypeV
 from core.config import SECRET_KEYS, EnvRef, resolve_settings
 
 if TYPE_CHECKING:
-    from core.config import AlertSettings
+    from core.workflows import AlertSettings
 
 MASK = "****"
 

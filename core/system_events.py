@@ -10,7 +10,7 @@ from core.redact import scrub
 from core.timeutil import MICROS, format_time
 
 if TYPE_CHECKING:
-    from core.config import AlertSettings
+    from core.workflows import AlertSettings
 
 #: ``notes`` longer than this are cut (an exception text can be long; alerts need the gist).
 MAX_NOTES_CHARS = 2000

@@ -73,7 +73,8 @@ def is_prism(runner: Any) -> bool:
     return name.lower().rsplit(".", 1)[-1] in ("prismrunner", "prism")
 
 
-def choose_runner(options: "PipelineOptions", live: bool, binary: Optional[str] = None) -> str:
+def choose_runner(options: "PipelineOptions", live: bool,
+                  binary: Optional[str] = None) -> Optional[str]:
     """Sets the runner of ``options`` (Beam ``PipelineOptions``) for this run and returns its name.
 
     ``live``: the input is unbounded. Raises :class:`RunnerMissingError` when Prism is the runner,

@@ -95,23 +95,47 @@ def test_beam_options_still_pass(job):
     assert PipelineOptions(argv).get_all_options()["parallelism"] == 4
 
 
-def _options_of(module):
-    """``{option: action}`` the command declares, from its own parser or options classes."""
+def _parser_of(module):
+    """The ``argparse`` parser that declares the command's own options (its options classes for
+    the pipelines), or None for the commands whose parser is built inside ``main``."""
     import importlib
     from pipelines.options import COMMAND_OPTIONS
     if module in COMMAND_OPTIONS:
         parser = argparse.ArgumentParser(add_help=False)
         for cls in COMMAND_OPTIONS[module]:
             cls._add_argparse_args(parser)  # pylint: disable=protected-access
-    elif module == "emulators.run_with_local_eventhubs":
-        return _options_of("pipelines.stream")
-    else:
-        mod = importlib.import_module(module)
-        if module == "emulators.eventhubs":
-            return {"--host", "--port", "--hub", "--partitions", "--key"}
-        parser = mod.parser()
-    return {a.option_strings[0] for a in parser._actions if a.option_strings  # pylint: disable=protected-access
-            and a.option_strings[0] != "-h"}
+        return parser
+    if module == "emulators.run_with_local_eventhubs":
+        return _parser_of("pipelines.stream")
+    mod = importlib.import_module(module)
+    return mod.parser() if hasattr(mod, "parser") else None
+
+
+def _options_of(module):
+    """``{option: its help text, or None when the parser is not reachable}`` the command
+    declares."""
+    parser = _parser_of(module)
+    if parser is None:  # emulators.eventhubs builds its parser in main()
+        assert module == "emulators.eventhubs", module
+        return dict.fromkeys(("--host", "--port", "--hub", "--partitions", "--key"))
+    return {a.option_strings[0]: a.help for a in parser._actions  # pylint: disable=protected-access
+            if a.option_strings and a.option_strings[0] != "-h"}
+
+
+@pytest.mark.parametrize("module", [c for c in COMMANDS if c.startswith("pipelines.")])
+def test_every_option_declares_one_line_of_help_with_its_own_example(module):
+    # Issue 18 point 2, checked where the options are declared: each has help, on one line, that
+    # ends with an example of the option itself ("e.g. --start 2026-11-20"), so --help shows
+    # what to type.
+    parser = _parser_of(module)
+    actions = [a for a in parser._actions if a.option_strings]  # pylint: disable=protected-access
+    assert actions
+    for action in actions:
+        name = action.option_strings[0]
+        assert action.help and action.help.strip(), "%s %s has no help" % (module, name)
+        assert "\n" not in action.help, "%s %s: help of more than one line" % (module, name)
+        assert any("e.g. " + s in action.help for s in action.option_strings), (
+            "%s %s: no example of the option in its help: %r" % (module, name, action.help))
 
 
 @pytest.mark.parametrize("module", COMMANDS)
@@ -121,11 +145,17 @@ def test_help_lists_every_option_on_one_line_with_an_example(module):
     text = result.stdout
     assert text.startswith("usage: ") and "Traceback" not in result.stderr
     lines = text.splitlines()
-    for option in _options_of(module):
-        line = next((l for l in lines if l.lstrip().startswith(option + " ")
-                     or l.strip() == option), None)
-        assert line, "%s --help does not list %s" % (module, option)
-        assert "e.g. " + option.split()[0] in line or "e.g. " in line, line
+    for option, help_text in _options_of(module).items():
+        at = next((i for i, l in enumerate(lines) if l.lstrip().startswith(option + " ")
+                   or l.strip() == option), None)
+        assert at is not None, "%s --help does not list %s" % (module, option)
+        # The help follows the option on its line, or alone on the next when the option and
+        # its value are too wide for the column.
+        entry = lines[at] if lines[at].strip() != option and "  " in lines[at].strip() \
+            else lines[at] + " " + lines[at + 1]
+        assert "e.g. " + option in entry, entry
+        if help_text is not None:
+            assert " ".join(help_text.split()) in " ".join(entry.split()), (option, entry)
     examples = lines[lines.index("Examples:") + 1:]
     assert any(e.strip().startswith(("python -m " + module, "EVENTHUB_CONNECTION_STRING="))
                for e in examples), examples

@@ -37,7 +37,7 @@ class ActivationOptions(PipelineOptions):
     """
 
     @classmethod
-    def _add_argparse_args(cls, parser):
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         # Not required=True: Beam parses every registered options class for every pipeline in the
         # process, so a required flag here would break unrelated pipelines; the launcher checks.
         parser.add_argument(
@@ -85,7 +85,7 @@ class ReplayOptions(PipelineOptions):
     """Options of ``pipelines.replay`` only."""
 
     @classmethod
-    def _add_argparse_args(cls, parser):
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--start", default=None, metavar="T",
             help="Replay only records with ts >= T: a date (UTC midnight), RFC 3339 or epoch "
@@ -95,7 +95,7 @@ class ReplayOptions(PipelineOptions):
             help="Replay only records with ts < T, as --start, e.g. --end 2026-11-21T06:00:00Z")
 
 
-def _positive_millis(text):
+def _positive_millis(text: str) -> int:
     try:
         value = int(text)
     except (TypeError, ValueError):
@@ -116,7 +116,7 @@ class FlinkCheckpointOptions(PipelineOptions):
     """
 
     @classmethod
-    def _add_argparse_args(cls, parser):
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         for flag, kind, default, metavar, help_text in FLINK_CHECKPOINT_OPTIONS:
             if kind is bool:      # --flag alone, or --flag=true|false
                 parser.add_argument(flag, nargs="?", const=True, default=default, type=flag_value,

@@ -26,9 +26,11 @@ import typing
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.typehints.decorators import no_annotations
 
 from core.blocks import unpack_rows
 from core.engine import Stats
+from core.history import EngineSpec
 from core.identity import Claim, Merge, advance_with_merges, close_anonymous, identify_order
 from core.records import ProfileEvent
 from core.timeutil import MAX_TIME, format_time
@@ -46,11 +48,12 @@ BY_USER = typing.Tuple[typing.Tuple[str, str], typing.Any]
 DEADLETTER_PATH = ("deadletter", "identity.jsonl")
 
 
-def same_element(element):
+def same_element(element: typing.Any) -> typing.Any:
     return element
 
 
-def route(element):
+@no_annotations
+def route(element: typing.Tuple[typing.Tuple[str, str], typing.Any]) -> typing.Iterator[typing.Any]:
     """A user's group split: records with an ``anonymous_id`` (anonymous-only events and
     identifies) to that anonymous id (tagged ``anonymous``), the others to the user, as events."""
     key, group = element
@@ -184,12 +187,15 @@ class StitchAndEvaluate(beam.PTransform):
     ``pipelines.wiring.build_graph`` when the as-of time comes from the data).
     """
 
-    def __init__(self, spec, label=None, as_of=None):
+    def __init__(self, spec: EngineSpec, label: typing.Optional[str] = None,
+                 as_of: typing.Optional[beam.PCollection[int]] = None) -> None:
         super().__init__(label)
         self._spec = spec
         self.as_of = as_of
 
-    def expand(self, groups):
+    @no_annotations
+    def expand(self, groups: beam.PCollection[typing.Tuple[typing.Tuple[str, str], typing.Any]]
+               ) -> "_Evaluated":
         side = () if self.as_of is None else (beam.pvalue.AsSingleton(self.as_of),)
         # Typed keys: a GroupByKey on an untyped key gets the pickled coder, which Prism does
         # not know; and each Flatten has one coder for its inputs and output (see

@@ -276,11 +276,12 @@ def _coders_by_pcollection(proto):
             for p in proto.components.pcollections.values()}
 
 
-@pytest.mark.parametrize("command", ["stream", "replay"])
-def test_the_graphs_coders_are_the_same_with_beams_annotation_reading_off(command, tmp_path,
-                                                                          monkeypatch):
-    """The stream and replay graphs of a sample job (every workflow, alerts, ``--state`` for
-    replay) have the same coder on every PCollection whether Beam reads Python annotations or
+@pytest.mark.parametrize("command, stitch", [("stream", False), ("replay", False),
+                                             ("replay", True)])
+def test_the_graphs_coders_are_the_same_with_beams_annotation_reading_off(command, stitch,
+                                                                          tmp_path, monkeypatch):
+    """The stream and replay graphs of a sample job (every workflow, alerts; ``--state`` for
+    replay, or identity stitching, which ``--state`` does not take) have the same coder on every PCollection whether Beam reads Python annotations or
     not (``apache_beam.typehints.decorators._disable_from_callable``, which
     ``disable_type_annotations()`` sets for the whole process): no hint in the project, on a
     ``process``, an ``expand`` or a function given to ``beam.Map``, changes what Beam encodes.
@@ -299,6 +300,8 @@ def test_the_graphs_coders_are_the_same_with_beams_annotation_reading_off(comman
     from tests.test_prism import with_webhook_alerts
     config, lines = generate(5, n_users=10, days=3)
     config = with_webhook_alerts(config, "http://127.0.0.1:9/hook")
+    if stitch:
+        config["identity"] = {"stitch": True}
     config_path, input_path = tmp_path / "config.yaml", tmp_path / "events.jsonl"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True),
                            encoding="utf-8")
@@ -312,7 +315,7 @@ def test_the_graphs_coders_are_the_same_with_beams_annotation_reading_off(comman
     monkeypatch.setattr(beam.Pipeline, "run", capture)
     argv = ["--config", str(config_path), "--input", str(input_path), "--output_dir",
             str(tmp_path / "out"), "--progress_seconds", "0"]
-    if command == "replay":
+    if command == "replay" and not stitch:
         argv += ["--state", str(tmp_path / "state.parquet")]
     run = importlib.import_module("pipelines." + command).run
     run(argv)
@@ -321,6 +324,7 @@ def test_the_graphs_coders_are_the_same_with_beams_annotation_reading_off(comman
     assert len(graphs) == 2
     read, ignored = (_coders_by_pcollection(g) for g in graphs)
     assert len(read) > 50 and set(read) == set(ignored)
+    assert stitch == any("RouteIdentities" in name for name in read)
     changed = ["%s: %r, without annotations %r" % (name, read[name], ignored[name])
                for name in sorted(read) if read[name] != ignored[name]]
     assert not changed, "\n".join(changed)

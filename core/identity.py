@@ -55,13 +55,14 @@ class Claim(NamedTuple):
 
 class MergeExit(NamedTuple):
     """The anonymous profile's memberships exiting at the merge time: a
-    :class:`core.engine.UserChange` (same first six fields) plus the user it merged into."""
+    :class:`core.engine.UserChange` (the same seven fields) plus the user it merged into."""
     time: int
     changes: tuple[tuple[int, str, int], ...]   # (audience index, "exit", enter time)
     traits: dict
     first_ts: int
     last_ts: int
     backfill: bool
+    computed: Optional[dict]   # as a UserChange's; None: the exit message carries none
     merged_into: str
 
 
@@ -150,7 +151,8 @@ def merge_exit(anon: UserState, at: int, merged_into: str) -> Optional[MergeExit
     anon.members = [None] * len(anon.members)
     if not exits:
         return None
-    return MergeExit(at, exits, dict(anon.traits), anon.first_ts, anon.last_ts, False, merged_into)
+    return MergeExit(at, exits, dict(anon.traits), anon.first_ts, anon.last_ts, False, None,
+                     merged_into)
 
 
 def split_at(events: Iterable[ProfileEvent], at: int

@@ -4,10 +4,12 @@ Each test saves a user's state under one config, restores it under an edited con
 more events, and compares with what the edited config gives when it ran all along (or, for an
 added audience, with what the contract says an added audience does).
 """
+import marshal
 import random
 
 import pytest
 
+from core.computed import ComputedSet
 from core.conditions import AudienceSet
 from core.engine import Engine
 from core.records import ProfileEvent
@@ -164,9 +166,9 @@ def test_other_versions_and_corrupt_bytes_are_refused():
     engine.advance(state, FIRST, CUT)
     data = engine.dump_state(state)
     document = decode_document(data)
-    assert document["version"] == 1 and document["members"] == {"aud-buyers": 8 * MIN}
-    with pytest.raises(StateFormatError, match="version 2"):
-        engine.load_state(data[:1] + bytes((2,)) + data[2:])
+    assert document["version"] == 2 and document["members"] == {"aud-buyers": 8 * MIN}
+    with pytest.raises(StateFormatError, match="version 3"):
+        engine.load_state(data[:1] + bytes((3,)) + data[2:])
     with pytest.raises(StateFormatError):
         engine.load_state(data[:len(data) // 2])
     with pytest.raises(StateFormatError):
@@ -187,3 +189,34 @@ def test_backfill_at_a_start_after_the_as_of_waits_for_the_run_that_reaches_it()
     restored = engine.load_state(engine.dump_state(state))
     later, _ = engine.advance(restored, [], 50 * MIN)
     assert [(c.time, c.backfill, c.changes) for c in later] == [(start, True, ((0, "enter", 0),))]
+
+
+def _version_1_bytes(document):
+    """A state as version 1 wrote it: its ten fields (no ``computed``) marshalled."""
+    fields = ("version", "clock", "first_ts", "last_ts", "max_received", "traits", "members",
+              "audiences", "counts", "seen")
+    values = tuple(1 if f == "version" else document[f] for f in fields)
+    return b"S" + bytes((1,)) + b"m" + marshal.dumps(values, 2)
+
+
+def test_a_version_1_state_loads_and_its_computed_traits_start_from_no_events():
+    engine = _engine([BUYERS, GOLD])
+    state = engine.new_state()
+    engine.advance(state, FIRST, CUT)
+    old = _version_1_bytes(engine.state_document(state))
+    assert decode_document(old)["version"] == 2 and decode_document(old)["computed"] == {}
+    # Under the same config: the same state, written back as version 2.
+    assert engine.dump_state(engine.load_state(old)) == engine.dump_state(state)
+    # Under a config with a computed trait: it starts from no events, the rest goes on.
+    computed = ComputedSet({"bought": {"op": "count", "event": "purchase", "within": "1h"}})
+    edited = Engine(AudienceSet([BUYERS, GOLD], computed=computed), change_computed=True)
+    restored = edited.load_state(old)
+    assert edited.computed_values(restored) == {"bought": 0}
+    changes, _ = edited.advance(restored, SECOND, MAX_TIME)
+    assert edited.computed_values(restored) == {"bought": 0}  # every purchase has left the hour
+    # The purchases at 5 and 8 minutes came before the restore: not counted; 20, 70, 75 are.
+    assert [(c.time // MIN, c.computed["bought"]) for c in changes] == [(38, 1), (60, 1), (75, 3),
+                                                                      (100, 2)]
+    fresh = _engine([BUYERS, GOLD])
+    expected, _ = fresh.advance(fresh.load_state(old), SECOND, MAX_TIME)
+    assert [(c.time, c.changes) for c in changes] == [(c.time, c.changes) for c in expected]

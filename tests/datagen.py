@@ -3,8 +3,10 @@
     generate(seed, n_users=200, days=30) -> (config_dict, lines)
 
 The config's audiences together use every node type (and/or/not, trait, event with and without
-within/where/min_count/max_count, `event: "*"`, audience references incl. a nested one) and every operator in both
-trait conditions and `where`. The lines hold anonymous users, events with and without event_id,
+within/where/min_count/max_count, `event: "*"`, audience references incl. a nested one, computed
+traits) and every operator in both trait conditions and `where`. Its computed traits use every op,
+windowed and all time, with `where`, a dotted property, `event: "*"`, and values that do not
+qualify (a price given as a string). The lines hold anonymous users, events with and without event_id,
 every timestamp form, received_at absent or delayed (plus an ingestion outage that leaves empty
 export windows), trait updates incl. null removal, duplicates within and after 24 h, malformed
 lines, system events, in shuffled order.
@@ -202,6 +204,36 @@ def make_config(days=30):
     add("a1f0c0de20", "busy_shoppers", "5+ events with a price in 6 h",
         {"event": "*", "within": "6h", "min_count": 5,
          "where": {"property": "price", "op": "exists"}})
+    computed = {
+        "spend_7d": {"op": "sum", "event": "purchase", "property": "price", "within": "7d"},
+        "orders": {"op": "count", "event": "purchase"},
+        "avg_cart_3d": {"op": "avg", "event": "add_to_cart", "property": "price", "within": "3d"},
+        "max_price": {"op": "max", "event": "*", "property": "price"},
+        "min_cart_1d": {"op": "min", "event": "add_to_cart", "property": "price", "within": "1d"},
+        "first_sku": {"op": "first", "event": "*", "property": "sku"},
+        "last_subject_2d": {"op": "last", "event": "email_open", "property": "subject",
+                            "within": "2d"},
+        "eur_spend": {"op": "sum", "event": "purchase", "property": "price",
+                      "where": {"property": "currency", "op": "eq", "value": "EUR"}},
+        "shoe_searches_12h": {"op": "count", "event": "search", "within": "12h",
+                              "where": {"property": "product.category", "op": "eq",
+                                        "value": "shoes"}},
+        "last_category": {"op": "last", "event": "search", "property": "product.category"},
+    }
+    add("a1f0c0de21", "spenders_7d", "Spent 300+ in 7 days",
+        {"computed": "spend_7d", "op": "gte", "value": 300})
+    add("a1f0c0de22", "cheap_carts", "Average cart under 60 in 3 days, a cart today",
+        {"and": [{"computed": "avg_cart_3d", "op": "lt", "value": 60},
+                 {"computed": "min_cart_1d", "op": "exists"}]})
+    add("a1f0c0de23", "sale_readers", "Last email opened in 2 days was a sale",
+        {"computed": "last_subject_2d", "op": "starts_with", "value": "Sale"})
+    add("a1f0c0de24", "loyal_first_sku", "3+ orders, first sku 1 or 2",
+        {"and": [{"computed": "orders", "op": "gte", "value": 3},
+                 {"computed": "first_sku", "op": "in", "value": ["sku-1", "sku-2"]}]})
+    add("a1f0c0de25", "eur_big", "Over 100 EUR ever, no shoe search in 12 h",
+        {"and": [{"computed": "eur_spend", "op": "gt", "value": 100},
+                 {"not": {"computed": "shoe_searches_12h", "op": "gte", "value": 1}},
+                 {"computed": "max_price", "op": "lte", "value": 250}]})
     works = [
         {"id": "w-eh-sub", "workflow": "eventhub_audience_export", "label": "Subset with backfill",
          "config": {"subscription_id": "7e2b8804bbe162cd3f9c0c5991bf3078",
@@ -209,7 +241,8 @@ def make_config(days=30):
                                   "a1f0c0de07", "beta_abroad"],
                     "existing_users": True,
                     "start": _rfc(start),
-                    "user_fields": ["email", "country", "user_id"]}},
+                    "user_fields": ["email", "country", "user_id"],
+                    "computed_fields": ["spend_7d", "orders", "avg_cart_3d", "last_subject_2d"]}},
         {"id": "w-eh-all", "workflow": "eventhub_audience_export", "config": {}},
         {"id": "w-blob-events", "workflow": "azure_blob_event_export",
          "config": {"container": "exports", "prefix": "acme/events/", "export_type": "events",
@@ -218,12 +251,15 @@ def make_config(days=30):
                     "event_parameters": ["price", "currency", "sku", "items", "coupon",
                                          "subject", "product"],
                     "attributes": ["email", "country", "ltv", "tags", "opt_in"],
+                    "computed": ["spend_7d", "orders", "max_price", "first_sku", "last_category",
+                                 "min_cart_1d"],
                     "format": "csv"}},
         {"id": "w-blob-sys", "workflow": "azure_blob_event_export",
          "config": {"container": "exports", "prefix": "acme/system/",
                     "export_type": "system_events", "period_hours": 24, "format": "csv"}},
     ]
-    return {"account": {"name": "acme", "aid": 1234}, "audiences": aud, "works": works}
+    return {"account": {"name": "acme", "aid": 1234}, "computed_traits": computed,
+            "audiences": aud, "works": works}
 
 
 def generate(seed, n_users=200, days=30, outage=True, malformed=True, system=True):

@@ -414,3 +414,35 @@ class ValuesView:
         item = self._kept[k]
         return (windowed_value(trait, item) if trait.within is not None
                 else all_time_value(trait, item))
+
+
+def describe(trait: ComputedTrait) -> str:
+    """One line saying what a trait computes, e.g. ``sum of purchase.price in the last 30d``."""
+    from core.timeutil import format_duration
+    event = "any event" if trait.event == ANY_EVENT else trait.event
+    what = ("count of %s" % event if trait.op == "count"
+            else "%s of %s.%s" % (trait.op, event, trait.property))
+    if trait.where is not None:
+        what += " where %s" % trait.where_key
+    return what + (" in the last %s" % format_duration(trait.within) if trait.within is not None
+                   else " (all time)")
+
+
+def usage(audiences: Any, works: list) -> list[dict]:
+    """Per computed trait of a job (``audiences``: its ``AudienceSet``; ``works``: its
+    ``core.config.Work`` list): its name, :func:`describe`, the audiences whose conditions read
+    it and the works that send it (``computed_fields``, ``computed``). What ``validate`` prints
+    and the run summary and report show."""
+    computed = getattr(audiences, "computed", None)
+    if computed is None or not len(computed):
+        return []
+    out = []
+    for trait in computed.traits:
+        read_by = [a.slug for a in audiences.audiences
+                   if trait.index in audiences.computed_inputs_of(a.index)]
+        sent_by = [w.id for w in works
+                   if trait.name in (getattr(w.settings, "computed_fields", None) or ())
+                   or trait.name in (getattr(w.settings, "computed", None) or ())]
+        out.append({"name": trait.name, "computes": describe(trait), "read_by": read_by,
+                    "sent_by": sent_by})
+    return out

@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Tuple
 
 from apache_beam.metrics.metric import MetricsFilter
 
+from core.computed import usage as computed_usage
 from core.config import JobConfig
 from core.report import build_report, count_rows, export_files, export_windows
 from core.timeutil import format_time
@@ -55,6 +56,7 @@ def build_summary(job: JobConfig, totals: Optional[Dict[Tuple[str, str], int]], 
                                "exits": get("audience:" + a.slug, "exits")}
                       for a in job.audiences.audiences},
         "works": {},
+        "computed_traits": computed_usage(job.audiences, job.works),
         "output_dir": output_dir,
         "seconds": round(seconds, 3),
     }

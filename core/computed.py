@@ -129,12 +129,6 @@ class ComputedSet:
                                  % (name, did_you_mean(name, self.names), known))
         return trait
 
-    def check_names(self, names: list, path: str) -> None:
-        """Raises for the first of ``names`` (a work's ``computed_fields`` or ``computed``, at config
-        path ``path``) that is not a computed trait."""
-        for j, name in enumerate(names):
-            self.get(name, "%s[%d]" % (path, j))
-
     @staticmethod
     def _compile(index, name, definition, path):
         if not isinstance(name, str) or not _NAME.fullmatch(name):

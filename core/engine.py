@@ -17,6 +17,9 @@ Semantics (CONTRACT section 4), for one user:
 * A point only re-evaluates audiences whose inputs changed (a referenced trait, a capped count, or
   an audience they reference); a count change only counts if it crosses a threshold of some node.
 * An ``{event: "*"}`` spec counts every applied event, whatever its name.
+* Computed traits (``core.computed``) keep every matching event still in their windows; one that a
+  condition reads makes each entry's expiry an evaluation point (a wake-up), and a point brings
+  every computed trait up to date before the events at it are applied.
 * Copies of a record (same dedupe key) within 24 h of the first copy's ``received_at`` are applied
   once; copies of one point are taken in (``ts``, ``event_id``, ``received_at``) order.
 * The user's clock is the time up to which the caller said all events had arrived (``until`` of
@@ -446,8 +449,9 @@ class Engine:
     def next_wake(self, state):
         """The next time after the clock at which membership can change with no new event.
 
-        That is the earliest expiry that crosses a threshold of some node, or a backfill start
-        while the user is a member of something. ``None`` if there is none.
+        That is the earliest expiry that crosses a threshold of some node, an entry of a computed
+        trait that a condition reads leaving its window, or a backfill start while the user is a
+        member of something. ``None`` if there is none.
         """
         wake = _min_or_none((self._spec_wake(state.counts[i], i) for i in self._windowed),
                             self._backfill_wake(state))

@@ -23,7 +23,7 @@ import sys  # noqa: E402
 from typing import List  # noqa: E402
 
 from core.conditions import ANY_EVENT, NodeTrace  # noqa: E402
-from core.config import ConfigError, load_config  # noqa: E402
+from core.config import ConfigError, JobConfig, load_config  # noqa: E402
 from core.engine import Engine, Evaluation  # noqa: E402
 from core.records import (DEFAULT_MAX_TS_SKEW_US, InputError, ProfileEvent,  # noqa: E402
                           dedupe_batch, parse_record, time_bounds_error)
@@ -139,7 +139,7 @@ def tree_lines(now: NodeTrace, before: NodeTrace, audiences: list) -> List[str]:
     return out
 
 
-def computed_line(values: dict, job) -> str:
+def computed_line(values: dict, job: JobConfig) -> str:
     """The job's computed traits at a transition, in config order: ``name=value`` (JSON), an
     absent value shown as ``absent``."""
     return ", ".join("%s=%s" % (name, json.dumps(values[name]) if name in values else "absent")

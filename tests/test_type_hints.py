@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COVERED = (
     "clients/checkpoints.py",
     "core/blocks.py",
+    "core/computed.py",
     "core/export.py",
     "core/history.py",
     "core/jsonlines.py",

@@ -170,8 +170,7 @@ def _lookup(mapping, name):
 
 
 def lookup(mapping: dict, name: str) -> Any:
-    """A property or trait by name, as conditions read it: the key itself first, then a dotted
-    name as a path into nested objects (None when absent)."""
+    """A property or trait by name as conditions read it (key first, then a dotted path)."""
     return _lookup(mapping, name)
 
 
@@ -311,8 +310,7 @@ class AudienceSet:
     """All audiences of a job compiled together (specs are shared across audiences)."""
 
     def __init__(self, audience_defs, path="audiences", computed=None):
-        #: The job's computed traits (``core.computed.ComputedSet``), or None when it has none:
-        #: a ``{computed: NAME}`` node reads ``computed[k]``, the value of trait ``k`` at T.
+        #: ``core.computed.ComputedSet`` or None; ``{computed: NAME}`` reads ``computed[k]`` at T.
         self.computed = computed
         self.specs: List[CounterSpec] = []
         self.caps: List[int] = []
@@ -439,18 +437,15 @@ class AudienceSet:
             k, pred = self._computed_leaf(node, path)
             self._reading_computed.add(k)
             return lambda traits, counts, members, computed=None: pred(computed[k])
-        raise ConditionError(path, "a condition node is one of and, or, not, trait, event, audience, "
-                                   "computed")
+        raise ConditionError(path, "a condition node is one of %s" % ", ".join(CONDITION_NODES))
 
     def _computed_leaf(self, node, path):
         """(computed trait index, predicate) of a ``{computed: NAME, op: OP, value: V}`` node."""
         if self.computed is None or not len(self.computed):
             raise ConditionError(path + ".computed", "unknown computed trait %r; define it in "
                                  "computed_traits" % (node["computed"],))
-        trait = self.computed.get(node["computed"], path + ".computed")
-        if "op" not in node:
-            raise ConditionError(path, "missing 'op'")
-        return trait.index, _make_predicate(node["op"], node.get("value"), path)
+        name, pred = _comparison(node, "computed", path)
+        return self.computed.get(name, path + ".computed").index, pred
 
     def _compile_event(self, node, path):
         i, _, min_count, max_count = self._event_leaf(node, path)

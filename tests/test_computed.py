@@ -191,3 +191,36 @@ def test_conditions_on_absent_values_follow_the_trait_operators():
                                         ev("b", 2 * D, {"price": 4})], 3 * D)
     assert [(c.time, c.changes) for c in changes] == [
         (D, ((0, "enter", D),)), (2 * D, ((0, "exit", D), (1, "enter", 2 * D)))]
+
+
+def test_blob_computed_columns_in_csv_csv_gz_and_parquet():
+    import gzip
+    import io
+
+    import pyarrow.parquet as pq
+
+    from core.export import render_files
+    from core.workflows import BlobSettings
+
+    computed = {"spend": {"op": "sum", "event": "purchase", "property": "price",
+                          "within": "1d"},
+                "first_sku": {"op": "first", "event": "purchase", "property": "sku"}}
+    engine = engine_for(computed, export_computed=["spend", "first_sku"], export_attributes=[])
+    _, rows = engine.advance(engine.new_state(), [
+        ev("a", D, {"price": 2, "sku": "=x"}), ev("b", D + 1, {"price": 0.5}),
+        ev("c", 3 * D, {"price": 1})], 4 * D)
+    files = {}
+    for fmt in ("csv", "csv.gz", "parquet"):
+        settings = BlobSettings(None, "c", "", "events", 24, None, [], [], fmt, 0, None,
+                                computed=["spend", "first_sku"])
+        rendered = render_files(rows, settings, "acct", "w")
+        files[fmt] = rendered["acct_events_w_86400_172800.%s" % fmt]  # the window of day 1
+    csv_text = files["csv"].decode()
+    assert csv_text.splitlines()[0].endswith(",computed.spend,computed.first_sku")
+    # as of each event: 2, then 2.5; the first sku guarded as a formula
+    assert [line.split(",")[-2:] for line in csv_text.splitlines()[1:]] == [["2", "'=x"],
+                                                                         ["2.5", "'=x"]]
+    assert gzip.decompress(files["csv.gz"]).decode() == csv_text
+    table = pq.read_table(io.BytesIO(files["parquet"]))
+    assert str(table.schema.field("computed.spend").type) == "double"
+    assert table.column("computed.spend").to_pylist() == [2.0, 2.5]

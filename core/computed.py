@@ -394,20 +394,38 @@ def attribute_key(name: str) -> tuple[str, str]:
 
 
 class ValuesView:
-    """A user's computed values by trait index, each computed when read from the entries as they
-    stand: what a condition's ``computed[k]`` reads at a point (only audiences that read a
-    computed trait compute one)."""
-    __slots__ = ("_traits", "_kept")
+    """A user's computed values by trait index, each computed when first read from the entries
+    and kept until :meth:`clear` (which the engine calls whenever an entry is added or dropped):
+    what a condition's ``computed[k]``, a change's values and an export row read at a point."""
+    __slots__ = ("_traits", "_kept", "_cache")
 
     def __init__(self, traits: list[ComputedTrait], kept: list) -> None:
         self._traits = traits
         self._kept = kept
+        self._cache = {}
 
     def __getitem__(self, k: int) -> Any:
+        cache = self._cache
+        if k in cache:
+            return cache[k]
         trait = self._traits[k]
         item = self._kept[k]
-        return (windowed_value(trait, item) if trait.within is not None
-                else all_time_value(trait, item))
+        value = cache[k] = (windowed_value(trait, item) if trait.within is not None
+                            else all_time_value(trait, item))
+        return value
+
+    def clear(self) -> None:
+        """Forgets the values read: the entries changed."""
+        self._cache.clear()
+
+    def as_dict(self) -> dict:
+        """``{name: value}`` of every trait, an absent value left out."""
+        out = {}
+        for trait in self._traits:
+            value = self[trait.index]
+            if value is not None:
+                out[trait.name] = value
+        return out
 
 
 def describe(trait: ComputedTrait) -> str:

@@ -561,7 +561,7 @@ class Engine:
         # (``c_expiry``) and when one that a condition reads does (``c_wake``, a wake-up).
         runtime = self._computed
         c_expiry = c_wake = _NEVER
-        c_view = c_kept = c_events = c_any = None
+        c_view = c_kept = c_events = c_any = c_extra = None
         if runtime is not None:
             c_kept = state.computed
             c_view = runtime.view(c_kept)
@@ -701,14 +701,18 @@ class Engine:
                     exported.append(e)
             if c_changed:
                 c_expiry, c_wake = runtime.next_expiry(c_kept), runtime.next_wake(c_kept)
+                c_view.clear()
+                c_extra = None
             if exported:
                 # The user's values as of the point: every event at t has set its traits first,
                 # so events that share a ts export the same values (traits at T, CONTRACT 5.2).
                 extra = None
                 if runtime is not None and export_computed:
-                    values = c_view
-                    index = runtime.index
-                    extra = {attribute_key(name): values[index[name]] for name in export_computed}
+                    if c_extra is None:  # the values change only with the entries
+                        index = runtime.index
+                        c_extra = {attribute_key(name): c_view[index[name]]
+                                   for name in export_computed}
+                    extra = c_extra
                 for e in exported:
                     attributes = {name: traits.get(name) for name in export_attributes}
                     if extra:
@@ -756,7 +760,7 @@ class Engine:
                 # tuple.__new__ is what UserChange() does, minus a Python-level __new__.
                 changes.append(_new_tuple(UserChange, (
                     t, changed, dict(traits), state.first_ts, state.last_ts, False,
-                    runtime.as_dict(c_kept) if runtime is not None and change_computed else None)))
+                    c_view.as_dict() if runtime is not None and change_computed else None)))
             if backfill_starts and (changed or wakes[-1] <= t):
                 due.set_backfill(self._backfill_wake(state))
         stats.events += i - (stats.duplicates - duplicates)  # every event taken is applied

@@ -4,7 +4,8 @@ import json
 
 from tests import reference as R
 from tests.datagen import generate
-from tests.test_reference_selfcheck import LATER, cfg, ev, spans
+from tests.reference_cases import cfg, ev, spans
+from tests.test_reference_outputs_selfcheck import LATER
 
 
 SPEND = {"spend_3d": {"op": "sum", "event": "purchase", "property": "price", "within": "3d"},

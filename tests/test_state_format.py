@@ -220,3 +220,37 @@ def test_a_version_1_state_loads_and_its_computed_traits_start_from_no_events():
     fresh = _engine([BUYERS, GOLD])
     expected, _ = fresh.advance(fresh.load_state(old), SECOND, MAX_TIME)
     assert [(c.time, c.changes) for c in changes] == [(c.time, c.changes) for c in expected]
+
+
+def test_a_snapshot_keeps_computed_entries_and_one_written_before_them_still_reads():
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from core.snapshot import SCHEMA, read_snapshot, user_row, write_snapshot
+    computed = ComputedSet({"spend": {"op": "sum", "event": "purchase", "property": "price",
+                                      "within": "1h"}})
+    engine = Engine(AudienceSet([BUYERS], computed=computed), change_computed=True)
+    state = engine.new_state()
+    events = [ProfileEvent("u", "e1", "purchase", 5 * MIN, 5 * MIN, "u", None, {"price": 2.5}, None),
+              ProfileEvent("u", "e2", "purchase", 8 * MIN, 8 * MIN, "u", None, {"price": 4}, None)]
+    engine.advance(state, events, CUT)
+    document = engine.state_document(state)
+    out = io.BytesIO()
+    write_snapshot(out, [user_row("user_id", "u", document)], "acme", CUT)
+    (_, read, _), = read_snapshot(out.getvalue()).users
+    assert read == document and engine.computed_values(engine.state_from_document(read)) == \
+        {"spend": 6.5}
+    # A file of the layout before computed traits: no computed column, state version 1.
+    old_row = dict(user_row("user_id", "u", dict(document, version=1)))
+    del old_row["computed"]
+    old_schema = pa.schema([f for f in SCHEMA if f.name != "computed"])
+    table = pa.Table.from_pylist([old_row], schema=old_schema).replace_schema_metadata(
+        {"format": "activation-audience-state", "version": "1", "account": "acme",
+         "as_of": str(CUT)})
+    old = io.BytesIO()
+    pq.write_table(table, old)
+    (_, upgraded, _), = read_snapshot(old.getvalue()).users
+    assert upgraded == dict(document, computed={})
+    assert engine.computed_values(engine.state_from_document(upgraded)) == {"spend": 0}

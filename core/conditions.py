@@ -1,11 +1,12 @@
 """The audience condition language (CONTRACT section 4), compiled to plain Python closures.
 
-A condition tree compiles into a function ``holds(traits, counts, members) -> bool`` where
+A condition tree compiles into a function ``holds(traits, counts, members, computed) -> bool``:
 
 * ``traits`` is the user's trait dict as of the evaluation time T,
 * ``counts[i]`` is the user's (capped) count of events matching counter spec ``i`` at T,
 * ``members[j]`` is whether the user is in audience ``j`` at T (audiences are evaluated in
-  dependency order, so a referenced audience already holds its value for T).
+  dependency order, so a referenced audience already holds its value for T),
+* ``computed[k]`` is the value at T of computed trait ``k`` (``core.computed``; None: absent).
 
 Every ``{event: ...}`` node becomes a :class:`CounterSpec` (event name, ``where`` predicate,
 ``within`` window); nodes that share all three share one spec. The name ``"*"`` (:data:`ANY_EVENT`)

@@ -358,6 +358,31 @@ class ComputedRuntime:
         return {name: value for name, value in zip(self.names, self.values(kept))
                 if value is not None}
 
+    def merge(self, kept: list, other: list, clock: int) -> None:
+        """Adds ``other``'s entries (an anonymous profile merged into this user, ``core.identity``)
+        to ``kept`` as of ``clock``: windowed entries united in (ts, event_id) order without those
+        whose window closed by ``clock``; all-time aggregates combined as if every event of both
+        had been applied to one."""
+        for trait in self.traits:
+            i = trait.index
+            theirs = other[i] if i < len(other) else _new_kept(trait)
+            if trait.within is not None:
+                united = sorted((e for e in kept[i] + theirs if e[0] + trait.within > clock),
+                                key=_entry_key)
+                kept[i] = united
+            elif trait.op == "count":
+                kept[i] = kept[i] + theirs
+            elif trait.op in ("sum", "avg"):
+                n, num, den, floats = kept[i]
+                n2, num2, den2, floats2 = theirs
+                total = Fraction(num, den) + Fraction(num2, den2)
+                kept[i] = [n + n2, total.numerator, total.denominator, floats or floats2]
+            elif theirs is not None:
+                if trait.op in ("min", "max"):
+                    kept[i] = _aggregate(trait, kept[i], theirs[1], theirs[2], theirs[0])
+                else:
+                    kept[i] = _aggregate(trait, kept[i], theirs[0], theirs[1], theirs[2])
+
     # -- saving and restoring (core.state) ------------------------------------------------------
 
     def document(self, kept: list) -> dict:

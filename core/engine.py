@@ -334,6 +334,12 @@ class Engine:
         """``{name: value}`` of the computed traits as ``state`` stands (None: none defined)."""
         return None if self._computed is None else self._computed.as_dict(state.computed)
 
+    def merge_computed(self, state: UserState, other: UserState) -> None:
+        """Adds ``other``'s computed-trait entries to ``state``'s as of its clock (identity
+        stitching, ``core.identity.merge_state``)."""
+        if self._computed is not None:
+            self._computed.merge(state.computed, other.computed, state.clock)
+
     def _computed_view(self, state):
         return None if self._computed is None else self._computed.view(state.computed)
 

@@ -112,7 +112,8 @@ def merge_state(engine: Engine, known: UserState, anon: UserState) -> None:
 
     Windowed counts: the two sorted timestamp lists united, without entries whose window closed by
     ``known``'s clock, cut to the newest ``cap`` (the newest ``cap`` entries give every node the
-    same answer, see ``core.engine._Due``). All-time counts: added, saturated at ``cap``. Traits:
+    same answer, see ``core.engine._Due``). All-time counts: added, saturated at ``cap``. Computed
+    traits: their entries and aggregates combined (``core.computed``). Traits:
     those ``anon`` has and ``known`` lacks. First and last times: the earlier and the later. Dedupe
     keys: united (a key both hold keeps ``known``'s run). Memberships are ``known``'s.
     """
@@ -140,6 +141,7 @@ def merge_state(engine: Engine, known: UserState, anon: UserState) -> None:
     for key, received in anon.seen.items():
         known.seen.setdefault(key, received)
     known.max_received = max(known.max_received, anon.max_received)
+    engine.merge_computed(known, anon)
     known.reevaluate |= (1 << len(known.members)) - 1
 
 

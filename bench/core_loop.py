@@ -20,7 +20,8 @@ def run(argv=None):
     parser.add_argument("--input", required=True)
     args = parser.parse_args(argv)
     job = load_config(args.config)
-    engine = Engine(job.audiences, job.backfill_starts, job.export_attributes)
+    engine = Engine(job.audiences, job.backfill_starts, job.export_attributes,
+                    export_computed=job.export_computed, change_computed=job.change_computed)
     started = time.perf_counter()
     users = {}
     with open(args.input, encoding="utf-8") as fh:

@@ -1,11 +1,12 @@
 """The audience condition language (CONTRACT section 4), compiled to plain Python closures.
 
-A condition tree compiles into a function ``holds(traits, counts, members) -> bool`` where
+A condition tree compiles into a function ``holds(traits, counts, members, computed) -> bool``:
 
 * ``traits`` is the user's trait dict as of the evaluation time T,
 * ``counts[i]`` is the user's (capped) count of events matching counter spec ``i`` at T,
 * ``members[j]`` is whether the user is in audience ``j`` at T (audiences are evaluated in
-  dependency order, so a referenced audience already holds its value for T).
+  dependency order, so a referenced audience already holds its value for T),
+* ``computed[k]`` is the value at T of computed trait ``k`` (``core.computed``; None: absent).
 
 Every ``{event: ...}`` node becomes a :class:`CounterSpec` (event name, ``where`` predicate,
 ``within`` window); nodes that share all three share one spec. The name ``"*"`` (:data:`ANY_EVENT`)
@@ -37,7 +38,8 @@ ANY_EVENT = "*"
 CONDITION_NODES = {"and": ("and",), "or": ("or",), "not": ("not",),
                    "trait": ("trait", "op", "value"),
                    "event": ("event", "within", "min_count", "max_count", "where"),
-                   "audience": ("audience",)}
+                   "audience": ("audience",),
+                   "computed": ("computed", "op", "value")}
 WHERE_NODES = {"and": ("and",), "or": ("or",), "not": ("not",),
                "property": ("property", "op", "value")}
 AUDIENCE_KEYS = ("id", "slug", "name", "condition")
@@ -168,6 +170,11 @@ def _lookup(mapping, name):
     return None
 
 
+def lookup(mapping: dict, name: str) -> Any:
+    """A property or trait by name as conditions read it (key first, then a dotted path)."""
+    return _lookup(mapping, name)
+
+
 def _expect_mapping(node, path):
     if not isinstance(node, dict):
         raise ConditionError(path, "a condition node must be an object")
@@ -216,7 +223,7 @@ def _boolean_node(node, path, compile_child, arity):
         fn = compile_child(node["not"], path + ".not")
         if arity == 1:
             return lambda x: not fn(x)
-        return lambda t, c, m: not fn(t, c, m)
+        return lambda t, c, m, v=None: not fn(t, c, m, v)
     return None
 
 
@@ -232,16 +239,16 @@ def _combine(kind, fns, arity):
     if len(fns) == 2:
         a, b = fns
         if kind == "and":
-            return lambda t, c, m: a(t, c, m) and b(t, c, m)
-        return lambda t, c, m: a(t, c, m) or b(t, c, m)
+            return lambda t, c, m, v=None: a(t, c, m, v) and b(t, c, m, v)
+        return lambda t, c, m, v=None: a(t, c, m, v) or b(t, c, m, v)
     if len(fns) == 3:
         a, b, d = fns
         if kind == "and":
-            return lambda t, c, m: a(t, c, m) and b(t, c, m) and d(t, c, m)
-        return lambda t, c, m: a(t, c, m) or b(t, c, m) or d(t, c, m)
+            return lambda t, c, m, v=None: a(t, c, m, v) and b(t, c, m, v) and d(t, c, m, v)
+        return lambda t, c, m, v=None: a(t, c, m, v) or b(t, c, m, v) or d(t, c, m, v)
     if kind == "and":
-        return lambda t, c, m: all(f(t, c, m) for f in fns)
-    return lambda t, c, m: any(f(t, c, m) for f in fns)
+        return lambda t, c, m, v=None: all(f(t, c, m, v) for f in fns)
+    return lambda t, c, m, v=None: any(f(t, c, m, v) for f in fns)
 
 
 def _comparison(node, field, path):
@@ -280,10 +287,10 @@ class NodeTrace(NamedTuple):
     """One node of a condition evaluated at one time, with its children (:meth:`AudienceSet.trace`).
 
     ``kind`` is the key that names the node's kind (``and``, ``or``, ``not``, ``trait``, ``event``,
-    ``audience``); ``node`` the node as configured. ``detail`` is what the value was computed
-    from: a ``trait`` node's trait value (None when absent), an ``event`` node's count of matching
-    events (in its window when it has one), an ``audience`` node's audience index; None for
-    ``and``, ``or`` and ``not``.
+    ``audience``, ``computed``); ``node`` the node as configured. ``detail`` is what the value was
+    computed from: a ``trait`` node's trait value (None when absent), an ``event`` node's count of
+    matching events (in its window when it has one), an ``audience`` node's audience index, a
+    ``computed`` node's computed value (None when absent); None for ``and``, ``or`` and ``not``.
     """
     kind: str
     node: dict
@@ -304,13 +311,14 @@ class Audience(NamedTuple):
 class AudienceSet:
     """All audiences of a job compiled together (specs are shared across audiences)."""
 
-    def __init__(self, audience_defs: List[Dict[str, Any]], path: str = "audiences") -> None:
+    def __init__(self, audience_defs: List[Dict[str, Any]], path: str = "audiences",
+                 computed: Optional[Any] = None) -> None:
+        #: ``core.computed.ComputedSet`` or None; ``{computed: NAME}`` reads ``computed[k]`` at T.
+        self.computed = computed
         self.specs: List[CounterSpec] = []
         self.caps: List[int] = []
-        # thresholds[i]: set of (min_count, max_count or None) asked of spec i
-        self.thresholds: List[set] = []
-        self._spec_index = {}
-        self.audiences: List[Audience] = []
+        self.thresholds: List[set] = []  # [i]: the (min_count, max_count or None) asked of spec i
+        self._spec_index, self.audiences = {}, []  # type: Dict[Any, int], List[Audience]
         if not isinstance(audience_defs, list):
             raise ConditionError(path, "must be a list")
         by_ref, pending = {}, []
@@ -346,14 +354,18 @@ class AudienceSet:
         self._path = path
         self._by_ref = by_ref
         self._tracers = {}  # audience index -> traced condition, compiled on first use
+        #: Per audience, the computed trait indices its condition reads directly.
+        self._computed_inputs = []
         for i, (apath, aid, slug, name, condition) in enumerate(pending):
             deps = set()
             self._reading = (set(), set())
+            self._reading_computed = set()
             holds = self._compile(condition, apath + ".condition", by_ref, deps)
             # Registers nothing new: the same specs, caps and thresholds as ``holds``.
             self.state_holds.append(
                 self._compile_on_state(condition, apath + ".condition", by_ref, holds))
             self._inputs.append(self._reading)
+            self._computed_inputs.append(self._reading_computed)
             self.audiences.append(Audience(i, aid, slug, name, holds, tuple(sorted(deps))))
         self.order = self._topological_order(path)
         self.specs_by_event = {}
@@ -365,17 +377,23 @@ class AudienceSet:
         """(spec indices, trait names) that audience ``index`` reads directly."""
         return self._inputs[index]
 
-    def trace(self, index: int, traits: dict, counts: list, members: list) -> NodeTrace:
+    def computed_inputs_of(self, index: int) -> Set[int]:
+        """The computed trait indices that audience ``index`` reads directly."""
+        return self._computed_inputs[index]
+
+    def trace(self, index: int, traits: dict, counts: list, members: list,
+              computed: Optional[list] = None) -> NodeTrace:
         """Audience ``index``'s condition evaluated node by node over the engine's own state (as
         :attr:`state_holds` reads it: ``counts[i]`` the sorted timestamps of a windowed spec or the
-        count of an all-time one, ``members[j]`` an enter time or None). The root's value is what
+        count of an all-time one, ``members[j]`` an enter time or None, ``computed[k]`` the value
+        of computed trait ``k``). The root's value is what
         :attr:`state_holds` returns for the same state; the counts are as large as the state
         holds (at most the spec's cap, unless the engine keeps exact counts)."""
         tracer = self._tracers.get(index)
         if tracer is None:
             path = "%s[%d].condition" % (self._path, index)
             tracer = self._tracers[index] = self._compile_trace(self.conditions[index], path)
-        return tracer(traits, counts, members)
+        return tracer(traits, counts, members, computed)
 
     def by_ref(self, ref: str) -> Optional[Audience]:
         for a in self.audiences:
@@ -405,8 +423,8 @@ class AudienceSet:
             name, pred = _comparison(node, "trait", path)
             self._reading[1].update({name, name.split(".", 1)[0]})
             if "." not in name:
-                return lambda traits, counts, members: pred(traits.get(name))  # _lookup, plain name
-            return lambda traits, counts, members: pred(_lookup(traits, name))
+                return lambda traits, counts, members, computed=None: pred(traits.get(name))  # _lookup, plain name
+            return lambda traits, counts, members, computed=None: pred(_lookup(traits, name))
         if "event" in node:
             return self._compile_event(node, path)
         if "audience" in node:
@@ -415,15 +433,27 @@ class AudienceSet:
                 raise ConditionError(path + ".audience", "unknown audience %r" % (ref,))
             target = by_ref[ref]
             deps.add(target)
-            return lambda traits, counts, members: members[target]
-        raise ConditionError(path, "a condition node is one of and, or, not, trait, event, audience")
+            return lambda traits, counts, members, computed=None: members[target]
+        if "computed" in node:
+            k, pred = self._computed_leaf(node, path)
+            self._reading_computed.add(k)
+            return lambda traits, counts, members, computed=None: pred(computed[k])
+        raise ConditionError(path, "a condition node is one of %s" % ", ".join(CONDITION_NODES))
+
+    def _computed_leaf(self, node, path):
+        """(computed trait index, predicate) of a ``{computed: NAME, op: OP, value: V}`` node."""
+        if self.computed is None or not len(self.computed):
+            raise ConditionError(path + ".computed", "unknown computed trait %r; define it in "
+                                 "computed_traits" % (node["computed"],))
+        name, pred = _comparison(node, "computed", path)
+        return self.computed.get(name, path + ".computed").index, pred
 
     def _compile_event(self, node, path):
         i, _, min_count, max_count = self._event_leaf(node, path)
         self._reading[0].add(i)
         if max_count is None:
-            return lambda traits, counts, members: counts[i] >= min_count
-        return lambda traits, counts, members: min_count <= counts[i] <= max_count
+            return lambda traits, counts, members, computed=None: counts[i] >= min_count
+        return lambda traits, counts, members, computed=None: min_count <= counts[i] <= max_count
 
     def _event_leaf(self, node, path):
         """(spec index, within, min_count, max_count) of an ``{event: ...}`` node."""
@@ -460,14 +490,15 @@ class AudienceSet:
         """
         env = {"_lookup": _lookup}
         try:
-            source = ("def holds_on_state(traits, counts, members):\n    return %s\n"
+            source = ("def holds_on_state(traits, counts, members, computed=None):\n"
+                      "    return %s\n"
                       % self._on_state_expression(condition, path, by_ref, env))
             code = compile(source, "<%s>" % path, "exec")
         except (SyntaxError, RecursionError, MemoryError):
             # Nesting deeper than the parser takes: the closures, on converted inputs.
-            def holds_on_state(traits, counts, members):
+            def holds_on_state(traits, counts, members, computed=None):
                 return holds(traits, [len(c) if c.__class__ is list else c for c in counts],
-                             [m is not None for m in members])
+                             [m is not None for m in members], computed)
             return holds_on_state
         exec(code, env)
         return env["holds_on_state"]
@@ -493,6 +524,11 @@ class AudienceSet:
             if max_count is None:
                 return "(%s >= %d)" % (count, min_count)
             return "(%d <= %s <= %d)" % (min_count, count, max_count)
+        if "computed" in node:
+            k, pred = self._computed_leaf(node, path)
+            j = len(env)
+            env["_pred%d" % j] = pred
+            return "_pred%d(computed[%d])" % (j, k)
         return "(members[%d] is not None)" % by_ref[node["audience"]]
 
     def _compile_trace(self, node, path):
@@ -505,35 +541,42 @@ class AudienceSet:
                    for i, c in enumerate(node[kind])]
             combine = all if kind == "and" else any
 
-            def trace_combined(traits, counts, members):
-                children = tuple(f(traits, counts, members) for f in fns)
+            def trace_combined(traits, counts, members, computed=None):
+                children = tuple(f(traits, counts, members, computed) for f in fns)
                 return NodeTrace(kind, node, combine(c.value for c in children), None, children)
             return trace_combined
         if "not" in node:
             fn = self._compile_trace(node["not"], path + ".not")
 
-            def trace_not(traits, counts, members):
-                child = fn(traits, counts, members)
+            def trace_not(traits, counts, members, computed=None):
+                child = fn(traits, counts, members, computed)
                 return NodeTrace("not", node, not child.value, None, (child,))
             return trace_not
         if "trait" in node:
             name, pred = _comparison(node, "trait", path)
 
-            def trace_trait(traits, counts, members):
+            def trace_trait(traits, counts, members, computed=None):
                 value = _lookup(traits, name)
                 return NodeTrace("trait", node, pred(value), value, ())
             return trace_trait
         if "event" in node:
             i, within, min_count, max_count = self._event_leaf(node, path)
 
-            def trace_event(traits, counts, members):
+            def trace_event(traits, counts, members, computed=None):
                 count = len(counts[i]) if within is not None else counts[i]
                 holds = count >= min_count and (max_count is None or count <= max_count)
                 return NodeTrace("event", node, holds, count, ())
             return trace_event
+        if "computed" in node:
+            k, pred = self._computed_leaf(node, path)
+
+            def trace_computed(traits, counts, members, computed=None):
+                value = computed[k] if computed is not None else None
+                return NodeTrace("computed", node, pred(value), value, ())
+            return trace_computed
         target = self._by_ref[node["audience"]]
 
-        def trace_audience(traits, counts, members):
+        def trace_audience(traits, counts, members, computed=None):
             return NodeTrace("audience", node, members[target] is not None, target, ())
         return trace_audience
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, List, Mapping, Optional, Tuple
 import yaml
 
 from core import workflows
+from core.computed import ComputedSet
 from core.conditions import AudienceSet, ConditionError
 from core.identity import IdentitySettings, parse_identity
 from core.keys import did_you_mean
@@ -34,7 +35,7 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 # Every key of the config, per mapping (CONTRACT section 3; docs/CONFIG.md describes each). A key
 # outside these is an error naming its path and the nearest known key.
-TOP_LEVEL_KEYS = ("account", "audiences", "works", "input", "identity")
+TOP_LEVEL_KEYS = ("account", "computed_traits", "audiences", "works", "input", "identity")
 #: ``input``: how records are checked (``max_ts_skew``: how far ``ts`` may lie after received_at).
 INPUT_KEYS = ("max_ts_skew",)
 ACCOUNT_KEYS = ("name", "aid")
@@ -80,6 +81,16 @@ class JobConfig:
     def export_attributes(self) -> Optional[List[str]]:
         """Trait names any events export needs as of each event (None when no events export)."""
         return workflows.export_attributes(self.works)
+
+    @property
+    def export_computed(self) -> Optional[List[str]]:
+        """Computed trait names any events export needs as of each event (None: none)."""
+        return workflows.export_computed(self.works)
+
+    @property
+    def change_computed(self) -> bool:
+        """Whether any Event Hub export copies computed traits into its messages."""
+        return workflows.change_computed(self.works)
 
     @property
     def backfill_starts(self) -> List[int]:
@@ -290,7 +301,8 @@ def parse_config(raw: Any, environ: Optional[Mapping[str, str]] = None) -> JobCo
     if aid is not None and (not isinstance(aid, int) or isinstance(aid, bool)):
         raise ConfigError("account.aid: must be an integer")
     try:
-        audiences = AudienceSet(raw.get("audiences") or [], "audiences")
+        computed = ComputedSet(raw.get("computed_traits"), "computed_traits")
+        audiences = AudienceSet(raw.get("audiences") or [], "audiences", computed)
     except ConditionError as exc:
         raise ConfigError(str(exc)) from None
     works_raw = raw.get("works") or []

@@ -17,6 +17,9 @@ Semantics (CONTRACT section 4), for one user:
 * A point only re-evaluates audiences whose inputs changed (a referenced trait, a capped count, or
   an audience they reference); a count change only counts if it crosses a threshold of some node.
 * An ``{event: "*"}`` spec counts every applied event, whatever its name.
+* Computed traits (``core.computed``) keep every matching event still in their windows; one that a
+  condition reads makes each entry's expiry an evaluation point (a wake-up), and a point brings
+  every computed trait up to date before the events at it are applied.
 * Copies of a record (same dedupe key) within 24 h of the first copy's ``received_at`` are applied
   once; copies of one point are taken in (``ts``, ``event_id``, ``received_at``) order.
 * The user's clock is the time up to which the caller said all events had arrived (``until`` of
@@ -39,6 +42,7 @@ import hashlib
 import operator
 from typing import Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
+from core.computed import ComputedRuntime, attribute_key
 from core.conditions import ANY_EVENT, AudienceSet, NodeTrace
 from core.records import DEDUPE_HORIZON_US, ProfileEvent
 from core.state import (STATE_VERSION, StateDocument, StateFormatError, check_document,
@@ -55,6 +59,9 @@ class UserChange(NamedTuple):
     first_ts: int
     last_ts: int
     backfill: bool = False
+    #: the computed traits' values at T (``{name: value}``, an absent value left out) when an
+    #: Event Hub export copies them (``computed_fields``) or the engine is traced; else None
+    computed: Optional[dict] = None
 
 
 class Evaluation(NamedTuple):
@@ -78,7 +85,7 @@ class UserState:
     under the engine that made it. It is saved in its keyed form only
     (:meth:`Engine.state_document`, :meth:`Engine.dump_state`; ``core.state``)."""
     __slots__ = ("clock", "first_ts", "last_ts", "traits", "counts", "members", "seen",
-                 "max_received", "seen_pruned_at", "reevaluate")
+                 "max_received", "seen_pruned_at", "reevaluate", "computed")
 
     def __init__(self, windowed_flags: Iterable[bool], n_audiences: int) -> None:
         self.clock = MIN_TIME          # every event up to here has been applied
@@ -94,6 +101,8 @@ class UserState:
         # Audiences (a mask) to evaluate at the next point whatever changed: those a restored
         # state had not evaluated under their current condition (added or edited audiences).
         self.reevaluate = 0
+        # The computed traits' entries (``core.computed.ComputedRuntime``), one item per trait.
+        self.computed = []
 
     def prune_seen(self) -> None:
         """Forgets dedupe keys whose 24-hour horizon has passed (no copy can still match them)."""
@@ -214,7 +223,8 @@ class Engine:
 
     def __init__(self, audience_set: AudienceSet, backfill_starts: Sequence[int] = (),
                  export_attributes: Optional[Iterable[str]] = None,
-                 observer: Optional[Callable[[Evaluation], None]] = None) -> None:
+                 observer: Optional[Callable[[Evaluation], None]] = None,
+                 export_computed: Optional[Iterable[str]] = None, change_computed: bool = False) -> None:
         self.audiences = audience_set
         self.specs = audience_set.specs
         self._observer = observer
@@ -225,6 +235,23 @@ class Engine:
         self.backfill_starts = sorted(set(backfill_starts))
         self.export_attributes = None if export_attributes is None else list(export_attributes)
         n_aud = len(audience_set.audiences)
+        # Computed traits (core.computed): the audiences reading each, their runtime, and what
+        # the changes (``change_computed``, or traced) and the export rows (``export_computed``
+        # names) carry of their values.
+        computed_set = audience_set.computed
+        self._computed = None
+        self.export_computed = None
+        self._change_computed = False
+        if computed_set is not None and len(computed_set):
+            readers = [0] * len(computed_set)
+            for a in audience_set.audiences:
+                for k in audience_set.computed_inputs_of(a.index):
+                    readers[k] |= 1 << a.index
+            self._computed = ComputedRuntime(computed_set, readers)
+            self.export_computed = list(export_computed) if export_computed else None
+            self._change_computed = bool(change_computed) or observer is not None
+            if self.export_computed is not None and self.export_attributes is None:
+                self.export_attributes = []
         # Which audiences to re-evaluate when a spec count, a trait or an audience changes. The
         # compiled closures hide their inputs, so the set records them per audience; an
         # over-approximation would still be correct (it would only cost time).
@@ -300,12 +327,29 @@ class Engine:
                           if specs + self._counting_any}
 
     def new_state(self) -> UserState:
-        return UserState(self._windowed_flags, len(self.audiences.audiences))
+        state = UserState(self._windowed_flags, len(self.audiences.audiences))
+        if self._computed is not None:
+            state.computed = self._computed.new_state()
+        return state
+
+    def computed_values(self, state: UserState) -> Optional[dict]:
+        """``{name: value}`` of the computed traits as ``state`` stands (None: none defined)."""
+        return None if self._computed is None else self._computed.as_dict(state.computed)
+
+    def merge_computed(self, state: UserState, other: UserState) -> None:
+        """Adds ``other``'s computed-trait entries to ``state``'s as of its clock (identity
+        stitching, ``core.identity.merge_state``)."""
+        if self._computed is not None:
+            self._computed.merge(state.computed, other.computed, state.clock)
+
+    def _computed_view(self, state):
+        return None if self._computed is None else self._computed.view(state.computed)
 
     def trace(self, state: UserState, index: int) -> NodeTrace:
         """Audience ``index``'s condition node by node over ``state`` as it stands (for a fresh
         state: before the user's first event)."""
-        return self.audiences.trace(index, state.traits, state.counts, state.members)
+        return self.audiences.trace(index, state.traits, state.counts, state.members,
+                                    self._computed_view(state))
 
     def _traced_visits(self, state):
         """:class:`_Visits` over the evaluation order with each condition wrapped to report its
@@ -314,13 +358,13 @@ class Engine:
         observer, ids, audiences = self._observer, self._audience_ids, self.audiences
         order = []
         for a, bit, holds, readers in self._order:
-            def traced(traits, counts, members, a=a, holds=holds):
-                value = holds(traits, counts, members)
+            def traced(traits, counts, members, computed=None, a=a, holds=holds):
+                value = holds(traits, counts, members, computed)
                 member = members[a] is not None
                 transition = ("enter" if value and not member
                               else "exit" if member and not value else None)
                 observer(Evaluation(state.clock, a, ids[a], value, transition,
-                                    audiences.trace(a, traits, counts, members)))
+                                    audiences.trace(a, traits, counts, members, computed)))
                 return value
             order.append((a, bit, traced, readers))
         return _Visits(tuple(order))
@@ -348,6 +392,8 @@ class Engine:
             "counts": {self._spec_ids[i]: (list(c) if isinstance(c, list) else c)
                        for i, c in enumerate(state.counts) if c},
             "seen": dict(state.seen),
+            "computed": ({} if self._computed is None
+                         else self._computed.document(state.computed)),
         }
 
     def state_from_document(self, document: StateDocument) -> UserState:
@@ -390,6 +436,9 @@ class Engine:
                 state.counts[i] = min(value, self.caps[i])
         state.seen = dict(document["seen"])
         state.seen_pruned_at = len(state.seen)
+        if self._computed is not None:
+            # A version-1 document has no computed entries: every trait starts from no events.
+            state.computed = self._computed.from_document(document.get("computed") or {})
         return state
 
     def dump_state(self, state: UserState) -> bytes:
@@ -408,11 +457,17 @@ class Engine:
     def next_wake(self, state: UserState) -> Optional[int]:
         """The next time after the clock at which membership can change with no new event.
 
-        That is the earliest expiry that crosses a threshold of some node, or a backfill start
-        while the user is a member of something. ``None`` if there is none.
+        That is the earliest expiry that crosses a threshold of some node, an entry of a computed
+        trait that a condition reads leaving its window, or a backfill start while the user is a
+        member of something. ``None`` if there is none.
         """
-        return _min_or_none((self._spec_wake(state.counts[i], i) for i in self._windowed),
+        wake = _min_or_none((self._spec_wake(state.counts[i], i) for i in self._windowed),
                             self._backfill_wake(state))
+        if self._computed is not None:
+            computed_wake = self._computed.next_wake(state.computed)
+            if computed_wake != _NEVER and (wake is None or computed_wake < wake):
+                wake = computed_wake
+        return wake
 
     def _spec_wake(self, entries, i):
         """When spec i's count next falls to a threshold target (None: never by itself)."""
@@ -479,6 +534,9 @@ class Engine:
                 entries = counts[i]
                 if entries and entries[0] + within <= until:
                     del entries[:bisect.bisect_right(entries, until - within)]
+            if self._computed is not None:
+                # Only traits no condition reads have entries left by then (the others woke).
+                self._computed.expire(state.computed, until)
             state.clock = until
         return changes, rows
 
@@ -508,6 +566,18 @@ class Engine:
         fresh = state.first_ts is None
         reevaluate = state.reevaluate
         duplicates = stats.duplicates
+        # Computed traits (core.computed): their entries, when the next one leaves its window
+        # (``c_expiry``) and when one that a condition reads does (``c_wake``, a wake-up).
+        runtime = self._computed
+        c_expiry = c_wake = _NEVER
+        c_view = c_kept = c_events = c_any = c_extra = None
+        if runtime is not None:
+            c_kept = state.computed
+            c_view = runtime.view(c_kept)
+            c_events, c_any = runtime.by_event, runtime.any_event
+            c_expiry, c_wake = runtime.next_expiry(c_kept), runtime.next_wake(c_kept)
+            export_computed = self.export_computed
+            change_computed = self._change_computed
         i = points = 0
         while True:
             t = times[i]
@@ -516,6 +586,8 @@ class Engine:
                 due.wake = wake = min(wakes)
                 if wake < t:
                     t = wake
+            if c_wake < t:
+                t = c_wake
             if t > until:
                 break
             points += 1
@@ -552,6 +624,10 @@ class Engine:
                     if expiry < lowest:
                         lowest = expiry
                 due.expiry = lowest
+            c_changed = False
+            if c_expiry <= t:
+                dirty |= runtime.expire(c_kept, t)
+                c_changed = True
             exported = []
             while times[i] == t:
                 e = on_time[i]
@@ -627,13 +703,30 @@ class Engine:
                                     due.wake = wake
                             else:
                                 wakes[p] = _NEVER
+                if runtime is not None and (e.event in c_events or c_any):
+                    dirty |= runtime.apply(c_kept, e, t)
+                    c_changed = True
                 if export_attributes is not None:
                     exported.append(e)
+            if c_changed:
+                c_expiry, c_wake = runtime.next_expiry(c_kept), runtime.next_wake(c_kept)
+                c_view.clear()
+                c_extra = None
             if exported:
                 # The user's values as of the point: every event at t has set its traits first,
                 # so events that share a ts export the same values (traits at T, CONTRACT 5.2).
+                extra = None
+                if runtime is not None and export_computed:
+                    if c_extra is None:  # the values change only with the entries
+                        index = runtime.index
+                        c_extra = {attribute_key(name): c_view[index[name]]
+                                   for name in export_computed}
+                    extra = c_extra
                 for e in exported:
-                    rows.append(ExportRow(e, {name: traits.get(name) for name in export_attributes}))
+                    attributes = {name: traits.get(name) for name in export_attributes}
+                    if extra:
+                        attributes.update(extra)
+                    rows.append(ExportRow(e, attributes))
             if fresh and state.first_ts is not None:
                 fresh = False
                 dirty = self._all_audiences
@@ -659,7 +752,7 @@ class Engine:
             for a, bit, holds, readers in visits[dirty]:
                 if not dirty & bit:
                     continue
-                if holds(traits, counts, members):
+                if holds(traits, counts, members, c_view):
                     if members[a] is not None:
                         continue
                     members[a] = t
@@ -674,8 +767,9 @@ class Engine:
                 if len(changed) > 1:
                     changed = tuple(sorted(changed))  # by audience index
                 # tuple.__new__ is what UserChange() does, minus a Python-level __new__.
-                changes.append(_new_tuple(UserChange, (t, changed, dict(traits), state.first_ts,
-                                                       state.last_ts, False)))
+                changes.append(_new_tuple(UserChange, (
+                    t, changed, dict(traits), state.first_ts, state.last_ts, False,
+                    c_view.as_dict() if runtime is not None and change_computed else None)))
             if backfill_starts and (changed or wakes[-1] <= t):
                 due.set_backfill(self._backfill_wake(state))
         stats.events += i - (stats.duplicates - duplicates)  # every event taken is applied
@@ -690,8 +784,10 @@ class Engine:
                 members = tuple((a, "enter", state.members[a])
                                 for a in range(len(state.members)) if state.members[a] is not None)
                 if members:
+                    computed = (self._computed.as_dict(state.computed, s)
+                                if self._computed is not None and self._change_computed else None)
                     changes.append(UserChange(s, members, dict(state.traits), state.first_ts,
-                                              state.last_ts, backfill=True))
+                                              state.last_ts, True, computed))
 
 
 _ABSENT = object()

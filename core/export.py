@@ -214,20 +214,23 @@ def parse_marker(data: bytes | str) -> int:
 
 # -- rows --------------------------------------------------------------------------------------
 
-def event_columns(event_parameters: Iterable[str] = (), attributes: Iterable[str] = ()) -> list[str]:
+def event_columns(event_parameters: Iterable[str] = (), attributes: Iterable[str] = (),
+                  computed: Iterable[str] = ()) -> list[str]:
     return (list(EVENT_COLUMNS) + ["properties." + p for p in event_parameters]
-            + ["traits." + a for a in attributes])
+            + ["traits." + a for a in attributes] + ["computed." + c for c in computed])
 
 
 def columns_for(settings: BlobSettings) -> list[str]:
     if settings.export_type == "system_events":
         return list(SYSTEM_EVENT_COLUMNS)
-    return event_columns(settings.event_parameters, settings.attributes)
+    return event_columns(settings.event_parameters, settings.attributes,
+                         getattr(settings, "computed", None) or ())
 
 
 def event_row(export_row: ExportRow, event_parameters: Iterable[str] = (),
-              attributes: Iterable[str] = ()) -> list[Any]:
-    """The raw values of one ``events`` row from an :class:`core.engine.ExportRow`."""
+              attributes: Iterable[str] = (), computed: Iterable[str] = ()) -> list[Any]:
+    """The raw values of one ``events`` row from an :class:`core.engine.ExportRow`; the computed
+    traits' values are in its attributes under ``core.computed.attribute_key``."""
     e = export_row.event
     values = [e.event_id, e.user_id, e.anonymous_id, e.event, format_time(e.ts),
               format_time(e.received_at)]
@@ -236,6 +239,7 @@ def event_row(export_row: ExportRow, event_parameters: Iterable[str] = (),
     values.extend(props.get(p) for p in event_parameters)
     attrs = export_row.attributes or {}
     values.extend(attrs.get(a) for a in attributes)
+    values.extend(attrs.get(("computed", c)) for c in computed)
     return values
 
 
@@ -397,6 +401,7 @@ class ExportSpec:
         self.start = settings.start
         self.event_parameters = list(settings.event_parameters)
         self.attributes = list(settings.attributes)
+        self.computed = list(getattr(settings, "computed", None) or ())
         self.columns = columns_for(settings)
         self.period = period_micros(settings.period_hours)
         self.marker_end = marker_end
@@ -434,7 +439,7 @@ class ExportSpec:
         if self.export_type == "events":
             e = record.event
             return (e.received_at, e.event_id,
-                    event_row(record, self.event_parameters, self.attributes))
+                    event_row(record, self.event_parameters, self.attributes, self.computed))
         return record.received_at, record.id, system_event_row(record)
 
     def file_name(self, start: int) -> str:

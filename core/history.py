@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from core.blocks import pack_rows, unpack_rows
+from core.computed import ComputedSet
 from core.conditions import AudienceSet
 from core.engine import Engine, ExportRow, Stats, UserChange, UserState
 from core.records import ProfileEvent
@@ -36,25 +37,38 @@ class EngineSpec:
 
     def __init__(self, audience_defs: list[Any], backfill_starts: Iterable[int] = (),
                  export_attributes: Iterable[str] | None = None, as_of: int | None = None,
-                 keep_state: bool = False) -> None:
-        # audience_defs: the config's raw ``audiences`` list, validated by AudienceSet
+                 keep_state: bool = False, computed_defs: dict[str, Any] | None = None,
+                 export_computed: Iterable[str] | None = None,
+                 change_computed: bool = False) -> None:
+        # audience_defs: the config's raw ``audiences`` list, validated by AudienceSet;
+        # computed_defs: its raw ``computed_traits`` (core.computed), export_computed the names
+        # the events exports need, change_computed whether messages copy computed values
         self.audience_defs = audience_defs
         self.backfill_starts = list(backfill_starts)
         self.export_attributes = export_attributes
         self.as_of = as_of
         self.keep_state = keep_state
+        self.computed_defs = computed_defs
+        self.export_computed = None if export_computed is None else list(export_computed)
+        self.change_computed = change_computed
 
     def for_run(self, as_of: int | None, keep_state: bool | None = None) -> EngineSpec:
         """A copy bounded by ``as_of`` (and keeping state if ``keep_state``, unchanged if None)."""
         return EngineSpec(self.audience_defs, self.backfill_starts, self.export_attributes, as_of,
-                          self.keep_state if keep_state is None else keep_state)
+                          self.keep_state if keep_state is None else keep_state,
+                          self.computed_defs, self.export_computed, self.change_computed)
 
     @classmethod
     def from_job(cls, job: JobConfig, raw_audiences: list[Any]) -> EngineSpec:
-        return cls(raw_audiences, job.backfill_starts, job.export_attributes)
+        return cls(raw_audiences, job.backfill_starts, job.export_attributes,
+                   computed_defs=job.raw.get("computed_traits"),
+                   export_computed=job.export_computed, change_computed=job.change_computed)
 
     def build(self) -> Engine:
-        return Engine(AudienceSet(self.audience_defs), self.backfill_starts, self.export_attributes)
+        computed = ComputedSet(self.computed_defs) if self.computed_defs else None
+        return Engine(AudienceSet(self.audience_defs, computed=computed), self.backfill_starts,
+                      self.export_attributes, export_computed=self.export_computed,
+                      change_computed=self.change_computed)
 
 
 class BatchTotals:
@@ -104,7 +118,9 @@ def unpack_changes(wire: bytes | Sequence[tuple[Any, ...]]) -> Sequence[tuple[An
 
 
 def _engine_for(spec):
-    key = pickle.dumps((spec.audience_defs, spec.backfill_starts, spec.export_attributes), protocol=5)
+    key = pickle.dumps((spec.audience_defs, spec.backfill_starts, spec.export_attributes,
+                        spec.computed_defs, spec.export_computed, spec.change_computed),
+                       protocol=5)
     engine = _engines.get(key)
     if engine is None:
         engine = _engines[key] = spec.build()

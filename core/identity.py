@@ -55,13 +55,14 @@ class Claim(NamedTuple):
 
 class MergeExit(NamedTuple):
     """The anonymous profile's memberships exiting at the merge time: a
-    :class:`core.engine.UserChange` (same first six fields) plus the user it merged into."""
+    :class:`core.engine.UserChange` (the same seven fields) plus the user it merged into."""
     time: int
     changes: tuple[tuple[int, str, int], ...]   # (audience index, "exit", enter time)
     traits: dict
     first_ts: int
     last_ts: int
     backfill: bool
+    computed: Optional[dict]   # as a UserChange's; None: the exit message carries none
     merged_into: str
 
 
@@ -111,7 +112,8 @@ def merge_state(engine: Engine, known: UserState, anon: UserState) -> None:
 
     Windowed counts: the two sorted timestamp lists united, without entries whose window closed by
     ``known``'s clock, cut to the newest ``cap`` (the newest ``cap`` entries give every node the
-    same answer, see ``core.engine._Due``). All-time counts: added, saturated at ``cap``. Traits:
+    same answer, see ``core.engine._Due``). All-time counts: added, saturated at ``cap``. Computed
+    traits: their entries and aggregates combined (``core.computed``). Traits:
     those ``anon`` has and ``known`` lacks. First and last times: the earlier and the later. Dedupe
     keys: united (a key both hold keeps ``known``'s run). Memberships are ``known``'s.
     """
@@ -139,6 +141,7 @@ def merge_state(engine: Engine, known: UserState, anon: UserState) -> None:
     for key, received in anon.seen.items():
         known.seen.setdefault(key, received)
     known.max_received = max(known.max_received, anon.max_received)
+    engine.merge_computed(known, anon)
     known.reevaluate |= (1 << len(known.members)) - 1
 
 
@@ -150,7 +153,8 @@ def merge_exit(anon: UserState, at: int, merged_into: str) -> Optional[MergeExit
     anon.members = [None] * len(anon.members)
     if not exits:
         return None
-    return MergeExit(at, exits, dict(anon.traits), anon.first_ts, anon.last_ts, False, merged_into)
+    return MergeExit(at, exits, dict(anon.traits), anon.first_ts, anon.last_ts, False, None,
+                     merged_into)
 
 
 def split_at(events: Iterable[ProfileEvent], at: int

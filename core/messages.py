@@ -73,6 +73,7 @@ class MessageBuilder:
         self._exported = frozenset(settings.audiences)
         self._subscription_id = subscription_id = settings.subscription_id
         self._user_fields = settings.user_fields
+        self._computed_fields = getattr(settings, "computed_fields", None) or ()
         # Canonical JSON through orjson needs a look only at values from outside (config names,
         # the user key, traits): the rest are strings made here.
         self._audiences = [(a.id, a.slug, type(a.id) is str and type(a.slug) is str)
@@ -80,7 +81,8 @@ class MessageBuilder:
         self._subscription_agrees = type(subscription_id) is str
 
     def build(self, change: Change, key_field: str, key: str) -> Message | None:
-        # A change of six fields, or seven: ``core.identity.MergeExit`` ends with ``merged_into``.
+        # A change of six fields or more: a UserChange's seventh is its computed values, and
+        # ``core.identity.MergeExit`` has those and ends with ``merged_into``.
         time, audience_changes, traits, first_ts, last_ts, backfill = change[:6]
         start = self._start
         if start is not None:
@@ -116,9 +118,18 @@ class MessageBuilder:
                 data[name] = value = traits[name]
                 if type(value) is not str and agrees:
                     agrees = json_agrees((value,))
+        if self._computed_fields:
+            # The computed traits' values at T (an absent one left out); after the traits, so a
+            # computed trait named like a trait gives the value.
+            computed = change[6] if len(change) > 6 and change[6] is not None else {}
+            for name in self._computed_fields:
+                if name in computed:
+                    data[name] = value = computed[name]
+                    if type(value) is not str and agrees:
+                        agrees = json_agrees((value,))
         data[key_field] = key
-        if len(change) > 6:
-            data["merged_into"] = change[6]
+        if len(change) > 7:
+            data["merged_into"] = change[7]
         data["segment_events"] = segment_events
         message = {"data": data, "subscription_id": self._subscription_id, "timestamp": t}
         if backfill:

@@ -9,6 +9,8 @@ and the local export directory. Pure: the launcher reads those and writes the pa
   legend beside it, and a time axis over the days that hold the run's activity: days far from the
   rest (a record dated 9999 or 1970) are named below the chart instead of squeezing it flat;
 * enters and exits per audience and per day (one row per day);
+* the job's computed traits: what each computes, the audiences that read it, the works that send it
+  (when the job has any);
 * the works' figures;
 * dead letters: per file, how many and why (the reasons counted, with the first record's source);
 * export files: one row per window with its start and end (UTC), rows and bytes.
@@ -368,6 +370,17 @@ details summary{cursor:pointer;margin:.4em 0}
 """
 
 
+def _computed_section(computed):
+    """The job's computed traits (``summary.json``'s ``computed_traits``), or nothing."""
+    if not computed:
+        return ""
+    rows = [(c["name"], c["computes"], ", ".join(c["read_by"]) or "-",
+             ", ".join(c["sent_by"]) or "-") for c in computed]
+    return ("<h2>Computed traits</h2>\n"
+            + _table(["computed trait", "computes", "read by", "sent by"], rows,
+                     table_id="computed") + "\n")
+
+
 def build_report(summary: Mapping[str, Any], daily: Sequence[DailyCount],
                  files: Iterable[tuple[str, int]] | None = None,
                  dead_letters: Iterable[tuple[str, Sequence[Mapping[str, Any]]]] = (),
@@ -401,7 +414,7 @@ late %(late)d, duplicates %(dups)d.</p>
 %(outliers)s
 <h2>Enters and exits per audience</h2>
 %(audiences)s
-<h2>Works</h2>
+%(computed)s<h2>Works</h2>
 %(works)s
 <h2>Dead letters</h2>
 %(dead_letters)s
@@ -418,6 +431,7 @@ late %(late)d, duplicates %(dups)d.</p>
        "range": range_note, "chart": _chart(days, series),
        "outliers": _outliers_note(outliers, first, last),
        "audiences": _table(["audience", "enters", "exits"], audience_rows, numeric=(1, 2)),
+       "computed": _computed_section(summary.get("computed_traits") or []),
        "days": ('<p class="muted">+ enters, \u2212 exits, per audience and day (UTC).</p>'
                 + _table(["day"] + audience_names, day_rows, table_id="per-day")
                 if day_rows else '<p class="empty">none</p>'),

@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.records import ProfileEvent
-from core.state import STATE_VERSION, StateDocument, StateFormatError, check_document
+from core.state import (READ_VERSIONS, StateDocument, StateFormatError, check_document,
+                        upgrade_document)
 
 FORMAT = "activation-audience-state"
 #: The snapshot layout's version; a reader refuses any other.
@@ -42,7 +43,10 @@ SCHEMA = pa.schema([
     ("counts", pa.string()),         # JSON object: spec id -> count (all time) or [ts, ...] (window)
     ("seen", pa.string()),           # JSON object: "s:<event_id>" or "h:<hex hash>" -> received_at
     ("pending", pa.string()),        # JSON list of waiting events (objects of ProfileEvent fields)
+    ("computed", pa.string()),       # JSON object: computed trait id -> entries or aggregate
 ])
+#: Columns a snapshot written before they existed lacks (read as empty).
+_OPTIONAL_COLUMNS = ("computed",)
 _USER_FIELDS = ("clock", "first_ts", "last_ts", "max_received")
 
 
@@ -70,7 +74,8 @@ def user_row(key_field: str, key: str, document: StateDocument,
            "audiences": _json(document["audiences"]), "counts": _json(document["counts"]),
            "seen": _json({_seen_key(k): v for k, v in document["seen"].items()}),
            "pending": _json([dict(zip(ProfileEvent._fields, r)) for r in pending_rows])
-           if pending_rows else None}
+           if pending_rows else None,
+           "computed": _json(document.get("computed") or {})}
     fields: Mapping[str, Any] = document  # read by the names in _USER_FIELDS
     for name in _USER_FIELDS:
         row[name] = fields[name]
@@ -119,12 +124,14 @@ def read_snapshot(data: bytes) -> Snapshot:
     if meta.get("version") != str(SNAPSHOT_VERSION):
         raise SnapshotError("snapshot version %s, this code reads version %d"
                             % (meta.get("version"), SNAPSHOT_VERSION))
-    missing = [f.name for f in SCHEMA if f.name not in table.column_names]
+    missing = [f.name for f in SCHEMA if f.name not in table.column_names
+               and f.name not in _OPTIONAL_COLUMNS]
     if missing:
         raise SnapshotError("snapshot lacks column(s) %s" % ", ".join(missing))
     as_of = int(meta["as_of"]) if meta.get("as_of") else None
     users, system_events = [], []
-    for n, row in enumerate(table.select([f.name for f in SCHEMA]).to_pylist()):
+    present = [f.name for f in SCHEMA if f.name in table.column_names]
+    for n, row in enumerate(table.select(present).to_pylist()):
         try:
             if row["kind"] == SYSTEM_EVENT:
                 if not isinstance(row["key"], str) or not isinstance(row["max_received"], int):
@@ -133,9 +140,10 @@ def read_snapshot(data: bytes) -> Snapshot:
                 continue
             if row["kind"] != USER:
                 raise StateFormatError("unknown kind %r" % row["kind"])
-            if row["state_version"] != STATE_VERSION:
-                raise StateFormatError("user state version %s, this code reads version %d"
-                                       % (row["state_version"], STATE_VERSION))
+            if row["state_version"] not in READ_VERSIONS:
+                raise StateFormatError("user state version %s, this code reads versions %s"
+                                       % (row["state_version"],
+                                          ", ".join(map(str, READ_VERSIONS))))
             if row["key_field"] not in ("user_id", "anonymous_id") or not row["key"]:
                 raise StateFormatError("key_field and key must name the user")
             document = {"version": row["state_version"]}
@@ -144,7 +152,10 @@ def read_snapshot(data: bytes) -> Snapshot:
             for name in ("traits", "members", "audiences", "counts"):
                 document[name] = json.loads(row[name])
             document["seen"] = {_seen_from(k): v for k, v in json.loads(row["seen"]).items()}
+            if document["version"] >= 2:
+                document["computed"] = json.loads(row.get("computed") or "{}")
             check_document(document)
+            document = upgrade_document(document)
             pending = [tuple(e[f] for f in ProfileEvent._fields)
                        for e in json.loads(row["pending"])] if row["pending"] else []
         except (StateFormatError, ValueError, TypeError, KeyError, AttributeError) as exc:

@@ -8,7 +8,9 @@ config's order) because that is what its hot loop indexes. What is saved, in Bea
 * counter specs (what an ``{event: ...}`` node counts: event name, ``where`` and ``within``) by
   :func:`spec_id`, a hash of their canonical form, shared by every node that counts the same thing;
 * each audience's condition by :func:`condition_key`, a hash of its canonical JSON, so that a
-  restore can tell which audiences were evaluated under the condition they have now.
+  restore can tell which audiences were evaluated under the condition they have now;
+* computed traits' entries by their definition's id (``core.computed.computed_id``), so that a
+  renamed trait keeps its entries and an edited one starts afresh.
 
 A saved state is a :data:`STATE_VERSION` document (a plain dict of JSON-like values, see
 :func:`new_document`). ``core.engine.Engine.state_document`` and ``Engine.state_from_document``
@@ -24,12 +26,17 @@ import pickle
 from collections.abc import Mapping
 from typing import Any, TypedDict, cast
 
-#: The version of the saved state's layout; a reader refuses any other.
-STATE_VERSION = 1
+#: The version of the saved state's layout this code writes. Version 2 added ``computed``.
+STATE_VERSION = 2
+#: The versions this code reads: a version-1 state has no computed traits' entries (every
+#: computed trait starts from no events).
+READ_VERSIONS = (1, 2)
 #: Bytes of an encoded document start with this magic and the version byte.
 _MAGIC = b"S"
 _FIELDS = ("version", "clock", "first_ts", "last_ts", "max_received", "traits", "members",
-           "audiences", "counts", "seen")
+           "audiences", "counts", "seen", "computed")
+#: The fields of each version read, in their encoded order.
+_VERSION_FIELDS = {1: _FIELDS[:-1], 2: _FIELDS}
 
 
 class StateFormatError(ValueError):
@@ -48,6 +55,7 @@ class StateDocument(TypedDict):
     audiences: dict[str, str]          # audience id -> condition key it was evaluated under
     counts: dict[str, int | list[int]]  # spec id -> count (all time) or event times (window)
     seen: dict[str | bytes, int]       # dedupe key -> received_at
+    computed: dict[str, Any]           # computed trait id -> entries or aggregate (version 2)
 
 
 def _canonical(value):
@@ -87,34 +95,44 @@ def decode_document(data: bytes) -> StateDocument:
     """The document of :func:`encode_document` bytes; :class:`StateFormatError` if they are not."""
     if len(data) < 3 or data[:1] != _MAGIC:
         raise StateFormatError("not a saved user state")
-    if data[1] != STATE_VERSION:
-        raise StateFormatError("user state version %d, this code reads version %d"
-                               % (data[1], STATE_VERSION))
+    if data[1] not in READ_VERSIONS:
+        raise StateFormatError("user state version %d, this code reads versions %s"
+                               % (data[1], ", ".join(map(str, READ_VERSIONS))))
+    fields = _VERSION_FIELDS[data[1]]
     tag, body = data[2:3], memoryview(data)[3:]
     try:
         values = marshal.loads(body) if tag == b"m" else pickle.loads(body) if tag == b"p" else None
     except Exception as exc:
         raise StateFormatError("corrupt user state: %s" % exc) from None
-    if not isinstance(values, tuple) or len(values) != len(_FIELDS):
+    if not isinstance(values, tuple) or len(values) != len(fields):
         raise StateFormatError("corrupt user state")
-    return cast(StateDocument, dict(zip(_FIELDS, values)))
+    return upgrade_document(dict(zip(fields, values)))
+
+
+def upgrade_document(document: dict[str, Any]) -> StateDocument:
+    """A document of any version read, as a :data:`STATE_VERSION` one (``document`` itself when
+    it is one): a version-1 state gets no computed entries."""
+    if document.get("version") == 1:
+        document = dict(document, version=STATE_VERSION, computed={})
+    return cast(StateDocument, document)
 
 
 def check_document(document: object) -> None:
-    """Raises :class:`StateFormatError` unless ``document`` has the shape of a version-1 state."""
+    """Raises :class:`StateFormatError` unless ``document`` has the shape of a state of a version
+    this code reads (:data:`READ_VERSIONS`)."""
     if not isinstance(document, dict):
         raise StateFormatError("a user state must be an object")
-    if document.get("version") != STATE_VERSION:
-        raise StateFormatError("user state version %r, this code reads version %d"
-                               % (document.get("version"), STATE_VERSION))
-    missing = [f for f in _FIELDS if f not in document]
+    if document.get("version") not in READ_VERSIONS:
+        raise StateFormatError("user state version %r, this code reads versions %s"
+                               % (document.get("version"), ", ".join(map(str, READ_VERSIONS))))
+    missing = [f for f in _VERSION_FIELDS[document["version"]] if f not in document]
     if missing:
         raise StateFormatError("user state lacks %s" % ", ".join(missing))
     for name in ("clock", "max_received"):
         if not isinstance(document[name], int):
             raise StateFormatError("user state field %s must be an integer" % name)
-    for name in ("traits", "members", "audiences", "counts", "seen"):
-        if not isinstance(document[name], dict):
+    for name in ("traits", "members", "audiences", "counts", "seen", "computed"):
+        if name in document and not isinstance(document[name], dict):
             raise StateFormatError("user state field %s must be an object" % name)
     for value in document["counts"].values():
         if not (isinstance(value, int) or (isinstance(value, list)

@@ -49,6 +49,7 @@ class EventHubSettings:
     start: Optional[int]                 # microseconds; None: no lower bound
     user_fields: Optional[List[str]]     # None: all traits
     eventhub_name: Optional[str] = None
+    computed_fields: List[str] = field(default_factory=list)  # computed traits copied into data
 
 
 @dataclass
@@ -85,6 +86,7 @@ class BlobSettings:
     start: Optional[int]
     max_windows_per_run: int = DEFAULT_MAX_WINDOWS
     allow_more_windows: bool = False
+    computed: List[str] = field(default_factory=list)  # computed.<name> columns
 
 
 # -- parsing: a work's config into its settings -------------------------------------------------
@@ -111,7 +113,8 @@ def _eventhub(path, cfg, work, audiences):
         existing_users=read_bool(cfg, "existing_users", path, EVENTHUB_DEFAULTS["existing_users"]),
         start=read_time(cfg, "start", path),
         user_fields=read_string_list(cfg, "user_fields", path),
-        eventhub_name=read_string(cfg, "eventhub_name", path))
+        eventhub_name=read_string(cfg, "eventhub_name", path),
+        computed_fields=_computed_names(cfg, "computed_fields", path, audiences))
 
 
 def _alert_filter(path, cfg):
@@ -246,7 +249,23 @@ def _blob(path, cfg, work, audiences):
                                         BLOB_DEFAULTS["max_windows_per_run"], minimum=1,
                                         integer=True),
         allow_more_windows=read_bool(cfg, "allow_more_windows", path,
-                                     BLOB_DEFAULTS["allow_more_windows"]))
+                                     BLOB_DEFAULTS["allow_more_windows"]),
+        computed=_computed_names(cfg, "computed", path, audiences))
+
+
+def _computed_names(cfg, key, path, audiences):
+    """``cfg[key]``: names of computed traits (``computed_traits``), each one defined."""
+    names = read_string_list(cfg, key, path) or []
+    if names:
+        computed = getattr(audiences, "computed", None)
+        for j, name in enumerate(names):
+            if computed is None or name not in computed.by_name:
+                known = ", ".join(computed.names) if computed is not None and len(computed) \
+                    else "none is defined (computed_traits)"
+                raise ConfigError("%s.%s[%d]: unknown computed trait %r%s; known: %s" % (
+                    path, key, j, name, did_you_mean(name, computed.names if computed else ()),
+                    known))
+    return names
 
 
 # -- the plan (pipelines.validate) and the destinations checked before a run ---------------------
@@ -332,7 +351,7 @@ class Workflow:
 WORKFLOWS: Dict[str, Workflow] = {w.name: w for w in (
     Workflow(EVENTHUB_AUDIENCE_EXPORT, EventHubSettings,
              ("connection_string", "subscription_id", "audiences", "existing_users", "start",
-              "user_fields", "eventhub_name", "paused"),
+              "user_fields", "computed_fields", "eventhub_name", "paused"),
              EVENTHUB_DEFAULTS, _eventhub, ("messages_delivered", "batches_delivered"),
              _eventhub_plan),
     Workflow(WEBHOOK_SYSTEM_EVENTS, AlertSettings,
@@ -348,7 +367,7 @@ WORKFLOWS: Dict[str, Workflow] = {w.name: w for w in (
              EMAIL_DEFAULTS, _email, ("alerts_delivered",), _email_plan, _email_destination),
     Workflow(AZURE_BLOB_EVENT_EXPORT, BlobSettings,
              ("connection_string", "container", "prefix", "export_type", "period_hours", "events",
-              "event_parameters", "attributes", "format", "anchor", "start",
+              "event_parameters", "attributes", "computed", "format", "anchor", "start",
               "max_windows_per_run", "allow_more_windows", "paused"),
              BLOB_DEFAULTS, _blob, ("files_delivered", "rows_delivered", "skipped_before_marker"),
              _blob_plan),
@@ -359,6 +378,21 @@ def backfill_starts(works: List[Any]) -> List[int]:
     """The distinct ``start`` times at which an Event Hub export backfills its existing members."""
     return sorted({w.settings.start for w in works if w.workflow == EVENTHUB_AUDIENCE_EXPORT
                    and w.settings.existing_users and w.settings.start is not None})
+
+
+def export_computed(works: List[Any]) -> Optional[List[str]]:
+    """Computed trait names any events export needs as of each event (None when none does)."""
+    names = []
+    for w in works:
+        if w.workflow == AZURE_BLOB_EVENT_EXPORT and w.settings.export_type == "events":
+            names.extend(c for c in w.settings.computed if c not in names)
+    return names or None
+
+
+def change_computed(works: List[Any]) -> bool:
+    """Whether any Event Hub export copies computed traits into its messages' ``data``."""
+    return any(w.workflow == EVENTHUB_AUDIENCE_EXPORT and w.settings.computed_fields
+               for w in works)
 
 
 def export_attributes(works: List[Any]) -> Optional[List[str]]:

@@ -3,9 +3,10 @@
     python -m pipelines.explain --config FILE --input GLOB --user KEY [--anonymous]
 
 Prints each of the user's events and each audience transition, and for each transition the
-condition as a tree (``and``, ``or``, ``not`` and the leaves), each node with its value, the counts
-and trait values behind it, and a ``*`` on the nodes whose value changed at that moment: the cause
-of the transition. Transitions and trees come from the engine the pipelines run, traced
+condition as a tree (``and``, ``or``, ``not`` and the leaves), each node with its value, the counts,
+trait and computed values behind it, and a ``*`` on the nodes whose value changed at that moment:
+the cause of the transition; then the job's computed traits at that moment (``computed:``), when it
+has any. Transitions and trees come from the engine the pipelines run, traced
 (``core.engine.Evaluation``): nothing here evaluates a condition. Runs in plain Python on the local files
 (no Beam). A key with no events but found as the other kind of id gets a hint (``--anonymous``).
 ``--help`` lists the options (docs/COMMANDS.md).
@@ -22,7 +23,7 @@ import sys  # noqa: E402
 from typing import List, Optional  # noqa: E402
 
 from core.conditions import ANY_EVENT, NodeTrace  # noqa: E402
-from core.config import ConfigError, load_config  # noqa: E402
+from core.config import ConfigError, JobConfig, load_config  # noqa: E402
 from core.engine import Engine, Evaluation  # noqa: E402
 from core.records import (DEFAULT_MAX_TS_SKEW_US, InputError, ProfileEvent,  # noqa: E402
                           dedupe_batch, parse_record, time_bounds_error)
@@ -92,6 +93,9 @@ def _describe(node_trace, audiences):
                                           json.dumps(detail))
     if kind == "event":
         return _describe_event(node, detail)
+    if kind == "computed":
+        return "computed %s %s %s (is %s)" % (node["computed"], node["op"],
+                                              json.dumps(node.get("value")), json.dumps(detail))
     return "member of %s" % audiences[detail].slug
 
 
@@ -133,6 +137,13 @@ def tree_lines(now: NodeTrace, before: NodeTrace, audiences: list) -> List[str]:
 
     walk(now, before, 0)
     return out
+
+
+def computed_line(values: dict, job: JobConfig) -> str:
+    """The job's computed traits at a transition, in config order: ``name=value`` (JSON), an
+    absent value shown as ``absent``."""
+    return ", ".join("%s=%s" % (name, json.dumps(values[name]) if name in values else "absent")
+                     for name in job.audiences.computed.names)
 
 
 def parser() -> CommandParser:
@@ -205,6 +216,8 @@ def _explain(args):
             lines = tree_lines(*trace.at[(t, audience_index)], audiences)
             for line in lines:
                 out.write("      %s\n" % line)
+            if item.computed is not None:
+                out.write("      computed: %s\n" % computed_line(item.computed, job))
             if t == first_ts and not lines[0].startswith("*"):
                 out.write("      (the user's first event: before it a user is in no audience)\n")
     out.write("(* = changed at this moment: the cause of the transition)\n")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, TextIO, Tuple
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
+from core.computed import usage as computed_usage
 from core.config import JobConfig
 from core.report import build_report, count_rows, export_files, export_windows
 from core.timeutil import format_time
@@ -59,6 +60,7 @@ def build_summary(job: JobConfig, totals: Optional[Dict[Tuple[str, str], int]], 
                                "exits": get("audience:" + a.slug, "exits")}
                       for a in job.audiences.audiences},
         "works": {},
+        "computed_traits": computed_usage(job.audiences, job.works),
         "output_dir": output_dir,
         "seconds": round(seconds, 3),
     }

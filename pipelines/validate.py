@@ -16,6 +16,7 @@ import json  # noqa: E402
 import sys  # noqa: E402
 from typing import List, Optional, TextIO  # noqa: E402
 
+from core.computed import usage as computed_usage  # noqa: E402
 from core.config import ConfigError, JobConfig, check_destinations, load_config  # noqa: E402
 from core.redact import Redactor, collect_secrets, mask_secrets  # noqa: E402
 from core.workflows import WORKFLOWS  # noqa: E402
@@ -36,11 +37,14 @@ def plan(job: JobConfig) -> dict:
     audiences = []
     for a in job.audiences.audiences:
         specs, traits = job.audiences.inputs_of(a.index)
+        computed = job.audiences.computed
+        read = sorted(computed.traits[k].name for k in job.audiences.computed_inputs_of(a.index))
         windows = sorted({_duration(job.audiences.specs[i].within) if job.audiences.specs[i].within
                           else "all time" for i in specs})
         events = sorted({job.audiences.specs[i].event for i in specs})
         audiences.append({"id": a.id, "slug": a.slug, "name": a.name, "events": events,
                           "windows": windows, "traits": sorted(t for t in traits if "." not in t),
+                          "computed": read,
                           "depends_on": [job.audiences.audiences[d].slug for d in a.depends_on]})
     works = []
     for w in job.works:
@@ -55,6 +59,7 @@ def plan(job: JobConfig) -> dict:
     return {"account": {"name": job.account_name, "aid": job.aid},
             "input": {"max_ts_skew": _duration(job.max_ts_skew)},
             "identity": {"stitch": job.identity.stitch},
+            "computed_traits": computed_usage(job.audiences, job.works),
             "audiences": audiences, "works": works}
 
 
@@ -63,11 +68,18 @@ def print_plan(p: dict, out: TextIO) -> None:
     if p["identity"]["stitch"]:
         out.write("identity: stitching on (an identify merges its anonymous id into its user; "
                   "the earliest claim wins)\n")
+    if p["computed_traits"]:
+        out.write("computed traits:\n")
+        for c in p["computed_traits"]:
+            out.write("  %-24s %s; read by %s; sent by %s\n" % (
+                c["name"], c["computes"], ", ".join(c["read_by"]) or "-",
+                ", ".join(c["sent_by"]) or "-"))
     out.write("audiences:\n")
     for a in p["audiences"]:
-        out.write("  %-24s events %s, windows %s, traits %s%s\n" % (
+        out.write("  %-24s events %s, windows %s, traits %s%s%s\n" % (
             a["slug"], ", ".join(a["events"]) or "-", ", ".join(a["windows"]) or "-",
             ", ".join(a["traits"]) or "-",
+            (", computed " + ", ".join(a["computed"])) if a["computed"] else "",
             (", uses " + ", ".join(a["depends_on"])) if a["depends_on"] else ""))
     out.write("works:\n")
     for w in p["works"]:

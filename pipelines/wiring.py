@@ -136,7 +136,7 @@ class _DailyActivity(beam.DoFn):
         elif timestamp < entry[0]:
             entry[0] = timestamp
         counts = entry[1]
-        # The wire tuples as they come (UserChange field order; a MergeExit has a seventh, its
+        # The wire tuples as they come (UserChange field order; a MergeExit ends with its
         # merged_into): this runs once per change, and day numbers become dates once per bundle,
         # in finish_bundle.
         for at, changes, _, _, _, backfill, *_ in unpack_changes(element[1]):

@@ -3,8 +3,10 @@
     generate(seed, n_users=200, days=30) -> (config_dict, lines)
 
 The config's audiences together use every node type (and/or/not, trait, event with and without
-within/where/min_count/max_count, `event: "*"`, audience references incl. a nested one) and every operator in both
-trait conditions and `where`. The lines hold anonymous users, events with and without event_id,
+within/where/min_count/max_count, `event: "*"`, audience references incl. a nested one, computed
+traits) and every operator in both trait conditions and `where`. Its computed traits use every op,
+windowed and all time, with `where`, a dotted property, `event: "*"`, and values that do not
+qualify (a price given as a string). The lines hold anonymous users, events with and without event_id,
 every timestamp form, received_at absent or delayed (plus an ingestion outage that leaves empty
 export windows), trait updates incl. null removal, duplicates within and after 24 h, malformed
 lines, system events, in shuffled order.
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import json
 import random
+
+from tests.datagen_computed import COMPUTED_AUDIENCES, COMPUTED_TRAITS
 
 US = 1_000_000
 HOUR = 3600 * US
@@ -202,6 +206,9 @@ def make_config(days=30):
     add("a1f0c0de20", "busy_shoppers", "5+ events with a price in 6 h",
         {"event": "*", "within": "6h", "min_count": 5,
          "where": {"property": "price", "op": "exists"}})
+    computed = dict(COMPUTED_TRAITS)
+    for aid, slug, name, cond in COMPUTED_AUDIENCES:
+        add(aid, slug, name, cond)
     works = [
         {"id": "w-eh-sub", "workflow": "eventhub_audience_export", "label": "Subset with backfill",
          "config": {"subscription_id": "7e2b8804bbe162cd3f9c0c5991bf3078",
@@ -209,7 +216,8 @@ def make_config(days=30):
                                   "a1f0c0de07", "beta_abroad"],
                     "existing_users": True,
                     "start": _rfc(start),
-                    "user_fields": ["email", "country", "user_id"]}},
+                    "user_fields": ["email", "country", "user_id"],
+                    "computed_fields": ["spend_7d", "orders", "avg_cart_3d", "last_subject_2d"]}},
         {"id": "w-eh-all", "workflow": "eventhub_audience_export", "config": {}},
         {"id": "w-blob-events", "workflow": "azure_blob_event_export",
          "config": {"container": "exports", "prefix": "acme/events/", "export_type": "events",
@@ -218,12 +226,15 @@ def make_config(days=30):
                     "event_parameters": ["price", "currency", "sku", "items", "coupon",
                                          "subject", "product"],
                     "attributes": ["email", "country", "ltv", "tags", "opt_in"],
+                    "computed": ["spend_7d", "orders", "max_price", "first_sku", "last_category",
+                                 "min_cart_1d"],
                     "format": "csv"}},
         {"id": "w-blob-sys", "workflow": "azure_blob_event_export",
          "config": {"container": "exports", "prefix": "acme/system/",
                     "export_type": "system_events", "period_hours": 24, "format": "csv"}},
     ]
-    return {"account": {"name": "acme", "aid": 1234}, "audiences": aud, "works": works}
+    return {"account": {"name": "acme", "aid": 1234}, "computed_traits": computed,
+            "audiences": aud, "works": works}
 
 
 def generate(seed, n_users=200, days=30, outage=True, malformed=True, system=True):

@@ -18,7 +18,10 @@ time (each event's ts, and ts + within for every event and every `within` used a
 config, plus the backfill starts). A condition can only change value at one of these times, so at
 each of them, in order, we re-evaluate every audience from scratch: event counts by scanning all of
 the user's events, traits by replaying all events with ts <= T in (ts, event_id) order, audience
-references by evaluating the referenced audience's condition at the same T. Membership at T is the
+references by evaluating the referenced audience's condition at the same T, computed traits
+(`computed_traits`, docs/SEMANTICS.md "Computed traits") by scanning all of the user's events in
+(ts, event_id) order with exact fractions for sums. The candidate times include ts + within of
+every computed trait's `within`. Membership at T is the
 condition at T (T >= the user's first event); a transition is a change between consecutive times.
 A bounded run evaluates up to its as-of time (contract 1: `--as_of`, else `--end`, else the latest
 `received_at` read): times after it are not evaluated, events dated after it are not applied.
@@ -34,6 +37,7 @@ import datetime as _dt
 import hashlib
 import io
 import json
+import math
 import os
 import re
 from fractions import Fraction
@@ -317,6 +321,7 @@ def normalise_config(config, environ=None):
         works.append(w)
     config["works"] = works
     config["audiences"] = list(config.get("audiences") or [])
+    config["computed_traits"] = dict(config.get("computed_traits") or {})
     return config
 
 
@@ -429,16 +434,71 @@ def eval_where(node, props):
     return apply_op(node["op"], lookup(props, node["property"]), node.get("value"))
 
 
+def _qualifies(op, value):
+    """SEMANTICS, computed traits: sum/avg/min/max take finite numbers (not booleans); first and
+    last any value but null or absent."""
+    if value is _MISSING:
+        return False
+    if op in ("sum", "avg", "min", "max"):
+        return _kind(value) == "num" and math.isfinite(value)
+    return True
+
+
+def computed_value(definition, events, T):
+    """A computed trait's value at T over a user's events (in (ts, event_id) order); None: absent."""
+    op = definition["op"]
+    within = parse_duration(definition["within"]) if definition.get("within") is not None else None
+    picked = []
+    for e in events:
+        if definition["event"] != "*" and e.name != definition["event"]:
+            continue
+        if not (e.ts <= T and (within is None or T < e.ts + within)):
+            continue
+        if definition.get("where") is not None and not eval_where(definition["where"], e.properties):
+            continue
+        if op == "count":
+            picked.append(None)
+            continue
+        value = lookup(e.properties, definition["property"])
+        if _qualifies(op, value):
+            picked.append(value)
+    if op == "count":
+        return len(picked)
+    if op == "sum" and not picked:
+        return 0
+    if not picked:
+        return None
+    if op in ("sum", "avg"):
+        if all(isinstance(v, int) for v in picked):
+            total = sum(picked)
+        else:
+            total = float(sum(Fraction(v) for v in picked))
+        return total if op == "sum" else total / len(picked)
+    if op == "first":
+        return picked[0]
+    if op == "last":
+        return picked[-1]
+    best = picked[0]
+    for v in picked[1:]:                     # equal values: the earliest event's
+        if (v < best) if op == "min" else (v > best):
+            best = v
+    return best
+
+
 class UserModel:
     """All of one user's (deduped) events and brute-force evaluation at any time T."""
 
-    def __init__(self, key, events, audiences):
+    def __init__(self, key, events, audiences, computed=None):
         self.key = key
         self.events = sorted(events, key=lambda e: (e.ts, e.event_id))
         self.first_ts = self.events[0].ts
         self.audiences = audiences           # slug-or-id -> audience dict
+        self.computed = computed or {}       # name -> computed trait definition
         self._traits_cache = {}
         self._cond_cache = {}
+
+    def computed_at(self, name, T):
+        return computed_value(self.computed[name], self.events, T)
 
     def traits_at(self, T):
         if T not in self._traits_cache:
@@ -486,6 +546,9 @@ class UserModel:
             return n >= lo and (hi is None or n <= hi)
         if "audience" in node:
             return self.member(node["audience"], T)
+        if "computed" in node:
+            value = self.computed_at(node["computed"], T)
+            return apply_op(node["op"], _MISSING if value is None else value, node.get("value"))
         raise ValueError("unknown condition node %r" % (node,))
 
     def member(self, ref, T):
@@ -554,13 +617,17 @@ def enter_time_before(spans, T):
 # 5.1 Event Hub messages
 # --------------------------------------------------------------------------------------------
 
-def _message(model, T, sub_id, user_fields, seg_events, backfill=False):
+def _message(model, T, sub_id, user_fields, seg_events, backfill=False, computed_fields=()):
     traits = model.traits_at(T)
     data = {}
     fields = user_fields if user_fields is not None else list(traits.keys())
     for f in fields:
         if f in traits and traits[f] is not None:
             data[f] = traits[f]
+    for name in computed_fields:             # the computed value at T wins over a trait
+        value = model.computed_at(name, T)
+        if value is not None:
+            data[name] = value
     data[model.key[0]] = model.key[1]
     data["_created"] = fmt_time(model.first_ts)
     data["_modified"] = fmt_time(model.modified_at(T))
@@ -594,6 +661,7 @@ def eventhub_messages(config, models, withins, work, as_of=None):
     if as_of is not None and start is not None and start > as_of:
         backfill = False  # the run ends before the work's start
     user_fields = wc.get("user_fields")
+    computed_fields = wc.get("computed_fields") or []
     out = []
     for key in sorted(models):
         model = models[key]
@@ -606,7 +674,8 @@ def eventhub_messages(config, models, withins, work, as_of=None):
                 if state_before(points, states[a["slug"]], start):
                     segs.append(_seg(a, "enter", enter_time_before(spans[a["slug"]], start), None))
             if segs:
-                user_msgs.append(_message(model, start, sub_id, user_fields, segs, backfill=True))
+                user_msgs.append(_message(model, start, sub_id, user_fields, segs, backfill=True,
+                                          computed_fields=computed_fields))
         prev = {a["slug"]: False for a in auds}
         current_enter = {}
         for i, T in enumerate(points):
@@ -620,7 +689,8 @@ def eventhub_messages(config, models, withins, work, as_of=None):
                     segs.append(_seg(a, "exit", current_enter[a["slug"]], T))
                 prev[a["slug"]] = v
             if segs and (start is None or T >= start):
-                user_msgs.append(_message(model, T, sub_id, user_fields, segs))
+                user_msgs.append(_message(model, T, sub_id, user_fields, segs,
+                                          computed_fields=computed_fields))
         out.extend(user_msgs)
     return out
 
@@ -667,8 +737,9 @@ def blob_files(config, events, systems, models, work):
         names = wc.get("events") or None
         params = wc.get("event_parameters") or []
         attrs = wc.get("attributes") or []
+        computed = wc.get("computed") or []
         header = BLOB_EVENT_COLUMNS + ["properties.%s" % p for p in params] + \
-            ["traits.%s" % a for a in attrs]
+            ["traits.%s" % a for a in attrs] + ["computed.%s" % c for c in computed]
         for e in events:
             if names is not None and e.name not in names:
                 continue
@@ -679,6 +750,7 @@ def blob_files(config, events, systems, models, work):
                    fmt_time(e.ts), fmt_time(e.received_at)]
             row += [cell(_plain(e.properties, p)) for p in params]
             row += [cell(_plain(traits, a)) for a in attrs]
+            row += [cell(models[e.key].computed_at(c, e.ts)) for c in computed]
             rows.append((e.received_at, e.event_id, row))
     else:
         header = list(BLOB_SYSTEM_COLUMNS)
@@ -740,13 +812,17 @@ def build_models(config, events):
     per_user = {}
     for e in events:
         per_user.setdefault(e.key, []).append(e)
-    return {k: UserModel(k, evs, by_ref) for k, evs in per_user.items()}
+    return {k: UserModel(k, evs, by_ref, config.get("computed_traits"))
+            for k, evs in per_user.items()}
 
 
 def config_withins(config):
     ws = set()
     for a in config["audiences"]:
         collect_withins(a["condition"], ws)
+    for definition in (config.get("computed_traits") or {}).values():
+        if definition.get("within") is not None:
+            ws.add(parse_duration(definition["within"]))
     return sorted(ws)
 
 

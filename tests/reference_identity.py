@@ -29,8 +29,8 @@ from tests import reference as ref
 class Profile(ref.UserModel):
     """One profile after stitching: its own events and the merged anonymous histories."""
 
-    def __init__(self, key, own, audiences):
-        super().__init__(key, own, audiences)
+    def __init__(self, key, own, audiences, computed=None):
+        super().__init__(key, own, audiences, computed)
         self.merges = []          # (M, anonymous id, [events before M], A's Profile)
         self.closes_at = None     # M, for an anonymous profile merged into a user
         self.merged_into = None   # that user's Profile
@@ -86,6 +86,14 @@ class Profile(ref.UserModel):
             fill(m)
         self._traits_cache[T] = traits
         return traits
+
+    def computed_at(self, name, T):
+        """A computed trait over the merged history (an anonymous profile's after its merge:
+        the user's, as for traits)."""
+        if self.closes_at is not None and T >= self.closes_at:
+            return self.merged_into.computed_at(name, T)
+        events = sorted(self.events_at(T), key=lambda e: (e.ts, e.event_id))
+        return ref.computed_value(self.computed[name], events, T)
 
     def first_at(self, T):
         return min(e.ts for e in self.events_at(T))
@@ -153,7 +161,8 @@ def build_profiles(config, events):
                 own.setdefault(("user_id", link[1]), []).append(e)
             else:
                 own.setdefault(("anonymous_id", e.anonymous_id), []).append(e)
-    profiles = {k: Profile(k, evs, by_ref) for k, evs in own.items()}
+    profiles = {k: Profile(k, evs, by_ref, config.get("computed_traits"))
+                for k, evs in own.items()}
     for anon, (at, user) in sorted(links.items()):
         known = profiles[("user_id", user)]     # the identify is the user's own event
         a = profiles.get(("anonymous_id", anon))
@@ -181,13 +190,18 @@ def timeline(profile, audiences, withins, extra=(), as_of=None):
     return points, states, spans
 
 
-def _message(profile, T, sub_id, user_fields, seg_events, backfill=False, merged_into=None):
+def _message(profile, T, sub_id, user_fields, seg_events, backfill=False, merged_into=None,
+             computed_fields=()):
     traits = profile.own_traits_at(T) if merged_into is not None else profile.traits_at(T)
     data = {}
     fields = user_fields if user_fields is not None else list(traits.keys())
     for f in fields:
         if f in traits and traits[f] is not None:
             data[f] = traits[f]
+    for name in computed_fields if merged_into is None else ():  # a merge exit carries none
+        value = profile.computed_at(name, T)
+        if value is not None:
+            data[name] = value
     data[profile.key[0]] = profile.key[1]
     data["_created"] = ref.fmt_time(profile.first_at(T))
     data["_modified"] = ref.fmt_time(profile.modified_at(T))
@@ -210,6 +224,7 @@ def eventhub_messages(config, profiles, withins, work, as_of=None):
     if as_of is not None and start is not None and start > as_of:
         backfill = False
     user_fields = wc.get("user_fields")
+    computed = wc.get("computed_fields") or ()
     out = []
     for key in sorted(profiles):
         p = profiles[key]
@@ -219,7 +234,8 @@ def eventhub_messages(config, profiles, withins, work, as_of=None):
             segs = [ref._seg(a, "enter", ref.enter_time_before(spans[a["slug"]], start), None)
                     for a in auds if ref.state_before(points, states[a["slug"]], start)]
             if segs:
-                out.append(_message(p, start, sub_id, user_fields, segs, backfill=True))
+                out.append(_message(p, start, sub_id, user_fields, segs, backfill=True,
+                                    computed_fields=computed))
         prev = {a["slug"]: False for a in auds}
         entered = {}
         for i, T in enumerate(points):
@@ -233,7 +249,7 @@ def eventhub_messages(config, profiles, withins, work, as_of=None):
                     segs.append(ref._seg(a, "exit", entered[a["slug"]], T))
                 prev[a["slug"]] = v
             if segs and (start is None or T >= start):
-                out.append(_message(p, T, sub_id, user_fields, segs))
+                out.append(_message(p, T, sub_id, user_fields, segs, computed_fields=computed))
         M = p.closes_at
         if M is not None and (as_of is None or M <= as_of):
             segs = [ref._seg(a, "exit", entered[a["slug"]], M) for a in auds if prev[a["slug"]]]

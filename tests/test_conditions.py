@@ -95,7 +95,8 @@ def test_audiences_evaluate_in_dependency_order():
     ({"not": {"audience": "b", "slug": "c"}},
      "audiences[0].condition.not.slug: unknown key; known keys here: audience"),
     ({"and": [{"event": "p"}], "trait": "x", "op": "exists"},
-     "audiences[0].condition: a condition node is one of and, or, not, trait, event, audience; "
+     "audiences[0].condition: a condition node is one of and, or, not, trait, event, audience, "
+     "computed; "
      "this one has both 'and' and 'trait' (combine them under and: [...])"),
 ])
 def test_unknown_keys_in_conditions_name_the_path_and_the_nearest_key(definition, message):

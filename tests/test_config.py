@@ -124,7 +124,8 @@ def blob_with(**config):
     # A key of another workflow is unknown here.
     (config_with({"workflow": "eventhub_audience_export", "config": {"container": "x"}}),
      "works[0].config.container: unknown key; known keys here: connection_string, "
-     "subscription_id, audiences, existing_users, start, user_fields, eventhub_name, paused"),
+     "subscription_id, audiences, existing_users, start, user_fields, computed_fields, "
+     "eventhub_name, paused"),
 ])
 def test_unknown_keys_name_the_path_and_the_nearest_key(raw, expected):
     assert error_of(raw) == expected

@@ -140,7 +140,8 @@ def test_tracing_changes_nothing_on_the_acceptance_data():
             users.setdefault((record.key_field, record.key), []).append(record)
     assert len(users) >= 30
     for events in users.values():
-        plain = Engine(job.audiences, job.backfill_starts)
+        # The changes carry the computed traits' values, as a traced engine's do.
+        plain = Engine(job.audiences, job.backfill_starts, change_computed=True)
         expected, _ = plain.advance(plain.new_state(), list(events), MAX_TIME)
         evaluations = []
         traced = Engine(job.audiences, job.backfill_starts, observer=evaluations.append)

@@ -86,7 +86,7 @@ def test_anonymous_then_known_user():
     anon_changes = result.changes[("anonymous_id", "a")]
     assert anon_changes[-1] == MergeExit(T0 + 10 * MIN, ((0, "exit", T0 + 5 * MIN),
                                                          (1, "exit", T0 + 6 * MIN)),
-                                         {}, T0, T0 + 6 * MIN, False, "k")
+                                         {}, T0, T0 + 6 * MIN, False, None, "k")
     user = [(c.time, c.changes) for c in result.changes[("user_id", "k")]]
     assert user == [
         (T0 + MIN, ((1, "enter", T0 + MIN),)),

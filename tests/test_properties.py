@@ -29,6 +29,7 @@ import sys
 import pytest
 from hypothesis import HealthCheck, Phase, assume, given, settings, strategies as st
 
+from core.computed import ComputedSet
 from core.conditions import AudienceSet
 from core.engine import Engine
 from core.records import (InputError, ProfileEvent, SystemEvent, content_hash, parse_record,
@@ -267,13 +268,37 @@ EVENT_NAMES = ["purchase", "view", "open"]
 #: Names condition nodes count: the input's, and "*" (any event).
 COUNTED_NAMES = EVENT_NAMES + ["*"]
 WITHINS = [None, "10m", "30m", "1h", "3h"]
+#: Computed traits the conditions may read (every op, windowed and all time).
+COMPUTED = {
+    "spend_1h": {"op": "sum", "event": "purchase", "property": "price", "within": "1h"},
+    "spend": {"op": "sum", "event": "*", "property": "price"},
+    "avg_30m": {"op": "avg", "event": "*", "property": "price", "within": "30m"},
+    "min_3h": {"op": "min", "event": "purchase", "property": "price", "within": "3h"},
+    "max_10m": {"op": "max", "event": "view", "property": "price", "within": "10m"},
+    "first_subject": {"op": "first", "event": "open", "property": "subject"},
+    "last_subject_1h": {"op": "last", "event": "*", "property": "subject", "within": "1h"},
+    "big_views_30m": {"op": "count", "event": "view", "within": "30m",
+                      "where": {"property": "price", "op": "gt", "value": 20}},
+}
+COMPUTED_NODES = [
+    {"computed": "spend_1h", "op": "gte", "value": 45},
+    {"computed": "spend", "op": "gt", "value": 100},
+    {"computed": "avg_30m", "op": "lt", "value": 22.5},
+    {"computed": "min_3h", "op": "lte", "value": 5},
+    {"computed": "max_10m", "op": "exists"},
+    {"computed": "first_subject", "op": "eq", "value": "Sale now"},
+    {"computed": "last_subject_1h", "op": "starts_with", "value": "Sale"},
+    {"computed": "big_views_30m", "op": "gte", "value": 2},
+]
 
 
 @st.composite
 def conditions(draw, refs, depth=0):
-    kinds = ["event", "event", "trait"] + (["and", "or", "not"] if depth < 2 else []) + \
-        (["audience"] if refs else [])
+    kinds = ["event", "event", "trait", "computed"] + \
+        (["and", "or", "not"] if depth < 2 else []) + (["audience"] if refs else [])
     kind = draw(st.sampled_from(kinds))
+    if kind == "computed":
+        return draw(st.sampled_from(COMPUTED_NODES))
     if kind == "event":
         node = {"event": draw(st.sampled_from(COUNTED_NAMES))}
         within = draw(st.sampled_from(WITHINS))
@@ -413,7 +438,7 @@ def _spans(changes, audiences):
 @given(audience_configs(), histories(), st.randoms(use_true_random=False))
 def test_any_arrival_order_ahead_of_the_watermark_gives_the_same_transitions(audiences, lines,
                                                                              rnd):
-    engine = Engine(AudienceSet(audiences))
+    engine = Engine(AudienceSet(audiences, computed=ComputedSet(COMPUTED)), change_computed=True)
     for key, events in _events_by_user(lines).items():
         expected = _all_at_once(engine, events)
         for _ in range(3):
@@ -424,15 +449,23 @@ def test_any_arrival_order_ahead_of_the_watermark_gives_the_same_transitions(aud
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(audience_configs(), histories())
 def test_engine_transitions_equal_the_brute_force_reference(audiences, lines):
-    config = {"account": {"name": "acme", "aid": 1}, "audiences": audiences, "works": []}
+    config = {"account": {"name": "acme", "aid": 1}, "audiences": audiences, "works": [],
+              "computed_traits": COMPUTED}
     expected = {key: spans for key, spans in R.reference_transitions(config, lines).items()
                 if spans}
-    engine = Engine(AudienceSet(audiences))
+    engine = Engine(AudienceSet(audiences, computed=ComputedSet(COMPUTED)), change_computed=True)
     got = {}
+    models = R.build_models(R.normalise_config(config), R.parse_lines(lines)[0])
     for key, events in _events_by_user(lines).items():
-        spans = _spans(_all_at_once(engine, events), audiences)
+        changes = _all_at_once(engine, events)
+        spans = _spans(changes, audiences)
         if spans:
             got[key] = spans
+        for change in changes:          # the computed values at each transition
+            values = {name: R.computed_value(d, models[key].events, change.time)
+                      for name, d in COMPUTED.items()}
+            assert change.computed == {k: v for k, v in values.items() if v is not None}, \
+                (key, change.time)
     assert got == expected
 
 

@@ -4,10 +4,12 @@ Each test saves a user's state under one config, restores it under an edited con
 more events, and compares with what the edited config gives when it ran all along (or, for an
 added audience, with what the contract says an added audience does).
 """
+import marshal
 import random
 
 import pytest
 
+from core.computed import ComputedSet
 from core.conditions import AudienceSet
 from core.engine import Engine
 from core.records import ProfileEvent
@@ -164,9 +166,9 @@ def test_other_versions_and_corrupt_bytes_are_refused():
     engine.advance(state, FIRST, CUT)
     data = engine.dump_state(state)
     document = decode_document(data)
-    assert document["version"] == 1 and document["members"] == {"aud-buyers": 8 * MIN}
-    with pytest.raises(StateFormatError, match="version 2"):
-        engine.load_state(data[:1] + bytes((2,)) + data[2:])
+    assert document["version"] == 2 and document["members"] == {"aud-buyers": 8 * MIN}
+    with pytest.raises(StateFormatError, match="version 3"):
+        engine.load_state(data[:1] + bytes((3,)) + data[2:])
     with pytest.raises(StateFormatError):
         engine.load_state(data[:len(data) // 2])
     with pytest.raises(StateFormatError):
@@ -187,3 +189,68 @@ def test_backfill_at_a_start_after_the_as_of_waits_for_the_run_that_reaches_it()
     restored = engine.load_state(engine.dump_state(state))
     later, _ = engine.advance(restored, [], 50 * MIN)
     assert [(c.time, c.backfill, c.changes) for c in later] == [(start, True, ((0, "enter", 0),))]
+
+
+def _version_1_bytes(document):
+    """A state as version 1 wrote it: its ten fields (no ``computed``) marshalled."""
+    fields = ("version", "clock", "first_ts", "last_ts", "max_received", "traits", "members",
+              "audiences", "counts", "seen")
+    values = tuple(1 if f == "version" else document[f] for f in fields)
+    return b"S" + bytes((1,)) + b"m" + marshal.dumps(values, 2)
+
+
+def test_a_version_1_state_loads_and_its_computed_traits_start_from_no_events():
+    engine = _engine([BUYERS, GOLD])
+    state = engine.new_state()
+    engine.advance(state, FIRST, CUT)
+    old = _version_1_bytes(engine.state_document(state))
+    assert decode_document(old)["version"] == 2 and decode_document(old)["computed"] == {}
+    # Under the same config: the same state, written back as version 2.
+    assert engine.dump_state(engine.load_state(old)) == engine.dump_state(state)
+    # Under a config with a computed trait: it starts from no events, the rest goes on.
+    computed = ComputedSet({"bought": {"op": "count", "event": "purchase", "within": "1h"}})
+    edited = Engine(AudienceSet([BUYERS, GOLD], computed=computed), change_computed=True)
+    restored = edited.load_state(old)
+    assert edited.computed_values(restored) == {"bought": 0}
+    changes, _ = edited.advance(restored, SECOND, MAX_TIME)
+    assert edited.computed_values(restored) == {"bought": 0}  # every purchase has left the hour
+    # The purchases at 5 and 8 minutes came before the restore: not counted; 20, 70, 75 are.
+    assert [(c.time // MIN, c.computed["bought"]) for c in changes] == [(38, 1), (60, 1), (75, 3),
+                                                                      (100, 2)]
+    fresh = _engine([BUYERS, GOLD])
+    expected, _ = fresh.advance(fresh.load_state(old), SECOND, MAX_TIME)
+    assert [(c.time, c.changes) for c in changes] == [(c.time, c.changes) for c in expected]
+
+
+def test_a_snapshot_keeps_computed_entries_and_one_written_before_them_still_reads():
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from core.snapshot import SCHEMA, read_snapshot, user_row, write_snapshot
+    computed = ComputedSet({"spend": {"op": "sum", "event": "purchase", "property": "price",
+                                      "within": "1h"}})
+    engine = Engine(AudienceSet([BUYERS], computed=computed), change_computed=True)
+    state = engine.new_state()
+    events = [ProfileEvent("u", "e1", "purchase", 5 * MIN, 5 * MIN, "u", None, {"price": 2.5}, None),
+              ProfileEvent("u", "e2", "purchase", 8 * MIN, 8 * MIN, "u", None, {"price": 4}, None)]
+    engine.advance(state, events, CUT)
+    document = engine.state_document(state)
+    out = io.BytesIO()
+    write_snapshot(out, [user_row("user_id", "u", document)], "acme", CUT)
+    (_, read, _), = read_snapshot(out.getvalue()).users
+    assert read == document and engine.computed_values(engine.state_from_document(read)) == \
+        {"spend": 6.5}
+    # A file of the layout before computed traits: no computed column, state version 1.
+    old_row = dict(user_row("user_id", "u", dict(document, version=1)))
+    del old_row["computed"]
+    old_schema = pa.schema([f for f in SCHEMA if f.name != "computed"])
+    table = pa.Table.from_pylist([old_row], schema=old_schema).replace_schema_metadata(
+        {"format": "activation-audience-state", "version": "1", "account": "acme",
+         "as_of": str(CUT)})
+    old = io.BytesIO()
+    pq.write_table(table, old)
+    (_, upgraded, _), = read_snapshot(old.getvalue()).users
+    assert upgraded == dict(document, computed={})
+    assert engine.computed_values(engine.state_from_document(upgraded)) == {"spend": 0}

@@ -36,6 +36,8 @@ import tempfile
 import time
 import uuid
 
+from pipelines.runners import end_process_group
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The broker version that install_runners.sh installs unless KAFKA_VERSION says otherwise.
 KAFKA_VERSION = "4.4.0"
@@ -182,17 +184,8 @@ class LocalKafka:
 
     def stop(self) -> None:
         """Stops the broker (SIGTERM, then SIGKILL) and removes its directory if it made it."""
-        if self._proc is not None and self._proc.poll() is None:
-            for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-                try:
-                    os.killpg(self._proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self._proc.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+        if self._proc is not None:
+            end_process_group(self._proc, term_grace=30)
         if self._proc is not None:
             self._log.close()
             self._proc = None

@@ -230,17 +230,7 @@ class WorkerPool:
 
     def stop(self, keep_log: bool = False) -> None:
         """Ends the pool and the workers it started (its process group)."""
-        if self._proc.poll() is None:
-            for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-                try:
-                    os.killpg(self._proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self._proc.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+        end_process_group(self._proc, term_grace=10)
         try:  # workers of the group that outlive the pool's own process
             os.killpg(self._proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -248,6 +238,23 @@ class WorkerPool:
         self._log.close()
         if not keep_log:
             os.unlink(self._log.name)
+
+
+def end_process_group(proc: "subprocess.Popen", term_grace: float) -> None:
+    """Ends ``proc``'s process group (``proc`` started with ``start_new_session=True``): SIGTERM,
+    up to ``term_grace`` seconds for ``proc`` to exit, then SIGKILL and up to 10 s more."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, term_grace), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 #: The file Flink writes last into a checkpoint's or savepoint's directory: it is complete then.

@@ -380,19 +380,25 @@ class _EvaluateStatefulAsOfFn(_EvaluateStatefulFn):
 _STATE_ENTRY = b"s"
 
 
-class EvaluateAudiencesStateful(beam.PTransform):
-    """Streaming evaluation: ``(key, [events])`` groups in, changes and export rows out (and, with
-    ``spec.keep_state``, each user's saved state on ``state``).
-
-    ``as_of``: a singleton PCollection of the run's as-of time when it comes from the data (see
-    ``pipelines.wiring.build_graph``); None when ``spec.as_of`` says it or there is none (an unbounded run).
-    """
+class EvaluatingTransform(beam.PTransform):
+    """What every evaluating composite is built from: the engine's ``spec`` and ``as_of``, a
+    singleton PCollection of the run's as-of time when it comes from the data (see
+    ``pipelines.wiring.build_graph``), else None (``spec.as_of`` says it, or an unbounded run)."""
 
     def __init__(self, spec: EngineSpec, label: typing.Optional[str] = None,
                  as_of: typing.Optional[beam.PCollection[int]] = None) -> None:
         super().__init__(label)
         self._spec = spec
         self.as_of = as_of
+
+
+class EvaluateAudiencesStateful(EvaluatingTransform):
+    """Streaming evaluation: ``(key, [events])`` groups in, changes and export rows out (and, with
+    ``spec.keep_state``, each user's saved state on ``state``).
+
+    ``as_of``: a singleton PCollection of the run's as-of time when it comes from the data (see
+    ``pipelines.wiring.build_graph``); None when ``spec.as_of`` says it or there is none (an unbounded run).
+    """
 
     @no_annotations
     def expand(self, groups: beam.PCollection[typing.Tuple[typing.Tuple[str, str], typing.Any]]
@@ -436,17 +442,11 @@ class _EvaluateHistoryAsOfFn(_EvaluateHistoryFn):
         return self._process(element, as_of, timestamp, window)
 
 
-class EvaluateAudiencesBatch(beam.PTransform):
+class EvaluateAudiencesBatch(EvaluatingTransform):
     """Batch evaluation: all of a user's events at once, the same engine, no per-element state.
 
     ``as_of``: as for :class:`EvaluateAudiencesStateful`.
     """
-
-    def __init__(self, spec: EngineSpec, label: typing.Optional[str] = None,
-                 as_of: typing.Optional[beam.PCollection[int]] = None) -> None:
-        super().__init__(label)
-        self._spec = spec
-        self.as_of = as_of
 
     @no_annotations
     def expand(self, groups: beam.PCollection[typing.Tuple[typing.Tuple[str, str], typing.Any]]

@@ -30,11 +30,10 @@ from apache_beam.typehints.decorators import no_annotations
 
 from core.blocks import unpack_rows
 from core.engine import Stats
-from core.history import EngineSpec
 from core.identity import Claim, Merge, advance_with_merges, close_anonymous, identify_order
 from core.records import ProfileEvent
 from core.timeutil import MAX_TIME, format_time
-from transforms.audiences import CHANGES, EXPORT, EngineMetrics
+from transforms.audiences import CHANGES, EXPORT, EngineMetrics, EvaluatingTransform
 from transforms.read import TS_INDEX, events_from_wire, to_wire
 
 _USER_ID = ProfileEvent._fields.index("user_id")
@@ -180,18 +179,12 @@ class _Evaluated(typing.NamedTuple):
     deadletter: beam.PCollection   # conflicting claims (``conflict_dead_letter``)
 
 
-class StitchAndEvaluate(beam.PTransform):
+class StitchAndEvaluate(EvaluatingTransform):
     """``(key, group)`` elements to changes and export rows with identity stitching.
 
     ``as_of``: as for ``transforms.audiences.EvaluateAudiencesStateful`` (set by
     ``pipelines.wiring.build_graph`` when the as-of time comes from the data).
     """
-
-    def __init__(self, spec: EngineSpec, label: typing.Optional[str] = None,
-                 as_of: typing.Optional[beam.PCollection[int]] = None) -> None:
-        super().__init__(label)
-        self._spec = spec
-        self.as_of = as_of
 
     @no_annotations
     def expand(self, groups: beam.PCollection[typing.Tuple[typing.Tuple[str, str], typing.Any]]

@@ -99,23 +99,9 @@ def _run(command, runner, workdir, name, config, lines):
            if k not in ("EVENTHUB_CONNECTION_STRING", "AZURE_STORAGE_CONNECTION_STRING")}
     argv = [sys.executable, "-m", "pipelines." + command, "--config", cfg, "--input", events,
             "--output_dir", out, "--runner=" + runner]
-    log = os.path.join(workdir, name, "log")
-    with open(log + ".out", "w+") as stdout, open(log + ".err", "w+") as stderr:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=stdout, stderr=stderr, text=True)
-        java = set()   # the job server(s) the run started: Beam must stop them when it ends
-        try:
-            while proc.poll() is None:
-                java.update(pid for pid, args in _children(proc.pid) if args.startswith("java "))
-                try:
-                    proc.wait(0.5)
-                except subprocess.TimeoutExpired:
-                    pass
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        stdout.seek(0)
-        stderr.seek(0)
-        proc.stdout, proc.stderr = stdout.read(), stderr.read()
+    # java: the job server(s) the run started; Beam must stop them when it ends.
+    code, stdout, stderr, java = run_watching_java(argv, os.path.join(workdir, name, "log"), env)
+    proc = subprocess.CompletedProcess(argv, code, stdout, stderr)
     assert proc.returncode == 0, "%s exited %d\n%s\n%s" % (
         " ".join(argv), proc.returncode, proc.stdout[-2000:], proc.stderr[-6000:])
     if runner == "FlinkRunner":
@@ -177,6 +163,27 @@ def test_flink_gives_the_direct_runners_bytes(command, dataset, azurite, webhook
     for figure in ("records_read", "deadlettered", "duplicates", "late", "events_applied",
                    "audiences", "works"):
         assert flink["summary"][figure] == direct["summary"][figure], figure
+
+
+def run_watching_java(argv, log, env):
+    """Runs a pipeline command to its end (stdout and stderr in ``log``.out and .err); returns
+    (exit code, stdout, stderr, the java processes it started), the latter seen while it ran."""
+    with open(log + ".out", "w+") as stdout, open(log + ".err", "w+") as stderr:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=stdout, stderr=stderr, text=True)
+        java = set()
+        try:
+            while proc.poll() is None:
+                java.update(pid for pid, args in _children(proc.pid) if args.startswith("java "))
+                try:
+                    proc.wait(0.5)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        stdout.seek(0)
+        stderr.seek(0)
+        return proc.returncode, stdout.read(), stderr.read(), java
 
 
 def _children(pid):

@@ -18,7 +18,6 @@ same dead letters apart from where each line came from, and the same figures in 
 import json
 import os
 import signal
-import subprocess
 import sys
 
 import pytest
@@ -27,7 +26,7 @@ import yaml
 from emulators.kafka import LocalKafka, kafka_libs
 from pipelines.runners import flink_expansion_service_jar, flink_job_server_jar
 from tests.datagen import generate
-from tests.test_flink_runner import _children, _ended
+from tests.test_flink_runner import _ended, run_watching_java
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_PY = os.path.join(ROOT, ".venv", "bin", "python")
@@ -40,26 +39,10 @@ PARTITIONS = 2
 
 
 def _run(argv, log):
-    """Runs a pipeline command to its end; returns (exit code, stdout, stderr, the java
-    processes it started), the latter seen while it ran."""
+    """Runs a pipeline command to its end without the connection strings of the environment."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("EVENTHUB_CONNECTION_STRING", "AZURE_STORAGE_CONNECTION_STRING")}
-    with open(log + ".out", "w+") as stdout, open(log + ".err", "w+") as stderr:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=stdout, stderr=stderr, text=True)
-        java = set()
-        try:
-            while proc.poll() is None:
-                java.update(pid for pid, args in _children(proc.pid) if args.startswith("java "))
-                try:
-                    proc.wait(0.5)
-                except subprocess.TimeoutExpired:
-                    pass
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        stdout.seek(0)
-        stderr.seek(0)
-        return proc.returncode, stdout.read(), stderr.read(), java
+    return run_watching_java(argv, log, env)
 
 
 def _outputs(out_dir):

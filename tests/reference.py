@@ -639,6 +639,26 @@ def _message(model, T, sub_id, user_fields, seg_events, backfill=False, computed
     return msg
 
 
+def transition_segments(auds, points, states):
+    """The segments of the audiences that change at each evaluation time, ``[(T, segs)]``, and
+    after the last point each audience's membership (``{slug: bool}``) and enter time."""
+    prev = {a["slug"]: False for a in auds}
+    entered = {}
+    changes = []
+    for i, T in enumerate(points):
+        segs = []
+        for a in auds:
+            v = states[a["slug"]][i]
+            if v and not prev[a["slug"]]:
+                entered[a["slug"]] = T
+                segs.append(_seg(a, "enter", T, None))
+            elif prev[a["slug"]] and not v:
+                segs.append(_seg(a, "exit", entered[a["slug"]], T))
+            prev[a["slug"]] = v
+        changes.append((T, segs))
+    return changes, prev, entered
+
+
 def _seg(aud, kind, enter, exit_):
     return {"id": aud["id"], "slug": aud["slug"], "event": kind, "enter": fmt_time(enter),
             "exit": FAR_FUTURE if exit_ is None else fmt_time(exit_)}
@@ -676,18 +696,7 @@ def eventhub_messages(config, models, withins, work, as_of=None):
             if segs:
                 user_msgs.append(_message(model, start, sub_id, user_fields, segs, backfill=True,
                                           computed_fields=computed_fields))
-        prev = {a["slug"]: False for a in auds}
-        current_enter = {}
-        for i, T in enumerate(points):
-            segs = []
-            for a in auds:
-                v = states[a["slug"]][i]
-                if v and not prev[a["slug"]]:
-                    current_enter[a["slug"]] = T
-                    segs.append(_seg(a, "enter", T, None))
-                elif prev[a["slug"]] and not v:
-                    segs.append(_seg(a, "exit", current_enter[a["slug"]], T))
-                prev[a["slug"]] = v
+        for T, segs in transition_segments(auds, points, states)[0]:
             if segs and (start is None or T >= start):
                 user_msgs.append(_message(model, T, sub_id, user_fields, segs,
                                           computed_fields=computed_fields))

@@ -236,18 +236,8 @@ def eventhub_messages(config, profiles, withins, work, as_of=None):
             if segs:
                 out.append(_message(p, start, sub_id, user_fields, segs, backfill=True,
                                     computed_fields=computed))
-        prev = {a["slug"]: False for a in auds}
-        entered = {}
-        for i, T in enumerate(points):
-            segs = []
-            for a in auds:
-                v = states[a["slug"]][i]
-                if v and not prev[a["slug"]]:
-                    entered[a["slug"]] = T
-                    segs.append(ref._seg(a, "enter", T, None))
-                elif prev[a["slug"]] and not v:
-                    segs.append(ref._seg(a, "exit", entered[a["slug"]], T))
-                prev[a["slug"]] = v
+        changes, prev, entered = ref.transition_segments(auds, points, states)
+        for T, segs in changes:
             if segs and (start is None or T >= start):
                 out.append(_message(p, T, sub_id, user_fields, segs, computed_fields=computed))
         M = p.closes_at

@@ -294,19 +294,16 @@ def test_the_graphs_coders_are_the_same_with_beams_annotation_reading_off(comman
     import importlib
 
     import apache_beam as beam
-    import yaml
     from apache_beam.typehints import decorators
 
+    from tests.commands import write_job
     from tests.datagen import generate
     from tests.test_prism import with_webhook_alerts
     config, lines = generate(5, n_users=10, days=3)
     config = with_webhook_alerts(config, "http://127.0.0.1:9/hook")
     if stitch:
         config["identity"] = {"stitch": True}
-    config_path, input_path = tmp_path / "config.yaml", tmp_path / "events.jsonl"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True),
-                           encoding="utf-8")
-    input_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config_path, input_path = write_job(str(tmp_path), config, lines)
     graphs = []
 
     def capture(pipeline, *args, **kwargs):

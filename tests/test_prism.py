@@ -17,9 +17,9 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from pipelines import runners
-from tests.commands import write_job
 from tests.datagen import generate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,7 +94,10 @@ def test_prism_writes_what_the_direct_runner_writes(command, tmp_path, prism_bin
     alert bodies posted to the webhook, the same counts."""
     config, lines = generate(11, n_users=150, days=20)
     config = with_webhook_alerts(config, webhook_server.url("/hook"))
-    config_path, input_path = write_job(str(tmp_path), config, lines)
+    config_path, input_path = tmp_path / "config.yaml", tmp_path / "events.jsonl"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True),
+                           encoding="utf-8")
+    input_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     results = {}
     for runner in ("DirectRunner", "PrismRunner"):
         out = tmp_path / ("out-" + runner)
@@ -142,7 +145,10 @@ def test_every_flatten_has_one_coder_for_its_inputs_and_output(tmp_path, monkeyp
     from pipelines import replay
     config, lines = generate(11, n_users=20, days=6)
     config = with_webhook_alerts(config, "http://127.0.0.1:9/hook")
-    config_path, input_path = write_job(str(tmp_path), config, lines)
+    config_path, input_path = tmp_path / "config.yaml", tmp_path / "events.jsonl"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True),
+                           encoding="utf-8")
+    input_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     graphs = []
 
     def capture(pipeline, *args, **kwargs):

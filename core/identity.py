@@ -69,11 +69,12 @@ class MergeExit(NamedTuple):
 class Merge(NamedTuple):
     """What the known user receives at a merge: the time, the anonymous id, the anonymous
     profile's engine state as of ``at - 1`` and the winning identify (an event of the known
-    user at ``at``)."""
+    user at ``at``; None when it reaches the known user as its own event, as in the stream's
+    incremental form, ``core.identity_stream``)."""
     at: int
     anonymous_id: str
     state: UserState
-    identify: ProfileEvent
+    identify: Optional[ProfileEvent]
 
 
 def is_identify(event: ProfileEvent) -> bool:
@@ -202,7 +203,8 @@ def advance_with_merges(engine: Engine, state: UserState, events: Sequence[Profi
         changes += c
         rows += r
         merge_state(engine, state, merge.state)
-        rest.append(merge.identify)
+        if merge.identify is not None:
+            rest.append(merge.identify)
     c, r = engine.advance(state, rest, until, stats)
     return changes + c, rows + r
 

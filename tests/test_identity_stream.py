@@ -1,0 +1,184 @@
+"""Identity stitching in the stream's incremental form (transforms/identity_stream.py) under
+TestStream on the DirectRunner in streaming mode: random histories cut into slices of event time,
+shuffled within each slice, the watermark moved after each slice; the transitions and the
+conflicting claims must be those of the brute-force reference (tests/reference_identity.py)."""
+import json
+import random
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import TimestampedValue
+
+from core.config import parse_config
+from core.history import unpack_changes
+from core.timeutil import parse_time
+from tests.test_identity_pipelines import lines_for
+from tests.test_identity_random import AUDIENCES, BASE, MIN, random_lines, reference_transitions
+from transforms.audiences import EngineSpec, GroupUserEventsPerBundle
+from transforms.identity_stream import StitchAndEvaluateStream
+from transforms.read import PROFILE, ParseLines
+
+pytestmark = pytest.mark.timeout(900)
+SLUGS = [a["slug"] for a in AUDIENCES]
+#: The comparison's end: after every event of the data sets (the stream runs on to infinity, the
+#: reference evaluates up to an as-of time; transitions after it are left out of both).
+AS_OF = BASE + 600 * MIN
+
+
+def slices(lines, rng, minutes):
+    """The lines in slices of ``minutes`` of event time, each shuffled: ``[(end, [line])]``."""
+    by_slice = {}
+    for line in lines:
+        ts = parse_time(json.loads(line)["ts"])
+        by_slice.setdefault((ts - BASE) // (minutes * MIN), []).append(line)
+    out = []
+    for k in sorted(by_slice):
+        part = by_slice[k]
+        rng.shuffle(part)
+        out.append((BASE + (k + 1) * minutes * MIN, part))
+    return out
+
+
+def _flat(kv):
+    key, wire = kv
+    out = []
+    for c in unpack_changes(wire):
+        merged = c[7] if len(c) > 7 else None
+        out.append((key, c[0], tuple(sorted((SLUGS[a], kind, enter) for a, kind, enter in c[1])),
+                    merged))
+    return out
+
+
+def run_stream(parts):
+    """Runs the incremental stages over ``parts`` (``slices``); returns what the pipeline
+    asserted against, through ``assert_that`` in the pipeline."""
+    job = parse_config({"account": {"name": "t"}, "identity": {"stitch": True},
+                        "audiences": AUDIENCES, "works": []})
+    spec = EngineSpec.from_job(job, AUDIENCES)
+    stream = TestStream()
+    for end, part in parts:
+        stream = stream.add_elements([
+            TimestampedValue(line, parse_time(json.loads(line)["ts"]) / 1e6) for line in part])
+        stream = stream.advance_watermark_to(end / 1e6)
+    # Past every delayed trigger of the comparison first (docs/beam-local.md), then to infinity.
+    stream = stream.advance_watermark_to((AS_OF + 60 * MIN) / 1e6).advance_watermark_to_infinity()
+    options = PipelineOptions([])
+    options.view_as(StandardOptions).streaming = True
+    p = TestPipeline(options=options, argv=[])
+    parsed = p | stream | ParseLines()
+    evaluated = parsed[PROFILE] | GroupUserEventsPerBundle() | StitchAndEvaluateStream(spec)
+    transitions = (evaluated.changes | "Flat" >> beam.FlatMap(_flat)
+                   | "UpToAsOf" >> beam.Filter(lambda t: t[1] <= AS_OF))
+    conflicts = evaluated.deadletter | "Conflict" >> beam.Map(
+        lambda d: (json.loads(d["raw"])["anonymous_id"], json.loads(d["raw"])["user_id"],
+                   json.loads(d["raw"])["event_id"]))
+    return p, transitions, conflicts
+
+
+def expected_for(lines):
+    want, conflicts = reference_transitions(lines, AS_OF)
+    flat = [(key, T, ch, m) for key, rows in want.items() for T, ch, m in rows]
+    return flat, conflicts
+
+
+def check(lines, parts):
+    flat, want_conflicts = expected_for(lines)
+    p, transitions, conflicts = run_stream(parts)
+    assert_that(transitions, equal_to(flat), label="Transitions")
+    assert_that(conflicts, equal_to(want_conflicts), label="Conflicts")
+    p.run().wait_until_finish()
+    return flat, want_conflicts
+
+
+def orders(parts):
+    """What the arrival order holds: claims before an anonymous event of their anonymous id dated
+    before them (a merge piece), claims after such events, and an earlier claim of an anonymous id
+    arriving after a later one (a winner change), by the same or by another user."""
+    seen = {"claim_first": 0, "event_first": 0, "change_same": 0, "change_other": 0}
+    for _end, part in parts:
+        recs = [json.loads(x) for x in part]
+        for i, r in enumerate(recs):
+            if not ("user_id" in r and "anonymous_id" in r):
+                continue
+            for j, o in enumerate(recs):
+                if o.get("anonymous_id") != r["anonymous_id"] or o is r:
+                    continue
+                if "user_id" not in o and o["ts"] < r["ts"]:
+                    seen["claim_first" if i < j else "event_first"] += 1
+                elif "user_id" in o and j > i and (o["ts"], o["event_id"]) < (r["ts"],
+                                                                              r["event_id"]):
+                    seen["change_same" if o["user_id"] == r["user_id"] else "change_other"] += 1
+    return seen
+
+
+def _random_case(seed):
+    rng = random.Random(seed)
+    lines = random_lines(rng)
+    return lines, slices(lines, rng, 60)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_histories_match_the_reference(seed):
+    lines, parts = _random_case(seed)
+    check(lines, parts)
+
+
+@pytest.mark.parametrize("seed", [7, 11])
+def test_larger_histories_match_the_reference(seed):
+    lines = lines_for(seed)
+    flat, conflicts = check(lines, slices(lines, random.Random(seed), 45))
+    assert any(m for *_rest, m in flat) and conflicts
+
+
+def test_the_arrival_orders_hold_what_they_are_for():
+    seen = {}
+    cases = [_random_case(seed)[1] for seed in range(8)] + [
+        slices(lines_for(seed), random.Random(seed), 45) for seed in (7, 11)]
+    for parts in cases:
+        for k, v in orders(parts).items():
+            seen[k] = seen.get(k, 0) + v
+    assert all(v > 0 for v in seen.values()), seen
+
+
+def _rec(eid, minute, **fields):
+    return json.dumps(dict(fields, event_id=eid, ts=_fmt(minute), received_at=_fmt(minute)))
+
+
+def _fmt(minute):
+    from tests import reference as ref
+    return ref.fmt_time(BASE + minute * MIN)
+
+
+def test_an_earlier_claim_by_another_user_arriving_last_takes_the_anonymous_id():
+    """a1 browses (two purchases: buyers2), k1 claims a1 at minute 20 and gets a1's cart; then
+    k2's claim at minute 10 arrives, in the same slice: k2 wins, k1's link is cancelled, and
+    k1's claim is the conflict."""
+    lines = [_rec("p1", 1, event="purchase", anonymous_id="a1", properties={"price": 5}),
+             _rec("p2", 2, event="purchase", anonymous_id="a1", properties={"price": 5}),
+             _rec("i1", 20, event="identify", anonymous_id="a1", user_id="k1"),
+             _rec("v1", 25, event="view", anonymous_id="a1"),
+             _rec("i2", 10, event="identify", anonymous_id="a1", user_id="k2")]
+    flat, conflicts = check(lines, [(BASE + 60 * MIN, lines)])
+    assert conflicts == [("a1", "k1", "i1")]
+    assert ((("anonymous_id", "a1"), BASE + 10 * MIN, (("buyers2", "exit", BASE + 2 * MIN),),
+             "k2")) in flat
+    assert not [f for f in flat if f[0] == ("user_id", "k1") and f[2][0][0] == "buyers2"]
+
+
+def test_an_earlier_claim_by_the_same_user_moves_the_merge_time():
+    lines = [_rec("p1", 1, event="purchase", anonymous_id="a1", properties={"price": 5}),
+             _rec("i1", 30, event="identify", anonymous_id="a1", user_id="k1"),
+             _rec("p2", 3, event="purchase", anonymous_id="a1", properties={"price": 5}),
+             _rec("i0", 5, event="identify", anonymous_id="a1", user_id="k1"),
+             _rec("p3", 8, event="purchase", anonymous_id="a1", properties={"price": 5})]
+    flat, conflicts = check(lines, [(BASE + 60 * MIN, lines)])
+    assert conflicts == []
+    # a1 entered buyers2 at minute 3 and exits at the merge at minute 5; k1 enters there
+    assert (("anonymous_id", "a1"), BASE + 5 * MIN, (("buyers2", "exit", BASE + 3 * MIN),),
+            "k1") in flat
+    assert (("user_id", "k1"), BASE + 5 * MIN, (("buyers2", "enter", BASE + 5 * MIN),),
+            None) in [f[:2] + (tuple(c for c in f[2] if c[0] == "buyers2"), f[3]) for f in flat]

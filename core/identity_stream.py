@@ -228,8 +228,8 @@ class Due(NamedTuple):
 
 def take_due(entries: Sequence[LinkEntry], cancelled: set, now: int) -> Due:
     """What K's wake-up at ``now`` applies: forwarded rows dated up to ``now`` and the merges at or
-    before ``now`` whose merge-in has arrived (its pieces joined to it); entries of cancelled links
-    are dropped, the rest waits."""
+    before ``now`` (each merge-in with its pieces); entries of cancelled links are dropped, the
+    rest waits (nothing due at ``now`` waits, so no wake-up is set in the past)."""
     forwarded, waiting, dropped = [], [], 0
     merges: dict[LinkKey, list] = {}
     for entry in entries:
@@ -247,8 +247,11 @@ def take_due(entries: Sequence[LinkEntry], cancelled: set, now: int) -> Due:
     ready = []
     for link, parts in merges.items():
         states = [p.state for p in parts if p.state is not None]
-        if not states:   # pieces before their merge-in (not on a runner that holds watermarks)
-            waiting.extend(parts)
+        if not states:
+            # Pieces whose merge-in has not come (only on a runner whose watermark passed an
+            # element in flight): never lost, their rows are the known user's events; a merge-in
+            # coming later is late at K (merged at its clock).
+            forwarded += [r for p in parts for r in p.rows]
             continue
         ready.append((link, states[0], [r for p in parts for r in p.rows]))
     ready.sort(key=lambda m: (m[0][1], m[0][0]))

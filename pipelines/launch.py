@@ -277,16 +277,15 @@ def _run_state(act, options, live_source, time_range, run_id, job):
 
 
 def _stitching(options, live_source, run_state) -> Callable:
-    """The evaluate PTransform's maker with ``identity: {stitch: true}`` (``transforms.identity``),
-    after refusing what it does not do yet: timers that fire as the watermark moves (unbounded
-    input, ``--streaming``) and ``--state``."""
-    if live_source is not None and not live_source.bounded:
-        raise LaunchError("identity.stitch: not available on an unbounded input yet "
-                          "(docs/decisions/0004-identity-stitching.md)")
-    if options.view_as(StandardOptions).streaming:
-        raise LaunchError("identity.stitch: not available with --streaming yet")
+    """The evaluate PTransform's maker with ``identity: {stitch: true}``: the incremental stages
+    (``transforms.identity_stream``) when timers fire as the watermark moves (``--streaming``, an
+    unbounded input), else the batch form (``transforms.identity``); ``--state`` is refused."""
     if run_state is not None and run_state.uri is not None:
         raise LaunchError("identity.stitch: not available with --state yet")
+    if (live_source is not None and not live_source.bounded) or \
+            options.view_as(StandardOptions).streaming:
+        from transforms.identity_stream import StitchAndEvaluateStream
+        return StitchAndEvaluateStream
     from transforms.identity import StitchAndEvaluate
     return StitchAndEvaluate
 

@@ -278,7 +278,7 @@ def _coders_by_pcollection(proto):
 
 
 @pytest.mark.parametrize("command, stitch", [("stream", False), ("replay", False),
-                                             ("replay", True)])
+                                             ("replay", True), ("stream", True)])
 def test_the_graphs_coders_are_the_same_with_beams_annotation_reading_off(command, stitch,
                                                                           tmp_path, monkeypatch):
     """The stream and replay graphs of a sample job (every workflow, alerts; ``--state`` for
@@ -315,6 +315,8 @@ def test_the_graphs_coders_are_the_same_with_beams_annotation_reading_off(comman
             str(tmp_path / "out"), "--progress_seconds", "0"]
     if command == "replay" and not stitch:
         argv += ["--state", str(tmp_path / "state.parquet")]
+    if command == "stream" and stitch:   # the incremental stitching stages
+        argv += ["--streaming"]
     run = importlib.import_module("pipelines." + command).run
     # The launcher quiets these loggers for the run; later tests of the process read warnings.
     levels = {name: logging.getLogger(name).level for name in ("", "apache_beam", "azure", "uamqp")}

@@ -128,6 +128,10 @@ def _emit(key, changes, rows):
         yield beam.pvalue.TaggedOutput(EXPORT, [(tuple(r.event), r.attributes) for r in rows])
 
 
+#: Emits one evaluation's changes and export rows (for ``transforms.identity_stream``).
+emit_evaluation = _emit
+
+
 def _emit_histories(metrics, reply, places):
     """Emits a ``core.history.evaluate_histories`` reply: each user's changes and export rows with
     its place's ``(key, timestamp, window)``; counts the batch's totals."""
@@ -374,6 +378,9 @@ class _EvaluateStatefulAsOfFn(_EvaluateStatefulFn):
                 wake=beam.DoFn.TimerParam(_EvaluateStatefulFn.WAKE)):
         return self._process(element, as_of, timestamp, state, pending, wake)
 
+
+#: The stream's per-user DoFn, which the stitching stages extend (``transforms.identity_stream``).
+EvaluateStatefulFn = _EvaluateStatefulFn
 
 #: Marks the user's engine state in the PENDING bag in batch execution (packed groups start with
 #: another byte: see ``core.blocks.pack_rows``).

@@ -11,7 +11,7 @@ and outputs (``changes``, ``export``, ``deadletter``); two stateful stages aroun
   merges, forwarded rows and cancels, each with a timestamp at or after its input element's (so
   it holds K's watermark while in flight). Its timer closes A at the merge time (the exit with
   ``merged_into``), makes the link final and dead-letters the conflicting claims.
-* **Stage K**, keyed by ``("user_id", K)``: ``transforms.audiences._EvaluateStatefulFn`` with two
+* **Stage K**, keyed by ``("user_id", K)``: ``transforms.audiences.EvaluateStatefulFn`` with two
   more kinds of bag entries (merges and forwarded rows, marked by ``MERGE_MARK``/``FORWARD_MARK``)
   and the set of cancelled links; its wake-up runs ``core.identity.advance_with_merges``.
 
@@ -38,9 +38,9 @@ from core.identity_stream import (CANCEL, FORWARD, MERGE, AnonymousLink, LinkEnt
                                   entry_of, finalize, merge_of, route_rows,
                                   take_claim, take_due)
 from core.records import ProfileEvent
-from transforms.audiences import CHANGES, EXPORT, _emit, _EvaluateStatefulFn
-from transforms.identity import (BY_USER, DEADLETTER, StitchAndEvaluate, _Evaluated,
-                                 conflict_dead_letter, same_element)
+from transforms.audiences import CHANGES, EXPORT, EvaluateStatefulFn, emit_evaluation
+from transforms.identity import (BY_USER, DEADLETTER, StitchAndEvaluate, conflict_dead_letter,
+                                 same_element)
 from transforms.live import timer_at
 from transforms.read import TS_INDEX, events_from_wire
 
@@ -71,6 +71,12 @@ def route_stream(element: typing.Tuple[typing.Tuple[str, str], typing.Any]
                 Timestamp(micros=row[TS_INDEX])))
 
 
+class _Evaluated(typing.NamedTuple):
+    changes: beam.PCollection
+    export: beam.PCollection
+    deadletter: beam.PCollection   # conflicting claims (``transforms.identity.conflict_dead_letter``)
+
+
 def encode_send(send: Send) -> bytes:
     """A :class:`core.identity_stream.Send` as stage K's element value."""
     if send.kind == CANCEL:
@@ -82,7 +88,7 @@ def _rows_of(pending):
     return [tuple(r) for packed in pending.read() for r in unpack_rows(packed)]
 
 
-class _AnonymousStreamFn(_EvaluateStatefulFn):
+class _AnonymousStreamFn(EvaluateStatefulFn):
     """Stage A: A's own evaluation (the parent's), its link, and what it sends stage K."""
 
     LINK = ReadModifyWriteStateSpec("link", BytesCoder())
@@ -123,8 +129,8 @@ class _AnonymousStreamFn(_EvaluateStatefulFn):
             yield beam.pvalue.TaggedOutput(DEADLETTER, conflict_dead_letter(link.claim, row))
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam,
-                state=beam.DoFn.StateParam(_EvaluateStatefulFn.USER_STATE),
-                pending=beam.DoFn.StateParam(_EvaluateStatefulFn.PENDING),
+                state=beam.DoFn.StateParam(EvaluateStatefulFn.USER_STATE),
+                pending=beam.DoFn.StateParam(EvaluateStatefulFn.PENDING),
                 link_state=beam.DoFn.StateParam(LINK),
                 wake=beam.DoFn.TimerParam(WAKE)):
         return self._take(element, None, timestamp, state, pending, link_state, wake)
@@ -164,8 +170,8 @@ class _AnonymousStreamFn(_EvaluateStatefulFn):
 
     @on_timer(WAKE)
     def wake_up(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
-                state=beam.DoFn.StateParam(_EvaluateStatefulFn.USER_STATE),
-                pending=beam.DoFn.StateParam(_EvaluateStatefulFn.PENDING),
+                state=beam.DoFn.StateParam(EvaluateStatefulFn.USER_STATE),
+                pending=beam.DoFn.StateParam(EvaluateStatefulFn.PENDING),
                 link_state=beam.DoFn.StateParam(LINK),
                 wake=beam.DoFn.TimerParam(WAKE)):
         link = AnonymousLink.loads(link_state.read())
@@ -174,7 +180,7 @@ class _AnonymousStreamFn(_EvaluateStatefulFn):
         now = fired.micros if as_of is None else min(fired.micros, as_of)
         self._link_at = at
         if at is None or now < at:
-            yield from _EvaluateStatefulFn.wake_up(self, key, fired, state, pending, wake)
+            yield from EvaluateStatefulFn.wake_up(self, key, fired, state, pending, wake)
             return
         # The watermark passed M: A closes (evaluated to M - 1, then its exit) and the link is final.
         stats = Stats()
@@ -185,7 +191,7 @@ class _AnonymousStreamFn(_EvaluateStatefulFn):
         if exit_change is not None:
             changes.append(exit_change)
         self._metrics.record(stats, changes)
-        yield from _emit(key, changes, export)
+        yield from emit_evaluation(key, changes, export)
         yield from self._dead_letters(link, finalize(link))
         link_state.write(link.dumps())
         pending.clear()
@@ -193,7 +199,7 @@ class _AnonymousStreamFn(_EvaluateStatefulFn):
         wake.clear()
 
 
-class _KnownStreamFn(_EvaluateStatefulFn):
+class _KnownStreamFn(EvaluateStatefulFn):
     """Stage K: the parent's evaluation with merges, forwarded rows and cancelled links."""
 
     CANCELLED = ReadModifyWriteStateSpec("cancelled", BytesCoder())
@@ -214,8 +220,8 @@ class _KnownStreamFn(_EvaluateStatefulFn):
         return set() if raw is None else pickle.loads(raw)
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam,
-                state=beam.DoFn.StateParam(_EvaluateStatefulFn.USER_STATE),
-                pending=beam.DoFn.StateParam(_EvaluateStatefulFn.PENDING),
+                state=beam.DoFn.StateParam(EvaluateStatefulFn.USER_STATE),
+                pending=beam.DoFn.StateParam(EvaluateStatefulFn.PENDING),
                 cancelled=beam.DoFn.StateParam(CANCELLED),
                 wake=beam.DoFn.TimerParam(WAKE)):
         return self._take(element, None, timestamp, state, pending, cancelled, wake)
@@ -253,7 +259,7 @@ class _KnownStreamFn(_EvaluateStatefulFn):
                     self._forwarded.inc(len(late))
                 changes, export = self._engine.advance(user, events_from_wire(late), clock, stats)
             self._metrics.record(stats, changes)
-            yield from _emit(key, changes, export)
+            yield from emit_evaluation(key, changes, export)
             changed = True
             entry = None if is_late_merge else entry._replace(
                 rows=tuple(r for r in entry.rows if r[TS_INDEX] > clock))
@@ -269,8 +275,8 @@ class _KnownStreamFn(_EvaluateStatefulFn):
 
     @on_timer(WAKE)
     def wake_up(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
-                state=beam.DoFn.StateParam(_EvaluateStatefulFn.USER_STATE),
-                pending=beam.DoFn.StateParam(_EvaluateStatefulFn.PENDING),
+                state=beam.DoFn.StateParam(EvaluateStatefulFn.USER_STATE),
+                pending=beam.DoFn.StateParam(EvaluateStatefulFn.PENDING),
                 cancelled=beam.DoFn.StateParam(CANCELLED),
                 wake=beam.DoFn.TimerParam(WAKE)):
         now = fired.micros
@@ -305,7 +311,7 @@ class _KnownStreamFn(_EvaluateStatefulFn):
             self._engine, user, events_from_wire([r for r in own if r[TS_INDEX] <= now]
                                                  + due.forwarded), merges, now, stats)
         self._metrics.record(stats, changes)
-        yield from _emit(key, changes, export)
+        yield from emit_evaluation(key, changes, export)
         times = [r[TS_INDEX] for r in rest] + [e.time for e in due.waiting]
         if last:
             self._metrics.record_pending(int(self._engine.next_wake(user) is not None),
@@ -319,8 +325,8 @@ class _AnonymousStreamAsOfFn(_AnonymousStreamFn):
 
     # ``as_of`` has a default only for Beam's type check, which binds the main input alone.
     def process(self, element, as_of=None, timestamp=beam.DoFn.TimestampParam,
-                state=beam.DoFn.StateParam(_EvaluateStatefulFn.USER_STATE),
-                pending=beam.DoFn.StateParam(_EvaluateStatefulFn.PENDING),
+                state=beam.DoFn.StateParam(EvaluateStatefulFn.USER_STATE),
+                pending=beam.DoFn.StateParam(EvaluateStatefulFn.PENDING),
                 link_state=beam.DoFn.StateParam(_AnonymousStreamFn.LINK),
                 wake=beam.DoFn.TimerParam(_AnonymousStreamFn.WAKE)):
         return self._take(element, as_of, timestamp, state, pending, link_state, wake)
@@ -330,8 +336,8 @@ class _KnownStreamAsOfFn(_KnownStreamFn):
     """:class:`_KnownStreamFn` with the run's as-of time as a side input."""
 
     def process(self, element, as_of=None, timestamp=beam.DoFn.TimestampParam,
-                state=beam.DoFn.StateParam(_EvaluateStatefulFn.USER_STATE),
-                pending=beam.DoFn.StateParam(_EvaluateStatefulFn.PENDING),
+                state=beam.DoFn.StateParam(EvaluateStatefulFn.USER_STATE),
+                pending=beam.DoFn.StateParam(EvaluateStatefulFn.PENDING),
                 cancelled=beam.DoFn.StateParam(_KnownStreamFn.CANCELLED),
                 wake=beam.DoFn.TimerParam(_KnownStreamFn.WAKE)):
         return self._take(element, as_of, timestamp, state, pending, cancelled, wake)

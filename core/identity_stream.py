@@ -152,7 +152,8 @@ def take_claim(link: AnonymousLink, row: tuple, clock: int, waiting: Callable[[]
         if claim.user_id != winner.user_id and key not in link.dead:
             link.dead.add(key)
             conflicts.append(row)
-        return ClaimOutcome([], None, claim.ts <= clock, conflicts)
+        # late: it would have won had it come before the watermark passed M
+        return ClaimOutcome([], None, claim_order(claim) < claim_order(winner), conflicts)
     late = claim.ts <= clock
     current = link.claim
     if current is not None and (late or claim_order(claim) >= claim_order(current)):

@@ -227,3 +227,55 @@ def test_random_histories_on_prism(seed, tmp_path, prism_binary):  # noqa: F811
     p.run().wait_until_finish()
     assert _read_json_lines(tmp_path / "t.jsonl") == sorted(json.dumps(x) for x in flat)
     assert _read_json_lines(tmp_path / "c.jsonl") == sorted(json.dumps(x) for x in want_conflicts)
+
+
+def test_the_live_graph_stitches_as_replay_does(tmp_path):
+    """``pipelines.wiring.build_graph`` with a live source (a TestStream standing for Event Hubs:
+    the unbounded graph, the stitching stages ``pipelines.launch`` picks for it) on a stitched data
+    set, slices shuffled: the Event Hub messages and the conflicting claims are replay's."""
+    from pipelines import launch, wiring, workflows
+    from pipelines.options import ActivationOptions
+    from core.config import load_config
+    from tests.commands import write_job
+    from tests.test_acceptance_random import run_pipeline
+    from tests.test_identity_pipelines import WORKS
+    from tests.test_unbounded import _counted, _read_file, _read_parts
+    from transforms.live_sources import InputRecord, LiveSource
+
+    config = {"account": {"name": "acme"}, "identity": {"stitch": True}, "audiences": AUDIENCES,
+              "works": WORKS}
+    lines = lines_for(3)
+    cfg_path, in_path = write_job(str(tmp_path / "in"), config, lines)
+    replay = str(tmp_path / "replay")
+    run_pipeline("replay", cfg_path, in_path, replay, "--as_of", "2026-11-21T00:00:00Z")
+    stream, n = TestStream(), 0
+    for end, part in slices(lines, random.Random(3), 45):
+        elements = []
+        for line in part:
+            n += 1
+            elements.append(TimestampedValue(InputRecord(line.encode("utf-8"), None, "ts:%d" % n),
+                                             parse_time(json.loads(line)["ts"]) / 1e6))
+        stream = stream.add_elements(elements).advance_watermark_to(end / 1e6)
+    stream = (stream.advance_watermark_to((BASE + 25 * 60 * MIN) / 1e6)
+              .advance_watermark_to((BASE + 26 * 60 * MIN) / 1e6).advance_watermark_to_infinity())
+    job = load_config(cfg_path)
+    out = str(tmp_path / "live")
+    options = PipelineOptions(["--config=unused", "--input=teststream", "--output_dir=" + out])
+    options.view_as(StandardOptions).streaming = True
+    source = LiveSource("teststream", stream, False, lambda e: e, "test stream", frozenset())
+    evaluate = launch._stitching(options, source, None)
+    assert evaluate is StitchAndEvaluateStream
+    p = beam.Pipeline(options=options)
+    wiring.build_graph(p, job, evaluate(EngineSpec.from_job(job, AUDIENCES)),
+                       options.view_as(ActivationOptions), "run-live",
+                       workflows.preflight(job, out), live_source=source)
+    p.run().wait_until_finish()
+    for work in ("hub", "hub-fields"):
+        messages, _ = _read_parts(str(tmp_path / "live" / "eventhub" / work))
+        want = _read_file(str(tmp_path / "replay" / "eventhub" / (work + ".jsonl")))
+        assert want and _counted(messages) == _counted(want), work
+    hub = _read_file(str(tmp_path / "replay" / "eventhub" / "hub.jsonl"))
+    assert any("merged_into" in m["data"] for m in hub)
+    dead, _ = _read_parts(str(tmp_path / "live" / "deadletter" / "identity"))
+    want_dead = _read_file(str(tmp_path / "replay" / "deadletter" / "identity.jsonl"))
+    assert want_dead and _counted(dead) == _counted(want_dead)

@@ -141,6 +141,8 @@ def test_claims_after_the_link_is_final_are_late():
     assert out.late and out.sends == [] and out.conflicts == [claim("i0", 10, "k2")]
     again = take_claim(link, claim("i0", 10, "k2"), clock, _no_wait, _state)
     assert again.conflicts == []   # once per user and event_id
+    loser = take_claim(link, claim("i7", 70, "k3"), clock, _no_wait, _state)
+    assert not loser.late and loser.conflicts == [claim("i7", 70, "k3")]
     same = take_claim(link, claim("i9", 5, "k1"), clock, _no_wait, _state)
     assert same.late and same.conflicts == [] and link.claim.event_id == "i1"
     keep, sends = route_rows(link, [row("p0", 2), row("p9", 90)])

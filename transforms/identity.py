@@ -16,8 +16,8 @@ takes the same ``((key_field, key), group)`` elements and gives the same outputs
 Records with a ``user_id`` and no ``anonymous_id`` skip stage 1. Conflicting claims also go to
 ``deadletter`` (``DIR/deadletter/identity.jsonl``). Both commands run this graph (a
 bounded run evaluates each profile once, up to its as-of time), so they give the same results.
-Not built: the incremental form for timers that fire as the watermark moves (``--streaming``,
-unbounded input) and ``--state``; ``pipelines.launch`` refuses them with stitching on.
+When timers fire as the watermark moves (``--streaming``, unbounded input) ``pipelines.launch``
+takes the incremental form instead (``transforms.identity_stream``); ``--state`` is refused.
 Metrics: those of ``transforms.audiences``, and ``identity:merges``,
 ``identity:conflicting_claims``, ``identity:forwarded_events``.
 """

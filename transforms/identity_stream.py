@@ -88,32 +88,54 @@ def _rows_of(pending):
     return [tuple(r) for packed in pending.read() for r in unpack_rows(packed)]
 
 
-class _AnonymousStreamFn(EvaluateStatefulFn):
+class _StageFn(EvaluateStatefulFn):
+    """What both stages change in the parent: wake-ups strictly after the watermark passed.
+
+    The parent sets its timer at T and evaluates up to the firing time. The DirectRunner fires a
+    timer at T once the watermark reaches T (``<=``), while an element at exactly T is still on
+    time: a merge at M emitted by stage A could then reach K after K's wake-up at M (seen with
+    TestStream, slices ending on event times). So each stage sets its timer just after the time
+    it waits for (``timer_at(t + 1)``) and a wake-up fired at F evaluates up to F - 1 us: every
+    element dated up to then is on every runner in hand. Messages keep their exact times.
+    """
+
+    _link_at = None   # stage A: the merge time of a link not final (one more wake-up)
+
+    def __init__(self, spec):
+        super().__init__(spec, False)
+
+    def _save(self, state, wake, user, flush_at, as_of, done=False):
+        super()._save(state, wake, user, flush_at, as_of, done)  # USER; the timer is set below
+        if done:
+            return
+        candidates = [t for t in (flush_at, self._engine.next_wake(user), self._link_at)
+                      if t is not None]
+        if candidates:
+            at = min(candidates)
+            wake.set(timer_at((as_of if as_of is not None and at > as_of else at) + 1))
+
+
+def _before(fired, as_of):
+    """The time a wake-up fired at ``fired`` evaluates up to: just before it; or, when that
+    reaches the run's as-of time, ``fired`` itself, which the parent's logic takes as the last
+    wake-up (it evaluates up to the as-of time and sets no timer again)."""
+    if as_of is not None and fired.micros - 1 >= as_of:
+        return fired
+    return Timestamp(micros=fired.micros - 1)
+
+
+class _AnonymousStreamFn(_StageFn):
     """Stage A: A's own evaluation (the parent's), its link, and what it sends stage K."""
 
     LINK = ReadModifyWriteStateSpec("link", BytesCoder())
     # A timer spec takes one callback: this class's own (the parent's has the parent's wake_up).
     WAKE = TimerSpec("wake", TimeDomain.WATERMARK)
 
-    def __init__(self, spec):
-        super().__init__(spec, False)
-
     def setup(self):
         super().setup()
         self._conflicts = Metrics.counter("identity", "conflicting_claims")
         self._cancelled = Metrics.counter("identity", "cancelled_links")
         self._late_claims = Metrics.counter("identity", "late_claims")
-        self._link_at = None
-
-    def _save(self, state, wake, user, flush_at, as_of, done=False):
-        """The parent's, with the link's merge time as one more wake-up."""
-        super()._save(state, wake, user, flush_at, as_of, done)
-        if self._link_at is None or done:
-            return
-        candidates = [t for t in (flush_at, self._engine.next_wake(user), self._link_at)
-                      if t is not None]
-        if as_of is None or min(candidates) <= as_of:
-            wake.set(timer_at(min(candidates)))
 
     def _send(self, sends):
         for send in sends:
@@ -177,6 +199,7 @@ class _AnonymousStreamFn(EvaluateStatefulFn):
         link = AnonymousLink.loads(link_state.read())
         at = link.at
         user, _, as_of, _ = self._load(state)
+        fired = _before(fired, as_of)
         now = fired.micros if as_of is None else min(fired.micros, as_of)
         self._link_at = at
         if at is None or now < at:
@@ -199,14 +222,11 @@ class _AnonymousStreamFn(EvaluateStatefulFn):
         wake.clear()
 
 
-class _KnownStreamFn(EvaluateStatefulFn):
+class _KnownStreamFn(_StageFn):
     """Stage K: the parent's evaluation with merges, forwarded rows and cancelled links."""
 
     CANCELLED = ReadModifyWriteStateSpec("cancelled", BytesCoder())
     WAKE = TimerSpec("wake", TimeDomain.WATERMARK)
-
-    def __init__(self, spec):
-        super().__init__(spec, False)
 
     def setup(self):
         super().setup()
@@ -279,8 +299,8 @@ class _KnownStreamFn(EvaluateStatefulFn):
                 pending=beam.DoFn.StateParam(EvaluateStatefulFn.PENDING),
                 cancelled=beam.DoFn.StateParam(CANCELLED),
                 wake=beam.DoFn.TimerParam(WAKE)):
-        now = fired.micros
         user, _, as_of, _ = self._load(state)
+        now = _before(fired, as_of).micros
         last = as_of is not None and now > as_of
         if last:
             now = as_of

@@ -279,3 +279,27 @@ def test_the_live_graph_stitches_as_replay_does(tmp_path):
     dead, _ = _read_parts(str(tmp_path / "live" / "deadletter" / "identity"))
     want_dead = _read_file(str(tmp_path / "replay" / "deadletter" / "identity.jsonl"))
     assert want_dead and _counted(dead) == _counted(want_dead)
+
+
+@pytest.mark.parametrize("seed", [1016, 1003, 1013, 1014])
+def test_random_histories_in_slices_ending_on_event_times(seed):
+    """10-minute slices: many records are dated exactly at the watermark they arrive under (the
+    DirectRunner fires a timer at T once the watermark reaches T, while such a record is still on
+    time; history 1016 found it)."""
+    rng = random.Random(seed)
+    lines = random_lines(rng)
+    rng.choice([10, 30, 90, 200])   # the draw the history was found with
+    check(lines, slices(lines, rng, 10))
+
+
+def test_an_identify_dated_at_the_watermark_merges_on_time():
+    """a1's two purchases (buyers2); the watermark reaches 00:10; k1's identify of a1 dated 00:10
+    arrives then: k1 enters buyers2 at 00:10 with a1's purchases, a1 exits there."""
+    first = [_rec("p1", 1, event="purchase", anonymous_id="a1", properties={"price": 5}),
+             _rec("p2", 2, event="purchase", anonymous_id="a1", properties={"price": 5})]
+    then = [_rec("i1", 10, event="identify", anonymous_id="a1", user_id="k1")]
+    flat, _ = check(first + then, [(BASE + 10 * MIN, first), (BASE + 20 * MIN, then)])
+    assert (("user_id", "k1"), BASE + 10 * MIN, (("buyers2", "enter", BASE + 10 * MIN),),
+            None) in [f[:2] + (tuple(c for c in f[2] if c[0] == "buyers2"), f[3]) for f in flat]
+    assert (("anonymous_id", "a1"), BASE + 10 * MIN, (("buyers2", "exit", BASE + 2 * MIN),),
+            "k1") in flat

@@ -1,6 +1,6 @@
 """Identity stitching with computed traits: after a merge the known user's computed traits cover
 the anonymous profile's events too (core.computed.ComputedRuntime.merge), in ``stream`` and
-``replay`` alike, compared with the stitched brute-force reference (tests/reference_identity.py)
+``replay`` alike (``stream --streaming`` too: the incremental stages), compared with the stitched brute-force reference (tests/reference_identity.py)
 on the stitching tests' data."""
 import json
 
@@ -35,11 +35,11 @@ def data(tmp_path_factory):
     return base, lines, cfg_path, in_path
 
 
-@pytest.mark.parametrize("kind", ["stream", "replay"])
+@pytest.mark.parametrize("kind", ["stream", "replay", "stream --streaming"])
 def test_merged_computed_traits_match_the_stitched_reference(data, kind):
     base, lines, cfg_path, in_path = data
-    out = str(base / ("out-" + kind))
-    run_pipeline(kind, cfg_path, in_path, out)
+    out = str(base / ("out-" + kind.replace(" ", "")))
+    run_pipeline(kind.split()[0], cfg_path, in_path, out, *kind.split()[1:])
     expected = reference_stitched_outputs(CONFIG, lines)["eventhub"]["hub"]
     slugs = {s["slug"] for m in expected for s in m["data"]["segment_events"]}
     assert {"spent_100_1h", "viewed_3_big_30m"} <= slugs, "the data must move both audiences"

@@ -3,6 +3,7 @@ TestStream on the DirectRunner in streaming mode: random histories cut into slic
 shuffled within each slice, the watermark moved after each slice; the transitions and the
 conflicting claims must be those of the brute-force reference (tests/reference_identity.py)."""
 import json
+import os
 import random
 
 import apache_beam as beam
@@ -303,3 +304,43 @@ def test_an_identify_dated_at_the_watermark_merges_on_time():
             None) in [f[:2] + (tuple(c for c in f[2] if c[0] == "buyers2"), f[3]) for f in flat]
     assert (("anonymous_id", "a1"), BASE + 10 * MIN, (("buyers2", "exit", BASE + 2 * MIN),),
             "k1") in flat
+
+
+def _run_collect(parts):
+    """Runs the stages over ``parts``; every transition, as ``_flat`` gives them (no as-of cut)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "t.jsonl")
+        p, transitions, _conflicts = run_stream(parts)
+        transitions | "Write" >> beam.ParDo(_AppendJson(path))
+        p.run().wait_until_finish()
+        return [json.loads(x) for x in _read_json_lines(path)]
+
+
+def test_a_late_event_after_the_link_is_final_is_applied_by_the_user_at_its_clock():
+    """a1 merges into k1 at 00:05; after the watermark passed 01:00 a late a1 record dated 00:03
+    sets tier gold: k1 (not a1) enters gold, at its clock (after the merge, before 01:00)."""
+    first = [_rec("p1", 1, event="purchase", anonymous_id="a1", properties={"price": 5}),
+             _rec("i1", 5, event="identify", anonymous_id="a1", user_id="k1")]
+    late = [json.dumps(dict(json.loads(_rec("t1", 3, event="view", anonymous_id="a1")),
+                            traits={"tier": "gold"}))]
+    got = _run_collect([(BASE + 10 * MIN, first), (BASE + 60 * MIN, []), (BASE + 70 * MIN, late)])
+    gold = [g for g in got if any(c[0] == "gold" for c in g[2])]
+    assert len(gold) == 1 and gold[0][0] == ["user_id", "k1"], gold
+    assert BASE + 5 * MIN < gold[0][1] < BASE + 60 * MIN
+    assert not [g for g in got if g[0] == ["anonymous_id", "a1"] and g[1] > BASE + 5 * MIN]
+
+
+def test_a_late_claim_links_after_the_anonymous_clock_and_nothing_is_lost():
+    """a1's purchases at 00:01 and 00:02 (buyers2), the watermark passes 01:00, then k1's identify
+    of a1 dated 00:10 arrives: a1 was evaluated past 00:10, so the merge is just after a1's clock
+    (a1's exit naming k1 there), not at 00:10; k1 takes a1's state (its traits: tier gold)."""
+    first = [json.dumps(dict(json.loads(_rec("p1", 1, event="purchase", anonymous_id="a1",
+                                             properties={"price": 5})), traits={"tier": "gold"})),
+             _rec("p2", 2, event="purchase", anonymous_id="a1", properties={"price": 5})]
+    late = [_rec("i1", 10, event="identify", anonymous_id="a1", user_id="k1")]
+    got = _run_collect([(BASE + 10 * MIN, first), (BASE + 60 * MIN, []), (BASE + 70 * MIN, late)])
+    exits = [g for g in got if g[3] is not None]
+    assert len(exits) == 1 and exits[0][0] == ["anonymous_id", "a1"] and exits[0][3] == "k1"
+    assert BASE + 10 * MIN < exits[0][1] < BASE + 60 * MIN
+    assert [g for g in got if g[0] == ["user_id", "k1"] and any(c[0] == "gold" for c in g[2])]

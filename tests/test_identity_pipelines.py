@@ -1,7 +1,9 @@
 """Identity stitching in both commands: ``pipelines.stream`` and ``pipelines.replay`` on the
 DirectRunner over one random data set (identifies, anonymous-then-known users, second claims,
 anonymous events after their merge, copies, shuffled lines) give the Event Hub messages and the
-Blob export rows of tests/reference_identity.py; and stitching off gives today's outputs."""
+Blob export rows of tests/reference_identity.py; and stitching off gives today's outputs.
+``stream --streaming`` (the incremental stages, transforms/identity_stream.py) writes ``replay``'s
+bytes."""
 import json
 import os
 import random

@@ -210,6 +210,24 @@ def test_a_live_input_with_no_runner_runs_on_the_projects_prism(tmp_path):
     assert _view(options) == ("PrismRunner", "/elsewhere/prism")
 
 
+def test_streaming_a_bounded_input_on_prism_is_refused_in_one_line(tmp_path, prism_binary):
+    """Prism 2.62 refuses the empty MaybeReshuffle that Beam's Create keeps under --streaming
+    (apache/beam#34564), after it has started: the command says so before anything runs."""
+    config, lines = generate(3, n_users=5, days=2)
+    config_path, input_path = tmp_path / "config.yaml", tmp_path / "events.jsonl"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    input_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = subprocess.run([PY, "-m", "pipelines.stream", "--config", str(config_path),
+                             "--input", str(input_path), "--output_dir", str(tmp_path / "out"),
+                             "--streaming", "--runner=PrismRunner"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == ("error: --streaming with a bounded input does not run on Prism %s "
+                             "(apache/beam#34564): drop --streaming, or use --runner=DirectRunner "
+                             "or FlinkRunner\n" % runners.beam_version())
+    assert not (tmp_path / "out").exists()
+
+
 def test_on_prism_the_job_streams_outlive_beams_one_minute_default(tmp_path):
     """Beam 2.62 opens a job's state and message streams with ``--job_server_timeout`` (60 s by
     default) as their deadline: a live run on Prism ended after a minute with DEADLINE_EXCEEDED.

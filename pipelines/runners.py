@@ -313,6 +313,10 @@ def _check_restore_path(path):
             "name a chk-N or savepoint-... directory" % (path, _CHECKPOINT_METADATA))
 
 
+#: The JVM flag the embedded Flink needs on Java 17 (``apply_flink_defaults``).
+OPEN_JAVA_UTIL = "--add-opens=java.base/java.util=ALL-UNNAMED"
+
+
 def apply_flink_defaults(options: "PipelineOptions") -> bool:
     """Fills in the Flink options the user left out; True when a worker pool is needed.
 
@@ -340,6 +344,14 @@ def apply_flink_defaults(options: "PipelineOptions") -> bool:
         flink.flink_job_server_jar = jar
     if (flink.flink_master or "[auto]").strip() not in LOCAL_FLINK_MASTERS:
         return False  # a Flink cluster: its own slots and SDK environment (Beam's defaults)
+    from apache_beam.options.pipeline_options import JobServerOptions
+    jvm = options.view_as(JobServerOptions)
+    if not any(p.startswith("--add-opens=java.base/java.util=") for p in jvm.job_server_jvm_properties):
+        # The embedded Flink runs inside the job server's JVM. On Java 17 its streaming mode
+        # serialises a java.util.Arrays$ArrayList by reflection and the job failed at once
+        # ("module java.base does not opens java.util"); Flink's own launcher opens java.util
+        # (env.java.opts.all) for the same reason.
+        jvm.job_server_jvm_properties = list(jvm.job_server_jvm_properties) + [OPEN_JAVA_UTIL]
     cores = os.cpu_count() or 1
     if "parallelism" not in given:
         flink.parallelism = cores

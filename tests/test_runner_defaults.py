@@ -9,7 +9,7 @@ import time
 
 import apache_beam
 import pytest
-from apache_beam.options.pipeline_options import (FlinkRunnerOptions, PipelineOptions,
+from apache_beam.options.pipeline_options import (FlinkRunnerOptions, JobServerOptions, PipelineOptions,
                                                   PortableOptions)
 
 from pipelines import runners
@@ -37,6 +37,18 @@ def test_flink_alone_gets_the_installed_jar_every_core_and_the_worker_pool(tools
     assert portable.environment_type == "EXTERNAL"
     assert portable.sdk_worker_parallelism == os.cpu_count()
     assert portable.environment_cache_millis == runners.ENVIRONMENT_CACHE_MILLIS
+    assert options.view_as(JobServerOptions).job_server_jvm_properties == [runners.OPEN_JAVA_UTIL]
+
+
+def test_the_embedded_flink_opens_java_util_once_beside_the_users_jvm_flags(tools):
+    options = PipelineOptions(["--runner=FlinkRunner", "--job_server_jvm_properties=-Xmx2g"])
+    runners.apply_flink_defaults(options)
+    assert options.view_as(JobServerOptions).job_server_jvm_properties == [
+        "-Xmx2g", runners.OPEN_JAVA_UTIL]
+    given = PipelineOptions(["--runner=FlinkRunner",
+                             "--job_server_jvm_properties=" + runners.OPEN_JAVA_UTIL])
+    runners.apply_flink_defaults(given)
+    assert given.view_as(JobServerOptions).job_server_jvm_properties == [runners.OPEN_JAVA_UTIL]
 
 
 def test_what_the_user_gives_wins(tools):

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, Optional
 
 from core.engine import Engine, ExportRow, Stats, UserChange, UserState
 from core.records import ProfileEvent
+from core.state import decode_document, encode_document
 from core.values import ConfigError, check_keys, read_bool
 
 #: The keys of the config's ``identity`` section.
@@ -207,6 +208,90 @@ def advance_with_merges(engine: Engine, state: UserState, events: Sequence[Profi
             rest.append(merge.identify)
     c, r = engine.advance(state, rest, until, stats)
     return changes + c, rows + r
+
+
+class Link(NamedTuple):
+    """A merged anonymous profile's link, as ``--state`` keeps it: the user it merged into and
+    the merge time (``merged_into``, ``merged_at`` in the state document, docs/STATE.md)."""
+    merged_into: str
+    merged_at: int
+
+
+def dump_profile(engine: Engine, state: UserState, link: Optional[Link] = None) -> bytes:
+    """A profile's saved state bytes (``Engine.dump_state``), with the link when merged."""
+    document = dict(engine.state_document(state))
+    if link is not None:
+        document["merged_into"], document["merged_at"] = link
+    return encode_document(document)  # type: ignore[arg-type]
+
+
+def load_profile(engine: Engine, data: bytes) -> tuple[UserState, Optional[Link]]:
+    """The state and the link (None: not merged) of :func:`dump_profile` bytes."""
+    document = decode_document(data)
+    merged_into = document.get("merged_into")
+    link = None if merged_into is None else Link(merged_into, document["merged_at"])
+    return engine.state_from_document(document), link
+
+
+class AnonymousOutcome(NamedTuple):
+    """:func:`evaluate_anonymous`' result for one anonymous id."""
+    changes: list          # its UserChanges, and its MergeExit last when it merged now
+    rows: list             # its export rows (events before the merge)
+    merge: Optional[Merge]  # what the known user receives, when it merged in this evaluation
+    link: Optional[Link]   # its link after this evaluation (a saved one, or the new merge's)
+    forwarded: list        # its events that are the known user's (dated from the merge on)
+    others: list           # the identifies that did not make the link: events of their users
+    conflicts: list        # the claims among them by another user (once per user and event_id)
+    state: UserState       # what is saved for it (a merged profile: no memberships, no wake-up)
+
+
+def evaluate_anonymous(engine: Engine, anonymous_id: str, state: Optional[UserState],
+                       link: Optional[Link], history: Sequence[ProfileEvent],
+                       identifies: Sequence[ProfileEvent], until: int,
+                       stats: Optional[Stats] = None) -> AnonymousOutcome:
+    """One anonymous id's evaluation up to ``until``: its saved state and link (from an earlier
+    run with ``--state``, else None), its anonymous-only events and the identifies that claim it
+    (all dated up to ``until``).
+
+    Without a link, the earliest claim wins: the profile closes at it (:func:`close_anonymous`)
+    and its events from then on are forwarded; without a claim it is evaluated as any profile. A
+    saved link stands (there is no un-merge): every event is forwarded and every claim loses, as it
+    would to the earlier winner in one run over both runs' input.
+    """
+    stats = stats if stats is not None else Stats()
+    state = state if state is not None else engine.new_state()
+    if link is not None:
+        others = sorted(identifies, key=identify_order)
+        winner = Claim(link.merged_at, "", link.merged_into, anonymous_id)
+        done = engine.new_state()
+        done.clock = max(until, state.clock)
+        return AnonymousOutcome([], [], None, link, list(history), others,
+                                _conflicts(winner, others), done)
+    if not identifies:
+        changes, rows = engine.advance(state, history, until, stats)
+        return AnonymousOutcome(changes, rows, None, None, [], [], [], state)
+    ordered = sorted(identifies, key=identify_order)
+    first, others = ordered[0], ordered[1:]
+    claim = claim_of(first)
+    changes, rows, exit_change, after = close_anonymous(engine, state, history, claim.ts,
+                                                        claim.user_id, stats)
+    if exit_change is not None:
+        changes.append(exit_change)
+    merge = Merge(claim.ts, anonymous_id, state, first)
+    done = engine.new_state()
+    done.clock = max(until, state.clock)
+    return AnonymousOutcome(changes, rows, merge, Link(claim.user_id, claim.ts), after, others,
+                            _conflicts(claim, others), done)
+
+
+def _conflicts(winner: Claim, identifies: Iterable[ProfileEvent]) -> list[Claim]:
+    out, seen = [], set()
+    for event in identifies:
+        claim = claim_of(event)
+        if is_conflict(claim, winner) and (claim.user_id, claim.event_id) not in seen:
+            seen.add((claim.user_id, claim.event_id))
+            out.append(claim)
+    return out
 
 
 class StitchResult(NamedTuple):

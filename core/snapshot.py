@@ -44,9 +44,11 @@ SCHEMA = pa.schema([
     ("seen", pa.string()),           # JSON object: "s:<event_id>" or "h:<hex hash>" -> received_at
     ("pending", pa.string()),        # JSON list of waiting events (objects of ProfileEvent fields)
     ("computed", pa.string()),       # JSON object: computed trait id -> entries or aggregate
+    ("merged_into", pa.string()),    # identity stitching: the user an anonymous profile merged into
+    ("merged_at", pa.int64()),       # and when (both null: not merged)
 ])
 #: Columns a snapshot written before they existed lacks (read as empty).
-_OPTIONAL_COLUMNS = ("computed",)
+_OPTIONAL_COLUMNS = ("computed", "merged_into", "merged_at")
 _USER_FIELDS = ("clock", "first_ts", "last_ts", "max_received")
 
 
@@ -75,7 +77,8 @@ def user_row(key_field: str, key: str, document: StateDocument,
            "seen": _json({_seen_key(k): v for k, v in document["seen"].items()}),
            "pending": _json([dict(zip(ProfileEvent._fields, r)) for r in pending_rows])
            if pending_rows else None,
-           "computed": _json(document.get("computed") or {})}
+           "computed": _json(document.get("computed") or {}),
+           "merged_into": document.get("merged_into"), "merged_at": document.get("merged_at")}
     fields: Mapping[str, Any] = document  # read by the names in _USER_FIELDS
     for name in _USER_FIELDS:
         row[name] = fields[name]
@@ -154,6 +157,9 @@ def read_snapshot(data: bytes) -> Snapshot:
             document["seen"] = {_seen_from(k): v for k, v in json.loads(row["seen"]).items()}
             if document["version"] >= 2:
                 document["computed"] = json.loads(row.get("computed") or "{}")
+            if row.get("merged_into") is not None:
+                document["merged_into"] = row["merged_into"]
+                document["merged_at"] = row.get("merged_at")
             check_document(document)
             document = upgrade_document(document)
             pending = [tuple(e[f] for f in ProfileEvent._fields)

@@ -37,6 +37,10 @@ _FIELDS = ("version", "clock", "first_ts", "last_ts", "max_received", "traits", 
            "audiences", "counts", "seen", "computed")
 #: The fields of each version read, in their encoded order.
 _VERSION_FIELDS = {1: _FIELDS[:-1], 2: _FIELDS}
+#: Optional fields (identity stitching, docs/decisions/0004): an anonymous profile merged into a
+#: known user keeps the user id and the merge time. Present in a document only when set; encoded
+#: after the version's fields, so a state without them has the bytes it always had.
+LINK_FIELDS = ("merged_into", "merged_at")
 
 
 class StateFormatError(ValueError):
@@ -56,6 +60,12 @@ class StateDocument(TypedDict):
     counts: dict[str, int | list[int]]  # spec id -> count (all time) or event times (window)
     seen: dict[str | bytes, int]       # dedupe key -> received_at
     computed: dict[str, Any]           # computed trait id -> entries or aggregate (version 2)
+
+
+class LinkedStateDocument(StateDocument, total=False):
+    """A state document that may carry the identity link (:data:`LINK_FIELDS`)."""
+    merged_into: str                   # the user id an anonymous profile merged into
+    merged_at: int                     # microseconds: the merge time
 
 
 def _canonical(value):
@@ -84,6 +94,8 @@ def encode_document(document: StateDocument) -> bytes:
     value marshal cannot write (e.g. a date from a Parquet input)."""
     fields: Mapping[str, Any] = document  # read by the names in _FIELDS
     values = tuple(fields[f] for f in _FIELDS)
+    if fields.get("merged_into") is not None:
+        values += tuple(fields[f] for f in LINK_FIELDS)
     try:
         body = b"m" + marshal.dumps(values, 2)  # 2: no references, so equal states give equal bytes
     except ValueError:
@@ -104,9 +116,10 @@ def decode_document(data: bytes) -> StateDocument:
         values = marshal.loads(body) if tag == b"m" else pickle.loads(body) if tag == b"p" else None
     except Exception as exc:
         raise StateFormatError("corrupt user state: %s" % exc) from None
-    if not isinstance(values, tuple) or len(values) != len(fields):
+    if not isinstance(values, tuple) or len(values) not in (len(fields),
+                                                            len(fields) + len(LINK_FIELDS)):
         raise StateFormatError("corrupt user state")
-    return upgrade_document(dict(zip(fields, values)))
+    return upgrade_document(dict(zip(fields + LINK_FIELDS, values)))
 
 
 def upgrade_document(document: dict[str, Any]) -> StateDocument:
@@ -134,6 +147,10 @@ def check_document(document: object) -> None:
     for name in ("traits", "members", "audiences", "counts", "seen", "computed"):
         if name in document and not isinstance(document[name], dict):
             raise StateFormatError("user state field %s must be an object" % name)
+    if document.get("merged_into") is not None and not (
+            isinstance(document["merged_into"], str) and isinstance(document.get("merged_at"), int)):
+        raise StateFormatError("user state link: merged_into must be a string and merged_at an "
+                               "integer")
     for value in document["counts"].values():
         if not (isinstance(value, int) or (isinstance(value, list)
                                            and all(isinstance(t, int) for t in value))):

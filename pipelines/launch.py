@@ -287,9 +287,8 @@ def _run_state(act, options, live_source, time_range, run_id, job):
 def _stitching(options, live_source, run_state) -> Callable:
     """The evaluate PTransform's maker with ``identity: {stitch: true}``: the incremental stages
     (``transforms.identity_stream``) when timers fire as the watermark moves (``--streaming``, an
-    unbounded input), else the batch form (``transforms.identity``); ``--state`` is refused."""
-    if run_state is not None and run_state.uri is not None:
-        raise LaunchError("identity.stitch: not available with --state yet")
+    unbounded input), else the batch form (``transforms.identity``), which also keeps the links in
+    ``--state`` (refused with ``--streaming`` and live inputs by ``_run_state``)."""
     if (live_source is not None and not live_source.bounded) or \
             options.view_as(StandardOptions).streaming:
         from transforms.identity_stream import StitchAndEvaluateStream

@@ -17,7 +17,11 @@ Records with a ``user_id`` and no ``anonymous_id`` skip stage 1. Conflicting cla
 ``deadletter`` (``DIR/deadletter/identity.jsonl``). Both commands run this graph (a
 bounded run evaluates each profile once, up to its as-of time), so they give the same results.
 When timers fire as the watermark moves (``--streaming``, unbounded input) ``pipelines.launch``
-takes the incremental form instead (``transforms.identity_stream``); ``--state`` is refused.
+takes the incremental form instead (``transforms.identity_stream``).
+With ``--state`` each profile's saved state comes in as one of its groups and goes to its stage;
+an anonymous profile merged into a user keeps the link (``core.identity.Link``: ``merged_into``,
+``merged_at`` in its saved state), so a later run forwards its events to that user and takes any
+new claim of it as losing to the saved one. Every profile's final state goes out on ``state``.
 Metrics: those of ``transforms.audiences``, and ``identity:merges``,
 ``identity:conflicting_claims``, ``identity:forwarded_events``.
 """
@@ -28,17 +32,19 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.typehints.decorators import no_annotations
 
-from core.blocks import unpack_rows
+from core.blocks import pack_rows, unpack_rows
 from core.engine import Stats
-from core.identity import Claim, Merge, advance_with_merges, close_anonymous, identify_order
+from core.history import RESTORED
+from core.identity import (Claim, Merge, advance_with_merges, dump_profile, evaluate_anonymous,
+                           load_profile)
 from core.records import ProfileEvent
 from core.timeutil import MAX_TIME, format_time
-from transforms.audiences import CHANGES, EXPORT, EngineMetrics, EvaluatingTransform
+from transforms.audiences import CHANGES, EXPORT, STATE, EngineMetrics, EvaluatingTransform
 from transforms.read import TS_INDEX, events_from_wire, to_wire
 
 _USER_ID = ProfileEvent._fields.index("user_id")
 _ANONYMOUS_ID = ProfileEvent._fields.index("anonymous_id")
-EVENTS, MERGE = "e", "m"
+EVENTS, MERGE, SAVED = "e", "m", "s"
 ANONYMOUS, DEADLETTER = "anonymous", "deadletter"
 #: Element types of the keyed steps: by anonymous id, and by ``(key field, key)``.
 BY_ANONYMOUS_ID = typing.Tuple[str, typing.Any]
@@ -54,8 +60,16 @@ def same_element(element: typing.Any) -> typing.Any:
 @no_annotations
 def route(element: typing.Tuple[typing.Tuple[str, str], typing.Any]) -> typing.Iterator[typing.Any]:
     """A user's group split: records with an ``anonymous_id`` (anonymous-only events and
-    identifies) to that anonymous id (tagged ``anonymous``), the others to the user, as events."""
+    identifies) to that anonymous id (tagged ``anonymous``), the others to the user, as events. A
+    saved state (``--state``) goes to its profile's stage: an anonymous profile's to stage 1."""
     key, group = element
+    if isinstance(group, bytes) and group[:1] == RESTORED:
+        saved = (SAVED, bytes(group[1:]))
+        if key[0] == "anonymous_id":
+            yield beam.pvalue.TaggedOutput(ANONYMOUS, (key[1], saved))
+        else:
+            yield key, saved
+        return
     known, anonymous = [], {}
     for row in unpack_rows(group):
         if row[_ANONYMOUS_ID]:
@@ -65,7 +79,7 @@ def route(element: typing.Tuple[typing.Tuple[str, str], typing.Any]) -> typing.I
     if known:
         yield key, (EVENTS, known)
     for anon, rows in anonymous.items():
-        yield beam.pvalue.TaggedOutput(ANONYMOUS, (anon, rows))
+        yield beam.pvalue.TaggedOutput(ANONYMOUS, (anon, (EVENTS, rows)))
 
 
 def conflict_dead_letter(winner: Claim, row: tuple) -> dict:
@@ -91,13 +105,15 @@ class _Evaluates(beam.DoFn):
         self._forwarded = Metrics.counter("identity", "forwarded_events")
 
     def _until(self, as_of, rows):
-        """The evaluation's end and the rows dated up to it (the others are counted pending)."""
+        """The evaluation's end, the rows dated up to it and those after it (waiting: counted
+        pending, and saved with ``--state``)."""
         as_of = as_of if as_of is not None else self._spec.as_of
         if as_of is None:
-            return MAX_TIME, rows
+            return MAX_TIME, rows, []
         kept = [r for r in rows if r[TS_INDEX] <= as_of]
-        self._metrics.record_pending(0, len(rows) - len(kept))
-        return as_of, kept
+        waiting = [r for r in rows if r[TS_INDEX] > as_of]
+        self._metrics.record_pending(0, len(waiting))
+        return as_of, kept, waiting
 
     def _emit(self, key, changes, rows, stats):
         self._metrics.record(stats, changes)
@@ -106,77 +122,94 @@ class _Evaluates(beam.DoFn):
         if rows:
             yield beam.pvalue.TaggedOutput(EXPORT, [(tuple(r.event), r.attributes) for r in rows])
 
+    def _save(self, key, until, state, waiting, link=None):
+        """The profile's saved state on ``state`` (``--state``), its wake-up counted pending."""
+        if link is None and until != MAX_TIME and self._engine.next_wake(state) is not None:
+            self._metrics.record_pending(1, 0)
+        if self._spec.keep_state:
+            yield beam.pvalue.TaggedOutput(STATE, (key, (
+                dump_profile(self._engine, state, link),
+                pack_rows([tuple(r) for r in waiting]) if waiting else None)))
+
+
+def _items(items):
+    """A grouped profile's tagged items: its rows, its merges and its saved state (or None)."""
+    rows, merges, saved = [], [], None
+    for kind, body in items:
+        if kind == EVENTS:
+            rows.extend(body)
+        elif kind == MERGE:
+            merges.append(body)
+        else:
+            saved = body
+    return rows, merges, saved
+
 
 class _AnonymousFn(_Evaluates):
-    """Stage 1: ``(anonymous id, [row lists])`` to the anonymous profile's changes and export
-    rows, and what the known user receives, on ``to_user``."""
+    """Stage 1: ``(anonymous id, [tagged items])`` to the anonymous profile's changes and export
+    rows, and what the known user receives, on ``to_user`` (``core.identity.evaluate_anonymous``)."""
 
     def process(self, element, as_of=None):
-        anon, groups = element
-        until, rows = self._until(as_of, [r for rows in groups for r in rows])
-        identifies = [r for r in rows if r[_USER_ID]]
-        history = [r for r in rows if not r[_USER_ID]]
-        key = ("anonymous_id", anon)
+        anon, items = element
+        rows, _, saved = _items(items)
+        until, rows, waiting = self._until(as_of, rows)
         engine, stats = self._engine, Stats()
-        state = engine.new_state()
-        winner = min(identifies, key=lambda r: identify_order(ProfileEvent._make(r)), default=None)
-        if winner is None:
-            changes, exported = engine.advance(state, events_from_wire(history), until, stats)
-            yield from self._emit(key, changes, exported, stats)
+        state, link = load_profile(engine, saved) if saved is not None else (None, None)
+        identifies = [ProfileEvent._make(r) for r in rows if r[_USER_ID]]
+        history = events_from_wire([r for r in rows if not r[_USER_ID]])
+        out = evaluate_anonymous(engine, anon, state, link, history, identifies, until, stats)
+        key = ("anonymous_id", anon)
+        yield from self._emit(key, out.changes, out.rows, stats)
+        yield from self._save(key, until, out.state, waiting, out.link)
+        if out.link is None:
             return
-        user = winner[_USER_ID]
-        claim = Claim(winner[TS_INDEX], winner[1], user, anon)
-        changes, exported, exit_change, after = close_anonymous(
-            engine, state, events_from_wire(history), claim.ts, user, stats)
-        if exit_change is not None:
-            changes.append(exit_change)
-        yield from self._emit(key, changes, exported, stats)
-        self._merges.inc()
-        user_key = ("user_id", user)
-        yield beam.pvalue.TaggedOutput("to_user", (user_key, (
-            MERGE, (claim.ts, anon, engine.dump_state(state), tuple(winner)))))
-        if after:
-            self._forwarded.inc(len(after))
-            yield beam.pvalue.TaggedOutput("to_user", (user_key, (EVENTS,
-                                                                  [tuple(e) for e in after])))
-        conflicts = set()
-        for row in identifies:
-            if row is winner:
-                continue
-            if row[_USER_ID] != user and (row[_USER_ID], row[1]) not in conflicts:
-                conflicts.add((row[_USER_ID], row[1]))
-                yield beam.pvalue.TaggedOutput(DEADLETTER, conflict_dead_letter(claim, row))
-            yield beam.pvalue.TaggedOutput("to_user", (("user_id", row[_USER_ID]),
-                                                       (EVENTS, [row])))
-        if conflicts:
-            self._conflicts.inc(len(conflicts))
+        user_key = ("user_id", out.link.merged_into)
+        if out.merge is not None:
+            self._merges.inc()
+            yield beam.pvalue.TaggedOutput("to_user", (user_key, (MERGE, (
+                out.merge.at, anon, engine.dump_state(out.merge.state),
+                tuple(out.merge.identify)))))
+        if out.forwarded:
+            self._forwarded.inc(len(out.forwarded))
+            yield beam.pvalue.TaggedOutput("to_user", (user_key, (EVENTS, [
+                tuple(e) for e in out.forwarded])))
+        winner = Claim(out.link.merged_at, "", out.link.merged_into, anon)
+        conflicts = {(c.user_id, c.event_id) for c in out.conflicts}
+        for event in out.others:
+            if (event.user_id, event.event_id) in conflicts:
+                conflicts.discard((event.user_id, event.event_id))
+                yield beam.pvalue.TaggedOutput(DEADLETTER,
+                                               conflict_dead_letter(winner, tuple(event)))
+            yield beam.pvalue.TaggedOutput("to_user", (("user_id", event.user_id),
+                                                       (EVENTS, [tuple(event)])))
+        if out.conflicts:
+            self._conflicts.inc(len(out.conflicts))
 
 
 class _KnownFn(_Evaluates):
-    """Stage 2: ``(user, [tagged items])`` to the user's changes and export rows."""
+    """Stage 2: ``(user, [tagged items])`` to the user's changes and export rows, from its saved
+    state with ``--state``."""
 
     def process(self, element, as_of=None):
         key, items = element
         engine = self._engine
-        rows, merges = [], []
-        for kind, body in items:
-            if kind == EVENTS:
-                rows.extend(body)
-            else:
-                at, anon, state_bytes, identify = body
-                merges.append(Merge(at, anon, engine.load_state(state_bytes),
-                                    ProfileEvent._make(identify)))
-        until, rows = self._until(as_of, rows)
+        rows, merge_items, saved = _items(items)
+        merges = [Merge(at, anon, engine.load_state(state_bytes), ProfileEvent._make(identify))
+                  for at, anon, state_bytes, identify in merge_items]
+        until, rows, waiting = self._until(as_of, rows)
         stats = Stats()
-        changes, exported = advance_with_merges(engine, engine.new_state(),
-                                                events_from_wire(rows), merges, until, stats)
+        state = engine.load_state(saved) if saved is not None else engine.new_state()
+        changes, exported = advance_with_merges(engine, state, events_from_wire(rows), merges,
+                                                until, stats)
         yield from self._emit(key, changes, exported, stats)
+        yield from self._save(key, until, state, waiting)
 
 
 class _Evaluated(typing.NamedTuple):
     changes: beam.PCollection
     export: beam.PCollection
     deadletter: beam.PCollection   # conflicting claims (``conflict_dead_letter``)
+    state: beam.PCollection        # ``(profile, (state bytes, packed waiting or None))``
 
 
 class StitchAndEvaluate(EvaluatingTransform):
@@ -201,14 +234,14 @@ class StitchAndEvaluate(EvaluatingTransform):
                      | "TypedAnonymous" >> beam.Map(same_element).with_output_types(BY_ANONYMOUS_ID)
                      | "GroupByAnonymousId" >> beam.GroupByKey()
                      | "EvaluateAnonymous" >> beam.ParDo(_AnonymousFn(self._spec), *side)
-                     .with_outputs(EXPORT, "to_user", DEADLETTER, main=CHANGES))
+                     .with_outputs(EXPORT, STATE, "to_user", DEADLETTER, main=CHANGES))
         known = ((routed.known | "TypedKnown" >> beam.Map(same_element).with_output_types(BY_USER),
                   anonymous.to_user | "TypedForwarded" >> beam.Map(same_element).with_output_types(
                       BY_USER))
                  | "WithForwarded" >> beam.Flatten()
                  | "GroupByUser" >> beam.GroupByKey()
                  | "EvaluateKnown" >> beam.ParDo(_KnownFn(self._spec), *side)
-                 .with_outputs(EXPORT, main=CHANGES))
+                 .with_outputs(EXPORT, STATE, main=CHANGES))
         changes = ((anonymous[CHANGES]
                     | "TypedAnonymousChanges" >> beam.Map(same_element).with_output_types(BY_USER),
                     known[CHANGES]
@@ -216,5 +249,7 @@ class StitchAndEvaluate(EvaluatingTransform):
                    | "AllChanges" >> beam.Flatten())
         export = ((anonymous[EXPORT], known[EXPORT])
                   | "AllExportRows" >> beam.Flatten())
-        return _Evaluated(changes, export, anonymous[DEADLETTER])
+        state = ((anonymous[STATE], known[STATE])
+                 | "AllSavedStates" >> beam.Flatten())
+        return _Evaluated(changes, export, anonymous[DEADLETTER], state)
 

@@ -294,6 +294,36 @@ def _conflicts(winner: Claim, identifies: Iterable[ProfileEvent]) -> list[Claim]
     return out
 
 
+class ProfileMerge(NamedTuple):
+    """An anonymous id a known user won: the winning claim, its identify, and every
+    anonymous-only event of the id (those before the merge are its history)."""
+    claim: Claim
+    identify: ProfileEvent
+    events: list
+
+
+def merges_won(events: Iterable[ProfileEvent], user_id: str
+               ) -> tuple[list[ProfileEvent], list[ProfileMerge]]:
+    """One known user's part of :func:`stitch_histories`: its own events (the identifies that
+    won excepted: a merge brings them) and the anonymous ids it won, in merge order. ``events``
+    must hold the user's events and every event carrying the anonymous ids it claims (the other
+    users' claims of them decide who wins)."""
+    events = list(events)
+    winners, identifies, _ = resolve_claims(events)
+    won = [anon for anon, claim in winners.items() if claim.user_id == user_id]
+    winning = {id(identifies[anon]) for anon in won}
+    own = [e for e in events if e.user_id == user_id and id(e) not in winning]
+    merges = [ProfileMerge(winners[anon], identifies[anon],
+                           [e for e in events if not e.user_id and e.anonymous_id == anon])
+              for anon in won]
+    return own, sorted(merges, key=lambda m: (m.claim.ts, m.claim.anonymous_id))
+
+
+def link_of(events: Iterable[ProfileEvent], anonymous_id: str) -> Optional[Claim]:
+    """The winning claim of ``anonymous_id`` among ``events`` (None: not claimed)."""
+    return resolve_claims(e for e in events if e.anonymous_id == anonymous_id)[0].get(anonymous_id)
+
+
 class StitchResult(NamedTuple):
     """:func:`stitch_histories`' result: per profile ``(key field, key)`` its changes
     (:class:`core.engine.UserChange` and :class:`MergeExit`, in time order) and export rows, the

@@ -9,6 +9,10 @@ the cause of the transition; then the job's computed traits at that moment (``co
 has any. Transitions and trees come from the engine the pipelines run, traced
 (``core.engine.Evaluation``): nothing here evaluates a condition. Runs in plain Python on the local files
 (no Beam). A key with no events but found as the other kind of id gets a hint (``--anonymous``).
+With ``identity: {stitch: true}`` it follows merges: a known user's timeline shows at each merge
+the anonymous id that merged in and what its history brought, from the same traced engine over
+``core.identity``'s merge (``advance_with_merges``); an anonymous id's shows its exit at the merge
+with the user it merged into.
 ``--help`` lists the options (docs/COMMANDS.md).
 """
 # Ctrl-C is handled from here on (core/interrupt.py).
@@ -20,11 +24,13 @@ import glob  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
-from typing import List, Optional  # noqa: E402
+from typing import List, Optional, Sequence, TextIO, Tuple  # noqa: E402
 
 from core.conditions import ANY_EVENT, NodeTrace  # noqa: E402
 from core.config import ConfigError, JobConfig, load_config  # noqa: E402
 from core.engine import Engine, Evaluation  # noqa: E402
+from core.identity import (Merge, advance_with_merges, close_anonymous, link_of,  # noqa: E402
+                           merges_won, split_at)
 from core.records import (DEFAULT_MAX_TS_SKEW_US, InputError, ProfileEvent,  # noqa: E402
                           dedupe_batch, parse_record, time_bounds_error)
 from core.timeutil import MAX_TIME, format_time  # noqa: E402
@@ -32,9 +38,11 @@ from pipelines.cli import CommandParser, run_command  # noqa: E402
 
 
 def _read_user_events(pattern, key, max_ts_skew=DEFAULT_MAX_TS_SKEW_US):
-    """The events whose ``user_id`` or ``anonymous_id`` is ``key``, by the user they belong to:
-    ``{(key field, user key): [events]}`` (an event with both ids belongs to its user_id).
-    Records the pipelines dead-letter (out of time bounds, see ``input.max_ts_skew``) are left out."""
+    """The events whose ``user_id`` or ``anonymous_id`` is ``key`` (a string, or a set of keys),
+    by the user they belong to: ``{(key field, user key): [events]}`` (an event with both ids
+    belongs to its user_id). Records the pipelines dead-letter (out of time bounds, see
+    ``input.max_ts_skew``) are left out."""
+    keys = {key} if isinstance(key, str) else set(key)
     found = {}
     paths = sorted(glob.glob(pattern))
     if not paths:
@@ -45,15 +53,16 @@ def _read_user_events(pattern, key, max_ts_skew=DEFAULT_MAX_TS_SKEW_US):
                                     % (pattern, os.path.join(path, "*.jsonl")))
         with open(path, encoding="utf-8", errors="surrogateescape") as fh:
             for line in fh:
-                if key not in line:
-                    continue  # cheap pre-filter: the key must appear in the record's text
+                if not any(k in line for k in keys):
+                    continue  # cheap pre-filter: a key must appear in the record's text
                 try:
                     record = parse_record(line)
                 except InputError:
                     continue
                 if time_bounds_error(record, max_ts_skew) is not None:
                     continue  # dead-lettered by the pipelines, so not applied
-                if isinstance(record, ProfileEvent) and key in (record.user_id, record.anonymous_id):
+                if isinstance(record, ProfileEvent) and (record.user_id in keys
+                                                         or record.anonymous_id in keys):
                     found.setdefault((record.key_field, record.key), []).append(record)
     return found
 
@@ -113,6 +122,7 @@ class TransitionTrace:
         self.engine = None
         self._last = {}
         self.at = {}  # (time, audience index) -> (tree at the point, tree just before)
+        self.values = {}  # (time, audience index) -> the condition's value there
 
     def __call__(self, evaluation: Evaluation) -> None:
         before = self._last.get(evaluation.audience)
@@ -120,6 +130,7 @@ class TransitionTrace:
             before = self.engine.trace(self.engine.new_state(), evaluation.audience)
         if evaluation.transition is not None:
             self.at[(evaluation.time, evaluation.audience)] = (evaluation.tree, before)
+        self.values[(evaluation.time, evaluation.audience)] = evaluation.value
         self._last[evaluation.audience] = evaluation.tree
 
 
@@ -186,32 +197,53 @@ def _explain(args):
     if not events:
         sys.stderr.write("error: %s\n" % _no_events_message(args.user, field, found, args.input))
         return 2
-    if job.identity.stitch:
-        sys.stderr.write("note: identity.stitch is on; explain shows this profile's own events "
-                         "only (merged anonymous histories are not followed yet)\n")
     trace = TransitionTrace()
     engine = trace.engine = Engine(job.audiences, job.backfill_starts, observer=trace)
+    if job.identity.stitch:
+        if args.anonymous:
+            claims = [e for evs in found.values() for e in evs if e.anonymous_id == args.user]
+            claim = link_of(claims, args.user)
+            if claim is not None:
+                _explain_merged_anonymous(job, trace, events, claim, sys.stdout)
+                return 0
+        else:
+            _explain_known_user(job, trace, args, found, sys.stdout)
+            return 0
     changes, _ = engine.advance(engine.new_state(), events, MAX_TIME)
+    write_timeline(sys.stdout, job, trace, events, changes)
+    return 0
+
+
+def write_timeline(out: TextIO, job: JobConfig, trace: TransitionTrace,
+                   events: List[ProfileEvent], changes: list,
+                   notes: Sequence[Tuple[int, List[str]]] = (), marked: bool = False) -> None:
+    """The timeline: ``events`` (deduplicated, in order), ``notes`` (``(time, lines)``, before
+    the events of their time) and each change with its trees from ``trace``; a change that is a
+    merge exit (``core.identity.MergeExit``) names the user. ``marked``: an event carrying an
+    ``anonymous_id`` shows it."""
     kept = sorted(dedupe_batch(events, key=lambda e: e.event_id), key=lambda e: (e.ts, e.event_id))
-    first_ts = kept[0].ts
+    first_ts = kept[0].ts if kept else None
     audiences = job.audiences.audiences
-    timeline = [(e.ts, 0, e) for e in kept] + [(c.time, 1, c) for c in changes]
-    out = sys.stdout
+    timeline = ([(t, 0, lines) for t, lines in notes] + [(e.ts, 1, e) for e in kept]
+                + [(c.time, 2, c) for c in changes])
     for t, kind, item in sorted(timeline, key=lambda x: (x[0], x[1])):
         if kind == 0:
-            extra = ""
-            if item.properties:
-                extra += " properties=%s" % json.dumps(item.properties, sort_keys=True)
-            if item.traits:
-                extra += " traits=%s" % json.dumps(item.traits, sort_keys=True)
-            out.write("%s  event %-14s%s\n" % (format_time(t), item.event, extra))
+            for line in item:
+                out.write(line + "\n")
             continue
+        if kind == 1:
+            out.write("%s  event %s\n" % (format_time(t), event_text(item, marked)))
+            continue
+        merged_into = getattr(item, "merged_into", None)
         for audience_index, what, entered in item.changes:
             audience = audiences[audience_index]
             label = "BACKFILL" if item.backfill else what.upper()
             out.write("%s  %-5s %s\n" % (format_time(t), label, audience.slug))
-            if item.backfill:
+            if item.backfill or merged_into is not None:
                 out.write("      member since %s\n" % format_time(entered))
+                if merged_into is not None:
+                    out.write("      merged into user_id %s: every membership ends here\n"
+                              % merged_into)
                 continue
             lines = tree_lines(*trace.at[(t, audience_index)], audiences)
             for line in lines:
@@ -221,7 +253,95 @@ def _explain(args):
             if t == first_ts and not lines[0].startswith("*"):
                 out.write("      (the user's first event: before it a user is in no audience)\n")
     out.write("(* = changed at this moment: the cause of the transition)\n")
-    return 0
+
+
+def event_text(event: ProfileEvent, marked: bool = False) -> str:
+    """An event's name, properties and traits as a timeline line shows them (and its
+    ``anonymous_id`` when ``marked``)."""
+    text = "%-14s" % event.event
+    if marked and event.anonymous_id:
+        text += " anonymous_id=%s" % event.anonymous_id
+    if event.properties:
+        text += " properties=%s" % json.dumps(event.properties, sort_keys=True)
+    if event.traits:
+        text += " traits=%s" % json.dumps(event.traits, sort_keys=True)
+    return text
+
+
+def _explain_merged_anonymous(job, trace, events, claim, out):
+    """An anonymous profile merged into a user: its events before the merge, its transitions,
+    and its exit at the merge with the user it merged into (``core.identity.close_anonymous``)."""
+    engine = trace.engine
+    before, after = split_at(events, claim.ts)
+    changes, _, exit_change, _ = close_anonymous(engine, engine.new_state(), events, claim.ts,
+                                                 claim.user_id)
+    if exit_change is not None:
+        changes.append(exit_change)
+    note = ["%s  MERGED into user_id %s (identify %s)" % (format_time(claim.ts), claim.user_id,
+                                                         claim.event_id)]
+    if after:
+        note.append("      its %d later event(s) are %s's: explain them with --user %s"
+                    % (len(after), claim.user_id, claim.user_id))
+    write_timeline(out, job, trace, before, changes, [(claim.ts, note)])
+
+
+def _explain_known_user(job, trace, args, found, out):
+    """A known user with the anonymous ids it won (``core.identity.merges_won``): at each merge,
+    the anonymous id, its events, what it held (memberships, computed values, traits) and every
+    audience's result at the merge point; the user's evaluation is the engine's
+    (``core.identity.advance_with_merges``), traced."""
+    user = args.user
+    mine = [e for (f, k), evs in found.items() if f == "user_id" and k == user for e in evs]
+    claimed = {e.anonymous_id for e in mine if e.anonymous_id}
+    theirs = []
+    if claimed:
+        others = _read_user_events(args.input, claimed, job.max_ts_skew)
+        theirs = [e for evs in others.values() for e in evs
+                  if e.anonymous_id in claimed and e.user_id != user]
+    own, won = merges_won(mine + theirs, user)
+    engine = trace.engine
+    anon_engine = Engine(job.audiences, job.backfill_starts, observer=_ignore)
+    merges, forwarded, notes = [], [], []
+    for m in won:
+        state = anon_engine.new_state()
+        _, _, exit_change, after = close_anonymous(anon_engine, state, m.events, m.claim.ts, user)
+        merges.append(Merge(m.claim.ts, m.claim.anonymous_id, state, m.identify))
+        forwarded += after
+        notes.append((m, state, exit_change, [e for e in m.events if e.ts < m.claim.ts]))
+    changes, _ = advance_with_merges(engine, engine.new_state(), own + forwarded, merges, MAX_TIME)
+    lines = [(m.claim.ts, _merge_note(job, trace, m, state, exit_change, before, anon_engine))
+             for m, state, exit_change, before in notes]
+    write_timeline(out, job, trace, own + forwarded + [m.identify for m in won], changes, lines,
+                   marked=True)
+
+
+def _ignore(_evaluation):
+    pass
+
+
+def _merge_note(job, trace, merge, state, exit_change, before, anon_engine):
+    """The lines at a merge point: which anonymous id merged in and what its history brought."""
+    at = merge.claim.ts
+    audiences = job.audiences.audiences
+    kept = sorted(dedupe_batch(before, key=lambda e: e.event_id), key=lambda e: (e.ts, e.event_id))
+    lines = ["%s  MERGE anonymous_id %s (identify %s): %d event(s) of it before the merge count "
+             "from here" % (format_time(at), merge.claim.anonymous_id, merge.claim.event_id,
+                            len(kept))]
+    for e in kept:
+        lines.append("      %s  event %s" % (format_time(e.ts), event_text(e)))
+    held = [] if exit_change is None else exit_change.changes
+    lines.append("      it was a member of: %s" % (", ".join(
+        "%s (since %s)" % (audiences[a].slug, format_time(entered)) for a, _, entered in held)
+        or "nothing"))
+    if state.traits:
+        lines.append("      its traits: %s" % json.dumps(state.traits, sort_keys=True))
+    values = anon_engine.computed_values(state)
+    if values is not None:
+        lines.append("      its computed: %s" % computed_line(values, job))
+    lines.append("      at the merge point: %s" % ", ".join(
+        "%s=%s" % (a.slug, "true" if trace.values.get((at, i)) else "false")
+        for i, a in enumerate(audiences)))
+    return lines
 
 
 if __name__ == "__main__":

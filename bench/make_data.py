@@ -10,8 +10,16 @@ What makes it real-shaped, and why each matters to the job's cost:
   the events of a user arrive out of ``ts`` order;
 - about 3% of the records are sent again with the same ``event_id`` a few minutes to hours later
   (a retrying client), which the 24 h dedupe must drop;
-- anonymous users, users known by both ids, properties on most events, traits on some, and a
-  small share of system events (job status and audit log) for the alert and system exports.
+- anonymous browsing followed by identifies, for the job's identity stitching
+  (``identity: {stitch: true}``): a tenth of the users never log in (anonymous only, never
+  merged); a twentieth browse under an anonymous id until a login time of their own, where one
+  ``identify`` record carries both ids (their anonymous id merges into their user), and a fifth of
+  their later events still carry only the anonymous id (another tab, an old cookie: forwarded to
+  the user); for half of those, the anonymous events are flushed late and arrive after the
+  identify; for one in five, another user identifies on the same anonymous id a day later (a
+  shared device: a conflicting claim). The rest are known users (``user_id`` only);
+- properties on most events, traits on some, and a small share of system events (job status and
+  audit log) for the alert and system exports.
 """
 import argparse
 import datetime
@@ -44,14 +52,33 @@ def _delay_us(rnd: random.Random) -> int:
     return int(min(rnd.lognormvariate(6.0, 1.4), 12 * 3600) * US)
 
 
-def _profile_event(rnd, i, seed, user, name, ts_us):
+def anonymous_id(user: int) -> str:
+    return "anon-%06d" % user
+
+
+def user_id(user: int) -> str:
+    return "user%06d" % user
+
+
+def merges(user: int) -> bool:
+    """Whether ``user`` browses anonymously until its login, then identifies."""
+    return user % 20 == 1
+
+
+def login_us(user: int, span_us: int) -> int:
+    """A merging user's login (identify) time: its own point in the span, from its number."""
+    return (user * 7919 % 1000) * span_us // 1000
+
+
+def _profile_event(rnd, i, seed, user, name, ts_us, span_us=None):
     record = {"event_id": "b%d-%d" % (seed, i), "event": name}
     if user % 10 == 0:
-        record["anonymous_id"] = "anon-%06d" % user
+        record["anonymous_id"] = anonymous_id(user)
+    elif merges(user) and span_us is not None and (ts_us < login_us(user, span_us)
+                                                   or rnd.random() < 0.2):
+        record["anonymous_id"] = anonymous_id(user)
     else:
-        record["user_id"] = "user%06d" % user
-        if user % 7 == 0:
-            record["anonymous_id"] = "anon-%06d" % user
+        record["user_id"] = user_id(user)
     record["ts"] = rfc3339(ts_us)
     if name in ("purchase", "add_to_cart"):
         record["properties"] = {"price": round(rnd.uniform(1, 120), 2), "sku": "sku-%d" % rnd.randrange(50),
@@ -76,18 +103,48 @@ def _system_event(rnd, i, seed, ts_us):
                      "notes": "job %d" % i}}
 
 
+def _identifies(rnd, seed, users, span_us):
+    """``(received_us, record)`` of the identifies: one per merging user at its login, and a
+    later one by another user on one in five of those anonymous ids (a shared device)."""
+    out = []
+    for user in range(users):
+        if not merges(user):
+            continue
+        at = login_us(user, span_us)
+        record = {"event_id": "b%d-id%d" % (seed, user), "event": "identify",
+                  "user_id": user_id(user), "anonymous_id": anonymous_id(user), "ts": rfc3339(at),
+                  "traits": {"email": "user%d@example.com" % user}}
+        out.append((at + rnd.randrange(1, 30) * US, record))
+        other = (user + 2) % users
+        if user % 100 == 81 and at + 86400 * US < span_us and not merges(other) and other % 10:
+            later = at + 86400 * US
+            out.append((later + rnd.randrange(1, 30) * US, {
+                "event_id": "b%d-id%d-%d" % (seed, user, other), "event": "identify",
+                "user_id": user_id(other), "anonymous_id": anonymous_id(user),
+                "ts": rfc3339(later)}))
+    return out
+
+
 def generate(events: int, users: int, days: int, seed: int = 11):
     """The records of the data set in arrival order (``received_at``), duplicates included."""
     rnd = random.Random(seed)
     span_us = days * 86400 * US
     arrivals = []               # (received_us, n, record)
+    for received_us, record in _identifies(random.Random(seed + 1), seed, users, span_us):
+        record["received_at"] = rfc3339(received_us)
+        arrivals.append((received_us, len(arrivals), record))
     for i in range(events):
         ts_us = rnd.randrange(span_us)
         if rnd.random() < SYSTEM_SHARE:
             record = _system_event(rnd, i, seed, ts_us)
+            user = None
         else:
-            record = _profile_event(rnd, i, seed, rnd.randrange(users), rnd.choice(EVENTS), ts_us)
+            user = rnd.randrange(users)
+            record = _profile_event(rnd, i, seed, user, rnd.choice(EVENTS), ts_us, span_us)
         received_us = max(0, ts_us + _delay_us(rnd))
+        if user is not None and user % 40 == 21 and ts_us < login_us(user, span_us):
+            # Flushed late: the anonymous events arrive after the identify.
+            received_us = max(received_us, login_us(user, span_us) + rnd.randrange(60, 3 * 3600) * US)
         record["received_at"] = rfc3339(received_us)
         arrivals.append((received_us, len(arrivals), record))
         if rnd.random() < DUPLICATE_SHARE:

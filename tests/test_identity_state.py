@@ -174,9 +174,10 @@ def _outputs(out):
             summary)
 
 
+@pytest.mark.parametrize("runs", [[[0], [1], [2]], [[0, 1], [2]]], ids=["3-runs", "2-runs"])
 @pytest.mark.parametrize("kind", ["stream", "replay"])
-def test_runs_with_state_give_one_run_and_the_reference(data, tmp_path, kind):
-    _base, _days, paths, lines, cfg_path, in_path = data
+def test_runs_with_state_give_one_run_and_the_reference(data, tmp_path, kind, runs):
+    _base, days, _paths, lines, cfg_path, in_path = data
     one = str(tmp_path / "one")
     _run(kind, cfg_path, in_path, one)
     one_hubs, one_dead, one_summary = _outputs(one)
@@ -186,12 +187,15 @@ def test_runs_with_state_give_one_run_and_the_reference(data, tmp_path, kind):
     hubs = {"hub": [], "hub-fields": []}
     dead, merges = set(), 0
     bounds = [None] + [_rfc(s) for s in SPLITS] + [None]
-    for d in range(DAYS):
-        if kind == "stream":  # one file per day of arrival
-            _run(kind, cfg_path, paths[d], daily, "--state", state)
-        else:                 # one archive, a day per run
-            extra = [] if bounds[d] is None else ["--start", bounds[d]]
-            extra += [] if bounds[d + 1] is None else ["--end", bounds[d + 1]]
+    for group in runs:
+        if kind == "stream":  # one file per run, the days of arrival it covers
+            path = str(tmp_path / ("days%s.jsonl" % "".join(map(str, group))))
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write("\n".join(x for d in group for x in days[d]) + "\n")
+            _run(kind, cfg_path, path, daily, "--state", state)
+        else:                 # one archive, the run's days by --start and --end
+            extra = [] if bounds[group[0]] is None else ["--start", bounds[group[0]]]
+            extra += [] if bounds[group[-1] + 1] is None else ["--end", bounds[group[-1] + 1]]
             _run(kind, cfg_path, in_path, daily, "--state", state, *extra)
         day_hubs, day_dead, summary = _outputs(daily)
         for work, messages in day_hubs.items():

@@ -62,12 +62,6 @@ class StateDocument(TypedDict):
     computed: dict[str, Any]           # computed trait id -> entries or aggregate (version 2)
 
 
-class LinkedStateDocument(StateDocument, total=False):
-    """A state document that may carry the identity link (:data:`LINK_FIELDS`)."""
-    merged_into: str                   # the user id an anonymous profile merged into
-    merged_at: int                     # microseconds: the merge time
-
-
 def _canonical(value):
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 

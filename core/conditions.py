@@ -26,9 +26,9 @@ import json
 import re
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
-from core.keys import did_you_mean, unknown_key
-from core.timeutil import parse_duration
-from core.state import condition_key
+from cdp_activation.core.keys import did_you_mean, unknown_key
+from cdp_activation.core.timeutil import parse_duration
+from cdp_activation.core.state import condition_key
 
 OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "contains", "starts_with",
              "ends_with", "exists", "missing", "matches")

@@ -28,13 +28,13 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.typehints.decorators import no_annotations
 
-from core.blocks import unpack_rows
-from core.engine import Stats
-from core.identity import Claim, Merge, advance_with_merges, close_anonymous, identify_order
-from core.records import ProfileEvent
-from core.timeutil import MAX_TIME, format_time
-from transforms.audiences import CHANGES, EXPORT, EngineMetrics, EvaluatingTransform
-from transforms.read import TS_INDEX, events_from_wire, to_wire
+from cdp_activation.core.blocks import unpack_rows
+from cdp_activation.core.engine import Stats
+from cdp_activation.core.identity import Claim, Merge, advance_with_merges, close_anonymous, identify_order
+from cdp_activation.core.records import ProfileEvent
+from cdp_activation.core.timeutil import MAX_TIME, format_time
+from cdp_activation.transforms.audiences import CHANGES, EXPORT, EngineMetrics, EvaluatingTransform
+from cdp_activation.transforms.read import TS_INDEX, events_from_wire, to_wire
 
 _USER_ID = ProfileEvent._fields.index("user_id")
 _ANONYMOUS_ID = ProfileEvent._fields.index("anonymous_id")

@@ -8,11 +8,11 @@ import json
 import statistics
 import time
 
-from core.config import load_config
-from core.engine import Engine
-from core.identity import stitch_histories
-from core.records import InputError, ProfileEvent, parse_record
-from core.timeutil import MAX_TIME
+from cdp_activation.core.config import load_config
+from cdp_activation.core.engine import Engine
+from cdp_activation.core.identity import stitch_histories
+from cdp_activation.core.records import InputError, ProfileEvent, parse_record
+from cdp_activation.core.timeutil import MAX_TIME
 
 
 def run(argv=None):

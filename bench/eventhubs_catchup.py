@@ -74,7 +74,7 @@ def _publish(connection_string, events, users):
 
 def _raw_read(source):
     """Every partition read to its end with the source's reader, sequentially; events/s."""
-    from clients.eventhubs_consumer import event_record
+    from cdp_activation.clients.eventhubs_consumer import event_record
     fn, plan_fn = source.read_fn(), source.plan_fn()
     plan_fn.setup()
     plans = list(plan_fn.process(None))
@@ -115,7 +115,7 @@ def main(argv=None):
 
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
-    from transforms.eventhubs_source import ReadFromEventHubs
+    from cdp_activation.transforms.eventhubs_source import ReadFromEventHubs
 
     endpoint, connection_string = _start_endpoint(args.partitions)
     result = {"events": args.events, "partitions": args.partitions,

@@ -10,8 +10,8 @@ import socket
 import urllib.parse
 from typing import Any, Callable
 
-from clients.retry import RetryPolicy
-from core import netguard
+from cdp_activation.clients.retry import RetryPolicy
+from cdp_activation.core import netguard
 
 
 class AlertError(Exception):

@@ -18,8 +18,8 @@ writes the same bytes again.
 import re
 from typing import List, Optional
 
-from clients.retry import Failure, RetryPolicy, retryable_status
-from core.redact import Redactor, secret_parts
+from cdp_activation.clients.retry import Failure, RetryPolicy, retryable_status
+from cdp_activation.core.redact import Redactor, secret_parts
 
 CONNECTION_TIMEOUT_S = 5
 READ_TIMEOUT_S = 60

@@ -42,10 +42,10 @@ import time
 import typing
 import urllib.parse
 
-from core.config import EnvRef
-from core.redact import Redactor, reveal, secret_parts
-from core.timeutil import format_time
-from core.interrupt import temporary_file
+from cdp_activation.core.config import EnvRef
+from cdp_activation.core.redact import Redactor, reveal, secret_parts
+from cdp_activation.core.timeutil import format_time
+from cdp_activation.core.interrupt import temporary_file
 
 #: The local checkpoint files' format version.
 CHECKPOINT_VERSION = 1

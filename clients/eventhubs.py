@@ -19,7 +19,7 @@ import threading
 import typing
 import urllib.parse
 
-from core.redact import scrub
+from cdp_activation.core.redact import scrub
 
 _LOGGER = logging.getLogger(__name__)
 

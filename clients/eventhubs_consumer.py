@@ -18,13 +18,13 @@ import logging
 import time
 import typing
 
-from clients.checkpoints import NAME, BlobStorageCheckpointStore, Checkpoint, CheckpointError, \
+from cdp_activation.clients.checkpoints import NAME, BlobStorageCheckpointStore, Checkpoint, CheckpointError, \
     LocalCheckpointStore, fully_qualified_namespace
-from clients.eventhubs import EventHubsDeliveryError, Secret, bounded_wait, close_quietly, \
+from cdp_activation.clients.eventhubs import EventHubsDeliveryError, Secret, bounded_wait, close_quietly, \
     describe_failure, is_auth_error, is_not_found, is_unreachable, one_line, \
     parse_connection_string
-from core.config import EnvRef
-from core.redact import reveal
+from cdp_activation.core.config import EnvRef
+from cdp_activation.core.redact import reveal
 
 _LOGGER = logging.getLogger(__name__)
 

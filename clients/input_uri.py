@@ -17,8 +17,8 @@ import re
 import typing
 import urllib.parse
 
-from clients.checkpoints import NAME
-from clients.eventhubs_consumer import (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_READ_SECONDS,
+from cdp_activation.clients.checkpoints import NAME
+from cdp_activation.clients.eventhubs_consumer import (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_READ_SECONDS,
                                         DEFAULT_MAX_WAIT_SECONDS, LIVE_WATERMARK_DELAY_SECONDS,
                                         EventHubsSourceError)
 

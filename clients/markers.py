@@ -13,10 +13,10 @@ import re
 import time
 from typing import Optional
 
-from clients.blob import BlobExportError, Destination
-from core.config import Work
-from core.export import marker_bytes, marker_name, parse_marker, verify_name
-from core.timeutil import MICROS
+from cdp_activation.clients.blob import BlobExportError, Destination
+from cdp_activation.core.config import Work
+from cdp_activation.core.export import marker_bytes, marker_name, parse_marker, verify_name
+from cdp_activation.core.timeutil import MICROS
 
 _LOG = logging.getLogger(__name__)
 

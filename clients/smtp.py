@@ -22,13 +22,13 @@ import time
 from email.message import EmailMessage
 from typing import Any, Callable, Dict, Optional
 
-from clients.alerting import (AlertError, alert_policy, clean_line, describe_error,
+from cdp_activation.clients.alerting import (AlertError, alert_policy, clean_line, describe_error,
                               header_safe, open_guarded_socket)
-from clients.retry import Failure, Result
-from core import netguard
-from core.records import SystemEvent
-from core.redact import Redactor, reveal_settings, settings_secrets
-from core.workflows import AlertSettings
+from cdp_activation.clients.retry import Failure, Result
+from cdp_activation.core import netguard
+from cdp_activation.core.records import SystemEvent
+from cdp_activation.core.redact import Redactor, reveal_settings, settings_secrets
+from cdp_activation.core.workflows import AlertSettings
 
 log = logging.getLogger(__name__)
 

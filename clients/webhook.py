@@ -27,14 +27,14 @@ import time
 import urllib.parse
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from clients.alerting import (AlertError, alert_policy, describe_error, header_safe,
+from cdp_activation.clients.alerting import (AlertError, alert_policy, describe_error, header_safe,
                               open_guarded_socket, snippet)
-from clients.retry import Failure, Result, parse_retry_after, retryable_status
-from core import netguard
-from core.records import SystemEvent
-from core.redact import Redactor, redact_url, reveal_settings, settings_secrets
-from core.templates import TemplateError, TemplateRenderer
-from core.workflows import AlertSettings
+from cdp_activation.clients.retry import Failure, Result, parse_retry_after, retryable_status
+from cdp_activation.core import netguard
+from cdp_activation.core.records import SystemEvent
+from cdp_activation.core.redact import Redactor, redact_url, reveal_settings, settings_secrets
+from cdp_activation.core.templates import TemplateError, TemplateRenderer
+from cdp_activation.core.workflows import AlertSettings
 
 log = logging.getLogger(__name__)
 

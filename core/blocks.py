@@ -22,7 +22,7 @@ import pickle
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple, Protocol
 
-from core.records import (DEFAULT_MAX_TS_SKEW_US, MIN_TS, InputError, ProfileEvent, SystemEvent,
+from cdp_activation.core.records import (DEFAULT_MAX_TS_SKEW_US, MIN_TS, InputError, ProfileEvent, SystemEvent,
                           dead_letter, parse_record, time_bounds_error)
 
 #: The smallest block read (``transforms.read`` sizes them by file): large enough that a block's

@@ -42,10 +42,10 @@ import re
 from fractions import Fraction
 from typing import Any, Callable, NamedTuple, Optional
 
-from core.conditions import ANY_EVENT, ConditionError, compile_where, lookup
-from core.keys import did_you_mean, unknown_key
-from core.state import spec_id
-from core.timeutil import parse_duration
+from cdp_activation.core.conditions import (ANY_EVENT, ConditionError, compile_where, lookup,
+                                            parse_within)
+from cdp_activation.core.keys import did_you_mean, unknown_key
+from cdp_activation.core.state import spec_id
 
 OPS = ("count", "sum", "min", "max", "avg", "first", "last")
 #: The keys of one definition.
@@ -154,12 +154,7 @@ class ComputedSet:
         elif not isinstance(prop, str) or not prop:
             raise ConditionError(path + ".property", "%s needs the name of an event property"
                                  % op)
-        within = None
-        if definition.get("within") is not None:
-            try:
-                within = parse_duration(definition["within"])
-            except ValueError as exc:
-                raise ConditionError(path + ".within", str(exc)) from None
+        within = parse_within(definition, path)
         where_node = definition.get("where")
         where = compile_where(where_node, path + ".where") if where_node is not None else None
         where_key = json.dumps(where_node, sort_keys=True, default=str)
@@ -455,7 +450,7 @@ class ValuesView:
 
 def describe(trait: ComputedTrait) -> str:
     """One line saying what a trait computes, e.g. ``sum of purchase.price in the last 30d``."""
-    from core.timeutil import format_duration
+    from cdp_activation.core.timeutil import format_duration
     event = "any event" if trait.event == ANY_EVENT else trait.event
     what = ("count of %s" % event if trait.op == "count"
             else "%s of %s.%s" % (trait.op, event, trait.property))

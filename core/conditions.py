@@ -16,19 +16,16 @@ A spec only needs to count up to its *cap*: the largest threshold any node asks 
 engine keeps at most ``cap`` timestamps per windowed spec and a saturating counter for all-time
 specs.
 
-The engine itself evaluates :attr:`AudienceSet.state_holds`: the same conditions, each generated as
-one Python function over the engine's own state (see :meth:`AudienceSet._compile_on_state`).
-:meth:`AudienceSet.trace` evaluates a condition over that same state node by node, with the value,
-count or trait behind each node (:class:`NodeTrace`): what a traced engine reports
-(``core.engine.Evaluation``) and ``pipelines.explain`` prints.
+The engine evaluates :attr:`AudienceSet.state_holds`, each condition one function over its state;
+:meth:`AudienceSet.trace` evaluates it node by node (:class:`NodeTrace`) for ``pipelines.explain``.
 """
 import json
 import re
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
-from core.keys import did_you_mean, unknown_key
-from core.timeutil import parse_duration
-from core.state import condition_key
+from cdp_activation.core.keys import did_you_mean, unknown_key
+from cdp_activation.core.timeutil import parse_duration
+from cdp_activation.core.state import condition_key
 
 OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "contains", "starts_with",
              "ends_with", "exists", "missing", "matches")
@@ -51,6 +48,14 @@ class ConditionError(ValueError):
     def __init__(self, path: str, message: str) -> None:
         super().__init__("%s: %s" % (path, message))
         self.path = path
+
+
+def parse_within(node: Dict[str, Any], path: str) -> Optional[int]:
+    """``node["within"]`` in microseconds (None: absent); a ConditionError if not a duration."""
+    try:
+        return None if node.get("within") is None else parse_duration(node["within"])
+    except ValueError as exc:
+        raise ConditionError(path + ".within", str(exc)) from None
 
 
 _NUMBER = (int, float)
@@ -460,12 +465,7 @@ class AudienceSet:
         event = node["event"]
         if not isinstance(event, str) or not event:
             raise ConditionError(path + ".event", 'needs an event name, or "*" for any event')
-        within = None
-        if node.get("within") is not None:
-            try:
-                within = parse_duration(node["within"])
-            except ValueError as exc:
-                raise ConditionError(path + ".within", str(exc)) from None
+        within = parse_within(node, path)
         min_count = node.get("min_count", 1)
         max_count = node.get("max_count")
         for field, value in (("min_count", min_count), ("max_count", max_count)):

@@ -17,16 +17,16 @@ from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 import yaml
 
-from core import workflows
-from core.computed import ComputedSet
-from core.conditions import AudienceSet, ConditionError
-from core.identity import IdentitySettings, parse_identity
-from core.keys import did_you_mean
-from core.netguard import refusal_reason
-from core.records import DEFAULT_MAX_TS_SKEW_US
-from core.timeutil import parse_duration
-from core.values import ConfigError, check_keys, read_bool
-from core.workflows import WORKFLOWS
+from cdp_activation.core import workflows
+from cdp_activation.core.computed import ComputedSet
+from cdp_activation.core.conditions import AudienceSet, ConditionError
+from cdp_activation.core.identity import IdentitySettings, parse_identity
+from cdp_activation.core.keys import did_you_mean
+from cdp_activation.core.netguard import refusal_reason
+from cdp_activation.core.records import DEFAULT_MAX_TS_SKEW_US
+from cdp_activation.core.timeutil import parse_duration
+from cdp_activation.core.values import ConfigError, check_keys, read_bool
+from cdp_activation.core.workflows import WORKFLOWS
 
 #: Config keys whose values are secrets: never printed, logged or put in display data.
 SECRET_KEYS = frozenset(("connection_string", "password", "signing_secret", "account_key",

@@ -42,13 +42,13 @@ import hashlib
 import operator
 from typing import Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from core.computed import ComputedRuntime, attribute_key
-from core.conditions import ANY_EVENT, AudienceSet, NodeTrace
-from core.records import DEDUPE_HORIZON_US, ProfileEvent
-from core.state import (STATE_VERSION, StateDocument, StateFormatError, check_document,
+from cdp_activation.core.computed import ComputedRuntime, attribute_key
+from cdp_activation.core.conditions import ANY_EVENT, AudienceSet, NodeTrace
+from cdp_activation.core.records import DEDUPE_HORIZON_US, ProfileEvent
+from cdp_activation.core.state import (STATE_VERSION, StateDocument, StateFormatError, check_document,
                         decode_document,
                         encode_document, spec_id)
-from core.timeutil import MIN_TIME
+from cdp_activation.core.timeutil import MIN_TIME
 
 
 class UserChange(NamedTuple):

@@ -45,12 +45,12 @@ import json
 from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Union
 
-from core.records import SystemEvent, canonical_json, dedupe_first_copies
-from core.timeutil import MICROS, format_time, parse_time, to_unix_seconds
+from cdp_activation.core.records import SystemEvent, canonical_json, dedupe_first_copies
+from cdp_activation.core.timeutil import MICROS, format_time, parse_time, to_unix_seconds
 
 if TYPE_CHECKING:
-    from core.workflows import BlobSettings
-    from core.engine import ExportRow
+    from cdp_activation.core.workflows import BlobSettings
+    from cdp_activation.core.engine import ExportRow
 
 #: What a work exports: an event with its user's attributes (``events``) or a system event.
 ExportRecord = Union["ExportRow", SystemEvent]

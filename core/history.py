@@ -12,15 +12,15 @@ import pickle
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from core.blocks import pack_rows, unpack_rows
-from core.computed import ComputedSet
-from core.conditions import AudienceSet
-from core.engine import Engine, ExportRow, Stats, UserChange, UserState
-from core.records import ProfileEvent
-from core.timeutil import MAX_TIME
+from cdp_activation.core.blocks import pack_rows, unpack_rows
+from cdp_activation.core.computed import ComputedSet
+from cdp_activation.core.conditions import AudienceSet
+from cdp_activation.core.engine import Engine, ExportRow, Stats, UserChange, UserState
+from cdp_activation.core.records import ProfileEvent
+from cdp_activation.core.timeutil import MAX_TIME
 
 if TYPE_CHECKING:
-    from core.config import JobConfig
+    from cdp_activation.core.config import JobConfig
 
 
 #: Marks a user's saved state among its groups: the tag, then ``core.state`` document bytes.

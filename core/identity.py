@@ -22,10 +22,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple, Optional
 
-from core.engine import Engine, ExportRow, Stats, UserChange, UserState
-from core.records import ProfileEvent
-from core.state import decode_document, encode_document
-from core.values import ConfigError, check_keys, read_bool
+from cdp_activation.core.engine import Engine, ExportRow, Stats, UserChange, UserState
+from cdp_activation.core.records import ProfileEvent
+from cdp_activation.core.state import decode_document, encode_document
+from cdp_activation.core.values import ConfigError, check_keys, read_bool
 
 #: The keys of the config's ``identity`` section.
 IDENTITY_KEYS = ("stitch",)

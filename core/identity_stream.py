@@ -36,9 +36,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional
 
-from core.engine import Engine, UserState
-from core.identity import Claim, Merge, claim_order
-from core.records import ProfileEvent
+from cdp_activation.core.engine import Engine, UserState
+from cdp_activation.core.identity import Claim, Merge, claim_order
+from cdp_activation.core.records import ProfileEvent
 
 MERGE, FORWARD, CANCEL = "merge", "forward", "cancel"
 _TS = ProfileEvent._fields.index("ts")

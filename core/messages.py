@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 import zstandard
 
-from core.history import unpack_changes
-from core.jsonlines import encode_sorted_lines
-from core.records import canonical_json_bytes, json_agrees
-from core.timeutil import OPEN_EXIT, format_time
+from cdp_activation.core.history import unpack_changes
+from cdp_activation.core.jsonlines import encode_sorted_lines
+from cdp_activation.core.records import canonical_json_bytes, json_agrees
+from cdp_activation.core.timeutil import OPEN_EXIT, format_time
 
 if TYPE_CHECKING:
-    from core.conditions import Audience
-    from core.workflows import EventHubSettings
-    from core.engine import UserChange
+    from cdp_activation.core.conditions import Audience
+    from cdp_activation.core.workflows import EventHubSettings
+    from cdp_activation.core.engine import UserChange
 
 #: A message: the JSON object of CONTRACT 5.1.
 Message = dict[str, Any]

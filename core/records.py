@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Optional, Protocol, TypeVar
 
-from core.timeutil import (EPOCH_SECONDS_LIMIT, MICROS, TimeFormatError, format_duration, format_time,
+from cdp_activation.core.timeutil import (EPOCH_SECONDS_LIMIT, MICROS, TimeFormatError, format_duration, format_time,
                            parse_time)
 
 try:  # orjson is several times faster; the standard library is the reference and the fallback

@@ -21,10 +21,10 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Protocol, TypeVar, overload
 
-from core.config import SECRET_KEYS, EnvRef, resolve_settings
+from cdp_activation.core.config import SECRET_KEYS, EnvRef, resolve_settings
 
 if TYPE_CHECKING:
-    from core.workflows import AlertSettings
+    from cdp_activation.core.workflows import AlertSettings
 
 MASK = "****"
 

@@ -19,8 +19,8 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.records import ProfileEvent
-from core.state import (READ_VERSIONS, StateDocument, StateFormatError, check_document,
+from cdp_activation.core.records import ProfileEvent
+from cdp_activation.core.state import (READ_VERSIONS, StateDocument, StateFormatError, check_document,
                         upgrade_document)
 
 FORMAT = "activation-audience-state"

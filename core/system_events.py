@@ -5,12 +5,12 @@ import hashlib
 import time
 from typing import TYPE_CHECKING
 
-from core.records import SystemEvent
-from core.redact import scrub
-from core.timeutil import MICROS, format_time
+from cdp_activation.core.records import SystemEvent
+from cdp_activation.core.redact import scrub
+from cdp_activation.core.timeutil import MICROS, format_time
 
 if TYPE_CHECKING:
-    from core.workflows import AlertSettings
+    from cdp_activation.core.workflows import AlertSettings
 
 #: ``notes`` longer than this are cut (an exception text can be long; alerts need the gist).
 MAX_NOTES_CHARS = 2000

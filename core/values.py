@@ -9,8 +9,8 @@ import re
 import urllib.parse
 from typing import Iterable, List, Optional, Union
 
-from core.keys import unknown_key
-from core.timeutil import TimeFormatError, parse_time
+from cdp_activation.core.keys import unknown_key
+from cdp_activation.core.timeutil import TimeFormatError, parse_time
 
 
 class ConfigError(ValueError):

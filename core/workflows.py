@@ -12,11 +12,11 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from core.export import DEFAULT_MAX_WINDOWS
-from core.keys import did_you_mean
-from core.records import SUBJECT_TYPES, VERBS
-from core.timeutil import format_time
-from core.values import (ConfigError, host_problem, read_bool, read_number, read_string,
+from cdp_activation.core.export import DEFAULT_MAX_WINDOWS
+from cdp_activation.core.keys import did_you_mean
+from cdp_activation.core.records import SUBJECT_TYPES, VERBS
+from cdp_activation.core.timeutil import format_time
+from cdp_activation.core.values import (ConfigError, host_problem, read_bool, read_number, read_string,
                          read_string_list, read_time, url_problem)
 
 EVENTHUB_AUDIENCE_EXPORT = "eventhub_audience_export"
@@ -165,7 +165,7 @@ def _webhook(path, cfg, work, audiences):
         raise ConfigError(path + ".headers: must map header names to string values")
     template = read_string(cfg, "json_template", path)
     if template is not None:
-        from core import templates
+        from cdp_activation.core import templates
         try:
             templates.validate_template(template)
         except templates.TemplateError as exc:

@@ -10,7 +10,7 @@ neither knows is an error before the endpoint starts. Ctrl-C: ``interrupted``, e
 config copy removed (core/interrupt.py).
 """
 # Ctrl-C is handled from here on (core/interrupt.py).
-from core.interrupt import exit_on_interrupt, exit_process
+from cdp_activation.core.interrupt import exit_on_interrupt, exit_process
 if __name__ == "__main__":
     exit_on_interrupt()
 
@@ -22,10 +22,10 @@ import tempfile  # noqa: E402
 
 import yaml  # noqa: E402
 
-from core.workflows import EVENTHUB_AUDIENCE_EXPORT  # noqa: E402
+from cdp_activation.core.workflows import EVENTHUB_AUDIENCE_EXPORT  # noqa: E402
 from emulators.eventhubs import LocalEventHubs  # noqa: E402
 from pipelines.cli import UsageError, wants_help  # noqa: E402
-from core.interrupt import temporary_file  # noqa: E402
+from cdp_activation.core.interrupt import temporary_file  # noqa: E402
 
 VARIABLE = "LOCAL_EVENTHUB_CONNECTION_STRING"
 USAGE = """usage: python -m emulators.run_with_local_eventhubs --config FILE --input URI [options]
@@ -92,7 +92,7 @@ def main(argv):
 
 def _run(args, output_dir):
     from pipelines import stream
-    from transforms.localsink import replace_file
+    from cdp_activation.transforms.localsink import replace_file
     with LocalEventHubs(hub="audiences", partitions=4) as hub:
         os.environ[VARIABLE] = hub.connection_string
         sys.stderr.write("local Event Hubs endpoint on 127.0.0.1:%d, hub 'audiences', 4 partitions\n" % hub.port)

@@ -38,8 +38,9 @@ class UsageError(ValueError):
     """A command line the command cannot run: one line naming the problem."""
 
 
-#: The top-level packages this project installs (pyproject.toml), and its distribution's name.
-TOP_LEVEL_NAMES = ("core", "clients", "pipelines", "transforms")
+#: The top-level packages this project installs (pyproject.toml: ``cdp_activation`` holds core,
+#: clients and transforms; ``pipelines`` is the contract's commands), and its distribution's name.
+TOP_LEVEL_NAMES = ("cdp_activation", "pipelines")
 DISTRIBUTION = "cdp-activation"
 
 

@@ -16,7 +16,7 @@ with the user it merged into.
 ``--help`` lists the options (docs/COMMANDS.md).
 """
 # Ctrl-C is handled from here on (core/interrupt.py).
-from core.interrupt import exit_on_interrupt, exit_process
+from cdp_activation.core.interrupt import exit_on_interrupt, exit_process
 if __name__ == "__main__":
     exit_on_interrupt()
 
@@ -26,14 +26,14 @@ import os  # noqa: E402
 import sys  # noqa: E402
 from typing import List, Optional, Sequence, TextIO, Tuple  # noqa: E402
 
-from core.conditions import ANY_EVENT, NodeTrace  # noqa: E402
-from core.config import ConfigError, JobConfig, load_config  # noqa: E402
-from core.engine import Engine, Evaluation  # noqa: E402
-from core.identity import (Merge, advance_with_merges, close_anonymous, link_of,  # noqa: E402
+from cdp_activation.core.conditions import ANY_EVENT, NodeTrace  # noqa: E402
+from cdp_activation.core.config import ConfigError, JobConfig, load_config  # noqa: E402
+from cdp_activation.core.engine import Engine, Evaluation  # noqa: E402
+from cdp_activation.core.identity import (Merge, advance_with_merges, close_anonymous, link_of,  # noqa: E402
                            merges_won, split_at)
-from core.records import (DEFAULT_MAX_TS_SKEW_US, InputError, ProfileEvent,  # noqa: E402
+from cdp_activation.core.records import (DEFAULT_MAX_TS_SKEW_US, InputError, ProfileEvent,  # noqa: E402
                           dedupe_batch, parse_record, time_bounds_error)
-from core.timeutil import MAX_TIME, format_time  # noqa: E402
+from cdp_activation.core.timeutil import MAX_TIME, format_time  # noqa: E402
 from pipelines.cli import CommandParser, run_command  # noqa: E402
 
 

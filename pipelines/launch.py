@@ -19,10 +19,10 @@ from typing import Callable, Iterator, List, Optional
 import apache_beam as beam
 from apache_beam.options.pipeline_options import AzureOptions, PipelineOptions, StandardOptions
 
-from core.config import ConfigError, check_destinations, load_config
-from core.redact import Redactor, collect_secrets, install_log_redaction
-from core.snapshot import SnapshotError
-from core.timeutil import TimeFormatError, format_time
+from cdp_activation.core.config import ConfigError, check_destinations, load_config
+from cdp_activation.core.redact import Redactor, collect_secrets, install_log_redaction
+from cdp_activation.core.snapshot import SnapshotError
+from cdp_activation.core.timeutil import TimeFormatError, format_time
 from pipelines.cli import UsageError, check_pipeline_arguments, pipeline_help, wants_help
 from pipelines.options import COMMAND_OPTIONS, REQUIRED_OPTIONS, ActivationOptions, flag_value
 from pipelines.runners import (DIRECT_RUNNERS, RunnerMissingError, beam_version, choose_runner,
@@ -32,11 +32,11 @@ from pipelines.summary import (build_summary, counter_totals, failed_work_events
                                summary_as_of, write_report, write_summary)
 from pipelines.wiring import RunState, build_graph, option_value
 from pipelines.workflows import preflight
-from transforms import outputs
-from transforms.audiences import EngineSpec
-from core.interrupt import deferred, exit_process
-from transforms.read import InputMissingError, check_input_exists
-from transforms.state import commit_snapshot, load_snapshot, temporary_uri
+from cdp_activation.transforms import outputs
+from cdp_activation.transforms.audiences import EngineSpec
+from cdp_activation.core.interrupt import deferred, exit_process
+from cdp_activation.transforms.read import InputMissingError, check_input_exists
+from cdp_activation.transforms.state import commit_snapshot, load_snapshot, temporary_uri
 
 
 class LaunchError(RuntimeError):
@@ -81,8 +81,8 @@ def _live_source(uri, options, redactor):
     """The source of a live ``--input`` URI (None for files); see transforms/live_sources.py."""
     if not uri.startswith(LIVE_SCHEMES):
         return None
-    from clients.eventhubs_consumer import EventHubsSourceError
-    from transforms.live_sources import build_live_source
+    from cdp_activation.clients.eventhubs_consumer import EventHubsSourceError
+    from cdp_activation.transforms.live_sources import build_live_source
     try:
         source = build_live_source(uri, os.environ)
     except EventHubsSourceError as exc:
@@ -102,7 +102,7 @@ def _live_source(uri, options, redactor):
 def _kafka_source(uri, options, source):
     """A ``kafka://`` source whose ReadFromKafka is expanded where this run's runner can run it
     (``pipelines.runners.kafka_expansion_service``); ``source`` itself when Beam's default is."""
-    from transforms.live_sources import build_live_source
+    from cdp_activation.transforms.live_sources import build_live_source
     try:
         service = kafka_expansion_service(options)
     except RunnerMissingError as exc:
@@ -291,9 +291,9 @@ def _stitching(options, live_source, run_state) -> Callable:
     ``--state`` (refused with ``--streaming`` and live inputs by ``_run_state``)."""
     if (live_source is not None and not live_source.bounded) or \
             options.view_as(StandardOptions).streaming:
-        from transforms.identity_stream import StitchAndEvaluateStream
+        from cdp_activation.transforms.identity_stream import StitchAndEvaluateStream
         return StitchAndEvaluateStream
-    from transforms.identity import StitchAndEvaluate
+    from cdp_activation.transforms.identity import StitchAndEvaluate
     return StitchAndEvaluate
 
 

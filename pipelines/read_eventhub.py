@@ -14,7 +14,7 @@ Exit status: 0 after the idle timeout, 1 if the hub cannot be read (one line on 
 usage error.
 """
 # Ctrl-C is handled from here on (core/interrupt.py).
-from core.interrupt import exit_on_interrupt, exit_process
+from cdp_activation.core.interrupt import exit_on_interrupt, exit_process
 if __name__ == "__main__":
     exit_on_interrupt()
 
@@ -27,7 +27,7 @@ import time  # noqa: E402
 from typing import List, Optional, TextIO  # noqa: E402
 
 from pipelines.cli import CommandParser, UsageError  # noqa: E402
-from clients.eventhubs import (EventHubsDeliveryError, parse_connection_string,  # noqa: E402
+from cdp_activation.clients.eventhubs import (EventHubsDeliveryError, parse_connection_string,  # noqa: E402
                                verify_connection)
 
 _LOGGER = logging.getLogger(__name__)

@@ -7,18 +7,18 @@ there is no per-element state. ``--start``/``--end`` keep records with ``start <
 bound is a date (its UTC midnight), an RFC 3339 time or epoch seconds.
 """
 # Ctrl-C is handled from here on, before Beam's import (seconds long) starts.
-from core.interrupt import exit_on_interrupt
+from cdp_activation.core.interrupt import exit_on_interrupt
 if __name__ == "__main__":
     exit_on_interrupt()
 
 import re  # noqa: E402
 from typing import List, Optional  # noqa: E402
 
-from core.config import ConfigError  # noqa: E402
-from core.timeutil import TimeFormatError, parse_time  # noqa: E402
+from cdp_activation.core.config import ConfigError  # noqa: E402
+from cdp_activation.core.timeutil import TimeFormatError, parse_time  # noqa: E402
 from pipelines.launch import exit_command, main  # noqa: E402
 from pipelines.options import ReplayOptions  # noqa: E402
-from transforms.audiences import EvaluateAudiencesBatch  # noqa: E402
+from cdp_activation.transforms.audiences import EvaluateAudiencesBatch  # noqa: E402
 
 HELP = (
     "python -m pipelines.replay --config FILE --input GLOB [--start T] [--end T] [options] "

@@ -7,14 +7,14 @@ See README.md and docs/COMMANDS.md (``--help`` lists every option). Bounded file
 the same graph runs on Flink and Dataflow.
 """
 # Ctrl-C is handled from here on, before Beam's import (seconds long) starts.
-from core.interrupt import exit_on_interrupt
+from cdp_activation.core.interrupt import exit_on_interrupt
 if __name__ == "__main__":
     exit_on_interrupt()
 
 from typing import List, Optional  # noqa: E402
 
 from pipelines.launch import exit_command, main  # noqa: E402
-from transforms.audiences import EvaluateAudiencesStateful  # noqa: E402
+from cdp_activation.transforms.audiences import EvaluateAudiencesStateful  # noqa: E402
 
 HELP = (
     "python -m pipelines.stream --config FILE --input URI [options] [Beam options]",

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Dict, List, Optional, TextIO, Tuple
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
-from core.computed import usage as computed_usage
-from core.config import JobConfig
-from core.report import build_report, count_rows, export_files, export_windows
-from core.timeutil import format_time
-from core.workflows import WORKFLOWS
-from transforms import outputs
+from cdp_activation.core.computed import usage as computed_usage
+from cdp_activation.core.config import JobConfig
+from cdp_activation.core.report import build_report, count_rows, export_files, export_windows
+from cdp_activation.core.timeutil import format_time
+from cdp_activation.core.workflows import WORKFLOWS
+from cdp_activation.transforms import outputs
 
 if TYPE_CHECKING:  # pipelines.wiring builds the graph; the summary only reads its RunState
     from pipelines.wiring import RunState

@@ -8,7 +8,7 @@ destination one the job would connect to (its host is resolved here; see
 ``core.config.check_destinations``). ``--help`` lists the options (docs/COMMANDS.md).
 """
 # Ctrl-C is handled from here on (core/interrupt.py).
-from core.interrupt import exit_on_interrupt, exit_process
+from cdp_activation.core.interrupt import exit_on_interrupt, exit_process
 if __name__ == "__main__":
     exit_on_interrupt()
 
@@ -16,10 +16,10 @@ import json  # noqa: E402
 import sys  # noqa: E402
 from typing import List, Optional, TextIO  # noqa: E402
 
-from core.computed import usage as computed_usage  # noqa: E402
-from core.config import ConfigError, JobConfig, check_destinations, load_config  # noqa: E402
-from core.redact import Redactor, collect_secrets, mask_secrets  # noqa: E402
-from core.workflows import WORKFLOWS  # noqa: E402
+from cdp_activation.core.computed import usage as computed_usage  # noqa: E402
+from cdp_activation.core.config import ConfigError, JobConfig, check_destinations, load_config  # noqa: E402
+from cdp_activation.core.redact import Redactor, collect_secrets, mask_secrets  # noqa: E402
+from cdp_activation.core.workflows import WORKFLOWS  # noqa: E402
 from pipelines.cli import CommandParser, run_command  # noqa: E402
 
 

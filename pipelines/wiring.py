@@ -21,20 +21,20 @@ from apache_beam.pvalue import DoOutputsTuple
 from apache_beam.typehints.decorators import no_annotations
 from apache_beam.utils.windowed_value import WindowedValue
 
-from core.config import JobConfig
-from core.history import unpack_changes
-from core.records import SystemEvent, dedupe_batch, dedupe_first_copies
-from core.system_events import work_event
-from core.timeutil import format_time
+from cdp_activation.core.config import JobConfig
+from cdp_activation.core.history import unpack_changes
+from cdp_activation.core.records import SystemEvent, dedupe_batch, dedupe_first_copies
+from cdp_activation.core.system_events import work_event
+from cdp_activation.core.timeutil import format_time
 from pipelines.workflows import ALERTS, BEAM_WORKFLOWS, DELIVERY, WorkInputs
-from transforms import outputs
-from transforms.audiences import GroupUserEventsPerBundle
-from transforms.identity import DEADLETTER_PATH, StitchAndEvaluate
-from transforms.live import DedupeSystemEventsLive, Values, is_unbounded
-from transforms.live_sources import LiveSource
-from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
-from transforms.read import DEADLETTER, LATEST, PROFILE, SYSTEM, ParseLines, ReadRecords
-from transforms.state import (SYSTEM_MEMORY, USERS as STATE_USERS, ReadStateSnapshot,
+from cdp_activation.transforms import outputs
+from cdp_activation.transforms.audiences import GroupUserEventsPerBundle
+from cdp_activation.transforms.identity import DEADLETTER_PATH, StitchAndEvaluate
+from cdp_activation.transforms.live import DedupeSystemEventsLive, Values, is_unbounded
+from cdp_activation.transforms.live_sources import LiveSource
+from cdp_activation.transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
+from cdp_activation.transforms.read import DEADLETTER, LATEST, PROFILE, SYSTEM, ParseLines, ReadRecords
+from cdp_activation.transforms.state import (SYSTEM_MEMORY, USERS as STATE_USERS, ReadStateSnapshot,
                               WriteStateSnapshot)
 
 _LOGGER = logging.getLogger(__name__)
@@ -233,7 +233,7 @@ def build_graph(p: beam.Pipeline, job: JobConfig, evaluate: beam.PTransform, opt
     output_dir = options.output_dir
     streaming = p.options.view_as(StandardOptions).streaming
     flush_seconds = float(option_value(options, "flush_seconds", DEFAULT_FLUSH_SECONDS))
-    from transforms.blob import DEFAULT_GRACE_SECONDS
+    from cdp_activation.transforms.blob import DEFAULT_GRACE_SECONDS
     grace_seconds = float(option_value(options, "blob_grace_seconds", DEFAULT_GRACE_SECONDS))
     if live_source is None:
         records = p | "ReadRecords" >> ReadRecords(

@@ -13,17 +13,17 @@ from typing import Callable, Dict, NamedTuple, Optional
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
 
-from core.config import JobConfig, Work
-from core.history import unpack_changes
-from core.messages import (MessageBuilder, audience_names, merge_message_line_runs,
+from cdp_activation.core.config import JobConfig, Work
+from cdp_activation.core.history import unpack_changes
+from cdp_activation.core.messages import (MessageBuilder, audience_names, merge_message_line_runs,
                            message_line_runs, message_sort_key, user_messages)
-from core.system_events import work_event
-from core.workflows import (AZURE_BLOB_EVENT_EXPORT, EMAIL_SYSTEM_EVENTS, EVENTHUB_AUDIENCE_EXPORT,
+from cdp_activation.core.system_events import work_event
+from cdp_activation.core.workflows import (AZURE_BLOB_EVENT_EXPORT, EMAIL_SYSTEM_EVENTS, EVENTHUB_AUDIENCE_EXPORT,
                             WEBHOOK_SYSTEM_EVENTS)
-from transforms import outputs
-from transforms.audiences import export_rows_from_wire
-from transforms.live import Values, is_unbounded
-from transforms.localsink import WriteJsonLinesFile
+from cdp_activation.transforms import outputs
+from cdp_activation.transforms.audiences import export_rows_from_wire
+from cdp_activation.transforms.live import Values, is_unbounded
+from cdp_activation.transforms.localsink import WriteJsonLinesFile
 
 #: A delivery's stage: it reads what the evaluation or the input gives, and its own work events
 #: (``synced``, ``failed``, ...) go to the system-event log and to the alerts.
@@ -73,7 +73,7 @@ def _eventhub_preflight(work, output_dir):
     settings = work.settings
     if not settings.connection_string:
         return None
-    from clients.eventhubs import EventHubsDeliveryError, verify_connection
+    from cdp_activation.clients.eventhubs import EventHubsDeliveryError, verify_connection
     try:
         verify_connection(settings.connection_string, settings.eventhub_name)
     except EventHubsDeliveryError as exc:
@@ -83,7 +83,7 @@ def _eventhub_preflight(work, output_dir):
 
 def _blob_preflight(work, output_dir):
     """Checks the destination's credentials and reads the work's state marker (``marker_end``)."""
-    from transforms import blob
+    from cdp_activation.transforms import blob
     destination = None
     try:
         destination = blob.destination_for(work, output_dir)
@@ -243,7 +243,7 @@ def _eventhub_work(inputs, work):
                     outputs.join(output_dir, "eventhub", work.id + ".jsonl"), sort_key=message_sort_key,
                     batched=True, flush_seconds=flush_seconds)
                 | label + "Report" >> beam.ParDo(_CountDelivered(job.aid, work.id, "messages_delivered")))
-    from transforms.eventhubs import WriteToEventHubs
+    from cdp_activation.transforms.eventhubs import WriteToEventHubs
     if not inputs.streaming and not is_unbounded(messages):
         # A bounded run sends each user's messages in time order, one user's in one bundle. (A
         # live run sends them as the engine emits them, which is already in time order per user.)
@@ -268,7 +268,7 @@ def _eventhub_work(inputs, work):
 def _blob_work(inputs, work):
     """The export rows (``events``) or the input's system events, to Blob files; the work's
     events."""
-    from transforms.blob import WriteToBlobExport
+    from cdp_activation.transforms.blob import WriteToBlobExport
     job = inputs.job
     batched = work.settings.export_type == "events"
     if batched:
@@ -283,13 +283,13 @@ def _blob_work(inputs, work):
 
 
 def _webhook_work(inputs, work):
-    from transforms.alerts import SendWebhookAlerts
+    from cdp_activation.transforms.alerts import SendWebhookAlerts
     return inputs.alert_input | "Work[%s]Alerts" % work.id >> SendWebhookAlerts(
         work, inputs.output_dir, flush_seconds=inputs.flush_seconds)
 
 
 def _email_work(inputs, work):
-    from transforms.alerts import SendEmailAlerts
+    from cdp_activation.transforms.alerts import SendEmailAlerts
     return inputs.alert_input | "Work[%s]Alerts" % work.id >> SendEmailAlerts(
         work, inputs.output_dir, account_name=inputs.job.account_name,
         flush_seconds=inputs.flush_seconds)

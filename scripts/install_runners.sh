@@ -23,6 +23,12 @@ beam_version() {
         || { echo "install_runners.sh: apache-beam is not installed in $PYTHON (run scripts/test.sh or ./run_local.sh first)" >&2; exit 1; }
 }
 
+# Java and Maven on PATH, or one line saying what needs them ($1) and a non-zero status.
+require_java_and_maven() {
+  command -v java >/dev/null || { echo "error: $1 needs java (a JDK 17) on PATH" >&2; return 1; }
+  command -v mvn >/dev/null || { echo "error: installing $1 needs mvn (Maven) on PATH" >&2; return 1; }
+}
+
 # --- Prism ----------------------------------------------------------------------------------
 # Built from Beam's Go module at the version pinned in scripts/prism/go.mod, which must equal the
 # installed apache-beam's. scripts/prism/go.sum records the hash of every module it is built from,
@@ -84,8 +90,7 @@ install_flink() {
     echo "flink job server $version: $jar (installed)"
     return 0
   fi
-  command -v java >/dev/null || { echo "error: the Flink job server needs java (a JDK 17) on PATH" >&2; return 1; }
-  command -v mvn >/dev/null || { echo "error: installing the Flink job server needs mvn (Maven) on PATH" >&2; return 1; }
+  require_java_and_maven "the Flink job server" || return 1
   echo "installing the Flink $FLINK_MINOR job server for Beam $version (Maven) into $dir" >&2
   build="$dir.build.$$"
   rm -rf "$build"
@@ -122,8 +127,7 @@ install_kafka() {
     echo "kafka broker $KAFKA_VERSION: $dir/libs (installed)"
     return 0
   fi
-  command -v java >/dev/null || { echo "error: the Kafka broker needs java (a JDK 17) on PATH" >&2; return 1; }
-  command -v mvn >/dev/null || { echo "error: installing the Kafka broker needs mvn (Maven) on PATH" >&2; return 1; }
+  require_java_and_maven "the Kafka broker" || return 1
   echo "installing the Kafka $KAFKA_VERSION broker (Maven) into $dir" >&2
   build="$dir.build.$$"
   rm -rf "$build"

@@ -15,15 +15,15 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from azure.storage.blob import BlobServiceClient
 
-from core import export
-from core.config import parse_config
-from core.engine import ExportRow
-from core.records import parse_record
-from core.timeutil import MICROS, parse_time
-from clients.blob import AzureDestination, BlobExportError
-from clients.markers import read_marker, verify_credentials
-from transforms import blob
-from transforms.blob import LocalDestination, make_destination
+from cdp_activation.core import export
+from cdp_activation.core.config import parse_config
+from cdp_activation.core.engine import ExportRow
+from cdp_activation.core.records import parse_record
+from cdp_activation.core.timeutil import MICROS, parse_time
+from cdp_activation.clients.blob import AzureDestination, BlobExportError
+from cdp_activation.clients.markers import read_marker, verify_credentials
+from cdp_activation.transforms import blob
+from cdp_activation.transforms.blob import LocalDestination, make_destination
 
 T0 = parse_time("2026-11-20T10:00:00Z")
 H = 3600 * MICROS

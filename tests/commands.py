@@ -13,6 +13,16 @@ _VENV_PY = os.path.join(ROOT, ".venv", "bin", "python")
 #: The project's virtualenv interpreter when there is one (what ./run_local.sh runs), else this one.
 PY = _VENV_PY if os.path.exists(_VENV_PY) else sys.executable
 
+#: The package the folders core/, clients/ and transforms/ install as (pyproject.toml).
+PACKAGE = "cdp_activation"
+
+
+def project_module(module):
+    """A module name as the repository's folders spell it: ``cdp_activation.core.engine`` is
+    ``core.engine``; any other name is returned unchanged."""
+    return module[len(PACKAGE) + 1:] if module.startswith(PACKAGE + ".") else module
+
+
 ACCOUNT = "account: {name: acme, aid: 1234}\n"
 #: Audience lines: three purchases within 7 days; a trait threshold; a trait value.
 FREQUENT_BUYERS = ("  - {id: fb, slug: frequent_buyers, "

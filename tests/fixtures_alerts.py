@@ -318,7 +318,7 @@ def smtp_tls_server(test_cert):
 
 def make_work(workflow, config, work_id="w-alerts", paused=False):
     """A work parsed and validated by the real config loader."""
-    from core.config import parse_config
+    from cdp_activation.core.config import parse_config
     job = parse_config({"account": {"name": "acme", "aid": 1234},
                         "works": [{"id": work_id, "workflow": workflow, "config": config,
                                    "paused": paused}]}, environ={})
@@ -327,7 +327,7 @@ def make_work(workflow, config, work_id="w-alerts", paused=False):
 
 def system_event(event_id, verb="failed", subject_type="work", subject_id="w-1", notes=None):
     """A system event parsed by the real input parser."""
-    from core.records import parse_record
+    from cdp_activation.core.records import parse_record
     data = {"aid": 1234, "subject_type": subject_type, "subject_id": subject_id, "verb": verb}
     if notes is not None:
         data["notes"] = notes

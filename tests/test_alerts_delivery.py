@@ -7,9 +7,9 @@ import time
 import pytest
 
 from tests.fixtures_alerts import Reply, make_work, system_event
-from clients.alerting import BASE_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, header_safe
-from clients.webhook import WebhookSender, verify_webhook_signature
-from core.redact import redact_url
+from cdp_activation.clients.alerting import BASE_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, header_safe
+from cdp_activation.clients.webhook import WebhookSender, verify_webhook_signature
+from cdp_activation.core.redact import redact_url
 
 
 def sender_for(url, sleep=time.sleep, **config):

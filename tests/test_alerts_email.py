@@ -5,8 +5,8 @@ import os
 
 from tests.fixtures_alerts import (SMTP_PASSWORD, SMTP_USER, SmtpServer, counters, make_work,
                                    read_jsonl, run_alerts, system_event)
-from clients.smtp import EmailSender
-from transforms.alerts import SendEmailAlerts
+from cdp_activation.clients.smtp import EmailSender
+from cdp_activation.transforms.alerts import SendEmailAlerts
 
 WORK_ID = "w-mail"
 RECIPIENTS = ["ops@acme.test", "oncall@acme.test"]

@@ -8,8 +8,8 @@ connected to (the refusal comes before any packet, hence in milliseconds). No in
 import pytest
 
 from tests.fixtures_alerts import make_work, system_event
-from clients.smtp import EmailSender
-from clients.webhook import WebhookSender
+from cdp_activation.clients.smtp import EmailSender
+from cdp_activation.clients.webhook import WebhookSender
 
 LOOPBACK_SPELLINGS = ["127.0.0.1", "0x7f000001", "2130706433", "127.1", "localhost"]
 

@@ -7,7 +7,7 @@ import pytest
 
 from tests.fixtures_alerts import (Reply, counters, make_work, read_jsonl, run_alerts,
                                    system_event)
-from transforms.alerts import SendWebhookAlerts
+from cdp_activation.transforms.alerts import SendWebhookAlerts
 
 WORK_ID = "w-hook"
 

@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from core.system_events import MAX_NOTES_CHARS, matches, scrub_notes, work_event
+from cdp_activation.core.system_events import MAX_NOTES_CHARS, matches, scrub_notes, work_event
 from tests.fixtures_alerts import make_work, run_alerts
 from tests.test_templates import SLACK_TEMPLATE
-from transforms.alerts import SendWebhookAlerts
+from cdp_activation.transforms.alerts import SendWebhookAlerts
 
 
 @pytest.mark.parametrize("notes, leaked", [

@@ -7,13 +7,13 @@ import logging
 import pytest
 from apache_beam.transforms.display import DisplayData
 
-from core import export
-from core.timeutil import MICROS, parse_time
-from clients.blob import CONNECT_BACKOFF_S, AzureDestination, BlobExportError
-from clients.markers import verify_credentials
-from clients.retry import RetryPolicy
-from transforms import blob
-from transforms.blob import make_destination
+from cdp_activation.core import export
+from cdp_activation.core.timeutil import MICROS, parse_time
+from cdp_activation.clients.blob import CONNECT_BACKOFF_S, AzureDestination, BlobExportError
+from cdp_activation.clients.markers import verify_credentials
+from cdp_activation.clients.retry import RetryPolicy
+from cdp_activation.transforms import blob
+from cdp_activation.transforms.blob import make_destination
 from tests.blob_runs import (ACCOUNT, AID, H, T0, container_client, contents, data_blobs,
                              dead_port, launch, make_work, new_container, sample_rows)
 from tests.faultproxy import FaultProxy
@@ -108,7 +108,7 @@ def test_verify_blob_that_may_not_be_deleted_is_left_and_logged(azurite, caplog)
     conn = "BlobEndpoint=http://127.0.0.1:%d/devstoreaccount1;SharedAccessSignature=%s" % (
         azurite.port, sas)
     destination = make_destination(make_work(conn, container).settings)
-    with caplog.at_level(logging.WARNING, logger="clients.markers"):
+    with caplog.at_level(logging.WARNING, logger="cdp_activation.clients.markers"):
         verify_credentials(destination, "w-blob")
     left = [b.name for b in container_client(azurite, container).list_blobs()]
     assert len(left) == 1 and left[0].startswith("acme/events/_verify/w-blob_")

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
-from core import export
-from transforms import blob, blob_steps
+from cdp_activation.core import export
+from cdp_activation.transforms import blob, blob_steps
 from tests.blob_runs import (ACCOUNT, AID, COLLECTED, H, T0, collect, container_client,
                              contents, data_blobs, dead_port, export_row, launch, local_files,
                              make_work, marker_of, new_container, read_cells, run_export,

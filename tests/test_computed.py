@@ -5,12 +5,12 @@ from fractions import Fraction
 
 import pytest
 
-from core.computed import ComputedSet, exact_sum
-from core.conditions import AudienceSet, ConditionError
-from core.config import parse_config
-from core.engine import Engine
-from core.records import ProfileEvent
-from core.values import ConfigError
+from cdp_activation.core.computed import ComputedSet, exact_sum
+from cdp_activation.core.conditions import AudienceSet, ConditionError
+from cdp_activation.core.config import parse_config
+from cdp_activation.core.engine import Engine
+from cdp_activation.core.records import ProfileEvent
+from cdp_activation.core.values import ConfigError
 
 S = 1_000_000
 D = 86400 * S
@@ -199,8 +199,8 @@ def test_blob_computed_columns_in_csv_csv_gz_and_parquet():
 
     import pyarrow.parquet as pq
 
-    from core.export import render_files
-    from core.workflows import BlobSettings
+    from cdp_activation.core.export import render_files
+    from cdp_activation.core.workflows import BlobSettings
 
     computed = {"spend": {"op": "sum", "event": "purchase", "property": "price",
                           "within": "1d"},

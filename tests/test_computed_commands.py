@@ -7,7 +7,7 @@ import sys
 
 import yaml
 
-from core.report import build_report
+from cdp_activation.core.report import build_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = {

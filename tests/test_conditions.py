@@ -1,6 +1,6 @@
 import pytest
 
-from core.conditions import AudienceSet, ConditionError, compile_where
+from cdp_activation.core.conditions import AudienceSet, ConditionError, compile_where
 
 
 def holds_for(condition, traits=None, counts=None):

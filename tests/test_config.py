@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from core.config import ConfigError, load_config, parse_config
+from cdp_activation.core.config import ConfigError, load_config, parse_config
 
 BASE = {"account": {"name": "acme", "aid": 1234},
         "audiences": [{"id": "abc", "slug": "buyers", "condition": {"event": "purchase"}}]}
@@ -229,7 +229,7 @@ def fake_resolver(table):
 
 
 def test_destinations_the_job_would_refuse_fail_before_any_data_moves():
-    from core.config import check_destinations
+    from cdp_activation.core.config import check_destinations
     resolve = fake_resolver({"hooks.example.com": ["93.184.216.34"],
                              "intranet.example.com": ["93.184.216.35", "10.1.2.3"],
                              "localhost": ["127.0.0.1"], "127.0.0.1": ["127.0.0.1"],
@@ -296,7 +296,7 @@ def test_syntax_errors_and_repeated_keys_name_line_and_column(tmp_path):
 
 
 def test_input_max_ts_skew_and_the_blob_window_limit_are_config_keys():
-    from core.export import DEFAULT_MAX_WINDOWS
+    from cdp_activation.core.export import DEFAULT_MAX_WINDOWS
     blob = {"id": "w-blob", "workflow": "azure_blob_event_export", "config": {"container": "exports"}}
     job = parse_config(config_with(blob), {})
     assert job.max_ts_skew == 7 * 86400 * 10**6

@@ -125,8 +125,11 @@ def test_sdist_holds_every_module_and_the_sample_config(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     built = {os.path.relpath(os.path.join(d, f), lib).replace(os.sep, "/")
              for d, _, files in os.walk(lib) for f in files}
-    modules = {f for f in _expected_sdist_files() if f.endswith(".py") and f != "setup.py"}
+    # core/, clients/ and transforms/ install inside the package cdp_activation (pyproject.toml).
+    modules = {f if f.split("/")[0] == "pipelines" else "cdp_activation/" + f
+               for f in _expected_sdist_files() if f.endswith(".py") and f != "setup.py"}
     assert not modules - built, sorted(modules - built)
+    assert {f.split("/")[0] for f in built} == {"cdp_activation", "pipelines"}, sorted(built)[:20]
     # What only a checkout runs (the local endpoint, the bench, the tests) is not installed.
     assert not {f for f in built if f.split("/")[0] in CHECKOUT_ONLY}, sorted(built)[:20]
 
@@ -242,9 +245,9 @@ def test_dockerfile_copies_what_exists_and_what_the_package_needs():
     for source, _ in copies:
         assert source not in (".", "./"), "COPY . would ship .venv and out/: list the paths"
         assert os.path.exists(os.path.join(ROOT, source)), "COPY %s: no such path" % source
-    include = _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]
-    packages = {p.split(".")[0] for p in include}
-    assert packages == set(PACKAGES), packages
+    setuptools = _pyproject()["tool"]["setuptools"]
+    folders = {setuptools["package-dir"].get(p, p).split(".")[0] for p in setuptools["packages"]}
+    assert folders == set(PACKAGES), folders
     assert {"setup.py", "pyproject.toml", *PACKAGES, *DATA_FILES} <= {s for s, _ in copies}
 
 

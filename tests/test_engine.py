@@ -3,9 +3,9 @@ import random
 
 from hypothesis import given, settings, strategies as st
 
-from core.conditions import AudienceSet
-from core.engine import Engine, Stats
-from core.records import ProfileEvent, dedupe_first_copies
+from cdp_activation.core.conditions import AudienceSet
+from cdp_activation.core.engine import Engine, Stats
+from cdp_activation.core.records import ProfileEvent, dedupe_first_copies
 from tests.engine_audiences import AUDIENCES
 
 MIN = 60 * 1_000_000

@@ -25,13 +25,13 @@ import random
 
 import pytest
 
-from core import engine as engine_module
-from core.computed import ComputedSet
-from core.conditions import (AudienceSet, _comparable, _same_kind, compile_where,
+from cdp_activation.core import engine as engine_module
+from cdp_activation.core.computed import ComputedSet
+from cdp_activation.core.conditions import (AudienceSet, _comparable, _same_kind, compile_where,
                              values_equal)
-from core.engine import Engine, Stats
-from core.records import ProfileEvent, parse_record
-from core.timeutil import MAX_TIME, MIN_TIME, parse_time
+from cdp_activation.core.engine import Engine, Stats
+from cdp_activation.core.records import ProfileEvent, parse_record
+from cdp_activation.core.timeutil import MAX_TIME, MIN_TIME, parse_time
 from tests.datagen import generate
 
 MIN = 60_000_000

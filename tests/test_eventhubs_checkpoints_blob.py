@@ -18,10 +18,10 @@ from azure.eventhub import EventData, EventHubConsumerClient, EventHubProducerCl
 from azure.eventhub.extensions.checkpointstoreblob import BlobCheckpointStore
 from azure.storage.blob import ContainerClient
 
-from clients.checkpoints import (BlobStorageCheckpointStore, Checkpoint, CheckpointError,
+from cdp_activation.clients.checkpoints import (BlobStorageCheckpointStore, Checkpoint, CheckpointError,
                                  fully_qualified_namespace)
-from clients.eventhubs_consumer import EventHubsSourceError
-from transforms.eventhubs_source import ReadFromEventHubs
+from cdp_activation.clients.eventhubs_consumer import EventHubsSourceError
+from cdp_activation.transforms.eventhubs_source import ReadFromEventHubs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = """

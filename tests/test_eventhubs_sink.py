@@ -18,8 +18,8 @@ from apache_beam.testing.util import BeamAssertException, assert_that
 from apache_beam.transforms.display import DisplayData
 
 from emulators.eventhubs import LocalEventHubs
-from clients.eventhubs import EventHubsDeliveryError, parse_connection_string, verify_connection
-from transforms.eventhubs import WriteToEventHubs
+from cdp_activation.clients.eventhubs import EventHubsDeliveryError, parse_connection_string, verify_connection
+from cdp_activation.transforms.eventhubs import WriteToEventHubs
 
 pytestmark = pytest.mark.timeout(120)
 WORK = "w-eh"
@@ -324,7 +324,7 @@ def test_verify_connection_reports_unreachable_and_silent_endpoints():
 def test_an_unreachable_hub_is_retried_by_the_one_policy_counting_waits(tmp_path):
     """The sink's retry around the SDK is clients.retry: ``max_attempts`` attempts, a wait
     recorded (not slept) between each, then one secret-free reason naming the attempts."""
-    from transforms.eventhubs import _DeliveryFailed, _WriteToEventHubsFn
+    from cdp_activation.transforms.eventhubs import _DeliveryFailed, _WriteToEventHubsFn
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -26,13 +26,13 @@ from apache_beam.utils.timestamp import Timestamp
 from azure.eventhub import EventData, EventHubProducerClient
 
 from emulators.eventhubs import LocalEventHubs
-from clients.checkpoints import Checkpoint, CheckpointError, LocalCheckpointStore
-from clients.eventhubs_consumer import (UNBOUNDED_STOP, EventHubRecord, EventHubsSourceError,
+from cdp_activation.clients.checkpoints import Checkpoint, CheckpointError, LocalCheckpointStore
+from cdp_activation.clients.eventhubs_consumer import (UNBOUNDED_STOP, EventHubRecord, EventHubsSourceError,
                                         PartitionPlan, plan_partition)
-from transforms.eventhubs_checkpoints import CommitCheckpoints
-from transforms.eventhubs_read import (EventHubRecordCoder, SequenceRangeProvider,
+from cdp_activation.transforms.eventhubs_checkpoints import CommitCheckpoints
+from cdp_activation.transforms.eventhubs_read import (EventHubRecordCoder, SequenceRangeProvider,
                                        SequenceRangeTracker)
-from transforms.eventhubs_source import ReadFromEventHubs
+from cdp_activation.transforms.eventhubs_source import ReadFromEventHubs
 
 pytestmark = pytest.mark.timeout(180)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -205,8 +205,10 @@ def test_rejected_credentials_fail_the_run_with_one_line_and_no_secret(local_eve
                                                                        tmp_path, caplog):
     good_key = local_eventhubs.key
     wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk="
-    for logger in ("transforms.eventhubs_source", "transforms.eventhubs_read",
-                   "transforms.eventhubs_checkpoints", "clients.eventhubs", "clients.eventhubs_consumer"):
+    for logger in ("cdp_activation.transforms.eventhubs_source",
+                   "cdp_activation.transforms.eventhubs_read",
+                   "cdp_activation.transforms.eventhubs_checkpoints",
+                   "cdp_activation.clients.eventhubs", "cdp_activation.clients.eventhubs_consumer"):
         caplog.set_level(logging.DEBUG, logger=logger)
     with pytest.raises(Exception) as failure:
         catch_up(local_eventhubs.connection_string_with(key=wrong), str(tmp_path), retry_total=0)
@@ -381,7 +383,7 @@ _LIVE_PIPELINE = """
 import os, sys
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-from transforms.eventhubs_source import ReadFromEventHubs
+from cdp_activation.transforms.eventhubs_source import ReadFromEventHubs
 
 out = sys.argv[1]
 

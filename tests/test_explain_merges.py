@@ -12,7 +12,7 @@ from pipelines import explain
 from tests.commands import write_job
 from tests.reference_identity import reference_stitched_transitions
 from tests.test_identity_random import AUDIENCES, random_lines
-from core.timeutil import parse_time
+from cdp_activation.core.timeutil import parse_time
 
 CONFIG = {
     "account": {"name": "acme"},

@@ -14,11 +14,12 @@ import random
 import subprocess
 import sys
 
-from core.conditions import AudienceSet, compile_where
-from core.config import parse_config
-from core.engine import Engine, Evaluation
-from core.records import ProfileEvent, parse_record
-from core.timeutil import MAX_TIME, parse_time
+from cdp_activation.core.conditions import AudienceSet, compile_where
+from cdp_activation.core.config import parse_config
+from cdp_activation.core.engine import Engine, Evaluation
+from cdp_activation.core.records import ProfileEvent, parse_record
+from cdp_activation.core.timeutil import MAX_TIME, parse_time
+from tests.commands import project_module
 from tests.datagen import generate
 from tests.engine_audiences import AUDIENCES as AUDIENCES_OF_ALL_KINDS
 
@@ -187,9 +188,11 @@ def _private_core_imports(path, module):
         tree = ast.parse(fh.read(), path)
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
-                and node.module.split(".")[0] == "core" and node.module != module:
-            found.extend((node.lineno, "%s.%s" % (node.module, a.name))
+        imported = project_module(node.module) if isinstance(node, ast.ImportFrom) \
+            and node.module else None
+        if imported and node.level == 0 and imported.split(".")[0] == "core" \
+                and imported != module:
+            found.extend((node.lineno, "%s.%s" % (imported, a.name))
                          for a in node.names if a.name.startswith("_"))
     return found
 

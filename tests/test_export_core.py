@@ -8,11 +8,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core import export
-from core.config import parse_config
-from core.engine import ExportRow
-from core.records import canonical_json, parse_record
-from core.timeutil import MICROS, parse_time
+from cdp_activation.core import export
+from cdp_activation.core.config import parse_config
+from cdp_activation.core.engine import ExportRow
+from cdp_activation.core.records import canonical_json, parse_record
+from cdp_activation.core.timeutil import MICROS, parse_time
 
 H = 3600 * MICROS
 T0 = parse_time("2026-11-20T10:00:00Z")

@@ -21,14 +21,14 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-import core.records as records
-from core.conditions import Audience
-from core.workflows import EventHubSettings
-from core.engine import UserChange
-from core.messages import build_message, message_id
-from core.records import (InputError, canonical_json_bytes, json_agrees,
+import cdp_activation.core.records as records
+from cdp_activation.core.conditions import Audience
+from cdp_activation.core.workflows import EventHubSettings
+from cdp_activation.core.engine import UserChange
+from cdp_activation.core.messages import build_message, message_id
+from cdp_activation.core.records import (InputError, canonical_json_bytes, json_agrees,
                           parse_record)
-from core.timeutil import OPEN_EXIT, format_time, parse_time
+from cdp_activation.core.timeutil import OPEN_EXIT, format_time, parse_time
 
 SETTINGS = settings(max_examples=500, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -459,7 +459,7 @@ class _Counter:
 
 
 def _read_file(text, time_range=None, chunk_lines=None, monkeypatch=None, progress_seconds=0.0):
-    from transforms import read
+    from cdp_activation.transforms import read
     if chunk_lines is not None:
         # Blocks of about chunk_lines lines, each flushed at once (any packed group is > 1 byte).
         monkeypatch.setattr(read, "block_bytes", lambda size: 40 * chunk_lines)
@@ -492,7 +492,7 @@ def test_parse_file_counts_every_line_once(chunk_lines, monkeypatch):
     outputs, (read_, dead, outside) = _read_file(text, time_range=(base * 10 ** 6, (base + 10 ** 6) * 10 ** 6),
                                                  chunk_lines=chunk_lines, monkeypatch=monkeypatch)
     assert (read_.total, dead.total, outside.total) == (8, 2, 1)
-    from core.blocks import unpack_rows
+    from cdp_activation.core.blocks import unpack_rows
     events = sum(len(unpack_rows(o.value[1])) for o in outputs if not hasattr(o, "tag"))
     assert events == 4
     if chunk_lines is None:
@@ -505,8 +505,8 @@ def test_parse_file_of_no_lines_counts_nothing():
 
 
 def test_parse_file_counts_the_blocks_it_read_before_a_failure(monkeypatch):
-    from core import blocks
-    from transforms import read
+    from cdp_activation.core import blocks
+    from cdp_activation.transforms import read
 
     def failing(raw, default_received_at=None):
         if "boom" in raw:
@@ -535,7 +535,7 @@ def test_parse_file_still_reports_progress(capsys):
 
 def test_packed_groups_round_trip_plain_values_and_fall_back_for_others():
     import datetime
-    from core.blocks import pack_rows, unpack_rows
+    from cdp_activation.core.blocks import pack_rows, unpack_rows
     plain = [("u1", "e1", "purchase", 10, 11, "u1", None, {"price": 2 ** 70, "s": "\ud800"}, [1.5])]
     packed = pack_rows(plain)
     assert packed[:1] == b"m" and unpack_rows(packed) == plain

@@ -1,13 +1,13 @@
 """core.identity: the stitching rules and state operations on hand-written cases."""
 import pytest
 
-from core.conditions import AudienceSet
-from core.engine import Engine, Stats
-from core.identity import (Claim, IdentitySettings, Merge, MergeExit, advance_with_merges,
+from cdp_activation.core.conditions import AudienceSet
+from cdp_activation.core.engine import Engine, Stats
+from cdp_activation.core.identity import (Claim, IdentitySettings, Merge, MergeExit, advance_with_merges,
                            close_anonymous, merge_state, parse_identity, resolve_claims,
                            stitch_histories, winning_claim)
-from core.records import ProfileEvent
-from core.values import ConfigError
+from cdp_activation.core.records import ProfileEvent
+from cdp_activation.core.values import ConfigError
 
 MIN = 60 * 1_000_000
 T0 = 1_700_000_000 * 1_000_000

@@ -126,7 +126,7 @@ def test_stream_on_prism(data):
 
 
 def test_validate_shows_stitching(data):
-    from core.config import load_config
+    from cdp_activation.core.config import load_config
     from pipelines.validate import plan
     _base, _config, _lines, cfg_path, _in_path = data
     assert plan(load_config(cfg_path))["identity"] == {"stitch": True}

@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from core.conditions import AudienceSet
-from core.engine import Engine
-from core.identity import MergeExit, stitch_histories
-from core.records import parse_record
+from cdp_activation.core.conditions import AudienceSet
+from cdp_activation.core.engine import Engine
+from cdp_activation.core.identity import MergeExit, stitch_histories
+from cdp_activation.core.records import parse_record
 from tests import reference as ref
 from tests.reference_identity import reference_stitched_outputs, reference_stitched_transitions
 

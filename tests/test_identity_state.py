@@ -228,12 +228,12 @@ def test_runs_with_state_give_one_run_and_the_reference(data, tmp_path, kind, ru
 def test_the_link_is_saved_in_the_state_bytes_and_the_snapshot_and_is_additive():
     import io
 
-    from core.conditions import AudienceSet
-    from core.engine import Engine
-    from core.identity import Link, dump_profile, load_profile
-    from core.records import parse_record
-    from core.snapshot import read_snapshot, user_row, write_snapshot
-    from core.state import decode_document
+    from cdp_activation.core.conditions import AudienceSet
+    from cdp_activation.core.engine import Engine
+    from cdp_activation.core.identity import Link, dump_profile, load_profile
+    from cdp_activation.core.records import parse_record
+    from cdp_activation.core.snapshot import read_snapshot, user_row, write_snapshot
+    from cdp_activation.core.state import decode_document
 
     engine = Engine(AudienceSet(AUDIENCES))
     state = engine.new_state()

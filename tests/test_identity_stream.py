@@ -14,15 +14,15 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from core.config import parse_config
-from core.history import unpack_changes
-from core.timeutil import parse_time
+from cdp_activation.core.config import parse_config
+from cdp_activation.core.history import unpack_changes
+from cdp_activation.core.timeutil import parse_time
 from tests.test_identity_pipelines import lines_for
 from tests.test_prism import prism_binary  # noqa: F401 (a fixture)
 from tests.test_identity_random import AUDIENCES, BASE, MIN, random_lines, reference_transitions
-from transforms.audiences import EngineSpec, GroupUserEventsPerBundle
-from transforms.identity_stream import StitchAndEvaluateStream
-from transforms.read import PROFILE, ParseLines
+from cdp_activation.transforms.audiences import EngineSpec, GroupUserEventsPerBundle
+from cdp_activation.transforms.identity_stream import StitchAndEvaluateStream
+from cdp_activation.transforms.read import PROFILE, ParseLines
 
 pytestmark = pytest.mark.timeout(900)
 SLUGS = [a["slug"] for a in AUDIENCES]
@@ -236,12 +236,12 @@ def test_the_live_graph_stitches_as_replay_does(tmp_path):
     set, slices shuffled: the Event Hub messages and the conflicting claims are replay's."""
     from pipelines import launch, wiring, workflows
     from pipelines.options import ActivationOptions
-    from core.config import load_config
+    from cdp_activation.core.config import load_config
     from tests.commands import write_job
     from tests.test_acceptance_random import run_pipeline
     from tests.test_identity_pipelines import WORKS
     from tests.test_unbounded import _counted, _read_file, _read_parts
-    from transforms.live_sources import InputRecord, LiveSource
+    from cdp_activation.transforms.live_sources import InputRecord, LiveSource
 
     config = {"account": {"name": "acme"}, "identity": {"stitch": True}, "audiences": AUDIENCES,
               "works": WORKS}

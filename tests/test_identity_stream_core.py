@@ -3,12 +3,12 @@ voids, late claims) and stage K's (what a wake-up applies, A's state rebuilt at 
 hand-written cases, and every order of a few claims against core.identity.resolve_claims."""
 import itertools
 
-from core.conditions import AudienceSet
-from core.engine import Engine
-from core.identity import resolve_claims
-from core.identity_stream import (CANCEL, FORWARD, MERGE, AnonymousLink, LinkEntry, finalize,
+from cdp_activation.core.conditions import AudienceSet
+from cdp_activation.core.engine import Engine
+from cdp_activation.core.identity import resolve_claims
+from cdp_activation.core.identity_stream import (CANCEL, FORWARD, MERGE, AnonymousLink, LinkEntry, finalize,
                                   rebuild_anonymous, route_rows, take_claim, take_due)
-from core.records import ProfileEvent
+from cdp_activation.core.records import ProfileEvent
 
 MIN = 60 * 1_000_000
 BASE = 1_795_132_800_000_000   # 2026-11-20T00:00:00Z

@@ -13,11 +13,11 @@ from apache_beam.coders import RowCoder
 from apache_beam.portability.api import external_transforms_pb2
 from apache_beam.utils.timestamp import Duration
 
-from clients.eventhubs_consumer import (DEFAULT_MAX_READ_SECONDS, LIVE_WATERMARK_DELAY_SECONDS,
+from cdp_activation.clients.eventhubs_consumer import (DEFAULT_MAX_READ_SECONDS, LIVE_WATERMARK_DELAY_SECONDS,
                                         EventHubRecord, EventHubsSourceError)
-from clients.input_uri import EventHubsInput, FileInput, KafkaInput, PubSubInput, parse_input_uri
-from transforms.eventhubs_source import ReadFromEventHubs
-from transforms.live_sources import InputRecord, build_live_source, parse_eventhubs_uri
+from cdp_activation.clients.input_uri import EventHubsInput, FileInput, KafkaInput, PubSubInput, parse_input_uri
+from cdp_activation.transforms.eventhubs_source import ReadFromEventHubs
+from cdp_activation.transforms.live_sources import InputRecord, build_live_source, parse_eventhubs_uri
 
 pytestmark = pytest.mark.timeout(180)
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)

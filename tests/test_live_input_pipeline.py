@@ -57,7 +57,7 @@ def test_catch_up_from_event_hubs_equals_the_file_and_reads_each_event_once(tmp_
 def test_catch_up_runs_with_state_give_the_messages_of_one_run_over_everything(tmp_path,
                                                                                local_eventhubs):
     (tmp_path / "config.yaml").write_text(CONFIG)
-    from core.timeutil import parse_time
+    from cdp_activation.core.timeutil import parse_time
 
     def ts(r):
         return parse_time(r["ts"])

@@ -5,9 +5,9 @@ from hypothesis import given, settings, strategies as st
 
 
 def test_message_lines_are_the_built_messages_encoded_and_sorted():
-    from core.workflows import EventHubSettings
-    from core.jsonlines import encode_sorted_lines
-    from core.messages import audience_names, build_message, message_lines, message_sort_key
+    from cdp_activation.core.workflows import EventHubSettings
+    from cdp_activation.core.jsonlines import encode_sorted_lines
+    from cdp_activation.core.messages import audience_names, build_message, message_lines, message_sort_key
     audiences = [types.SimpleNamespace(id="a%d" % i, slug="s%d" % i) for i in range(3)]
     settings = EventHubSettings(connection_string=None, subscription_id="sub", audiences=[0, 2],
                                 existing_users=True, start=None, user_fields=None)
@@ -40,8 +40,8 @@ _KEYS = st.sampled_from(["", "u1", "u2", "\u00e9", "a\x00b", "a", "\U0001f600"])
 def test_merged_runs_are_the_lines_sorted_by_message_key(specs, n_runs):
     """Whatever batches the messages fall in, a user's in one run or spread over several (a user
     evaluated more than once), the merged runs are the lines in ``message_sort_key`` order."""
-    from core.jsonlines import encode_sorted_lines
-    from core.messages import (merge_message_line_runs, message_id, message_sort_key,
+    from cdp_activation.core.jsonlines import encode_sorted_lines
+    from cdp_activation.core.messages import (merge_message_line_runs, message_id, message_sort_key,
                                pack_message_lines)
     runs = [[] for _ in range(n_runs)]
     everything = []
@@ -67,8 +67,8 @@ def test_merged_runs_are_the_lines_sorted_by_message_key(specs, n_runs):
 
 def test_a_run_of_many_messages_is_compressed():
     """Runs cross Beam's data plane on their way to the sink: they go compressed."""
-    from core.jsonlines import encode_sorted_lines
-    from core.messages import merge_message_line_runs, message_id, message_sort_key, pack_message_lines
+    from cdp_activation.core.jsonlines import encode_sorted_lines
+    from cdp_activation.core.messages import merge_message_line_runs, message_id, message_sort_key, pack_message_lines
     messages = []
     for i in range(2000):
         message = {"data": {"user_id": "user%06d" % (i // 4), "segment_events": [

@@ -9,6 +9,8 @@ import re
 
 import pytest
 
+from tests.commands import project_module
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The Event Hubs input and output, split along the lines of Beam's own Azure modules (clients
 #: apart from transforms).
@@ -45,7 +47,8 @@ def _imports(path):
 
 
 def _top(module):
-    return module.split(".", 1)[0]
+    """The first name of a module of the repository's folders (``cdp_activation.core.x``: core)."""
+    return project_module(module).split(".", 1)[0]
 
 
 @pytest.mark.parametrize("package, refused", [
@@ -56,6 +59,15 @@ def test_lower_layers_do_not_import_upper_ones(package, refused):
     wrong = ["%s:%d imports %s" % (path, line, module)
              for path in _modules(package) for line, module, _ in _imports(path)
              if _top(module) in refused]
+    assert wrong == []
+
+
+def test_the_installed_folders_are_imported_through_their_package_only():
+    """core, clients and transforms are installed as ``cdp_activation.*`` (pyproject.toml): a bare
+    ``import core.x`` works from a checkout's root only, and there loads a second copy."""
+    wrong = ["%s:%d imports %s" % (path, line, module)
+             for path in _project_modules() for line, module, _ in _imports(path)
+             if module.split(".", 1)[0] in ("core", "clients", "transforms")]
     assert wrong == []
 
 

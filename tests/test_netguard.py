@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from core import netguard
+from cdp_activation.core import netguard
 
 
 def resolve(host):

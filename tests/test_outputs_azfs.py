@@ -18,7 +18,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from emulators.eventhubs import LocalEventHubs
 from tests.commands import (EVENTHUB_WORK, FREQUENT_BUYERS, GOLD, ROOT, job_config, run_module,
                             write_job)
-from transforms.eventhubs import WriteToEventHubs
+from cdp_activation.transforms.eventhubs import WriteToEventHubs
 
 pytestmark = pytest.mark.timeout(600)
 ACCOUNT = "devstoreaccount1"
@@ -175,7 +175,7 @@ def test_a_live_sink_writes_its_parts_to_azure_blob(azurite, container, tmp_path
     from apache_beam.testing.test_stream import TestStream
     from apache_beam.transforms.window import TimestampedValue
 
-    from transforms.localsink import WriteJsonLinesFile
+    from cdp_activation.transforms.localsink import WriteJsonLinesFile
 
     monkeypatch.chdir(tmp_path)
     records = [{"n": n, "user": "u%d" % (n % 7)} for n in range(40)]

@@ -1,5 +1,5 @@
-"""The project's top-level package names (``core``, ``clients``, ``pipelines``, ``transforms``) are
-its own in the environment it runs in: no other installed distribution provides one of them, and a
+"""The project's top-level package names (``cdp_activation``, holding core, clients and
+transforms, and ``pipelines``) are its own in the environment it runs in: no other installed distribution provides one of them, and a
 command refuses to run, with one line, where one does (docs/decisions/0005-package-names.md)."""
 import os
 import subprocess
@@ -19,8 +19,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_the_guarded_names_are_the_packages_pyproject_installs():
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
-        include = tomllib.load(fh)["tool"]["setuptools"]["packages"]["find"]["include"]
-    assert {p.split(".")[0] for p in include} == set(TOP_LEVEL_NAMES)
+        packages = tomllib.load(fh)["tool"]["setuptools"]["packages"]
+    assert {p.split(".")[0] for p in packages} == set(TOP_LEVEL_NAMES)
+
+
+def test_no_folder_of_the_repository_is_installed_under_its_own_name_but_pipelines():
+    """core, clients and transforms are importable only as ``cdp_activation.*``: a stray
+    ``import core.x`` would load a second copy of the module (or another distribution's)."""
+    from importlib.metadata import packages_distributions
+    ours = {name for name, dists in packages_distributions().items()
+            if "cdp-activation" in {d.lower().replace("_", "-") for d in dists}}
+    assert ours == set(TOP_LEVEL_NAMES)
 
 
 def test_no_other_installed_distribution_provides_the_project_names():
@@ -28,9 +37,10 @@ def test_no_other_installed_distribution_provides_the_project_names():
 
 
 def test_clashes_name_the_other_distributions_only():
-    providers = {"core": ["cdp-activation", "other-core"], "clients": ["cdp_activation"],
+    providers = {"cdp_activation": ["cdp-activation", "other-core"], "core": ["other-core"],
                  "pipelines": ["Some.Pipelines", "cdp-activation"], "numpy": ["numpy"]}
-    assert name_clashes(providers) == {"core": ["other-core"], "pipelines": ["Some.Pipelines"]}
+    assert name_clashes(providers) == {"cdp_activation": ["other-core"],
+                                       "pipelines": ["Some.Pipelines"]}
 
 
 def _fake_distribution(site, name, top_level):
@@ -50,14 +60,14 @@ CONFIG = os.path.join(ROOT, "examples", "config.yaml")
 ])
 def test_a_command_refuses_to_run_beside_a_distribution_with_one_of_the_names(tmp_path, argv):
     site = tmp_path / "site"
-    _fake_distribution(site, "other-core", "core")
+    _fake_distribution(site, "other-core", "cdp_activation")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, str(site)]))
     result = subprocess.run([sys.executable, "-m"] + argv, cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=120)
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == ("error: the installed distribution other-core also provides the "
-                             "top-level package 'core'; install this project in a virtualenv of "
-                             "its own\n")
+                             "top-level package 'cdp_activation'; install this project in a "
+                             "virtualenv of its own\n")
 
 
 def test_validate_runs_where_the_names_are_the_project_s_own():

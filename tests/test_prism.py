@@ -5,7 +5,8 @@ tests fail, with that command in the message, when it is missing. Nothing here d
 
 * Bounded input: ``replay`` and ``stream`` on Prism write the same bytes as on the DirectRunner
   over a random data set, in every branch (Event Hub messages, Blob files, alerts posted to a
-  webhook, dead letters, daily activity, the summary's counts).
+  webhook, dead letters, daily activity), and the summary's fields; its counters at most the
+  DirectRunner's, because Prism 2.62 can lose a bundle's metrics (docs/RUNNERS.md).
 * Runner choice: a live input with no ``--runner`` runs on Prism; with Prism missing, one line says
   how to install it.
 * Live (``test_prism_live.py``): a delayed exit and a Blob window close reach their destinations
@@ -114,7 +115,7 @@ def test_prism_writes_what_the_direct_runner_writes(command, tmp_path, prism_bin
     assert sorted(prism_files) == sorted(direct_files)
     for name in direct_files:
         assert prism_files[name] == direct_files[name], name
-    assert prism_summary == direct_summary
+    assert_counts_at_most(prism_summary, direct_summary)
     assert prism_alerts == direct_alerts
     # Every branch delivered something, so the comparison covers it.
     names = list(direct_files)
@@ -126,6 +127,35 @@ def test_prism_writes_what_the_direct_runner_writes(command, tmp_path, prism_bin
     assert direct_files[os.path.join("deadletter", "input.jsonl")]
     assert direct_alerts and direct_summary["works"]["w-hook"]["alerts"] == len(direct_alerts)
     assert direct_summary["events_applied"] > 0
+
+
+def assert_counts_at_most(summary, reference, path="summary"):
+    """``summary`` has ``reference``'s shape and values, except that each count may be lower:
+    Prism 2.62 can lose a bundle's metric payload (docs/RUNNERS.md), never add one."""
+    if isinstance(reference, dict):
+        assert isinstance(summary, dict) and sorted(summary) == sorted(reference), path
+        for key in reference:
+            assert_counts_at_most(summary[key], reference[key], "%s.%s" % (path, key))
+    elif isinstance(reference, int) and not isinstance(reference, bool):
+        assert isinstance(summary, int) and 0 <= summary <= reference, (path, summary, reference)
+    else:
+        assert summary == reference, path
+
+
+@pytest.mark.parametrize("summary, fits", [
+    ({"a": 3, "b": {"c": 2}, "mode": "x"}, True),
+    ({"a": 1, "b": {"c": 0}, "mode": "x"}, True),
+    ({"a": 4, "b": {"c": 2}, "mode": "x"}, False),
+    ({"a": 3, "b": {"c": 2}, "mode": "y"}, False),
+    ({"a": 3, "b": {}, "mode": "x"}, False),
+])
+def test_the_summary_check_allows_lost_counts_only(summary, fits):
+    reference = {"a": 3, "b": {"c": 2}, "mode": "x"}
+    if fits:
+        assert_counts_at_most(summary, reference)
+    else:
+        with pytest.raises(AssertionError):
+            assert_counts_at_most(summary, reference)
 
 
 class _Built(Exception):

@@ -29,12 +29,12 @@ import sys
 import pytest
 from hypothesis import HealthCheck, Phase, assume, given, settings, strategies as st
 
-from core.computed import ComputedSet
-from core.conditions import AudienceSet
-from core.engine import Engine
-from core.records import (InputError, ProfileEvent, SystemEvent, content_hash, parse_record,
+from cdp_activation.core.computed import ComputedSet
+from cdp_activation.core.conditions import AudienceSet
+from cdp_activation.core.engine import Engine
+from cdp_activation.core.records import (InputError, ProfileEvent, SystemEvent, content_hash, parse_record,
                           time_bounds_error)
-from core.timeutil import MAX_TIME, MIN_TIME, format_time
+from cdp_activation.core.timeutil import MAX_TIME, MIN_TIME, format_time
 from tests import reference as R
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,9 +4,9 @@ import io
 
 from hypothesis import given, settings, strategies as st
 
-from core.blocks import (block_lines, join_packed, pack_rows, parse_block, parse_rows, read_blocks,
+from cdp_activation.core.blocks import (block_lines, join_packed, pack_rows, parse_block, parse_rows, read_blocks,
                          unpack_rows)
-from core.records import InputError, ProfileEvent, dead_letter, parse_record, time_bounds_error
+from cdp_activation.core.records import InputError, ProfileEvent, dead_letter, parse_record, time_bounds_error
 
 
 def reference_lines(data):
@@ -102,7 +102,7 @@ def test_joined_groups_unpack_in_order_and_mix_formats():
 def test_a_file_is_read_in_a_fixed_number_of_blocks_within_bounds():
     """A parsed block holds a group per user in it: a fixed number of blocks per range keeps the
     merges linear in the users where fixed-size blocks made them grow as users x blocks."""
-    from transforms.read import BLOCKS_PER_FILE, MAX_BLOCK_BYTES, block_bytes
+    from cdp_activation.transforms.read import BLOCKS_PER_FILE, MAX_BLOCK_BYTES, block_bytes
     assert block_bytes(0) == block_bytes(10_000) == 1 << 20
     for size in (80 << 20, 100 << 20, 8 * MAX_BLOCK_BYTES):
         assert -(-size // block_bytes(size)) == BLOCKS_PER_FILE

@@ -10,9 +10,9 @@ import pytest
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from hypothesis import given, settings, strategies as st
 
-from core.blocks import unpack_rows
+from cdp_activation.core.blocks import unpack_rows
 from tests.test_read_blocks import _LINES, reference_parse
-from transforms import read
+from cdp_activation.transforms import read
 
 PATH = "/in/f.jsonl"
 #: Epoch seconds of the records' times (2026-11-18): records before 2000 are dead letters.

@@ -4,7 +4,7 @@ import re
 
 import yaml
 
-from core.config import parse_config
+from cdp_activation.core.config import parse_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")

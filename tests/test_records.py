@@ -3,8 +3,8 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from core.records import InputError, ProfileEvent, SystemEvent, content_hash, parse_record
-from core.timeutil import format_time, parse_duration, parse_time
+from cdp_activation.core.records import InputError, ProfileEvent, SystemEvent, content_hash, parse_record
+from cdp_activation.core.timeutil import format_time, parse_duration, parse_time
 
 T0 = parse_time("2026-11-20T10:00:00Z")
 
@@ -125,7 +125,7 @@ def test_format_time_round_trips_and_matches_datetime(us):
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.integers(0, 4102444800 * 10**6), min_size=2, max_size=8))
 def test_time_sort_key_orders_formatted_times_like_the_times(values):
-    from core.messages import time_sort_key
+    from cdp_activation.core.messages import time_sort_key
     assert sorted(values, key=lambda v: time_sort_key(format_time(v))) == sorted(values)
 
 
@@ -139,7 +139,7 @@ def test_a_huge_epoch_number_is_a_dead_letter_not_a_crash(ts):
 # -- time bounds (CONTRACT 2) -------------------------------------------------------------------
 
 def test_a_ts_before_2000_is_out_of_bounds():
-    from core.records import time_bounds_error
+    from cdp_activation.core.records import time_bounds_error
     old = parse_record({"user_id": "u", "event": "x", "ts": 5})
     assert time_bounds_error(old) == "field 'ts': 1970-01-01T00:00:05Z is before 2000-01-01T00:00:00Z"
     first = parse_record({"user_id": "u", "event": "x", "ts": "2000-01-01T00:00:00Z"})
@@ -150,7 +150,7 @@ def test_a_ts_before_2000_is_out_of_bounds():
 
 
 def test_a_ts_more_than_the_skew_after_received_at_is_out_of_bounds():
-    from core.records import time_bounds_error
+    from cdp_activation.core.records import time_bounds_error
     received = "2026-11-20T10:00:00Z"
     at_limit = parse_record({"user_id": "u", "event": "x", "ts": "2026-11-27T10:00:00Z",
                              "received_at": received})
@@ -173,7 +173,7 @@ def test_a_ts_more_than_the_skew_after_received_at_is_out_of_bounds():
 
 def test_a_line_that_is_not_utf8_keeps_its_bytes_in_the_dead_letter():
     import base64
-    from core.records import dead_letter
+    from cdp_activation.core.records import dead_letter
     raw = b'{"user_id":"caf\xe9","event":"e","ts":1795000000}'
     with pytest.raises(InputError) as info:
         parse_record(raw)

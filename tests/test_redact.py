@@ -1,4 +1,4 @@
-from core.redact import Redactor, collect_secrets
+from cdp_activation.core.redact import Redactor, collect_secrets
 
 
 def test_known_secrets_and_secret_looking_fragments_are_masked():
@@ -17,7 +17,7 @@ def test_known_secrets_and_secret_looking_fragments_are_masked():
 def test_the_one_scrubber_masks_bearer_tokens_and_url_passwords_anywhere():
     """Texts the scrubber was told nothing about: logs, errors and dead-letter reasons get the
     same masking as work-event notes."""
-    from core.redact import scrub
+    from cdp_activation.core.redact import scrub
     text = ("POST failed: proxy https://alice:s3cretPa55@proxy.example/x said 401; "
             "token Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig and Basic YWxpY2U6c2VjcmV0")
     out = scrub(text)
@@ -29,8 +29,8 @@ def test_the_one_scrubber_masks_bearer_tokens_and_url_passwords_anywhere():
 
 
 def test_alert_settings_secrets_and_url_display():
-    from core.workflows import AlertSettings
-    from core.redact import redact_url, settings_secrets
+    from cdp_activation.core.workflows import AlertSettings
+    from cdp_activation.core.redact import redact_url, settings_secrets
     settings = AlertSettings(None, None,
                              webhook_url="https://hooks.example/services/T0AAAAAAAAAA/B0?x=12345",
                              headers={"Authorization": "Bearer tok-1234567890"},

@@ -8,7 +8,7 @@ import tempfile
 
 import pytest
 
-from core.report import COLORS, audience_sizes, clipped_sizes, split_outlier_days
+from cdp_activation.core.report import COLORS, audience_sizes, clipped_sizes, split_outlier_days
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

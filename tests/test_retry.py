@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from clients.alerting import BASE_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, alert_policy
-from clients.retry import Failure, RetryPolicy, parse_retry_after, retryable_status
+from cdp_activation.clients.alerting import BASE_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, alert_policy
+from cdp_activation.clients.retry import Failure, RetryPolicy, parse_retry_after, retryable_status
 
 
 class Flaky:
@@ -103,7 +103,7 @@ def test_an_error_classify_does_not_know_is_raised():
 
 
 def test_each_retry_is_logged_at_the_policy_level(caplog):
-    with caplog.at_level(logging.INFO, logger="clients.retry"):
+    with caplog.at_level(logging.INFO, logger="cdp_activation.clients.retry"):
         RetryPolicy(2, sleep=lambda s: None, log_level=logging.WARNING).run(
             Flaky(OSError("reset")), transient, "work w-1 alert a-1")
     [record] = caplog.records

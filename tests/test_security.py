@@ -33,7 +33,7 @@ from tests.commands import write_job
 from tests.fixtures_alerts import (SMTP_PASSWORD, SMTP_USER, Reply, WebhookServer, make_work,
                                    read_jsonl, system_event)
 from tests.test_faults import (PY, ROOT, azure_blob_files, pipeline_command, unique_container)
-from clients.webhook import WebhookSender
+from cdp_activation.clients.webhook import WebhookSender
 
 RUN_TIMEOUT = 180
 
@@ -151,7 +151,7 @@ def test_ssrf_spellings_are_refused_without_any_connect(canaries, socket_connect
 
 
 def test_ssrf_destinations_fail_validation_before_any_data_moves(canaries, tmp_path):
-    from core.config import ConfigError, check_destinations, parse_config
+    from cdp_activation.core.config import ConfigError, check_destinations, parse_config
     v4, v6 = canaries
     urls = _ssrf_urls(v4.port, v6.port if v6 else None)
     works = [{"id": "w-ssrf-%02d" % i, "workflow": "webhook_system_events",
@@ -405,7 +405,7 @@ def _debug_logging(verbose, redactor):
     _configure(verbose, redactor)
     logging.getLogger().setLevel(logging.DEBUG)
     for name in ("azure", "azure.core", "azure.eventhub", "azure.storage", "uamqp", "urllib3",
-                 "apache_beam", "pipelines", "transforms", "core", "emulators"):
+                 "apache_beam", "pipelines", "cdp_activation", "emulators"):
         logging.getLogger(name).setLevel(logging.DEBUG)
 launch._configure_logging = _debug_logging
 from pipelines import stream

@@ -26,7 +26,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from azure.eventhub import EventData, EventHubProducerClient
 from azure.storage.blob import ContainerClient
 
-from core.config import EnvRef, parse_config, resolve_settings
+from cdp_activation.core.config import EnvRef, parse_config, resolve_settings
 from emulators.eventhubs import LocalEventHubs
 from tests.fixtures_alerts import SMTP_PASSWORD, SMTP_USER
 
@@ -239,8 +239,8 @@ def test_worker_settings_keep_references_and_resolve_where_they_run():
 
 
 def test_a_variable_missing_on_the_worker_fails_setup_with_one_line_naming_it(monkeypatch):
-    from core.config import ConfigError
-    from transforms.eventhubs import WriteToEventHubs
+    from cdp_activation.core.config import ConfigError
+    from cdp_activation.transforms.eventhubs import WriteToEventHubs
     value = ("Endpoint=sb://acme.servicebus.windows.net/;SharedAccessKeyName=send;"
              "SharedAccessKey=k3y-" + uuid.uuid4().hex + ";EntityPath=audiences")
     monkeypatch.setenv("EH_OUT_CS", value)

@@ -9,12 +9,12 @@ import random
 
 import pytest
 
-from core.computed import ComputedSet
-from core.conditions import AudienceSet
-from core.engine import Engine
-from core.records import ProfileEvent
-from core.state import StateFormatError, decode_document, encode_document
-from core.timeutil import MAX_TIME
+from cdp_activation.core.computed import ComputedSet
+from cdp_activation.core.conditions import AudienceSet
+from cdp_activation.core.engine import Engine
+from cdp_activation.core.records import ProfileEvent
+from cdp_activation.core.state import StateFormatError, decode_document, encode_document
+from cdp_activation.core.timeutil import MAX_TIME
 
 MIN = 60 * 1_000_000
 BUYERS = {"id": "aud-buyers", "slug": "buyers",
@@ -228,7 +228,7 @@ def test_a_snapshot_keeps_computed_entries_and_one_written_before_them_still_rea
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from core.snapshot import SCHEMA, read_snapshot, user_row, write_snapshot
+    from cdp_activation.core.snapshot import SCHEMA, read_snapshot, user_row, write_snapshot
     computed = ComputedSet({"spend": {"op": "sum", "event": "purchase", "property": "price",
                                       "within": "1h"}})
     engine = Engine(AudienceSet([BUYERS], computed=computed), change_computed=True)

@@ -224,7 +224,7 @@ def test_the_snapshot_is_parquet_one_row_per_user_and_versioned(days, tmp_path):
 
 
 def _write_table(path, metadata, rows=()):
-    from core.snapshot import SCHEMA
+    from cdp_activation.core.snapshot import SCHEMA
     table = pa.Table.from_pylist(list(rows), schema=SCHEMA).replace_schema_metadata(metadata)
     pq.write_table(table, path)
 

@@ -11,11 +11,11 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from core.config import parse_config
-from core.timeutil import format_time, parse_time
-from transforms.audiences import (EngineSpec, EvaluateAudiencesStateful, GroupUserEventsPerBundle,
+from cdp_activation.core.config import parse_config
+from cdp_activation.core.timeutil import format_time, parse_time
+from cdp_activation.transforms.audiences import (EngineSpec, EvaluateAudiencesStateful, GroupUserEventsPerBundle,
                                   changes_from_wire)
-from transforms.read import PROFILE, ParseLines
+from cdp_activation.transforms.read import PROFILE, ParseLines
 
 CONFIG = {
     "account": {"name": "t"},

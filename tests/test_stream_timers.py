@@ -8,11 +8,11 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from core.config import parse_config
-from core.timeutil import format_time, parse_time
-from transforms.audiences import (EngineSpec, EvaluateAudiencesStateful, GroupUserEventsPerBundle,
+from cdp_activation.core.config import parse_config
+from cdp_activation.core.timeutil import format_time, parse_time
+from cdp_activation.transforms.audiences import (EngineSpec, EvaluateAudiencesStateful, GroupUserEventsPerBundle,
                                   changes_from_wire)
-from transforms.read import PROFILE, ParseLines
+from cdp_activation.transforms.read import PROFILE, ParseLines
 
 AUDIENCES = [
     {"id": "fb", "slug": "frequent_buyers",
@@ -160,9 +160,9 @@ def test_batch_wake_up_keeps_state_in_the_bag_and_a_group_after_it_is_late():
     comes after it (no runner does this, but nothing may be lost) is applied as late."""
     from apache_beam.utils.timestamp import Timestamp
 
-    from core.blocks import pack_rows
-    from core.records import parse_record
-    from transforms.audiences import _EvaluateStatefulFn
+    from cdp_activation.core.blocks import pack_rows
+    from cdp_activation.core.records import parse_record
+    from cdp_activation.transforms.audiences import _EvaluateStatefulFn
     job = parse_config({"account": {"name": "t"}, "audiences": AUDIENCES, "works": []})
     fn = _EvaluateStatefulFn(EngineSpec.from_job(job, AUDIENCES), complete_when_timers_fire=True)
     fn.setup()

@@ -2,8 +2,8 @@
 and a runner without metrics is said to have none."""
 import io
 
-from core.config import parse_config
-from core.workflows import WORKFLOWS
+from cdp_activation.core.config import parse_config
+from cdp_activation.core.workflows import WORKFLOWS
 from pipelines.summary import build_summary, print_summary
 
 CONFIG = {"account": {"name": "acme"}, "audiences": [{"slug": "a", "condition": {"event": "x"}}],

@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
-from core import templates
-from core.templates import TemplateError, TemplateRenderer, render, validate_template
+from cdp_activation.core import templates
+from cdp_activation.core.templates import TemplateError, TemplateRenderer, render, validate_template
 
 # Verbatim from https://www.contentstack.com/docs/lytics/monitoring-job-status ("Slack
 # Integration"), i.e. the value of "json_template" after JSON unescaping.

@@ -4,7 +4,7 @@ import string
 
 from hypothesis import given, settings, strategies as st
 
-from core.timeutil import TimeFormatError, _common_shape, parse_rfc3339_strict, parse_time
+from cdp_activation.core.timeutil import TimeFormatError, _common_shape, parse_rfc3339_strict, parse_time
 
 
 def _outcome(parse, text):

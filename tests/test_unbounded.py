@@ -21,19 +21,19 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.window import TimestampedValue
 
-from core.config import load_config, parse_config
-from core.export import ExportSpec
-from core.timeutil import MICROS, format_time, parse_time
+from cdp_activation.core.config import load_config, parse_config
+from cdp_activation.core.export import ExportSpec
+from cdp_activation.core.timeutil import MICROS, format_time, parse_time
 from pipelines import launch, wiring, workflows
 from pipelines.options import ActivationOptions
-from clients.blob import BlobExportError
-from transforms import blob_steps
-from transforms.blob import LocalDestination
-from transforms.audiences import EngineSpec, EvaluateAudiencesStateful
-from transforms.live_sources import InputRecord, LiveSource
-from transforms.live import DedupeSystemEventsLive
+from cdp_activation.clients.blob import BlobExportError
+from cdp_activation.transforms import blob_steps
+from cdp_activation.transforms.blob import LocalDestination
+from cdp_activation.transforms.audiences import EngineSpec, EvaluateAudiencesStateful
+from cdp_activation.transforms.live_sources import InputRecord, LiveSource
+from cdp_activation.transforms.live import DedupeSystemEventsLive
 from tests.commands import interrupt
-from transforms.localsink import part_name, write_part
+from cdp_activation.transforms.localsink import part_name, write_part
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = {
@@ -317,7 +317,7 @@ def test_a_retried_part_rewrites_the_same_name_with_the_same_bytes(tmp_path):
 
 
 def test_live_dedupe_keeps_the_first_copy_to_arrive_for_24_hours(tmp_path):
-    from core.records import parse_record
+    from cdp_activation.core.records import parse_record
     copies = [_system("s", "failed", 0, received_offset=HOUR),          # kept
               _system("s", "failed", 0, received_offset=30 * MINUTE),   # earlier, but later to arrive
               _system("s", "failed", 0, received_offset=24 * HOUR),     # within 24 h of 1 h

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from core.config import ConfigError, parse_config
-from core.workflows import WORKFLOWS
+from cdp_activation.core.config import ConfigError, parse_config
+from cdp_activation.core.workflows import WORKFLOWS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

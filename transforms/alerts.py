@@ -103,14 +103,14 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from clients.alerting import AlertError
-from clients.smtp import EmailSender
-from clients.webhook import HttpClient, WebhookSender, check_headers
-from core.config import Work
-from core.records import SystemEvent, dead_letter
-from core.system_events import matches
-from transforms import outputs
-from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
+from cdp_activation.clients.alerting import AlertError
+from cdp_activation.clients.smtp import EmailSender
+from cdp_activation.clients.webhook import HttpClient, WebhookSender, check_headers
+from cdp_activation.core.config import Work
+from cdp_activation.core.records import SystemEvent, dead_letter
+from cdp_activation.core.system_events import matches
+from cdp_activation.transforms import outputs
+from cdp_activation.transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 
 log = logging.getLogger(__name__)
 

@@ -51,14 +51,14 @@ from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteState
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from core.blocks import pack_rows, unpack_rows
-from core.engine import ExportRow, Stats, UserChange
-from core.history import (RESTORED, BatchTotals,  # noqa: F401 (EngineSpec: the shells' API)
+from cdp_activation.core.blocks import pack_rows, unpack_rows
+from cdp_activation.core.engine import ExportRow, Stats, UserChange
+from cdp_activation.core.history import (RESTORED, BatchTotals,  # noqa: F401 (EngineSpec: the shells' API)
                           EngineSpec, advance_user, count_transitions, evaluate_histories,
                           unpack_changes)
-from core.records import ProfileEvent
-from transforms.live import timer_at
-from transforms.read import TS_INDEX, events_from_wire, to_wire
+from cdp_activation.core.records import ProfileEvent
+from cdp_activation.transforms.live import timer_at
+from cdp_activation.transforms.read import TS_INDEX, events_from_wire, to_wire
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ Using the transform
 The launcher checks the credentials and reads the state marker before it builds the pipeline, then
 applies one :class:`WriteToBlobExport` per work::
 
-  from clients.blob import BlobExportError
-  from clients.markers import read_marker, verify_credentials
-  from transforms.blob import WriteToBlobExport, make_destination
+  from cdp_activation.clients.blob import BlobExportError
+  from cdp_activation.clients.markers import read_marker, verify_credentials
+  from cdp_activation.transforms.blob import WriteToBlobExport, make_destination
 
   destination = make_destination(work.settings, output_dir)
   try:
@@ -146,21 +146,21 @@ from apache_beam.transforms import window as beam_window
 from apache_beam.transforms.display import DisplayDataItem
 from apache_beam.typehints.decorators import no_annotations
 
-from clients.blob import AzureDestination, BlobExportError, Destination
-from clients.markers import read_marker, read_marker_end, verify_credentials
-from core.config import Work
-from core.export import ExportSpec, dedupe_system_events
-from core.records import SystemEvent
-from core.redact import reveal
-from core.system_events import work_event
-from core.timeutil import MICROS, parse_time
-from core.workflows import BlobSettings
-from transforms.blob_steps import (DEFAULT_GRACE_SECONDS, AdvanceMarker, FinishRun,
+from cdp_activation.clients.blob import AzureDestination, BlobExportError, Destination
+from cdp_activation.clients.markers import read_marker, read_marker_end, verify_credentials
+from cdp_activation.core.config import Work
+from cdp_activation.core.export import ExportSpec, dedupe_system_events
+from cdp_activation.core.records import SystemEvent
+from cdp_activation.core.redact import reveal
+from cdp_activation.core.system_events import work_event
+from cdp_activation.core.timeutil import MICROS, parse_time
+from cdp_activation.core.workflows import BlobSettings
+from cdp_activation.transforms.blob_steps import (DEFAULT_GRACE_SECONDS, AdvanceMarker, FinishRun,
                                    FirstWindow, KeyByWindow, SelectRowBatches, SelectRows,
                                    WriteClosedWindow, WriteWindowFiles)
-from transforms.live import BatchPerBundle, DedupeSystemEventsLive, Values, is_unbounded
-from transforms import outputs
-from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
+from cdp_activation.transforms.live import BatchPerBundle, DedupeSystemEventsLive, Values, is_unbounded
+from cdp_activation.transforms import outputs
+from cdp_activation.transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 
 #: The composite, the destinations, and the client functions the launcher (``pipelines.workflows``)
 #: reaches through this module.

@@ -18,22 +18,22 @@ from apache_beam.typehints.decorators import no_annotations
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from clients.blob import BlobExportError
-from clients.markers import write_marker
-from core.export import (CONTENT_TYPES, ExportRecord, ExportSpec, KeyedRow, advance_marker,
+from cdp_activation.clients.blob import BlobExportError
+from cdp_activation.clients.markers import write_marker
+from cdp_activation.core.export import (CONTENT_TYPES, ExportRecord, ExportSpec, KeyedRow, advance_marker,
                          leading_gap_warning, marker_name, plan_windows, row_sort_key, window_limit)
-from core.records import SystemEvent, dead_letter
-from core.system_events import work_event
-from core.timeutil import MICROS, format_time
-from transforms.live import timer_at
+from cdp_activation.core.records import SystemEvent, dead_letter
+from cdp_activation.core.system_events import work_event
+from cdp_activation.core.timeutil import MICROS, format_time
+from cdp_activation.transforms.live import timer_at
 
 if TYPE_CHECKING:  # transforms.blob imports this module
-    from transforms.blob import DestinationRecipe
+    from cdp_activation.transforms.blob import DestinationRecipe
 
 _LOG = logging.getLogger(__name__)
 #: Warnings for the user about the data (not the machinery): its own level, so they show on a
 #: local run, whose launcher quiets the root logger to ERROR unless --verbose.
-_USER_WARNINGS = logging.getLogger("transforms.blob.data")
+_USER_WARNINGS = logging.getLogger("cdp_activation.transforms.blob.data")
 _USER_WARNINGS.setLevel(logging.WARNING)
 
 #: Unbounded input: how long (event time) after a window's end its file is written, for records

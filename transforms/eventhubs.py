@@ -17,15 +17,15 @@ from apache_beam.transforms.display import DisplayDataItem
 from apache_beam.typehints.decorators import no_annotations
 from apache_beam.utils.windowed_value import WindowedValue
 
-from clients.eventhubs import (Secret, describe_failure, hub_name, is_auth_error, is_not_found,
+from cdp_activation.clients.eventhubs import (Secret, describe_failure, hub_name, is_auth_error, is_not_found,
                               is_transient, one_line, parse_connection_string,
                               producer_client)
-from clients.retry import Failure, RetryPolicy
-from core.config import EnvRef
-from core.records import SystemEvent, dead_letter
-from core.redact import reveal
-from core.system_events import work_event
-from transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
+from cdp_activation.clients.retry import Failure, RetryPolicy
+from cdp_activation.core.config import EnvRef
+from cdp_activation.core.records import SystemEvent, dead_letter
+from cdp_activation.core.redact import reveal
+from cdp_activation.core.system_events import work_event
+from cdp_activation.transforms.localsink import DEFAULT_FLUSH_SECONDS, WriteJsonLinesFile
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -53,8 +53,8 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.typehints.decorators import no_annotations
 
-from clients.checkpoints import BlobStorageCheckpointStore, Checkpoint, LocalCheckpointStore
-from clients.eventhubs_consumer import EventHubRecord, EventHubsSourceError, checked_call
+from cdp_activation.clients.checkpoints import BlobStorageCheckpointStore, Checkpoint, LocalCheckpointStore
+from cdp_activation.clients.eventhubs_consumer import EventHubRecord, EventHubsSourceError, checked_call
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -46,8 +46,8 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.typehints.decorators import no_annotations
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from clients.eventhubs import close_quietly
-from clients.eventhubs_consumer import (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_READ_SECONDS,
+from cdp_activation.clients.eventhubs import close_quietly
+from cdp_activation.clients.eventhubs_consumer import (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_READ_SECONDS,
                                         DEFAULT_MAX_WAIT_SECONDS, UNBOUNDED_STOP, ClientSettings,
                                         EventHubRecord, EventHubsSourceError, PartitionPlan,
                                         PartitionReader, event_record)

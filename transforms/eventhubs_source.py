@@ -73,15 +73,15 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.display import DisplayDataItem
 from apache_beam.typehints.decorators import no_annotations
 
-from clients.checkpoints import OWNERSHIP_EXPIRY_SECONDS
-from clients.eventhubs import close_quietly
-from clients.eventhubs_consumer import (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_READ_SECONDS,
+from cdp_activation.clients.checkpoints import OWNERSHIP_EXPIRY_SECONDS
+from cdp_activation.clients.eventhubs import close_quietly
+from cdp_activation.clients.eventhubs_consumer import (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_READ_SECONDS,
                                         DEFAULT_MAX_WAIT_SECONDS, ClientSettings, EventHubRecord,
                                         EventHubsSourceError, checked_call, make_checkpoint_store,
                                         plan_partition, verify_consumer)
-from core.config import EnvRef
-from transforms.eventhubs_checkpoints import CommitCheckpoints
-from transforms.eventhubs_read import ReadPartitionFn, ReadPartitionLiveFn
+from cdp_activation.core.config import EnvRef
+from cdp_activation.transforms.eventhubs_checkpoints import CommitCheckpoints
+from cdp_activation.transforms.eventhubs_read import ReadPartitionFn, ReadPartitionLiveFn
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -32,15 +32,15 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.typehints.decorators import no_annotations
 
-from core.blocks import pack_rows, unpack_rows
-from core.engine import Stats
-from core.history import RESTORED
-from core.identity import (Claim, Merge, advance_with_merges, dump_profile, evaluate_anonymous,
+from cdp_activation.core.blocks import pack_rows, unpack_rows
+from cdp_activation.core.engine import Stats
+from cdp_activation.core.history import RESTORED
+from cdp_activation.core.identity import (Claim, Merge, advance_with_merges, dump_profile, evaluate_anonymous,
                            load_profile)
-from core.records import ProfileEvent
-from core.timeutil import MAX_TIME, format_time
-from transforms.audiences import CHANGES, EXPORT, STATE, EngineMetrics, EvaluatingTransform
-from transforms.read import TS_INDEX, events_from_wire, to_wire
+from cdp_activation.core.records import ProfileEvent
+from cdp_activation.core.timeutil import MAX_TIME, format_time
+from cdp_activation.transforms.audiences import CHANGES, EXPORT, STATE, EngineMetrics, EvaluatingTransform
+from cdp_activation.transforms.read import TS_INDEX, events_from_wire, to_wire
 
 _USER_ID = ProfileEvent._fields.index("user_id")
 _ANONYMOUS_ID = ProfileEvent._fields.index("anonymous_id")

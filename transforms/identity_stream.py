@@ -31,18 +31,18 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.typehints.decorators import no_annotations
 from apache_beam.utils.timestamp import Timestamp
 
-from core.blocks import pack_rows, unpack_rows
-from core.engine import Stats
-from core.identity import advance_with_merges, close_anonymous
-from core.identity_stream import (CANCEL, FORWARD, MERGE, AnonymousLink, LinkEntry, Send,
+from cdp_activation.core.blocks import pack_rows, unpack_rows
+from cdp_activation.core.engine import Stats
+from cdp_activation.core.identity import advance_with_merges, close_anonymous
+from cdp_activation.core.identity_stream import (CANCEL, FORWARD, MERGE, AnonymousLink, LinkEntry, Send,
                                   entry_of, finalize, merge_of, route_rows,
                                   take_claim, take_due)
-from core.records import ProfileEvent
-from transforms.audiences import CHANGES, EXPORT, EvaluateStatefulFn, emit_evaluation
-from transforms.identity import (BY_USER, DEADLETTER, StitchAndEvaluate, conflict_dead_letter,
+from cdp_activation.core.records import ProfileEvent
+from cdp_activation.transforms.audiences import CHANGES, EXPORT, EvaluateStatefulFn, emit_evaluation
+from cdp_activation.transforms.identity import (BY_USER, DEADLETTER, StitchAndEvaluate, conflict_dead_letter,
                                  same_element)
-from transforms.live import timer_at
-from transforms.read import TS_INDEX, events_from_wire
+from cdp_activation.transforms.live import timer_at
+from cdp_activation.transforms.read import TS_INDEX, events_from_wire
 
 _ANONYMOUS_ID = ProfileEvent._fields.index("anonymous_id")
 ROWS, CLAIM = "r", "c"

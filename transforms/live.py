@@ -34,7 +34,7 @@ from apache_beam.typehints.decorators import no_annotations
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from core.records import DEDUPE_HORIZON_US, SystemEvent
+from cdp_activation.core.records import DEDUPE_HORIZON_US, SystemEvent
 
 _LOGGER = logging.getLogger(__name__)
 

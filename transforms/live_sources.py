@@ -59,14 +59,14 @@ import typing
 
 import apache_beam as beam
 
-from clients.eventhubs import EventHubsDeliveryError, Secret, parse_connection_string
-from clients.eventhubs_consumer import (ClientSettings, EventHubRecord, EventHubsSourceError,
+from cdp_activation.clients.eventhubs import EventHubsDeliveryError, Secret, parse_connection_string
+from cdp_activation.clients.eventhubs_consumer import (ClientSettings, EventHubRecord, EventHubsSourceError,
                                         datetime_us, make_checkpoint_store)
-from clients.input_uri import (EVENTHUBS_KAFKA_PORT, EventHubsInput, KafkaInput, PubSubInput,
+from cdp_activation.clients.input_uri import (EVENTHUBS_KAFKA_PORT, EventHubsInput, KafkaInput, PubSubInput,
                                display_uri, from_environment, is_eventhubs_host, parse_input_uri)
-from core.config import EnvRef
-from core.redact import secret_parts
-from transforms.eventhubs_source import ReadFromEventHubs
+from cdp_activation.core.config import EnvRef
+from cdp_activation.core.redact import secret_parts
+from cdp_activation.transforms.eventhubs_source import ReadFromEventHubs
 
 
 # ------------------------------------------------------------------------------------------------

@@ -43,9 +43,9 @@ from apache_beam.typehints.decorators import no_annotations
 from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteStateSpec, TimerSpec,
                                                on_timer)
 
-from core.jsonlines import json_line
-from transforms import outputs
-from transforms.live import BatchPerBundle, Values, is_unbounded, timer_at
+from cdp_activation.core.jsonlines import json_line
+from cdp_activation.transforms import outputs
+from cdp_activation.transforms.live import BatchPerBundle, Values, is_unbounded, timer_at
 
 #: How long (event time) a part of an unbounded sink collects records before it is written.
 DEFAULT_FLUSH_SECONDS = 10.0

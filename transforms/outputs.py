@@ -22,7 +22,7 @@ from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from core.interrupt import tracked_temporary
+from cdp_activation.core.interrupt import tracked_temporary
 
 #: Prefix of the temporary names files are written under before their rename.
 TEMPORARY_PREFIX = ".tmp-"

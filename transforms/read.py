@@ -46,8 +46,8 @@ from apache_beam.pvalue import DoOutputsTuple, PBegin
 from apache_beam.typehints.decorators import no_annotations
 from apache_beam.utils.windowed_value import WindowedValue
 
-from core.blocks import BLOCK_BYTES, join_packed, parse_block, parse_rows, read_blocks, renumbered
-from core.records import (DEFAULT_MAX_TS_SKEW_US, InputError, ProfileEvent, dead_letter, parse_record,
+from cdp_activation.core.blocks import BLOCK_BYTES, join_packed, parse_block, parse_rows, read_blocks, renumbered
+from cdp_activation.core.records import (DEFAULT_MAX_TS_SKEW_US, InputError, ProfileEvent, dead_letter, parse_record,
                           time_bounds_error)
 
 _LOGGER = logging.getLogger(__name__)

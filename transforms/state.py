@@ -22,13 +22,13 @@ from apache_beam.typehints.decorators import no_annotations
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from core.blocks import pack_rows, unpack_rows
-from core.history import RESTORED
-from core.records import DEDUPE_HORIZON_US
-from core.snapshot import Snapshot, SnapshotError, read_snapshot, system_event_row, user_row, write_snapshot
-from core.state import decode_document, encode_document
-from transforms.live import Values
-from transforms.outputs import exists
+from cdp_activation.core.blocks import pack_rows, unpack_rows
+from cdp_activation.core.history import RESTORED
+from cdp_activation.core.records import DEDUPE_HORIZON_US
+from cdp_activation.core.snapshot import Snapshot, SnapshotError, read_snapshot, system_event_row, user_row, write_snapshot
+from cdp_activation.core.state import decode_document, encode_document
+from cdp_activation.transforms.live import Values
+from cdp_activation.transforms.outputs import exists
 
 _LOGGER = logging.getLogger(__name__)
 

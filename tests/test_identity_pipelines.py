@@ -161,12 +161,3 @@ def test_stream_streaming_writes_what_replay_writes(data):
     as the watermark moves) against ``replay`` on the same files: every output byte for byte."""
     _streaming_equals_replay(data, "out-streaming")
 
-
-def test_stream_streaming_on_flink_writes_what_replay_writes(data):
-    """The incremental stages on the embedded Flink (``--runner=FlinkRunner``, the production
-    engine that follows the watermark) against ``replay`` on the DirectRunner: every output byte
-    for byte."""
-    from pipelines.runners import flink_job_server_jar
-    assert os.path.exists(flink_job_server_jar()), (
-        "the Flink job server is not installed: bash scripts/install_runners.sh flink")
-    _streaming_equals_replay(data, "out-streaming-flink", "--runner=FlinkRunner")

@@ -174,7 +174,7 @@ def _outputs(out):
             summary)
 
 
-@pytest.mark.parametrize("runs", [[[0], [1], [2]], [[0, 1], [2]]], ids=["3-runs", "2-runs"])
+@pytest.mark.parametrize("runs", [[[0], [1], [2]]], ids=["3-runs"])
 @pytest.mark.parametrize("kind", ["stream", "replay"])
 def test_runs_with_state_give_one_run_and_the_reference(data, tmp_path, kind, runs):
     _base, days, _paths, lines, cfg_path, in_path = data

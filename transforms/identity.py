@@ -30,6 +30,7 @@ import typing
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.pvalue import DoOutputsTuple
 from apache_beam.typehints.decorators import no_annotations
 
 from cdp_activation.core.blocks import pack_rows, unpack_rows
@@ -212,6 +213,20 @@ class _Evaluated(typing.NamedTuple):
     state: beam.PCollection        # ``(profile, (state bytes, packed waiting or None))``
 
 
+def changes_and_export_rows(anonymous: DoOutputsTuple, known: DoOutputsTuple
+                            ) -> typing.Tuple[beam.PCollection, beam.PCollection]:
+    """The two stages' changes and export rows, each as one PCollection (the batch form's and the
+    incremental form's common tail): changes keyed alike, so the Flatten has one coder."""
+    changes = ((anonymous[CHANGES]
+                | "TypedAnonymousChanges" >> beam.Map(same_element).with_output_types(BY_USER),
+                known[CHANGES]
+                | "TypedKnownChanges" >> beam.Map(same_element).with_output_types(BY_USER))
+               | "AllChanges" >> beam.Flatten())
+    export = ((anonymous[EXPORT], known[EXPORT])
+              | "AllExportRows" >> beam.Flatten())
+    return changes, export
+
+
 class StitchAndEvaluate(EvaluatingTransform):
     """``(key, group)`` elements to changes and export rows with identity stitching.
 
@@ -242,13 +257,7 @@ class StitchAndEvaluate(EvaluatingTransform):
                  | "GroupByUser" >> beam.GroupByKey()
                  | "EvaluateKnown" >> beam.ParDo(_KnownFn(self._spec), *side)
                  .with_outputs(EXPORT, STATE, main=CHANGES))
-        changes = ((anonymous[CHANGES]
-                    | "TypedAnonymousChanges" >> beam.Map(same_element).with_output_types(BY_USER),
-                    known[CHANGES]
-                    | "TypedKnownChanges" >> beam.Map(same_element).with_output_types(BY_USER))
-                   | "AllChanges" >> beam.Flatten())
-        export = ((anonymous[EXPORT], known[EXPORT])
-                  | "AllExportRows" >> beam.Flatten())
+        changes, export = changes_and_export_rows(anonymous, known)
         state = ((anonymous[STATE], known[STATE])
                  | "AllSavedStates" >> beam.Flatten())
         return _Evaluated(changes, export, anonymous[DEADLETTER], state)

@@ -39,8 +39,9 @@ from cdp_activation.core.identity_stream import (CANCEL, FORWARD, MERGE, Anonymo
                                   take_claim, take_due)
 from cdp_activation.core.records import ProfileEvent
 from cdp_activation.transforms.audiences import CHANGES, EXPORT, EvaluateStatefulFn, emit_evaluation
-from cdp_activation.transforms.identity import (BY_USER, DEADLETTER, StitchAndEvaluate, conflict_dead_letter,
-                                 same_element)
+from cdp_activation.transforms.identity import (BY_USER, DEADLETTER, StitchAndEvaluate,
+                                                changes_and_export_rows, conflict_dead_letter,
+                                                same_element)
 from cdp_activation.transforms.live import timer_at
 from cdp_activation.transforms.read import TS_INDEX, events_from_wire
 
@@ -390,11 +391,5 @@ class StitchAndEvaluateStream(StitchAndEvaluate):
                      (_KnownStreamFn if self.as_of is None else _KnownStreamAsOfFn)(self._spec),
                      *side)
                  .with_outputs(EXPORT, main=CHANGES))
-        changes = ((anonymous[CHANGES]
-                    | "TypedAnonymousChanges" >> beam.Map(same_element).with_output_types(BY_USER),
-                    known[CHANGES]
-                    | "TypedKnownChanges" >> beam.Map(same_element).with_output_types(BY_USER))
-                   | "AllChanges" >> beam.Flatten())
-        export = ((anonymous[EXPORT], known[EXPORT])
-                  | "AllExportRows" >> beam.Flatten())
+        changes, export = changes_and_export_rows(anonymous, known)
         return _Evaluated(changes, export, anonymous[DEADLETTER])

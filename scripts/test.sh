@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The README's test command: installs everything the tests need on a fresh machine (Python packages
 # into .venv, Azurite from npm into .tools/azurite, Beam's runners into .tools by
-# scripts/install_runners.sh) and runs the whole suite, slow tests included, then lists the 25
-# slowest tests.
+# scripts/install_runners.sh) and runs the whole suite, slow tests included, on two pytest-xdist
+# worker processes (a later -n N in the arguments overrides it; -n 0 runs in this process), then
+# lists the 25 slowest tests. Every server a test starts listens on a free port, and every file
+# it writes is under its own temporary folder, so the workers never meet.
 #   scripts/test.sh                 the whole suite (what CI runs)
 #   scripts/test.sh --quick         the quick selection for development: no test marked slow
 #   scripts/test.sh tests/test_x.py  extra arguments go to pytest
@@ -29,4 +31,5 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
 fi
 # The linter first: unused or undefined names are bugs (rules in pyproject.toml).
 .venv/bin/python -m ruff check --quiet .
-exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 ${SELECT[@]+"${SELECT[@]}"} "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 -n 2 \
+  ${SELECT[@]+"${SELECT[@]}"} "$@"

@@ -65,8 +65,11 @@ def build_summary(job: JobConfig, totals: Optional[Dict[Tuple[str, str], int]], 
         "seconds": round(seconds, 3),
     }
     if job.identity.stitch:
+        # The last three count only in the incremental stages (--streaming, a live input); the
+        # batch form sees every claim at once and never cancels a link.
         summary["identity"] = {name: get("identity", name) for name in
-                               ("merges", "conflicting_claims", "forwarded_events")}
+                               ("merges", "conflicting_claims", "forwarded_events",
+                                "cancelled_links", "cancelled_entries", "late_claims")}
     for work in job.works:
         ns = "work:" + work.id
         entry = {"workflow": work.workflow}

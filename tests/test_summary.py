@@ -41,3 +41,16 @@ def test_a_runner_without_metrics_is_said_to_have_none():
     summary = build_summary(parse_config(CONFIG), None, "out", "stream", 0.5)
     assert summary["metrics"] == "unavailable from this runner"
     assert summary["records_read"] == 0
+
+
+def test_stitching_adds_every_identity_counter():
+    """With ``identity: {stitch: true}`` the summary has each ``identity`` counter, the incremental
+    stages' own (cancelled links and entries, late claims) included, and none without it."""
+    totals = {("identity", "merges"): 4, ("identity", "conflicting_claims"): 1,
+              ("identity", "forwarded_events"): 6, ("identity", "cancelled_links"): 2,
+              ("identity", "cancelled_entries"): 3, ("identity", "late_claims"): 5}
+    summary = build_summary(parse_config(dict(CONFIG, identity={"stitch": True})), totals, "out",
+                            "stream", 1.0)
+    assert summary["identity"] == {"merges": 4, "conflicting_claims": 1, "forwarded_events": 6,
+                                   "cancelled_links": 2, "cancelled_entries": 3, "late_claims": 5}
+    assert "identity" not in build_summary(parse_config(CONFIG), totals, "out", "stream", 1.0)

@@ -17,7 +17,8 @@ and outputs (``changes``, ``export``, ``deadletter``); two stateful stages aroun
 
 Identifies stay their user's events (routed by ``user_id``); their claims go to stage A only.
 Metrics: those of ``transforms.audiences``, ``identity:merges``, ``identity:forwarded_events``,
-``identity:conflicting_claims``, ``identity:cancelled_links``, ``identity:late_claims``.
+``identity:conflicting_claims``, ``identity:cancelled_links``, ``identity:cancelled_entries``,
+``identity:late_claims`` (all six in ``summary.json``).
 """
 import pickle
 import typing

@@ -380,6 +380,9 @@ class _EvaluateStatefulAsOfFn(_EvaluateStatefulFn):
 
 
 #: The stream's per-user DoFn, which the stitching stages extend (``transforms.identity_stream``).
+#: A public name beside the private one, not a rename: the class name is in the ParDo's step name
+#: (``.../ParDo(_EvaluateStatefulFn)``), and a Dataflow ``--update`` matches saved state to steps
+#: by name.
 EvaluateStatefulFn = _EvaluateStatefulFn
 
 #: Marks the user's engine state in the PENDING bag in batch execution (packed groups start with

@@ -140,12 +140,17 @@ def _outputs(out_dir):
 
 
 def _streaming_equals_replay(data, name, *extra):
+    """``stream --streaming`` with ``extra`` options writes ``replay``'s bytes."""
+    _stream_equals_replay(data, name, "--streaming", *extra)
+
+
+def _stream_equals_replay(data, name, *extra):
     base, config, lines, cfg_path, in_path = data
     replay = str(base / "out-replay-bytes")
     if not os.path.exists(os.path.join(replay, "summary.json")):
         run_pipeline("replay", cfg_path, in_path, replay)
     out = str(base / name)
-    run_pipeline("stream", cfg_path, in_path, out, "--streaming", *extra)
+    run_pipeline("stream", cfg_path, in_path, out, *extra)
     want, got = _outputs(replay), _outputs(out)
     assert "deadletter/identity.jsonl" in want and "eventhub/hub.jsonl" in want
     assert sorted(got) == sorted(want)
@@ -182,6 +187,16 @@ def test_stream_streaming_on_flink_with_as_of_writes_what_replay_writes(data):
     as_of = max(json.loads(line)["received_at"] for line in lines)
     _streaming_equals_replay(data, "out-streaming-flink", "--runner=FlinkRunner",
                              "--as_of", as_of)
+
+
+@pytest.mark.flink
+def test_stream_on_flink_writes_what_replay_writes(data):
+    """The batch form of stitching (``transforms/identity.py``: a GroupByKey per anonymous id)
+    on the embedded Flink, without ``--streaming``, writes ``replay``'s bytes."""
+    from pipelines.runners import flink_job_server_jar
+    assert os.path.exists(flink_job_server_jar()), (
+        "the Flink job server is not installed: bash scripts/install_runners.sh flink")
+    _stream_equals_replay(data, "out-flink", "--runner=FlinkRunner")
 
 
 def test_stream_streaming_on_flink_without_as_of_is_refused_before_it_runs(data, tmp_path):

@@ -3,8 +3,9 @@
 # into .venv, Azurite from npm into .tools/azurite, Beam's runners into .tools by
 # scripts/install_runners.sh) and runs the whole suite, slow tests included, on two pytest-xdist
 # worker processes (a later -n N in the arguments overrides it; -n 0 runs in this process), then
-# lists the 25 slowest tests. Every server a test starts listens on a free port, and every file
-# it writes is under its own temporary folder, so the workers never meet.
+# lists the 25 slowest tests. Each worker starts its own test servers, each on a free port, and
+# each test writes under its own temporary folder; the one shared folder, Hypothesis's example
+# database (.hypothesis/), is made for several processes at once.
 #   scripts/test.sh                 the whole suite (what CI runs)
 #   scripts/test.sh --quick         the quick selection for development: no test marked slow
 #   scripts/test.sh tests/test_x.py  extra arguments go to pytest

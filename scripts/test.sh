@@ -5,7 +5,7 @@
 # worker processes (a later -n N in the arguments overrides it; -n 0 runs in this process), then
 # lists the 25 slowest tests. Each worker starts its own test servers, each on a free port, and
 # each test writes under its own temporary folder; the one shared folder, Hypothesis's example
-# database (.hypothesis/), is made for several processes at once.
+# database (.hypothesis/), writes each example to a temporary file and renames it into place.
 #   scripts/test.sh                 the whole suite (what CI runs)
 #   scripts/test.sh --quick         the quick selection for development: no test marked slow
 #   scripts/test.sh tests/test_x.py  extra arguments go to pytest

@@ -17,6 +17,15 @@ PY = _VENV_PY if os.path.exists(_VENV_PY) else sys.executable
 PACKAGE = "cdp_activation"
 
 
+def require_flink_job_server():
+    """Fails the calling test in one line when the Flink job server (scripts/install_runners.sh
+    flink, which the test command runs) is not installed."""
+    import pytest
+    from pipelines.runners import INSTALL_FLINK, flink_job_server_jar
+    if not os.path.exists(flink_job_server_jar()):
+        pytest.fail("the Flink job server is not installed: run %s" % INSTALL_FLINK, pytrace=False)
+
+
 def project_module(module):
     """A module name as the repository's folders spell it: ``cdp_activation.core.engine`` is
     ``core.engine``; any other name is returned unchanged."""

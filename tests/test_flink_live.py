@@ -54,6 +54,7 @@ import pytest
 
 from emulators.eventhubs import LocalEventHubs
 from pipelines import runners
+from tests.commands import require_flink_job_server
 from tests.test_faults import azure_blob_files, split_markers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -225,12 +226,12 @@ def _alerts(webhook_server, path):
     return found
 
 
-def _dead_letters(out):
-    """The raw lines of the input dead letters under ``out``: a bounded run's file or a live
-    run's parts."""
+def _dead_letters(out, source="input"):
+    """The raw lines of the ``source`` dead letters (``input``, ``identity``...) under ``out``:
+    a bounded run's file or a live run's parts."""
     lines = []
-    for path in glob.glob(os.path.join(out, "deadletter", "input.jsonl")) + glob.glob(
-            os.path.join(out, "deadletter", "input", "part-*.jsonl")):
+    for path in glob.glob(os.path.join(out, "deadletter", source + ".jsonl")) + glob.glob(
+            os.path.join(out, "deadletter", source, "part-*.jsonl")):
         with open(path, encoding="utf-8") as fh:
             lines += [json.loads(line)["raw"] for line in fh if line.strip()]
     return lines
@@ -274,6 +275,17 @@ def _live_command(config, out, checkpoints, *extra):
                        "&watermark_delay_seconds=2&max_read_seconds=1"] + list(extra)
 
 
+def _job_env(source, hub, **more):
+    """The environment of a job that reads the hub ``source`` (``IN_CS``) and sends to the hub
+    ``hub`` (``OUT_CS``), plus ``more``: this process's, without its own Event Hubs and Storage
+    connection strings."""
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("EVENTHUB_CONNECTION_STRING", "AZURE_STORAGE_CONNECTION_STRING")}
+    environ.update(PYTHONPATH=ROOT, IN_CS=source.connection_string, OUT_CS=hub.connection_string,
+                   **more)
+    return environ
+
+
 def _running(pid):
     try:
         with open("/proc/%d/stat" % pid, encoding="ascii", errors="replace") as fh:
@@ -287,9 +299,7 @@ def _running(pid):
 @pytest.mark.timeout(600)
 def test_flink_live_killed_then_restored_from_a_checkpoint_loses_nothing(
         tmp_path, azurite, webhook_server):
-    if not os.path.exists(runners.flink_job_server_jar()):
-        pytest.fail("the Flink job server is not installed: run %s" % runners.INSTALL_FLINK,
-                    pytrace=False)
+    require_flink_job_server()
     checkpoints, out = tmp_path / "checkpoints", str(tmp_path / "flink")
     lines = _events(time.time())
     half = len(lines) // 2
@@ -312,11 +322,7 @@ def test_flink_live_killed_then_restored_from_a_checkpoint_loses_nothing(
             return str(path)
 
         def env(hub):
-            environ = {k: v for k, v in os.environ.items()
-                       if k not in ("EVENTHUB_CONNECTION_STRING", "AZURE_STORAGE_CONNECTION_STRING")}
-            environ.update(PYTHONPATH=ROOT, IN_CS=source.connection_string,
-                           OUT_CS=hub.connection_string, AZ_CS=azurite.connection_string)
-            return environ
+            return _job_env(source, hub, AZ_CS=azurite.connection_string)
 
         # 1. The live job on embedded Flink, checkpointing every second into a directory.
         command = _live_command(config("flink"), out, checkpoints)
@@ -489,9 +495,7 @@ def test_flink_restore_under_an_edited_config_equals_direct_runs_with_state(tmp_
     """A checkpoint taken under one config, restored under an edited one (audiences reordered,
     one removed, one added), sends what two DirectRunner runs with ``--state`` send: the first
     half under the first config, the second half under the edited one from the saved state."""
-    if not os.path.exists(runners.flink_job_server_jar()):
-        pytest.fail("the Flink job server is not installed: run %s" % runners.INSTALL_FLINK,
-                    pytrace=False)
+    require_flink_job_server()
     users = [(key, line) for key, line in _events(time.time()) if key not in (None, "system")]
     half = len(users) // 2
     first = users[:half] + [
@@ -505,10 +509,7 @@ def test_flink_restore_under_an_edited_config_equals_direct_runs_with_state(tmp_
             LocalEventHubs(hub="out", partitions=PARTITIONS) as reference_hub, \
             LocalEventHubs(hub="out", partitions=PARTITIONS) as live_hub:
         def env(hub):
-            environ = {k: v for k, v in os.environ.items() if k != "EVENTHUB_CONNECTION_STRING"}
-            environ.update(PYTHONPATH=ROOT, IN_CS=source.connection_string,
-                           OUT_CS=hub.connection_string)
-            return environ
+            return _job_env(source, hub)
 
         def reference(config, lines, name):
             """A DirectRunner run over ``lines`` with the saved state; its new messages."""

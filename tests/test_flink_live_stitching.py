@@ -19,17 +19,15 @@ have no time window, so no timer of the evaluator is due while the job runs; the
 own timers (a link becomes final once the watermark passes its merge) are.
 """
 import json
-import os
 import subprocess
 import time
 
 import pytest
 
 from emulators.eventhubs import LocalEventHubs
-from pipelines import runners
-from tests.commands import write_job
-from tests.test_flink_live import (PARTITIONS, PY, ROOT, _live_command, _messages, _publish, _rfc,
-                                   _stop, _wait)
+from tests.commands import require_flink_job_server, write_job
+from tests.test_flink_live import (PARTITIONS, PY, ROOT, _dead_letters, _job_env, _live_command,
+                                   _messages, _publish, _rfc, _stop, _wait)
 from tests.test_identity_pipelines import lines_for
 
 pytestmark = [pytest.mark.flink, pytest.mark.slow]
@@ -70,44 +68,22 @@ def _live_lines(start):
     return out
 
 
-def _identity_dead_letters(out):
-    """The raw lines dead-lettered by identity stitching under ``out``: a bounded run's file or
-    a live run's parts."""
-    found = []
-    top = os.path.join(out, "deadletter")
-    for dirpath, _dirs, names in os.walk(top):
-        for name in names:
-            rel = os.path.relpath(os.path.join(dirpath, name), top)
-            if rel == "identity.jsonl" or rel.startswith("identity" + os.sep):
-                with open(os.path.join(dirpath, name), encoding="utf-8") as fh:
-                    found += [json.loads(x)["raw"] for x in fh if x.strip()]
-    return sorted(found)
-
-
 @pytest.mark.timeout(600)
 def test_live_stitching_on_flink_sends_what_the_direct_runner_sends(tmp_path):
-    if not os.path.exists(runners.flink_job_server_jar()):
-        pytest.fail("the Flink job server is not installed: run %s" % runners.INSTALL_FLINK,
-                    pytrace=False)
+    require_flink_job_server()
     lines = _live_lines(time.time() - 1)
     config_path, input_path = write_job(str(tmp_path / "in"), CONFIG, [x for _, x in lines])
     with LocalEventHubs(hub="in", partitions=PARTITIONS) as source, \
             LocalEventHubs(hub="out", partitions=PARTITIONS) as reference_hub, \
             LocalEventHubs(hub="out", partitions=PARTITIONS) as live_hub:
-        def env(hub):
-            environ = {k: v for k, v in os.environ.items() if k != "EVENTHUB_CONNECTION_STRING"}
-            environ.update(PYTHONPATH=ROOT, IN_CS=source.connection_string,
-                           OUT_CS=hub.connection_string)
-            return environ
-
         reference_out = str(tmp_path / "reference")
         run = subprocess.run(
             [PY, "-m", "pipelines.stream", "--config", config_path, "--input", input_path,
              "--runner=DirectRunner", "--output_dir", reference_out, "--progress_seconds", "0"],
-            cwd=ROOT, env=env(reference_hub), capture_output=True, text=True, timeout=300)
+            cwd=ROOT, env=_job_env(source, reference_hub), capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-4000:]
         expected = {k: v[0] for k, v in _messages(reference_hub).items()}
-        expected_dead = _identity_dead_letters(reference_out)
+        expected_dead = sorted(_dead_letters(reference_out, "identity"))
         merges = [b for b in expected.values() if "merged_into" in json.loads(b)["data"]]
         assert len(merges) >= 5 and expected_dead, "the data must hold merges and conflicts"
 
@@ -115,12 +91,12 @@ def test_live_stitching_on_flink_sends_what_the_direct_runner_sends(tmp_path):
         out, log_path = str(tmp_path / "flink"), tmp_path / "flink.log"
         with open(log_path, "w", encoding="utf-8") as log:
             proc = subprocess.Popen(_live_command(config_path, out, tmp_path / "checkpoints"),
-                                    cwd=ROOT, env=env(live_hub), stdout=log,
+                                    cwd=ROOT, env=_job_env(source, live_hub), stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         try:
             _wait("the reference's messages and dead letters",
                   lambda: set(expected) <= set(_messages(live_hub))
-                  and len(_identity_dead_letters(out)) >= len(expected_dead), proc, log_path)
+                  and len(_dead_letters(out, "identity")) >= len(expected_dead), proc, log_path)
         finally:
             _stop(proc)
         received = _messages(live_hub)
@@ -131,4 +107,4 @@ def test_live_stitching_on_flink_sends_what_the_direct_runner_sends(tmp_path):
         len(set(expected) - set(received)), len(set(received) - set(expected)))
     for message_id, copies in received.items():
         assert all(copy == expected[message_id] for copy in copies), message_id
-    assert _identity_dead_letters(out) == expected_dead
+    assert sorted(_dead_letters(out, "identity")) == expected_dead

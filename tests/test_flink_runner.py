@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from emulators.eventhubs import LocalEventHubs
-from pipelines.runners import flink_job_server_jar
+from tests.commands import require_flink_job_server
 from tests.datagen import generate
 from tests.fixtures_alerts import Reply
 
@@ -121,8 +121,7 @@ def dataset():
 
 @pytest.mark.parametrize("command", ["replay", "stream"])
 def test_flink_gives_the_direct_runners_bytes(command, dataset, azurite, webhook_server, tmp_path):
-    assert os.path.exists(flink_job_server_jar()), (
-        "the Flink job server is not installed: bash scripts/install_runners.sh flink")
+    require_flink_job_server()
     base, lines = dataset
     results = {}
     for runner in ("DirectRunner", "FlinkRunner"):

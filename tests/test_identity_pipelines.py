@@ -13,7 +13,7 @@ import pytest
 
 from tests import reference as ref
 from tests.reference_identity import reference_stitched_outputs
-from tests.commands import write_job
+from tests.commands import require_flink_job_server, write_job
 from tests.test_acceptance_random import PY, ROOT, read_eventhub, run_pipeline
 from tests.test_identity_random import AUDIENCES, BASE, MIN
 
@@ -180,9 +180,7 @@ def test_stream_streaming_on_flink_with_as_of_writes_what_replay_writes(data):
     timers fire as the watermark moves, then at the input's end) write ``replay``'s bytes. With
     ``--as_of`` given (here replay's own: the latest ``received_at``) the stages read no side
     input; without it the command refuses (next test)."""
-    from pipelines.runners import flink_job_server_jar
-    assert os.path.exists(flink_job_server_jar()), (
-        "the Flink job server is not installed: bash scripts/install_runners.sh flink")
+    require_flink_job_server()
     _base, _config, lines, _cfg_path, _in_path = data
     as_of = max(json.loads(line)["received_at"] for line in lines)
     _streaming_equals_replay(data, "out-streaming-flink", "--runner=FlinkRunner",
@@ -193,9 +191,7 @@ def test_stream_streaming_on_flink_with_as_of_writes_what_replay_writes(data):
 def test_stream_on_flink_writes_what_replay_writes(data):
     """The batch form of stitching (``transforms/identity.py``: a GroupByKey per anonymous id)
     on the embedded Flink, without ``--streaming``, writes ``replay``'s bytes."""
-    from pipelines.runners import flink_job_server_jar
-    assert os.path.exists(flink_job_server_jar()), (
-        "the Flink job server is not installed: bash scripts/install_runners.sh flink")
+    require_flink_job_server()
     _stream_equals_replay(data, "out-flink", "--runner=FlinkRunner")
 
 
